@@ -1,0 +1,1 @@
+"""The lender: a Flower ClientApp that only ever sees its own records."""

@@ -1,0 +1,131 @@
+"""The lender: a Flower ClientApp (Message API).
+
+It loads only its own records (partition id from the node config in simulation), applies the
+data-minimization policy, trains with Opacus DP-SGD and keeps its privacy events in its own state,
+so the accountant persists across rounds. It replies with model arrays and aggregate scalars only.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from federation.config import RunConfig
+from federation.data import LenderData, load_lender
+from federation.messages import ARRAYS, CONFIG, MANIFEST, METRICS, manifest_to_record, run_config_from
+from federation.metrics import credit_metrics
+from federation.model import build_model, predict_proba
+from federation.privacy.accountant import calibrate_noise, default_delta, epsilon, sample_rate, steps_per_epoch
+from federation.privacy.events import PrivacyEvent
+from federation.training import DPSettings, train_local
+
+app = ClientApp()
+STATE = "fedcredit-privacy"
+
+
+def lender_id(context: Context) -> int:
+    """Simulation: Flower's partition-id. Deployment: the node config's lender-id."""
+    config = context.node_config
+    return int(config.get("lender-id", config.get("partition-id", 0)))
+
+
+@lru_cache(maxsize=8)
+def _cached_lender(cfg: RunConfig, lender: int) -> LenderData:
+    return load_lender(cfg, lender)
+
+
+def _data(cfg: RunConfig, context: Context) -> LenderData:
+    """Loaded once per process and run: later rounds reuse the encoded records."""
+    return _cached_lender(cfg, lender_id(context))
+
+
+def _model(cfg: RunConfig, data: LenderData, msg: Message):
+    model = build_model(cfg.model, len(data.features), cfg.hidden)
+    if ARRAYS in msg.content:
+        model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict())
+    return model
+
+
+class PrivacyState:
+    """This lender's privacy events and calibrated sigma, kept in the ClientApp's Context.state."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        record = context.state.get(STATE) if STATE in context.state else None
+        self.events = [PrivacyEvent.from_dict(e) for e in json.loads(record["events"])] if record else []
+        self.sigma = float(record["sigma"]) if record else None
+
+    def save(self) -> None:
+        self.context.state[STATE] = ConfigRecord({
+            "events": json.dumps([e.to_dict() for e in self.events]),
+            "sigma": float(self.sigma if self.sigma is not None else 0.0),
+        })
+
+
+@app.query("manifest")
+def manifest(msg: Message, context: Context) -> Message:
+    cfg = run_config_from(msg.content[CONFIG])
+    data = _data(cfg, context)
+    return Message(RecordDict({MANIFEST: manifest_to_record(data.manifest)}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    config = msg.content[CONFIG]
+    cfg = run_config_from(config)
+    rnd = int(config["server-round"])
+    lender = lender_id(context)
+    data = _data(cfg, context)
+    model = _model(cfg, data, msg)
+    n = len(data.y_train)
+    budget = cfg.budget_for(lender)
+    metrics: dict[str, float | int] = {"lender-id": lender, "server-round": rnd, "num-examples": n, "declined": 0}
+    dp = None
+    if cfg.dp:
+        state = PrivacyState(context)
+        delta = cfg.delta or default_delta(n)
+        q = sample_rate(n, cfg.batch_size)
+        steps = cfg.local_epochs * steps_per_epoch(n, cfg.batch_size)
+        if state.sigma is None:
+            # Calibrated once for the whole run (rounds x local steps), never per round.
+            state.sigma = calibrate_noise(budget, delta, q, cfg.rounds * steps, cfg.accountant)
+        planned = PrivacyEvent(lender, rnd, state.sigma, q, steps, cfg.clip_norm)
+        if epsilon(state.events + [planned], delta, cfg.accountant) > budget:
+            # Refuse before any release: this round would take the lender past its budget.
+            spent = epsilon(state.events, delta, cfg.accountant)
+            metrics.update({"declined": 1, "epsilon": spent, "delta": delta, "epsilon-budget": budget})
+            state.save()
+            return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+        dp = DPSettings(state.sigma, cfg.clip_norm)
+    mu = float(config["proximal-mu"]) if "proximal-mu" in config else 0.0
+    result = train_local(
+        model, data.x_train, data.y_train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate, seed=(cfg.seed * 1_000_003 + lender * 1009 + rnd) % 2**31, dp=dp, proximal_mu=mu,
+    )
+    metrics["train-loss"] = result.loss
+    if cfg.dp:
+        state.events.append(PrivacyEvent(lender, rnd, state.sigma, q, result.steps, cfg.clip_norm))
+        state.save()
+        metrics.update({
+            "epsilon": epsilon(state.events, delta, cfg.accountant), "delta": delta, "noise-multiplier": state.sigma,
+            "sample-rate": q, "steps": result.steps, "clip-norm": cfg.clip_norm, "epsilon-budget": budget,
+        })
+    else:
+        metrics["steps"] = result.steps
+    content = RecordDict({ARRAYS: ArrayRecord(model.state_dict()), METRICS: MetricRecord(metrics)})
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    config = msg.content[CONFIG]
+    cfg = run_config_from(config)
+    data = _data(cfg, context)
+    model = _model(cfg, data, msg)
+    scores = credit_metrics(data.y_test, predict_proba(model, data.x_test))
+    metrics = {"lender-id": lender_id(context), "server-round": int(config["server-round"]),
+               "num-examples": len(data.y_test), **scores}
+    return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)

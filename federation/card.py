@@ -1,0 +1,220 @@
+"""Dataset cards: every column of a dataset, its category, public bounds and encoding.
+
+A card is plain data (TOML or JSON). Encoding uses only what the card states: public bounds, fixed
+transforms and category lists, never statistics computed on pooled data (that would leak).
+
+    name = "my_lender_book"
+    [columns.months_on_file]
+    category = "credit_history"
+    type = "numeric"
+    bounds = [0, 600]
+    transform = "log1p"        # identity | log1p | asinh
+    [columns.gender]
+    category = "sensitive"
+    [columns.defaulted]
+    category = "label"
+    positive = 1
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from federation.errors import CardError
+
+# Categories the policy may use for training (the guideline's credit information).
+CREDIT_CATEGORIES = ("credit_history", "capacity", "collateral", "loan_terms")
+# Categories that never reach training: the guideline bans sensitive and non-credit data, and
+# identity fields are not features.
+PROHIBITED_CATEGORIES = ("sensitive", "non_credit", "identity")
+# Columns with a role other than feature.
+ROLE_CATEGORIES = ("label", "consent", "lender", "record_id")
+CATEGORIES = CREDIT_CATEGORIES + PROHIBITED_CATEGORIES + ROLE_CATEGORIES
+
+TRANSFORMS = ("identity", "log1p", "asinh")
+CARDS_DIR = Path(__file__).parent / "cards"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a dataset as its card describes it."""
+
+    name: str
+    category: str
+    type: str = "numeric"  # numeric | categorical (features only)
+    bounds: tuple[float, float] | None = None
+    transform: str = "identity"
+    affine: tuple[float, float] | None = None  # raw = value * scale + offset, given as [offset, scale]
+    bins: tuple[float, ...] = ()
+    categories: tuple[str, ...] = ()
+    missing: str = "error"  # error | indicator (numeric) | unknown (categorical)
+    positive: Any = None  # label only: the value that means default
+    consented: tuple[Any, ...] = ()  # consent only: values that mean consent given
+    reason: str = ""
+
+    @property
+    def is_feature_candidate(self) -> bool:
+        return self.category not in ROLE_CATEGORIES
+
+    def feature_names(self) -> list[str]:
+        """Names of the encoded features this column produces."""
+        if self.type == "categorical":
+            names = [f"{self.name}={c}" for c in self.categories]
+        elif self.bins:
+            edges = ("-inf",) + tuple(_fmt(b) for b in self.bins) + ("inf",)
+            names = [f"{self.name}[{lo},{hi})" for lo, hi in zip(edges[:-1], edges[1:])]
+        else:
+            names = [self.name]
+        if self.type == "numeric" and self.missing == "indicator":
+            names.append(f"{self.name}__missing")
+        return names
+
+
+@dataclass(frozen=True)
+class DatasetCard:
+    name: str
+    columns: tuple[Column, ...]
+    description: str = ""
+    source: str = ""
+    path: str = ""
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def column(self, name: str) -> Column:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise CardError(f"card '{self.name}' has no column '{name}'")
+
+    def role(self, category: str) -> Column | None:
+        found = [c for c in self.columns if c.category == category]
+        return found[0] if found else None
+
+    @property
+    def label(self) -> Column:
+        col = self.role("label")
+        assert col is not None  # guaranteed by parse_card
+        return col
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def load_card(path: str | Path) -> DatasetCard:
+    """Read a card from a TOML or JSON file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CardError(f"dataset card not found: {path}")
+    text = path.read_bytes()
+    try:
+        if path.suffix.lower() == ".json":
+            raw = json.loads(text)
+        else:
+            raw = tomllib.loads(text.decode("utf-8"))
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CardError(f"dataset card {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {exc}") from None
+    return parse_card(raw, source_path=str(path))
+
+
+def builtin_card(name: str) -> DatasetCard:
+    """One of the cards shipped with fedcredit (federation/cards/NAME.toml)."""
+    return load_card(CARDS_DIR / f"{name}.toml")
+
+
+def parse_card(raw: dict, source_path: str = "") -> DatasetCard:
+    where = source_path or "card"
+    if not isinstance(raw, dict) or not isinstance(raw.get("columns"), dict) or not raw["columns"]:
+        raise CardError(f"{where}: a card needs a [columns] table with one entry per column")
+    columns = []
+    for name, spec in raw["columns"].items():
+        if not isinstance(spec, dict):
+            raise CardError(f"{where}: column '{name}' must be a table")
+        columns.append(_parse_column(where, name, spec))
+    card = DatasetCard(
+        name=str(raw.get("name", Path(source_path).stem or "card")),
+        columns=tuple(columns),
+        description=str(raw.get("description", "")),
+        source=str(raw.get("source", "")),
+        path=source_path,
+    )
+    labels = [c for c in columns if c.category == "label"]
+    if len(labels) != 1:
+        raise CardError(f"{where}: exactly one column must have category 'label', found {len(labels)}")
+    if labels[0].positive is None:
+        raise CardError(f"{where}: label column '{labels[0].name}' needs 'positive' (the value meaning default)")
+    for role in ("consent", "lender"):
+        if sum(c.category == role for c in columns) > 1:
+            raise CardError(f"{where}: at most one column may have category '{role}'")
+    consent = card.role("consent")
+    if consent is not None and not consent.consented:
+        raise CardError(f"{where}: consent column '{consent.name}' needs 'consented' (the values meaning consent given)")
+    return card
+
+
+_KNOWN_KEYS = {"category", "type", "bounds", "transform", "affine", "bins", "categories", "missing", "positive", "consented", "reason", "description"}
+
+
+def _parse_column(where: str, name: str, spec: dict) -> Column:
+    unknown = set(spec) - _KNOWN_KEYS
+    if unknown:
+        raise CardError(f"{where}: column '{name}' has unknown keys {sorted(unknown)}")
+    category = spec.get("category")
+    if category not in CATEGORIES:
+        raise CardError(f"{where}: column '{name}' has category {category!r}; expected one of {', '.join(CATEGORIES)}")
+    kind = spec.get("type", "numeric")
+    col_kwargs: dict[str, Any] = {"name": name, "category": category, "reason": str(spec.get("reason", ""))}
+    if category == "label":
+        col_kwargs["positive"] = spec.get("positive")
+        return Column(**col_kwargs)
+    if category == "consent":
+        consented = spec.get("consented", [])
+        col_kwargs["consented"] = tuple(consented if isinstance(consented, list) else [consented])
+        return Column(**col_kwargs)
+    if category in ("lender", "record_id") or category in PROHIBITED_CATEGORIES:
+        # Never encoded: only the category matters (refused columns need no encoding).
+        return Column(**col_kwargs, type=kind)
+    if kind not in ("numeric", "categorical"):
+        raise CardError(f"{where}: column '{name}' has type {kind!r}; expected numeric or categorical")
+    col_kwargs["type"] = kind
+    missing = spec.get("missing", "error")
+    if kind == "categorical":
+        cats = spec.get("categories")
+        if not isinstance(cats, list) or not cats:
+            raise CardError(f"{where}: categorical column '{name}' needs a non-empty 'categories' list")
+        if missing not in ("error", "unknown"):
+            raise CardError(f"{where}: categorical column '{name}': missing must be 'error' or 'unknown'")
+        return Column(**col_kwargs, categories=tuple(str(c) for c in cats), missing=missing)
+    bounds = spec.get("bounds")
+    if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds)):
+        raise CardError(f"{where}: numeric column '{name}' needs public 'bounds' = [low, high]")
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise CardError(f"{where}: numeric column '{name}' has bounds {bounds}; need finite low < high")
+    transform = spec.get("transform", "identity")
+    if transform not in TRANSFORMS:
+        raise CardError(f"{where}: column '{name}' has transform {transform!r}; expected one of {', '.join(TRANSFORMS)}")
+    if missing not in ("error", "indicator"):
+        raise CardError(f"{where}: numeric column '{name}': missing must be 'error' or 'indicator'")
+    affine = spec.get("affine")
+    if affine is not None and not (isinstance(affine, list) and len(affine) == 2):
+        raise CardError(f"{where}: column '{name}': affine must be [offset, scale]")
+    bins = spec.get("bins", [])
+    if bins and (not isinstance(bins, list) or sorted(bins) != bins):
+        raise CardError(f"{where}: column '{name}': bins must be an increasing list of thresholds")
+    return Column(
+        **col_kwargs,
+        bounds=(lo, hi),
+        transform=transform,
+        affine=tuple(float(a) for a in affine) if affine else None,
+        bins=tuple(float(b) for b in bins),
+        missing=missing,
+    )

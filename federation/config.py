@@ -1,0 +1,182 @@
+"""The run configuration: one dataclass, the single place where every option is defined.
+
+The same keys (with hyphens) are the Flower app's `[tool.flwr.app.config]` in pyproject.toml, the
+`fedcredit run` options and the ConfigRecord the server sends to lenders, so `flwr run .` and the CLI
+run the same apps with the same meaning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from federation.errors import ConfigError
+
+DATASETS = ("synthetic", "taiwan_default", "give_me_some_credit", "german_credit", "spanish_credit", "csv")
+PARTITIONS = ("natural", "iid", "dirichlet", "quantity")
+MODELS = ("logreg", "mlp")
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+ACCOUNTANTS = ("rdp", "prv")
+DATA_DIR_ENV = "FEDCREDIT_DATA_DIR"
+
+
+def default_data_dir() -> str:
+    """The data directory: $FEDCREDIT_DATA_DIR, else ../shared/datasets beside the working folder."""
+    return os.environ.get(DATA_DIR_ENV) or str(Path("..", "shared", "datasets"))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run. Same config and seed give the same numbers."""
+
+    dataset: str = "synthetic"
+    data_dir: str = ""
+    csv_path: str = ""  # bring-your-own data: CSV file (dataset="csv")
+    card_path: str = ""  # bring-your-own data: dataset card (TOML or JSON)
+    records: int = 20000  # synthetic market size (borrowers)
+    lenders: int = 5
+    partition: str = "natural"
+    alpha: float = 0.5  # Dirichlet concentration (label or quantity skew)
+    holdout_fraction: float = 0.2  # pooled held-out test, kept aside for benchmarks only
+    test_fraction: float = 0.2  # each lender's own test split
+    rounds: int = 5
+    local_epochs: int = 1
+    batch_size: int = 64
+    learning_rate: float = 0.5
+    model: str = "logreg"
+    hidden: int = 32
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01
+    server_learning_rate: float = 0.1  # FedAdam eta
+    dp: bool = True
+    epsilon: float = 3.0  # each lender's budget (and calibration target)
+    delta: float = 0.0  # 0 means per lender 1/n^1.1 for n training records
+    clip_norm: float = 1.0
+    accountant: str = "rdp"
+    seed: int = 0
+    output_dir: str = ""
+    engine: str = "simulation"  # simulation (Flower's Ray runtime) or inprocess
+    epsilon_overrides: tuple[tuple[int, float], ...] = field(default=())  # per-lender budgets
+
+    # ---- conversion -------------------------------------------------------------------------
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def to_record(self) -> dict[str, Any]:
+        """Flat, hyphenated, Flower-friendly values (str, int, float, bool)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "epsilon_overrides":
+                value = ",".join(f"{lender}:{eps!r}" for lender, eps in value)
+            out[f.name.replace("_", "-")] = value
+        return out
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> RunConfig:
+        """Build from hyphenated keys (Flower run config or ConfigRecord); unknown keys are errors."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in record.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"unknown configuration key '{key}'")
+            if name == "epsilon_overrides":
+                kwargs[name] = parse_epsilon_overrides(str(value))
+                continue
+            default = known[name].default
+            kwargs[name] = _coerce(key, value, type(default))
+        return cls(**kwargs).validated()
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes).validated()
+
+    # ---- derived values ---------------------------------------------------------------------
+    def budget_for(self, lender: int) -> float:
+        """The epsilon budget of one lender (per-lender override, else the run's epsilon)."""
+        return dict(self.epsilon_overrides).get(lender, self.epsilon)
+
+    def resolved_data_dir(self) -> str:
+        return self.data_dir or default_data_dir()
+
+    # ---- validation -------------------------------------------------------------------------
+    def validated(self) -> RunConfig:
+        def need(condition: bool, message: str) -> None:
+            if not condition:
+                raise ConfigError(message)
+
+        need(self.dataset in DATASETS, f"unknown dataset '{self.dataset}' (choose from {', '.join(DATASETS)})")
+        need(self.partition in PARTITIONS, f"unknown partition '{self.partition}' (choose from {', '.join(PARTITIONS)})")
+        need(self.model in MODELS, f"unknown model '{self.model}' (choose from {', '.join(MODELS)})")
+        need(self.strategy in STRATEGIES, f"unknown strategy '{self.strategy}' (choose from {', '.join(STRATEGIES)})")
+        need(self.accountant in ACCOUNTANTS, f"unknown accountant '{self.accountant}' (choose from {', '.join(ACCOUNTANTS)})")
+        need(self.engine in ("simulation", "inprocess"), f"unknown engine '{self.engine}' (choose from simulation, inprocess)")
+        need(self.lenders >= 1, f"lenders must be at least 1, got {self.lenders}")
+        need(self.rounds >= 1, f"rounds must be at least 1, got {self.rounds}")
+        need(self.local_epochs >= 1, f"local-epochs must be at least 1, got {self.local_epochs}")
+        need(self.batch_size >= 1, f"batch-size must be at least 1, got {self.batch_size}")
+        need(self.records >= 1, f"records must be at least 1, got {self.records}")
+        need(_finite_positive(self.learning_rate), f"learning-rate must be a positive number, got {self.learning_rate}")
+        need(_finite_positive(self.alpha), f"alpha must be a positive number, got {self.alpha}")
+        need(0.0 < self.holdout_fraction < 1.0, f"holdout-fraction must be in (0, 1), got {self.holdout_fraction}")
+        need(0.0 < self.test_fraction < 1.0, f"test-fraction must be in (0, 1), got {self.test_fraction}")
+        need(self.hidden >= 1, f"hidden must be at least 1, got {self.hidden}")
+        need(self.proximal_mu >= 0 and math.isfinite(self.proximal_mu), f"proximal-mu must be >= 0, got {self.proximal_mu}")
+        need(_finite_positive(self.server_learning_rate), f"server-learning-rate must be positive, got {self.server_learning_rate}")
+        if self.dp:
+            need(_finite_positive(self.epsilon), f"epsilon must be a positive finite number, got {self.epsilon}")
+            need(0.0 <= self.delta < 1.0 and math.isfinite(self.delta), f"delta must be in [0, 1), got {self.delta}")
+            need(_finite_positive(self.clip_norm), f"clip-norm must be a positive number, got {self.clip_norm}")
+            for lender, eps in self.epsilon_overrides:
+                need(_finite_positive(eps), f"epsilon budget of lender {lender} must be positive, got {eps}")
+                need(0 <= lender < self.lenders, f"epsilon budget given for lender {lender}, but lenders are 0..{self.lenders - 1}")
+        if self.dataset == "csv":
+            need(bool(self.csv_path), "dataset 'csv' needs --csv PATH")
+            need(bool(self.card_path), "dataset 'csv' needs --card PATH (a dataset card describing every column)")
+        if self.partition == "natural":
+            need(self.dataset in ("synthetic", "csv"), f"partition 'natural' needs a lender column; dataset '{self.dataset}' has none (use iid, dirichlet or quantity)")
+        return self
+
+
+def parse_epsilon_overrides(text: str) -> tuple[tuple[int, float], ...]:
+    """Parse 'LENDER:EPS,LENDER:EPS' (e.g. '0:1.0,3:8')."""
+    if not text.strip():
+        return ()
+    out = []
+    for item in text.split(","):
+        try:
+            lender, eps = item.split(":")
+            out.append((int(lender), float(eps)))
+        except ValueError:
+            raise ConfigError(f"per-lender budget '{item}' is not LENDER:EPSILON") from None
+    return tuple(sorted(out))
+
+
+def _finite_positive(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes"):
+                    return True
+                if value.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"configuration key '{key}' expects {kind.__name__}, got {value!r}") from None

@@ -1,0 +1,154 @@
+"""What lenders and coordinator say to each other, and the inspector that checks every reply.
+
+A lender's replies hold only (a) model arrays of exactly the model's parameter shapes, (b) scalar
+metrics from a fixed list, and (c) its manifest, a fixed set of counts and column names. Nothing
+row-shaped ever leaves a lender: `inspect_reply` refuses anything else, and the server runs it on
+every reply before looking at it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+
+from federation.config import RunConfig
+
+ARRAYS = "arrays"
+METRICS = "metrics"
+CONFIG = "config"
+MANIFEST = "manifest"
+QUERY_MANIFEST = "query.manifest"
+
+# Scalars a lender may report, per message type. Each is one number: aggregate, never per record.
+TRAIN_METRICS = {
+    "lender-id", "server-round", "num-examples", "train-loss", "declined", "epsilon", "delta",
+    "noise-multiplier", "sample-rate", "steps", "clip-norm", "epsilon-budget",
+}
+EVALUATE_METRICS = {"lender-id", "server-round", "num-examples", "auc", "ks", "gini", "brier", "loss"}
+# The manifest: counts and column-level descriptions, bounded by the number of columns in the card.
+MANIFEST_SCALARS = {
+    "lender-id": int, "records-total": int, "records-without-consent": int, "records-used": int,
+    "train-records": int, "test-records": int, "dataset": str, "card": str, "data-hash": str, "encoding": str,
+}
+MANIFEST_LISTS = ("fields-used", "fields-refused", "features")
+MAX_MANIFEST_LIST = 10_000  # column names, never records
+
+
+class ReplyRejected(Exception):
+    """A reply broke the message contract (it is never aggregated)."""
+
+
+def run_config_record(cfg: RunConfig) -> ConfigRecord:
+    return ConfigRecord(cfg.to_record())
+
+
+def run_config_from(record: Mapping) -> RunConfig:
+    """The RunConfig inside a message's ConfigRecord (strategy keys like 'server-round' are skipped)."""
+    known = set(RunConfig.keys())
+    return RunConfig.from_record({k: v for k, v in record.items() if k.replace("-", "_") in known})
+
+
+def manifest_to_record(manifest: dict) -> ConfigRecord:
+    record = {
+        "lender-id": int(manifest["lender"]),
+        "records-total": int(manifest["records_total"]),
+        "records-without-consent": int(manifest["records_without_consent"]),
+        "records-used": int(manifest["records_used"]),
+        "train-records": int(manifest["train_records"]),
+        "test-records": int(manifest["test_records"]),
+        "dataset": str(manifest["dataset"]),
+        "card": str(manifest["card"]),
+        "data-hash": str(manifest["data_hash"]),
+        "encoding": str(manifest["encoding"]),
+        "fields-used": [f"{f['name']}\t{f['category']}" for f in manifest["fields_used"]],
+        "fields-refused": [f"{f['name']}\t{f['category']}\t{f['reason']}" for f in manifest["fields_refused"]],
+        "features": list(manifest["features"]),
+    }
+    return ConfigRecord(record)
+
+
+def manifest_from_record(record: ConfigRecord) -> dict:
+    used = [dict(zip(("name", "category"), s.split("\t"))) for s in record["fields-used"]]
+    refused = [dict(zip(("name", "category", "reason"), s.split("\t"))) for s in record["fields-refused"]]
+    return {
+        "lender": int(record["lender-id"]),
+        "dataset": record["dataset"],
+        "card": record["card"],
+        "records_total": int(record["records-total"]),
+        "records_without_consent": int(record["records-without-consent"]),
+        "records_used": int(record["records-used"]),
+        "train_records": int(record["train-records"]),
+        "test_records": int(record["test-records"]),
+        "fields_used": used,
+        "fields_refused": refused,
+        "features": list(record["features"]),
+        "data_hash": record["data-hash"],
+        "encoding": record["encoding"],
+    }
+
+
+def _check_metrics(record: MetricRecord, allowed: set[str], where: str) -> dict[str, float]:
+    out = {}
+    for key, value in record.items():
+        if key not in allowed:
+            raise ReplyRejected(f"{where}: metric '{key}' is not an allowed aggregate scalar")
+        if isinstance(value, list) or not isinstance(value, (int, float)):
+            raise ReplyRejected(f"{where}: metric '{key}' is not a scalar")
+        out[key] = value
+    return out
+
+
+def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict:
+    """Check one reply against the contract and return its plain content.
+
+    Returns {"metrics": {...}} for train/evaluate (plus "arrays" as numpy for train) or
+    {"manifest": {...}} for the manifest query. Raises ReplyRejected on anything else.
+    """
+    kind = msg.metadata.message_type
+    where = f"reply from node {msg.metadata.src_node_id} ({kind})"
+    if msg.has_error():
+        raise ReplyRejected(f"{where}: lender failed: {msg.error.reason}")
+    content = msg.content
+    if kind == QUERY_MANIFEST:
+        if set(content.keys()) != {MANIFEST} or not isinstance(content[MANIFEST], ConfigRecord):
+            raise ReplyRejected(f"{where}: a manifest reply holds exactly one ConfigRecord '{MANIFEST}'")
+        record = content[MANIFEST]
+        allowed = set(MANIFEST_SCALARS) | set(MANIFEST_LISTS)
+        for key, value in record.items():
+            if key not in allowed:
+                raise ReplyRejected(f"{where}: manifest key '{key}' is not allowed")
+            if key in MANIFEST_LISTS:
+                if not isinstance(value, list) or len(value) > MAX_MANIFEST_LIST or not all(isinstance(v, str) for v in value):
+                    raise ReplyRejected(f"{where}: manifest '{key}' must be a short list of column names")
+            elif not isinstance(value, MANIFEST_SCALARS[key]):
+                raise ReplyRejected(f"{where}: manifest '{key}' must be {MANIFEST_SCALARS[key].__name__}")
+        missing = allowed - set(record.keys())
+        if missing:
+            raise ReplyRejected(f"{where}: manifest lacks '{sorted(missing)[0]}'")
+        return {"manifest": manifest_from_record(record)}
+    if kind not in ("train", "evaluate"):
+        raise ReplyRejected(f"{where}: unexpected message type")
+    allowed_records = {METRICS, ARRAYS} if kind == "train" else {METRICS}
+    if not set(content.keys()) <= allowed_records or METRICS not in content:
+        raise ReplyRejected(f"{where}: holds {sorted(content.keys())}; allowed {sorted(allowed_records)}")
+    if not isinstance(content[METRICS], MetricRecord):
+        raise ReplyRejected(f"{where}: '{METRICS}' must be a MetricRecord")
+    metrics = _check_metrics(content[METRICS], TRAIN_METRICS if kind == "train" else EVALUATE_METRICS, where)
+    out: dict = {"metrics": metrics}
+    if kind == "train" and not metrics.get("declined"):
+        if ARRAYS not in content or not isinstance(content[ARRAYS], ArrayRecord):
+            raise ReplyRejected(f"{where}: a training reply must hold the model arrays")
+        arrays = {k: v.numpy() for k, v in content[ARRAYS].items()}
+        if expected_shapes is not None:
+            if set(arrays) != set(expected_shapes):
+                raise ReplyRejected(f"{where}: arrays {sorted(arrays)} differ from the model's {sorted(expected_shapes)}")
+            for name, array in arrays.items():
+                if tuple(array.shape) != tuple(expected_shapes[name]):
+                    raise ReplyRejected(f"{where}: array '{name}' has shape {array.shape}, the model's is {expected_shapes[name]}")
+        for name, array in arrays.items():
+            if not np.isfinite(array).all():
+                raise ReplyRejected(f"{where}: array '{name}' holds NaN or infinite values")
+        out["arrays"] = arrays
+    return out

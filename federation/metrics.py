@@ -1,0 +1,34 @@
+"""Credit-model metrics via scikit-learn: AUC, KS, Gini, Brier."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score, roc_curve
+
+METRICS = ("auc", "ks", "gini", "brier", "loss")
+
+
+def credit_metrics(y_true: np.ndarray, p_default: np.ndarray) -> dict[str, float]:
+    """AUC, KS (max TPR - FPR), Gini (2 AUC - 1), Brier score and log loss.
+
+    With a single class in `y_true`, ranking metrics are undefined and reported as NaN.
+    """
+    y = np.asarray(y_true, dtype=np.float64)
+    p = np.clip(np.asarray(p_default, dtype=np.float64), 1e-7, 1 - 1e-7)
+    out = {"brier": float(brier_score_loss(y, p)) if len(y) else math.nan,
+           "loss": float(log_loss(y, p, labels=[0, 1])) if len(y) else math.nan}
+    if len(np.unique(y)) < 2:
+        return {"auc": math.nan, "ks": math.nan, "gini": math.nan, **out}
+    auc = float(roc_auc_score(y, p))
+    fpr, tpr, _ = roc_curve(y, p)
+    return {"auc": auc, "ks": float(np.max(tpr - fpr)), "gini": 2 * auc - 1, **out}
+
+
+def weighted_mean(values: list[float], weights: list[float]) -> float:
+    """Mean over the lenders where the metric is defined, weighted by their test records."""
+    pairs = [(v, w) for v, w in zip(values, weights) if not math.isnan(v) and w > 0]
+    if not pairs:
+        return math.nan
+    return float(sum(v * w for v, w in pairs) / sum(w for _, w in pairs))

@@ -1,0 +1,1 @@
+"""Differential privacy as data: events describe every release; accountants interpret them."""

@@ -1,0 +1,63 @@
+"""Epsilon from privacy events, and sigma calibration, with Opacus' accountants (RDP, PRV).
+
+Composition is over all of a lender's events of the run: the accountant is rebuilt from the events,
+so the epsilon after R rounds equals one accountant run over all steps at once (Flower's Opacus
+example resets its PrivacyEngine every round and under-reports: 1.9 where the truth is 6.4).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+from federation.privacy.events import PrivacyEvent
+
+# Calibrated epsilon lands within this fraction *below* the target (never above).
+CALIBRATION_TOLERANCE = 0.005
+
+
+def default_delta(records: int) -> float:
+    """delta <= 1/n^1.1 for a lender with n records: well below 1/n, as DP requires."""
+    return 1.0 / max(records, 2) ** 1.1
+
+
+def _history(events: Iterable[PrivacyEvent]) -> list[tuple[float, float, int]]:
+    history = []
+    for e in events:
+        if e.mechanism != "gaussian" or e.sampling != "poisson":
+            raise ValueError(f"accountant cannot interpret mechanism {e.mechanism}/{e.sampling}")
+        if e.steps > 0:
+            history.append((float(e.noise_multiplier), float(e.sample_rate), int(e.steps)))
+    return history
+
+
+def epsilon(events: Iterable[PrivacyEvent], delta: float, accountant: str = "rdp") -> float:
+    """Epsilon at `delta` of all `events` composed (0 when nothing was released)."""
+    history = _history(events)
+    if not history:
+        return 0.0
+    acc = create_accountant(mechanism=accountant)
+    acc.history = history
+    return float(acc.get_epsilon(delta=delta))
+
+
+def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp") -> float:
+    """Smallest sigma (to tolerance) whose epsilon after `steps` steps is at most the target."""
+    if not (math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise ValueError(f"target epsilon must be positive and finite, got {target_epsilon}")
+    return float(get_noise_multiplier(
+        target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps,
+        accountant=accountant, epsilon_tolerance=CALIBRATION_TOLERANCE * target_epsilon,
+    ))
+
+
+def steps_per_epoch(records: int, batch_size: int) -> int:
+    """Opacus' Poisson loader draws ceil(n / B) batches per epoch at rate q = 1 / that."""
+    return max(1, math.ceil(records / batch_size))
+
+
+def sample_rate(records: int, batch_size: int) -> float:
+    return 1.0 / steps_per_epoch(records, batch_size)

@@ -1,0 +1,72 @@
+"""The run folder: written into a staging folder and moved into place only when complete.
+
+A failed run leaves nothing behind; a finished one holds config.json, metrics.csv, epsilon.csv,
+manifests/, model.pt and model.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+METRICS_COLUMNS = ["round", "lender", "num_examples", "auc", "ks", "gini", "brier", "loss", "train_loss"]
+EPSILON_COLUMNS = ["lender", "round", "epsilon", "delta", "sigma", "sample_rate", "steps", "budget", "declined"]
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+
+
+class RunFolder:
+    """Files go to `<target>.partial-<pid>`; `commit()` renames it to `target`; `abort()` removes it."""
+
+    def __init__(self, target: str | Path) -> None:
+        self.target = Path(target).resolve()
+        if self.target.exists() and any(self.target.iterdir()):
+            from federation.errors import ConfigError
+
+            raise ConfigError(f"output folder {self.target} already exists and is not empty")
+        self.staging = self.target.parent / f".{self.target.name}.partial-{os.getpid()}"
+        if self.staging.exists():
+            shutil.rmtree(self.staging)
+        self.staging.mkdir(parents=True)
+
+    def path(self, name: str) -> Path:
+        p = self.staging / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def write_json(self, name: str, data: object) -> None:
+        self.path(name).write_text(json.dumps(data, indent=2, sort_keys=True, default=_plain) + "\n")
+
+    def write_csv(self, name: str, columns: list[str], rows: list[dict]) -> None:
+        with self.path(name).open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def commit(self) -> Path:
+        if self.target.exists():
+            self.target.rmdir()  # empty, checked in __init__
+        self.staging.rename(self.target)
+        return self.target
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _plain(value: object) -> object:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def read_csv_rows(path: str | Path) -> list[dict]:
+    with Path(path).open(newline="") as fh:
+        return list(csv.DictReader(fh))

@@ -1,0 +1,1 @@
+"""The coordinator: a Flower ServerApp. It never imports the data loaders."""

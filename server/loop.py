@@ -1,0 +1,189 @@
+"""The coordinator's federated loop, on top of a Flower strategy.
+
+We drive the rounds ourselves instead of `Strategy.start` so that every reply passes the message
+inspector before aggregation, replies are aggregated in lender order (same seed, same numbers in
+any runtime), lenders that decline for budget reasons are left out, the run ends when no lender can
+train, and per-lender metrics and epsilons are kept, not only their averages.
+The server never imports the data loaders: it learns the feature list from the lenders' manifests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from federation import __version__
+from federation.config import RunConfig
+from federation.errors import FedCreditError
+from federation.messages import CONFIG, QUERY_MANIFEST, ReplyRejected, inspect_reply, run_config_record
+from federation.metrics import METRICS, weighted_mean
+from federation.model import array_shapes, build_model
+from federation.runfolder import EPSILON_COLUMNS, METRICS_COLUMNS, RunFolder, default_run_dir
+from server.strategies import make_strategy
+
+log = logging.getLogger("fedcredit.server")
+TIMEOUT_S = 3600.0
+
+
+class RunFailed(FedCreditError):
+    """The federation could not complete (a lender failed or broke the message contract)."""
+
+
+@dataclass
+class RoundSummary:
+    round: int
+    trained: int
+    declined: int
+    global_metrics: dict[str, float]
+    max_epsilon: float
+    seconds: float
+
+
+@dataclass
+class RunRecord:
+    manifests: dict[int, dict] = field(default_factory=dict)
+    metrics_rows: list[dict] = field(default_factory=list)
+    epsilon_rows: list[dict] = field(default_factory=list)
+    rounds: list[RoundSummary] = field(default_factory=list)
+    stopped_early: str = ""
+
+
+def _wait_for_nodes(grid: Grid, count: int, timeout: float = 600.0) -> list[int]:
+    deadline = time.time() + timeout
+    while len(nodes := sorted(grid.get_node_ids())) < count:
+        if time.time() > deadline:
+            raise RunFailed(f"only {len(nodes)} of {count} lenders connected within {timeout:.0f} s")
+        time.sleep(0.2)
+    return nodes
+
+
+def _inspect_all(replies: list[Message], shapes=None) -> list[tuple[Message, dict]]:
+    try:
+        return [(msg, inspect_reply(msg, shapes)) for msg in replies]
+    except ReplyRejected as exc:
+        raise RunFailed(str(exc)) from None
+
+
+def collect_manifests(grid: Grid, cfg: RunConfig, nodes: list[int]) -> dict[int, tuple[int, dict]]:
+    """Ask every lender for its manifest. Returns node id -> (lender id, manifest)."""
+    content = RecordDict({CONFIG: run_config_record(cfg)})
+    messages = [Message(content, dst_node_id=node, message_type=QUERY_MANIFEST) for node in nodes]
+    replies = list(grid.send_and_receive(messages, timeout=TIMEOUT_S))
+    if len(replies) != len(nodes):
+        raise RunFailed(f"{len(nodes) - len(replies)} lender(s) did not send a manifest")
+    out = {}
+    for msg, plain in _inspect_all(replies):
+        manifest = plain["manifest"]
+        out[msg.metadata.src_node_id] = (manifest["lender"], manifest)
+    lenders = sorted(lender for lender, _ in out.values())
+    if lenders != list(range(cfg.lenders)):
+        raise RunFailed(f"lenders reported ids {lenders}; expected 0..{cfg.lenders - 1}")
+    features = {tuple(m["features"]) for _, m in out.values()}
+    if len(features) != 1:
+        raise RunFailed("lenders disagree on the encoded feature list; they must use the same dataset card")
+    return out
+
+
+def run_federation(grid: Grid, cfg: RunConfig,
+                   on_round: Callable[[RoundSummary], None] | None = None) -> Path:
+    """Run all rounds and write the run folder. Returns its path."""
+    folder = RunFolder(cfg.output_dir or default_run_dir())
+    try:
+        record = _run(grid, cfg, folder, on_round)
+        _write_outputs(folder, cfg, record)
+        return folder.commit()
+    except BaseException:
+        folder.abort()
+        raise
+
+
+def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round) -> RunRecord:
+    record = RunRecord()
+    nodes = _wait_for_nodes(grid, cfg.lenders)
+    by_node = collect_manifests(grid, cfg, nodes)
+    record.manifests = {lender: manifest for lender, manifest in by_node.values()}
+    features = record.manifests[0]["features"]
+    model = build_model(cfg.model, len(features), cfg.hidden, seed=cfg.seed)
+    shapes = array_shapes(model)
+    arrays = ArrayRecord(model.state_dict())
+    strategy = make_strategy(cfg)
+    config = run_config_record(cfg)
+
+    def lender_of(msg: Message) -> int:
+        return by_node[msg.metadata.src_node_id][0]
+
+    for rnd in range(1, cfg.rounds + 1):
+        start = time.time()
+        replies = list(grid.send_and_receive(strategy.configure_train(rnd, arrays, ConfigRecord(dict(config)), grid), timeout=TIMEOUT_S))
+        checked = sorted(_inspect_all(replies, shapes), key=lambda item: lender_of(item[0]))
+        if len(checked) != cfg.lenders:
+            raise RunFailed(f"round {rnd}: {cfg.lenders - len(checked)} lender(s) sent no reply")
+        trained = [msg for msg, plain in checked if not plain["metrics"].get("declined")]
+        for msg, plain in checked:
+            m = plain["metrics"]
+            if cfg.dp:
+                record.epsilon_rows.append({
+                    "lender": lender_of(msg), "round": rnd, "epsilon": m.get("epsilon", 0.0), "delta": m.get("delta"),
+                    "sigma": m.get("noise-multiplier", ""), "sample_rate": m.get("sample-rate", ""),
+                    "steps": m.get("steps", 0) if not m.get("declined") else 0,
+                    "budget": m.get("epsilon-budget"), "declined": int(m.get("declined", 0)),
+                })
+        if not trained:
+            record.stopped_early = f"no lender could train in round {rnd} without exceeding its budget"
+            log.warning(record.stopped_early)
+            break
+        new_arrays, _ = strategy.aggregate_train(rnd, trained)
+        if new_arrays is None:
+            raise RunFailed(f"round {rnd}: aggregation produced no model")
+        arrays = new_arrays
+        train_loss = {lender_of(msg): plain["metrics"].get("train-loss", math.nan) for msg, plain in checked}
+
+        eval_replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(config)), grid), timeout=TIMEOUT_S))
+        evaluated = sorted(_inspect_all(eval_replies), key=lambda item: lender_of(item[0]))
+        per_lender = []
+        for msg, plain in evaluated:
+            m = plain["metrics"]
+            lender = lender_of(msg)
+            row = {"round": rnd, "lender": lender, "num_examples": int(m["num-examples"]),
+                   **{k: m.get(k, math.nan) for k in METRICS}, "train_loss": train_loss.get(lender, math.nan)}
+            per_lender.append(row)
+        weights = [r["num_examples"] for r in per_lender]
+        global_row = {"round": rnd, "lender": "global", "num_examples": sum(weights),
+                      **{k: weighted_mean([r[k] for r in per_lender], weights) for k in METRICS},
+                      "train_loss": weighted_mean([r["train_loss"] for r in per_lender], weights)}
+        record.metrics_rows.extend(per_lender + [global_row])
+        eps_now = [r["epsilon"] for r in record.epsilon_rows if r["round"] == rnd]
+        summary = RoundSummary(rnd, len(trained), len(checked) - len(trained),
+                               {k: global_row[k] for k in METRICS}, max(eps_now) if eps_now else 0.0, time.time() - start)
+        record.rounds.append(summary)
+        if on_round:
+            on_round(summary)
+    model.load_state_dict(arrays.to_torch_state_dict())
+    torch.save(model.state_dict(), folder.path("model.pt"))
+    folder.write_json("model.json", {"model": cfg.model, "hidden": cfg.hidden, "features": features})
+    return record
+
+
+def _write_outputs(folder: RunFolder, cfg: RunConfig, record: RunRecord) -> None:
+    resolved = cfg.to_record()
+    resolved["epsilon"] = {str(lender): cfg.budget_for(lender) for lender in range(cfg.lenders)} if cfg.dp else None
+    resolved["run-epsilon"] = cfg.epsilon if cfg.dp else None
+    resolved["data-dir"] = cfg.resolved_data_dir()
+    resolved["fedcredit-version"] = __version__
+    resolved["rounds-completed"] = len(record.rounds)
+    resolved["stopped-early"] = record.stopped_early
+    folder.write_json("config.json", resolved)
+    folder.write_csv("metrics.csv", METRICS_COLUMNS, record.metrics_rows)
+    folder.write_csv("epsilon.csv", EPSILON_COLUMNS, record.epsilon_rows)
+    for lender, manifest in sorted(record.manifests.items()):
+        folder.write_json(f"manifests/lender_{lender:03d}.json", manifest)
+    folder.path("rounds.jsonl").write_text("".join(json.dumps(r.__dict__) + "\n" for r in record.rounds))
