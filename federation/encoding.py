@@ -79,7 +79,7 @@ def _encode_categorical(series: pd.Series, col: Column) -> np.ndarray:
             "set missing = \"unknown\" in the card to encode them as unknown"
         )
     as_text = series.astype(str).to_numpy()
-    codes = pd.Categorical(as_text, categories=list(col.categories)).codes.astype(np.int64)
+    codes = pd.Index(col.categories).get_indexer(as_text)  # -1 where not a card category
     unknown = (codes < 0) & ~missing
     if unknown.any():
         bad = as_text[np.flatnonzero(unknown)[0]]

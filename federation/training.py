@@ -21,6 +21,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from federation.privacy.accountant import steps_per_epoch
 
+# Opacus reminds that its default RNG is not cryptographically secure (the run states which RNG it
+# used), and torch notes that Opacus' backward hooks fire on module outputs: expected, not actionable.
+warnings.filterwarnings("ignore", message="Secure RNG turned off")
+warnings.filterwarnings("ignore", message="Full backward hook is firing")
+
 
 @dataclass(frozen=True)
 class DPSettings:
@@ -55,12 +60,10 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, 
         expected_batch = len(data) / len(loader)
         optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate / expected_batch, momentum=0.9)
         engine = PrivacyEngine(accountant="rdp")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Opacus warns about secure RNG; the report states the RNG used
-            train_model, optimizer, loader = engine.make_private(
-                module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=dp.noise_multiplier,
-                max_grad_norm=dp.clip_norm, poisson_sampling=True, loss_reduction="sum",
-            )
+        train_model, optimizer, loader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.clip_norm, poisson_sampling=True, loss_reduction="sum",
+        )
     train_model.train()
     losses, steps = [], 0
     for _ in range(epochs):

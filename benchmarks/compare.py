@@ -1,0 +1,141 @@
+"""Pooled vs local-only vs federated (with and without DP), evaluated on the pooled held-out test.
+
+Every method trains the same model with the same number of local epochs in total
+(rounds x local epochs), and is scored on the pooled held-out test set that no method trains on.
+Federated runs go through the real ClientApp/ServerApp on the in-process engine.
+
+    python -m benchmarks.compare --dataset taiwan_default --lenders 10 --partition dirichlet \
+        --alpha 0.5 --seeds 0,1,2 --epsilons inf,1,3,8 --out benchmarks/results/taiwan_slice
+
+writes OUT.csv (one row per method, epsilon, seed) and OUT.md (means and spread over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from federation.config import RunConfig
+from federation.data import load_holdout, load_lender
+from federation.metrics import credit_metrics
+from federation.model import build_model, predict_proba, set_arrays
+from federation.training import train_local
+
+COLUMNS = ["dataset", "partition", "method", "epsilon", "seed", "auc", "ks", "gini", "brier", "seconds"]
+
+
+def pooled(cfg: RunConfig) -> dict:
+    """Centralized training on all lenders' training records together (the non-private limit)."""
+    parts = [load_lender(cfg, i) for i in range(cfg.lenders)]
+    x = np.concatenate([p.x_train for p in parts])
+    y = np.concatenate([p.y_train for p in parts])
+    model = build_model(cfg.model, x.shape[1], cfg.hidden, seed=cfg.seed)
+    train_local(model, x, y, epochs=cfg.rounds * cfg.local_epochs, batch_size=cfg.batch_size,
+                learning_rate=cfg.learning_rate, seed=cfg.seed)
+    hx, hy = load_holdout(cfg)
+    return credit_metrics(hy, predict_proba(model, hx))
+
+
+def local_only(cfg: RunConfig) -> list[dict]:
+    """Each lender alone, no privacy, the same number of local epochs as one federated run."""
+    hx, hy = load_holdout(cfg)
+    out = []
+    for i in range(cfg.lenders):
+        data = load_lender(cfg, i)
+        model = build_model(cfg.model, data.x_train.shape[1], cfg.hidden, seed=cfg.seed)
+        train_local(model, data.x_train, data.y_train, epochs=cfg.rounds * cfg.local_epochs,
+                    batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=cfg.seed + i)
+        out.append(credit_metrics(hy, predict_proba(model, hx)))
+    return out
+
+
+def federated(cfg: RunConfig) -> dict:
+    import torch
+
+    from federation.runner import run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = run(cfg.replace(engine="inprocess", output_dir=str(Path(tmp) / "run")), on_round=lambda s: None)
+        state = torch.load(path / "model.pt")
+        n_features = len(load_lender(cfg, 0).features)
+        model = build_model(cfg.model, n_features, cfg.hidden)
+        set_arrays(model, {k: v.numpy() for k, v in state.items()})
+        shutil.rmtree(path, ignore_errors=True)
+    hx, hy = load_holdout(cfg)
+    return credit_metrics(hy, predict_proba(model, hx))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="taiwan_default")
+    parser.add_argument("--data-dir", default="")
+    parser.add_argument("--lenders", type=int, default=10)
+    parser.add_argument("--partition", default="dirichlet")
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--learning-rate", type=float, default=0.5)
+    parser.add_argument("--model", default="logreg")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epsilons", default="inf,1,3,8")
+    parser.add_argument("--out", required=True, help="output path without extension (.csv and .md are written)")
+    args = parser.parse_args(argv)
+    base = RunConfig(dataset=args.dataset, data_dir=args.data_dir, lenders=args.lenders, partition=args.partition,
+                     alpha=args.alpha, rounds=args.rounds, local_epochs=args.local_epochs, batch_size=args.batch_size,
+                     learning_rate=args.learning_rate, model=args.model).validated()
+    rows = []
+
+    def add(method: str, eps: float, seed: int, metrics: dict, seconds: float) -> None:
+        rows.append({"dataset": args.dataset, "partition": f"{args.partition}" + (f"({args.alpha:g})" if args.partition != "iid" else ""),
+                     "method": method, "epsilon": eps, "seed": seed, "seconds": round(seconds, 2),
+                     **{k: metrics[k] for k in ("auc", "ks", "gini", "brier")}})
+        print(f"{method:>12} eps={eps:<4} seed={seed} auc={metrics['auc']:.4f} ({seconds:.1f} s)", flush=True)
+
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        cfg = base.replace(seed=seed)
+        t = time.time(); add("pooled", math.inf, seed, pooled(cfg), time.time() - t)
+        t = time.time(); locals_ = local_only(cfg)
+        for key in ("auc",):
+            pass
+        add("local_mean", math.inf, seed, {k: float(np.nanmean([m[k] for m in locals_])) for k in ("auc", "ks", "gini", "brier")}, time.time() - t)
+        add("local_worst", math.inf, seed, min(locals_, key=lambda m: m["auc"]), 0.0)
+        for eps in [float(e) for e in args.epsilons.split(",")]:
+            run_cfg = cfg.replace(dp=math.isfinite(eps), epsilon=eps if math.isfinite(eps) else 1.0)
+            t = time.time(); add("fedavg", eps, seed, federated(run_cfg), time.time() - t)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.with_suffix(".csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    out.with_suffix(".md").write_text(summary_table(rows, " ".join(["python -m benchmarks.compare"] + (argv if argv is not None else sys.argv[1:]))))
+    print(out.with_suffix(".md").read_text())
+    return 0
+
+
+def summary_table(rows: list[dict], command: str) -> str:
+    groups: dict[tuple[str, float], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], float(r["epsilon"])), []).append(float(r["auc"]))
+    pooled_auc = statistics.mean(groups[("pooled", math.inf)])
+    lines = [f"Command: `{command}`", "",
+             "| method | epsilon | AUC mean | AUC sd | vs pooled | seeds |", "|---|---|---|---|---|---|"]
+    for (method, eps), aucs in groups.items():
+        sd = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
+        lines.append(f"| {method} | {'none' if math.isinf(eps) else f'{eps:g}'} | {statistics.mean(aucs):.4f} | {sd:.4f} | "
+                     f"{statistics.mean(aucs) - pooled_auc:+.4f} | {len(aucs)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

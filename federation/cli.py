@@ -1,0 +1,148 @@
+"""The `fedcredit` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from federation.config import ACCOUNTANTS, DATASETS, MODELS, PARTITIONS, STRATEGIES, RunConfig, parse_epsilon_overrides
+from federation.errors import FedCreditError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Privacy-preserving federated credit scoring: lenders train one model, raw data never pooled.")
+console = Console()
+err = Console(stderr=True)
+
+
+@app.callback()
+def _commands() -> None:
+    """Privacy-preserving federated credit scoring: lenders train one model, raw data never pooled."""
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    if value not in allowed:
+        _fail(f"unknown {option} '{value}' (choose from {', '.join(allowed)})")
+    return value
+
+
+@app.command()
+def run(
+    dataset: str = typer.Option("synthetic", help=f"One of: {', '.join(DATASETS)}."),
+    data_dir: str = typer.Option("", help="Folder holding the real datasets (default $FEDCREDIT_DATA_DIR, else ../shared/datasets)."),
+    csv: str = typer.Option("", "--csv", help="Your own data: a CSV file (with --dataset csv)."),
+    card: str = typer.Option("", "--card", help="Your own data: its dataset card, TOML or JSON (with --dataset csv)."),
+    records: int = typer.Option(20000, help="Borrowers in the synthetic market."),
+    lenders: int = typer.Option(5, help="Number of lenders."),
+    partition: str = typer.Option("natural", help=f"How records are split into lenders: {', '.join(PARTITIONS)}."),
+    alpha: float = typer.Option(0.5, help="Dirichlet concentration for dirichlet (label) and quantity skew."),
+    rounds: int = typer.Option(5, help="Federated rounds."),
+    local_epochs: int = typer.Option(1, help="Local epochs per round."),
+    batch_size: int = typer.Option(64, help="Expected batch size (Poisson sampling rate = 1/ceil(n/B))."),
+    learning_rate: float = typer.Option(0.5, help="Local SGD learning rate."),
+    model: str = typer.Option("logreg", help=f"Model: {', '.join(MODELS)}."),
+    strategy: str = typer.Option("fedavg", help=f"Aggregation: {', '.join(STRATEGIES)}."),
+    proximal_mu: float = typer.Option(0.01, help="FedProx proximal weight."),
+    epsilon: float = typer.Option(3.0, help="Each lender's epsilon budget (the calibration target)."),
+    no_dp: bool = typer.Option(False, "--no-dp", help="Train without differential privacy."),
+    delta: float = typer.Option(0.0, help="DP delta; 0 means 1/n^1.1 for each lender's n records."),
+    clip_norm: float = typer.Option(1.0, help="Per-example gradient clipping norm."),
+    accountant: str = typer.Option("rdp", help=f"Privacy accountant: {', '.join(ACCOUNTANTS)}."),
+    budget: str = typer.Option("", help="Per-lender budgets overriding --epsilon, e.g. '0:1,3:8'."),
+    seed: int = typer.Option(0, help="Seed: same inputs and seed give the same numbers."),
+    output_dir: str = typer.Option("", help="Run folder (default: a new folder under runs/)."),
+    engine: str = typer.Option("simulation", help="simulation (Flower's Ray runtime) or inprocess (same apps, no Ray)."),
+) -> None:
+    """Train a shared credit model across lenders with Flower and differential privacy."""
+    _choice(dataset, DATASETS, "dataset")
+    _choice(partition, PARTITIONS, "partition")
+    _choice(model, MODELS, "model")
+    _choice(strategy, STRATEGIES, "strategy")
+    _choice(accountant, ACCOUNTANTS, "accountant")
+    try:
+        cfg = RunConfig(
+            dataset=dataset, data_dir=data_dir, csv_path=csv, card_path=card, records=records, lenders=lenders,
+            partition=partition, alpha=alpha, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size,
+            learning_rate=learning_rate, model=model, strategy=strategy, proximal_mu=proximal_mu, dp=not no_dp,
+            epsilon=epsilon, delta=delta, clip_norm=clip_norm, accountant=accountant, seed=seed,
+            output_dir=output_dir, engine=engine, epsilon_overrides=parse_epsilon_overrides(budget),
+        ).validated()
+        from federation.runner import run as run_federation
+
+        _quiet_libraries()
+        privacy = f"DP epsilon {cfg.epsilon:g} per lender" if cfg.dp else "no DP"
+        console.print(f"fedcredit: {cfg.lenders} lenders, {cfg.dataset} ({cfg.partition}), {cfg.rounds} rounds, "
+                      f"{cfg.strategy}, {cfg.model}, {privacy}, engine {cfg.engine}", highlight=False)
+        path = run_federation(cfg)
+    except FedCreditError as exc:
+        _fail(str(exc))
+    except RuntimeError as exc:  # Flower wraps errors raised in the ServerApp thread
+        cause = exc.__cause__ or exc
+        _fail(str(cause) if isinstance(cause, FedCreditError) else f"run failed: {exc}")
+    _print_summary(path)
+
+
+def _quiet_libraries() -> None:
+    # Flower logs every message exchange at INFO, and Opacus installs a root handler that would print
+    # each of those lines twice: the CLI shows its own progress line per round instead.
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.setLevel(logging.WARNING)
+    flwr_logger.propagate = False
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _print_summary(path: Path) -> None:
+    from federation.runfolder import read_csv_rows
+
+    config = json.loads((path / "config.json").read_text())
+    metrics = read_csv_rows(path / "metrics.csv")
+    eps_rows = read_csv_rows(path / "epsilon.csv")
+    last_round = max(int(r["round"]) for r in metrics) if metrics else 0
+    table = Table(title=f"Lenders after round {last_round}")
+    for column in ("lender", "records (train)", "fields refused", "without consent", "AUC", "KS", "epsilon spent / budget"):
+        table.add_column(column, justify="right")
+    for manifest_path in sorted((path / "manifests").glob("lender_*.json")):
+        manifest = json.loads(manifest_path.read_text())
+        lender = manifest["lender"]
+        row = next((r for r in metrics if r["round"] == str(last_round) and r["lender"] == str(lender)), {})
+        eps = [r for r in eps_rows if r["lender"] == str(lender)]
+        spent = f"{float(eps[-1]['epsilon']):.3f} / {float(eps[-1]['budget']):g}" if eps else "no DP"
+        table.add_row(str(lender), str(manifest["train_records"]), str(len(manifest["fields_refused"])),
+                      str(manifest["records_without_consent"]), _fmt(row.get("auc")), _fmt(row.get("ks")), spent)
+    glob = next((r for r in metrics if r["round"] == str(last_round) and r["lender"] == "global"), {})
+    table.add_row("global", "", "", "", _fmt(glob.get("auc")), _fmt(glob.get("ks")), "", style="bold")
+    console.print(table)
+    if config.get("stopped-early"):
+        console.print(f"stopped early: {config['stopped-early']}")
+    console.print(f"run folder: {path}", highlight=False)
+
+
+def _fmt(value: Optional[str]) -> str:
+    if value in (None, ""):
+        return "-"
+    v = float(value)
+    return "n/a" if math.isnan(v) else f"{v:.4f}"
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+import numpy as np
+import pytest
+
+from federation.config import RunConfig
+from federation.data import describe, load_holdout, load_lender, synthetic
+from federation.data.partition import partition
+from federation.errors import ConfigError, DataError
+from tests.conftest import shared_or_skip
+
+
+def test_synthetic_market_lender_types_and_sizes():
+    market = synthetic.generate_market(records=50_000, lenders=10, seed=1)
+    assert len(market) == 50_000
+    sizes = market.groupby("lender_id").size()
+    assert sizes.min() >= synthetic.MIN_LENDER_SIZE
+    # big-tech platforms (type 0) are the biggest, rural cooperatives (type 4) the smallest
+    by_type = market.groupby(market["lender_id"] % 5).size()
+    assert by_type.idxmax() == 0 and by_type.idxmin() == 4
+    rates = market.groupby(market["lender_id"] % 5)["defaulted"].mean()
+    for i, kind in enumerate(synthetic.LENDER_TYPES):
+        assert abs(rates[i] - kind.default_rate) < 0.02, kind.name
+    # borrowers differ by lender type: platform borrowers are younger with thinner files
+    young = market.groupby(market["lender_id"] % 5)[["age", "months_on_file"]].median()
+    assert young.loc[0, "age"] < young.loc[1, "age"] and young.loc[0, "months_on_file"] < young.loc[1, "months_on_file"]
+
+
+def test_synthetic_lender_is_reproducible_alone():
+    market = synthetic.generate_market(records=5_000, lenders=5, seed=4)
+    alone = synthetic.generate_lender(4, 3, int(synthetic.lender_sizes(5_000, 5, 4)[3]))
+    np.testing.assert_array_equal(market[market.lender_id == 3].reset_index(drop=True).to_numpy(), alone.to_numpy())
+
+
+def test_synthetic_default_risk_depends_on_credit_features_nonlinearly():
+    market = synthetic.generate_market(records=60_000, lenders=5, seed=2)
+    high_util = market.revolving_utilization > 0.9
+    mid_util = market.revolving_utilization.between(0.4, 0.6)
+    low_util = market.revolving_utilization < 0.1
+    d = market.defaulted
+    # convex in utilization: the jump from mid to high exceeds the jump from low to mid
+    assert d[high_util].mean() - d[mid_util].mean() > d[mid_util].mean() - d[low_util].mean()
+
+
+@pytest.mark.parametrize("method", ["iid", "dirichlet", "quantity"])
+def test_partitions_cover_every_record_once(method):
+    labels = (np.random.default_rng(0).random(3000) < 0.2).astype(np.float32)
+    parts = partition(labels, 7, method, alpha=0.5, seed=3)
+    assert len(parts) == 7
+    joined = np.concatenate(parts)
+    assert len(joined) == len(np.unique(joined)) == 3000
+    assert min(len(p) for p in parts) >= 10
+    assert all(np.array_equal(a, b) for a, b in zip(parts, partition(labels, 7, method, alpha=0.5, seed=3)))
+
+
+def test_dirichlet_skews_labels_and_quantity_skews_sizes():
+    labels = (np.random.default_rng(0).random(20000) < 0.3).astype(np.float32)
+    label_rates = [labels[p].mean() for p in partition(labels, 10, "dirichlet", 0.1, 0)]
+    iid_rates = [labels[p].mean() for p in partition(labels, 10, "iid", 0.1, 0)]
+    assert np.std(label_rates) > 5 * np.std(iid_rates)
+    sizes = [len(p) for p in partition(labels, 10, "quantity", 0.5, 0)]
+    assert max(sizes) > 4 * min(sizes)
+
+
+def test_lender_train_test_and_pooled_holdout_are_disjoint():
+    cfg = RunConfig(records=4000, lenders=4, partition="iid", seed=5)
+    summary = describe(cfg)
+    hx, hy = load_holdout(cfg)
+    assert len(hy) == summary.holdout > 0
+    lenders = [load_lender(cfg, i) for i in range(4)]
+    train_rows = {r.tobytes() for d in lenders for r in d.x_train}
+    test_rows = {r.tobytes() for d in lenders for r in d.x_test}
+    hold_rows = {r.tobytes() for r in hx}
+    # exact feature-row duplicates across splits are possible but must be rare
+    assert len(train_rows & hold_rows) < 0.01 * len(hold_rows)
+    assert len(train_rows & test_rows) < 0.01 * len(test_rows)
+    manifest = lenders[0].manifest
+    assert manifest["records_used"] == manifest["records_total"] - manifest["records_without_consent"]
+    assert manifest["train_records"] + manifest["test_records"] == manifest["records_used"]
+
+
+def test_more_lenders_than_records_is_an_error():
+    with pytest.raises(ConfigError, match="cannot give 50 lenders"):
+        describe(RunConfig(records=100, lenders=50))
+
+
+# ---- real schemas, on small fixtures ---------------------------------------------------------
+
+def test_taiwan_fate_split_fixture(fixture_dir):
+    cfg = RunConfig(dataset="taiwan_default", data_dir=str(fixture_dir("taiwan_default")), partition="iid", lenders=2)
+    data = load_lender(cfg, 0)
+    refused = {f["name"] for f in data.manifest["fields_refused"]}
+    assert refused == {"SEX", "EDUCATION", "MARRIAGE", "AGE"}
+    assert data.manifest["card"] == "taiwan_default"
+    assert "PAY_6[-inf,-1.5)" in data.features
+
+
+def test_taiwan_uci_original_fixture(fixture_dir):
+    cfg = RunConfig(dataset="taiwan_default", data_dir=str(fixture_dir("taiwan_default", "taiwan_default_uci")), partition="iid", lenders=2)
+    data = load_lender(cfg, 1)
+    assert {f["name"] for f in data.manifest["fields_refused"]} == {"SEX", "EDUCATION", "MARRIAGE", "AGE"}
+    assert len(data.features) == 49  # the same encoded features as the FATE form
+    assert np.all(np.abs(data.x_train) <= 1)
+
+
+def test_give_me_some_credit_fixtures(fixture_dir, tmp_path):
+    fate = load_lender(RunConfig(dataset="give_me_some_credit", data_dir=str(fixture_dir("give_me_some_credit")), partition="iid", lenders=2), 0)
+    assert [f["name"] for f in fate.manifest["fields_refused"]] == ["age"]
+    kaggle_dir = tmp_path / "kaggle"
+    import shutil
+
+    from tests.conftest import FIXTURES
+    shutil.copytree(FIXTURES / "give_me_some_credit_kaggle", kaggle_dir / "give_me_some_credit")
+    kaggle = load_lender(RunConfig(dataset="give_me_some_credit", data_dir=str(kaggle_dir), partition="iid", lenders=2), 0)
+    assert "MonthlyIncome__missing" in kaggle.features  # Kaggle's missing incomes become an indicator
+
+
+def test_german_and_spanish_fixtures(fixture_dir):
+    german = load_lender(RunConfig(dataset="german_credit", data_dir=str(fixture_dir("german_credit")), partition="iid", lenders=2), 0)
+    assert {f["name"] for f in german.manifest["fields_refused"]} == {
+        "personal_status_and_sex", "age_in_years", "foreign_worker", "telephone", "present_residence_since"}
+    spanish = load_lender(RunConfig(dataset="spanish_credit", data_dir=str(fixture_dir("spanish_credit")), partition="iid", lenders=2), 0)
+    assert {f["name"] for f in spanish.manifest["fields_refused"]} == {"Age", "Marital"}
+    assert "Income__missing" in spanish.features
+
+
+# ---- real data (skip when ../shared/datasets is absent) ---------------------------------------
+
+@pytest.mark.parametrize("dataset,rows,rate", [
+    ("taiwan_default", 30000, 0.221), ("give_me_some_credit", 30000, 0.067),
+    ("german_credit", 1000, 0.30), ("spanish_credit", 4454, 0.28),
+])
+def test_real_datasets_load_through_the_policy(dataset, rows, rate):
+    data_dir = shared_or_skip(dataset)
+    cfg = RunConfig(dataset=dataset, data_dir=str(data_dir), partition="iid", lenders=3)
+    summary = describe(cfg)
+    assert summary.records == rows
+    hx, hy = load_holdout(cfg)
+    assert abs(hy.mean() - rate) < 0.03
+    assert np.isfinite(hx).all() and np.abs(hx).max() <= 1.0
+
+
+def test_real_data_missing_dir_error():
+    with pytest.raises(DataError, match="data directory not found"):
+        describe(RunConfig(dataset="german_credit", data_dir="/nonexistent/fedcredit-data", partition="iid"))
