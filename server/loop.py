@@ -57,12 +57,18 @@ class RunRecord:
     stopped_early: str = ""
 
 
-def _wait_for_nodes(grid: Grid, count: int, timeout: float = 600.0) -> list[int]:
+def _wait_for_nodes(grid: Grid, count: int, timeout: float = 120.0) -> list[int]:
+    """One SuperNode per lender: wait for `count` of them, and refuse a federation of another size."""
     deadline = time.time() + timeout
     while len(nodes := sorted(grid.get_node_ids())) < count:
         if time.time() > deadline:
-            raise RunFailed(f"only {len(nodes)} of {count} lenders connected within {timeout:.0f} s")
+            raise RunFailed(
+                f"only {len(nodes)} SuperNode(s) connected within {timeout:.0f} s, but the run has {count} lenders: "
+                f"set lenders={len(nodes)} (flwr run . --run-config 'lenders={len(nodes)}') or start {count} SuperNodes"
+            )
         time.sleep(0.2)
+    if len(nodes) > count:
+        raise RunFailed(f"{len(nodes)} SuperNodes are connected but the run has {count} lenders: set lenders={len(nodes)}")
     return nodes
 
 
