@@ -1,0 +1,45 @@
+import math
+
+import numpy as np
+import pytest
+
+from federation.metrics import credit_metrics
+from federation.model import Scorecard, build_model, get_arrays, set_arrays
+
+
+def test_scorecard_points_to_double_the_odds():
+    card = Scorecard(base_score=600, base_odds=50, pdo=20)
+    p_at_base = 1 / 51  # good:bad odds 50:1
+    assert card.score(np.array([p_at_base]))[0] == pytest.approx(600)
+    p_double = 1 / 101  # odds 100:1 -> 20 points more
+    assert card.score(np.array([p_double]))[0] == pytest.approx(620)
+    p = np.array([0.01, 0.05, 0.2, 0.6])
+    scores = card.score(p)
+    assert np.all(np.diff(scores) < 0)  # riskier borrowers score lower
+    np.testing.assert_allclose(card.probability(scores), p, rtol=1e-9)
+
+
+def test_scorecard_is_configurable():
+    assert Scorecard(base_score=500, base_odds=20, pdo=40).score(np.array([1 / 21]))[0] == pytest.approx(500)
+
+
+def test_model_arrays_round_trip():
+    model = build_model("mlp", 7, hidden=5, seed=1)
+    arrays = get_arrays(model)
+    assert {k: v.shape for k, v in arrays.items()} == {
+        "hidden.weight": (5, 7), "hidden.bias": (5,), "out.weight": (1, 5), "out.bias": (1,)}
+    other = build_model("mlp", 7, hidden=5, seed=2)
+    set_arrays(other, arrays)
+    for k, v in get_arrays(other).items():
+        np.testing.assert_array_equal(v, arrays[k])
+
+
+def test_credit_metrics_match_definitions():
+    y = np.array([0, 0, 1, 1, 0, 1])
+    p = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])
+    m = credit_metrics(y, p)
+    assert m["auc"] == pytest.approx(8 / 9)
+    assert m["gini"] == pytest.approx(2 * 8 / 9 - 1)
+    assert m["ks"] == pytest.approx(2 / 3)
+    assert m["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    assert math.isnan(credit_metrics(np.zeros(4), np.full(4, 0.3))["auc"])
