@@ -105,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
         cfg = base.replace(seed=seed)
         t = time.time(); add("pooled", math.inf, seed, pooled(cfg), time.time() - t)
         t = time.time(); locals_ = local_only(cfg)
-        for key in ("auc",):
-            pass
         add("local_mean", math.inf, seed, {k: float(np.nanmean([m[k] for m in locals_])) for k in ("auc", "ks", "gini", "brier")}, time.time() - t)
         add("local_worst", math.inf, seed, min(locals_, key=lambda m: m["auc"]), 0.0)
         for eps in [float(e) for e in args.epsilons.split(",")]:
