@@ -7,7 +7,6 @@ so the accountant persists across rounds. It replies with model arrays and aggre
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -18,8 +17,10 @@ from federation.data import LenderData, load_lender
 from federation.messages import ARRAYS, CONFIG, MANIFEST, METRICS, manifest_to_record, run_config_from
 from federation.metrics import credit_metrics
 from federation.model import build_model, predict_proba
-from federation.privacy.accountant import calibrate_noise, default_delta, epsilon, sample_rate, steps_per_epoch
+from federation.privacy.accountant import calibrate_noise, default_delta, sample_rate, steps_per_epoch
+from federation.privacy.budget import PrivacyBudget
 from federation.privacy.events import PrivacyEvent
+from federation.privacy.lender_level import clip_update
 from federation.training import DPSettings, train_local
 
 app = ClientApp()
@@ -49,20 +50,14 @@ def _model(cfg: RunConfig, data: LenderData, msg: Message):
     return model
 
 
-class PrivacyState:
-    """This lender's privacy events and calibrated sigma, kept in the ClientApp's Context.state."""
+def _load_budget(context: Context, budget: float, delta: float, accountant: str) -> PrivacyBudget:
+    if STATE in context.state:
+        return PrivacyBudget.from_json(str(context.state[STATE]["budget"]))
+    return PrivacyBudget(budget, delta, accountant)
 
-    def __init__(self, context: Context) -> None:
-        self.context = context
-        record = context.state.get(STATE) if STATE in context.state else None
-        self.events = [PrivacyEvent.from_dict(e) for e in json.loads(record["events"])] if record else []
-        self.sigma = float(record["sigma"]) if record else None
 
-    def save(self) -> None:
-        self.context.state[STATE] = ConfigRecord({
-            "events": json.dumps([e.to_dict() for e in self.events]),
-            "sigma": float(self.sigma if self.sigma is not None else 0.0),
-        })
+def _save_budget(context: Context, state: PrivacyBudget) -> None:
+    context.state[STATE] = ConfigRecord({"budget": state.to_json()})
 
 
 @app.query("manifest")
@@ -81,40 +76,42 @@ def train(msg: Message, context: Context) -> Message:
     data = _data(cfg, context)
     model = _model(cfg, data, msg)
     n = len(data.y_train)
-    budget = cfg.budget_for(lender)
     metrics: dict[str, float | int] = {"lender-id": lender, "server-round": rnd, "num-examples": n, "declined": 0}
+    record_level = cfg.dp and cfg.dp_level == "record"
     dp = None
-    if cfg.dp:
-        state = PrivacyState(context)
-        delta = cfg.delta or default_delta(n)
+    if record_level:
+        state = _load_budget(context, cfg.budget_for(lender), cfg.delta or default_delta(n), cfg.accountant)
         q = sample_rate(n, cfg.batch_size)
         steps = cfg.local_epochs * steps_per_epoch(n, cfg.batch_size)
         if state.sigma is None:
-            # Calibrated once for the whole run (rounds x local steps), never per round.
-            state.sigma = calibrate_noise(budget, delta, q, cfg.rounds * steps, cfg.accountant)
-        planned = PrivacyEvent(lender, rnd, state.sigma, q, steps, cfg.clip_norm)
-        if epsilon(state.events + [planned], delta, cfg.accountant) > budget:
+            # Calibrated once for the whole run (rounds x local steps), never per round; or fixed by the user.
+            state.sigma = cfg.noise_multiplier or calibrate_noise(state.budget, state.delta, q, cfg.rounds * steps, cfg.accountant)
+        if not state.admits(PrivacyEvent(lender, rnd, state.sigma, q, steps, cfg.clip_norm)):
             # Refuse before any release: this round would take the lender past its budget.
-            spent = epsilon(state.events, delta, cfg.accountant)
-            metrics.update({"declined": 1, "epsilon": spent, "delta": delta, "epsilon-budget": budget})
-            state.save()
+            metrics.update({"declined": 1, "epsilon": state.spent(), "delta": state.delta, "epsilon-budget": state.budget})
+            _save_budget(context, state)
             return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
-        dp = DPSettings(state.sigma, cfg.clip_norm)
+        dp = DPSettings(state.sigma, cfg.clip_norm, cfg.secure_rng)
+    received = {k: v.detach().clone() for k, v in model.state_dict().items()}
     mu = float(config["proximal-mu"]) if "proximal-mu" in config else 0.0
     result = train_local(
         model, data.x_train, data.y_train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, seed=(cfg.seed * 1_000_003 + lender * 1009 + rnd) % 2**31, dp=dp, proximal_mu=mu,
     )
     metrics["train-loss"] = result.loss
-    if cfg.dp:
-        state.events.append(PrivacyEvent(lender, rnd, state.sigma, q, result.steps, cfg.clip_norm))
-        state.save()
+    metrics["steps"] = result.steps
+    if record_level:
+        state.record(PrivacyEvent(lender, rnd, state.sigma, q, result.steps, cfg.clip_norm))
+        _save_budget(context, state)
         metrics.update({
-            "epsilon": epsilon(state.events, delta, cfg.accountant), "delta": delta, "noise-multiplier": state.sigma,
-            "sample-rate": q, "steps": result.steps, "clip-norm": cfg.clip_norm, "epsilon-budget": budget,
+            "epsilon": state.spent(), "delta": state.delta, "noise-multiplier": state.sigma,
+            "sample-rate": q, "clip-norm": cfg.clip_norm, "epsilon-budget": state.budget,
         })
-    else:
-        metrics["steps"] = result.steps
+    elif cfg.dp:
+        # Lender-level DP: the coordinator adds the noise; the lender bounds its influence by
+        # clipping its whole update (the server clips again, so a lender cannot skip this).
+        model.load_state_dict(clip_update(model.state_dict(), received, cfg.clip_norm))
+        metrics["clip-norm"] = cfg.clip_norm
     content = RecordDict({ARRAYS: ArrayRecord(model.state_dict()), METRICS: MetricRecord(metrics)})
     return Message(content, reply_to=msg)
 

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from federation.config import ACCOUNTANTS, DATASETS, MODELS, PARTITIONS, STRATEGIES, RunConfig, parse_epsilon_overrides
+from federation.config import ACCOUNTANTS, DATASETS, DP_LEVELS, MODELS, PARTITIONS, STRATEGIES, RunConfig, parse_epsilon_overrides
 from federation.errors import FedCreditError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -61,6 +61,12 @@ def run(
     delta: float = typer.Option(0.0, help="DP delta; 0 means 1/n^1.1 for each lender's n records."),
     clip_norm: float = typer.Option(1.0, help="Per-example gradient clipping norm."),
     accountant: str = typer.Option("rdp", help=f"Privacy accountant: {', '.join(ACCOUNTANTS)}."),
+    noise_multiplier: float = typer.Option(0.0, help="Fixed noise multiplier sigma; 0 calibrates sigma to the budget. "
+                                           "With a fixed sigma a lender trains until its next round would exceed its budget."),
+    dp_level: str = typer.Option("record", help=f"DP granularity: {', '.join(DP_LEVELS)} (lender: clipped updates, "
+                                 "noise added to the aggregate, Poisson-sampled lenders)."),
+    lender_sample_rate: float = typer.Option(1.0, help="With --dp-level lender: probability each lender takes part in a round."),
+    secure_rng: bool = typer.Option(False, "--secure-rng", help="Cryptographically secure DP noise (Opacus secure mode)."),
     budget: str = typer.Option("", help="Per-lender budgets overriding --epsilon, e.g. '0:1,3:8'."),
     seed: int = typer.Option(0, help="Seed: same inputs and seed give the same numbers."),
     output_dir: str = typer.Option("", help="Run folder (default: a new folder under runs/)."),
@@ -72,18 +78,21 @@ def run(
     _choice(model, MODELS, "model")
     _choice(strategy, STRATEGIES, "strategy")
     _choice(accountant, ACCOUNTANTS, "accountant")
+    _choice(dp_level, DP_LEVELS, "dp-level")
     try:
         cfg = RunConfig(
             dataset=dataset, data_dir=data_dir, csv_path=csv, card_path=card, records=records, lenders=lenders,
             partition=partition, alpha=alpha, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size,
             learning_rate=learning_rate, model=model, strategy=strategy, proximal_mu=proximal_mu, dp=not no_dp,
-            epsilon=epsilon, delta=delta, clip_norm=clip_norm, accountant=accountant, seed=seed,
+            epsilon=epsilon, delta=delta, clip_norm=clip_norm, accountant=accountant, noise_multiplier=noise_multiplier,
+            dp_level=dp_level, lender_sample_rate=lender_sample_rate, secure_rng=secure_rng, seed=seed,
             output_dir=output_dir, engine=engine, epsilon_overrides=parse_epsilon_overrides(budget),
         ).validated()
         from federation.runner import run as run_federation
 
         _quiet_libraries()
-        privacy = f"DP epsilon {cfg.epsilon:g} per lender" if cfg.dp else "no DP"
+        privacy = (f"DP epsilon {cfg.epsilon:g} per {'lender' if cfg.dp_level == 'record' else 'federation (lender-level)'}"
+                   if cfg.dp else "no DP")
         console.print(f"fedcredit: {cfg.lenders} lenders, {cfg.dataset} ({cfg.partition}), {cfg.rounds} rounds, "
                       f"{cfg.strategy}, {cfg.model}, {privacy}, engine {cfg.engine}", highlight=False)
         path = run_federation(cfg)
@@ -109,7 +118,8 @@ def _print_summary(path: Path) -> None:
 
     config = json.loads((path / "config.json").read_text())
     metrics = read_csv_rows(path / "metrics.csv")
-    eps_rows = read_csv_rows(path / "epsilon.csv")
+    privacy = json.loads((path / "privacy.json").read_text())
+    units = privacy.get("units", {})
     last_round = max(int(r["round"]) for r in metrics) if metrics else 0
     table = Table(title=f"Lenders after round {last_round}")
     for column in ("lender", "records (train)", "fields refused", "without consent", "AUC", "KS", "epsilon spent / budget"):
@@ -118,16 +128,25 @@ def _print_summary(path: Path) -> None:
         manifest = json.loads(manifest_path.read_text())
         lender = manifest["lender"]
         row = next((r for r in metrics if r["round"] == str(last_round) and r["lender"] == str(lender)), {})
-        eps = [r for r in eps_rows if r["lender"] == str(lender)]
-        spent = f"{float(eps[-1]['epsilon']):.3f} / {float(eps[-1]['budget']):g}" if eps else "no DP"
+        unit = units.get(str(lender))
+        spent = _spent(unit) if unit else ("lender-level" if units else "no DP")
         table.add_row(str(lender), str(manifest["train_records"]), str(len(manifest["fields_refused"])),
                       str(manifest["records_without_consent"]), _fmt(row.get("auc")), _fmt(row.get("ks")), spent)
     glob = next((r for r in metrics if r["round"] == str(last_round) and r["lender"] == "global"), {})
     table.add_row("global", "", "", "", _fmt(glob.get("auc")), _fmt(glob.get("ks")), "", style="bold")
     console.print(table)
+    if "federation" in units:
+        console.print(f"lender-level epsilon spent / budget: {_spent(units['federation'])}", highlight=False)
+    if privacy.get("dp"):
+        console.print(f"accountant: {privacy['accountant']} (epsilon columns: RDP / PRV in privacy.json); "
+                      f"noise: {privacy['noise_source']}", highlight=False)
     if config.get("stopped-early"):
         console.print(f"stopped early: {config['stopped-early']}")
     console.print(f"run folder: {path}", highlight=False)
+
+
+def _spent(unit: dict) -> str:
+    return f"{unit['epsilon']:.3f} / {unit['budget']:g} (rdp {unit['epsilon_rdp']:.3f}, prv {unit['epsilon_prv']:.3f})"
 
 
 def _fmt(value: Optional[str]) -> str:

@@ -21,6 +21,7 @@ PARTITIONS = ("natural", "iid", "dirichlet", "quantity")
 MODELS = ("logreg", "mlp")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 ACCOUNTANTS = ("rdp", "prv")
+DP_LEVELS = ("record", "lender")
 DATA_DIR_ENV = "FEDCREDIT_DATA_DIR"
 
 
@@ -57,6 +58,10 @@ class RunConfig:
     delta: float = 0.0  # 0 means per lender 1/n^1.1 for n training records
     clip_norm: float = 1.0
     accountant: str = "rdp"
+    noise_multiplier: float = 0.0  # 0: calibrate sigma to the budget; > 0: use this sigma, spend until the budget stops the lender
+    dp_level: str = "record"  # record: DP-SGD inside each lender; lender: clipped updates, noise on the aggregate
+    lender_sample_rate: float = 1.0  # lender-level DP: each lender takes part in a round with this probability
+    secure_rng: bool = False  # cryptographically secure noise (Opacus secure mode)
     seed: int = 0
     output_dir: str = ""
     engine: str = "simulation"  # simulation (Flower's Ray runtime) or inprocess
@@ -115,6 +120,7 @@ class RunConfig:
         need(self.model in MODELS, f"unknown model '{self.model}' (choose from {', '.join(MODELS)})")
         need(self.strategy in STRATEGIES, f"unknown strategy '{self.strategy}' (choose from {', '.join(STRATEGIES)})")
         need(self.accountant in ACCOUNTANTS, f"unknown accountant '{self.accountant}' (choose from {', '.join(ACCOUNTANTS)})")
+        need(self.dp_level in DP_LEVELS, f"unknown dp-level '{self.dp_level}' (choose from {', '.join(DP_LEVELS)})")
         need(self.engine in ("simulation", "inprocess"), f"unknown engine '{self.engine}' (choose from simulation, inprocess)")
         need(self.lenders >= 1, f"lenders must be at least 1, got {self.lenders}")
         need(self.rounds >= 1, f"rounds must be at least 1, got {self.rounds}")
@@ -132,6 +138,13 @@ class RunConfig:
             need(_finite_positive(self.epsilon), f"epsilon must be a positive finite number, got {self.epsilon}")
             need(0.0 <= self.delta < 1.0 and math.isfinite(self.delta), f"delta must be in [0, 1), got {self.delta}")
             need(_finite_positive(self.clip_norm), f"clip-norm must be a positive number, got {self.clip_norm}")
+            need(self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier),
+                 f"noise-multiplier must be 0 (calibrate to the budget) or positive, got {self.noise_multiplier}")
+            need(0.0 < self.lender_sample_rate <= 1.0, f"lender-sample-rate must be in (0, 1], got {self.lender_sample_rate}")
+            if self.dp_level == "lender":
+                need(self.strategy in ("fedavg", "fedprox"),
+                     f"dp-level 'lender' adds noise to the FedAvg update; strategy '{self.strategy}' is not supported with it")
+                need(not self.epsilon_overrides, "dp-level 'lender' has one budget for the federation; per-lender budgets apply to dp-level 'record'")
             for lender, eps in self.epsilon_overrides:
                 need(_finite_positive(eps), f"epsilon budget of lender {lender} must be positive, got {eps}")
                 need(0 <= lender < self.lenders, f"epsilon budget given for lender {lender}, but lenders are 0..{self.lenders - 1}")

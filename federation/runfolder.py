@@ -1,7 +1,7 @@
 """The run folder: written into a staging folder and moved into place only when complete.
 
 A failed run leaves nothing behind; a finished one holds config.json, metrics.csv, epsilon.csv,
-manifests/, model.pt and model.json.
+privacy_events.jsonl, privacy.json, manifests/, model.pt, model.json and rounds.jsonl.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 METRICS_COLUMNS = ["round", "lender", "num_examples", "auc", "ks", "gini", "brier", "loss", "train_loss"]
-EPSILON_COLUMNS = ["lender", "round", "epsilon", "delta", "sigma", "sample_rate", "steps", "budget", "declined"]
+EPSILON_COLUMNS = ["lender", "round", "epsilon", "delta", "sigma", "sample_rate", "steps", "budget", "declined",
+                   "granularity", "sampled"]
 
 
 def default_run_dir() -> Path:

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from federation.privacy.accountant import steps_per_epoch
+from federation.privacy.noise import SecureDPOptimizer, torchcsprng_available
 
 # Opacus reminds that its default RNG is not cryptographically secure (the run states which RNG it
 # used), and torch notes that Opacus' backward hooks fire on module outputs: expected, not actionable.
@@ -31,6 +32,7 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing")
 class DPSettings:
     noise_multiplier: float
     clip_norm: float
+    secure_rng: bool = False  # see federation.privacy.noise
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,14 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, 
         criterion = nn.BCEWithLogitsLoss(reduction="sum")
         expected_batch = len(data) / len(loader)
         optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate / expected_batch, momentum=0.9)
-        engine = PrivacyEngine(accountant="rdp")
-        train_model, optimizer, loader = engine.make_private(
-            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=dp.noise_multiplier,
-            max_grad_norm=dp.clip_norm, poisson_sampling=True, loss_reduction="sum",
-        )
+        if dp.secure_rng and not torchcsprng_available():
+            train_model, optimizer, loader = _secure_private(model, optimizer, loader, dp, expected_batch)
+        else:
+            engine = PrivacyEngine(accountant="rdp", secure_mode=dp.secure_rng)
+            train_model, optimizer, loader = engine.make_private(
+                module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=dp.noise_multiplier,
+                max_grad_norm=dp.clip_norm, poisson_sampling=True, loss_reduction="sum",
+            )
     train_model.train()
     losses, steps = [], 0
     for _ in range(epochs):
@@ -82,3 +87,21 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, 
     if dp is not None:
         train_model._close()  # detach Opacus hooks so the plain model can be reused
     return TrainResult(loss=float(np.mean(losses)) if losses else math.nan, steps=steps)
+
+
+def _secure_private(model, optimizer, loader, dp: DPSettings, expected_batch: float):
+    """What PrivacyEngine.make_private(secure_mode=True) builds, with our CSPRNG noise instead of
+    torchcsprng's. Poisson sampling uses a torch generator seeded from os.urandom: unpredictable,
+    though not a CSPRNG; the noise, which carries the guarantee, is."""
+    import os
+
+    from opacus import GradSampleModule
+    from opacus.data_loader import DPDataLoader
+
+    generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+    private_loader = DPDataLoader.from_data_loader(loader, generator=generator)
+    private_optimizer = SecureDPOptimizer(
+        optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.clip_norm,
+        expected_batch_size=int(round(expected_batch)), loss_reduction="sum", secure_mode=True,
+    )
+    return GradSampleModule(model, loss_reduction="sum"), private_optimizer, private_loader

@@ -24,10 +24,14 @@ from flwr.serverapp import Grid
 from federation import __version__
 from federation.config import RunConfig
 from federation.errors import FedCreditError
-from federation.messages import CONFIG, QUERY_MANIFEST, ReplyRejected, inspect_reply, run_config_record
+from federation.messages import ARRAYS, CONFIG, QUERY_MANIFEST, ReplyRejected, inspect_reply, run_config_record
 from federation.metrics import METRICS, weighted_mean
 from federation.model import array_shapes, build_model
+from federation.privacy.accountant import default_delta, epsilon, epsilons
+from federation.privacy.events import PrivacyEvent
+from federation.privacy.noise import noise_source
 from federation.runfolder import EPSILON_COLUMNS, METRICS_COLUMNS, RunFolder, default_run_dir
+from server.lender_dp import FEDERATION, LenderLevelDP
 from server.strategies import make_strategy
 
 log = logging.getLogger("fedcredit.server")
@@ -51,6 +55,8 @@ class RoundSummary:
 @dataclass
 class RunRecord:
     manifests: dict[int, dict] = field(default_factory=dict)
+    events: list[PrivacyEvent] = field(default_factory=list)
+    deltas: dict[int, float] = field(default_factory=dict)
     metrics_rows: list[dict] = field(default_factory=list)
     epsilon_rows: list[dict] = field(default_factory=list)
     rounds: list[RoundSummary] = field(default_factory=list)
@@ -127,30 +133,45 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round) -> RunRecord:
     def lender_of(msg: Message) -> int:
         return by_node[msg.metadata.src_node_id][0]
 
+    lender_dp = LenderLevelDP(cfg) if cfg.dp and cfg.dp_level == "lender" else None
+    if lender_dp:
+        record.deltas[FEDERATION] = lender_dp.budget.delta
     for rnd in range(1, cfg.rounds + 1):
         start = time.time()
-        replies = list(grid.send_and_receive(strategy.configure_train(rnd, arrays, ConfigRecord(dict(config)), grid), timeout=TIMEOUT_S))
-        checked = sorted(_inspect_all(replies, shapes), key=lambda item: lender_of(item[0]))
-        if len(checked) != cfg.lenders:
-            raise RunFailed(f"round {rnd}: {cfg.lenders - len(checked)} lender(s) sent no reply")
-        trained = [msg for msg, plain in checked if not plain["metrics"].get("declined")]
-        for msg, plain in checked:
-            m = plain["metrics"]
-            if cfg.dp:
-                record.epsilon_rows.append({
-                    "lender": lender_of(msg), "round": rnd, "epsilon": m.get("epsilon", 0.0), "delta": m.get("delta"),
-                    "sigma": m.get("noise-multiplier", ""), "sample_rate": m.get("sample-rate", ""),
-                    "steps": m.get("steps", 0) if not m.get("declined") else 0,
-                    "budget": m.get("epsilon-budget"), "declined": int(m.get("declined", 0)),
-                })
-        if not trained:
-            record.stopped_early = f"no lender could train in round {rnd} without exceeding its budget"
+        if lender_dp and not lender_dp.admits(rnd):
+            record.stopped_early = f"round {rnd} would take the federation past epsilon {cfg.epsilon} (lender-level)"
             log.warning(record.stopped_early)
             break
-        new_arrays, _ = strategy.aggregate_train(rnd, trained)
-        if new_arrays is None:
-            raise RunFailed(f"round {rnd}: aggregation produced no model")
-        arrays = new_arrays
+        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(config)), grid))
+        if lender_dp:
+            sampled = set(lender_dp.sample(sorted(lender for lender, _ in by_node.values())))
+            messages = [m for m in messages if by_node[m.metadata.dst_node_id][0] in sampled]
+        replies = list(grid.send_and_receive(messages, timeout=TIMEOUT_S)) if messages else []
+        checked = sorted(_inspect_all(replies, shapes), key=lambda item: lender_of(item[0]))
+        if len(checked) != len(messages):
+            raise RunFailed(f"round {rnd}: {len(messages) - len(checked)} lender(s) sent no reply")
+        trained = [msg for msg, plain in checked if not plain["metrics"].get("declined")]
+        if cfg.dp and not lender_dp:
+            for msg, plain in checked:
+                record.epsilon_rows.append(_account_reply(record, cfg, lender_of(msg), rnd, plain["metrics"]))
+        if lender_dp:
+            arrays = lender_dp.aggregate(rnd, arrays, [msg.content[ARRAYS] for msg in trained])
+            event = lender_dp.budget.events[-1]
+            record.events.append(event)
+            record.epsilon_rows.append({
+                "lender": "federation", "round": rnd, "epsilon": lender_dp.budget.spent(), "delta": lender_dp.budget.delta,
+                "sigma": event.noise_multiplier, "sample_rate": event.sample_rate, "steps": event.steps,
+                "budget": cfg.epsilon, "declined": 0, "granularity": "lender", "sampled": len(trained),
+            })
+        else:
+            if not trained:
+                record.stopped_early = f"no lender could train in round {rnd} without exceeding its budget"
+                log.warning(record.stopped_early)
+                break
+            new_arrays, _ = strategy.aggregate_train(rnd, trained)
+            if new_arrays is None:
+                raise RunFailed(f"round {rnd}: aggregation produced no model")
+            arrays = new_arrays
         train_loss = {lender_of(msg): plain["metrics"].get("train-loss", math.nan) for msg, plain in checked}
 
         eval_replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(config)), grid), timeout=TIMEOUT_S))
@@ -179,6 +200,51 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round) -> RunRecord:
     return record
 
 
+def _account_reply(record: RunRecord, cfg: RunConfig, lender: int, rnd: int, m: dict) -> dict:
+    """Record the lender's release as an event and recompute its epsilon from all its events.
+
+    The lender reports its epsilon too; a lender whose claim differs from what its recorded
+    mechanism supports breaks the contract and stops the run.
+    """
+    delta = float(m["delta"])
+    expected_delta = cfg.delta or default_delta(int(record.manifests[lender]["train_records"]))
+    if not math.isclose(delta, expected_delta, rel_tol=1e-9):
+        raise RunFailed(f"round {rnd}: lender {lender} accounts at delta {delta}, expected {expected_delta}")
+    record.deltas[lender] = delta
+    declined = bool(m.get("declined"))
+    if not declined:
+        record.events.append(PrivacyEvent(lender, rnd, float(m["noise-multiplier"]), float(m["sample-rate"]),
+                                          int(m["steps"]), float(m["clip-norm"])))
+    eps = epsilon([e for e in record.events if e.lender == lender], delta, cfg.accountant)
+    if not math.isclose(eps, float(m["epsilon"]), rel_tol=1e-6, abs_tol=1e-9):
+        raise RunFailed(f"round {rnd}: lender {lender} reported epsilon {m['epsilon']}, its recorded events give {eps}")
+    return {"lender": lender, "round": rnd, "epsilon": eps, "delta": delta,
+            "sigma": m.get("noise-multiplier", ""), "sample_rate": m.get("sample-rate", ""),
+            "steps": 0 if declined else int(m["steps"]), "budget": m.get("epsilon-budget"),
+            "declined": int(declined), "granularity": "record", "sampled": ""}
+
+
+def privacy_summary(cfg: RunConfig, record: RunRecord) -> dict:
+    """Per lender (or the federation, at lender level): final epsilon under both accountants."""
+    if not cfg.dp:
+        return {"dp": False}
+    units = [FEDERATION] if cfg.dp_level == "lender" else list(range(cfg.lenders))
+    out = {"dp": True, "granularity": cfg.dp_level, "accountant": cfg.accountant,
+           "noise_source": noise_source(cfg.secure_rng), "units": {}}
+    for unit in units:
+        events = [e for e in record.events if e.lender == unit]
+        delta = record.deltas.get(unit, cfg.delta)
+        budget = cfg.epsilon if unit == FEDERATION else cfg.budget_for(unit)
+        both = epsilons(events, delta) if events else {"rdp": 0.0, "prv": 0.0}
+        out["units"]["federation" if unit == FEDERATION else str(unit)] = {
+            "budget": budget, "delta": delta, "epsilon": both[cfg.accountant], "epsilon_rdp": both["rdp"],
+            "epsilon_prv": both["prv"], "rounds_released": len(events), "steps": sum(e.steps for e in events),
+            "noise_multiplier": events[-1].noise_multiplier if events else None,
+            "sample_rate": events[-1].sample_rate if events else None, "clip_norm": cfg.clip_norm,
+        }
+    return out
+
+
 def _write_outputs(folder: RunFolder, cfg: RunConfig, record: RunRecord) -> None:
     resolved = cfg.to_record()
     resolved["epsilon"] = {str(lender): cfg.budget_for(lender) for lender in range(cfg.lenders)} if cfg.dp else None
@@ -192,4 +258,6 @@ def _write_outputs(folder: RunFolder, cfg: RunConfig, record: RunRecord) -> None
     folder.write_csv("epsilon.csv", EPSILON_COLUMNS, record.epsilon_rows)
     for lender, manifest in sorted(record.manifests.items()):
         folder.write_json(f"manifests/lender_{lender:03d}.json", manifest)
+    folder.path("privacy_events.jsonl").write_text("".join(json.dumps(e.to_dict(), sort_keys=True) + "\n" for e in record.events))
+    folder.write_json("privacy.json", privacy_summary(cfg, record))
     folder.path("rounds.jsonl").write_text("".join(json.dumps(r.__dict__) + "\n" for r in record.rounds))

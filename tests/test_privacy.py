@@ -1,4 +1,3 @@
-import json
 import math
 
 import pytest
@@ -12,6 +11,7 @@ from federation.data import load_lender
 from federation.messages import ARRAYS, CONFIG, METRICS, run_config_record
 from federation.model import build_model
 from federation.privacy.accountant import calibrate_noise, default_delta, epsilon, sample_rate, steps_per_epoch
+from federation.privacy.budget import PrivacyBudget
 from federation.privacy.events import PrivacyEvent
 
 
@@ -73,13 +73,14 @@ def test_lender_declines_a_round_that_would_exceed_its_budget(monkeypatch):
     assert m1["declined"] == 0 and 0 < m1["epsilon"] < 1.0
     # Pretend an earlier release already spent most of the budget: the next round must be refused
     # before any training, and the reply carries no model.
-    events = json.loads(context.state[STATE]["events"])
-    events.append({**events[0], "round": 0, "steps": events[0]["steps"] * 10})
-    context.state[STATE] = ConfigRecord({"events": json.dumps(events), "sigma": context.state[STATE]["sigma"]})
-    before = epsilon([PrivacyEvent.from_dict(e) for e in events], m1["delta"])
+    state = PrivacyBudget.from_json(context.state[STATE]["budget"])
+    state.events.append(PrivacyEvent(**{**state.events[0].to_dict(), "round": 0, "steps": state.events[0].steps * 10}))
+    context.state[STATE] = ConfigRecord({"budget": state.to_json()})
+    events = state.events
+    before = epsilon(events, m1["delta"])
     second = client_train(_train_message(cfg, 2, model), context)
     m2 = second.content[METRICS]
     assert m2["declined"] == 1
     assert ARRAYS not in second.content
     assert m2["epsilon"] == pytest.approx(before)
-    assert len(json.loads(context.state[STATE]["events"])) == len(events)  # nothing new released
+    assert len(PrivacyBudget.from_json(context.state[STATE]["budget"]).events) == len(events)  # nothing new released

@@ -1,0 +1,56 @@
+"""Lender-level DP around the FedAvg server update (see federation.privacy.lender_level).
+
+The coordinator samples lenders (Poisson, rate q), adds the Gaussian noise to the sum of clipped
+updates, records one lender-granularity PrivacyEvent per round and stops before a round that would
+take the federation past its epsilon. Every round counts, even one where nobody was sampled: the
+release (noise alone) still happens and amplification already accounts for the sampling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+
+from federation.config import RunConfig
+from federation.privacy.accountant import calibrate_noise, default_delta
+from federation.privacy.budget import PrivacyBudget
+from federation.privacy.events import PrivacyEvent
+from federation.privacy.lender_level import noised_mean_update
+from federation.privacy.noise import ChaChaGaussian
+
+FEDERATION = -1  # the "lender" field of a lender-level event: the whole federation
+
+
+class LenderLevelDP:
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.q = cfg.lender_sample_rate
+        delta = cfg.delta or default_delta(cfg.lenders)
+        sigma = cfg.noise_multiplier or calibrate_noise(cfg.epsilon, delta, self.q, cfg.rounds, cfg.accountant)
+        self.budget = PrivacyBudget(cfg.epsilon, delta, cfg.accountant, sigma=sigma)
+        self._rng = np.random.default_rng([cfg.seed, 1])
+        if cfg.secure_rng:
+            self._normal = ChaChaGaussian().normal
+        else:
+            generator = torch.Generator().manual_seed(cfg.seed)
+            self._normal = lambda shape: torch.randn(shape, generator=generator, dtype=torch.float64)
+
+    def event(self, rnd: int) -> PrivacyEvent:
+        return PrivacyEvent(FEDERATION, rnd, float(self.budget.sigma), self.q, 1, self.cfg.clip_norm,
+                            neighbouring="add_or_remove_one_lender", granularity="lender")
+
+    def admits(self, rnd: int) -> bool:
+        return self.budget.admits(self.event(rnd))
+
+    def sample(self, lenders: list[int]) -> list[int]:
+        """Each lender independently with probability q (not a fixed-size sample)."""
+        keep = self._rng.random(len(lenders)) < self.q
+        return [lender for lender, k in zip(lenders, keep) if k]
+
+    def aggregate(self, rnd: int, global_arrays: ArrayRecord, updates: list[ArrayRecord]) -> ArrayRecord:
+        state = global_arrays.to_torch_state_dict()
+        new = noised_mean_update(state, [u.to_torch_state_dict() for u in updates], self.cfg.clip_norm,
+                                 float(self.budget.sigma), self.q * self.cfg.lenders, self._normal)
+        self.budget.record(self.event(rnd))
+        return ArrayRecord(new)
