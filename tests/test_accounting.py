@@ -1,0 +1,237 @@
+"""Privacy accounting: events file, cross-checks against dp_accounting, budgets, lender-level DP, secure noise."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from federation.config import RunConfig
+from federation.privacy import dpaccounting
+from federation.privacy.accountant import calibrate_noise, default_delta, epsilon, epsilons
+from federation.privacy.budget import PrivacyBudget
+from federation.privacy.events import PrivacyEvent
+from federation.privacy.lender_level import clip_update, noised_mean_update, update_norm
+from federation.privacy.noise import ChaChaGaussian
+from federation.runner import run
+
+# (sigma, q, steps per round, rounds): small and large epsilon, tiny and large sampling rates
+MECHANISMS = [(1.0, 0.01, 100, 10), (0.7, 0.05, 20, 5), (2.0, 0.002, 500, 20), (1.1, 0.3, 3, 10), (5.0, 0.01, 300, 1)]
+
+
+def _events(sigma, q, steps, rounds, lender=0):
+    return [PrivacyEvent(lender, r, sigma, q, steps, 1.0) for r in range(1, rounds + 1)]
+
+
+@pytest.mark.parametrize("sigma,q,steps,rounds", MECHANISMS)
+def test_opacus_rdp_matches_dp_accounting_rdp_within_1_percent(sigma, q, steps, rounds):
+    events = _events(sigma, q, steps, rounds)
+    ours, theirs = epsilon(events, 1e-5, "rdp"), dpaccounting.epsilon(events, 1e-5, "rdp")
+    assert ours == pytest.approx(theirs, rel=0.01)
+
+
+@pytest.mark.parametrize("sigma,q,steps,rounds", MECHANISMS)
+def test_opacus_prv_matches_dp_accounting_pld_within_1_percent(sigma, q, steps, rounds):
+    events = _events(sigma, q, steps, rounds)
+    ours, theirs = epsilon(events, 1e-5, "prv"), dpaccounting.epsilon(events, 1e-5, "pld")
+    assert ours == pytest.approx(theirs, rel=0.01)
+
+
+def test_prv_is_tighter_than_rdp_and_both_are_reported():
+    both = epsilons(_events(1.0, 0.01, 100, 10), 1e-5)
+    assert set(both) == {"rdp", "prv"}
+    assert both["prv"] < both["rdp"]  # RDP's conversion to (eps, delta) is loose; PRV is near exact
+
+
+def test_mixed_mechanisms_compose():
+    a, b = _events(1.0, 0.01, 100, 3), _events(2.0, 0.02, 50, 4)
+    assert epsilon(a + b, 1e-5) > max(epsilon(a, 1e-5), epsilon(b, 1e-5))
+    assert epsilon(a + b, 1e-5) == pytest.approx(dpaccounting.epsilon(a + b, 1e-5, "rdp"), rel=0.01)
+
+
+# ---- budgets ------------------------------------------------------------------------------------
+
+def _spend_until_refused(budget, sigma, q, steps, rounds, n, accountant):
+    state = PrivacyBudget(budget, default_delta(n), accountant, sigma=sigma)
+    for rnd in range(1, rounds + 1):
+        planned = PrivacyEvent(0, rnd, sigma, q, steps, 1.0)
+        if state.admits(planned):
+            state.record(planned)
+    assert state.spent() <= budget
+    # and the guard is not simply refusing everything: one more round would have exceeded it
+    if len(state.events) < rounds:
+        assert epsilon(state.events + [PrivacyEvent(0, 0, sigma, q, steps, 1.0)], state.delta, state.accountant) > budget
+
+
+@settings(max_examples=30, deadline=None)
+@given(budget=st.floats(0.2, 10.0), sigma=st.floats(0.4, 3.0), q=st.floats(0.001, 0.5),
+       steps=st.integers(1, 400), rounds=st.integers(1, 25), n=st.integers(100, 100_000))
+def test_budget_guard_never_lets_epsilon_exceed_the_budget_rdp(budget, sigma, q, steps, rounds, n):
+    _spend_until_refused(budget, sigma, q, steps, rounds, n, "rdp")
+
+
+@settings(max_examples=6, deadline=None)
+@given(budget=st.floats(0.5, 8.0), sigma=st.floats(0.6, 2.0), q=st.floats(0.005, 0.2),
+       steps=st.integers(1, 100), rounds=st.integers(1, 6), n=st.integers(1000, 100_000))
+def test_budget_guard_never_lets_epsilon_exceed_the_budget_prv(budget, sigma, q, steps, rounds, n):
+    _spend_until_refused(budget, sigma, q, steps, rounds, n, "prv")
+
+
+def test_budget_state_round_trips_as_plain_data():
+    state = PrivacyBudget(3.0, 1e-5, "prv", _events(1.0, 0.01, 10, 2), sigma=1.0)
+    again = PrivacyBudget.from_json(state.to_json())
+    assert again == state
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lenders=st.integers(2, 4), rounds=st.integers(2, 6), sigma=st.sampled_from([0.6, 0.9, 1.5]),
+       budgets=st.lists(st.floats(0.3, 6.0), min_size=4, max_size=4), seed=st.integers(0, 100))
+def test_no_lender_ever_exceeds_its_budget_in_a_federated_run(tmp_path, lenders, rounds, sigma, budgets, seed):
+    """Randomized federations with a fixed sigma (so budgets bind at different rounds) and per-lender
+    budgets: every final epsilon, recomputed here from privacy_events.jsonl, stays within its budget."""
+    overrides = tuple((i, round(b, 3)) for i, b in enumerate(budgets[:lenders]))
+    cfg = RunConfig(records=1500, lenders=lenders, rounds=rounds, batch_size=64, noise_multiplier=sigma, seed=seed,
+                    epsilon_overrides=overrides, engine="inprocess", output_dir=str(tmp_path / f"r{seed}-{lenders}-{rounds}"))
+    folder = run(cfg, on_round=lambda s: None)
+    events = [PrivacyEvent.from_dict(json.loads(line)) for line in (folder / "privacy_events.jsonl").read_text().splitlines()]
+    privacy = json.loads((folder / "privacy.json").read_text())
+    eps_rows = pd.read_csv(folder / "epsilon.csv")
+    for lender, budget in overrides:
+        mine = [e for e in events if e.lender == lender]
+        delta = privacy["units"][str(lender)]["delta"]
+        assert epsilon(mine, delta) <= budget
+        assert dpaccounting.epsilon(mine, delta, "rdp") <= budget * 1.01
+        assert privacy["units"][str(lender)]["epsilon"] == pytest.approx(epsilon(mine, delta), rel=1e-9)
+        declined = eps_rows[(eps_rows.lender == str(lender)) & (eps_rows.declined == 1)]
+        assert len(mine) + len(declined) <= rounds
+    config = json.loads((folder / "config.json").read_text())
+    if config["stopped-early"]:
+        assert "no lender could train" in config["stopped-early"]
+
+
+# ---- the events file in a run --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dp_run(tmp_path_factory):
+    cfg = RunConfig(records=2000, lenders=2, rounds=2, epsilon=2.0, engine="inprocess",
+                    output_dir=str(tmp_path_factory.mktemp("runs") / "dp"))
+    return run(cfg, on_round=lambda s: None)
+
+
+def test_privacy_events_file_records_every_release(dp_run):
+    lines = (dp_run / "privacy_events.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert len(events) == 2 * 2  # lenders x rounds
+    for e in events:
+        assert e["mechanism"] == "gaussian" and e["sampling"] == "poisson" and e["granularity"] == "record"
+        assert e["neighbouring"] == "add_or_remove_one_record"
+        assert 0 < e["sample_rate"] < 1 and e["steps"] > 0 and e["noise_multiplier"] > 0 and e["clip_norm"] == 1.0
+    assert sorted((e["lender"], e["round"]) for e in events) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+
+
+def test_privacy_summary_states_accountant_both_epsilons_and_noise_source(dp_run):
+    privacy = json.loads((dp_run / "privacy.json").read_text())
+    assert privacy["accountant"] == "rdp" and privacy["granularity"] == "record"
+    assert "not cryptographically secure" in privacy["noise_source"]
+    events = [PrivacyEvent.from_dict(json.loads(x)) for x in (dp_run / "privacy_events.jsonl").read_text().splitlines()]
+    for lender in ("0", "1"):
+        unit = privacy["units"][lender]
+        mine = [e for e in events if str(e.lender) == lender]
+        assert unit["epsilon_rdp"] == pytest.approx(epsilon(mine, unit["delta"], "rdp"))
+        assert unit["epsilon_prv"] == pytest.approx(dpaccounting.epsilon(mine, unit["delta"], "pld"), rel=0.01)
+        assert unit["epsilon_prv"] < unit["epsilon_rdp"] <= unit["budget"]
+
+
+def test_server_rejects_a_lender_whose_epsilon_claim_does_not_match_its_events():
+    from server.loop import RunFailed, RunRecord, _account_reply
+
+    cfg = RunConfig(lenders=1)
+    record = RunRecord(manifests={0: {"train_records": 1000}})
+    metrics = {"delta": default_delta(1000), "noise-multiplier": 1.0, "sample-rate": 0.064, "steps": 16,
+               "clip-norm": 1.0, "epsilon-budget": 3.0, "declined": 0}
+    honest = epsilon([PrivacyEvent(0, 1, 1.0, 0.064, 16, 1.0)], default_delta(1000))
+    row = _account_reply(record, cfg, 0, 1, {**metrics, "epsilon": honest})
+    assert row["epsilon"] == pytest.approx(honest)
+    with pytest.raises(RunFailed, match="lender 0 reported epsilon"):
+        _account_reply(record, cfg, 0, 2, {**metrics, "epsilon": honest})  # two rounds spent, one claimed
+
+
+# ---- lender-level DP -----------------------------------------------------------------------------
+
+def _state(values):
+    return {"w": torch.tensor(values, dtype=torch.float32)}
+
+
+def test_clip_update_bounds_the_whole_update_norm():
+    old, new = _state([0.0, 0.0]), _state([3.0, 4.0])
+    clipped = clip_update(new, old, 1.0)
+    assert update_norm(clipped, old) == pytest.approx(1.0)
+    assert torch.allclose(clipped["w"], torch.tensor([0.6, 0.8]))
+    small = _state([0.3, 0.4])
+    assert torch.equal(clip_update(small, old, 1.0)["w"], small["w"])
+
+
+def test_noised_mean_uses_the_fixed_expected_count_and_reclips():
+    old = _state([0.0, 0.0])
+    updates = [_state([3.0, 4.0]), _state([0.3, 0.4])]  # the first lender skipped clipping
+    out = noised_mean_update(old, updates, 1.0, 0.0, expected_count=4.0, normal=lambda s: torch.zeros(s))
+    assert torch.allclose(out["w"], torch.tensor([0.9, 1.2]) / 4)
+    noisy = noised_mean_update(old, [], 1.0, 2.0, expected_count=4.0, normal=lambda s: torch.ones(s))
+    assert torch.allclose(noisy["w"], torch.tensor([0.5, 0.5]))  # sigma * C * 1 / (qN)
+
+
+def test_lender_level_sampling_is_poisson_not_fixed_size():
+    from server.lender_dp import LenderLevelDP
+
+    dp = LenderLevelDP(RunConfig(lenders=50, dp_level="lender", lender_sample_rate=0.2, epsilon=5.0, delta=1e-3, rounds=5))
+    sizes = [len(dp.sample(list(range(50)))) for _ in range(400)]
+    assert len(set(sizes)) > 5  # varies from round to round
+    assert np.mean(sizes) == pytest.approx(10, rel=0.1)
+    assert stats.binomtest(sum(sizes), 50 * 400, 0.2).pvalue > 1e-3
+
+
+def test_lender_level_run_accounts_every_round_at_lender_granularity(tmp_path):
+    cfg = RunConfig(records=3000, lenders=6, rounds=4, dp_level="lender", lender_sample_rate=0.5, epsilon=8.0,
+                    delta=1e-3, clip_norm=0.5, engine="inprocess", output_dir=str(tmp_path / "ll"))
+    folder = run(cfg, on_round=lambda s: None)
+    events = [json.loads(x) for x in (folder / "privacy_events.jsonl").read_text().splitlines()]
+    assert [e["round"] for e in events] == [1, 2, 3, 4]
+    assert all(e["granularity"] == "lender" and e["neighbouring"] == "add_or_remove_one_lender" and e["steps"] == 1
+               and e["sample_rate"] == 0.5 for e in events)
+    privacy = json.loads((folder / "privacy.json").read_text())
+    unit = privacy["units"]["federation"]
+    ev = [PrivacyEvent.from_dict(e) for e in events]
+    assert unit["epsilon_rdp"] == pytest.approx(dpaccounting.epsilon(ev, 1e-3, "rdp"), rel=0.01)
+    assert unit["epsilon_prv"] == pytest.approx(dpaccounting.epsilon(ev, 1e-3, "pld"), rel=0.01)
+    assert unit["epsilon"] <= 8.0
+    assert calibrate_noise(8.0, 1e-3, 0.5, 4) == pytest.approx(events[0]["noise_multiplier"])
+
+
+def test_lender_level_stops_when_the_federation_budget_is_spent(tmp_path):
+    cfg = RunConfig(records=2000, lenders=3, rounds=10, dp_level="lender", noise_multiplier=1.0, epsilon=2.0,
+                    delta=1e-3, engine="inprocess", output_dir=str(tmp_path / "stop"))
+    folder = run(cfg, on_round=lambda s: None)
+    config = json.loads((folder / "config.json").read_text())
+    assert "past epsilon 2.0" in config["stopped-early"]
+    assert json.loads((folder / "privacy.json").read_text())["units"]["federation"]["epsilon"] <= 2.0
+
+
+# ---- secure noise --------------------------------------------------------------------------------
+
+def test_chacha_gaussian_is_standard_normal_and_unseeded():
+    a, b = ChaChaGaussian().normal(torch.Size([50_000])), ChaChaGaussian().normal(torch.Size([50_000]))
+    assert stats.kstest(a.numpy(), "norm").pvalue > 1e-3
+    assert not torch.equal(a, b)  # fresh key from os.urandom each time
+
+
+def test_secure_rng_run_states_its_noise_source(tmp_path):
+    cfg = RunConfig(records=1500, lenders=2, rounds=1, secure_rng=True, engine="inprocess", output_dir=str(tmp_path / "s"))
+    folder = run(cfg, on_round=lambda s: None)
+    privacy = json.loads((folder / "privacy.json").read_text())
+    assert "ChaCha20" in privacy["noise_source"] or "torchcsprng" in privacy["noise_source"]
+    metrics = pd.read_csv(folder / "metrics.csv")
+    assert metrics.auc.notna().all()
