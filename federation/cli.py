@@ -104,6 +104,74 @@ def run(
     _print_summary(path)
 
 
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"{option} expects comma-separated numbers, got '{text}'")
+        raise
+
+
+@app.command()
+def plan(
+    records: int = typer.Option(None, help="Training records per lender (record-level DP)."),
+    batch_size: int = typer.Option(64, help="Expected batch size (sample rate q = 1/ceil(n/B))."),
+    local_epochs: int = typer.Option(1, help="Local epochs per round."),
+    rounds: int = typer.Option(5, help="Federated rounds."),
+    delta: float = typer.Option(0.0, help="DP delta; 0 means 1/n^1.1 (n records, or lenders at lender level)."),
+    epsilon: str = typer.Option("", help="Target epsilons, comma-separated (e.g. 0.5,1,2,4,8): prints the sigma for each."),
+    sigma: str = typer.Option("", help="Noise multipliers, comma-separated: prints the epsilon each gives (the reverse)."),
+    accountant: str = typer.Option("rdp,prv", help="Accountants to report, comma-separated (rdp, prv)."),
+    calibrate_with: str = typer.Option("rdp", help="Accountant used to calibrate sigma to a target."),
+    dp_level: str = typer.Option("record", help="record or lender."),
+    lenders: int = typer.Option(None, help="Number of lenders (lender-level DP)."),
+    lender_sample_rate: float = typer.Option(1.0, help="Lender-level DP: probability each lender takes part in a round."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
+) -> None:
+    """Plan a privacy budget: noise multiplier for each target epsilon, and epsilon for each sigma."""
+    from federation.privacy import planner
+
+    _choice(dp_level, DP_LEVELS, "dp-level")
+    accountants = [a.strip() for a in accountant.split(",") if a.strip()]
+    for name in accountants + [calibrate_with]:
+        _choice(name, ACCOUNTANTS, "accountant")
+    targets, sigmas = _floats(epsilon, "--epsilon"), _floats(sigma, "--sigma")
+    if not targets and not sigmas:
+        _fail("give target epsilons (--epsilon 1,3,8) or noise multipliers (--sigma 0.8,1.2)")
+    for name, value, low in (("batch-size", batch_size, 1), ("local-epochs", local_epochs, 1), ("rounds", rounds, 1)):
+        if value < low:
+            _fail(f"{name} must be at least {low}, got {value}")
+    if not 0 <= delta < 1:
+        _fail(f"delta must be in [0, 1), got {delta}")
+    if dp_level == "record":
+        if not records or records < 1:
+            _fail("record-level planning needs --records N (training records per lender)")
+        mech = planner.record_level(records, batch_size, local_epochs, rounds, delta)
+    else:
+        if not lenders or lenders < 1:
+            _fail("lender-level planning needs --lenders N")
+        if not 0 < lender_sample_rate <= 1:
+            _fail(f"lender-sample-rate must be in (0, 1], got {lender_sample_rate}")
+        mech = planner.lender_level(lenders, lender_sample_rate, rounds, delta)
+    try:
+        rows = planner.plan(mech, targets, sigmas, accountants, calibrate_with)
+    except ValueError as exc:
+        _fail(str(exc))
+    if json_out:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"{dp_level}-level DP: q={mech.sample_rate:.5g}, {mech.total_steps} steps "
+                        f"({mech.steps_per_round} per round x {mech.rounds} rounds), delta={mech.delta:.3g}")
+    table.add_column("target epsilon", justify="right")
+    table.add_column("noise multiplier", justify="right")
+    for name in accountants:
+        table.add_column(f"epsilon ({name})", justify="right")
+    for row in rows:
+        target = f"{row['target_epsilon']:g}" if row["target_epsilon"] is not None else "-"
+        table.add_row(target, f"{row['noise_multiplier']:.4f}", *[f"{row[f'epsilon_{n}']:.4f}" for n in accountants])
+    console.print(table)
+
+
 def _quiet_libraries() -> None:
     # Flower logs every message exchange at INFO, and Opacus installs a root handler that would print
     # each of those lines twice: the CLI shows its own progress line per round instead.
