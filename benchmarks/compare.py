@@ -59,6 +59,13 @@ def local_only(cfg: RunConfig) -> list[dict]:
 
 
 def federated(cfg: RunConfig) -> dict:
+    return federated_run(cfg)[0]
+
+
+def federated_run(cfg: RunConfig) -> tuple[dict, dict]:
+    """Held-out metrics of the federated model, and the run's privacy.json."""
+    import json
+
     import torch
 
     from federation.runner import run
@@ -66,12 +73,13 @@ def federated(cfg: RunConfig) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = run(cfg.replace(engine="inprocess", output_dir=str(Path(tmp) / "run")), on_round=lambda s: None)
         state = torch.load(path / "model.pt")
+        privacy = json.loads((path / "privacy.json").read_text())
         n_features = len(load_lender(cfg, 0).features)
         model = build_model(cfg.model, n_features, cfg.hidden)
         set_arrays(model, {k: v.numpy() for k, v in state.items()})
         shutil.rmtree(path, ignore_errors=True)
     hx, hy = load_holdout(cfg)
-    return credit_metrics(hy, predict_proba(model, hx))
+    return credit_metrics(hy, predict_proba(model, hx)), privacy
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,9 +172,59 @@ def plan(
     console.print(table)
 
 
+def _config_with(base: RunConfig, settings: list[str]) -> RunConfig:
+    """Apply --set KEY=VALUE pairs (any run configuration key) to `base`."""
+    record = base.to_record()
+    for item in settings:
+        if "=" not in item:
+            _fail(f"--set expects KEY=VALUE, got '{item}'")
+        key, value = item.split("=", 1)
+        record[key.strip()] = value.strip()
+    return RunConfig.from_record(record)
+
+
+@app.command()
+def sweep(
+    dataset: str = typer.Option("synthetic", help=f"One of: {', '.join(DATASETS)}."),
+    data_dir: str = typer.Option("", help="Folder holding the real datasets."),
+    lenders: int = typer.Option(5, help="Number of lenders."),
+    partition: str = typer.Option("natural", help=f"One of: {', '.join(PARTITIONS)}."),
+    alpha: float = typer.Option(0.5, help="Dirichlet concentration."),
+    rounds: int = typer.Option(5, help="Federated rounds."),
+    epsilons: str = typer.Option("0.5,1,2,4,8,inf", help="Epsilons per lender, comma-separated; inf = no DP."),
+    seeds: str = typer.Option("0,1,2", help="Seeds, comma-separated."),
+    settings: list[str] = typer.Option([], "--set", help="Any other run option as KEY=VALUE (e.g. --set batch-size=128)."),
+    output_dir: str = typer.Option(..., help="Folder for frontier.csv and frontier.png."),
+) -> None:
+    """Privacy-utility frontier: AUC vs epsilon across seeds, with pooled and local-only lines."""
+    try:
+        base = _config_with(RunConfig(dataset=dataset, data_dir=data_dir, lenders=lenders, partition=partition,
+                                      alpha=alpha, rounds=rounds), settings)
+        eps = _floats(epsilons, "--epsilons")
+        if not eps or any(not (e > 0) for e in eps):
+            _fail("--epsilons must be positive numbers or inf")
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"--seeds expects comma-separated integers, got '{seeds}'")
+    except FedCreditError as exc:
+        _fail(str(exc))
+    from benchmarks.frontier import sweep as run_sweep
+    from federation.runner import validate
+
+    _quiet_libraries()
+    try:
+        validate(base)
+        run_sweep(base, eps, seed_list, Path(output_dir), log=lambda line: console.print(line, highlight=False))
+    except FedCreditError as exc:
+        _fail(str(exc))
+    console.print(f"wrote {Path(output_dir) / 'frontier.csv'} and {Path(output_dir) / 'frontier.png'}", highlight=False)
+
+
 def _quiet_libraries() -> None:
     # Flower logs every message exchange at INFO, and Opacus installs a root handler that would print
     # each of those lines twice: the CLI shows its own progress line per round instead.
+    import flwr.common.logger  # noqa: F401  (Flower sets its logger to DEBUG when first imported)
+
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.WARNING)
     flwr_logger.propagate = False
@@ -190,7 +240,7 @@ def _print_summary(path: Path) -> None:
     units = privacy.get("units", {})
     last_round = max(int(r["round"]) for r in metrics) if metrics else 0
     table = Table(title=f"Lenders after round {last_round}")
-    for column in ("lender", "records (train)", "fields refused", "without consent", "AUC", "KS", "epsilon spent / budget"):
+    for column in ("lender", "records (train)", "fields refused", "without consent", "AUC", "KS", "epsilon rdp | prv / budget"):
         table.add_column(column, justify="right")
     for manifest_path in sorted((path / "manifests").glob("lender_*.json")):
         manifest = json.loads(manifest_path.read_text())
@@ -206,7 +256,7 @@ def _print_summary(path: Path) -> None:
     if "federation" in units:
         console.print(f"lender-level epsilon spent / budget: {_spent(units['federation'])}", highlight=False)
     if privacy.get("dp"):
-        console.print(f"accountant: {privacy['accountant']} (epsilon columns: RDP / PRV in privacy.json); "
+        console.print(f"budgets enforced with the {privacy['accountant'].upper()} accountant; "
                       f"noise: {privacy['noise_source']}", highlight=False)
     if config.get("stopped-early"):
         console.print(f"stopped early: {config['stopped-early']}")
@@ -214,7 +264,7 @@ def _print_summary(path: Path) -> None:
 
 
 def _spent(unit: dict) -> str:
-    return f"{unit['epsilon']:.3f} / {unit['budget']:g} (rdp {unit['epsilon_rdp']:.3f}, prv {unit['epsilon_prv']:.3f})"
+    return f"{unit['epsilon_rdp']:.3f} | {unit['epsilon_prv']:.3f} / {unit['budget']:g}"
 
 
 def _fmt(value: Optional[str]) -> str:

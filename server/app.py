@@ -35,7 +35,8 @@ def make_server_app(cfg: RunConfig | None = None,
     def main(grid: Grid, context: Context) -> None:
         config = cfg if cfg is not None else RunConfig.from_record(dict(context.run_config))
         path = run_federation(grid, config, on_round=on_round)
-        print(f"run folder: {path}", flush=True)
+        if cfg is None:  # under `flwr run` nobody else reports where the results went
+            print(f"run folder: {path}", flush=True)
 
     return server_app
 

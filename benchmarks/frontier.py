@@ -1,0 +1,107 @@
+"""The privacy-utility frontier: held-out AUC against epsilon, with spread across seeds.
+
+For each seed: pooled non-private training (the limit), each lender alone (non-private), and the
+federation at every epsilon (inf = no DP), all scored on the pooled held-out test no method trains
+on. Writes frontier.csv (one row per method, epsilon, seed) and frontier.png. Run it with
+`fedcredit sweep` (see the README for the benchmark command).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.compare import federated_run, local_only, pooled
+from federation.config import RunConfig
+
+COLUMNS = ["dataset", "partition", "method", "epsilon", "seed", "auc", "ks", "gini", "brier",
+           "epsilon_spent_max", "seconds"]
+SCORES = ("auc", "ks", "gini", "brier")
+
+
+def sweep(base: RunConfig, epsilons: list[float], seeds: list[int], output_dir: Path,
+          log: Callable[[str], None] = print) -> list[dict]:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    partition = base.partition + (f"({base.alpha:g})" if base.partition in ("dirichlet", "quantity") else "")
+    rows: list[dict] = []
+
+    def add(method: str, eps: float, seed: int, metrics: dict, seconds: float, spent: float | str = "") -> None:
+        rows.append({"dataset": base.dataset, "partition": partition, "method": method, "epsilon": eps, "seed": seed,
+                     **{k: metrics[k] for k in SCORES}, "epsilon_spent_max": spent, "seconds": round(seconds, 2)})
+        log(f"{method:>12} epsilon={'none' if math.isinf(eps) else f'{eps:g}':<5} seed={seed} "
+            f"auc={metrics['auc']:.4f} ({seconds:.1f} s)")
+        _write_csv(output_dir / "frontier.csv", rows)  # after every run: an interrupted sweep keeps its results
+
+    for seed in seeds:
+        cfg = base.replace(seed=seed)
+        t = time.time(); add("pooled", math.inf, seed, pooled(cfg), time.time() - t)
+        t = time.time(); locals_ = local_only(cfg)
+        add("local_mean", math.inf, seed, {k: float(np.nanmean([m[k] for m in locals_])) for k in SCORES}, time.time() - t)
+        add("local_worst", math.inf, seed, min(locals_, key=lambda m: m["auc"]), 0.0)
+        for eps in epsilons:
+            private = math.isfinite(eps)
+            run_cfg = cfg.replace(dp=private, epsilon=eps if private else cfg.epsilon)
+            t = time.time()
+            metrics, privacy = federated_run(run_cfg)
+            spent = max(u["epsilon"] for u in privacy["units"].values()) if private else ""
+            add(base.strategy, eps, seed, metrics, time.time() - t, spent)
+    plot(rows, output_dir / "frontier.png", title=f"{base.dataset}, {base.lenders} lenders, {partition}")
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".csv.partial")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def summarize(rows: list[dict]) -> dict[tuple[str, float], tuple[float, float, int]]:
+    """(method, epsilon) -> (mean AUC, sd AUC, seeds)."""
+    groups: dict[tuple[str, float], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], float(r["epsilon"])), []).append(float(r["auc"]))
+    return {k: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()}
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = summarize(rows)
+    fed = sorted((eps, v) for (m, eps), v in stats.items() if m not in ("pooled", "local_mean", "local_worst"))
+    finite = [(eps, v) for eps, v in fed if math.isfinite(eps)]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if finite:
+        xs = [e for e, _ in finite]
+        means = np.array([v[0] for _, v in finite])
+        sds = np.array([v[1] for _, v in finite])
+        ax.plot(xs, means, "o-", color="C0", label="federated, DP (mean over seeds)")
+        ax.fill_between(xs, means - sds, means + sds, color="C0", alpha=0.2, label="+/- 1 sd across seeds")
+    nodp = [v for eps, v in fed if math.isinf(eps)]
+    if nodp:
+        ax.axhline(nodp[0][0], color="C0", ls=":", label="federated, no DP")
+    if ("pooled", math.inf) in stats:
+        ax.axhline(stats[("pooled", math.inf)][0], color="k", ls="--", label="pooled, no DP")
+    if ("local_mean", math.inf) in stats:
+        ax.axhline(stats[("local_mean", math.inf)][0], color="C3", ls="-.", label="local only, mean of lenders")
+    ax.set_xscale("log")
+    ax.set_xlabel("epsilon per lender (log scale)")
+    ax.set_ylabel("AUC on the pooled held-out test")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
