@@ -220,6 +220,56 @@ def sweep(
     console.print(f"wrote {Path(output_dir) / 'frontier.csv'} and {Path(output_dir) / 'frontier.png'}", highlight=False)
 
 
+@app.command()
+def audit(
+    dataset: str = typer.Option("synthetic", help=f"One of: {', '.join(DATASETS)}."),
+    data_dir: str = typer.Option("", help="Folder holding the real datasets."),
+    lenders: int = typer.Option(5, help="Number of lenders."),
+    partition: str = typer.Option("natural", help=f"One of: {', '.join(PARTITIONS)}."),
+    rounds: int = typer.Option(5, help="Federated rounds."),
+    epsilon: float = typer.Option(3.0, help="Each lender's epsilon budget (the claim under audit)."),
+    no_dp: bool = typer.Option(False, "--no-dp", help="Audit a non-private run (the bound should then exceed 0)."),
+    lender: int = typer.Option(0, help="The lender whose data receives the canaries."),
+    canaries: int = typer.Option(100, help="Canaries drawn; each is inserted with probability 1/2."),
+    guesses: int = typer.Option(20, help="Guesses fixed before training, half 'member' and half 'non-member'."),
+    confidence: float = typer.Option(0.95, help="Confidence of the epsilon lower bound."),
+    seed: int = typer.Option(0, help="Seed (also draws the canaries)."),
+    settings: list[str] = typer.Option([], "--set", help="Any other run option as KEY=VALUE (e.g. --set model=mlp)."),
+    output_dir: str = typer.Option("", help="Run folder (audit.json is written into it)."),
+) -> None:
+    """Empirical privacy audit in one run: epsilon lower bound next to the claimed epsilon (in-process engine
+    unless --set engine=simulation)."""
+    from federation.audit_run import audit as run_audit
+
+    try:
+        cfg = _config_with(RunConfig(dataset=dataset, data_dir=data_dir, lenders=lenders, partition=partition,
+                                     rounds=rounds, epsilon=epsilon, dp=not no_dp, seed=seed, audit_lender=lender,
+                                     output_dir=output_dir, engine="inprocess"), settings)
+        if not cfg.output_dir:
+            from federation.runfolder import default_run_dir
+
+            cfg = cfg.replace(output_dir=str(default_run_dir()))
+        _quiet_libraries()
+        result = run_audit(cfg, canaries, guesses, confidence)
+    except FedCreditError as exc:
+        _fail(str(exc))
+    claimed = result["epsilon_claimed"]
+    table = Table(title=f"Privacy audit of lender {result['lender']} ({result['canaries_inserted']} of "
+                        f"{result['canaries']} canaries inserted)")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row("correct guesses", f"{result['correct']} / {result['guesses']}")
+    table.add_row(f"epsilon lower bound ({result['confidence']:.0%} confidence)", f"{result['epsilon_lower_bound']:.3f}")
+    table.add_row("epsilon claimed", "none (no DP)" if math.isinf(claimed) else f"{claimed:.3f}")
+    table.add_row("membership AUC, canaries", f"{result['mia_auc_canaries']:.3f}")
+    table.add_row("membership AUC, natural records", f"{result['mia_auc_natural']:.3f}")
+    console.print(table)
+    if result["epsilon_lower_bound"] > claimed:
+        err.print("[bold red]audit failed:[/] the measured lower bound exceeds the claimed epsilon")
+        raise typer.Exit(code=1)
+    console.print(f"audit.json written to {result['run_folder']}", highlight=False)
+
+
 def _quiet_libraries() -> None:
     # Flower logs every message exchange at INFO, and Opacus installs a root handler that would print
     # each of those lines twice: the CLI shows its own progress line per round instead.

@@ -62,6 +62,8 @@ class RunConfig:
     dp_level: str = "record"  # record: DP-SGD inside each lender; lender: clipped updates, noise on the aggregate
     lender_sample_rate: float = 1.0  # lender-level DP: each lender takes part in a round with this probability
     secure_rng: bool = False  # cryptographically secure noise (Opacus secure mode)
+    audit_canaries: int = 0  # empirical audit: canaries drawn for the audited lender (each inserted w.p. 1/2)
+    audit_lender: int = 0
     seed: int = 0
     output_dir: str = ""
     engine: str = "simulation"  # simulation (Flower's Ray runtime) or inprocess
@@ -131,6 +133,8 @@ class RunConfig:
         need(_finite_positive(self.alpha), f"alpha must be a positive number, got {self.alpha}")
         need(0.0 < self.holdout_fraction < 1.0, f"holdout-fraction must be in (0, 1), got {self.holdout_fraction}")
         need(0.0 < self.test_fraction < 1.0, f"test-fraction must be in (0, 1), got {self.test_fraction}")
+        need(self.audit_canaries >= 0, f"audit-canaries must be >= 0, got {self.audit_canaries}")
+        need(0 <= self.audit_lender < self.lenders, f"audit-lender must be in 0..{self.lenders - 1}, got {self.audit_lender}")
         need(self.hidden >= 1, f"hidden must be at least 1, got {self.hidden}")
         need(self.proximal_mu >= 0 and math.isfinite(self.proximal_mu), f"proximal-mu must be >= 0, got {self.proximal_mu}")
         need(_finite_positive(self.server_learning_rate), f"server-learning-rate must be positive, got {self.server_learning_rate}")

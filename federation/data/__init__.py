@@ -18,6 +18,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from federation.audit import make_canaries
 from federation.card import DatasetCard, builtin_card
 from federation.config import RunConfig
 from federation.data import partition as part
@@ -128,7 +129,13 @@ def load_lender(cfg: RunConfig, lender: int) -> LenderData:
         "data_hash": _data_hash(result.features, y),
         "encoding": "public bounds and categories from the dataset card (no pooled statistics)",
     }
-    return LenderData(lender, x[train], y[train], x[test], y[test], names, manifest)
+    x_train, y_train = x[train], y[train]
+    if cfg.audit_canaries and lender == cfg.audit_lender:
+        # Privacy audit: the audited lender also trains on the canaries drawn "in" (federation.audit).
+        cx, cy = make_canaries(x.shape[1], cfg.audit_canaries, cfg.seed).inserted
+        x_train, y_train = np.concatenate([x_train, cx]), np.concatenate([y_train, cy])
+        manifest["train_records"] = int(len(y_train))
+    return LenderData(lender, x_train, y_train, x[test], y[test], names, manifest)
 
 
 def load_holdout(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:

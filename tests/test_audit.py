@@ -1,0 +1,94 @@
+"""Empirical audit: the one-run bound's statistics, and sanity on small federations."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from federation.audit import epsilon_lower_bound, guess_counts, make_canaries, p_value
+from federation.audit_run import audit
+from federation.cli import app
+from federation.config import RunConfig
+from federation.data import load_lender
+
+
+def test_p_value_matches_the_papers_worked_example():
+    # Steinke et al. (2023): 75 of 100 correct, m = r = 100, eps = log 3, delta = 0 gives p ~ 0.553
+    assert p_value(100, 100, 75, math.log(3), 0.0) == pytest.approx(0.553, abs=0.01)
+
+
+def test_all_correct_guesses_give_the_randomized_response_bound():
+    # delta = 0, v = r: p = q^r, so the bound is log(q / (1 - q)) with q = 0.05^(1/r)
+    for r in (20, 100, 1000):
+        q = 0.05 ** (1 / r)
+        assert epsilon_lower_bound(1000, r, r, 0.0) == pytest.approx(math.log(q / (1 - q)), rel=1e-4)
+
+
+def test_chance_level_guessing_gives_no_bound_and_delta_weakens_it():
+    assert epsilon_lower_bound(1000, 100, 50, 1e-5) == 0.0
+    assert epsilon_lower_bound(1000, 100, 90, 1e-3) < epsilon_lower_bound(1000, 100, 90, 0.0)
+
+
+def test_bound_is_valid_under_a_randomized_response_null():
+    """Simulate eps-DP randomized response guessing: the 95% bound exceeds eps in at most ~5% of trials."""
+    rng = np.random.default_rng(0)
+    eps, r, trials = 1.0, 100, 300
+    q = 1 / (1 + math.exp(-eps))
+    above = sum(epsilon_lower_bound(r, r, int(rng.binomial(r, q)), 0.0) > eps for _ in range(trials))
+    assert above / trials <= 0.08
+
+
+def test_guess_counts_uses_fixed_numbers_of_guesses():
+    scores = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    included = np.array([True, True, False, False, True, False])
+    assert guess_counts(scores, included, 2, 2) == (4, 3)  # top two in (both right), bottom two out (one right)
+    with pytest.raises(ValueError):
+        guess_counts(scores, included, 4, 3)
+
+
+def test_canaries_are_out_of_distribution_and_deterministic():
+    a, b = make_canaries(10, 200, seed=3), make_canaries(10, 200, seed=3)
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.included, b.included)
+    assert np.abs(a.x).min() == 3.0  # encoded records lie in [-1, 1]
+    assert 60 < a.included.sum() < 140 and set(np.unique(a.y)) == {0.0, 1.0}
+
+
+def test_only_the_audited_lender_receives_the_included_canaries():
+    cfg = RunConfig(records=2000, lenders=2, audit_canaries=50, audit_lender=1)
+    plain = RunConfig(records=2000, lenders=2)
+    inserted = int(make_canaries(len(load_lender(plain, 1).features), 50, 0).included.sum())
+    assert len(load_lender(cfg, 1).y_train) == len(load_lender(plain, 1).y_train) + inserted
+    assert len(load_lender(cfg, 0).y_train) == len(load_lender(plain, 0).y_train)
+
+
+AUDIT = RunConfig(records=2000, lenders=2, rounds=5, local_epochs=5, model="mlp", hidden=64, engine="inprocess")
+
+
+def test_non_private_run_leaks_a_bound_above_zero(tmp_path):
+    result = audit(AUDIT.replace(dp=False, output_dir=str(tmp_path / "nodp")), canaries=100, guesses=20)
+    assert result["epsilon_lower_bound"] > 0
+    assert math.isinf(result["epsilon_claimed"])
+    assert result["mia_auc_canaries"] > 0.6
+    saved = json.loads((tmp_path / "nodp" / "audit.json").read_text())
+    assert saved["correct"] == result["correct"] and saved["epsilon_claimed"] is None
+
+
+@pytest.mark.parametrize("epsilon", [0.5, 4.0])
+def test_dp_run_never_shows_a_bound_above_its_claim(tmp_path, epsilon):
+    result = audit(AUDIT.replace(dp=True, epsilon=epsilon, output_dir=str(tmp_path / "dp")), canaries=100, guesses=20)
+    assert result["epsilon_claimed"] <= epsilon
+    assert result["epsilon_lower_bound"] <= result["epsilon_claimed"]
+
+
+def test_audit_command_prints_bound_next_to_claim(tmp_path):
+    result = CliRunner().invoke(app, ["audit", "--set", "records=2000", "--lenders", "2", "--rounds", "2",
+                                      "--epsilon", "2", "--output-dir", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert "epsilon lower bound" in result.output and "epsilon claimed" in result.output
+
+
+def test_audit_rejects_impossible_guess_counts(tmp_path):
+    result = CliRunner().invoke(app, ["audit", "--canaries", "10", "--guesses", "40", "--output-dir", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "guesses must be between" in result.output
