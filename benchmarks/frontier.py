@@ -27,7 +27,7 @@ SCORES = ("auc", "ks", "gini", "brier")
 
 
 def sweep(base: RunConfig, epsilons: list[float], seeds: list[int], output_dir: Path,
-          log: Callable[[str], None] = print) -> list[dict]:
+          log: Callable[[str], None] = print, command: str = "") -> list[dict]:
     output_dir.mkdir(parents=True, exist_ok=True)
     partition = base.partition + (f"({base.alpha:g})" if base.partition in ("dirichlet", "quantity") else "")
     rows: list[dict] = []
@@ -53,7 +53,26 @@ def sweep(base: RunConfig, epsilons: list[float], seeds: list[int], output_dir: 
             spent = max(u["epsilon"] for u in privacy["units"].values()) if private else ""
             add(base.strategy, eps, seed, metrics, time.time() - t, spent)
     plot(rows, output_dir / "frontier.png", title=f"{base.dataset}, {base.lenders} lenders, {partition}")
+    (output_dir / "frontier.md").write_text(markdown(rows, command))
     return rows
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    """Mean and spread over seeds per method and epsilon, with the command that produced them."""
+    stats = summarize(rows)
+    pooled_auc = stats.get(("pooled", math.inf), (math.nan,))[0]
+    spent: dict[float, list[float]] = {}
+    for r in rows:
+        if r["epsilon_spent_max"] not in ("", None):
+            spent.setdefault(float(r["epsilon"]), []).append(float(r["epsilon_spent_max"]))
+    lines = [f"Command: `{command}`" if command else "", "",
+             "| method | epsilon | AUC mean | AUC sd | vs pooled | max epsilon spent | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for (method, eps), (mean, sd, n) in sorted(stats.items(), key=lambda kv: (kv[0][0] != "pooled", kv[0][0].startswith("local") is False, kv[0][1])):
+        used = f"{max(spent[eps]):.3f}" if method not in ("pooled", "local_mean", "local_worst") and eps in spent else "-"
+        lines.append(f"| {method} | {'none' if math.isinf(eps) else f'{eps:g}'} | {mean:.4f} | {sd:.4f} | "
+                     f"{mean - pooled_auc:+.4f} | {used} | {n} |")
+    return "\n".join(lines) + "\n"
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -97,6 +116,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     if ("local_mean", math.inf) in stats:
         ax.axhline(stats[("local_mean", math.inf)][0], color="C3", ls="-.", label="local only, mean of lenders")
     ax.set_xscale("log")
+    if finite:
+        ax.set_xticks([e for e, _ in finite], [f"{e:g}" for e, _ in finite])
+        ax.minorticks_off()
     ax.set_xlabel("epsilon per lender (log scale)")
     ax.set_ylabel("AUC on the pooled held-out test")
     ax.set_title(title)

@@ -214,7 +214,9 @@ def sweep(
     _quiet_libraries()
     try:
         validate(base)
-        run_sweep(base, eps, seed_list, Path(output_dir), log=lambda line: console.print(line, highlight=False))
+        command = "fedcredit " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("fedcredit") else ""
+        run_sweep(base, eps, seed_list, Path(output_dir), log=lambda line: console.print(line, highlight=False),
+                  command=command)
     except FedCreditError as exc:
         _fail(str(exc))
     console.print(f"wrote {Path(output_dir) / 'frontier.csv'} and {Path(output_dir) / 'frontier.png'}", highlight=False)
