@@ -8,13 +8,17 @@ so the accountant persists across rounds. It replies with model arrays and aggre
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from federation.audit_trail.attest import manifest_body, refusal_body, signed_record, update_body
+from federation.audit_trail.canonical import config_hash
+from federation.audit_trail.keys import keys_dir_for, lender_name, load_or_create, public_hex
 from federation.config import RunConfig
 from federation.data import LenderData, load_lender
-from federation.messages import ARRAYS, CONFIG, MANIFEST, METRICS, manifest_to_record, run_config_from
+from federation.messages import ARRAYS, ATTESTATION, CONFIG, MANIFEST, METRICS, manifest_to_record, run_config_from
 from federation.metrics import credit_metrics
 from federation.model import build_model, predict_proba
 from federation.privacy.accountant import calibrate_noise, default_delta, sample_rate, steps_per_epoch
@@ -31,6 +35,21 @@ def lender_id(context: Context) -> int:
     """Simulation: Flower's partition-id. Deployment: the node config's lender-id."""
     config = context.node_config
     return int(config.get("lender-id", config.get("partition-id", 0)))
+
+
+@lru_cache(maxsize=64)
+def _signing_key(keys_dir: str, lender: int):
+    return load_or_create(Path(keys_dir), lender_name(lender))
+
+
+def _key(cfg: RunConfig, context: Context, lender: int):
+    """This lender's Ed25519 key: node config 'keys-dir' (deployment), else the run's keys folder."""
+    folder = context.node_config.get("keys-dir") or str(keys_dir_for(cfg.output_dir, cfg.keys_dir))
+    return _signing_key(str(folder), lender)
+
+
+def _run_id(cfg: RunConfig) -> str:
+    return config_hash(cfg.to_record())
 
 
 @lru_cache(maxsize=8)
@@ -64,7 +83,11 @@ def _save_budget(context: Context, state: PrivacyBudget) -> None:
 def manifest(msg: Message, context: Context) -> Message:
     cfg = run_config_from(msg.content[CONFIG])
     data = _data(cfg, context)
-    return Message(RecordDict({MANIFEST: manifest_to_record(data.manifest)}), reply_to=msg)
+    lender = lender_id(context)
+    key = _key(cfg, context, lender)
+    body = manifest_body(_run_id(cfg), lender, public_hex(key), data.manifest)
+    return Message(RecordDict({MANIFEST: manifest_to_record(data.manifest),
+                               ATTESTATION: signed_record(key, body, with_public_key=True)}), reply_to=msg)
 
 
 @app.train()
@@ -88,9 +111,13 @@ def train(msg: Message, context: Context) -> Message:
             state.sigma = cfg.noise_multiplier or calibrate_noise(state.budget, state.delta, q, cfg.rounds * steps, cfg.accountant)
         if not state.admits(PrivacyEvent(lender, rnd, state.sigma, q, steps, cfg.clip_norm)):
             # Refuse before any release: this round would take the lender past its budget.
-            metrics.update({"declined": 1, "epsilon": state.spent(), "delta": state.delta, "epsilon-budget": state.budget})
+            spent = state.spent()
+            metrics.update({"declined": 1, "epsilon": spent, "delta": state.delta, "epsilon-budget": state.budget})
             _save_budget(context, state)
-            return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+            body = refusal_body(_run_id(cfg), lender, rnd, epsilon_spent=spent, budget=state.budget,
+                                delta=state.delta, accountant=cfg.accountant)
+            return Message(RecordDict({METRICS: MetricRecord(metrics),
+                                       ATTESTATION: signed_record(_key(cfg, context, lender), body)}), reply_to=msg)
         dp = DPSettings(state.sigma, cfg.clip_norm, cfg.secure_rng)
     received = {k: v.detach().clone() for k, v in model.state_dict().items()}
     mu = float(config["proximal-mu"]) if "proximal-mu" in config else 0.0
@@ -112,7 +139,15 @@ def train(msg: Message, context: Context) -> Message:
         # clipping its whole update (the server clips again, so a lender cannot skip this).
         model.load_state_dict(clip_update(model.state_dict(), received, cfg.clip_norm))
         metrics["clip-norm"] = cfg.clip_norm
-    content = RecordDict({ARRAYS: ArrayRecord(model.state_dict()), METRICS: MetricRecord(metrics)})
+    arrays = ArrayRecord(model.state_dict())
+    body = update_body(
+        _run_id(cfg), lender, rnd, {k: v.numpy() for k, v in arrays.items()},
+        events=[state.events[-1].to_dict()] if record_level else [],
+        epsilon=metrics.get("epsilon"), delta=metrics.get("delta"), budget=metrics.get("epsilon-budget"),
+        accountant=cfg.accountant, granularity=cfg.dp_level if cfg.dp else None,
+    )
+    content = RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics),
+                          ATTESTATION: signed_record(_key(cfg, context, lender), body)})
     return Message(content, reply_to=msg)
 
 

@@ -66,6 +66,7 @@ class RunConfig:
     audit_lender: int = 0
     seed: int = 0
     output_dir: str = ""
+    keys_dir: str = ""  # private signing keys (default: <output-dir>-keys, beside the run folder, never in it)
     engine: str = "simulation"  # simulation (Flower's Ray runtime) or inprocess
     epsilon_overrides: tuple[tuple[int, float], ...] = field(default=())  # per-lender budgets
 

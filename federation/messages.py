@@ -8,6 +8,7 @@ every reply before looking at it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 import numpy as np
@@ -19,6 +20,8 @@ ARRAYS = "arrays"
 METRICS = "metrics"
 CONFIG = "config"
 MANIFEST = "manifest"
+ATTESTATION = "attestation"  # a lender-signed ledger body: {"body": canonical JSON, "signature", "public-key"?}
+MAX_ATTESTATION = 1_000_000  # characters: column names and shapes, never records
 QUERY_MANIFEST = "query.manifest"
 
 # Scalars a lender may report, per message type. Each is one number: aggregate, never per record.
@@ -100,6 +103,21 @@ def _check_metrics(record: MetricRecord, allowed: set[str], where: str) -> dict[
     return out
 
 
+def _check_attestation(content, where: str) -> dict:
+    record = content[ATTESTATION]
+    if not isinstance(record, ConfigRecord) or not {"body", "signature"} <= set(record.keys()) <= {"body", "signature", "public-key"}:
+        raise ReplyRejected(f"{where}: '{ATTESTATION}' must be a ConfigRecord with body, signature and optionally public-key")
+    if not all(isinstance(v, str) for v in record.values()) or len(record["body"]) > MAX_ATTESTATION:
+        raise ReplyRejected(f"{where}: attestation fields must be short strings")
+    try:
+        body = json.loads(record["body"])
+    except json.JSONDecodeError:
+        raise ReplyRejected(f"{where}: attestation body is not JSON") from None
+    if not isinstance(body, dict) or "type" not in body:
+        raise ReplyRejected(f"{where}: attestation body must be an object with a type")
+    return {"body": body, "signature": record["signature"], "public_key": record.get("public-key")}
+
+
 def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict:
     """Check one reply against the contract and return its plain content.
 
@@ -111,9 +129,10 @@ def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] |
     if msg.has_error():
         raise ReplyRejected(f"{where}: lender failed: {msg.error.reason}")
     content = msg.content
+    attestation = _check_attestation(content, where) if ATTESTATION in content else None
     if kind == QUERY_MANIFEST:
-        if set(content.keys()) != {MANIFEST} or not isinstance(content[MANIFEST], ConfigRecord):
-            raise ReplyRejected(f"{where}: a manifest reply holds exactly one ConfigRecord '{MANIFEST}'")
+        if set(content.keys()) - {ATTESTATION} != {MANIFEST} or not isinstance(content[MANIFEST], ConfigRecord):
+            raise ReplyRejected(f"{where}: a manifest reply holds exactly one ConfigRecord '{MANIFEST}' and its attestation")
         record = content[MANIFEST]
         allowed = set(MANIFEST_SCALARS) | set(MANIFEST_LISTS)
         for key, value in record.items():
@@ -127,16 +146,16 @@ def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] |
         missing = allowed - set(record.keys())
         if missing:
             raise ReplyRejected(f"{where}: manifest lacks '{sorted(missing)[0]}'")
-        return {"manifest": manifest_from_record(record)}
+        return {"manifest": manifest_from_record(record), "attestation": attestation}
     if kind not in ("train", "evaluate"):
         raise ReplyRejected(f"{where}: unexpected message type")
-    allowed_records = {METRICS, ARRAYS} if kind == "train" else {METRICS}
+    allowed_records = {METRICS, ARRAYS, ATTESTATION} if kind == "train" else {METRICS}
     if not set(content.keys()) <= allowed_records or METRICS not in content:
         raise ReplyRejected(f"{where}: holds {sorted(content.keys())}; allowed {sorted(allowed_records)}")
     if not isinstance(content[METRICS], MetricRecord):
         raise ReplyRejected(f"{where}: '{METRICS}' must be a MetricRecord")
     metrics = _check_metrics(content[METRICS], TRAIN_METRICS if kind == "train" else EVALUATE_METRICS, where)
-    out: dict = {"metrics": metrics}
+    out: dict = {"metrics": metrics, "attestation": attestation}
     if kind == "train" and not metrics.get("declined"):
         if ARRAYS not in content or not isinstance(content[ARRAYS], ArrayRecord):
             raise ReplyRejected(f"{where}: a training reply must hold the model arrays")

@@ -31,6 +31,9 @@ from federation.privacy.accountant import default_delta, epsilon, epsilons
 from federation.privacy.events import PrivacyEvent
 from federation.privacy.noise import noise_source
 from federation.runfolder import EPSILON_COLUMNS, METRICS_COLUMNS, RunFolder, default_run_dir
+from federation.audit_trail.canonical import arrays_hash
+from federation.audit_trail.report import write_report
+from server.ledger_keeper import AttestationRejected, LedgerKeeper
 from server.lender_dp import FEDERATION, LenderLevelDP
 from server.strategies import make_strategy
 
@@ -57,6 +60,7 @@ class RunRecord:
     manifests: dict[int, dict] = field(default_factory=dict)
     events: list[PrivacyEvent] = field(default_factory=list)
     deltas: dict[int, float] = field(default_factory=dict)
+    model_hash: str = ""
     metrics_rows: list[dict] = field(default_factory=list)
     epsilon_rows: list[dict] = field(default_factory=list)
     rounds: list[RoundSummary] = field(default_factory=list)
@@ -85,8 +89,8 @@ def _inspect_all(replies: list[Message], shapes=None) -> list[tuple[Message, dic
         raise RunFailed(str(exc)) from None
 
 
-def collect_manifests(grid: Grid, cfg: RunConfig, nodes: list[int]) -> dict[int, tuple[int, dict]]:
-    """Ask every lender for its manifest. Returns node id -> (lender id, manifest)."""
+def collect_manifests(grid: Grid, cfg: RunConfig, nodes: list[int]) -> dict[int, tuple[int, dict, dict | None]]:
+    """Ask every lender for its manifest. Returns node id -> (lender id, manifest, signed attestation)."""
     content = RecordDict({CONFIG: run_config_record(cfg)})
     messages = [Message(content, dst_node_id=node, message_type=QUERY_MANIFEST) for node in nodes]
     replies = list(grid.send_and_receive(messages, timeout=TIMEOUT_S))
@@ -95,11 +99,11 @@ def collect_manifests(grid: Grid, cfg: RunConfig, nodes: list[int]) -> dict[int,
     out = {}
     for msg, plain in _inspect_all(replies):
         manifest = plain["manifest"]
-        out[msg.metadata.src_node_id] = (manifest["lender"], manifest)
-    lenders = sorted(lender for lender, _ in out.values())
+        out[msg.metadata.src_node_id] = (manifest["lender"], manifest, plain["attestation"])
+    lenders = sorted(lender for lender, _, _ in out.values())
     if lenders != list(range(cfg.lenders)):
         raise RunFailed(f"lenders reported ids {lenders}; expected 0..{cfg.lenders - 1}")
-    features = {tuple(m["features"]) for _, m in out.values()}
+    features = {tuple(m["features"]) for _, m, _ in out.values()}
     if len(features) != 1:
         raise RunFailed("lenders disagree on the encoded feature list; they must use the same dataset card")
     return out
@@ -108,21 +112,34 @@ def collect_manifests(grid: Grid, cfg: RunConfig, nodes: list[int]) -> dict[int,
 def run_federation(grid: Grid, cfg: RunConfig,
                    on_round: Callable[[RoundSummary], None] | None = None) -> Path:
     """Run all rounds and write the run folder. Returns its path."""
-    folder = RunFolder(cfg.output_dir or default_run_dir())
+    if not cfg.output_dir:  # resolved before lenders see the config: it locates their keys
+        cfg = cfg.replace(output_dir=str(default_run_dir()))
+    folder = RunFolder(cfg.output_dir)
     try:
-        record = _run(grid, cfg, folder, on_round)
+        keeper = LedgerKeeper(folder, cfg)
+        record = _run(grid, cfg, folder, on_round, keeper)
         _write_outputs(folder, cfg, record)
+        privacy = privacy_summary(cfg, record)
+        last = [r for r in record.metrics_rows if r["lender"] == "global"][-1:] or [{}]
+        keeper.finished({
+            "rounds_completed": len(record.rounds), "stopped_early": record.stopped_early,
+            "model_hash": record.model_hash, "final_metrics": {k: last[0].get(k) for k in METRICS},
+            "epsilon": {unit: v["epsilon"] for unit, v in privacy.get("units", {}).items()},
+        })
+        write_report(folder.staging, keeper.key)
         return folder.commit()
     except BaseException:
         folder.abort()
         raise
 
 
-def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round) -> RunRecord:
+def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: LedgerKeeper) -> RunRecord:
     record = RunRecord()
     nodes = _wait_for_nodes(grid, cfg.lenders)
     by_node = collect_manifests(grid, cfg, nodes)
-    record.manifests = {lender: manifest for lender, manifest in by_node.values()}
+    record.manifests = {lender: manifest for lender, manifest, _ in by_node.values()}
+    for lender, manifest, attestation in sorted(by_node.values(), key=lambda item: item[0]):
+        keeper.manifest(lender, manifest, attestation)
     features = record.manifests[0]["features"]
     model = build_model(cfg.model, len(features), cfg.hidden, seed=cfg.seed)
     shapes = array_shapes(model)
@@ -144,20 +161,28 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round) -> RunRecord:
             break
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(config)), grid))
         if lender_dp:
-            sampled = set(lender_dp.sample(sorted(lender for lender, _ in by_node.values())))
+            sampled = set(lender_dp.sample(sorted(lender for lender, _, _ in by_node.values())))
             messages = [m for m in messages if by_node[m.metadata.dst_node_id][0] in sampled]
+        keeper.round_started(rnd, sorted(by_node[m.metadata.dst_node_id][0] for m in messages), _mechanism(cfg, lender_dp))
         replies = list(grid.send_and_receive(messages, timeout=TIMEOUT_S)) if messages else []
         checked = sorted(_inspect_all(replies, shapes), key=lambda item: lender_of(item[0]))
         if len(checked) != len(messages):
             raise RunFailed(f"round {rnd}: {len(messages) - len(checked)} lender(s) sent no reply")
         trained = [msg for msg, plain in checked if not plain["metrics"].get("declined")]
-        if cfg.dp and not lender_dp:
-            for msg, plain in checked:
+        for msg, plain in checked:
+            event = None
+            if cfg.dp and not lender_dp:
                 record.epsilon_rows.append(_account_reply(record, cfg, lender_of(msg), rnd, plain["metrics"]))
+                event = record.events[-1].to_dict() if not plain["metrics"].get("declined") else None
+            try:
+                keeper.reply(rnd, lender_of(msg), plain, event)
+            except AttestationRejected as exc:
+                raise RunFailed(str(exc)) from None
         if lender_dp:
             arrays = lender_dp.aggregate(rnd, arrays, [msg.content[ARRAYS] for msg in trained])
             event = lender_dp.budget.events[-1]
             record.events.append(event)
+            keeper.aggregate(rnd, [lender_of(m) for m in trained], arrays, {"noise_event": event.to_dict()})
             record.epsilon_rows.append({
                 "lender": "federation", "round": rnd, "epsilon": lender_dp.budget.spent(), "delta": lender_dp.budget.delta,
                 "sigma": event.noise_multiplier, "sample_rate": event.sample_rate, "steps": event.steps,
@@ -172,6 +197,7 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round) -> RunRecord:
             if new_arrays is None:
                 raise RunFailed(f"round {rnd}: aggregation produced no model")
             arrays = new_arrays
+            keeper.aggregate(rnd, [lender_of(m) for m in trained], arrays, {"strategy": cfg.strategy})
         train_loss = {lender_of(msg): plain["metrics"].get("train-loss", math.nan) for msg, plain in checked}
 
         eval_replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(config)), grid), timeout=TIMEOUT_S))
@@ -194,10 +220,21 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round) -> RunRecord:
         record.rounds.append(summary)
         if on_round:
             on_round(summary)
+    record.model_hash = arrays_hash({k: v.numpy() for k, v in arrays.items()})
     model.load_state_dict(arrays.to_torch_state_dict())
     torch.save(model.state_dict(), folder.path("model.pt"))
     folder.write_json("model.json", {"model": cfg.model, "hidden": cfg.hidden, "features": features})
     return record
+
+
+def _mechanism(cfg: RunConfig, lender_dp: LenderLevelDP | None) -> dict:
+    if not cfg.dp:
+        return {"dp": False}
+    out = {"dp": True, "granularity": cfg.dp_level, "accountant": cfg.accountant, "clip_norm": cfg.clip_norm,
+           "noise_source": noise_source(cfg.secure_rng)}
+    if lender_dp:
+        out.update({"noise_multiplier": lender_dp.budget.sigma, "lender_sample_rate": lender_dp.q})
+    return out
 
 
 def _account_reply(record: RunRecord, cfg: RunConfig, lender: int, rnd: int, m: dict) -> dict:

@@ -1,0 +1,106 @@
+"""The coordinator's side of the ledger: checks every lender attestation, then appends it.
+
+A lender's signed body must name this run, this lender and this round, verify under the public key
+the lender registered in its manifest, and agree with what actually arrived (the update's hash and
+size are recomputed from the received arrays). Anything else stops the run before aggregation.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from federation import __version__
+from federation.audit_trail import ledger as L
+from federation.audit_trail.attest import MANIFEST_FIELDS
+from federation.audit_trail.canonical import arrays_bytes, arrays_hash, canonical, config_hash
+from federation.audit_trail.keys import (COORDINATOR, keys_dir_for, lender_name, load_or_create, public_from_hex,
+                                         public_hex, verify_signature)
+from federation.config import RunConfig
+from federation.errors import FedCreditError
+
+
+class AttestationRejected(FedCreditError):
+    """A lender's signed statement is missing, forged, or disagrees with what it sent."""
+
+
+def code_version() -> str:
+    """fedcredit's version and, when run from a git checkout, the commit."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"fedcredit {__version__}" + (f" (git {commit})" if commit else "")
+
+
+class LedgerKeeper:
+    def __init__(self, folder, cfg: RunConfig) -> None:
+        self.folder = folder
+        self.run = config_hash(cfg.to_record())
+        self.key = load_or_create(keys_dir_for(cfg.output_dir, cfg.keys_dir), COORDINATOR)
+        self.public_keys = {}
+        self.ledger = L.Ledger(folder.path("ledger.jsonl"), self.key)
+        folder.path(f"keys/{COORDINATOR}.pub").write_text(public_hex(self.key) + "\n")
+        self.ledger.append_coordinator(L.RUN_STARTED, {
+            "run": self.run, "config": cfg.to_record(), "code_version": code_version(), "lenders": cfg.lenders,
+            "coordinator_public_key": public_hex(self.key),
+        })
+
+    @property
+    def head(self) -> str:
+        return self.ledger.head
+
+    def _check(self, lender: int, attestation: dict | None, kind: str, rnd: int | None = None):
+        if attestation is None:
+            raise AttestationRejected(f"lender {lender} sent no signed {kind}")
+        body = attestation["body"]
+        where = f"lender {lender}'s {kind}" + (f" in round {rnd}" if rnd is not None else "")
+        if body.get("type") != kind:
+            raise AttestationRejected(f"{where} is of type {body.get('type')!r}")
+        if body.get("run") != self.run or body.get("lender") != lender or (rnd is not None and body.get("round") != rnd):
+            raise AttestationRejected(f"{where} names another run, lender or round")
+        public = self.public_keys.get(lender) or public_from_hex(attestation.get("public_key") or "")
+        if not verify_signature(public, attestation["signature"], canonical(body)):
+            raise AttestationRejected(f"{where}: the signature does not verify under the lender's key")
+        return body
+
+    def manifest(self, lender: int, manifest: dict, attestation: dict | None) -> None:
+        body = self._check(lender, attestation, L.LENDER_MANIFEST)
+        if body.get("public_key") != attestation.get("public_key"):
+            raise AttestationRejected(f"lender {lender}'s manifest signs a public key other than the one it sent")
+        for field in MANIFEST_FIELDS:
+            if body.get(field) != manifest[field]:
+                raise AttestationRejected(f"lender {lender}'s signed manifest disagrees with its manifest on {field}")
+        self.public_keys[lender] = public_from_hex(body["public_key"])
+        self.folder.path(f"keys/{lender_name(lender)}.pub").write_text(body["public_key"] + "\n")
+        self.ledger.append_lender(L.LENDER_MANIFEST, lender, body, attestation["signature"])
+
+    def round_started(self, rnd: int, lenders: list[int], mechanism: dict) -> None:
+        self.ledger.append_coordinator(L.ROUND_STARTED, {"round": rnd, "lenders": lenders, "mechanism": mechanism})
+
+    def reply(self, rnd: int, lender: int, plain: dict, event: dict | None) -> None:
+        """A training reply: an update attestation, or a budget refusal when the lender declined."""
+        if plain["metrics"].get("declined"):
+            body = self._check(lender, plain.get("attestation"), L.BUDGET_REFUSAL, rnd)
+            self.ledger.append_lender(L.BUDGET_REFUSAL, lender, body, plain["attestation"]["signature"])
+            return
+        body = self._check(lender, plain.get("attestation"), L.LENDER_UPDATE, rnd)
+        arrays = plain["arrays"]
+        if body.get("update_hash") != arrays_hash(arrays) or body.get("bytes_sent") != arrays_bytes(arrays):
+            raise AttestationRejected(f"lender {lender}'s update in round {rnd} differs from the one it signed")
+        if body.get("shapes") != {k: list(np.asarray(v).shape) for k, v in sorted(arrays.items())}:
+            raise AttestationRejected(f"lender {lender}'s signed array shapes differ from what it sent")
+        if body.get("events") != ([event] if event is not None else []):
+            raise AttestationRejected(f"lender {lender}'s signed privacy events differ from its reported mechanism")
+        self.ledger.append_lender(L.LENDER_UPDATE, lender, body, plain["attestation"]["signature"])
+
+    def aggregate(self, rnd: int, lenders: list[int], arrays, extra: dict | None = None) -> None:
+        model = {k: v.numpy() for k, v in arrays.items()}
+        self.ledger.append_coordinator(L.AGGREGATE, {"round": rnd, "lenders": lenders,
+                                                     "model_hash": arrays_hash(model), **(extra or {})})
+
+    def finished(self, body: dict) -> None:
+        self.ledger.append_coordinator(L.RUN_FINISHED, body)
