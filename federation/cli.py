@@ -272,6 +272,40 @@ def audit(
     console.print(f"audit.json written to {result['run_folder']}", highlight=False)
 
 
+@app.command()
+def verify(
+    run_dir: Path = typer.Argument(..., help="The run folder to check."),
+    trusted_keys: Optional[Path] = typer.Option(None, help="Folder of public keys registered out of band "
+                                                "(coordinator.pub, lender_NNN.pub) that the run's keys must match."),
+) -> None:
+    """Check a run folder: signatures, hash chain, report binding, epsilons recomputed with dp_accounting."""
+    from federation.audit_trail.verify import verify_run
+
+    try:
+        result = verify_run(run_dir, trusted_keys)
+    except FedCreditError as exc:
+        err.print(f"[bold red]verification failed:[/] {exc}", highlight=False)
+        raise typer.Exit(code=1)
+    console.print(result.summary(), highlight=False)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="The run folder holding report.json.")) -> None:
+    """Re-render report.html from report.json (run `fedcredit verify` to check the report itself)."""
+    from federation.audit_trail.report import _atomic_write, render_html
+
+    path = run_dir / "report.json"
+    try:
+        data = json.loads(path.read_text())
+        page = render_html(data)
+    except FileNotFoundError:
+        _fail(f"{path} not found")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        _fail(f"{path} is not a fedcredit report ({exc.__class__.__name__}: {exc})")
+    _atomic_write(run_dir / "report.html", page.encode())
+    console.print(f"wrote {run_dir / 'report.html'}", highlight=False)
+
+
 def _quiet_libraries() -> None:
     # Flower logs every message exchange at INFO, and Opacus installs a root handler that would print
     # each of those lines twice: the CLI shows its own progress line per round instead.

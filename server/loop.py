@@ -182,7 +182,7 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
             arrays = lender_dp.aggregate(rnd, arrays, [msg.content[ARRAYS] for msg in trained])
             event = lender_dp.budget.events[-1]
             record.events.append(event)
-            keeper.aggregate(rnd, [lender_of(m) for m in trained], arrays, {"noise_event": event.to_dict()})
+            keeper.aggregate(rnd, [lender_of(m) for m in trained], arrays, {"noise_event": event.to_dict(), "delta": lender_dp.budget.delta})
             record.epsilon_rows.append({
                 "lender": "federation", "round": rnd, "epsilon": lender_dp.budget.spent(), "delta": lender_dp.budget.delta,
                 "sigma": event.noise_multiplier, "sample_rate": event.sample_rate, "steps": event.steps,
