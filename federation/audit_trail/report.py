@@ -183,6 +183,7 @@ def _epsilon_plot(report: dict) -> str:
             ax.plot(*zip(*points), marker="o", ms=3, label=f"lender {d['lender']}")
     for budget in sorted({d["budget"] for d in report["lender_details"] if d["budget"] is not None}):
         ax.axhline(budget, color="k", ls="--", lw=1)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("round")
     ax.set_ylabel("epsilon spent (cumulative)")
     ax.set_title("Privacy spent per lender; dashed: budget")
