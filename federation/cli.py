@@ -347,6 +347,7 @@ def _print_summary(path: Path) -> None:
     if config.get("stopped-early"):
         console.print(f"stopped early: {config['stopped-early']}")
     console.print(f"run folder: {path}", highlight=False)
+    console.print(f"privacy report: {path / 'report.html'}  (check it: fedcredit verify {path})", highlight=False)
 
 
 def _spent(unit: dict) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import math
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from federation.privacy.events import PrivacyEvent
 from federation.privacy.noise import noise_source
 from federation.runfolder import EPSILON_COLUMNS, METRICS_COLUMNS, RunFolder, default_run_dir
 from federation.audit_trail.canonical import arrays_hash
+from federation.audit_trail.keys import keys_dir_for
 from federation.audit_trail.report import write_report
 from server.ledger_keeper import AttestationRejected, LedgerKeeper
 from server.lender_dp import FEDERATION, LenderLevelDP
@@ -115,6 +117,8 @@ def run_federation(grid: Grid, cfg: RunConfig,
     if not cfg.output_dir:  # resolved before lenders see the config: it locates their keys
         cfg = cfg.replace(output_dir=str(default_run_dir()))
     folder = RunFolder(cfg.output_dir)
+    keys_dir = keys_dir_for(cfg.output_dir, cfg.keys_dir)
+    new_keys = not keys_dir.exists()
     try:
         keeper = LedgerKeeper(folder, cfg)
         record = _run(grid, cfg, folder, on_round, keeper)
@@ -130,6 +134,8 @@ def run_federation(grid: Grid, cfg: RunConfig,
         return folder.commit()
     except BaseException:
         folder.abort()
+        if new_keys:  # keys made for a run that did not finish sign nothing: leave no trace of it
+            shutil.rmtree(keys_dir, ignore_errors=True)
         raise
 
 

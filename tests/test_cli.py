@@ -30,6 +30,7 @@ def _assert_clean_failure(result, output, out: Path, needle: str):
     assert needle in output, output
     assert not out.exists()
     assert not any(p.name.startswith(f".{out.name}.partial") for p in out.parent.iterdir())
+    assert not Path(f"{out}-keys").exists()
 
 
 def _csv(tmp_path, text: str, card: str = CARD) -> list[str]:

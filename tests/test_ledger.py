@@ -244,3 +244,20 @@ def test_runs_with_refusals_and_lender_level_dp_verify(tmp_path):
     nodp = run(RunConfig(records=2000, lenders=2, rounds=1, dp=False, engine="inprocess", output_dir=str(tmp_path / "nodp")),
                on_round=lambda s: None)
     assert verify_run(nodp).epsilons == {}
+
+
+def test_coordinator_refuses_an_update_that_differs_from_what_the_lender_signed(tmp_path, monkeypatch):
+    import clients.app as lender_app
+    from server.loop import RunFailed
+
+    honest = lender_app.update_body
+
+    def lying(*args, **kwargs):
+        body = honest(*args, **kwargs)
+        return {**body, "update_hash": "0" * 64}
+
+    monkeypatch.setattr(lender_app, "update_body", lying)
+    out = tmp_path / "run"
+    with pytest.raises(RunFailed, match="differs from the one it signed"):
+        run(RunConfig(records=2000, lenders=2, rounds=1, engine="inprocess", output_dir=str(out)), on_round=lambda s: None)
+    assert not out.exists() and not (tmp_path / "run-keys").exists()  # nothing half-written left behind
