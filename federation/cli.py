@@ -172,6 +172,23 @@ def plan(
     console.print(table)
 
 
+def _command(name: str, **options) -> str:
+    """The command line that reproduces this invocation (written next to the results it made)."""
+    import shlex
+
+    parts = ["fedcredit", name]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if key == "settings":
+            for item in value:
+                parts += ["--set", shlex.quote(item)]
+        elif value is True:
+            parts.append(flag)
+        elif value not in (False, "", None):
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
+
+
 def _config_with(base: RunConfig, settings: list[str]) -> RunConfig:
     """Apply --set KEY=VALUE pairs (any run configuration key) to `base`."""
     record = base.to_record()
@@ -214,7 +231,9 @@ def sweep(
     _quiet_libraries()
     try:
         validate(base)
-        command = "fedcredit " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("fedcredit") else ""
+        command = _command("sweep", dataset=dataset, data_dir=data_dir, lenders=lenders, partition=partition,
+                           alpha=alpha, rounds=rounds, epsilons=epsilons, seeds=seeds, settings=settings,
+                           output_dir=output_dir)
         run_sweep(base, eps, seed_list, Path(output_dir), log=lambda line: console.print(line, highlight=False),
                   command=command)
     except FedCreditError as exc:
@@ -304,6 +323,62 @@ def report(run_dir: Path = typer.Argument(..., help="The run folder holding repo
         _fail(f"{path} is not a fedcredit report ({exc.__class__.__name__}: {exc})")
     _atomic_write(run_dir / "report.html", page.encode())
     console.print(f"wrote {run_dir / 'report.html'}", highlight=False)
+
+
+@app.command()
+def bench(
+    output_dir: str = typer.Option(..., help="Folder for results.csv, the PNG plots and RESULTS.md (a rerun resumes)."),
+    datasets: str = typer.Option("", help="Comma-separated datasets (default: all five; --quick: synthetic)."),
+    seeds: str = typer.Option("", help="Comma-separated seeds (default 0,1,2; --quick: 0)."),
+    methods: str = typer.Option("", help="Comma-separated from pooled, local, fedavg, fedprox, fedadam (default all)."),
+    epsilons: str = typer.Option("", help="Comma-separated epsilons per lender, inf = no DP (default inf,1,3,8)."),
+    data_dir: str = typer.Option("", help="Folder holding the real datasets."),
+    quick: bool = typer.Option(False, "--quick", help="A tiny grid for tests: 2 rounds, small data, IID splits."),
+    results_md: str = typer.Option("", help="Where to write RESULTS.md (default OUTPUT_DIR/RESULTS.md)."),
+    settings: list[str] = typer.Option([], "--set", help="Override a run option in every cell, KEY=VALUE."),
+) -> None:
+    """The federated credit benchmark: pooled vs local-only vs FedAvg/FedProx/FedAdam, with and without DP."""
+    from benchmarks import bench as grid_bench
+    from benchmarks.constants import CONSTANTS, EPSILONS, METHODS, PARTITIONS
+
+    names = [d.strip() for d in datasets.split(",") if d.strip()] or (["synthetic"] if quick else list(CONSTANTS))
+    for name in names:
+        if name not in CONSTANTS:
+            _fail(f"unknown dataset '{name}' (choose from {', '.join(CONSTANTS)})")
+    method_list = [m.strip() for m in methods.split(",") if m.strip()] or (["pooled", "local", "fedavg"] if quick else list(METHODS))
+    for m in method_list:
+        if m not in METHODS:
+            _fail(f"unknown method '{m}' (choose from {', '.join(METHODS)})")
+    eps = _floats(epsilons, "--epsilons") if epsilons else ([math.inf, 3.0] if quick else list(EPSILONS))
+    if any(not e > 0 for e in eps):
+        _fail("--epsilons must be positive numbers or inf")
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()] or ([0] if quick else [0, 1, 2])
+    except ValueError:
+        _fail(f"--seeds expects comma-separated integers, got '{seeds}'")
+    overrides = {}
+    for item in settings:
+        if "=" not in item:
+            _fail(f"--set expects KEY=VALUE, got '{item}'")
+        key, value = item.split("=", 1)
+        overrides[key.strip().replace("-", "_")] = value.strip()
+    if quick:
+        overrides = {"rounds": "2", "records": "3000", **overrides}
+    partitions = {**PARTITIONS, "default": [("iid", 0.5)]} if quick else PARTITIONS
+    cells = grid_bench.grid(names, seed_list, method_list, eps, partitions)
+    command = _command("bench", quick=quick, datasets=",".join(names), seeds=",".join(map(str, seed_list)),
+                       methods=",".join(method_list), epsilons=",".join(f"{e:g}" for e in eps), data_dir=data_dir,
+                       settings=settings, output_dir=output_dir, results_md=results_md)
+    _quiet_libraries()
+    try:
+        typed = {k: v for k, v in RunConfig.from_record({k.replace("_", "-"): v for k, v in overrides.items()}).__dict__.items()
+                 if k in overrides}
+        grid_bench.config_for(cells[0], data_dir, typed)  # fail on a bad override before any work
+        grid_bench.bench(cells, Path(output_dir), data_dir, typed, command,
+                         Path(results_md) if results_md else None, log=lambda line: console.print(line, highlight=False))
+    except (FedCreditError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"wrote {Path(output_dir) / 'results.csv'}", highlight=False)
 
 
 def _quiet_libraries() -> None:

@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Iterable
 from functools import lru_cache
 
+import numpy as np
 from opacus.accountants import create_accountant
 from scipy.optimize import brentq
 
@@ -62,9 +63,11 @@ def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accoun
     acc.history = list(history)
     if accountant != "prv":
         return float(acc.get_epsilon(delta=delta))
-    eps = float(acc.get_epsilon(delta=delta, eps_error=0.01))
-    if 0.01 > PRV_RELATIVE_ERROR * eps:
-        eps = float(acc.get_epsilon(delta=delta, eps_error=max(PRV_RELATIVE_ERROR * eps, 1e-4)))
+    # Opacus' PRV takes log(0) at the edge of its grid when q is large; the result is still finite.
+    with np.errstate(divide="ignore"):
+        eps = float(acc.get_epsilon(delta=delta, eps_error=0.01))
+        if 0.01 > PRV_RELATIVE_ERROR * eps:
+            eps = float(acc.get_epsilon(delta=delta, eps_error=max(PRV_RELATIVE_ERROR * eps, 1e-4)))
     return eps
 
 

@@ -1,0 +1,170 @@
+"""`fedcredit bench`: pooled vs local-only vs FedAvg / FedProx / FedAdam, with and without DP, over
+datasets, partitions and seeds (after FLamby, NeurIPS 2022 datasets and benchmarks track).
+
+Every method is scored on the pooled held-out test (no method trains on it; `lender` = "pooled") and
+on each lender's own test split (`lender` = its id). Local-only models are also scored on the pooled
+held-out test, one row per lender with `test_set` = "pooled". Pooled and local-only training are
+non-private (the limits); the federated strategies run at every privacy level (record level, per lender).
+Results are appended to results.csv after every cell, and a rerun skips the cells already there.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.constants import CONSTANTS, EPSILONS, METHODS, PARTITIONS
+from federation.config import RunConfig
+from federation.data import load_holdout, load_lender
+from federation.metrics import credit_metrics
+from federation.model import build_model, predict_proba
+from federation.training import train_local
+
+COLUMNS = ["dataset", "partition", "method", "epsilon", "seed", "lender", "test_set", "n", "auc", "ks", "gini",
+           "brier", "epsilon_spent", "seconds"]
+SCORES = ("auc", "ks", "gini", "brier")
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    partition: str
+    alpha: float
+    method: str
+    epsilon: float
+    seed: int
+
+    @property
+    def partition_label(self) -> str:
+        return self.partition + (f"({self.alpha:g})" if self.partition in ("dirichlet", "quantity") else "")
+
+    def key(self) -> tuple:
+        return (self.dataset, self.partition_label, self.method, _eps_text(self.epsilon), str(self.seed))
+
+
+def _eps_text(eps: float) -> str:
+    return "inf" if math.isinf(eps) else f"{eps:g}"
+
+
+def grid(datasets: Iterable[str], seeds: Iterable[int], methods: Iterable[str] = METHODS,
+         epsilons: Iterable[float] = EPSILONS, partitions: dict | None = None) -> list[Cell]:
+    cells = []
+    for dataset in datasets:
+        for partition, alpha in (partitions or PARTITIONS).get(dataset, (partitions or PARTITIONS)["default"]):
+            for seed in seeds:
+                for method in methods:
+                    for eps in (epsilons if method not in ("pooled", "local") else [math.inf]):
+                        cells.append(Cell(dataset, partition, alpha, method, eps, seed))
+    return cells
+
+
+def config_for(cell: Cell, data_dir: str = "", overrides: dict | None = None) -> RunConfig:
+    c = CONSTANTS[cell.dataset]
+    values = dict(dataset=cell.dataset, data_dir=data_dir, lenders=c.lenders, partition=cell.partition,
+                  alpha=cell.alpha, rounds=c.rounds, local_epochs=c.local_epochs, batch_size=c.batch_size,
+                  learning_rate=c.learning_rate, model=c.model, records=c.records, seed=cell.seed,
+                  strategy=cell.method if cell.method.startswith("fed") else "fedavg",
+                  dp=math.isfinite(cell.epsilon), epsilon=cell.epsilon if math.isfinite(cell.epsilon) else 3.0,
+                  engine="inprocess")
+    values.update(overrides or {})
+    return RunConfig(**values).validated()
+
+
+def _scores(model, x, y) -> dict:
+    return credit_metrics(y, predict_proba(model, x)) if len(y) else {k: math.nan for k in SCORES}
+
+
+def _train(cfg: RunConfig, x, y, seed: int):
+    model = build_model(cfg.model, x.shape[1], cfg.hidden, seed=cfg.seed)
+    train_local(model, x, y, epochs=cfg.rounds * cfg.local_epochs, batch_size=cfg.batch_size,
+                learning_rate=cfg.learning_rate, seed=seed)
+    return model
+
+
+def run_cell(cell: Cell, cfg: RunConfig) -> list[dict]:
+    """Rows for one cell: pooled held-out and per-lender own-test scores."""
+    lenders = [load_lender(cfg, i) for i in range(cfg.lenders)]
+    hx, hy = load_holdout(cfg)
+    rows, spent = [], ""
+    if cell.method == "pooled":
+        model = _train(cfg, np.concatenate([d.x_train for d in lenders]), np.concatenate([d.y_train for d in lenders]), cfg.seed)
+        models = [model] * len(lenders)
+        rows.append({"lender": "pooled", "test_set": "pooled", "n": len(hy), **_scores(model, hx, hy)})
+    elif cell.method == "local":
+        models = [_train(cfg, d.x_train, d.y_train, cfg.seed + i) for i, d in enumerate(lenders)]
+        for i, model in enumerate(models):
+            rows.append({"lender": i, "test_set": "pooled", "n": len(hy), **_scores(model, hx, hy)})
+    else:
+        import json
+
+        import torch
+
+        from federation.runner import run
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = run(cfg.replace(output_dir=str(Path(tmp) / "run")), on_round=lambda s: None)
+            model = build_model(cfg.model, len(lenders[0].features), cfg.hidden)
+            model.load_state_dict(torch.load(folder / "model.pt"))
+            privacy = json.loads((folder / "privacy.json").read_text())
+        if privacy.get("dp"):
+            spent = max(u["epsilon"] for u in privacy["units"].values())
+        models = [model] * len(lenders)
+        rows.append({"lender": "pooled", "test_set": "pooled", "n": len(hy), **_scores(model, hx, hy)})
+    for i, (d, model) in enumerate(zip(lenders, models)):
+        rows.append({"lender": i, "test_set": "own", "n": len(d.y_test), **_scores(model, d.x_test, d.y_test)})
+    base = {"dataset": cell.dataset, "partition": cell.partition_label, "method": cell.method,
+            "epsilon": _eps_text(cell.epsilon), "seed": cell.seed, "epsilon_spent": spent}
+    return [{**base, **r} for r in rows]
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if rows and set(COLUMNS) - set(rows[0]):
+        raise ValueError(f"{path} is not a fedcredit bench results file (columns {sorted(rows[0])})")
+    return rows
+
+
+def write_results(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def bench(cells: list[Cell], output_dir: Path, data_dir: str = "", overrides: dict | None = None,
+          command: str = "", results_md: Path | None = None, log: Callable[[str], None] = print) -> list[dict]:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "results.csv"
+    rows = read_results(path)
+    done = {(r["dataset"], r["partition"], r["method"], r["epsilon"], r["seed"]) for r in rows}
+    todo = [c for c in cells if c.key() not in done]
+    log(f"{len(cells)} cells, {len(cells) - len(todo)} already in {path}, {len(todo)} to run")
+    for number, cell in enumerate(todo, start=1):
+        start = time.time()
+        new = run_cell(cell, config_for(cell, data_dir, overrides))
+        seconds = round(time.time() - start, 2)
+        rows.extend({**r, "seconds": seconds} for r in new)
+        write_results(path, rows)
+        pooled = next((r for r in new if r["lender"] == "pooled"), None)
+        auc = pooled["auc"] if pooled else statistics.mean(r["auc"] for r in new if r["test_set"] == "pooled")
+        log(f"[{number}/{len(todo)}] {cell.dataset} {cell.partition_label} {cell.method} "
+            f"epsilon={_eps_text(cell.epsilon)} seed={cell.seed}: pooled-test AUC {auc:.4f} ({seconds:.1f} s)")
+    from benchmarks.report import plots, results_markdown
+
+    plots(rows, output_dir)
+    (results_md or output_dir / "RESULTS.md").write_text(results_markdown(rows, command))
+    return rows

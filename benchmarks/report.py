@@ -1,0 +1,138 @@
+"""RESULTS.md and plots from a bench results.csv (every number in them comes from that file)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+FED = ("fedavg", "fedprox", "fedadam")
+EPS_ORDER = ("1", "3", "8", "inf")
+
+
+def _f(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _mean(values) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.mean(values) if values else math.nan
+
+
+def _sd(values) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _eps_label(e: str) -> str:
+    return "none" if e == "inf" else e
+
+
+def summarize(rows: list[dict]) -> dict:
+    """(dataset, partition, method, epsilon) -> per-seed pooled-test AUCs, and per-(seed, lender) own-test AUCs."""
+    pooled_test: dict = defaultdict(lambda: defaultdict(list))  # key -> seed -> aucs (local: one per lender)
+    own_test: dict = defaultdict(dict)  # key -> (seed, lender) -> auc
+    ks: dict = defaultdict(list)
+    for r in rows:
+        key = (r["dataset"], r["partition"], r["method"], r["epsilon"])
+        if r["test_set"] == "pooled":
+            pooled_test[key][r["seed"]].append(_f(r["auc"]))
+            ks[key].append(_f(r["ks"]))
+        else:
+            own_test[key][(r["seed"], r["lender"])] = _f(r["auc"])
+    return {"pooled": pooled_test, "own": own_test, "ks": ks}
+
+
+def headline(rows: list[dict]) -> list[str]:
+    s = summarize(rows)
+    lines = ["| dataset | partition | pooled | local mean | local worst | " +
+             " | ".join(f"FedAvg eps {_eps_label(e)} (vs pooled)" for e in EPS_ORDER) +
+             " | lenders beating own local: " + " / ".join(_eps_label(e) for e in EPS_ORDER) + " |",
+             "|---|---|---:|---:|---:|" + "---:|" * len(EPS_ORDER) + "---|"]
+    datasets = sorted({r["dataset"] for r in rows})
+    for dataset in datasets:
+        partitions = sorted({r["partition"] for r in rows if r["dataset"] == dataset})
+        partition = "dirichlet(0.5)" if "dirichlet(0.5)" in partitions else partitions[0]
+        pooled = _mean([_mean(v) for v in s["pooled"][(dataset, partition, "pooled", "inf")].values()])
+        local = s["pooled"][(dataset, partition, "local", "inf")]
+        local_mean = _mean([_mean(v) for v in local.values()])
+        local_worst = _mean([min(v) for v in local.values() if v])
+        cells, shares = [], []
+        own_local = s["own"][(dataset, partition, "local", "inf")]
+        for e in EPS_ORDER:
+            fed = s["pooled"].get((dataset, partition, "fedavg", e), {})
+            auc = _mean([_mean(v) for v in fed.values()])
+            cells.append("-" if math.isnan(auc) else f"{auc:.4f} ({auc - pooled:+.4f})")
+            own_fed = s["own"].get((dataset, partition, "fedavg", e), {})
+            pairs = [(own_fed[k], own_local[k]) for k in own_fed if k in own_local
+                     and not math.isnan(own_fed[k]) and not math.isnan(own_local[k])]
+            shares.append(f"{sum(f >= l for f, l in pairs)}/{len(pairs)}" if pairs else "-")
+        lines.append(f"| {dataset} | {partition} | {pooled:.4f} | {local_mean:.4f} | {local_worst:.4f} | "
+                     + " | ".join(cells) + " | " + " / ".join(shares) + " |")
+    return lines
+
+
+def full_table(rows: list[dict]) -> list[str]:
+    s = summarize(rows)
+    lines = ["| dataset | partition | method | epsilon | AUC pooled test (mean +/- sd over seeds) | KS pooled test | "
+             "mean AUC on lenders' own tests | seeds |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    order = {m: i for i, m in enumerate(("pooled", "local") + FED)}
+    for key in sorted(s["pooled"], key=lambda k: (k[0], k[1], order.get(k[2], 9), EPS_ORDER.index(k[3]) if k[3] in EPS_ORDER else 9)):
+        per_seed = [_mean(v) for v in s["pooled"][key].values()]
+        own = _mean(list(s["own"].get(key, {}).values()))
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {_eps_label(key[3])} | {_mean(per_seed):.4f} +/- {_sd(per_seed):.4f} | "
+                     f"{_mean(s['ks'][key]):.4f} | {own:.4f} | {len(per_seed)} |")
+    return lines
+
+
+def results_markdown(rows: list[dict], command: str) -> str:
+    out = ["# fedcredit benchmark results", ""]
+    if command:
+        out += ["Produced by:", "", "```bash", command, "```", ""]
+    out += ["Generated from results.csv (one row per dataset, partition, method, epsilon, seed and lender). "
+            "Pooled test: the pooled held-out split no method trains on; own test: each lender's own test split. "
+            "Local-only rows on the pooled test are per lender (mean and worst below). Pooled and local-only "
+            "training are non-private; epsilon is per lender, record level.", "",
+            "## Headline (FedAvg)", ""] + headline(rows) + ["", "## All cells", ""] + full_table(rows)
+    return "\n".join(out) + "\n"
+
+
+def plots(rows: list[dict], output_dir: Path) -> list[Path]:
+    """One PNG per dataset: pooled-test AUC of each strategy against epsilon, one panel per partition."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = summarize(rows)
+    written = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        partitions = sorted({r["partition"] for r in rows if r["dataset"] == dataset})
+        fig, axes = plt.subplots(1, len(partitions), figsize=(4.2 * len(partitions), 3.6), squeeze=False)
+        for ax, partition in zip(axes[0], partitions):
+            for i, method in enumerate(FED):
+                points = [(j, _mean([_mean(v) for v in s["pooled"][(dataset, partition, method, e)].values()]))
+                          for j, e in enumerate(EPS_ORDER) if (dataset, partition, method, e) in s["pooled"]]
+                if points:
+                    ax.plot(*zip(*points), "o-", color=f"C{i}", label=method)
+            for method, style, color in (("pooled", "--", "k"), ("local", "-.", "C3")):
+                if (dataset, partition, method, "inf") in s["pooled"]:
+                    ax.axhline(_mean([_mean(v) for v in s["pooled"][(dataset, partition, method, "inf")].values()]),
+                               ls=style, color=color, label=f"{method} (no DP)" if method == "pooled" else "local-only mean")
+            ax.set_xticks(range(len(EPS_ORDER)), [_eps_label(e) for e in EPS_ORDER])
+            ax.set_xlabel("epsilon per lender")
+            ax.set_title(partition, fontsize=10)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("AUC, pooled held-out test")
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(dataset)
+        fig.tight_layout()
+        path = output_dir / f"auc_{dataset}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
