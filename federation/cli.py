@@ -47,6 +47,7 @@ def run(
     card: str = typer.Option("", "--card", help="Your own data: its dataset card, TOML or JSON (with --dataset csv)."),
     records: int = typer.Option(20000, help="Borrowers in the synthetic market."),
     lenders: int = typer.Option(5, help="Number of lenders."),
+    lenders_per_round: int = typer.Option(0, help="Lenders drawn per round (0: all), for federations of many lenders."),
     partition: str = typer.Option("natural", help=f"How records are split into lenders: {', '.join(PARTITIONS)}."),
     alpha: float = typer.Option(0.5, help="Dirichlet concentration for dirichlet (label) and quantity skew."),
     rounds: int = typer.Option(5, help="Federated rounds."),
@@ -82,6 +83,7 @@ def run(
     try:
         cfg = RunConfig(
             dataset=dataset, data_dir=data_dir, csv_path=csv, card_path=card, records=records, lenders=lenders,
+            lenders_per_round=lenders_per_round,
             partition=partition, alpha=alpha, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size,
             learning_rate=learning_rate, model=model, strategy=strategy, proximal_mu=proximal_mu, dp=not no_dp,
             epsilon=epsilon, delta=delta, clip_norm=clip_norm, accountant=accountant, noise_multiplier=noise_multiplier,

@@ -40,6 +40,7 @@ class RunConfig:
     card_path: str = ""  # bring-your-own data: dataset card (TOML or JSON)
     records: int = 20000  # synthetic market size (borrowers)
     lenders: int = 5
+    lenders_per_round: int = 0  # 0: every lender every round; k: Flower samples k lenders per round (train and evaluate)
     partition: str = "natural"
     alpha: float = 0.5  # Dirichlet concentration (label or quantity skew)
     holdout_fraction: float = 0.2  # pooled held-out test, kept aside for benchmarks only
@@ -126,6 +127,8 @@ class RunConfig:
         need(self.dp_level in DP_LEVELS, f"unknown dp-level '{self.dp_level}' (choose from {', '.join(DP_LEVELS)})")
         need(self.engine in ("simulation", "inprocess"), f"unknown engine '{self.engine}' (choose from simulation, inprocess)")
         need(self.lenders >= 1, f"lenders must be at least 1, got {self.lenders}")
+        need(0 <= self.lenders_per_round <= self.lenders,
+             f"lenders-per-round must be between 0 (all) and lenders ({self.lenders}), got {self.lenders_per_round}")
         need(self.rounds >= 1, f"rounds must be at least 1, got {self.rounds}")
         need(self.local_epochs >= 1, f"local-epochs must be at least 1, got {self.local_epochs}")
         need(self.batch_size >= 1, f"batch-size must be at least 1, got {self.batch_size}")
@@ -149,6 +152,8 @@ class RunConfig:
             if self.dp_level == "lender":
                 need(self.strategy in ("fedavg", "fedprox"),
                      f"dp-level 'lender' adds noise to the FedAvg update; strategy '{self.strategy}' is not supported with it")
+                need(self.lenders_per_round == 0, "dp-level 'lender' samples lenders itself (Poisson, --lender-sample-rate); "
+                     "leave lenders-per-round at 0")
                 need(not self.epsilon_overrides, "dp-level 'lender' has one budget for the federation; per-lender budgets apply to dp-level 'record'")
             for lender, eps in self.epsilon_overrides:
                 need(_finite_positive(eps), f"epsilon budget of lender {lender} must be positive, got {eps}")

@@ -1,6 +1,6 @@
 """Local training and evaluation of one lender's model: DP-SGD with Opacus, or plain SGD.
 
-DP-SGD: Opacus' PrivacyEngine with Poisson sampling (rate q = 1/ceil(n/B)), per-example clipping
+DP-SGD: Opacus' GradSampleModule and DPOptimizer with Poisson sampling (rate q = 1/ceil(n/B)), per-example clipping
 at `clip_norm` and Gaussian noise `noise_multiplier * clip_norm`. Accounting is not done here: the
 caller records a PrivacyEvent for the steps taken and recomputes epsilon from all events.
 FedProx's proximal pull towards the global model is applied after each optimizer step: it does not
@@ -11,13 +11,13 @@ would not see a proximal term added to the loss).
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from federation.privacy.accountant import steps_per_epoch
 from federation.privacy.noise import SecureDPOptimizer, torchcsprng_available
@@ -41,38 +41,64 @@ class TrainResult:
     steps: int  # optimizer steps taken (each one a DP release when DP is on)
 
 
+def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, poisson: bool, generator: torch.Generator):
+    """One epoch of batches. Plain: a shuffled pass. DP: ceil(n/B) Poisson batches, each record in
+    each batch independently with q = 1/ceil(n/B) (what Opacus' DPDataLoader draws, but as one boolean
+    mask over the tensor instead of item-by-item through a Dataset, which dominated the cost)."""
+    n = len(x)
+    steps = steps_per_epoch(n, batch_size)
+    if poisson:
+        q = 1.0 / steps
+        for _ in range(steps):
+            mask = torch.rand(n, generator=generator) < q
+            yield x[mask], y[mask]
+    else:
+        order = torch.randperm(n, generator=generator)
+        for i in range(steps):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            yield x[idx], y[idx]
+
+
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
                 learning_rate: float, seed: int, dp: DPSettings | None = None,
                 proximal_mu: float = 0.0) -> TrainResult:
-    torch.manual_seed(seed)  # Poisson sampling and noise draw from torch's RNG: same seed, same run
-    data = TensorDataset(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32))
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    assert len(loader) == steps_per_epoch(len(data), batch_size)
+    torch.manual_seed(seed)  # the noise draws from torch's RNG: same seed, same run
+    xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
     global_params = [p.detach().clone() for p in model.parameters()]
     train_model = model
     if dp is None:
         criterion = nn.BCEWithLogitsLoss()
         optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=0.9)
     else:
-        from opacus import PrivacyEngine
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
 
         # Sum of per-example losses, and the step divided by the *expected* batch size: the standard
         # DP-SGD average (a Poisson batch's real size is itself private), and empty batches are valid.
         criterion = nn.BCEWithLogitsLoss(reduction="sum")
-        expected_batch = len(data) / len(loader)
-        optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate / expected_batch, momentum=0.9)
-        if dp.secure_rng and not torchcsprng_available():
-            train_model, optimizer, loader = _secure_private(model, optimizer, loader, dp, expected_batch)
-        else:
-            engine = PrivacyEngine(accountant="rdp", secure_mode=dp.secure_rng)
-            train_model, optimizer, loader = engine.make_private(
-                module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=dp.noise_multiplier,
-                max_grad_norm=dp.clip_norm, poisson_sampling=True, loss_reduction="sum",
-            )
+        expected_batch = len(xt) / steps_per_epoch(len(xt), batch_size)
+        base = torch.optim.SGD(model.parameters(), lr=learning_rate / expected_batch, momentum=0.9)
+        noise_generator, optimizer_class = None, DPOptimizer
+        if dp.secure_rng:
+            # Secure mode: unpredictable sampling, and noise from a CSPRNG (federation/privacy/noise.py).
+            generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+            if torchcsprng_available():
+                import torchcsprng
+
+                noise_generator = torchcsprng.create_random_device_generator("/dev/urandom")
+            else:
+                optimizer_class = SecureDPOptimizer
+        # Opacus' per-example gradients (GradSampleModule) and DP optimizer (clip, noise), as
+        # PrivacyEngine.make_private builds them; only the data loader is ours (see _batches).
+        train_model = GradSampleModule(model, loss_reduction="sum")
+        optimizer = optimizer_class(base, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.clip_norm,
+                                    expected_batch_size=int(round(expected_batch)), loss_reduction="sum",
+                                    generator=noise_generator, secure_mode=dp.secure_rng)
     train_model.train()
     losses, steps = [], 0
     for _ in range(epochs):
-        for xb, yb in loader:
+        for xb, yb in _batches(xt, yt, batch_size, dp is not None, generator):
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(train_model(xb), yb)
             loss.backward()
@@ -87,21 +113,3 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, 
     if dp is not None:
         train_model._close()  # detach Opacus hooks so the plain model can be reused
     return TrainResult(loss=float(np.mean(losses)) if losses else math.nan, steps=steps)
-
-
-def _secure_private(model, optimizer, loader, dp: DPSettings, expected_batch: float):
-    """What PrivacyEngine.make_private(secure_mode=True) builds, with our CSPRNG noise instead of
-    torchcsprng's. Poisson sampling uses a torch generator seeded from os.urandom: unpredictable,
-    though not a CSPRNG; the noise, which carries the guarantee, is."""
-    import os
-
-    from opacus import GradSampleModule
-    from opacus.data_loader import DPDataLoader
-
-    generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
-    private_loader = DPDataLoader.from_data_loader(loader, generator=generator)
-    private_optimizer = SecureDPOptimizer(
-        optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.clip_norm,
-        expected_batch_size=int(round(expected_batch)), loss_reduction="sum", secure_mode=True,
-    )
-    return GradSampleModule(model, loss_reduction="sum"), private_optimizer, private_loader

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import shutil
 import math
 import time
@@ -151,6 +152,7 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
     shapes = array_shapes(model)
     arrays = ArrayRecord(model.state_dict())
     strategy = make_strategy(cfg)
+    random.seed(cfg.seed)  # Flower's strategies draw lenders with the random module: same seed, same lenders
     config = run_config_record(cfg)
 
     def lender_of(msg: Message) -> int:

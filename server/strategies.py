@@ -5,8 +5,10 @@
 - FedProx: Li et al. 2020, "Federated optimization in heterogeneous networks" (arXiv:1812.06127);
   lenders apply the proximal term (federation/training.py).
 - FedAdam: Reddi et al. 2021, "Adaptive federated optimization" (arXiv:2003.00295).
-Every lender takes part in every round (fraction 1.0): sampling lenders is a privacy decision
-(amplification is only valid under real Poisson sampling) and belongs to lender-level DP.
+By default every lender takes part in every round. `lenders-per-round k` lets Flower draw k lenders a
+round (a fixed-size sample, for scale): record-level accounting then simply counts the rounds each
+lender really trained, and claims no amplification from this sampling; lender-level DP does its own
+Poisson sampling (server/lender_dp.py).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from federation.config import RunConfig
 
 
 def make_strategy(cfg: RunConfig) -> Strategy:
+    k = cfg.lenders_per_round or cfg.lenders
     common = dict(
-        fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
+        fraction_train=k / cfg.lenders, fraction_evaluate=k / cfg.lenders, min_train_nodes=k, min_evaluate_nodes=k,
         min_available_nodes=cfg.lenders,
     )
     if cfg.strategy == "fedavg":

@@ -1,0 +1,56 @@
+"""DP cost: DP-SGD (Opacus) vs non-private training throughput on the default model, side by side.
+
+    python -m benchmarks.perf.dp_cost [--records 20000] [--repeats 5]
+
+Same data, model, batch size, epochs and learning rate; the only difference is DP-SGD (Poisson
+sampling, per-example clipping, Gaussian noise). Prints records per second and the ratio DP/plain
+(target >= 0.5x), as medians over repeats in this one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from benchmarks.perf.common import machine, quiet, timed
+from federation.model import build_model
+from federation.training import DPSettings, train_local
+
+
+def measure(records: int, repeats: int, model_name: str, features: int = 23, batch_size: int = 64) -> dict:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(records, features)).astype(np.float32)
+    y = (x[:, 0] + rng.normal(size=records) > 0.8).astype(np.float32)
+
+    def plain():
+        train_local(build_model(model_name, features, 32, seed=0), x, y, epochs=1, batch_size=batch_size,
+                    learning_rate=0.1, seed=0)
+
+    def private():
+        train_local(build_model(model_name, features, 32, seed=0), x, y, epochs=1, batch_size=batch_size,
+                    learning_rate=0.1, seed=0, dp=DPSettings(1.0, 1.0))
+
+    plain(), private()  # warm up (imports, first-call costs)
+    t_plain, _ = timed(plain, repeats)
+    t_dp, _ = timed(private, repeats)
+    return {"model": model_name, "records": records, "plain_rps": records / t_plain, "dp_rps": records / t_dp,
+            "ratio": t_plain / t_dp}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=20000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    quiet()
+    print(f"machine: {machine()}")
+    print("| model | records | plain records/s | DP-SGD records/s | DP / plain throughput |")
+    print("|---|---:|---:|---:|---:|")
+    for name in ("logreg", "mlp"):
+        r = measure(args.records, args.repeats, name)
+        print(f"| {r['model']} | {r['records']} | {r['plain_rps']:,.0f} | {r['dp_rps']:,.0f} | {r['ratio']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
