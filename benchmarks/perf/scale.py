@@ -1,0 +1,68 @@
+"""Scale: many lenders, few sampled per round. Seconds per round and peak resident memory.
+
+    python -m benchmarks.perf.scale                      # 10, 100 and 1,000 lenders (1,000 borrowers each)
+    python -m benchmarks.perf.scale --one 1000 --per-round 100 --rounds 20
+
+Synthetic market with 1,000 borrowers per lender (1,000 lenders = 1,000,000 borrowers), DP on,
+record level, up to 100 lenders drawn per round (`lenders-per-round`), the in-process engine. Each
+size runs in its own process so that its peak memory is its own. Per-round cost should follow the
+number of lenders sampled, not the number of lenders in the federation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.perf.common import machine, peak_rss_mb, quiet
+
+
+def one(lenders: int, per_round: int, rounds: int, records_per_lender: int) -> dict:
+    quiet()
+    from federation.config import RunConfig
+    from federation.runner import run
+
+    per_round = min(per_round, lenders)
+    cfg = RunConfig(records=lenders * records_per_lender, lenders=lenders, lenders_per_round=per_round if per_round < lenders else 0,
+                    rounds=rounds, engine="inprocess", epsilon=3.0)
+    round_seconds: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        run(cfg.replace(output_dir=str(Path(tmp) / "run")), on_round=lambda s: round_seconds.append(s.seconds))
+        total = time.perf_counter() - start
+    rounds_sorted = sorted(round_seconds)
+    return {"lenders": lenders, "sampled": per_round, "borrowers": cfg.records, "rounds": rounds,
+            "seconds_per_round_median": rounds_sorted[len(rounds_sorted) // 2], "total_seconds": total,
+            "setup_seconds": total - sum(round_seconds), "peak_rss_mb": peak_rss_mb()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--one", type=int, help="run one size in this process and print its JSON")
+    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--per-round", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--records-per-lender", type=int, default=1000)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(one(args.one, args.per_round, args.rounds, args.records_per_lender)))
+        return
+    print(f"machine: {machine()}; {args.records_per_lender} borrowers per lender, DP epsilon 3, {args.rounds} rounds")
+    print("| lenders | sampled per round | borrowers | seconds per round (median) | setup seconds | peak RSS (MB) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for size in [int(s) for s in args.sizes.split(",")]:
+        out = subprocess.run([sys.executable, "-m", "benchmarks.perf.scale", "--one", str(size), "--per-round",
+                              str(args.per_round), "--rounds", str(args.rounds), "--records-per-lender",
+                              str(args.records_per_lender)], capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"| {r['lenders']} | {r['sampled']} | {r['borrowers']:,} | {r['seconds_per_round_median']:.2f} | "
+              f"{r['setup_seconds']:.1f} | {r['peak_rss_mb']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
