@@ -59,7 +59,7 @@ def run(
     proximal_mu: float = typer.Option(0.01, help="FedProx proximal weight."),
     epsilon: float = typer.Option(3.0, help="Each lender's epsilon budget (the calibration target)."),
     no_dp: bool = typer.Option(False, "--no-dp", help="Train without differential privacy."),
-    delta: float = typer.Option(0.0, help="DP delta; 0 means 1/n^1.1 for each lender's n records."),
+    delta: float = typer.Option(0.0, help="DP delta; 0 means 1/N^1.1 per lender, N = its n records rounded up to a power of two."),
     clip_norm: float = typer.Option(1.0, help="Per-example gradient clipping norm."),
     accountant: str = typer.Option("rdp", help=f"Privacy accountant: {', '.join(ACCOUNTANTS)}."),
     noise_multiplier: float = typer.Option(0.0, help="Fixed noise multiplier sigma; 0 calibrates sigma to the budget. "
@@ -120,7 +120,7 @@ def plan(
     batch_size: int = typer.Option(64, help="Expected batch size (sample rate q = 1/ceil(n/B))."),
     local_epochs: int = typer.Option(1, help="Local epochs per round."),
     rounds: int = typer.Option(5, help="Federated rounds."),
-    delta: float = typer.Option(0.0, help="DP delta; 0 means 1/n^1.1 (n records, or lenders at lender level)."),
+    delta: float = typer.Option(0.0, help="DP delta; 0 means 1/N^1.1, N = records (or lenders at lender level) rounded up to a power of two."),
     epsilon: str = typer.Option("", help="Target epsilons, comma-separated (e.g. 0.5,1,2,4,8): prints the sigma for each."),
     sigma: str = typer.Option("", help="Noise multipliers, comma-separated: prints the epsilon each gives (the reverse)."),
     accountant: str = typer.Option("rdp,prv", help="Accountants to report, comma-separated (rdp, prv)."),

@@ -56,7 +56,7 @@ class RunConfig:
     server_learning_rate: float = 0.1  # FedAdam eta
     dp: bool = True
     epsilon: float = 3.0  # each lender's budget (and calibration target)
-    delta: float = 0.0  # 0 means per lender 1/n^1.1 for n training records
+    delta: float = 0.0  # 0: per lender 1/N^1.1, N = its training records rounded up to a power of two
     clip_norm: float = 1.0
     accountant: str = "rdp"
     noise_multiplier: float = 0.0  # 0: calibrate sigma to the budget; > 0: use this sigma, spend until the budget stops the lender

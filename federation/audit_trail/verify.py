@@ -26,6 +26,7 @@ from federation.config import RunConfig
 from federation.errors import FedCreditError
 from federation.policy import PROHIBITED_NAME_TOKENS, name_tokens
 from federation.privacy import dpaccounting
+from federation.privacy.accountant import default_delta
 from federation.privacy.events import PrivacyEvent
 
 # Opacus (training) and dp_accounting (here) are different implementations of the same analysis; on
@@ -172,7 +173,7 @@ def _check_privacy(entries: list[dict], cfg: RunConfig) -> dict[str, float]:
     out = {}
     accountant = "rdp" if cfg.accountant == "rdp" else "pld"  # dp_accounting's counterpart of Opacus' PRV
     if cfg.dp_level == "lender":
-        events, where, delta = [], "ledger", cfg.delta or 1.0 / max(cfg.lenders, 2) ** 1.1
+        events, where, delta = [], "ledger", cfg.delta or default_delta(cfg.lenders)
         for entry in entries:
             if entry["type"] == L.AGGREGATE and "noise_event" in entry["body"]:
                 events.append(PrivacyEvent.from_dict(entry["body"]["noise_event"]))

@@ -1,0 +1,21 @@
+"""The performance scripts run end to end at a reduced size (no timing assertions)."""
+
+from benchmarks.perf import dp_cost, federation_cost, scale
+
+
+def test_dp_cost_runs(capsys):
+    dp_cost.main(["--records", "2000", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "| logreg | 2000 |" in out and "| mlp | 2000 |" in out and "x |" in out
+
+
+def test_federation_cost_runs(capsys):
+    federation_cost.main(["--repeats", "1", "--records", "2000", "--lenders", "2", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "sequential, no Flower" in out and "in-process Grid" in out
+
+
+def test_scale_runs_one_size_with_sampling():
+    result = scale.one(lenders=12, per_round=4, rounds=2, records_per_lender=200)
+    assert result["lenders"] == 12 and result["sampled"] == 4 and result["borrowers"] == 2400
+    assert result["seconds_per_round_median"] > 0 and result["peak_rss_mb"] > 0
