@@ -334,6 +334,8 @@ def bench(
     seeds: str = typer.Option("", help="Comma-separated seeds (default 0,1,2; --quick: 0)."),
     methods: str = typer.Option("", help="Comma-separated from pooled, local, fedavg, fedprox, fedadam (default all)."),
     epsilons: str = typer.Option("", help="Comma-separated epsilons per lender, inf = no DP (default inf,1,3,8)."),
+    partitions: str = typer.Option("", help="Partitions of the real datasets, e.g. 'iid,dirichlet:0.5' (default: iid, "
+                                   "dirichlet:0.5, dirichlet:0.1, quantity:0.5; synthetic keeps its natural split)."),
     data_dir: str = typer.Option("", help="Folder holding the real datasets."),
     quick: bool = typer.Option(False, "--quick", help="A tiny grid for tests: 2 rounds, small data, IID splits."),
     results_md: str = typer.Option("", help="Where to write RESULTS.md (default OUTPUT_DIR/RESULTS.md)."),
@@ -366,10 +368,24 @@ def bench(
         overrides[key.strip().replace("-", "_")] = value.strip()
     if quick:
         overrides = {"rounds": "2", "records": "3000", **overrides}
-    partitions = {**PARTITIONS, "default": [("iid", 0.5)]} if quick else PARTITIONS
-    cells = grid_bench.grid(names, seed_list, method_list, eps, partitions)
+    chosen = PARTITIONS
+    if partitions:
+        parsed = []
+        for item in partitions.split(","):
+            name, _, alpha_text = item.strip().partition(":")
+            if name not in ("iid", "dirichlet", "quantity"):
+                _fail(f"unknown partition '{name}' (choose from iid, dirichlet:ALPHA, quantity:ALPHA)")
+            try:
+                parsed.append((name, float(alpha_text) if alpha_text else 0.5))
+            except ValueError:
+                _fail(f"partition '{item}' needs a number after ':'")
+        chosen = {**PARTITIONS, "default": parsed}
+    elif quick:
+        chosen = {**PARTITIONS, "default": [("iid", 0.5)]}
+    cells = grid_bench.grid(names, seed_list, method_list, eps, chosen)
     command = _command("bench", quick=quick, datasets=",".join(names), seeds=",".join(map(str, seed_list)),
-                       methods=",".join(method_list), epsilons=",".join(f"{e:g}" for e in eps), data_dir=data_dir,
+                       methods=",".join(method_list), epsilons=",".join(f"{e:g}" for e in eps), partitions=partitions,
+                       data_dir=data_dir,
                        settings=settings, output_dir=output_dir, results_md=results_md)
     _quiet_libraries()
     try:
