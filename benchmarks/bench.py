@@ -71,7 +71,7 @@ def config_for(cell: Cell, data_dir: str = "", overrides: dict | None = None) ->
     c = CONSTANTS[cell.dataset]
     values = dict(dataset=cell.dataset, data_dir=data_dir, lenders=c.lenders, partition=cell.partition,
                   alpha=cell.alpha, rounds=c.rounds, local_epochs=c.local_epochs, batch_size=c.batch_size,
-                  learning_rate=c.learning_rate, model=c.model, records=c.records, seed=cell.seed,
+                  learning_rate=c.learning_rate, model=c.model, records=c.records, seed=cell.seed, clip_norm=c.clip_norm,
                   strategy=cell.method if cell.method.startswith("fed") else "fedavg",
                   dp=math.isfinite(cell.epsilon), epsilon=cell.epsilon if math.isfinite(cell.epsilon) else 3.0,
                   engine="inprocess")

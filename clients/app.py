@@ -120,7 +120,8 @@ def train(msg: Message, context: Context) -> Message:
                                        ATTESTATION: signed_record(_key(cfg, context, lender), body)}), reply_to=msg)
         dp = DPSettings(state.sigma, cfg.clip_norm, cfg.secure_rng)
     received = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    mu = float(config["proximal-mu"]) if "proximal-mu" in config else 0.0
+    # Only under FedProx: the run config always carries proximal-mu, so its presence alone means nothing.
+    mu = cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0
     result = train_local(
         model, data.x_train, data.y_train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, seed=(cfg.seed * 1_000_003 + lender * 1009 + rnd) % 2**31, dp=dp, proximal_mu=mu,
