@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -96,6 +97,9 @@ def train(msg: Message, context: Context) -> Message:
     cfg = run_config_from(config)
     rnd = int(config["server-round"])
     lender = lender_id(context)
+    if cfg.fail_rate and np.random.default_rng([cfg.seed, lender, rnd, 0xFA11]).random() < cfg.fail_rate:
+        # Fault injection: this lender crashes before doing anything this round (nothing is released).
+        raise RuntimeError(f"injected failure of lender {lender} in round {rnd}")
     data = _data(cfg, context)
     model = _model(cfg, data, msg)
     n = len(data.y_train)

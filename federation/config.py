@@ -19,7 +19,7 @@ from federation.errors import ConfigError
 DATASETS = ("synthetic", "taiwan_default", "give_me_some_credit", "german_credit", "spanish_credit", "csv")
 PARTITIONS = ("natural", "iid", "dirichlet", "quantity")
 MODELS = ("logreg", "mlp")
-STRATEGIES = ("fedavg", "fedprox", "fedadam")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg")
 ACCOUNTANTS = ("rdp", "prv")
 DP_LEVELS = ("record", "lender")
 DATA_DIR_ENV = "FEDCREDIT_DATA_DIR"
@@ -54,6 +54,9 @@ class RunConfig:
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
     server_learning_rate: float = 0.1  # FedAdam eta
+    trim_fraction: float = 0.2  # FedTrimmedAvg: fraction cut at each end, per coordinate
+    max_update_norm: float = 1000.0  # an update farther than this (L2) from the global model is rejected; 0: no bound
+    fail_rate: float = 0.0  # fault injection (tests, benchmarks): each lender fails a round with this probability
     dp: bool = True
     epsilon: float = 3.0  # each lender's budget (and calibration target)
     delta: float = 0.0  # 0: per lender 1/N^1.1, N = its training records rounded up to a power of two
@@ -141,6 +144,9 @@ class RunConfig:
         need(0 <= self.audit_lender < self.lenders, f"audit-lender must be in 0..{self.lenders - 1}, got {self.audit_lender}")
         need(self.hidden >= 1, f"hidden must be at least 1, got {self.hidden}")
         need(self.proximal_mu >= 0 and math.isfinite(self.proximal_mu), f"proximal-mu must be >= 0, got {self.proximal_mu}")
+        need(0.0 <= self.trim_fraction < 0.5, f"trim-fraction must be in [0, 0.5), got {self.trim_fraction}")
+        need(self.max_update_norm >= 0 and math.isfinite(self.max_update_norm), f"max-update-norm must be >= 0, got {self.max_update_norm}")
+        need(0.0 <= self.fail_rate < 1.0, f"fail-rate must be in [0, 1), got {self.fail_rate}")
         need(_finite_positive(self.server_learning_rate), f"server-learning-rate must be positive, got {self.server_learning_rate}")
         if self.dp:
             need(_finite_positive(self.epsilon), f"epsilon must be a positive finite number, got {self.epsilon}")

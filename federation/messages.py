@@ -171,3 +171,18 @@ def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] |
                 raise ReplyRejected(f"{where}: array '{name}' holds NaN or infinite values")
         out["arrays"] = arrays
     return out
+
+
+def salvage_train_reply(msg: Message) -> dict | None:
+    """What can still be read from a training reply the inspector rejected (for its arrays): the
+    metrics, arrays and attestation, so the lender's release is still accounted and recorded. None
+    when the reply is an error or its metrics themselves break the contract."""
+    if msg.has_error() or METRICS not in msg.content:
+        return None
+    try:
+        metrics = _check_metrics(msg.content[METRICS], TRAIN_METRICS, "salvage")
+        attestation = _check_attestation(msg.content, "salvage") if ATTESTATION in msg.content else None
+        arrays = {k: v.numpy() for k, v in msg.content[ARRAYS].items()} if ARRAYS in msg.content else {}
+    except (ReplyRejected, TypeError, ValueError):
+        return None
+    return {"metrics": metrics, "arrays": arrays, "attestation": attestation}

@@ -97,6 +97,10 @@ class LedgerKeeper:
             raise AttestationRejected(f"lender {lender}'s signed privacy events differ from its reported mechanism")
         self.ledger.append_lender(L.LENDER_UPDATE, lender, body, plain["attestation"]["signature"])
 
+    def rejected(self, rnd: int, lender: int, reason: str) -> None:
+        """A lender left out of this round's aggregate: failed, no reply, or a rejected update."""
+        self.ledger.append_coordinator(L.UPDATE_REJECTED, {"round": rnd, "lender": lender, "reason": reason})
+
     def aggregate(self, rnd: int, lenders: list[int], arrays, extra: dict | None = None) -> None:
         model = {k: v.numpy() for k, v in arrays.items()}
         self.ledger.append_coordinator(L.AGGREGATE, {"round": rnd, "lenders": lenders,

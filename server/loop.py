@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -26,7 +27,8 @@ from flwr.serverapp import Grid
 from federation import __version__
 from federation.config import RunConfig
 from federation.errors import FedCreditError
-from federation.messages import ARRAYS, CONFIG, QUERY_MANIFEST, ReplyRejected, inspect_reply, run_config_record
+from federation.messages import (ARRAYS, CONFIG, QUERY_MANIFEST, ReplyRejected, inspect_reply, run_config_record,
+                                 salvage_train_reply)
 from federation.metrics import METRICS, weighted_mean
 from federation.model import array_shapes, build_model
 from federation.privacy.accountant import default_delta, epsilon, epsilons
@@ -63,6 +65,7 @@ class RunRecord:
     manifests: dict[int, dict] = field(default_factory=dict)
     events: list[PrivacyEvent] = field(default_factory=list)
     deltas: dict[int, float] = field(default_factory=dict)
+    rejections: list[dict] = field(default_factory=list)
     model_hash: str = ""
     metrics_rows: list[dict] = field(default_factory=list)
     epsilon_rows: list[dict] = field(default_factory=list)
@@ -173,19 +176,29 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
             messages = [m for m in messages if by_node[m.metadata.dst_node_id][0] in sampled]
         keeper.round_started(rnd, sorted(by_node[m.metadata.dst_node_id][0] for m in messages), _mechanism(cfg, lender_dp))
         replies = list(grid.send_and_receive(messages, timeout=TIMEOUT_S)) if messages else []
-        checked = sorted(_inspect_all(replies, shapes), key=lambda item: lender_of(item[0]))
-        if len(checked) != len(messages):
-            raise RunFailed(f"round {rnd}: {len(messages) - len(checked)} lender(s) sent no reply")
+        asked = {by_node[m.metadata.dst_node_id][0] for m in messages}
+        checked, rejected = _screen_train_replies(replies, shapes, arrays, cfg, lender_of)
+        answered = {lender_of(msg) for msg, _ in checked} | {lender for lender, _, _ in rejected}
+        rejected += [(lender, "no reply (the lender failed or timed out)", None) for lender in sorted(asked - answered)]
         trained = [msg for msg, plain in checked if not plain["metrics"].get("declined")]
-        for msg, plain in checked:
+        # Every reply that carries a valid release is accounted and recorded, accepted or not: a lender
+        # whose update is rejected still spent its budget. A lender that failed released nothing.
+        for lender, msg_plain in sorted([(lender_of(m), (m, p)) for m, p in checked] +
+                                        [(lender, (None, p)) for lender, _, p in rejected if p is not None],
+                                        key=lambda item: item[0]):
+            plain = msg_plain[1]
             event = None
             if cfg.dp and not lender_dp:
-                record.epsilon_rows.append(_account_reply(record, cfg, lender_of(msg), rnd, plain["metrics"]))
+                record.epsilon_rows.append(_account_reply(record, cfg, lender, rnd, plain["metrics"]))
                 event = record.events[-1].to_dict() if not plain["metrics"].get("declined") else None
             try:
-                keeper.reply(rnd, lender_of(msg), plain, event)
+                keeper.reply(rnd, lender, plain, event)
             except AttestationRejected as exc:
                 raise RunFailed(str(exc)) from None
+        for lender, reason, _ in sorted(rejected, key=lambda item: item[0]):
+            log.warning("round %d: lender %d left out: %s", rnd, lender, reason)
+            keeper.rejected(rnd, lender, reason)
+            record.rejections.append({"round": rnd, "lender": lender, "reason": reason})
         if lender_dp:
             arrays = lender_dp.aggregate(rnd, arrays, [msg.content[ARRAYS] for msg in trained])
             event = lender_dp.budget.events[-1]
@@ -197,10 +210,15 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
                 "budget": cfg.epsilon, "declined": 0, "granularity": "lender", "sampled": len(trained),
             })
         else:
-            if not trained:
+            if not trained and not rejected:
                 record.stopped_early = f"no lender could train in round {rnd} without exceeding its budget"
                 log.warning(record.stopped_early)
                 break
+            if not trained:
+                # Every lender failed, was rejected or declined: the global model stays as it was.
+                log.warning("round %d: no usable update (%d failed or rejected); the model is unchanged", rnd, len(rejected))
+                keeper.aggregate(rnd, [], arrays, {"strategy": cfg.strategy, "skipped": True})
+                continue
             new_arrays, _ = strategy.aggregate_train(rnd, trained)
             if new_arrays is None:
                 raise RunFailed(f"round {rnd}: aggregation produced no model")
@@ -209,7 +227,7 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
         train_loss = {lender_of(msg): plain["metrics"].get("train-loss", math.nan) for msg, plain in checked}
 
         eval_replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(config)), grid), timeout=TIMEOUT_S))
-        evaluated = sorted(_inspect_all(eval_replies), key=lambda item: lender_of(item[0]))
+        evaluated = sorted(_inspect_all([m for m in eval_replies if not m.has_error()]), key=lambda item: lender_of(item[0]))
         per_lender = []
         for msg, plain in evaluated:
             m = plain["metrics"]
@@ -233,6 +251,30 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
     torch.save(model.state_dict(), folder.path("model.pt"))
     folder.write_json("model.json", {"model": cfg.model, "hidden": cfg.hidden, "features": features})
     return record
+
+
+def _screen_train_replies(replies, shapes, global_arrays, cfg: RunConfig, lender_of):
+    """Split training replies into usable ones and rejected ones (lender, reason, salvaged content).
+
+    Rejected before aggregation: a lender's error, arrays that break the contract (shape, NaN, inf),
+    and updates farther than max-update-norm from the global model (an absurd update is not a model).
+    """
+    global_np = {k: v.numpy() for k, v in global_arrays.items()}
+    checked, rejected = [], []
+    for msg in replies:
+        lender = lender_of(msg)
+        try:
+            plain = inspect_reply(msg, shapes)
+        except ReplyRejected as exc:
+            rejected.append((lender, str(exc), salvage_train_reply(msg)))
+            continue
+        if "arrays" in plain and cfg.max_update_norm:
+            norm = float(np.sqrt(sum(((plain["arrays"][k].astype(np.float64) - global_np[k]) ** 2).sum() for k in global_np)))
+            if not norm <= cfg.max_update_norm:
+                rejected.append((lender, f"update norm {norm:.3g} exceeds max-update-norm {cfg.max_update_norm:g}", plain))
+                continue
+        checked.append((msg, plain))
+    return sorted(checked, key=lambda item: lender_of(item[0])), rejected
 
 
 def _mechanism(cfg: RunConfig, lender_dp: LenderLevelDP | None) -> dict:

@@ -5,6 +5,9 @@
 - FedProx: Li et al. 2020, "Federated optimization in heterogeneous networks" (arXiv:1812.06127);
   lenders apply the proximal term (federation/training.py).
 - FedAdam: Reddi et al. 2021, "Adaptive federated optimization" (arXiv:2003.00295).
+- FedMedian and FedTrimmedAvg: Yin et al. 2018, "Byzantine-robust distributed learning: towards optimal
+  statistical rates" (arXiv:1803.01498): coordinate-wise median / trimmed mean, robust to a minority of
+  lenders sending arbitrary updates.
 By default every lender takes part in every round. `lenders-per-round k` lets Flower draw k lenders a
 round (a fixed-size sample, for scale): record-level accounting then simply counts the rounds each
 lender really trained, and claims no amplification from this sampling; lender-level DP does its own
@@ -13,7 +16,7 @@ Poisson sampling (server/lender_dp.py).
 
 from __future__ import annotations
 
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Strategy
 
 from federation.config import RunConfig
 
@@ -30,4 +33,8 @@ def make_strategy(cfg: RunConfig) -> Strategy:
         return FedProx(**common, proximal_mu=cfg.proximal_mu)
     if cfg.strategy == "fedadam":
         return FedAdam(**common, eta=cfg.server_learning_rate, eta_l=cfg.learning_rate)
+    if cfg.strategy == "fedmedian":
+        return FedMedian(**common)
+    if cfg.strategy == "fedtrimmedavg":
+        return FedTrimmedAvg(**common, beta=cfg.trim_fraction)
     raise ValueError(f"unknown strategy '{cfg.strategy}'")

@@ -1,0 +1,102 @@
+"""Faults: lenders that fail, poisoned or broken updates, robust aggregation."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import clients.app as lender_app
+from federation.audit_trail import ledger as L
+from federation.audit_trail.verify import verify_run
+from federation.config import RunConfig
+from federation.runner import run
+
+BASE = RunConfig(records=4000, lenders=5, rounds=4, engine="inprocess")
+
+
+def _entries(folder):
+    return [json.loads(line) for line in (folder / "ledger.jsonl").read_text().splitlines()]
+
+
+def _corrupt(monkeypatch, lender: int, how):
+    """Make one lender send a broken update after training normally (its release is real)."""
+    honest = lender_app.train_local
+
+    def train_then_corrupt(model, *args, **kwargs):
+        result = honest(model, *args, **kwargs)
+        if kwargs.get("seed", 0) and _current["lender"] == lender:
+            with torch.no_grad():
+                for p in model.parameters():
+                    how(p)
+        return result
+
+    _current = {"lender": None}
+    honest_id = lender_app.lender_id
+
+    def lender_id(context):
+        _current["lender"] = honest_id(context)
+        return _current["lender"]
+
+    monkeypatch.setattr(lender_app, "train_local", train_then_corrupt)
+    monkeypatch.setattr(lender_app, "lender_id", lender_id)
+
+
+def test_thirty_percent_dropouts_complete_and_count_only_rounds_trained(tmp_path):
+    folder = run(BASE.replace(lenders=6, rounds=5, fail_rate=0.3, output_dir=str(tmp_path / "drop")), on_round=lambda s: None)
+    entries = _entries(folder)
+    failed = [(e["body"]["round"], e["body"]["lender"]) for e in entries if e["type"] == L.UPDATE_REJECTED]
+    assert 3 <= len(failed) <= 18  # 30% of 30 lender-rounds, give or take
+    assert all("injected failure" in e["body"]["reason"] for e in entries if e["type"] == L.UPDATE_REJECTED)
+    events = [json.loads(x) for x in (folder / "privacy_events.jsonl").read_text().splitlines()]
+    trained = Counter(e["lender"] for e in events)
+    for lender in range(6):
+        assert trained[lender] == 5 - sum(1 for _, who in failed if who == lender)
+    for agg in (e for e in entries if e["type"] == L.AGGREGATE):
+        assert not set(agg["body"]["lenders"]) & {who for rnd, who in failed if rnd == agg["body"]["round"]}
+    verify_run(folder)
+
+
+def test_a_scaled_update_is_rejected_but_its_release_is_still_accounted(tmp_path, monkeypatch):
+    _corrupt(monkeypatch, 0, lambda p: p.mul_(1e6))
+    folder = run(BASE.replace(output_dir=str(tmp_path / "scaled")), on_round=lambda s: None)
+    rejected = [e["body"] for e in _entries(folder) if e["type"] == L.UPDATE_REJECTED]
+    assert {r["lender"] for r in rejected} == {0} and len(rejected) == 4
+    assert all("exceeds max-update-norm" in r["reason"] for r in rejected)
+    events = [json.loads(x) for x in (folder / "privacy_events.jsonl").read_text().splitlines()]
+    assert sum(e["lender"] == 0 for e in events) == 4  # lender 0 trained (and spent budget) every round
+    assert all(0 not in e["body"]["lenders"] for e in _entries(folder) if e["type"] == L.AGGREGATE)
+    verify_run(folder)
+
+
+def test_a_nan_update_is_rejected_before_aggregation(tmp_path, monkeypatch):
+    _corrupt(monkeypatch, 2, lambda p: p.fill_(float("nan")))
+    folder = run(BASE.replace(rounds=2, output_dir=str(tmp_path / "nan")), on_round=lambda s: None)
+    rejected = [e["body"] for e in _entries(folder) if e["type"] == L.UPDATE_REJECTED]
+    assert {r["lender"] for r in rejected} == {2} and all("NaN" in r["reason"] for r in rejected)
+    state = torch.load(folder / "model.pt")
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def _final_auc(folder):
+    metrics = pd.read_csv(folder / "metrics.csv")
+    return float(metrics[metrics.lender == "global"].auc.iloc[-1])
+
+
+@pytest.mark.parametrize("strategy", ["fedmedian", "fedtrimmedavg"])
+def test_robust_aggregation_survives_a_lender_scaling_its_updates_by_1e6(tmp_path, monkeypatch, strategy):
+    robust = BASE.replace(dp=False, strategy=strategy, max_update_norm=0.0)
+    clean = run(robust.replace(output_dir=str(tmp_path / "clean")), on_round=lambda s: None)
+    _corrupt(monkeypatch, 1, lambda p: p.mul_(1e6))
+    attacked = run(robust.replace(output_dir=str(tmp_path / strategy)), on_round=lambda s: None)
+    assert not [e for e in _entries(attacked) if e["type"] == L.UPDATE_REJECTED]  # no norm bound: robustness alone
+    assert abs(_final_auc(attacked) - _final_auc(clean)) <= 0.01
+    monkeypatch.undo()
+    _corrupt(monkeypatch, 1, lambda p: p.mul_(1e6))
+    plain = run(BASE.replace(dp=False, max_update_norm=0.0, output_dir=str(tmp_path / "fedavg-attacked")),
+                on_round=lambda s: None)
+    state = torch.load(plain / "model.pt")
+    assert max(float(v.abs().max()) for v in state.values()) > 1e3  # FedAvg alone is wrecked
+    assert np.isfinite(_final_auc(attacked))
