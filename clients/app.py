@@ -7,6 +7,7 @@ so the accountant persists across rounds. It replies with model arrays and aggre
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from federation.audit_trail.attest import manifest_body, refusal_body, signed_record, update_body
-from federation.audit_trail.canonical import config_hash
+from federation.audit_trail.canonical import arrays_hash, config_hash
 from federation.audit_trail.keys import keys_dir_for, lender_name, load_or_create, public_hex
 from federation.config import RunConfig
 from federation.data import LenderData, load_lender
@@ -70,14 +71,27 @@ def _model(cfg: RunConfig, data: LenderData, msg: Message):
     return model
 
 
-def _load_budget(context: Context, budget: float, delta: float, accountant: str) -> PrivacyBudget:
+def _budget_file(cfg: RunConfig, context: Context, lender: int) -> Path:
+    """The lender's own copy of its privacy state, beside its key: it survives a crash of the run."""
+    folder = context.node_config.get("keys-dir") or str(keys_dir_for(cfg.output_dir, cfg.keys_dir))
+    return Path(folder) / f"{lender_name(lender)}.{_run_id(cfg)[:16]}.budget.json"  # per run, even in a shared folder
+
+
+def _load_budget(cfg: RunConfig, context: Context, lender: int, budget: float, delta: float) -> PrivacyBudget:
     if STATE in context.state:
         return PrivacyBudget.from_json(str(context.state[STATE]["budget"]))
-    return PrivacyBudget(budget, delta, accountant)
+    path = _budget_file(cfg, context, lender)
+    if path.exists():  # a resumed run: this process is new, the lender's spending is not
+        return PrivacyBudget.from_json(path.read_text())
+    return PrivacyBudget(budget, delta, cfg.accountant)
 
 
-def _save_budget(context: Context, state: PrivacyBudget) -> None:
+def _save_budget(cfg: RunConfig, context: Context, lender: int, state: PrivacyBudget) -> None:
     context.state[STATE] = ConfigRecord({"budget": state.to_json()})
+    path = _budget_file(cfg, context, lender)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(state.to_json())
+    os.replace(tmp, path)
 
 
 @app.query("manifest")
@@ -107,7 +121,9 @@ def train(msg: Message, context: Context) -> Message:
     record_level = cfg.dp and cfg.dp_level == "record"
     dp = None
     if record_level:
-        state = _load_budget(context, cfg.budget_for(lender), cfg.delta or default_delta(n), cfg.accountant)
+        state = _load_budget(cfg, context, lender, cfg.budget_for(lender), cfg.delta or default_delta(n))
+        if not cfg.secure_rng:  # with fresh secure noise a retrained round is a new release: count both
+            state.redo(rnd, arrays_hash({k: v.numpy() for k, v in msg.content[ARRAYS].items()}))
         q = sample_rate(n, cfg.batch_size)
         steps = cfg.local_epochs * steps_per_epoch(n, cfg.batch_size)
         if state.sigma is None:
@@ -117,7 +133,7 @@ def train(msg: Message, context: Context) -> Message:
             # Refuse before any release: this round would take the lender past its budget.
             spent = state.spent()
             metrics.update({"declined": 1, "epsilon": spent, "delta": state.delta, "epsilon-budget": state.budget})
-            _save_budget(context, state)
+            _save_budget(cfg, context, lender, state)
             body = refusal_body(_run_id(cfg), lender, rnd, epsilon_spent=spent, budget=state.budget,
                                 delta=state.delta, accountant=cfg.accountant)
             return Message(RecordDict({METRICS: MetricRecord(metrics),
@@ -134,7 +150,7 @@ def train(msg: Message, context: Context) -> Message:
     metrics["steps"] = result.steps
     if record_level:
         state.record(PrivacyEvent(lender, rnd, state.sigma, q, result.steps, cfg.clip_norm))
-        _save_budget(context, state)
+        _save_budget(cfg, context, lender, state)
         metrics.update({
             "epsilon": state.spent(), "delta": state.delta, "noise-multiplier": state.sigma,
             "sample-rate": q, "clip-norm": cfg.clip_norm, "epsilon-budget": state.budget,

@@ -75,8 +75,25 @@ def run(
     seed: int = typer.Option(0, help="Seed: same inputs and seed give the same numbers."),
     output_dir: str = typer.Option("", help="Run folder (default: a new folder under runs/)."),
     engine: str = typer.Option("simulation", help="simulation (Flower's Ray runtime) or inprocess (same apps, no Ray)."),
+    resume: Optional[Path] = typer.Option(None, help="Finish the killed run whose folder was RUN_DIR, from its last "
+                                          "checkpoint (its configuration comes from its ledger; other options are ignored)."),
 ) -> None:
     """Train a shared credit model across lenders with Flower and differential privacy."""
+    if resume is not None:
+        from federation.runner import resume_config, run as run_federation
+
+        try:
+            cfg = resume_config(resume)
+            _quiet_libraries()
+            console.print(f"fedcredit: resuming {resume}", highlight=False)
+            path = run_federation(cfg, resume=True)
+        except FedCreditError as exc:
+            _fail(str(exc))
+        except RuntimeError as exc:
+            cause = exc.__cause__ or exc
+            _fail(str(cause) if isinstance(cause, FedCreditError) else f"run failed: {exc}")
+        _print_summary(path)
+        return
     _choice(dataset, DATASETS, "dataset")
     _choice(partition, PARTITIONS, "partition")
     _choice(model, MODELS, "model")

@@ -36,6 +36,24 @@ class RunFolder:
             shutil.rmtree(self.staging)
         self.staging.mkdir(parents=True)
 
+    @classmethod
+    def adopt(cls, target: str | Path) -> RunFolder:
+        """Take over the staging folder a killed run left behind (for --resume)."""
+        from federation.errors import ConfigError
+
+        target = Path(target).resolve()
+        if target.exists():
+            raise ConfigError(f"{target} is a finished run: there is nothing to resume")
+        left = sorted(target.parent.glob(f".{target.name}.partial-*"), key=lambda p: p.stat().st_mtime)
+        if not left:
+            raise ConfigError(f"no unfinished run for {target} (no {target.parent}/.{target.name}.partial-* folder)")
+        folder = cls.__new__(cls)
+        folder.target = target
+        folder.staging = target.parent / f".{target.name}.partial-{os.getpid()}"
+        if left[-1] != folder.staging:
+            left[-1].rename(folder.staging)
+        return folder
+
     def path(self, name: str) -> Path:
         p = self.staging / name
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,26 @@ def validate(cfg: RunConfig):
     return describe(cfg)
 
 
-def run(cfg: RunConfig, on_round: Callable | None = None) -> Path:
-    """Run `cfg` and return the finished run folder."""
+def resume_config(run_dir: str | Path) -> RunConfig:
+    """The configuration of the unfinished run for `run_dir`, from its ledger's first entry."""
+    import json
+
+    from federation.errors import ConfigError
+
+    target = Path(run_dir).resolve()
+    left = sorted(target.parent.glob(f".{target.name}.partial-*"), key=lambda p: p.stat().st_mtime)
+    if target.exists() or not left:
+        raise ConfigError(f"no unfinished run to resume at {target}")
+    ledger = left[-1] / "ledger.jsonl"
+    try:
+        first = json.loads(ledger.read_text().splitlines()[0])
+        return RunConfig.from_record(first["body"]["config"])
+    except (OSError, IndexError, KeyError, ValueError) as exc:
+        raise ConfigError(f"cannot read the unfinished run's configuration from {ledger}: {exc}") from None
+
+
+def run(cfg: RunConfig, on_round: Callable | None = None, resume: bool = False) -> Path:
+    """Run `cfg` and return the finished run folder (with `resume`, finish a killed run of `cfg`)."""
     flower_environment()
     if not cfg.output_dir:
         cfg = cfg.replace(output_dir=str(default_run_dir()))
@@ -39,7 +57,7 @@ def run(cfg: RunConfig, on_round: Callable | None = None) -> Path:
     from clients.app import app as client_app
     from server.app import _print_progress, make_server_app
 
-    server_app = make_server_app(cfg, on_round=on_round or _print_progress)
+    server_app = make_server_app(cfg, on_round=on_round or _print_progress, resume=resume)
     if cfg.engine == "inprocess":
         from federation.inprocess import InProcessGrid
         from flwr.app import Context, RecordDict

@@ -27,14 +27,14 @@ def _print_progress(summary: RoundSummary) -> None:
 
 
 def make_server_app(cfg: RunConfig | None = None,
-                    on_round: Callable[[RoundSummary], None] = _print_progress) -> ServerApp:
+                    on_round: Callable[[RoundSummary], None] = _print_progress, resume: bool = False) -> ServerApp:
     """A ServerApp running `cfg`, or, when None, the run config Flower hands it."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         config = cfg if cfg is not None else RunConfig.from_record(dict(context.run_config))
-        path = run_federation(grid, config, on_round=on_round)
+        path = run_federation(grid, config, on_round=on_round, resume=resume)
         if cfg is None:  # under `flwr run` nobody else reports where the results went
             print(f"run folder: {path}", flush=True)
 

@@ -7,6 +7,7 @@ size are recomputed from the received arrays). Anything else stops the run befor
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -49,6 +50,25 @@ class LedgerKeeper:
             "coordinator_public_key": public_hex(self.key),
         })
 
+    @classmethod
+    def resume(cls, folder, cfg: RunConfig) -> LedgerKeeper:
+        """Continue the ledger a killed run left: same keys, appending after its last entry."""
+        keeper = cls.__new__(cls)
+        keeper.folder, keeper.run = folder, config_hash(cfg.to_record())
+        keeper.key = load_or_create(keys_dir_for(cfg.output_dir, cfg.keys_dir), COORDINATOR)
+        lines = folder.path("ledger.jsonl").read_text().splitlines()
+        entries = [json.loads(line) for line in lines]
+        if not entries or entries[0]["body"].get("run") != keeper.run:
+            raise AttestationRejected("the unfinished run's ledger belongs to another configuration")
+        keeper.ledger = L.Ledger(folder.path("ledger.jsonl"), keeper.key, head=entries[-1]["hash"], seq=len(entries))
+        keeper.public_keys = {}
+        for path in folder.path("keys").glob("lender_*.pub"):
+            keeper.public_keys[int(path.stem.split("_")[1])] = public_from_hex(path.read_text())
+        return keeper
+
+    def resumed(self, from_round: int) -> None:
+        self.ledger.append_coordinator(L.RUN_RESUMED, {"run": self.run, "from_round": from_round})
+
     @property
     def head(self) -> str:
         return self.ledger.head
@@ -67,8 +87,14 @@ class LedgerKeeper:
             raise AttestationRejected(f"{where}: the signature does not verify under the lender's key")
         return body
 
-    def manifest(self, lender: int, manifest: dict, attestation: dict | None) -> None:
+    def manifest(self, lender: int, manifest: dict, attestation: dict | None, append: bool = True) -> None:
+        """Check a lender's signed manifest and register its key; on resume (append False) the key
+        must be the one it registered before."""
         body = self._check(lender, attestation, L.LENDER_MANIFEST)
+        if not append:
+            if lender not in self.public_keys or public_hex(self.public_keys[lender]) != body.get("public_key"):
+                raise AttestationRejected(f"lender {lender} came back with another key than the one it registered")
+            return
         if body.get("public_key") != attestation.get("public_key"):
             raise AttestationRejected(f"lender {lender}'s manifest signs a public key other than the one it sent")
         for field in MANIFEST_FIELDS:

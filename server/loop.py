@@ -26,7 +26,7 @@ from flwr.serverapp import Grid
 
 from federation import __version__
 from federation.config import RunConfig
-from federation.errors import FedCreditError
+from federation.errors import ConfigError, FedCreditError
 from federation.messages import (ARRAYS, CONFIG, QUERY_MANIFEST, ReplyRejected, inspect_reply, run_config_record,
                                  salvage_train_reply)
 from federation.metrics import METRICS, weighted_mean
@@ -35,6 +35,7 @@ from federation.privacy.accountant import default_delta, epsilon, epsilons
 from federation.privacy.events import PrivacyEvent
 from federation.privacy.noise import noise_source
 from federation.runfolder import EPSILON_COLUMNS, METRICS_COLUMNS, RunFolder, default_run_dir
+from federation.audit_trail import checkpoint
 from federation.audit_trail.canonical import arrays_hash
 from federation.audit_trail.keys import keys_dir_for
 from federation.audit_trail.report import write_report
@@ -116,16 +117,26 @@ def collect_manifests(grid: Grid, cfg: RunConfig, nodes: list[int]) -> dict[int,
 
 
 def run_federation(grid: Grid, cfg: RunConfig,
-                   on_round: Callable[[RoundSummary], None] | None = None) -> Path:
-    """Run all rounds and write the run folder. Returns its path."""
+                   on_round: Callable[[RoundSummary], None] | None = None, resume: bool = False) -> Path:
+    """Run all rounds and write the run folder. Returns its path. With `resume`, finish the run that
+    a killed coordinator left in `cfg.output_dir`'s staging folder, from its last checkpoint."""
     if not cfg.output_dir:  # resolved before lenders see the config: it locates their keys
         cfg = cfg.replace(output_dir=str(default_run_dir()))
-    folder = RunFolder(cfg.output_dir)
     keys_dir = keys_dir_for(cfg.output_dir, cfg.keys_dir)
     new_keys = not keys_dir.exists()
+    folder = RunFolder.adopt(cfg.output_dir) if resume else RunFolder(cfg.output_dir)
     try:
-        keeper = LedgerKeeper(folder, cfg)
-        record = _run(grid, cfg, folder, on_round, keeper)
+        state = None
+        if resume:
+            if cfg.strategy == "fedadam" or (cfg.dp and cfg.dp_level == "lender"):
+                raise ConfigError("resume supports FedAvg, FedProx, FedMedian and FedTrimmedAvg at record level "
+                                  "(FedAdam's moments and lender-level noise state are not checkpointed)")
+            keeper = LedgerKeeper.resume(folder, cfg)
+            state = checkpoint.load(folder.staging, checkpoint.load_or_create_key(keys_dir), keeper.run)
+            keeper.resumed(state["round"] + 1)
+        else:
+            keeper = LedgerKeeper(folder, cfg)
+        record = _run(grid, cfg, folder, on_round, keeper, state)
         _write_outputs(folder, cfg, record)
         privacy = privacy_summary(cfg, record)
         last = [r for r in record.metrics_rows if r["lender"] == "global"][-1:] or [{}]
@@ -135,28 +146,39 @@ def run_federation(grid: Grid, cfg: RunConfig,
             "epsilon": {unit: v["epsilon"] for unit, v in privacy.get("units", {}).items()},
         })
         write_report(folder.staging, keeper.key)
+        (folder.staging / checkpoint.FILE_NAME).unlink(missing_ok=True)  # a finished run has nothing to resume
         return folder.commit()
     except BaseException:
+        if resume:  # keep what the killed run left: it may be resumed again once the cause is fixed
+            raise
         folder.abort()
         if new_keys:  # keys made for a run that did not finish sign nothing: leave no trace of it
             shutil.rmtree(keys_dir, ignore_errors=True)
         raise
 
 
-def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: LedgerKeeper) -> RunRecord:
+def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: LedgerKeeper,
+         state: dict | None = None) -> RunRecord:
     record = RunRecord()
     nodes = _wait_for_nodes(grid, cfg.lenders)
     by_node = collect_manifests(grid, cfg, nodes)
     record.manifests = {lender: manifest for lender, manifest, _ in by_node.values()}
     for lender, manifest, attestation in sorted(by_node.values(), key=lambda item: item[0]):
-        keeper.manifest(lender, manifest, attestation)
+        keeper.manifest(lender, manifest, attestation, append=state is None)
     features = record.manifests[0]["features"]
     model = build_model(cfg.model, len(features), cfg.hidden, seed=cfg.seed)
     shapes = array_shapes(model)
-    arrays = ArrayRecord(model.state_dict())
     strategy = make_strategy(cfg)
     random.seed(cfg.seed)  # Flower's strategies draw lenders with the random module: same seed, same lenders
     config = run_config_record(cfg)
+    first_round = 1
+    if state is not None:
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in checkpoint.decode_arrays(state["arrays"]).items()})
+        record = _record_from_state(state["record"])
+        random.setstate(_random_state(state["random"]))
+        first_round = state["round"] + 1
+    arrays = ArrayRecord(model.state_dict())
+    checkpoint_key = checkpoint.load_or_create_key(keys_dir_for(cfg.output_dir, cfg.keys_dir))
 
     def lender_of(msg: Message) -> int:
         return by_node[msg.metadata.src_node_id][0]
@@ -164,7 +186,7 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
     lender_dp = LenderLevelDP(cfg) if cfg.dp and cfg.dp_level == "lender" else None
     if lender_dp:
         record.deltas[FEDERATION] = lender_dp.budget.delta
-    for rnd in range(1, cfg.rounds + 1):
+    for rnd in range(first_round, cfg.rounds + 1):
         start = time.time()
         if lender_dp and not lender_dp.admits(rnd):
             record.stopped_early = f"round {rnd} would take the federation past epsilon {cfg.epsilon} (lender-level)"
@@ -244,6 +266,11 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
         summary = RoundSummary(rnd, len(trained), len(checked) - len(trained),
                                {k: global_row[k] for k in METRICS}, max(eps_now) if eps_now else 0.0, time.time() - start)
         record.rounds.append(summary)
+        if not lender_dp:
+            checkpoint.save(folder.staging, checkpoint_key, keeper.run, {
+                "round": rnd, "arrays": checkpoint.encode_arrays({k: v.numpy() for k, v in arrays.items()}),
+                "record": _record_to_state(record), "random": _jsonable(random.getstate()),
+            })
         if on_round:
             on_round(summary)
     record.model_hash = arrays_hash({k: v.numpy() for k, v in arrays.items()})
@@ -275,6 +302,29 @@ def _screen_train_replies(replies, shapes, global_arrays, cfg: RunConfig, lender
                 continue
         checked.append((msg, plain))
     return sorted(checked, key=lambda item: lender_of(item[0])), rejected
+
+
+def _jsonable(value):
+    return [_jsonable(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _random_state(value):
+    return tuple(_random_state(v) for v in value) if isinstance(value, list) else value
+
+
+def _record_to_state(record: RunRecord) -> dict:
+    return {"manifests": {str(k): v for k, v in record.manifests.items()}, "events": [e.to_dict() for e in record.events],
+            "deltas": {str(k): v for k, v in record.deltas.items()}, "rejections": record.rejections,
+            "metrics_rows": record.metrics_rows, "epsilon_rows": record.epsilon_rows,
+            "rounds": [r.__dict__ for r in record.rounds], "stopped_early": record.stopped_early}
+
+
+def _record_from_state(raw: dict) -> RunRecord:
+    return RunRecord(manifests={int(k): v for k, v in raw["manifests"].items()},
+                     events=[PrivacyEvent.from_dict(e) for e in raw["events"]],
+                     deltas={int(k): v for k, v in raw["deltas"].items()}, rejections=raw["rejections"],
+                     metrics_rows=raw["metrics_rows"], epsilon_rows=raw["epsilon_rows"],
+                     rounds=[RoundSummary(**r) for r in raw["rounds"]], stopped_early=raw["stopped_early"])
 
 
 def _mechanism(cfg: RunConfig, lender_dp: LenderLevelDP | None) -> dict:

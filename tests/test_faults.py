@@ -100,3 +100,71 @@ def test_robust_aggregation_survives_a_lender_scaling_its_updates_by_1e6(tmp_pat
     state = torch.load(plain / "model.pt")
     assert max(float(v.abs().max()) for v in state.values()) > 1e3  # FedAvg alone is wrecked
     assert np.isfinite(_final_auc(attacked))
+
+
+KILL_SCRIPT = """
+import sys
+from federation.config import RunConfig
+from federation.runner import run
+run(RunConfig(records=60000, lenders=4, rounds=5, engine="inprocess", output_dir=sys.argv[1]), on_round=lambda s: None)
+"""
+
+
+def test_kill_9_mid_round_then_resume_gives_the_uninterrupted_epsilons(tmp_path):
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from federation.runner import resume_config
+
+    target = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(target)])
+    try:
+        # Kill -9 once a lender has sent its update for round 3: mid-round, after the round 2 checkpoint.
+        deadline = time.time() + 300
+        while time.time() < deadline and child.poll() is None:
+            ledgers = list(tmp_path.glob(".killed.partial-*/ledger.jsonl"))
+            if ledgers and re.search(rb'"round":3,"run"', ledgers[0].read_bytes()):
+                break
+            time.sleep(0.05)
+        assert child.poll() is None, "the run finished before it could be killed"
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert not target.exists()
+    cfg = resume_config(target)
+    resumed = run(cfg, on_round=lambda s: None, resume=True)
+    entries = _entries(resumed)
+    assert [e["type"] for e in entries].count(L.RUN_RESUMED) == 1
+    round3 = [e["body"] for e in entries if e["type"] == L.LENDER_UPDATE and e["body"]["round"] == 3]
+    assert len(round3) > 4  # an update sent before the kill, and the same lender's resent one after
+    resent = {}
+    for body in round3:
+        resent.setdefault(body["lender"], set()).add(body["update_hash"])
+    assert all(len(hashes) == 1 for hashes in resent.values())  # retrained from the same model: identical
+    verify_run(resumed)
+    whole = run(cfg.replace(output_dir=str(tmp_path / "whole")), on_round=lambda s: None)
+    mine, theirs = (json.loads((f / "privacy.json").read_text())["units"] for f in (resumed, whole))
+    for lender in ("0", "1", "2", "3"):
+        assert mine[lender]["epsilon"] == pytest.approx(theirs[lender]["epsilon"], rel=1e-12)
+        assert mine[lender]["rounds_released"] == theirs[lender]["rounds_released"] == 5
+    metrics = pd.read_csv(resumed / "metrics.csv")
+    assert sorted(metrics["round"].unique()) == [1, 2, 3, 4, 5]
+    assert not list(tmp_path.glob(".killed.partial-*")) and not (resumed / "checkpoint.enc").exists()
+    ckpt_key = (tmp_path / "killed-keys" / "checkpoint.aesgcm")
+    import os
+    import stat
+
+    assert stat.S_IMODE(os.stat(ckpt_key).st_mode) == 0o600
+
+
+def test_resume_refuses_a_finished_run_and_a_missing_one(tmp_path):
+    from federation.errors import ConfigError
+    from federation.runner import resume_config
+
+    with pytest.raises(ConfigError, match="no unfinished run"):
+        resume_config(tmp_path / "never")

@@ -31,9 +31,10 @@ LENDER_UPDATE = "lender_update"
 BUDGET_REFUSAL = "budget_refusal"
 AGGREGATE = "aggregate"
 UPDATE_REJECTED = "update_rejected"  # a lender left out of a round: it failed, did not reply, or its update was rejected
+RUN_RESUMED = "run_resumed"  # a coordinator restarted from its last checkpoint after a crash
 RUN_FINISHED = "run_finished"
 ENTRY_TYPES = (RUN_STARTED, LENDER_MANIFEST, ROUND_STARTED, LENDER_UPDATE, BUDGET_REFUSAL, UPDATE_REJECTED, AGGREGATE,
-               RUN_FINISHED)
+               RUN_RESUMED, RUN_FINISHED)
 LENDER_SIGNED = (LENDER_MANIFEST, LENDER_UPDATE, BUDGET_REFUSAL)
 
 

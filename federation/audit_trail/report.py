@@ -71,7 +71,8 @@ def build_report(run_dir: Path, key: Ed25519PrivateKey) -> dict:
     for path in sorted((run_dir / "manifests").glob("lender_*.json")):
         m = json.loads(path.read_text())
         lender = m["lender"]
-        updates = [e["body"] for e in entries if e["type"] == LENDER_UPDATE and e["body"]["lender"] == lender]
+        updates = list({(e["body"]["round"], e["body"]["update_hash"]): e["body"] for e in entries
+                        if e["type"] == LENDER_UPDATE and e["body"]["lender"] == lender}.values())  # a resent update once
         mine = [r for r in eps_rows if r["lender"] == str(lender)]
         final = next((r for r in metric_rows if r["lender"] == str(lender) and r["round"] == str(last_round)), {})
         unit = units.get(str(lender), {})

@@ -185,7 +185,7 @@ def _check_privacy(entries: list[dict], cfg: RunConfig) -> dict[str, float]:
         _compare(where, "federation", eps, claimed, cfg.epsilon)
         return {"federation": eps}
     for lender in range(cfg.lenders):
-        events, budget, delta = [], cfg.budget_for(lender), None
+        events, budget, delta, seen = [], cfg.budget_for(lender), None, set()
         for entry in entries:
             body = entry["body"]
             if entry["type"] not in (L.LENDER_UPDATE, L.BUDGET_REFUSAL) or body.get("lender") != lender:
@@ -196,10 +196,15 @@ def _check_privacy(entries: list[dict], cfg: RunConfig) -> dict[str, float]:
             if entry["type"] == L.LENDER_UPDATE:
                 if len(body.get("events", [])) != 1:
                     raise VerificationFailed(where, "privacy events", "a DP update must carry exactly its round's event")
-                try:
-                    events.append(PrivacyEvent.from_dict(body["events"][0]))
-                except TypeError as exc:
-                    raise VerificationFailed(where, "privacy events", str(exc)) from None
+                # After a resume a round may be trained again from the same model with the same seed: the
+                # identical update (same hash) is the same release, counted once. Any other is counted.
+                release = (body.get("round"), body.get("update_hash"))
+                if release not in seen:
+                    seen.add(release)
+                    try:
+                        events.append(PrivacyEvent.from_dict(body["events"][0]))
+                    except TypeError as exc:
+                        raise VerificationFailed(where, "privacy events", str(exc)) from None
                 claimed = body.get("epsilon")
             else:
                 claimed = body.get("epsilon_spent")
