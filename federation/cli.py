@@ -74,6 +74,8 @@ def run(
     budget: str = typer.Option("", help="Per-lender budgets overriding --epsilon, e.g. '0:1,3:8'."),
     seed: int = typer.Option(0, help="Seed: same inputs and seed give the same numbers."),
     output_dir: str = typer.Option("", help="Run folder (default: a new folder under runs/)."),
+    keys_dir: str = typer.Option("", help="Folder for the private signing keys (default RUN-keys beside the run folder; "
+                                 "existing keys there are reused)."),
     engine: str = typer.Option("simulation", help="simulation (Flower's Ray runtime) or inprocess (same apps, no Ray)."),
     resume: Optional[Path] = typer.Option(None, help="Finish the killed run whose folder was RUN_DIR, from its last "
                                           "checkpoint (its configuration comes from its ledger; other options are ignored)."),
@@ -109,7 +111,7 @@ def run(
             trim_fraction=trim_fraction, max_update_norm=max_update_norm, fail_rate=fail_rate,
             epsilon=epsilon, delta=delta, clip_norm=clip_norm, accountant=accountant, noise_multiplier=noise_multiplier,
             dp_level=dp_level, lender_sample_rate=lender_sample_rate, secure_rng=secure_rng, seed=seed,
-            output_dir=output_dir, engine=engine, epsilon_overrides=parse_epsilon_overrides(budget),
+            output_dir=output_dir, keys_dir=keys_dir, engine=engine, epsilon_overrides=parse_epsilon_overrides(budget),
         ).validated()
         from federation.runner import run as run_federation
 
