@@ -20,7 +20,7 @@ from federation.audit_trail.canonical import arrays_hash, config_hash
 from federation.audit_trail.keys import keys_dir_for, lender_name, load_or_create, public_hex
 from federation.config import RunConfig
 from federation.data import LenderData, load_lender
-from federation.messages import ARRAYS, ATTESTATION, CONFIG, MANIFEST, METRICS, manifest_to_record, run_config_from
+from federation.messages import ARRAYS, ATTESTATION, CONFIG, MANIFEST, METRICS, RESUMED, manifest_to_record, run_config_from
 from federation.metrics import credit_metrics
 from federation.model import build_model, predict_proba
 from federation.privacy.accountant import calibrate_noise, default_delta, sample_rate, steps_per_epoch
@@ -77,11 +77,12 @@ def _budget_file(cfg: RunConfig, context: Context, lender: int) -> Path:
     return Path(folder) / f"{lender_name(lender)}.{_run_id(cfg)[:16]}.budget.json"  # per run, even in a shared folder
 
 
-def _load_budget(cfg: RunConfig, context: Context, lender: int, budget: float, delta: float) -> PrivacyBudget:
+def _load_budget(cfg: RunConfig, context: Context, lender: int, budget: float, delta: float,
+                 resumed: bool) -> PrivacyBudget:
     if STATE in context.state:
         return PrivacyBudget.from_json(str(context.state[STATE]["budget"]))
     path = _budget_file(cfg, context, lender)
-    if path.exists():  # a resumed run: this process is new, the lender's spending is not
+    if resumed and path.exists():  # a resumed run: this process is new, the lender's spending is not
         return PrivacyBudget.from_json(path.read_text())
     return PrivacyBudget(budget, delta, cfg.accountant)
 
@@ -89,6 +90,7 @@ def _load_budget(cfg: RunConfig, context: Context, lender: int, budget: float, d
 def _save_budget(cfg: RunConfig, context: Context, lender: int, state: PrivacyBudget) -> None:
     context.state[STATE] = ConfigRecord({"budget": state.to_json()})
     path = _budget_file(cfg, context, lender)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(state.to_json())
     os.replace(tmp, path)
@@ -121,7 +123,8 @@ def train(msg: Message, context: Context) -> Message:
     record_level = cfg.dp and cfg.dp_level == "record"
     dp = None
     if record_level:
-        state = _load_budget(cfg, context, lender, cfg.budget_for(lender), cfg.delta or default_delta(n))
+        state = _load_budget(cfg, context, lender, cfg.budget_for(lender), cfg.delta or default_delta(n),
+                             bool(config.get(RESUMED, False)))
         if not cfg.secure_rng:  # with fresh secure noise a retrained round is a new release: count both
             state.redo(rnd, arrays_hash({k: v.numpy() for k, v in msg.content[ARRAYS].items()}))
         q = sample_rate(n, cfg.batch_size)

@@ -23,6 +23,7 @@ MANIFEST = "manifest"
 ATTESTATION = "attestation"  # a lender-signed ledger body: {"body": canonical JSON, "signature", "public-key"?}
 MAX_ATTESTATION = 1_000_000  # characters: column names and shapes, never records
 QUERY_MANIFEST = "query.manifest"
+RESUMED = "fedcredit-resumed"  # config key set by a resumed coordinator: lenders reload their saved privacy state
 
 # Scalars a lender may report, per message type. Each is one number: aggregate, never per record.
 TRAIN_METRICS = {

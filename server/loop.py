@@ -27,7 +27,7 @@ from flwr.serverapp import Grid
 from federation import __version__
 from federation.config import RunConfig
 from federation.errors import ConfigError, FedCreditError
-from federation.messages import (ARRAYS, CONFIG, QUERY_MANIFEST, ReplyRejected, inspect_reply, run_config_record,
+from federation.messages import (ARRAYS, CONFIG, QUERY_MANIFEST, RESUMED, ReplyRejected, inspect_reply, run_config_record,
                                  salvage_train_reply)
 from federation.metrics import METRICS, weighted_mean
 from federation.model import array_shapes, build_model
@@ -173,6 +173,7 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
     config = run_config_record(cfg)
     first_round = 1
     if state is not None:
+        config[RESUMED] = True
         model.load_state_dict({k: torch.from_numpy(v) for k, v in checkpoint.decode_arrays(state["arrays"]).items()})
         record = _record_from_state(state["record"])
         random.setstate(_random_state(state["random"]))

@@ -61,10 +61,10 @@ def _train_message(cfg, rnd, model):
     return msg
 
 
-def test_lender_declines_a_round_that_would_exceed_its_budget(monkeypatch):
+def test_lender_declines_a_round_that_would_exceed_its_budget(tmp_path):
     from flwr.supercore.task_identity import TaskIdentity
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-    cfg = RunConfig(records=2000, lenders=2, rounds=2, epsilon=1.0, batch_size=64)
+    cfg = RunConfig(records=2000, lenders=2, rounds=2, epsilon=1.0, batch_size=64, output_dir=str(tmp_path / "run"))
     data = load_lender(cfg, 1)
     model = build_model(cfg.model, len(data.features))
     context = Context(run_id=1, node_id=7, node_config={"partition-id": 1}, state=RecordDict(), run_config={})

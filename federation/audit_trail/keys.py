@@ -30,7 +30,11 @@ def signer_label(lender: int | None) -> str:
 
 
 def keys_dir_for(output_dir: str, keys_dir: str = "") -> Path:
-    return Path(keys_dir) if keys_dir else Path(f"{Path(output_dir).resolve()}-keys")
+    if keys_dir:
+        return Path(keys_dir)
+    if not output_dir:
+        raise ConfigError("no keys folder: the run has neither keys-dir nor output-dir (the coordinator sets output-dir)")
+    return Path(f"{Path(output_dir).resolve()}-keys")
 
 
 def load_or_create(folder: Path, name: str) -> Ed25519PrivateKey:
