@@ -163,8 +163,8 @@ def bench(cells: list[Cell], output_dir: Path, data_dir: str = "", overrides: di
         auc = pooled["auc"] if pooled else statistics.mean(r["auc"] for r in new if r["test_set"] == "pooled")
         log(f"[{number}/{len(todo)}] {cell.dataset} {cell.partition_label} {cell.method} "
             f"epsilon={_eps_text(cell.epsilon)} seed={cell.seed}: pooled-test AUC {auc:.4f} ({seconds:.1f} s)")
-    from benchmarks.report import plots, results_markdown
+    from benchmarks.report import plots, write_results_md
 
     plots(rows, output_dir)
-    (results_md or output_dir / "RESULTS.md").write_text(results_markdown(rows, command))
+    write_results_md(rows, command, results_md or output_dir / "RESULTS.md")
     return rows

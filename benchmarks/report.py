@@ -101,6 +101,17 @@ def results_markdown(rows: list[dict], command: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def write_results_md(rows: list[dict], command: str, path: Path) -> None:
+    """RESULTS.md from the bench rows, followed by the performance results the perf scripts left in
+    `results/perf_*.md` beside it (each with its own command and machine)."""
+    text = results_markdown(rows, command)
+    perf = sorted((path.parent / "results").glob("perf_*.md"))
+    if perf:
+        text += "\n## Performance (benchmarks/perf)\n\n" + "\n".join(
+            f"### {p.stem}\n\n{p.read_text().strip()}\n" for p in perf)
+    path.write_text(text)
+
+
 def plots(rows: list[dict], output_dir: Path) -> list[Path]:
     """One PNG per dataset: pooled-test AUC of each strategy against epsilon, one panel per partition."""
     import matplotlib

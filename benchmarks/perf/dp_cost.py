@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     quiet()
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}", end="\n\n")
     print("| model | records | plain records/s | DP-SGD records/s | DP / plain throughput |")
     print("|---|---:|---:|---:|---:|")
     for name in ("logreg", "mlp"):

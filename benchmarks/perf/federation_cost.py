@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     sequential(cfg), flower(cfg, "inprocess")  # warm caches and imports
     t_seq, _ = timed(lambda: sequential(cfg), args.repeats)
     t_fl, _ = timed(lambda: flower(cfg, "inprocess"), args.repeats)
-    print(f"machine: {machine()}; {cfg.lenders} lenders, {cfg.records} records, {cfg.rounds} rounds, DP epsilon {cfg.epsilon:g}")
+    print(f"machine: {machine()}; {cfg.lenders} lenders, {cfg.records} records, {cfg.rounds} rounds, DP epsilon {cfg.epsilon:g}", end="\n\n")
     print("| path | seconds (median) | ratio to sequential |")
     print("|---|---:|---:|")
     print(f"| sequential, no Flower | {t_seq:.2f} | 1.00x |")

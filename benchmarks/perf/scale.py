@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         print(json.dumps(one(args.one, args.per_round, args.rounds, args.records_per_lender)))
         return
-    print(f"machine: {machine()}; {args.records_per_lender} borrowers per lender, DP epsilon 3, {args.rounds} rounds")
+    print(f"machine: {machine()}; {args.records_per_lender} borrowers per lender, DP epsilon 3, {args.rounds} rounds", end="\n\n")
     print("| lenders | sampled per round | borrowers | seconds per round (median) | setup seconds | peak RSS (MB) |")
     print("|---:|---:|---:|---:|---:|---:|")
     for size in [int(s) for s in args.sizes.split(",")]:
