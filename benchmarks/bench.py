@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import statistics
 import tempfile
 import time
@@ -24,6 +23,7 @@ import numpy as np
 
 from benchmarks.constants import CONSTANTS, EPSILONS, METHODS, PARTITIONS
 from federation.config import RunConfig
+from federation.runfolder import csv_text, write_atomically
 from federation.data import load_holdout, load_lender
 from federation.metrics import credit_metrics
 from federation.model import build_model, predict_proba
@@ -137,12 +137,7 @@ def read_results(path: Path) -> list[dict]:
 
 
 def write_results(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    write_atomically(path, csv_text(COLUMNS, rows, extrasaction="ignore"))
 
 
 def bench(cells: list[Cell], output_dir: Path, data_dir: str = "", overrides: dict | None = None,

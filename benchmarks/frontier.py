@@ -8,9 +8,7 @@ on. Writes frontier.csv (one row per method, epsilon, seed) and frontier.png. Ru
 
 from __future__ import annotations
 
-import csv
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -20,6 +18,7 @@ import numpy as np
 
 from benchmarks.compare import federated_run, local_only, pooled
 from federation.config import RunConfig
+from federation.runfolder import csv_text, write_atomically
 
 COLUMNS = ["dataset", "partition", "method", "epsilon", "seed", "auc", "ks", "gini", "brier",
            "epsilon_spent_max", "seconds"]
@@ -76,12 +75,7 @@ def markdown(rows: list[dict], command: str) -> str:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".csv.partial")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    write_atomically(path, csv_text(COLUMNS, rows))
 
 
 def summarize(rows: list[dict]) -> dict[tuple[str, float], tuple[float, float, int]]:

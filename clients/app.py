@@ -7,7 +7,6 @@ so the accountant persists across rounds. It replies with model arrays and aggre
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from federation.privacy.accountant import calibrate_noise, default_delta, sample
 from federation.privacy.budget import PrivacyBudget
 from federation.privacy.events import PrivacyEvent
 from federation.privacy.lender_level import clip_update
+from federation.runfolder import write_atomically
 from federation.training import DPSettings, train_local
 
 app = ClientApp()
@@ -91,9 +91,7 @@ def _save_budget(cfg: RunConfig, context: Context, lender: int, state: PrivacyBu
     context.state[STATE] = ConfigRecord({"budget": state.to_json()})
     path = _budget_file(cfg, context, lender)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(state.to_json())
-    os.replace(tmp, path)
+    write_atomically(path, context.state[STATE]["budget"])
 
 
 @app.query("manifest")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from federation.data import load_lender
 from federation.errors import ConfigError
 from federation.model import build_model
 from federation.privacy.accountant import default_delta
+from federation.runfolder import write_atomically
 
 
 def per_record_loss(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -82,8 +82,6 @@ def audit(cfg: RunConfig, canaries: int, guesses: int, confidence: float = 0.95,
 
 
 def _write_json_atomically(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.partial")
     # Strict JSON: an infinite claim (no DP) is written as null.
     plain = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in data.items()}
-    tmp.write_text(json.dumps(plain, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(plain, indent=2, allow_nan=False) + "\n")

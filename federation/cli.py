@@ -336,7 +336,8 @@ def verify(
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="The run folder holding report.json.")) -> None:
     """Re-render report.html from report.json (run `fedcredit verify` to check the report itself)."""
-    from federation.audit_trail.report import _atomic_write, render_html
+    from federation.audit_trail.report import render_html
+    from federation.runfolder import write_atomically
 
     path = run_dir / "report.json"
     try:
@@ -346,7 +347,7 @@ def report(run_dir: Path = typer.Argument(..., help="The run folder holding repo
         _fail(f"{path} not found")
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         _fail(f"{path} is not a fedcredit report ({exc.__class__.__name__}: {exc})")
-    _atomic_write(run_dir / "report.html", page.encode())
+    write_atomically(run_dir / "report.html", page)
     console.print(f"wrote {run_dir / 'report.html'}", highlight=False)
 
 

@@ -7,6 +7,7 @@ privacy_events.jsonl, privacy.json, manifests/, model.pt, model.json and rounds.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -16,6 +17,25 @@ from pathlib import Path
 METRICS_COLUMNS = ["round", "lender", "num_examples", "auc", "ks", "gini", "brier", "loss", "train_loss"]
 EPSILON_COLUMNS = ["lender", "round", "epsilon", "delta", "sigma", "sample_rate", "steps", "budget", "declined",
                    "granularity", "sampled"]
+
+
+def write_atomically(path: str | Path, data: bytes | str) -> None:
+    """Write `path` whole or not at all: a crash leaves the previous file (or none), never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    if isinstance(data, str):
+        tmp.write_text(data)
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def csv_text(columns: list[str], rows: list[dict], extrasaction: str = "raise") -> str:
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction=extrasaction)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def default_run_dir() -> Path:
@@ -63,10 +83,7 @@ class RunFolder:
         self.path(name).write_text(json.dumps(data, indent=2, sort_keys=True, default=_plain) + "\n")
 
     def write_csv(self, name: str, columns: list[str], rows: list[dict]) -> None:
-        with self.path(name).open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+        self.path(name).write_text(csv_text(columns, rows, extrasaction="ignore"))
 
     def commit(self) -> Path:
         if self.target.exists():

@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from benchmarks.perf.common import machine, quiet, timed
 from federation.config import RunConfig

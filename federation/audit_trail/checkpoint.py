@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from federation.errors import FedCreditError
+from federation.runfolder import write_atomically
 
 KEY_NAME = "checkpoint.aesgcm"
 FILE_NAME = "checkpoint.enc"
@@ -58,10 +59,7 @@ def decode_arrays(encoded: dict[str, str]) -> dict[str, np.ndarray]:
 
 def save(folder: Path, key: bytes, run_id: str, state: dict) -> None:
     nonce = os.urandom(12)
-    blob = nonce + AESGCM(key).encrypt(nonce, json.dumps(state).encode(), run_id.encode())
-    tmp = folder / (FILE_NAME + ".partial")
-    tmp.write_bytes(blob)
-    os.replace(tmp, folder / FILE_NAME)
+    write_atomically(folder / FILE_NAME, nonce + AESGCM(key).encrypt(nonce, json.dumps(state).encode(), run_id.encode()))
 
 
 def load(folder: Path, key: bytes, run_id: str) -> dict:

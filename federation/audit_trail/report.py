@@ -13,7 +13,6 @@ import html
 import io
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from federation.audit_trail.canonical import canonical
 from federation.audit_trail.keys import public_hex, sign
 from federation.audit_trail.ledger import LENDER_UPDATE, RUN_FINISHED
+from federation.runfolder import write_atomically
 
 FORMAT = "fedcredit-privacy-report/1"
 
@@ -157,15 +157,9 @@ def summary_sentences(report: dict) -> list[str]:
 
 def write_report(run_dir: Path, key: Ed25519PrivateKey) -> dict:
     report = build_report(run_dir, key)
-    _atomic_write(run_dir / "report.json", report_bytes(report))
-    _atomic_write(run_dir / "report.html", render_html(report).encode())
+    write_atomically(run_dir / "report.json", report_bytes(report))
+    write_atomically(run_dir / "report.html", render_html(report).encode())
     return report
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # ---- HTML ---------------------------------------------------------------------------------------
