@@ -44,10 +44,13 @@ def _signing_key(keys_dir: str, lender: int):
     return load_or_create(Path(keys_dir), lender_name(lender))
 
 
+def _keys_folder(cfg: RunConfig, context: Context) -> str:
+    """This lender's private folder: node config 'keys-dir' (deployment), else the run's keys folder."""
+    return str(context.node_config.get("keys-dir") or keys_dir_for(cfg.output_dir, cfg.keys_dir))
+
+
 def _key(cfg: RunConfig, context: Context, lender: int):
-    """This lender's Ed25519 key: node config 'keys-dir' (deployment), else the run's keys folder."""
-    folder = context.node_config.get("keys-dir") or str(keys_dir_for(cfg.output_dir, cfg.keys_dir))
-    return _signing_key(str(folder), lender)
+    return _signing_key(_keys_folder(cfg, context), lender)
 
 
 def _run_id(cfg: RunConfig) -> str:
@@ -73,8 +76,7 @@ def _model(cfg: RunConfig, data: LenderData, msg: Message):
 
 def _budget_file(cfg: RunConfig, context: Context, lender: int) -> Path:
     """The lender's own copy of its privacy state, beside its key: it survives a crash of the run."""
-    folder = context.node_config.get("keys-dir") or str(keys_dir_for(cfg.output_dir, cfg.keys_dir))
-    return Path(folder) / f"{lender_name(lender)}.{_run_id(cfg)[:16]}.budget.json"  # per run, even in a shared folder
+    return Path(_keys_folder(cfg, context)) / f"{lender_name(lender)}.{_run_id(cfg)[:16]}.budget.json"  # per run, even in a shared folder
 
 
 def _load_budget(cfg: RunConfig, context: Context, lender: int, budget: float, delta: float,

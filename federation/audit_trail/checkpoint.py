@@ -18,6 +18,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from federation.audit_trail.keys import write_private
 from federation.errors import FedCreditError
 from federation.runfolder import write_atomically
 
@@ -36,11 +37,8 @@ def load_or_create_key(folder: Path) -> bytes:
         if len(key) != 32:
             raise CheckpointError(f"{path} is not a 256-bit key")
         return key
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = AESGCM.generate_key(bit_length=256)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key)
+    write_private(path, key)
     return key
 
 

@@ -37,6 +37,16 @@ def keys_dir_for(output_dir: str, keys_dir: str = "") -> Path:
     return Path(f"{Path(output_dir).resolve()}-keys")
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """A new secret file, mode 0600 in a 0700 folder. Created 0600 from the start (O_EXCL): there is no
+    moment when it is readable by others."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
 def load_or_create(folder: Path, name: str) -> Ed25519PrivateKey:
     """The private key `folder/name.key` (PEM, PKCS8), created with mode 0600 if absent."""
     path = folder / f"{name}.key"
@@ -48,14 +58,9 @@ def load_or_create(folder: Path, name: str) -> Ed25519PrivateKey:
         if not isinstance(key, Ed25519PrivateKey):
             raise ConfigError(f"{path} is not an Ed25519 private key")
         return key
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(folder, 0o700)
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    # Created 0600 from the start (O_EXCL): there is no moment when the file is readable by others.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
+    write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
     return key
 
 
