@@ -19,7 +19,7 @@ from federation.audit_trail.canonical import arrays_hash, config_hash
 from federation.audit_trail.keys import keys_dir_for, lender_name, load_or_create, public_hex
 from federation.config import RunConfig
 from federation.data import LenderData, load_lender
-from federation.messages import ARRAYS, ATTESTATION, CONFIG, MANIFEST, METRICS, RESUMED, manifest_to_record, run_config_from
+from federation.messages import ARRAYS, ATTESTATION, CONFIG, MANIFEST, METRICS, RESUMED, manifest_to_record, numpy_arrays, run_config_from
 from federation.metrics import credit_metrics
 from federation.model import build_model, predict_proba
 from federation.privacy.accountant import calibrate_noise, default_delta, sample_rate, steps_per_epoch
@@ -126,7 +126,7 @@ def train(msg: Message, context: Context) -> Message:
         state = _load_budget(cfg, context, lender, cfg.budget_for(lender), cfg.delta or default_delta(n),
                              bool(config.get(RESUMED, False)))
         if not cfg.secure_rng:  # with fresh secure noise a retrained round is a new release: count both
-            state.redo(rnd, arrays_hash({k: v.numpy() for k, v in msg.content[ARRAYS].items()}))
+            state.redo(rnd, arrays_hash(numpy_arrays(msg.content[ARRAYS])))
         q = sample_rate(n, cfg.batch_size)
         steps = cfg.local_epochs * steps_per_epoch(n, cfg.batch_size)
         if state.sigma is None:
@@ -165,7 +165,7 @@ def train(msg: Message, context: Context) -> Message:
         metrics["clip-norm"] = cfg.clip_norm
     arrays = ArrayRecord(model.state_dict())
     body = update_body(
-        _run_id(cfg), lender, rnd, {k: v.numpy() for k, v in arrays.items()},
+        _run_id(cfg), lender, rnd, numpy_arrays(arrays),
         events=[state.events[-1].to_dict()] if record_level else [],
         epsilon=metrics.get("epsilon"), delta=metrics.get("delta"), budget=metrics.get("epsilon-budget"),
         accountant=cfg.accountant, granularity=cfg.dp_level if cfg.dp else None,

@@ -44,6 +44,11 @@ class ReplyRejected(Exception):
     """A reply broke the message contract (it is never aggregated)."""
 
 
+def numpy_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """An ArrayRecord's arrays as numpy, by name."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
 def run_config_record(cfg: RunConfig) -> ConfigRecord:
     return ConfigRecord(cfg.to_record())
 
@@ -160,7 +165,7 @@ def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] |
     if kind == "train" and not metrics.get("declined"):
         if ARRAYS not in content or not isinstance(content[ARRAYS], ArrayRecord):
             raise ReplyRejected(f"{where}: a training reply must hold the model arrays")
-        arrays = {k: v.numpy() for k, v in content[ARRAYS].items()}
+        arrays = numpy_arrays(content[ARRAYS])
         if expected_shapes is not None:
             if set(arrays) != set(expected_shapes):
                 raise ReplyRejected(f"{where}: arrays {sorted(arrays)} differ from the model's {sorted(expected_shapes)}")
@@ -183,7 +188,7 @@ def salvage_train_reply(msg: Message) -> dict | None:
     try:
         metrics = _check_metrics(msg.content[METRICS], TRAIN_METRICS, "salvage")
         attestation = _check_attestation(msg.content, "salvage") if ATTESTATION in msg.content else None
-        arrays = {k: v.numpy() for k, v in msg.content[ARRAYS].items()} if ARRAYS in msg.content else {}
+        arrays = numpy_arrays(msg.content[ARRAYS]) if ARRAYS in msg.content else {}
     except (ReplyRejected, TypeError, ValueError):
         return None
     return {"metrics": metrics, "arrays": arrays, "attestation": attestation}

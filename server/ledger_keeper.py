@@ -20,6 +20,7 @@ from federation.audit_trail.canonical import arrays_bytes, arrays_hash, canonica
 from federation.audit_trail.keys import (COORDINATOR, keys_dir_for, lender_name, load_or_create, public_from_hex,
                                          public_hex, verify_signature)
 from federation.config import RunConfig
+from federation.messages import numpy_arrays
 from federation.errors import FedCreditError
 
 
@@ -128,9 +129,8 @@ class LedgerKeeper:
         self.ledger.append_coordinator(L.UPDATE_REJECTED, {"round": rnd, "lender": lender, "reason": reason})
 
     def aggregate(self, rnd: int, lenders: list[int], arrays, extra: dict | None = None) -> None:
-        model = {k: v.numpy() for k, v in arrays.items()}
         self.ledger.append_coordinator(L.AGGREGATE, {"round": rnd, "lenders": lenders,
-                                                     "model_hash": arrays_hash(model), **(extra or {})})
+                                                     "model_hash": arrays_hash(numpy_arrays(arrays)), **(extra or {})})
 
     def finished(self, body: dict) -> None:
         self.ledger.append_coordinator(L.RUN_FINISHED, body)

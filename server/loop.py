@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -28,7 +27,7 @@ from federation import __version__
 from federation.config import RunConfig
 from federation.errors import ConfigError, FedCreditError
 from federation.messages import (ARRAYS, CONFIG, QUERY_MANIFEST, RESUMED, ReplyRejected, inspect_reply, run_config_record,
-                                 salvage_train_reply)
+                                 numpy_arrays, salvage_train_reply)
 from federation.metrics import METRICS, weighted_mean
 from federation.model import array_shapes, build_model
 from federation.privacy.accountant import default_delta, epsilon, epsilons
@@ -40,6 +39,7 @@ from federation.audit_trail.canonical import arrays_hash
 from federation.audit_trail.keys import keys_dir_for
 from federation.audit_trail.report import write_report
 from server.ledger_keeper import AttestationRejected, LedgerKeeper
+from federation.privacy.lender_level import update_norm
 from server.lender_dp import FEDERATION, LenderLevelDP
 from server.strategies import make_strategy
 
@@ -126,17 +126,18 @@ def run_federation(grid: Grid, cfg: RunConfig,
     new_keys = not keys_dir.exists()
     folder = RunFolder.adopt(cfg.output_dir) if resume else RunFolder(cfg.output_dir)
     try:
+        checkpoint_key = checkpoint.load_or_create_key(keys_dir)
         state = None
         if resume:
             if cfg.strategy == "fedadam" or (cfg.dp and cfg.dp_level == "lender"):
                 raise ConfigError("resume supports FedAvg, FedProx, FedMedian and FedTrimmedAvg at record level "
                                   "(FedAdam's moments and lender-level noise state are not checkpointed)")
             keeper = LedgerKeeper.resume(folder, cfg)
-            state = checkpoint.load(folder.staging, checkpoint.load_or_create_key(keys_dir), keeper.run)
+            state = checkpoint.load(folder.staging, checkpoint_key, keeper.run)
             keeper.resumed(state["round"] + 1)
         else:
             keeper = LedgerKeeper(folder, cfg)
-        record = _run(grid, cfg, folder, on_round, keeper, state)
+        record = _run(grid, cfg, folder, on_round, keeper, checkpoint_key, state)
         _write_outputs(folder, cfg, record)
         privacy = privacy_summary(cfg, record)
         last = [r for r in record.metrics_rows if r["lender"] == "global"][-1:] or [{}]
@@ -157,7 +158,7 @@ def run_federation(grid: Grid, cfg: RunConfig,
         raise
 
 
-def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: LedgerKeeper,
+def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: LedgerKeeper, checkpoint_key: bytes,
          state: dict | None = None) -> RunRecord:
     record = RunRecord()
     nodes = _wait_for_nodes(grid, cfg.lenders)
@@ -179,7 +180,6 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
         random.setstate(_random_state(state["random"]))
         first_round = state["round"] + 1
     arrays = ArrayRecord(model.state_dict())
-    checkpoint_key = checkpoint.load_or_create_key(keys_dir_for(cfg.output_dir, cfg.keys_dir))
 
     def lender_of(msg: Message) -> int:
         return by_node[msg.metadata.src_node_id][0]
@@ -206,10 +206,8 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
         trained = [msg for msg, plain in checked if not plain["metrics"].get("declined")]
         # Every reply that carries a valid release is accounted and recorded, accepted or not: a lender
         # whose update is rejected still spent its budget. A lender that failed released nothing.
-        for lender, msg_plain in sorted([(lender_of(m), (m, p)) for m, p in checked] +
-                                        [(lender, (None, p)) for lender, _, p in rejected if p is not None],
-                                        key=lambda item: item[0]):
-            plain = msg_plain[1]
+        releases = [(lender_of(m), p) for m, p in checked] + [(lender, p) for lender, _, p in rejected if p is not None]
+        for lender, plain in sorted(releases, key=lambda item: item[0]):
             event = None
             if cfg.dp and not lender_dp:
                 record.epsilon_rows.append(_account_reply(record, cfg, lender, rnd, plain["metrics"]))
@@ -269,12 +267,12 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
         record.rounds.append(summary)
         if not lender_dp:
             checkpoint.save(folder.staging, checkpoint_key, keeper.run, {
-                "round": rnd, "arrays": checkpoint.encode_arrays({k: v.numpy() for k, v in arrays.items()}),
+                "round": rnd, "arrays": checkpoint.encode_arrays(numpy_arrays(arrays)),
                 "record": _record_to_state(record), "random": _jsonable(random.getstate()),
             })
         if on_round:
             on_round(summary)
-    record.model_hash = arrays_hash({k: v.numpy() for k, v in arrays.items()})
+    record.model_hash = arrays_hash(numpy_arrays(arrays))
     model.load_state_dict(arrays.to_torch_state_dict())
     torch.save(model.state_dict(), folder.path("model.pt"))
     folder.write_json("model.json", {"model": cfg.model, "hidden": cfg.hidden, "features": features})
@@ -287,7 +285,7 @@ def _screen_train_replies(replies, shapes, global_arrays, cfg: RunConfig, lender
     Rejected before aggregation: a lender's error, arrays that break the contract (shape, NaN, inf),
     and updates farther than max-update-norm from the global model (an absurd update is not a model).
     """
-    global_np = {k: v.numpy() for k, v in global_arrays.items()}
+    global_np = numpy_arrays(global_arrays)
     checked, rejected = [], []
     for msg in replies:
         lender = lender_of(msg)
@@ -297,7 +295,7 @@ def _screen_train_replies(replies, shapes, global_arrays, cfg: RunConfig, lender
             rejected.append((lender, str(exc), salvage_train_reply(msg)))
             continue
         if "arrays" in plain and cfg.max_update_norm:
-            norm = float(np.sqrt(sum(((plain["arrays"][k].astype(np.float64) - global_np[k]) ** 2).sum() for k in global_np)))
+            norm = update_norm(plain["arrays"], global_np)
             if not norm <= cfg.max_update_norm:
                 rejected.append((lender, f"update norm {norm:.3g} exceeds max-update-norm {cfg.max_update_norm:g}", plain))
                 continue

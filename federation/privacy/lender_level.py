@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 State = Mapping[str, torch.Tensor]
 
 
-def update_norm(new: State, old: State) -> float:
-    return float(torch.sqrt(sum(((new[k].double() - old[k].double()) ** 2).sum() for k in old)))
+def update_norm(new: Mapping, old: Mapping) -> float:
+    """L2 norm of new - old over all arrays together (torch tensors or numpy arrays)."""
+    return float(np.sqrt(sum(((np.asarray(new[k], dtype=np.float64) - np.asarray(old[k], dtype=np.float64)) ** 2).sum()
+                             for k in old)))
 
 
 def clip_update(new: State, old: State, clip_norm: float) -> dict[str, torch.Tensor]:
