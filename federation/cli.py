@@ -8,7 +8,7 @@ import math
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -21,6 +21,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Privacy-preserving federated credit scoring: lenders train one model, raw data never pooled.")
 console = Console()
 err = Console(stderr=True)
+
+
+# Options that run, sweep and audit share, declared once.
+DatasetOption = Annotated[str, typer.Option(help=f"One of: {', '.join(DATASETS)}.")]
+DataDirOption = Annotated[str, typer.Option(
+    help="Folder holding the real datasets (default $FEDCREDIT_DATA_DIR, else ../shared/datasets).")]
+LendersOption = Annotated[int, typer.Option(help="Number of lenders.")]
+PartitionOption = Annotated[str, typer.Option(help=f"How records are split into lenders: {', '.join(PARTITIONS)}.")]
+AlphaOption = Annotated[float, typer.Option(help="Dirichlet concentration for dirichlet (label) and quantity skew.")]
+RoundsOption = Annotated[int, typer.Option(help="Federated rounds.")]
+SettingsOption = Annotated[list[str], typer.Option("--set", help="Any other run option as KEY=VALUE (e.g. --set batch-size=128).")]
 
 
 @app.callback()
@@ -41,16 +52,16 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
 
 @app.command()
 def run(
-    dataset: str = typer.Option("synthetic", help=f"One of: {', '.join(DATASETS)}."),
-    data_dir: str = typer.Option("", help="Folder holding the real datasets (default $FEDCREDIT_DATA_DIR, else ../shared/datasets)."),
+    dataset: DatasetOption = "synthetic",
+    data_dir: DataDirOption = "",
     csv: str = typer.Option("", "--csv", help="Your own data: a CSV file (with --dataset csv)."),
     card: str = typer.Option("", "--card", help="Your own data: its dataset card, TOML or JSON (with --dataset csv)."),
     records: int = typer.Option(20000, help="Borrowers in the synthetic market."),
-    lenders: int = typer.Option(5, help="Number of lenders."),
+    lenders: LendersOption = 5,
     lenders_per_round: int = typer.Option(0, help="Lenders drawn per round (0: all), for federations of many lenders."),
-    partition: str = typer.Option("natural", help=f"How records are split into lenders: {', '.join(PARTITIONS)}."),
-    alpha: float = typer.Option(0.5, help="Dirichlet concentration for dirichlet (label) and quantity skew."),
-    rounds: int = typer.Option(5, help="Federated rounds."),
+    partition: PartitionOption = "natural",
+    alpha: AlphaOption = 0.5,
+    rounds: RoundsOption = 5,
     local_epochs: int = typer.Option(1, help="Local epochs per round."),
     batch_size: int = typer.Option(64, help="Expected batch size (Poisson sampling rate = 1/ceil(n/B))."),
     learning_rate: float = typer.Option(0.5, help="Local SGD learning rate."),
@@ -214,28 +225,33 @@ def _command(name: str, **options) -> str:
     return " ".join(parts)
 
 
-def _config_with(base: RunConfig, settings: list[str]) -> RunConfig:
-    """Apply --set KEY=VALUE pairs (any run configuration key) to `base`."""
-    record = base.to_record()
+def _settings(settings: list[str]) -> dict[str, str]:
+    """--set KEY=VALUE pairs, keys as written (run configuration keys, hyphenated)."""
+    out = {}
     for item in settings:
         if "=" not in item:
             _fail(f"--set expects KEY=VALUE, got '{item}'")
         key, value = item.split("=", 1)
-        record[key.strip()] = value.strip()
-    return RunConfig.from_record(record)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _config_with(base: RunConfig, settings: list[str]) -> RunConfig:
+    """Apply --set KEY=VALUE pairs (any run configuration key) to `base`."""
+    return RunConfig.from_record({**base.to_record(), **_settings(settings)})
 
 
 @app.command()
 def sweep(
-    dataset: str = typer.Option("synthetic", help=f"One of: {', '.join(DATASETS)}."),
-    data_dir: str = typer.Option("", help="Folder holding the real datasets."),
-    lenders: int = typer.Option(5, help="Number of lenders."),
-    partition: str = typer.Option("natural", help=f"One of: {', '.join(PARTITIONS)}."),
-    alpha: float = typer.Option(0.5, help="Dirichlet concentration."),
-    rounds: int = typer.Option(5, help="Federated rounds."),
+    dataset: DatasetOption = "synthetic",
+    data_dir: DataDirOption = "",
+    lenders: LendersOption = 5,
+    partition: PartitionOption = "natural",
+    alpha: AlphaOption = 0.5,
+    rounds: RoundsOption = 5,
     epsilons: str = typer.Option("0.5,1,2,4,8,inf", help="Epsilons per lender, comma-separated; inf = no DP."),
     seeds: str = typer.Option("0,1,2", help="Seeds, comma-separated."),
-    settings: list[str] = typer.Option([], "--set", help="Any other run option as KEY=VALUE (e.g. --set batch-size=128)."),
+    settings: SettingsOption = [],
     output_dir: str = typer.Option(..., help="Folder for frontier.csv and frontier.png."),
 ) -> None:
     """Privacy-utility frontier: AUC vs epsilon across seeds, with pooled and local-only lines."""
@@ -268,11 +284,11 @@ def sweep(
 
 @app.command()
 def audit(
-    dataset: str = typer.Option("synthetic", help=f"One of: {', '.join(DATASETS)}."),
-    data_dir: str = typer.Option("", help="Folder holding the real datasets."),
-    lenders: int = typer.Option(5, help="Number of lenders."),
-    partition: str = typer.Option("natural", help=f"One of: {', '.join(PARTITIONS)}."),
-    rounds: int = typer.Option(5, help="Federated rounds."),
+    dataset: DatasetOption = "synthetic",
+    data_dir: DataDirOption = "",
+    lenders: LendersOption = 5,
+    partition: PartitionOption = "natural",
+    rounds: RoundsOption = 5,
     epsilon: float = typer.Option(3.0, help="Each lender's epsilon budget (the claim under audit)."),
     no_dp: bool = typer.Option(False, "--no-dp", help="Audit a non-private run (the bound should then exceed 0)."),
     lender: int = typer.Option(0, help="The lender whose data receives the canaries."),
@@ -280,7 +296,7 @@ def audit(
     guesses: int = typer.Option(20, help="Guesses fixed before training, half 'member' and half 'non-member'."),
     confidence: float = typer.Option(0.95, help="Confidence of the epsilon lower bound."),
     seed: int = typer.Option(0, help="Seed (also draws the canaries)."),
-    settings: list[str] = typer.Option([], "--set", help="Any other run option as KEY=VALUE (e.g. --set model=mlp)."),
+    settings: SettingsOption = [],
     output_dir: str = typer.Option("", help="Run folder (audit.json is written into it)."),
 ) -> None:
     """Empirical privacy audit in one run: epsilon lower bound next to the claimed epsilon (in-process engine
@@ -363,7 +379,7 @@ def bench(
     data_dir: str = typer.Option("", help="Folder holding the real datasets."),
     quick: bool = typer.Option(False, "--quick", help="A tiny grid for tests: 2 rounds, small data, IID splits."),
     results_md: str = typer.Option("", help="Where to write RESULTS.md (default OUTPUT_DIR/RESULTS.md)."),
-    settings: list[str] = typer.Option([], "--set", help="Override a run option in every cell, KEY=VALUE."),
+    settings: SettingsOption = [],  # applied to every cell
 ) -> None:
     """The federated credit benchmark: pooled vs local-only vs FedAvg/FedProx/FedAdam, with and without DP."""
     from benchmarks import bench as grid_bench
@@ -384,12 +400,7 @@ def bench(
         seed_list = [int(x) for x in seeds.split(",") if x.strip()] or ([0] if quick else [0, 1, 2])
     except ValueError:
         _fail(f"--seeds expects comma-separated integers, got '{seeds}'")
-    overrides = {}
-    for item in settings:
-        if "=" not in item:
-            _fail(f"--set expects KEY=VALUE, got '{item}'")
-        key, value = item.split("=", 1)
-        overrides[key.strip().replace("-", "_")] = value.strip()
+    overrides = {key.replace("-", "_"): value for key, value in _settings(settings).items()}
     if quick:
         overrides = {"rounds": "2", "records": "3000", **overrides}
     chosen = PARTITIONS
