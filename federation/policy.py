@@ -47,18 +47,27 @@ def name_tokens(name: str) -> set[str]:
     return {t for t in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if t}
 
 
+def prohibited_mark(name: str) -> tuple[str, str] | None:
+    """(kind, token) when a column name marks a prohibited kind of data, else None."""
+    for kind, tokens in PROHIBITED_NAME_TOKENS.items():
+        hit = name_tokens(name) & tokens
+        if hit:
+            return kind, sorted(hit)[0]
+    return None
+
+
 def check_card(card: DatasetCard) -> None:
     """Refuse a card that would let a prohibited kind of column into training."""
     for col in card.columns:
         if col.category not in CREDIT_CATEGORIES:
             continue
-        for kind, tokens in PROHIBITED_NAME_TOKENS.items():
-            hit = name_tokens(col.name) & tokens
-            if hit:
-                raise PolicyViolation(
-                    f"card '{card.name}' declares column '{col.name}' as {col.category}, but its name marks "
-                    f"{kind.replace('_', '-')} data ('{sorted(hit)[0]}'); such a column must be refused, not trained on"
-                )
+        marked = prohibited_mark(col.name)
+        if marked:
+            kind, token = marked
+            raise PolicyViolation(
+                f"card '{card.name}' declares column '{col.name}' as {col.category}, but its name marks "
+                f"{kind.replace('_', '-')} data ('{token}'); such a column must be refused, not trained on"
+            )
 
 
 @dataclass(frozen=True)

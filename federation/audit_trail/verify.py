@@ -24,7 +24,7 @@ from federation.audit_trail.report import report_bytes, signed_part
 from federation.card import CREDIT_CATEGORIES
 from federation.config import RunConfig
 from federation.errors import FedCreditError
-from federation.policy import PROHIBITED_NAME_TOKENS, name_tokens
+from federation.policy import prohibited_mark
 from federation.privacy import dpaccounting
 from federation.privacy.accountant import default_delta
 from federation.privacy.events import PrivacyEvent
@@ -161,10 +161,9 @@ def _check_policy(where: str, body: dict) -> None:
     for field in body.get("fields_used", []):
         if field.get("category") not in CREDIT_CATEGORIES:
             raise VerificationFailed(where, "policy", f"field '{field.get('name')}' of category {field.get('category')} was used")
-        for kind, tokens in PROHIBITED_NAME_TOKENS.items():
-            hit = name_tokens(str(field.get("name"))) & tokens
-            if hit:
-                raise VerificationFailed(where, "policy", f"used field '{field['name']}' names {kind} data ('{sorted(hit)[0]}')")
+        marked = prohibited_mark(str(field.get("name")))
+        if marked:
+            raise VerificationFailed(where, "policy", f"used field '{field['name']}' names {marked[0]} data ('{marked[1]}')")
 
 
 def _check_privacy(entries: list[dict], cfg: RunConfig) -> dict[str, float]:
