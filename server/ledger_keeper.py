@@ -11,12 +11,10 @@ import json
 import subprocess
 from pathlib import Path
 
-import numpy as np
-
 from federation import __version__
 from federation.audit_trail import ledger as L
 from federation.audit_trail.attest import MANIFEST_FIELDS
-from federation.audit_trail.canonical import arrays_bytes, arrays_hash, canonical, config_hash
+from federation.audit_trail.canonical import arrays_bytes, arrays_hash, arrays_shapes, canonical, config_hash
 from federation.audit_trail.keys import (COORDINATOR, keys_dir_for, lender_name, load_or_create, public_from_hex,
                                          public_hex, verify_signature)
 from federation.config import RunConfig
@@ -118,7 +116,7 @@ class LedgerKeeper:
         arrays = plain["arrays"]
         if body.get("update_hash") != arrays_hash(arrays) or body.get("bytes_sent") != arrays_bytes(arrays):
             raise AttestationRejected(f"lender {lender}'s update in round {rnd} differs from the one it signed")
-        if body.get("shapes") != {k: list(np.asarray(v).shape) for k, v in sorted(arrays.items())}:
+        if body.get("shapes") != arrays_shapes(arrays):
             raise AttestationRejected(f"lender {lender}'s signed array shapes differ from what it sent")
         if body.get("events") != ([event] if event is not None else []):
             raise AttestationRejected(f"lender {lender}'s signed privacy events differ from its reported mechanism")

@@ -12,7 +12,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord
 
-from federation.audit_trail.canonical import arrays_bytes, arrays_hash, canonical
+from federation.audit_trail.canonical import arrays_bytes, arrays_hash, arrays_shapes, canonical
 from federation.audit_trail.keys import public_hex, sign
 from federation.audit_trail.ledger import BUDGET_REFUSAL, LENDER_MANIFEST, LENDER_UPDATE
 
@@ -31,7 +31,7 @@ def update_body(run: str, lender: int, rnd: int, arrays: Mapping[str, np.ndarray
     return {"type": LENDER_UPDATE, "run": run, "lender": lender, "round": rnd, "events": events,
             "epsilon": epsilon, "delta": delta, "budget": budget, "accountant": accountant,
             "granularity": granularity, "bytes_sent": arrays_bytes(arrays),
-            "shapes": {k: list(np.asarray(v).shape) for k, v in sorted(arrays.items())},
+            "shapes": arrays_shapes(arrays),
             "update_hash": arrays_hash(arrays)}
 
 

@@ -37,5 +37,9 @@ def arrays_hash(arrays: Mapping[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def arrays_shapes(arrays: Mapping[str, np.ndarray]) -> dict[str, list[int]]:
+    return {name: list(np.asarray(array).shape) for name, array in sorted(arrays.items())}
+
+
 def arrays_bytes(arrays: Mapping[str, np.ndarray]) -> int:
     return int(sum(np.asarray(a).nbytes for a in arrays.values()))

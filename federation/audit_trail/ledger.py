@@ -20,7 +20,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.audit_trail.canonical import canonical, sha256_hex
-from federation.audit_trail.keys import COORDINATOR, sign
+from federation.audit_trail.keys import COORDINATOR, sign, signer_label
 
 GENESIS = "0" * 64
 # Entry types, and which are signed by a lender rather than the coordinator.
@@ -65,7 +65,7 @@ class Ledger:
         """An entry whose body and signature come from lender `lender` (checked by the caller)."""
         if kind not in LENDER_SIGNED:
             raise ValueError(f"{kind} is not a lender-signed entry type")
-        entry = self._entry(kind, f"lender:{lender}", body)
+        entry = self._entry(kind, signer_label(lender), body)
         entry["signature"] = signature
         return self._write(entry)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from federation.audit_trail import ledger as L
 from federation.audit_trail.canonical import arrays_hash, canonical, config_hash
-from federation.audit_trail.keys import COORDINATOR, lender_name, public_from_hex, verify_signature
+from federation.audit_trail.keys import COORDINATOR, lender_name, public_from_hex, signer_label, verify_signature
 from federation.audit_trail.report import report_bytes, signed_part
 from federation.card import CREDIT_CATEGORIES
 from federation.config import RunConfig
@@ -125,7 +125,7 @@ def _check_chain(entries: list[dict], keys: dict) -> tuple[str, RunConfig]:
         body = entry["body"]
         if entry["type"] in L.LENDER_SIGNED:
             lender = body.get("lender")
-            if entry["signer"] != f"lender:{lender}":
+            if entry["signer"] != signer_label(lender):
                 raise VerificationFailed(where, "signer", f"signed by {entry['signer']}, but the body is lender {lender}'s")
             key = keys.get(lender_name(lender)) if isinstance(lender, int) else None
             if key is None:
