@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.compare import train_alone
 from benchmarks.constants import CONSTANTS, EPSILONS, METHODS, PARTITIONS
 from federation.config import RunConfig
 from federation.runfolder import csv_text, write_atomically
 from federation.data import load_holdout, load_lender
 from federation.metrics import credit_metrics
 from federation.model import build_model, predict_proba
-from federation.training import train_local
 
 COLUMNS = ["dataset", "partition", "method", "epsilon", "seed", "lender", "test_set", "n", "auc", "ks", "gini",
            "brier", "epsilon_spent", "seconds"]
@@ -83,24 +83,17 @@ def _scores(model, x, y) -> dict:
     return credit_metrics(y, predict_proba(model, x)) if len(y) else {k: math.nan for k in SCORES}
 
 
-def _train(cfg: RunConfig, x, y, seed: int):
-    model = build_model(cfg.model, x.shape[1], cfg.hidden, seed=cfg.seed)
-    train_local(model, x, y, epochs=cfg.rounds * cfg.local_epochs, batch_size=cfg.batch_size,
-                learning_rate=cfg.learning_rate, seed=seed)
-    return model
-
-
 def run_cell(cell: Cell, cfg: RunConfig) -> list[dict]:
     """Rows for one cell: pooled held-out and per-lender own-test scores."""
     lenders = [load_lender(cfg, i) for i in range(cfg.lenders)]
     hx, hy = load_holdout(cfg)
     rows, spent = [], ""
     if cell.method == "pooled":
-        model = _train(cfg, np.concatenate([d.x_train for d in lenders]), np.concatenate([d.y_train for d in lenders]), cfg.seed)
+        model = train_alone(cfg, np.concatenate([d.x_train for d in lenders]), np.concatenate([d.y_train for d in lenders]), cfg.seed)
         models = [model] * len(lenders)
         rows.append({"lender": "pooled", "test_set": "pooled", "n": len(hy), **_scores(model, hx, hy)})
     elif cell.method == "local":
-        models = [_train(cfg, d.x_train, d.y_train, cfg.seed + i) for i, d in enumerate(lenders)]
+        models = [train_alone(cfg, d.x_train, d.y_train, cfg.seed + i) for i, d in enumerate(lenders)]
         for i, model in enumerate(models):
             rows.append({"lender": i, "test_set": "pooled", "n": len(hy), **_scores(model, hx, hy)})
     else:

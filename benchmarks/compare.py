@@ -33,14 +33,20 @@ from federation.training import train_local
 COLUMNS = ["dataset", "partition", "method", "epsilon", "seed", "auc", "ks", "gini", "brier", "seconds"]
 
 
+def train_alone(cfg: RunConfig, x: np.ndarray, y: np.ndarray, seed: int):
+    """One model trained without federation or privacy for rounds x local epochs: the same budget of
+    local steps as one federated run (pooled training, or one lender on its own)."""
+    model = build_model(cfg.model, x.shape[1], cfg.hidden, seed=cfg.seed)
+    train_local(model, x, y, epochs=cfg.rounds * cfg.local_epochs, batch_size=cfg.batch_size,
+                learning_rate=cfg.learning_rate, seed=seed)
+    return model
+
+
 def pooled(cfg: RunConfig) -> dict:
     """Centralized training on all lenders' training records together (the non-private limit)."""
     parts = [load_lender(cfg, i) for i in range(cfg.lenders)]
-    x = np.concatenate([p.x_train for p in parts])
-    y = np.concatenate([p.y_train for p in parts])
-    model = build_model(cfg.model, x.shape[1], cfg.hidden, seed=cfg.seed)
-    train_local(model, x, y, epochs=cfg.rounds * cfg.local_epochs, batch_size=cfg.batch_size,
-                learning_rate=cfg.learning_rate, seed=cfg.seed)
+    model = train_alone(cfg, np.concatenate([p.x_train for p in parts]), np.concatenate([p.y_train for p in parts]),
+                        cfg.seed)
     hx, hy = load_holdout(cfg)
     return credit_metrics(hy, predict_proba(model, hx))
 
@@ -51,9 +57,7 @@ def local_only(cfg: RunConfig) -> list[dict]:
     out = []
     for i in range(cfg.lenders):
         data = load_lender(cfg, i)
-        model = build_model(cfg.model, data.x_train.shape[1], cfg.hidden, seed=cfg.seed)
-        train_local(model, data.x_train, data.y_train, epochs=cfg.rounds * cfg.local_epochs,
-                    batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=cfg.seed + i)
+        model = train_alone(cfg, data.x_train, data.y_train, cfg.seed + i)
         out.append(credit_metrics(hy, predict_proba(model, hx)))
     return out
 
