@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import stat
 
@@ -119,6 +120,23 @@ def test_any_single_changed_byte_fails_verification(run_copy, which, position, f
             verify_run(run_copy)
     finally:
         path.write_bytes(original)
+
+
+def test_a_signature_respelled_in_upper_case_fails(run_copy):
+    # Found by the random-byte test: hex decoding reads "AB" as "ab", so a case flip inside a signature
+    # changed the file yet verified. Every spelling but the one written must fail.
+    for name in ("ledger.jsonl", "report.json"):
+        path = run_copy / name
+        original = path.read_bytes()
+        start = re.search(rb'"signature": ?"', original).end()
+        letter = next(i for i in range(start, start + 128) if chr(original[i]) in "abcdef")
+        changed = bytearray(original)
+        changed[letter] ^= 32
+        path.write_bytes(bytes(changed))
+        try:
+            _fails(run_copy, "signature")
+        finally:
+            path.write_bytes(original)
 
 
 def test_deleted_entry_fails(run_copy):

@@ -82,7 +82,10 @@ def sign(key: Ed25519PrivateKey, data: bytes) -> str:
 
 def verify_signature(public: Ed25519PublicKey, signature_hex: str, data: bytes) -> bool:
     try:
-        public.verify(bytes.fromhex(signature_hex), data)
-    except (InvalidSignature, ValueError):
+        signature = bytes.fromhex(signature_hex)
+        public.verify(signature, data)
+    except (InvalidSignature, ValueError, TypeError):
         return False
-    return True
+    # fromhex also reads upper case and spaces: only the one spelling we write is accepted, so that no byte of
+    # a signed file can change and still verify.
+    return signature.hex() == signature_hex
