@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from federation.audit_trail.attest import manifest_body, refusal_body, signed_record, update_body
@@ -19,7 +19,9 @@ from federation.audit_trail.canonical import arrays_hash, config_hash
 from federation.audit_trail.keys import keys_dir_for, lender_name, load_or_create, public_hex
 from federation.config import RunConfig
 from federation.data import LenderData, load_lender
-from federation.messages import ARRAYS, ATTESTATION, CONFIG, MANIFEST, METRICS, RESUMED, manifest_to_record, numpy_arrays, run_config_from
+from federation import secagg_lender
+from federation.messages import (ARRAYS, ATTESTATION, CONFIG, MANIFEST, MASKED, METRICS, RESUMED, SECAGG, manifest_to_record,
+                                 numpy_arrays, run_config_from)
 from federation.metrics import credit_metrics
 from federation.model import build_model, predict_proba
 from federation.privacy.accountant import calibrate_noise, default_delta, sample_rate, steps_per_epoch
@@ -164,6 +166,11 @@ def train(msg: Message, context: Context) -> Message:
         model.load_state_dict(clip_update(model.state_dict(), received, cfg.clip_norm))
         metrics["clip-norm"] = cfg.clip_norm
     arrays = ArrayRecord(model.state_dict())
+    if cfg.secure_aggregation:
+        # What leaves the lender is only its masked update: uniform noise to anyone without the others' masks.
+        update = {k: v.detach().numpy() - received[k].numpy() for k, v in model.state_dict().items()}
+        masked = secagg_lender.masked_update(context, rnd, msg.content[SECAGG], update, cfg.max_update_norm)
+        arrays = ArrayRecord({MASKED: Array(masked)})
     body = update_body(
         _run_id(cfg), lender, rnd, numpy_arrays(arrays),
         events=[state.events[-1].to_dict()] if record_level else [],
@@ -185,3 +192,24 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics = {"lender-id": lender_id(context), "server-round": int(config["server-round"]),
                "num-examples": len(data.y_test), **scores}
     return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def _secagg_step(msg: Message, context: Context, step) -> Message:
+    cfg = run_config_from(msg.content[CONFIG])
+    rnd = int(msg.content[CONFIG]["server-round"])
+    return Message(RecordDict({SECAGG: step(context, rnd, _run_id(cfg), msg.content[SECAGG])}), reply_to=msg)
+
+
+@app.query("secagg_keys")
+def secagg_keys(msg: Message, context: Context) -> Message:
+    return _secagg_step(msg, context, lambda ctx, rnd, _, request: secagg_lender.advertise(ctx, rnd, request))
+
+
+@app.query("secagg_shares")
+def secagg_shares(msg: Message, context: Context) -> Message:
+    return _secagg_step(msg, context, secagg_lender.share)
+
+
+@app.query("secagg_unmask")
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    return _secagg_step(msg, context, secagg_lender.reveal)

@@ -82,6 +82,8 @@ def run(
                                  "noise added to the aggregate, Poisson-sampled lenders)."),
     lender_sample_rate: float = typer.Option(1.0, help="With --dp-level lender: probability each lender takes part in a round."),
     secure_rng: bool = typer.Option(False, "--secure-rng", help="Cryptographically secure DP noise (Opacus secure mode)."),
+    secure_aggregation: bool = typer.Option(False, "--secure-aggregation", help="Lenders send only pairwise-masked "
+                                            "updates; the coordinator learns their sum (FedAvg, FedProx; record-level DP)."),
     budget: str = typer.Option("", help="Per-lender budgets overriding --epsilon, e.g. '0:1,3:8'."),
     seed: int = typer.Option(0, help="Seed: same inputs and seed give the same numbers."),
     output_dir: str = typer.Option("", help="Run folder (default: a new folder under runs/)."),
@@ -122,7 +124,7 @@ def run(
             trim_fraction=trim_fraction, max_update_norm=max_update_norm, fail_rate=fail_rate,
             epsilon=epsilon, delta=delta, clip_norm=clip_norm, accountant=accountant, noise_multiplier=noise_multiplier,
             dp_level=dp_level, lender_sample_rate=lender_sample_rate, secure_rng=secure_rng, seed=seed,
-            output_dir=output_dir, keys_dir=keys_dir, engine=engine, epsilon_overrides=parse_epsilon_overrides(budget),
+            secure_aggregation=secure_aggregation, output_dir=output_dir, keys_dir=keys_dir, engine=engine, epsilon_overrides=parse_epsilon_overrides(budget),
         ).validated()
         from federation.runner import run as run_federation
 
@@ -130,7 +132,8 @@ def run(
         privacy = (f"DP epsilon {cfg.epsilon:g} per {'lender' if cfg.dp_level == 'record' else 'federation (lender-level)'}"
                    if cfg.dp else "no DP")
         console.print(f"fedcredit: {cfg.lenders} lenders, {cfg.dataset} ({cfg.partition}), {cfg.rounds} rounds, "
-                      f"{cfg.strategy}, {cfg.model}, {privacy}, engine {cfg.engine}", highlight=False)
+                      f"{cfg.strategy}, {cfg.model}, {privacy}, engine {cfg.engine}"
+                      + (", secure aggregation" if cfg.secure_aggregation else ""), highlight=False)
         path = run_federation(cfg)
     except FedCreditError as exc:
         _fail(str(exc))

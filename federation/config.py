@@ -66,6 +66,7 @@ class RunConfig:
     dp_level: str = "record"  # record: DP-SGD inside each lender; lender: clipped updates, noise on the aggregate
     lender_sample_rate: float = 1.0  # lender-level DP: each lender takes part in a round with this probability
     secure_rng: bool = False  # cryptographically secure noise (Opacus secure mode)
+    secure_aggregation: bool = False  # pairwise-masked updates: the coordinator sees only their sum (FedAvg, FedProx)
     audit_canaries: int = 0  # empirical audit: canaries drawn for the audited lender (each inserted w.p. 1/2)
     audit_lender: int = 0
     seed: int = 0
@@ -148,6 +149,14 @@ class RunConfig:
         need(self.max_update_norm >= 0 and math.isfinite(self.max_update_norm), f"max-update-norm must be >= 0, got {self.max_update_norm}")
         need(0.0 <= self.fail_rate < 1.0, f"fail-rate must be in [0, 1), got {self.fail_rate}")
         need(_finite_positive(self.server_learning_rate), f"server-learning-rate must be positive, got {self.server_learning_rate}")
+        if self.secure_aggregation:
+            need(self.strategy in ("fedavg", "fedprox"), f"secure aggregation gives the coordinator only the sum of the "
+                 f"updates; strategy '{self.strategy}' needs each update (use fedavg or fedprox)")
+            need(not (self.dp and self.dp_level == "lender"), "secure aggregation with dp-level 'lender' is not supported "
+                 "(the coordinator clips each update there); use dp-level 'record'")
+            need(self.lenders >= 2 and self.lenders_per_round != 1, "secure aggregation needs at least 2 lenders a round")
+            need(_finite_positive(self.max_update_norm), "secure aggregation needs max-update-norm > 0: it bounds the "
+                 "fixed-point encoding (each lender clips its update to it)")
         if self.dp:
             need(_finite_positive(self.epsilon), f"epsilon must be a positive finite number, got {self.epsilon}")
             need(0.0 <= self.delta < 1.0 and math.isfinite(self.delta), f"delta must be in [0, 1), got {self.delta}")

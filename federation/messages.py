@@ -23,6 +23,17 @@ MANIFEST = "manifest"
 ATTESTATION = "attestation"  # a lender-signed ledger body: {"body": canonical JSON, "signature", "public-key"?}
 MAX_ATTESTATION = 1_000_000  # characters: column names and shapes, never records
 QUERY_MANIFEST = "query.manifest"
+SECAGG = "secagg"  # secure aggregation: keys, sealed shares and unmasking shares (fixed-size bytes, never data)
+QUERY_SECAGG_KEYS = "query.secagg_keys"
+QUERY_SECAGG_SHARES = "query.secagg_shares"
+QUERY_SECAGG_UNMASK = "query.secagg_unmask"
+MASKED = "masked"  # the one array of a secure-aggregation training reply: the masked, encoded update
+# What each secure-aggregation reply may hold: 32-byte keys, sealed 68-byte share pairs (+ nonce and tag),
+# 34-byte shares. Nothing longer than a sealed share can pass.
+SECAGG_REPLY_KEYS = {QUERY_SECAGG_KEYS: {"mask-key", "channel-key"}, QUERY_SECAGG_SHARES: {"sealed"},
+                     QUERY_SECAGG_UNMASK: {"seed-shares", "key-shares"}}
+MAX_SECAGG_BYTES = 12 + 68 + 16
+MAX_SECAGG_LIST = 100_000
 RESUMED = "fedcredit-resumed"  # config key set by a resumed coordinator: lenders reload their saved privacy state
 
 # Scalars a lender may report, per message type. Each is one number: aggregate, never per record.
@@ -124,6 +135,21 @@ def _check_attestation(content, where: str) -> dict:
     return {"body": body, "signature": record["signature"], "public_key": record.get("public-key")}
 
 
+def _check_secagg(content, allowed: set[str], where: str) -> dict:
+    if set(content.keys()) != {SECAGG} or not isinstance(content[SECAGG], ConfigRecord):
+        raise ReplyRejected(f"{where}: a secure-aggregation reply holds exactly one ConfigRecord '{SECAGG}'")
+    record = content[SECAGG]
+    if set(record.keys()) != allowed:
+        raise ReplyRejected(f"{where}: holds {sorted(record.keys())}; expected {sorted(allowed)}")
+    out = {}
+    for key, value in record.items():
+        items = value if isinstance(value, list) else [value]
+        if len(items) > MAX_SECAGG_LIST or not all(isinstance(v, bytes) and len(v) <= MAX_SECAGG_BYTES for v in items):
+            raise ReplyRejected(f"{where}: '{key}' must hold keys or shares (short bytes), nothing else")
+        out[key] = value
+    return out
+
+
 def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict:
     """Check one reply against the contract and return its plain content.
 
@@ -153,6 +179,8 @@ def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] |
         if missing:
             raise ReplyRejected(f"{where}: manifest lacks '{sorted(missing)[0]}'")
         return {"manifest": manifest_from_record(record), "attestation": attestation}
+    if kind in SECAGG_REPLY_KEYS:
+        return {"secagg": _check_secagg(content, SECAGG_REPLY_KEYS[kind], where)}
     if kind not in ("train", "evaluate"):
         raise ReplyRejected(f"{where}: unexpected message type")
     allowed_records = {METRICS, ARRAYS, ATTESTATION} if kind == "train" else {METRICS}

@@ -10,9 +10,10 @@ and the survivors' b shares remove their self masks. The coordinator asks for b 
 and sk shares of dropped lenders only, never both for one lender (which would unmask it).
 
 Threat model: an honest-but-curious coordinator learns only the sum of the survivors' updates, as long
-as fewer than t lenders collude with it; t must be more than half the lenders. Status: this module is
-the tested core (sum, uniformity, dropouts, threshold); the message exchange that routes keys and
-encrypted shares through Flower rounds is not wired into the run yet.
+as fewer than t lenders collude with it; t must be more than half the lenders. The shares travel
+through the coordinator sealed with AES-GCM under a key each pair of lenders agrees on by a second
+X25519 exchange (the "channel" key), so the coordinator routes them without reading them. The round's
+message exchange is in server/secure_rounds.py (coordinator) and federation/secagg_lender.py (lender).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from Crypto.Protocol.SecretSharing import Shamir
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from federation.errors import FedCreditError
@@ -83,6 +85,38 @@ def _split32(secret: bytes, threshold: int, lenders: int) -> list[tuple[int, byt
     return [(x, a, b) for (x, a), (_, b) in zip(low, high)]
 
 
+def pack_share(share: tuple[int, bytes, bytes]) -> bytes:
+    x, low, high = share
+    return x.to_bytes(2, "big") + low + high
+
+
+def unpack_share(raw: bytes) -> tuple[int, bytes, bytes]:
+    if len(raw) != 34:
+        raise SecAggError(f"a secret share is 34 bytes, got {len(raw)}")
+    return int.from_bytes(raw[:2], "big"), raw[2:18], raw[18:]
+
+
+def split_shares(plain: bytes) -> dict[str, tuple[int, bytes, bytes]]:
+    """A lender's 68-byte pair of shares (self seed, private key) as tuples."""
+    return {"self_seed": unpack_share(plain[:34]), "private_key": unpack_share(plain[34:])}
+
+
+def _raw(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+
+
+def _public(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _channel(private: X25519PrivateKey, public: bytes, i: int, j: int, context: bytes) -> tuple[AESGCM, bytes]:
+    shared = private.exchange(X25519PublicKey.from_public_bytes(public))
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fedcredit secagg channel").derive(shared)
+    # The associated data binds a sealed share to its run, round, sender and receiver: the coordinator
+    # cannot replay it elsewhere or hand it to another lender.
+    return AESGCM(key), context + f"|{i}->{j}".encode()
+
+
 def _combine32(shares: list[tuple[int, bytes, bytes]]) -> bytes:
     return (Shamir.combine([(x, a) for x, a, _ in shares], ssss=False)
             + Shamir.combine([(x, b) for x, _, b in shares], ssss=False))
@@ -90,26 +124,67 @@ def _combine32(shares: list[tuple[int, bytes, bytes]]) -> bytes:
 
 @dataclass
 class SecAggLender:
+    """One lender's secrets for one round: mask key, channel key, self-mask seed; its position `index`
+    among the `lenders` that advertised keys (Shamir's x is position + 1)."""
+
     index: int
     lenders: int
     threshold: int
     _key: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate, repr=False)
     _self_seed: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
+    _channel_key: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate, repr=False)
 
     def __post_init__(self) -> None:
         check_threshold(self.lenders, self.threshold)
 
     @property
     def public_key(self) -> bytes:
-        return self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return _public(self._key)
+
+    @property
+    def channel_public_key(self) -> bytes:
+        return _public(self._channel_key)
+
+    def to_state(self) -> dict[str, int | bytes]:
+        """Plain data for the lender's own state between the round's messages (never sent)."""
+        return {"index": self.index, "lenders": self.lenders, "threshold": self.threshold, "mask-key": _raw(self._key),
+                "self-seed": self._self_seed, "channel-key": _raw(self._channel_key)}
+
+    @classmethod
+    def from_state(cls, state) -> SecAggLender:
+        return cls(int(state["index"]), int(state["lenders"]), int(state["threshold"]),
+                   X25519PrivateKey.from_private_bytes(bytes(state["mask-key"])), bytes(state["self-seed"]),
+                   X25519PrivateKey.from_private_bytes(bytes(state["channel-key"])))
 
     def shares(self) -> dict[int, dict[str, tuple[int, bytes, bytes]]]:
         """For each lender j (x = j + 1): its share of this lender's self seed and private key."""
-        raw_key = self._key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                          serialization.NoEncryption())
         seeds = _split32(self._self_seed, self.threshold, self.lenders)
-        keys = _split32(raw_key, self.threshold, self.lenders)
+        keys = _split32(_raw(self._key), self.threshold, self.lenders)
         return {j: {"self_seed": seeds[j], "private_key": keys[j]} for j in range(self.lenders)}
+
+    def sealed_shares(self, channel_keys: dict[int, bytes], context: bytes) -> tuple[dict[int, bytes], bytes]:
+        """One sharing of this lender's secrets: each other lender j's shares sealed so that only j can
+        open them (nonce + AES-GCM), and this lender's own shares in the clear, for it to keep."""
+        sealed, own = {}, b""
+        for j, share in self.shares().items():  # one call: every share must come from the same polynomial
+            plain = pack_share(share["self_seed"]) + pack_share(share["private_key"])
+            if j == self.index:
+                own = plain
+            elif j in channel_keys:
+                aead, data = _channel(self._channel_key, channel_keys[j], self.index, j, context)
+                nonce = os.urandom(12)
+                sealed[j] = nonce + aead.encrypt(nonce, plain, data)
+        return sealed, own
+
+    def open_shares(self, sender: int, sealed: bytes, sender_channel_key: bytes, context: bytes) -> dict[str, tuple]:
+        """The shares `sender` sealed for this lender; fails loudly if they were altered or misrouted."""
+        aead, data = _channel(self._channel_key, sender_channel_key, sender, self.index, context)
+        try:
+            plain = aead.decrypt(sealed[:12], sealed[12:], data)
+        except Exception:  # noqa: BLE001  (cryptography raises InvalidTag; any failure is the same refusal)
+            raise SecAggError(f"the shares from lender position {sender} do not open: altered or misrouted") from None
+        return split_shares(plain)
+
 
     def masked(self, encoded: np.ndarray, public_keys: dict[int, bytes]) -> np.ndarray:
         total = (encoded.astype(np.uint64) + prg(self._self_seed, len(encoded))) % MODULUS

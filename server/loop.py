@@ -26,8 +26,8 @@ from flwr.serverapp import Grid
 from federation import __version__
 from federation.config import RunConfig
 from federation.errors import ConfigError, FedCreditError
-from federation.messages import (ARRAYS, CONFIG, QUERY_MANIFEST, RESUMED, ReplyRejected, inspect_reply, run_config_record,
-                                 numpy_arrays, salvage_train_reply)
+from federation.messages import (ARRAYS, CONFIG, MASKED, QUERY_MANIFEST, RESUMED, ReplyRejected, inspect_reply,
+                                 numpy_arrays, run_config_record, salvage_train_reply)
 from federation.metrics import METRICS, weighted_mean
 from federation.model import array_shapes, build_model
 from federation.privacy.accountant import default_delta, epsilon, epsilons
@@ -40,7 +40,9 @@ from federation.audit_trail.keys import keys_dir_for
 from federation.audit_trail.report import write_report
 from server.ledger_keeper import AttestationRejected, LedgerKeeper
 from federation.privacy.lender_level import update_norm
+from federation.secagg import SecAggError
 from server.lender_dp import FEDERATION, LenderLevelDP
+from server.secure_rounds import SecureRound
 from server.strategies import make_strategy
 
 log = logging.getLogger("fedcredit.server")
@@ -169,6 +171,7 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
     features = record.manifests[0]["features"]
     model = build_model(cfg.model, len(features), cfg.hidden, seed=cfg.seed)
     shapes = array_shapes(model)
+    masked_shape = {MASKED: (sum(math.prod(shape) for shape in shapes.values()),)}  # secure aggregation's one vector
     strategy = make_strategy(cfg)
     random.seed(cfg.seed)  # Flower's strategies draw lenders with the random module: same seed, same lenders
     config = run_config_record(cfg)
@@ -198,11 +201,21 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
             sampled = set(lender_dp.sample(sorted(lender for lender, _, _ in by_node.values())))
             messages = [m for m in messages if by_node[m.metadata.dst_node_id][0] in sampled]
         keeper.round_started(rnd, sorted(by_node[m.metadata.dst_node_id][0] for m in messages), _mechanism(cfg, lender_dp))
+        secure, setup_failure, left_out = None, "", []
+        if cfg.secure_aggregation:
+            secure = SecureRound(grid, rnd, ConfigRecord({**dict(config), "server-round": rnd}), cfg.max_update_norm,
+                                 lambda node: by_node[node][0], {lender: int(m["train_records"]) for lender, m in record.manifests.items()})
+            try:
+                messages = secure.prepare(messages)
+            except SecAggError as exc:  # too few lenders to mask: nobody trains this round
+                setup_failure, messages = str(exc), []
+            left_out = [(lender, why, None) for lender, why in secure.dropped]
         replies = list(grid.send_and_receive(messages, timeout=TIMEOUT_S)) if messages else []
         asked = {by_node[m.metadata.dst_node_id][0] for m in messages}
-        checked, rejected = _screen_train_replies(replies, shapes, arrays, cfg, lender_of)
+        checked, rejected = _screen_train_replies(replies, masked_shape if secure else shapes, arrays, cfg, lender_of)
         answered = {lender_of(msg) for msg, _ in checked} | {lender for lender, _, _ in rejected}
         rejected += [(lender, "no reply (the lender failed or timed out)", None) for lender in sorted(asked - answered)]
+        rejected += left_out
         trained = [msg for msg, plain in checked if not plain["metrics"].get("declined")]
         # Every reply that carries a valid release is accounted and recorded, accepted or not: a lender
         # whose update is rejected still spent its budget. A lender that failed released nothing.
@@ -231,20 +244,28 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
                 "budget": cfg.epsilon, "declined": 0, "granularity": "lender", "sampled": len(trained),
             })
         else:
-            if not trained and not rejected:
+            if not trained and not rejected and not setup_failure:
                 record.stopped_early = f"no lender could train in round {rnd} without exceeding its budget"
                 log.warning(record.stopped_early)
                 break
-            if not trained:
-                # Every lender failed, was rejected or declined: the global model stays as it was.
-                log.warning("round %d: no usable update (%d failed or rejected); the model is unchanged", rnd, len(rejected))
-                keeper.aggregate(rnd, [], arrays, {"strategy": cfg.strategy, "skipped": True})
-                continue
-            new_arrays, _ = strategy.aggregate_train(rnd, trained)
+            new_arrays, why_not = None, setup_failure or "no usable update (every lender failed, was rejected or declined)"
+            if trained and secure:
+                try:
+                    new_arrays = secure.aggregate(arrays, trained)
+                except SecAggError as exc:
+                    why_not = str(exc)
+            elif trained:
+                new_arrays, _ = strategy.aggregate_train(rnd, trained)
+                if new_arrays is None:
+                    raise RunFailed(f"round {rnd}: aggregation produced no model")
+            how = {"strategy": cfg.strategy, "secure_aggregation": cfg.secure_aggregation}
             if new_arrays is None:
-                raise RunFailed(f"round {rnd}: aggregation produced no model")
-            arrays = new_arrays
-            keeper.aggregate(rnd, [lender_of(m) for m in trained], arrays, {"strategy": cfg.strategy})
+                # The global model stays as it was; the round still counts, is evaluated and checkpointed.
+                log.warning("round %d: the model is unchanged: %s", rnd, why_not)
+                keeper.aggregate(rnd, [], arrays, {**how, "skipped": True, "reason": why_not})
+            else:
+                arrays = new_arrays
+                keeper.aggregate(rnd, [lender_of(m) for m in trained], arrays, how)
         train_loss = {lender_of(msg): plain["metrics"].get("train-loss", math.nan) for msg, plain in checked}
 
         eval_replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(config)), grid), timeout=TIMEOUT_S))
@@ -294,7 +315,7 @@ def _screen_train_replies(replies, shapes, global_arrays, cfg: RunConfig, lender
         except ReplyRejected as exc:
             rejected.append((lender, str(exc), salvage_train_reply(msg)))
             continue
-        if "arrays" in plain and cfg.max_update_norm:
+        if "arrays" in plain and cfg.max_update_norm and not cfg.secure_aggregation:  # a masked update is screened by its lender
             norm = update_norm(plain["arrays"], global_np)
             if not norm <= cfg.max_update_norm:
                 rejected.append((lender, f"update norm {norm:.3g} exceeds max-update-norm {cfg.max_update_norm:g}", plain))

@@ -211,6 +211,16 @@ def test_a_signed_overspend_fails_the_budget_check(run_copy):
     _fails(run_copy, "budget")
 
 
+def test_a_signed_claim_of_secure_aggregation_in_a_plain_run_fails(run_copy):
+    from federation.audit_trail.report import report_bytes, signed_part
+
+    report = json.loads((run_copy / "report.json").read_text())
+    report["privacy"]["secure_aggregation"] = True  # the coordinator's own (signed) false claim
+    report["signature"] = sign(load_or_create(keys_dir_for(str(run_copy)), "coordinator"), signed_part(report))
+    (run_copy / "report.json").write_bytes(report_bytes(report))
+    _fails(run_copy, "secure aggregation")
+
+
 def test_report_from_another_run_fails(run_copy, tmp_path):
     other = run(RunConfig(records=2000, lenders=2, rounds=1, engine="inprocess", output_dir=str(tmp_path / "other")),
                 on_round=lambda s: None)

@@ -103,7 +103,7 @@ def build_report(run_dir: Path, key: Ed25519PrivateKey) -> dict:
                     "accountant": privacy.get("accountant"), "noise_source": privacy.get("noise_source"),
                     "neighbouring": ("add or remove one lender" if privacy.get("granularity") == "lender"
                                      else "add or remove one record") if privacy.get("dp") else None,
-                    "federation": units.get("federation"), "secure_aggregation": False},
+                    "federation": units.get("federation"), "secure_aggregation": bool(config.get("secure-aggregation", False))},
         "lender_details": lenders,
         "utility": {"global_auc": _num(glob.get("auc")), "global_ks": _num(glob.get("ks")),
                     "evaluated_on": "each lender's own test records (global: test-size-weighted mean)"},
@@ -145,7 +145,11 @@ def summary_sentences(report: dict) -> list[str]:
     out.append(f"{sum(d['records_without_consent'] for d in lenders)} records without consent were left out before training.")
     sent = sum(d["bytes_sent"] for d in lenders)
     out.append(f"0 raw records left any lender: lenders sent only model parameters ({sent:,} bytes in all) and summary scores.")
-    out.append("Secure aggregation was off: the coordinator saw each lender's model update.")
+    if p["secure_aggregation"]:
+        out.append("Secure aggregation was on: each lender sent its update masked, and the coordinator learned only "
+                   "the sum of the lenders' updates, never one lender's.")
+    else:
+        out.append("Secure aggregation was off: the coordinator saw each lender's model update.")
     if report["utility"]["global_auc"] is not None:
         out.append(f"The shared model reached AUC {report['utility']['global_auc']:.3f} on the lenders' own test records.")
     out.append(f"{report['rounds_completed']} of {report['rounds']} rounds ran"
@@ -217,7 +221,7 @@ def render_html(report: dict) -> str:
 <tr><th>Delta</th><td>{_fmt(d['delta'])}</td></tr>
 <tr><th>Noise multiplier, sample rate, steps, clip norm</th><td>{_fmt(d['noise_multiplier'])}, {_fmt(d['sample_rate'])}, {_fmt(d['steps'])}, {_fmt(d['clip_norm'])}</td></tr>
 <tr><th>Rounds trained / declined (budget)</th><td>{d['rounds_trained']} / {d['rounds_declined']}</td></tr>
-<tr><th>What left this lender</th><td>{d['bytes_sent']:,} bytes of model parameters ({shapes}); {d['records_sent']} records</td></tr>
+<tr><th>What left this lender</th><td>{d['bytes_sent']:,} bytes of {'masked ' if p['secure_aggregation'] else ''}model parameters ({shapes}); {d['records_sent']} records</td></tr>
 <tr><th>Fields used</th><td>{used or '-'}</td></tr>
 <tr><th>Fields refused</th><td>{refused or '-'}</td></tr>
 <tr><th>AUC / KS on its own test records</th><td>{_fmt(d['auc'])} / {_fmt(d['ks'])}</td></tr>

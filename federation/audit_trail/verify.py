@@ -29,6 +29,8 @@ from federation.privacy import dpaccounting
 from federation.privacy.accountant import default_delta
 from federation.privacy.events import PrivacyEvent
 
+MASKED = "masked"  # federation.messages.MASKED, not imported: the verifier runs without Flower
+
 # Opacus (training) and dp_accounting (here) are different implementations of the same analysis; on
 # the same events they agree within 1% (tests/test_accounting.py), so that is the tolerance here.
 TOLERANCE = 0.01
@@ -276,6 +278,20 @@ def _check_report(report: dict, entries: list[dict], run_id: str, model_hash: st
         raise VerificationFailed("report.json", "epsilon", "the federation's reported epsilon differs from the recomputed one")
 
 
+def _check_secure_aggregation(report: dict, entries: list[dict], cfg) -> None:
+    """The report's "secure aggregation on/off" is the run's setting, and every recorded update was sent
+    that way: masked (one vector named 'masked') when on, the model's own arrays when off."""
+    claimed = (report.get("privacy") or {}).get("secure_aggregation")
+    if claimed is not cfg.secure_aggregation:
+        raise VerificationFailed("report.json", "secure aggregation", f"the report says {claimed}, the run's "
+                                 f"configuration {cfg.secure_aggregation}")
+    for entry in entries:
+        if entry["type"] == L.LENDER_UPDATE and (list(entry["body"].get("shapes", {})) == [MASKED]) is not claimed:
+            raise VerificationFailed(_describe(entry), "secure aggregation", "the update was sent "
+                                     + ("in the clear although secure aggregation was on" if claimed else
+                                        "masked although secure aggregation was off"))
+
+
 def verify_run(run_dir: str | Path, trusted_keys: str | Path | None = None) -> VerifiedRun:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -287,5 +303,6 @@ def verify_run(run_dir: str | Path, trusted_keys: str | Path | None = None) -> V
     epsilons = _check_privacy(entries, cfg)
     model_hash = _check_model(run_dir, entries)
     _check_report(report, entries, run_id, model_hash, epsilons)
+    _check_secure_aggregation(report, entries, cfg)
     lenders = len({e["body"]["lender"] for e in entries if e["type"] == L.LENDER_MANIFEST})
     return VerifiedRun(len(entries), lenders, epsilons, cfg.accountant if cfg.dp else "-", entries[-1]["hash"])
