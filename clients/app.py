@@ -65,7 +65,10 @@ def _cached_lender(cfg: RunConfig, lender: int) -> LenderData:
 
 
 def _data(cfg: RunConfig, context: Context) -> LenderData:
-    """Loaded once per process and run: later rounds reuse the encoded records."""
+    """Loaded once per process and run: later rounds reuse the encoded records. A deployed lender reads
+    its records from its own node config's data-dir, wherever the coordinator's run config points."""
+    if context.node_config.get("data-dir"):
+        cfg = cfg.replace(data_dir=str(context.node_config["data-dir"]))
     return _cached_lender(cfg, lender_id(context))
 
 

@@ -286,6 +286,43 @@ def sweep(
 
 
 @app.command()
+def deploy(
+    dataset: DatasetOption = "synthetic",
+    data_dir: DataDirOption = "",
+    lenders: LendersOption = 3,
+    partition: PartitionOption = "natural",
+    rounds: RoundsOption = 2,
+    records: int = typer.Option(20000, help="Synthetic market size (borrowers)."),
+    secure_aggregation: bool = typer.Option(False, "--secure-aggregation", help="Pairwise-masked updates."),
+    seed: int = typer.Option(0, help="Seed: the same as a simulated run with this seed gives the same numbers."),
+    settings: SettingsOption = [],
+    output_dir: str = typer.Option("", help="Run folder (default: a new folder under runs/)."),
+    deploy_dir: str = typer.Option("", help="Folder for certificates, SuperNode keys, Flower's home and the process "
+                                   "logs (default: RUN-deploy beside the run folder); must be new or empty."),
+) -> None:
+    """Run on Flower's deployment runtime on this machine: a SuperLink with TLS (run-local CA) and SuperNode
+    authentication, one registered SuperNode per lender, then `flwr run`. Stops every process it started."""
+    from federation.deploy import Deployment
+    from federation.runfolder import default_run_dir
+
+    try:
+        cfg = _config_with(RunConfig(dataset=dataset, data_dir=data_dir, lenders=lenders, partition=partition,
+                                     rounds=rounds, records=records, secure_aggregation=secure_aggregation, seed=seed,
+                                     output_dir=output_dir), settings)
+        cfg = cfg.replace(output_dir=str(Path(cfg.output_dir or default_run_dir()).resolve()))
+        folder = Path(deploy_dir or f"{cfg.output_dir}-deploy")
+        console.print(f"fedcredit: deploying {cfg.lenders} SuperNodes and a SuperLink (TLS, SuperNode authentication) "
+                      f"on 127.0.0.1; processes and logs in {folder}", highlight=False)
+        with Deployment(folder, cfg.lenders, data_dir=cfg.data_dir) as deployment:
+            path = deployment.run(cfg)
+    except FedCreditError as exc:
+        _fail(str(exc))
+    rounds_seconds = [json.loads(line)["seconds"] for line in (path / "rounds.jsonl").read_text().splitlines()]
+    _print_summary(path)
+    console.print(f"seconds per round in deployment: {', '.join(f'{s:.1f}' for s in rounds_seconds)}", highlight=False)
+
+
+@app.command()
 def audit(
     dataset: DatasetOption = "synthetic",
     data_dir: DataDirOption = "",

@@ -1,0 +1,82 @@
+"""Flower's deployment runtime on 127.0.0.1: a SuperLink with TLS and SuperNode authentication, three
+registered SuperNodes, `flwr run`; the result matches the in-process run on the same data and seed, an
+unregistered SuperNode is turned away, and every process started is gone afterwards, also on failure."""
+
+import json
+import os
+import stat
+
+import psutil
+import pytest
+import torch
+
+from federation.audit_trail.verify import verify_run
+from federation.config import RunConfig
+from federation.deploy import Deployment, DeploymentError
+from federation.deploy_pki import make_node_key
+from federation.runner import run
+
+CFG = RunConfig(records=6000, lenders=3, rounds=2, seed=1)
+
+
+def _tree(deployment):
+    procs = []
+    for process in deployment.processes.values():
+        try:
+            root = psutil.Process(process.pid)
+            procs += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    return procs
+
+
+def _gone(procs):
+    for proc in procs:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            pass
+    return True
+
+
+def test_three_lenders_on_superlink_and_supernodes_match_the_simulation(tmp_path):
+    started = []
+    with Deployment(tmp_path / "deploy", CFG.lenders) as deployment:
+        assert stat.S_IMODE(os.stat(deployment.tls["key"]).st_mode) == 0o600
+        assert all(stat.S_IMODE(os.stat(key).st_mode) == 0o600 for key, _ in deployment.node_keys)
+        # A SuperNode whose key was never registered is refused by the SuperLink and gives up.
+        intruder = deployment.start_supernode(0, *make_node_key(tmp_path / "intruder", "intruder"), name="intruder")
+        assert intruder.wait(timeout=120) != 0
+        assert "Failed to activate SuperNode" in deployment.log_tail("intruder", 5000)
+        listed = deployment.flwr("supernode", "ls", "fedcredit-deployment", "--format", "json")
+        assert len([n for n in json.loads(listed.stdout)["nodes"] if n.get("status") == "online"]) == 3, listed.stdout
+        deployed = deployment.run(CFG.replace(output_dir=str(tmp_path / "deployed")))
+        started = _tree(deployment)
+    assert started and _gone(started)  # SuperLink, SuperNodes and the SuperExec processes they started
+    simulated = run(CFG.replace(engine="inprocess", output_dir=str(tmp_path / "simulated")), on_round=lambda s: None)
+    verify_run(deployed)
+    rounds = [[json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
+              for folder in (deployed, simulated)]
+    assert len(rounds[0]) == len(rounds[1]) == 2
+    for mine, theirs in zip(*rounds):
+        assert mine["global_metrics"]["auc"] == pytest.approx(theirs["global_metrics"]["auc"], abs=1e-4)
+    first, second = torch.load(deployed / "model.pt"), torch.load(simulated / "model.pt")
+    assert max(float((first[k] - second[k]).abs().max()) for k in first) < 1e-4
+
+
+def test_processes_are_stopped_when_the_block_fails(tmp_path):
+    with pytest.raises(DeploymentError, match="did not finish"):
+        with Deployment(tmp_path / "deploy", 2) as deployment:
+            procs = _tree(deployment)
+            # the lenders find no data where they are told to look: the run fails at the manifests
+            broken = CFG.replace(lenders=2, dataset="taiwan_default", partition="iid", data_dir=str(tmp_path / "missing"))
+            deployment.run(broken.replace(output_dir=str(tmp_path / "never")), timeout=300)
+    assert procs and _gone(procs)
+
+
+def test_a_used_deployment_folder_is_refused(tmp_path):
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "deploy" / "something").write_text("x")
+    with pytest.raises(DeploymentError, match="not empty"):
+        Deployment(tmp_path / "deploy", 1).start()
