@@ -19,3 +19,11 @@ def test_scale_runs_one_size_with_sampling():
     result = scale.one(lenders=12, per_round=4, rounds=2, records_per_lender=200)
     assert result["lenders"] == 12 and result["sampled"] == 4 and result["borrowers"] == 2400
     assert result["seconds_per_round_median"] > 0 and result["peak_rss_mb"] > 0
+
+
+def test_secagg_cost_runs(capsys):
+    from benchmarks.perf import secagg_cost
+
+    table = secagg_cost.main(["--lenders", "3", "--records", "2000", "--rounds", "1", "--model", "logreg", "--repeats", "1"])
+    assert "| plain FedAvg |" in table and "| secure aggregation |" in table and "| ratio |" in table
+    assert "1.00x |" in table  # the masked vector has as many bytes as the update it hides
