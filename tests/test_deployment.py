@@ -80,3 +80,29 @@ def test_a_used_deployment_folder_is_refused(tmp_path):
     (tmp_path / "deploy" / "something").write_text("x")
     with pytest.raises(DeploymentError, match="not empty"):
         Deployment(tmp_path / "deploy", 1).start()
+
+
+def test_a_deployed_lender_reads_from_its_own_node_config_data_dir(tmp_path):
+    from flwr.app import Context, RecordDict
+
+    from clients.app import _data
+    from federation.errors import FedCreditError
+
+    cfg = RunConfig(dataset="taiwan_default", partition="iid", lenders=2, data_dir=str(tmp_path / "coordinator-view"))
+    node = Context(run_id=1, node_id=1, node_config={"lender-id": 1, "data-dir": str(tmp_path / "lender-1-data")},
+                   state=RecordDict(), run_config={})
+    with pytest.raises(FedCreditError, match="lender-1-data"):
+        _data(cfg, node)
+
+
+def test_deploy_command_refuses_a_used_folder_and_starts_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from federation.cli import app
+
+    used = tmp_path / "deploy"
+    used.mkdir()
+    (used / "superlink.log").write_text("an earlier deployment\n")
+    result = CliRunner().invoke(app, ["deploy", "--deploy-dir", str(used), "--output-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "not empty" in result.output
+    assert sorted(p.name for p in used.iterdir()) == ["superlink.log"] and not (tmp_path / "run").exists()
