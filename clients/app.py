@@ -154,6 +154,11 @@ def train(msg: Message, context: Context) -> Message:
         model, data.x_train, data.y_train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, seed=(cfg.seed * 1_000_003 + lender * 1009 + rnd) % 2**31, dp=dp, proximal_mu=mu,
     )
+    if cfg.secure_aggregation:
+        # What leaves the lender is only its masked update: uniform noise to anyone without the others' masks.
+        # Masked before the release is recorded: if masking fails, nothing left the lender and nothing is spent.
+        update = {k: v.detach().numpy() - received[k].numpy() for k, v in model.state_dict().items()}
+        masked = secagg_lender.masked_update(context, rnd, msg.content[SECAGG], update, cfg.max_update_norm)
     metrics["train-loss"] = result.loss
     metrics["steps"] = result.steps
     if record_level:
@@ -168,12 +173,7 @@ def train(msg: Message, context: Context) -> Message:
         # clipping its whole update (the server clips again, so a lender cannot skip this).
         model.load_state_dict(clip_update(model.state_dict(), received, cfg.clip_norm))
         metrics["clip-norm"] = cfg.clip_norm
-    arrays = ArrayRecord(model.state_dict())
-    if cfg.secure_aggregation:
-        # What leaves the lender is only its masked update: uniform noise to anyone without the others' masks.
-        update = {k: v.detach().numpy() - received[k].numpy() for k, v in model.state_dict().items()}
-        masked = secagg_lender.masked_update(context, rnd, msg.content[SECAGG], update, cfg.max_update_norm)
-        arrays = ArrayRecord({MASKED: Array(masked)})
+    arrays = ArrayRecord({MASKED: Array(masked)}) if cfg.secure_aggregation else ArrayRecord(model.state_dict())
     body = update_body(
         _run_id(cfg), lender, rnd, numpy_arrays(arrays),
         events=[state.events[-1].to_dict()] if record_level else [],

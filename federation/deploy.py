@@ -170,13 +170,7 @@ class Deployment:
         """Stop every process this deployment started, and everything they started, by process id:
         TERM, then KILL. Flower detaches its SuperExec processes into sessions of their own, so the
         tree is collected from the parent links first (psutil) instead of signalling process groups."""
-        tree = []
-        for process in self.processes.values():
-            try:
-                root = psutil.Process(process.pid)
-                tree += [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
+        tree = self.process_tree()
         for proc in tree:
             _send(proc, signal.SIGTERM)
         _, alive = psutil.wait_procs(tree, timeout=10)
@@ -185,6 +179,17 @@ class Deployment:
         psutil.wait_procs(alive, timeout=10)
         for process in self.processes.values():
             process.poll()  # reap our direct children
+
+    def process_tree(self) -> list[psutil.Process]:
+        """The processes this deployment started and, recursively, those they started."""
+        tree = []
+        for process in self.processes.values():
+            try:
+                root = psutil.Process(process.pid)
+                tree += [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        return tree
 
     def log_tail(self, name: str, chars: int = 800) -> str:
         path = self.logs / f"{name}.log"

@@ -209,7 +209,7 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
                 messages = secure.prepare(messages)
             except SecAggError as exc:  # too few lenders to mask: nobody trains this round
                 setup_failure, messages = str(exc), []
-            left_out = [(lender, why, None) for lender, why in secure.dropped]
+            left_out = [(lender, why, None) for lender, why in sorted(secure.dropped.items())]
         replies = list(grid.send_and_receive(messages, timeout=TIMEOUT_S)) if messages else []
         asked = {by_node[m.metadata.dst_node_id][0] for m in messages}
         checked, rejected = _screen_train_replies(replies, masked_shape if secure else shapes, arrays, cfg, lender_of)

@@ -37,7 +37,7 @@ class SecureRound:
         self.threshold = 0
         self.mask_keys: dict[int, bytes] = {}
         self.active: list[int] = []  # positions that shared their keys: everyone masks against these
-        self.dropped: list[tuple[int, str]] = []  # (lender, why) left out before training
+        self.dropped: dict[int, str] = {}  # lender -> why it was left out of a step
 
     def _ask(self, kind: str, requests: dict[int, dict]) -> dict[int, dict]:
         """Send one secure-aggregation request per position; the inspected replies by position. A lender
@@ -45,16 +45,15 @@ class SecureRound:
         messages = [Message(RecordDict({CONFIG: self.config, SECAGG: ConfigRecord(body)}), dst_node_id=self.nodes[p],
                             message_type=kind) for p, body in requests.items()]
         position = {node: p for p, node in enumerate(self.nodes)}
-        out = {}
+        out, why = {}, {}
         for reply in self.grid.send_and_receive(messages, timeout=TIMEOUT_S):
             p = position[reply.metadata.src_node_id]
             try:
                 out[p] = inspect_reply(reply)["secagg"]
             except ReplyRejected as exc:
-                self.dropped.append((self.lender_of_node(self.nodes[p]), f"secure aggregation ({kind}): {exc}"))
-        for p in requests.keys() - out.keys():
-            if not any(lender == self.lender_of_node(self.nodes[p]) for lender, _ in self.dropped):
-                self.dropped.append((self.lender_of_node(self.nodes[p]), f"no reply to {kind}"))
+                why[p] = f"secure aggregation ({kind}): {exc}"
+        for p in sorted(requests.keys() - out.keys()):
+            self.dropped.setdefault(self.lender_of_node(self.nodes[p]), why.get(p, f"no reply to {kind}"))
         return out
 
     def prepare(self, messages: list[Message]) -> list[Message]:

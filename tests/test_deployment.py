@@ -19,17 +19,6 @@ from federation.runner import run
 CFG = RunConfig(records=6000, lenders=3, rounds=2, seed=1)
 
 
-def _tree(deployment):
-    procs = []
-    for process in deployment.processes.values():
-        try:
-            root = psutil.Process(process.pid)
-            procs += [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
-    return procs
-
-
 def _gone(procs):
     for proc in procs:
         try:
@@ -52,7 +41,7 @@ def test_three_lenders_on_superlink_and_supernodes_match_the_simulation(tmp_path
         listed = deployment.flwr("supernode", "ls", "fedcredit-deployment", "--format", "json")
         assert len([n for n in json.loads(listed.stdout)["nodes"] if n.get("status") == "online"]) == 3, listed.stdout
         deployed = deployment.run(CFG.replace(output_dir=str(tmp_path / "deployed")))
-        started = _tree(deployment)
+        started = deployment.process_tree()
     assert started and _gone(started)  # SuperLink, SuperNodes and the SuperExec processes they started
     simulated = run(CFG.replace(engine="inprocess", output_dir=str(tmp_path / "simulated")), on_round=lambda s: None)
     verify_run(deployed)
@@ -68,7 +57,7 @@ def test_three_lenders_on_superlink_and_supernodes_match_the_simulation(tmp_path
 def test_processes_are_stopped_when_the_block_fails(tmp_path):
     with pytest.raises(DeploymentError, match="did not finish"):
         with Deployment(tmp_path / "deploy", 2) as deployment:
-            procs = _tree(deployment)
+            procs = deployment.process_tree()
             # the lenders find no data where they are told to look: the run fails at the manifests
             broken = CFG.replace(lenders=2, dataset="taiwan_default", partition="iid", data_dir=str(tmp_path / "missing"))
             deployment.run(broken.replace(output_dir=str(tmp_path / "never")), timeout=300)

@@ -138,3 +138,25 @@ def test_a_tampered_or_misrouted_share_does_not_open():
         secagg_lender.reveal(contexts[1], 1, "run", ConfigRecord({"survivors": [0, 1, 2], "dropped": []}))
     with pytest.raises(SecAggError, match="do not open"):  # the right bytes under another run's name
         secagg_lender.reveal(contexts[0], 1, "another run", ConfigRecord({"survivors": [0, 1, 2], "dropped": []}))
+
+
+def test_a_lender_lost_while_sharing_keys_is_left_out_and_spends_nothing(tmp_path, monkeypatch):
+    share = secagg_lender.share
+
+    def fails_for_one(context, rnd, run_id, request):
+        me = context.state[secagg_lender.STATE]
+        if rnd == 1 and int(me["index"]) == 4:
+            raise ConnectionError("lender 4 lost its connection while sharing")
+        return share(context, rnd, run_id, request)
+
+    monkeypatch.setattr(secagg_lender, "share", fails_for_one)
+    out = run(BASE.replace(secure_aggregation=True, output_dir=str(tmp_path / "lost")), on_round=lambda s: None)
+    entries = _entries(out)
+    rejected = [e["body"] for e in entries if e["type"] == L.UPDATE_REJECTED]
+    assert [(r["round"], r["lender"]) for r in rejected] == [(1, 4)]
+    assert "query.secagg_shares" in rejected[0]["reason"] and "lost its connection" in rejected[0]["reason"]
+    aggregates = [e["body"] for e in entries if e["type"] == L.AGGREGATE]
+    assert [len(a["lenders"]) for a in aggregates] == [4, 5, 5] and not any(a.get("skipped") for a in aggregates)
+    privacy = json.loads((out / "privacy.json").read_text())["units"]
+    assert privacy["4"]["rounds_released"] == 2 and privacy["0"]["rounds_released"] == 3
+    verify_run(out)
