@@ -248,16 +248,7 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
                 record.stopped_early = f"no lender could train in round {rnd} without exceeding its budget"
                 log.warning(record.stopped_early)
                 break
-            new_arrays, why_not = None, setup_failure or "no usable update (every lender failed, was rejected or declined)"
-            if trained and secure:
-                try:
-                    new_arrays = secure.aggregate(arrays, trained)
-                except SecAggError as exc:
-                    why_not = str(exc)
-            elif trained:
-                new_arrays, _ = strategy.aggregate_train(rnd, trained)
-                if new_arrays is None:
-                    raise RunFailed(f"round {rnd}: aggregation produced no model")
+            new_arrays, why_not = (None, setup_failure) if setup_failure else _aggregate(rnd, arrays, trained, strategy, secure)
             how = {"strategy": cfg.strategy, "secure_aggregation": cfg.secure_aggregation}
             if new_arrays is None:
                 # The global model stays as it was; the round still counts, is evaluated and checkpointed.
@@ -298,6 +289,21 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
     torch.save(model.state_dict(), folder.path("model.pt"))
     folder.write_json("model.json", {"model": cfg.model, "hidden": cfg.hidden, "features": features})
     return record
+
+
+def _aggregate(rnd: int, arrays: ArrayRecord, trained: list[Message], strategy, secure: SecureRound | None):
+    """The round's new global model and "", or None and why there is none (the model then stays)."""
+    if not trained:
+        return None, "no usable update (every lender failed, was rejected or declined)"
+    if secure:
+        try:
+            return secure.aggregate(arrays, trained), ""
+        except SecAggError as exc:
+            return None, str(exc)
+    new_arrays, _ = strategy.aggregate_train(rnd, trained)
+    if new_arrays is None:
+        raise RunFailed(f"round {rnd}: aggregation produced no model")
+    return new_arrays, ""
 
 
 def _screen_train_replies(replies, shapes, global_arrays, cfg: RunConfig, lender_of):
