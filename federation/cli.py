@@ -299,6 +299,8 @@ def deploy(
     output_dir: str = typer.Option("", help="Run folder (default: a new folder under runs/)."),
     deploy_dir: str = typer.Option("", help="Folder for certificates, SuperNode keys, Flower's home and the process "
                                    "logs (default: RUN-deploy beside the run folder); must be new or empty."),
+    node_data_dir: Annotated[list[str], typer.Option("--node-data-dir", help="LENDER=PATH: that lender's SuperNode "
+                                                     "reads its records from PATH (default: --data-dir).")] = [],
 ) -> None:
     """Run on Flower's deployment runtime on this machine: a SuperLink with TLS (run-local CA) and SuperNode
     authentication, one registered SuperNode per lender, then `flwr run`. Stops every process it started."""
@@ -310,10 +312,18 @@ def deploy(
                                      rounds=rounds, records=records, secure_aggregation=secure_aggregation, seed=seed,
                                      output_dir=output_dir), settings)
         cfg = cfg.replace(output_dir=str(Path(cfg.output_dir or default_run_dir()).resolve()))
+        data_dirs = {}
+        for item in node_data_dir:
+            lender, sep, path_text = item.partition("=")
+            if not sep or not lender.strip().isdigit() or not 0 <= int(lender) < cfg.lenders:
+                _fail(f"--node-data-dir expects LENDER=PATH with LENDER in 0..{cfg.lenders - 1}, got '{item}'")
+            if not Path(path_text).is_dir():
+                _fail(f"--node-data-dir {item}: no such folder '{path_text}'")
+            data_dirs[int(lender)] = path_text
         folder = Path(deploy_dir or f"{cfg.output_dir}-deploy")
         console.print(f"fedcredit: deploying {cfg.lenders} SuperNodes and a SuperLink (TLS, SuperNode authentication) "
                       f"on 127.0.0.1; processes and logs in {folder}", highlight=False)
-        with Deployment(folder, cfg.lenders, data_dir=cfg.data_dir) as deployment:
+        with Deployment(folder, cfg.lenders, data_dir=cfg.data_dir, data_dirs=data_dirs) as deployment:
             path = deployment.run(cfg)
     except FedCreditError as exc:
         _fail(str(exc))

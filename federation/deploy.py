@@ -59,7 +59,8 @@ def _toml_string(value: str) -> str:
 class Deployment:
     folder: Path
     lenders: int
-    data_dir: str = ""
+    data_dir: str = ""  # every SuperNode's data-dir, unless data_dirs names one for its lender
+    data_dirs: dict[int, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -143,8 +144,9 @@ class Deployment:
         name = name or f"supernode_{lender:03d}"
         keys = self.folder / "lender-keys" / f"lender_{lender:03d}"
         node_config = f"lender-id={lender} keys-dir={_toml_string(str(keys))}"
-        if self.data_dir:
-            node_config += f" data-dir={_toml_string(str(Path(self.data_dir).resolve()))}"
+        data_dir = self.data_dirs.get(lender, self.data_dir)
+        if data_dir:
+            node_config += f" data-dir={_toml_string(str(Path(data_dir).resolve()))}"
         return self._spawn(name, [
             _tool("flower-supernode"), "--superlink", f"127.0.0.1:{self.ports['superlink']}",
             "--root-certificates", str(self.tls["ca"]), "--auth-supernode-private-key", str(private_key),

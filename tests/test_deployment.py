@@ -95,3 +95,29 @@ def test_deploy_command_refuses_a_used_folder_and_starts_nothing(tmp_path):
     result = CliRunner().invoke(app, ["deploy", "--deploy-dir", str(used), "--output-dir", str(tmp_path / "run")])
     assert result.exit_code == 2 and "not empty" in result.output
     assert sorted(p.name for p in used.iterdir()) == ["superlink.log"] and not (tmp_path / "run").exists()
+
+
+def test_each_supernode_gets_its_own_node_config(tmp_path):
+    deployment = Deployment(tmp_path / "deploy", 2, data_dir=str(tmp_path / "shared"), data_dirs={1: str(tmp_path / "own")})
+    deployment.tls, deployment.ports = {"ca": tmp_path / "ca.crt"}, {"superlink": 9999}
+    commands = {}
+    deployment._spawn = lambda name, command: commands.setdefault(name, command)
+    for lender in (0, 1):
+        deployment.start_supernode(lender, tmp_path / "k", tmp_path / "k.pub")
+    configs = {name: command[command.index("--node-config") + 1] for name, command in commands.items()}
+    assert configs["supernode_000"].startswith("lender-id=0 ") and f'data-dir="{tmp_path / "shared"}"' in configs["supernode_000"]
+    assert configs["supernode_001"].startswith("lender-id=1 ") and f'data-dir="{tmp_path / "own"}"' in configs["supernode_001"]
+    assert all("--root-certificates" in c and "--auth-supernode-private-key" in c for c in commands.values())
+    assert f'keys-dir="{tmp_path / "deploy" / "lender-keys" / "lender_001"}"' in configs["supernode_001"]
+
+
+def test_deploy_command_refuses_a_bad_node_data_dir(tmp_path):
+    from typer.testing import CliRunner
+
+    from federation.cli import app
+
+    for bad, message in (("7=/tmp", "LENDER=PATH with LENDER in 0..2"), (f"1={tmp_path / 'nowhere'}", "no such folder")):
+        result = CliRunner().invoke(app, ["deploy", "--node-data-dir", bad, "--deploy-dir", str(tmp_path / "d"),
+                                          "--output-dir", str(tmp_path / "run")])
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+        assert "deploying" not in result.output and not (tmp_path / "d").exists()
