@@ -160,3 +160,10 @@ def test_a_lender_lost_while_sharing_keys_is_left_out_and_spends_nothing(tmp_pat
     privacy = json.loads((out / "privacy.json").read_text())["units"]
     assert privacy["4"]["rounds_released"] == 2 and privacy["0"]["rounds_released"] == 3
     verify_run(out)
+
+
+def test_fedprox_with_three_lenders_a_round_matches_too(tmp_path):
+    plain, secure = _pair(tmp_path, strategy="fedprox", lenders_per_round=3, rounds=2)
+    assert _max_difference(plain, secure) < 1e-4
+    aggregates = [e["body"] for e in _entries(secure) if e["type"] == L.AGGREGATE]
+    assert [len(a["lenders"]) for a in aggregates] == [3, 3]
