@@ -259,19 +259,7 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
                 keeper.aggregate(rnd, [lender_of(m) for m in trained], arrays, how)
         train_loss = {lender_of(msg): plain["metrics"].get("train-loss", math.nan) for msg, plain in checked}
 
-        eval_replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(config)), grid), timeout=TIMEOUT_S))
-        evaluated = sorted(_inspect_all([m for m in eval_replies if not m.has_error()]), key=lambda item: lender_of(item[0]))
-        per_lender = []
-        for msg, plain in evaluated:
-            m = plain["metrics"]
-            lender = lender_of(msg)
-            row = {"round": rnd, "lender": lender, "num_examples": int(m["num-examples"]),
-                   **{k: m.get(k, math.nan) for k in METRICS}, "train_loss": train_loss.get(lender, math.nan)}
-            per_lender.append(row)
-        weights = [r["num_examples"] for r in per_lender]
-        global_row = {"round": rnd, "lender": "global", "num_examples": sum(weights),
-                      **{k: weighted_mean([r[k] for r in per_lender], weights) for k in METRICS},
-                      "train_loss": weighted_mean([r["train_loss"] for r in per_lender], weights)}
+        per_lender, global_row = _evaluate(grid, strategy, rnd, arrays, config, lender_of, train_loss)
         record.metrics_rows.extend(per_lender + [global_row])
         eps_now = [r["epsilon"] for r in record.epsilon_rows if r["round"] == rnd]
         summary = RoundSummary(rnd, len(trained), len(checked) - len(trained),
@@ -289,6 +277,25 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
     torch.save(model.state_dict(), folder.path("model.pt"))
     folder.write_json("model.json", {"model": cfg.model, "hidden": cfg.hidden, "features": features})
     return record
+
+
+def _evaluate(grid: Grid, strategy, rnd: int, arrays: ArrayRecord, config: ConfigRecord, lender_of,
+              train_loss: dict[int, float]) -> tuple[list[dict], dict]:
+    """Each lender scores the global model on its own test records: one metrics row per lender, and the
+    test-size-weighted mean of them as the "global" row."""
+    messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(config)), grid)
+    replies = list(grid.send_and_receive(messages, timeout=TIMEOUT_S))
+    evaluated = sorted(_inspect_all([m for m in replies if not m.has_error()]), key=lambda item: lender_of(item[0]))
+    per_lender = []
+    for msg, plain in evaluated:
+        m, lender = plain["metrics"], lender_of(msg)
+        per_lender.append({"round": rnd, "lender": lender, "num_examples": int(m["num-examples"]),
+                           **{k: m.get(k, math.nan) for k in METRICS}, "train_loss": train_loss.get(lender, math.nan)})
+    weights = [r["num_examples"] for r in per_lender]
+    global_row = {"round": rnd, "lender": "global", "num_examples": sum(weights),
+                  **{k: weighted_mean([r[k] for r in per_lender], weights) for k in METRICS},
+                  "train_loss": weighted_mean([r["train_loss"] for r in per_lender], weights)}
+    return per_lender, global_row
 
 
 def _aggregate(rnd: int, arrays: ArrayRecord, trained: list[Message], strategy, secure: SecureRound | None):
