@@ -29,6 +29,9 @@ TIMEOUT_S = 3600.0
 
 
 class SecureRound:
+    """One round's secure aggregation, from the coordinator's side: `prepare` before the training
+    messages go out, `aggregate` with the replies that passed screening."""
+
     def __init__(self, grid: Grid, rnd: int, config: ConfigRecord, bound: float, lender_of_node: Callable[[int], int],
                  train_records: dict[int, int]) -> None:
         self.grid, self.rnd, self.config, self.bound = grid, rnd, config, bound
@@ -72,6 +75,8 @@ class SecureRound:
         mask = [self.mask_keys.get(p, b"") for p in range(k)]
         sealed = self._ask(QUERY_SECAGG_SHARES, {p: {"mask-keys": mask, "channel-keys": channel} for p in sorted(keys)})
         self.active = sorted(p for p in sealed if len(sealed[p]["sealed"]) == k)
+        for p in sorted(set(sealed) - set(self.active)):
+            self.dropped[self.lender_of_node(self.nodes[p])] = f"secure aggregation: sealed shares for {len(sealed[p]['sealed'])} lenders, not {k}"
         self._enough(len(self.active), "shared their keys")
         records = sum(self.train_records[self.lender_of_node(self.nodes[p])] for p in self.active)
         out = []
