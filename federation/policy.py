@@ -217,6 +217,50 @@ def labels_of(frame: pd.DataFrame, card: DatasetCard) -> np.ndarray:
     return y.astype(np.float32)
 
 
+def _values_seen(values: pd.Series) -> str:
+    return ", ".join(repr(v) for v in sorted(pd.unique(values.dropna()).tolist(), key=str))
+
+
+def check_labels(frame: pd.DataFrame, card: DatasetCard) -> None:
+    """The data's labels can train a credit model: both classes occur, and so does the card's positive value,
+    in all records and in the consented ones (the only ones used).
+
+    Without this a one-class label trains a DP round (spending privacy budget) and only then fails
+    when the run's metrics are undefined.
+    """
+    col = card.label
+    for records, where in ((frame, ""), (frame.loc[consent_mask(frame, card)], " among the consented records")):
+        if records.empty:
+            consent = card.role("consent")
+            raise DataError(f"no record has consent (column '{consent.name}' never holds "
+                            f"{', '.join(map(repr, consent.consented))}); nothing can train")
+        y = labels_of(records, card)
+        values = records[col.name]
+        seen = _values_seen(values)
+        if not y.any() and values.nunique() > 1:
+            raise DataError(f"the card's positive value {col.positive!r} never occurs in label column '{col.name}'"
+                            f"{where} (values seen: {seen})")
+        if not y.any() or y.all():
+            absent = "" if y.any() else f"; the card's positive value {col.positive!r} never occurs"
+            raise DataError(f"label column '{col.name}' has one class only{where} (values seen: {seen}){absent}; "
+                            f"a credit model needs both defaults and non-defaults")
+
+
+def label_problem(y_train: np.ndarray) -> str | None:
+    """Why a lender's training split cannot train a credit model (no records, or one class only), else None.
+
+    A lender with such a split declines the round with this reason before any privacy budget is spent.
+    """
+    y = np.asarray(y_train).ravel()
+    if len(y) == 0:
+        return "no training records (after consent and the train/test split)"
+    classes = np.unique(y)
+    if len(classes) < 2:
+        which = "defaults" if classes[0] == 1 else "non-defaults"
+        return f"training records hold one class only ({len(y)} {which}); a credit model needs both"
+    return None
+
+
 def apply_policy(frame: pd.DataFrame, card: DatasetCard) -> PolicyResult:
     """Consent first, then keep credit columns only. `frame` holds one lender's raw records."""
     check_schema(frame, card)
