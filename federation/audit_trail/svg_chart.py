@@ -12,8 +12,8 @@ generic sans-serif family, which changes how it looks on a screen, never the byt
 
 What keeps it readable: the y axis starts at 0 and ends a little above both the budgets and the highest epsilon;
 lenders whose curves are identical (common: same noise, same rounds) are drawn as one line whose legend entry
-names them all; up to 21 distinct curves get distinct (colour, dash, marker) styles from the colour-blind-safe
-Okabe-Ito palette; beyond 20 the curves are drawn thin in grey with the highest and lowest highlighted, so the
+names them all; up to 20 distinct curves get distinct (colour, dash, marker) styles from the colour-blind-safe
+Okabe-Ito palette; beyond that the curves are drawn thin in grey with the highest and lowest highlighted, so the
 legend stays a few rows long even at 1,000 lenders. The legend sits below the plotting area, never over data.
 """
 
@@ -184,7 +184,7 @@ def _check_value(value: float, what: str) -> float:
     value = float(value)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
-    return value
+    return value + 0.0  # -0.0 would be written "-0"
 
 
 def _check_points(label: str, points: list[tuple[int, float]], rounds: int) -> Points:
@@ -233,14 +233,11 @@ def _nice_scale(peak: float) -> tuple[Decimal, int]:
 
 def _x_step(rounds: int) -> int:
     """The first of 1, 2, 5, 10, 20, 25, 50, 100, ... that leaves at most 12 tick intervals."""
-    candidates = [1, 2, 5]
-    while rounds > 12 * candidates[-1]:
-        scale = candidates[-1] * 2  # 5 * 10^k -> 10^(k+1)
-        candidates = [scale, 2 * scale, 25 * scale // 10, 5 * scale]
-        for step in candidates:
-            if rounds <= 12 * step:
-                return step
-    return next(step for step in candidates if rounds <= 12 * step)
+    steps = [1, 2, 5]
+    while rounds > 12 * steps[-1]:
+        ten = 2 * steps[-1]  # 5 x 10^k -> 10^(k+1)
+        steps = [ten, 2 * ten, 25 * ten // 10, 5 * ten]
+    return next(step for step in steps if rounds <= 12 * step)
 
 
 # ---- drawing -------------------------------------------------------------------------------------------
@@ -357,7 +354,7 @@ def _marker(style: _Style, x: float, y: float, inner: str = "") -> str:
     return f'<circle cx="{_c(x)}" cy="{_c(y)}" r="3.2" {paint}>{inner}</circle>'
 
 
-def _legend(entries: list[tuple[_Style | None, str, str]], top: int) -> tuple[str, int]:
+def _legend(entries: list[LegendEntry], top: int) -> tuple[str, int]:
     """Entries in two columns when every text fits half the width, else one column; returns (svg, height)."""
     if not entries:
         return "", 0
