@@ -11,6 +11,11 @@ transforms and category lists, never statistics computed on pooled data (that wo
     transform = "log1p"        # identity | log1p | asinh
     [columns.gender]
     category = "sensitive"
+    [columns.credit_union_member]
+    category = "credit_history"
+    type = "numeric"
+    bounds = [0, 1]
+    override = "membership of a credit union (a lender), not of a trade union"
     [columns.defaulted]
     category = "label"
     positive = 1
@@ -56,6 +61,9 @@ class Column:
     positive: Any = None  # label only: the value that means default
     consented: tuple[Any, ...] = ()  # consent only: values that mean consent given
     reason: str = ""
+    # credit columns only: the written reason a lexicon-marked name is credit data all the same
+    # (e.g. 'credit_union_member'); federation.policy checks the name is marked, the manifest records it
+    override: str = ""
 
     @property
     def is_feature_candidate(self) -> bool:
@@ -160,7 +168,23 @@ def parse_card(raw: dict, source_path: str = "") -> DatasetCard:
     return card
 
 
-_KNOWN_KEYS = {"category", "type", "bounds", "transform", "affine", "bins", "categories", "missing", "positive", "consented", "reason", "description"}
+_KNOWN_KEYS = {"category", "type", "bounds", "transform", "affine", "bins", "categories", "missing", "positive",
+               "consented", "reason", "description", "override"}
+
+
+def _parse_override(where: str, name: str, category: str, spec: dict) -> str:
+    """The column's override reason ('' without one). Whether the name needs it is the policy's call."""
+    if "override" not in spec:
+        return ""
+    reason = spec["override"]
+    if not isinstance(reason, str):
+        raise CardError(f"{where}: column '{name}' has override {reason!r}; an override is a written reason (a string)")
+    if not reason.strip():
+        raise CardError(f"{where}: column '{name}' has an empty override; write the reason its name is credit data")
+    if category not in CREDIT_CATEGORIES:
+        raise CardError(f"{where}: column '{name}' has an override but category '{category}'; an override only "
+                        f"lets a credit column ({', '.join(CREDIT_CATEGORIES)}) keep a marked name")
+    return reason.strip()
 
 
 def _parse_column(where: str, name: str, spec: dict) -> Column:
@@ -171,7 +195,8 @@ def _parse_column(where: str, name: str, spec: dict) -> Column:
     if category not in CATEGORIES:
         raise CardError(f"{where}: column '{name}' has category {category!r}; expected one of {', '.join(CATEGORIES)}")
     kind = spec.get("type", "numeric")
-    col_kwargs: dict[str, Any] = {"name": name, "category": category, "reason": str(spec.get("reason", ""))}
+    col_kwargs: dict[str, Any] = {"name": name, "category": category, "reason": str(spec.get("reason", "")),
+                                  "override": _parse_override(where, name, category, spec)}
     if category == "label":
         col_kwargs["positive"] = spec.get("positive")
         return Column(**col_kwargs)

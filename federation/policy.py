@@ -4,8 +4,9 @@ A lender applies it to its own records before anything else:
 1. records without consent are dropped first;
 2. only credit categories (credit history, capacity, collateral, loan terms) are used; sensitive,
    non-credit and identity columns are refused, each with its reason;
-3. a card that declares a column with a prohibited name (gender, ethnicity, social media, ...) as
-   credit data is a PolicyViolation, never a warning.
+3. a card that declares a column whose name the lexicon marks (gender, ethnicity, social media, ...) as
+   credit data is a PolicyViolation, never a warning, unless the column gives a written override reason
+   (e.g. 'credit_union_member'), which the lender's signed manifest then records.
 The result carries a manifest: fields used, fields refused and why, record counts before/after consent.
 """
 
@@ -26,48 +27,136 @@ REFUSAL_REASONS = {
     "identity": "identity field (not a credit feature; excessive use of personal data)",
 }
 
-# Name tokens that mark a prohibited kind of data. A column carrying one of these tokens can never be
-# declared credit data in a card: that card would let prohibited data through to training.
-PROHIBITED_NAME_TOKENS = {
-    "sensitive": {
-        "sex", "gender", "marital", "marriage", "married", "ethnic", "ethnicity", "race", "racial",
-        "religion", "religious", "health", "disability", "pregnancy", "age", "birth", "dob",
-        "nationality", "foreign", "political", "orientation",
-    },
-    "non_credit": {
-        "social", "facebook", "wechat", "weibo", "twitter", "tiktok", "shopping", "reading", "books",
-        "eating", "meals", "restaurant", "location", "gps", "contacts", "telephone", "phone",
-    },
+# The lexicon of names that mark a prohibited kind of data. A column whose name carries one of these
+# entries as a word part can never be declared credit data in a card unless the card gives a written
+# override reason: otherwise that card would let prohibited data through to training. Entries are
+# matched on whole word parts (so 'mortgage' and 'average' do not match 'age'), also in their simple
+# plurals ('females'); a multi-word entry ('phone model') matches as consecutive word parts.
+LEXICON: dict[str, tuple[str, ...]] = {
+    "sensitive": (
+        # sex and gender
+        "sex", "sexual", "sexuality", "gender", "male", "female", "man", "woman",
+        # race, ethnicity and origin
+        "race", "racial", "ethnic", "ethnicity", "black", "white", "hispanic", "latino", "latina", "asian",
+        "native", "indigenous", "caste", "nationality", "citizenship", "citizen", "immigrant", "immigration",
+        "foreign", "hukou", "minzu",
+        # belief, affiliation and orientation
+        "religion", "religious", "political", "party affiliation", "union", "orientation", "lgbt", "lgbtq",
+        # family status
+        "marital", "marriage", "married", "unmarried", "spouse", "divorced", "widowed",
+        "pregnant", "pregnancy",
+        # age
+        "age", "birth", "birthday", "birthdate", "birthyear", "birthplace", "dob", "yob",
+        # health
+        "disability", "disabled", "health", "medical",
+    ),
+    "non_credit": (
+        # social media and platforms
+        "social", "facebook", "wechat", "weibo", "twitter", "tiktok", "douyin", "instagram",
+        # consumption and leisure habits
+        "shopping", "taobao", "jd", "purchases", "reading", "books", "eating", "food", "meals", "restaurant",
+        "travel", "trips", "games", "game", "gaming",
+        # location, device and behaviour traces
+        "location", "gps", "geolocation", "contacts", "phone model", "device model", "browsing", "browser",
+        "clicks", "app usage", "telephone", "phone",
+    ),
 }
+# Irregular plurals of lexicon words (regular ones are derived: -s, -es, -y -> -ies).
+_IRREGULAR_PLURALS = {"man": ("men",), "woman": ("women",)}
 
 
-def name_tokens(name: str) -> set[str]:
-    """'NumberOfDependents' -> {number, of, dependents}; 'personal_status_and_sex' -> {..., sex}."""
-    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name)
-    return {t for t in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if t}
+def _word_forms(word: str) -> set[str]:
+    """A lexicon word and its simple plurals."""
+    forms = {word, word + "s", word + "es", *_IRREGULAR_PLURALS.get(word, ())}
+    if word.endswith("y"):
+        forms.add(word[:-1] + "ies")
+    return forms
+
+
+def _forms_index() -> dict[str, set[str]]:
+    """Word form -> the lexicon words it is a form of ('games' is 'games' itself and a plural of 'game')."""
+    index: dict[str, set[str]] = {}
+    for entries in LEXICON.values():
+        for word in {w for entry in entries for w in entry.split()}:
+            for form in _word_forms(word):
+                index.setdefault(form, set()).add(word)
+    return index
+
+
+_FORMS = _forms_index()
+# each entry as its words, longest first, so that 'phone model' wins over 'phone' at one position
+_ENTRIES = sorted(((kind, entry, tuple(entry.split())) for kind, entries in LEXICON.items() for entry in entries),
+                  key=lambda e: -len(e[2]))
+
+
+def name_parts(name: str) -> list[str]:
+    """The word parts of a column name, lower-case, in order.
+
+    snake_case, kebab-case, dotted.names, camelCase/PascalCase and acronyms are split, and digits are
+    split from letters: 'NumberOfDependents' -> [number, of, dependents], 'isMALE' -> [is, male],
+    'HTTPServer' -> [http, server], 'PAY_AMT1' -> [pay, amt, 1], 'age2' -> [age, 2].
+    """
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", name)
+    spaced = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", spaced)
+    spaced = re.sub(r"(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])", " ", spaced)
+    return [p for p in re.split(r"[\W_]+", spaced.lower()) if p]
 
 
 def prohibited_mark(name: str) -> tuple[str, str] | None:
-    """(kind, token) when a column name marks a prohibited kind of data, else None."""
-    for kind, tokens in PROHIBITED_NAME_TOKENS.items():
-        hit = name_tokens(name) & tokens
-        if hit:
-            return kind, sorted(hit)[0]
+    """(kind, lexicon entry) when a column name marks a prohibited kind of data, else None.
+
+    The first marked word part wins; at one position the longest entry ('phone model' over 'phone').
+    """
+    words = [_FORMS.get(p, set()) for p in name_parts(name)]
+    for i in range(len(words)):
+        for kind, entry, parts in _ENTRIES:
+            if len(parts) <= len(words) - i and all(w in words[i + k] for k, w in enumerate(parts)):
+                return kind, entry
     return None
 
 
+def _kind_words(kind: str) -> str:
+    return kind.replace("_", "-")
+
+
 def check_card(card: DatasetCard) -> None:
-    """Refuse a card that would let a prohibited kind of column into training."""
+    """Refuse a card that would let a prohibited kind of column into training.
+
+    A credit column with a lexicon-marked name needs an override reason; an override on a name the
+    lexicon does not mark is refused too, so that every override in a signed manifest was needed.
+    """
     for col in card.columns:
         if col.category not in CREDIT_CATEGORIES:
             continue
         marked = prohibited_mark(col.name)
-        if marked:
+        if marked and not col.override:
             kind, token = marked
             raise PolicyViolation(
                 f"card '{card.name}' declares column '{col.name}' as {col.category}, but its name marks "
-                f"{kind.replace('_', '-')} data ('{token}'); such a column must be refused, not trained on"
+                f"{_kind_words(kind)} data ('{token}'); such a column must be refused, not trained on "
+                f"(if it truly is credit data, give it override = \"<reason>\")"
             )
+        if col.override and not marked:
+            raise CardError(
+                f"card '{card.name}': column '{col.name}' has an override, but its name marks no sensitive or "
+                f"non-credit data; remove the override (only a lexicon-marked name needs one)"
+            )
+
+
+def used_field_violation(field: dict) -> str | None:
+    """Why a field a lender's signed manifest lists as used breaks the policy, or None when it does not.
+
+    `field` is a `fields_used` entry: {"name", "category"} and, for an overridden name, "override".
+    """
+    name, category = field.get("name"), field.get("category")
+    if category not in CREDIT_CATEGORIES:
+        return f"field '{name}' of category {category} was used (only {', '.join(CREDIT_CATEGORIES)} may be)"
+    marked = prohibited_mark(str(name))
+    override = field.get("override")
+    if marked and not (isinstance(override, str) and override.strip()):
+        kind, token = marked
+        return f"used field '{name}' is marked as {_kind_words(kind)} data ('{token}') without an override reason"
+    return None
 
 
 @dataclass(frozen=True)
@@ -128,6 +217,50 @@ def labels_of(frame: pd.DataFrame, card: DatasetCard) -> np.ndarray:
     return y.astype(np.float32)
 
 
+def _values_seen(values: pd.Series) -> str:
+    return ", ".join(repr(v) for v in sorted(pd.unique(values.dropna()).tolist(), key=str))
+
+
+def check_labels(frame: pd.DataFrame, card: DatasetCard) -> None:
+    """The data's labels can train a credit model: both classes occur, and so does the card's positive value,
+    in all records and in the consented ones (the only ones used).
+
+    Without this a one-class label trains a DP round (spending privacy budget) and only then fails
+    when the run's metrics are undefined.
+    """
+    col = card.label
+    for records, where in ((frame, ""), (frame.loc[consent_mask(frame, card)], " among the consented records")):
+        if records.empty:
+            consent = card.role("consent")
+            raise DataError(f"no record has consent (column '{consent.name}' never holds "
+                            f"{', '.join(map(repr, consent.consented))}); nothing can train")
+        y = labels_of(records, card)
+        values = records[col.name]
+        seen = _values_seen(values)
+        if not y.any() and values.nunique() > 1:
+            raise DataError(f"the card's positive value {col.positive!r} never occurs in label column '{col.name}'"
+                            f"{where} (values seen: {seen})")
+        if not y.any() or y.all():
+            absent = "" if y.any() else f"; the card's positive value {col.positive!r} never occurs"
+            raise DataError(f"label column '{col.name}' has one class only{where} (values seen: {seen}){absent}; "
+                            f"a credit model needs both defaults and non-defaults")
+
+
+def label_problem(y_train: np.ndarray) -> str | None:
+    """Why a lender's training split cannot train a credit model (no records, or one class only), else None.
+
+    A lender with such a split declines the round with this reason before any privacy budget is spent.
+    """
+    y = np.asarray(y_train).ravel()
+    if len(y) == 0:
+        return "no training records (after consent and the train/test split)"
+    classes = np.unique(y)
+    if len(classes) < 2:
+        which = "defaults" if classes[0] == 1 else "non-defaults"
+        return f"training records hold one class only ({len(y)} {which}); a credit model needs both"
+    return None
+
+
 def apply_policy(frame: pd.DataFrame, card: DatasetCard) -> PolicyResult:
     """Consent first, then keep credit columns only. `frame` holds one lender's raw records."""
     check_schema(frame, card)
@@ -138,7 +271,10 @@ def apply_policy(frame: pd.DataFrame, card: DatasetCard) -> PolicyResult:
     used, refused = [], []
     for col in card.columns:
         if col.category in CREDIT_CATEGORIES:
-            used.append({"name": col.name, "category": col.category})
+            field = {"name": col.name, "category": col.category}
+            if col.override:
+                field["override"] = col.override  # signed with the manifest: why a marked name was used
+            used.append(field)
         elif col.category in PROHIBITED_CATEGORIES:
             refused.append({"name": col.name, "category": col.category, "reason": col.reason or REFUSAL_REASONS[col.category]})
     features = consented[[f["name"] for f in used]]

@@ -5,6 +5,7 @@ from federation.config import RunConfig
 from federation.data import describe, load_holdout, load_lender, synthetic
 from federation.data.partition import partition
 from federation.errors import ConfigError, DataError
+from federation.policy import label_problem
 from tests.conftest import shared_or_skip
 
 
@@ -141,3 +142,103 @@ def test_real_datasets_load_through_the_policy(dataset, rows, rate):
 def test_real_data_missing_dir_error():
     with pytest.raises(DataError, match="data directory not found"):
         describe(RunConfig(dataset="german_credit", data_dir="/nonexistent/fedcredit-data", partition="iid"))
+
+
+# ---- labels that cannot train a credit model: refused before anything trains -------------------
+
+LABEL_CARD = """
+name = "mine"
+[columns.income]
+category = "capacity"
+bounds = [0, 100]
+[columns.bank]
+category = "lender"
+[columns.consent]
+category = "consent"
+consented = ["yes"]
+[columns.defaulted]
+category = "label"
+positive = {positive}
+"""
+
+
+def _own_data(tmp_path, labels, positive="1", consent=None, banks=None, partition="iid") -> RunConfig:
+    """A bring-your-own CSV and card in tmp_path: one row per label."""
+    tmp_path.mkdir(exist_ok=True)
+    consent = consent or ["yes"] * len(labels)
+    banks = banks or [i % 2 for i in range(len(labels))]
+    rows = ["income,bank,consent,defaulted"]
+    rows += [f"{i % 100},{b},{c},{y}" for i, (y, c, b) in enumerate(zip(labels, consent, banks))]
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "card.toml").write_text(LABEL_CARD.format(positive=positive))
+    return RunConfig(dataset="csv", csv_path=str(tmp_path / "data.csv"), card_path=str(tmp_path / "card.toml"),
+                     partition=partition, lenders=2)
+
+
+def _one_line_data_error(cfg: RunConfig) -> str:
+    with pytest.raises(DataError) as err:
+        describe(cfg)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_a_label_with_one_class_is_refused_naming_the_column_and_the_values_seen(tmp_path):
+    message = _one_line_data_error(_own_data(tmp_path, [1] * 80))
+    assert message == ("label column 'defaulted' has one class only (values seen: 1); "
+                       "a credit model needs both defaults and non-defaults")
+
+
+def test_a_label_without_defaults_also_says_the_positive_value_never_occurs(tmp_path):
+    message = _one_line_data_error(_own_data(tmp_path, [0] * 80))
+    assert message == ("label column 'defaulted' has one class only (values seen: 0); the card's positive value 1 "
+                       "never occurs; a credit model needs both defaults and non-defaults")
+
+
+@pytest.mark.parametrize("labels,positive,seen", [
+    ([i % 2 for i in range(80)], "2", "0, 1"),
+    (["good", "bad"] * 40, '"Bad"', "'bad', 'good'"),  # the card's positive value is matched exactly
+])
+def test_a_positive_value_that_never_occurs_is_refused(tmp_path, labels, positive, seen):
+    message = _one_line_data_error(_own_data(tmp_path, labels, positive))
+    assert message.startswith("the card's positive value ") and "never occurs in label column 'defaulted'" in message
+    assert message.endswith(f"(values seen: {seen})")
+
+
+def test_labels_are_checked_on_the_consented_records_too(tmp_path):
+    labels = [int(i % 4 == 0) for i in range(80)]
+    consent = ["no" if y else "yes" for y in labels]  # every default lacks consent
+    message = _one_line_data_error(_own_data(tmp_path, labels, consent=consent))
+    assert message.startswith("label column 'defaulted' has one class only among the consented records (values seen: 0)")
+    # (another folder: the loaded data are cached by path)
+    message = _one_line_data_error(_own_data(tmp_path / "none", labels, consent=["no"] * 80))
+    assert message == "no record has consent (column 'consent' never holds 'yes'); nothing can train"
+
+
+def test_a_one_class_lender_is_no_error_but_label_problem_names_it(tmp_path):
+    # natural partition: bank 0 holds both classes, bank 1 only non-defaults (as Dirichlet 0.1 can produce)
+    labels = [int(i % 6 == 0) for i in range(80)]
+    cfg = _own_data(tmp_path, labels, partition="natural")  # defaults are even rows: all at bank 0
+    summary = describe(cfg)
+    assert summary.lender_records[1] > 0
+    assert label_problem(load_lender(cfg, 0).y_train) is None
+    problem = label_problem(load_lender(cfg, 1).y_train)
+    assert problem is not None and problem.startswith("training records hold one class only (")
+    assert "non-defaults" in problem
+
+
+def test_a_lender_without_consented_records_is_refused(tmp_path):
+    labels = [int(i % 3 == 0) for i in range(80)]
+    consent = ["yes" if i % 2 == 0 else "no" for i in range(80)]  # bank 1 (odd rows) never consented
+    cfg = _own_data(tmp_path, labels, consent=consent, partition="natural")
+    assert _one_line_data_error(cfg) == ("lender 1 cannot train: no training records "
+                                         "(after consent and the train/test split)")
+
+
+@pytest.mark.parametrize("y,expected", [
+    (np.array([], dtype=np.float32), "no training records (after consent and the train/test split)"),
+    (np.zeros(7, dtype=np.float32), "training records hold one class only (7 non-defaults); a credit model needs both"),
+    (np.ones(3, dtype=np.float32), "training records hold one class only (3 defaults); a credit model needs both"),
+    (np.array([0, 1, 0], dtype=np.float32), None),
+])
+def test_label_problem(y, expected):
+    assert label_problem(y) == expected

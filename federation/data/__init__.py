@@ -26,7 +26,7 @@ from federation.data import synthetic
 from federation.data.loaders import LOADERS
 from federation.encoding import encode, feature_names
 from federation.errors import DataError
-from federation.policy import apply_policy, check_card, check_schema, labels_of
+from federation.policy import apply_policy, check_card, check_labels, check_schema, label_problem, labels_of
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,7 @@ def describe(cfg: RunConfig) -> DataSummary:
         total = int(sizes.sum())
     else:
         frame, card = _raw(key)
+        check_labels(frame, card)
         total = len(frame)
     holdout_x, _ = load_holdout(cfg)
     counts, features = [], None
@@ -174,8 +175,10 @@ def describe(cfg: RunConfig) -> DataSummary:
         data = load_lender(cfg, lender)
         counts.append(len(data.y_train))
         features = data.features
+        # A lender whose records hold one class declines its rounds instead (label-skewed partitions
+        # produce such lenders); a lender with no records at all is an error in the input.
         if len(data.y_train) == 0:
-            raise DataError(f"lender {lender} has no consented training records")
+            raise DataError(f"lender {lender} cannot train: {label_problem(data.y_train)}")
     return DataSummary(cfg.dataset, card.name, total, len(holdout_x), counts, features or [])
 
 
