@@ -65,15 +65,18 @@ class RunConfig:
     noise_multiplier: float = 0.0  # 0: calibrate sigma to the budget; > 0: use this sigma, spend until the budget stops the lender
     dp_level: str = "record"  # record: DP-SGD inside each lender; lender: clipped updates, noise on the aggregate
     lender_sample_rate: float = 1.0  # lender-level DP: each lender takes part in a round with this probability
-    secure_rng: bool = False  # cryptographically secure noise (Opacus secure mode)
+    # Seeded DP noise and batch masks, for tests and benchmarks that must be reproducible: NOT private (anyone with
+    # the seed can subtract the noise). Each lender's own policy must allow it too. Default: a CSPRNG per lender.
+    reproducible_noise_not_private: bool = False
     secure_aggregation: bool = False  # pairwise-masked updates: the coordinator sees only their sum (FedAvg, FedProx)
-    audit_canaries: int = 0  # empirical audit: canaries drawn for the audited lender (each inserted w.p. 1/2)
-    audit_lender: int = 0
     seed: int = 0
     output_dir: str = ""
     keys_dir: str = ""  # private signing keys (default: <output-dir>-keys, beside the run folder, never in it)
     engine: str = "simulation"  # simulation (Flower's Ray runtime) or inprocess
     epsilon_overrides: tuple[tuple[int, float], ...] = field(default=())  # per-lender budgets
+    # SHA-256 of the dataset card the coordinator expects every lender to use ("": it takes the lenders' own, which
+    # must all agree). A lender whose card differs declines; it never takes a card from the coordinator.
+    card_sha256: str = ""
 
     # ---- conversion -------------------------------------------------------------------------
     @classmethod
@@ -141,8 +144,6 @@ class RunConfig:
         need(_finite_positive(self.alpha), f"alpha must be a positive number, got {self.alpha}")
         need(0.0 < self.holdout_fraction < 1.0, f"holdout-fraction must be in (0, 1), got {self.holdout_fraction}")
         need(0.0 < self.test_fraction < 1.0, f"test-fraction must be in (0, 1), got {self.test_fraction}")
-        need(self.audit_canaries >= 0, f"audit-canaries must be >= 0, got {self.audit_canaries}")
-        need(0 <= self.audit_lender < self.lenders, f"audit-lender must be in 0..{self.lenders - 1}, got {self.audit_lender}")
         need(self.hidden >= 1, f"hidden must be at least 1, got {self.hidden}")
         need(self.proximal_mu >= 0 and math.isfinite(self.proximal_mu), f"proximal-mu must be >= 0, got {self.proximal_mu}")
         need(0.0 <= self.trim_fraction < 0.5, f"trim-fraction must be in [0, 0.5), got {self.trim_fraction}")

@@ -22,7 +22,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 
 class InProcessGrid(Grid):
-    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1) -> None:
+    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1,
+                 node_configs: dict[int, dict] | None = None) -> None:
         self._client_app = client_app
         self._run = Run.create_empty(run_id=run_id)
         # Messages take their run and sender from the task identity, as under run_simulation.
@@ -31,7 +32,8 @@ class InProcessGrid(Grid):
         TaskIdentity.node_id = SUPERLINK_NODE_ID
         self._contexts = {
             1000 + i: Context(run_id=run_id, node_id=1000 + i,
-                              node_config={"partition-id": i, "num-partitions": num_nodes},
+                              node_config={"partition-id": i, "num-partitions": num_nodes,
+                                           **(node_configs or {}).get(i, {})},
                               state=RecordDict(), run_config={})
             for i in range(num_nodes)
         }

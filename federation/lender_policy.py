@@ -148,6 +148,16 @@ def for_simulated_lender(cfg: RunConfig, lender: int, registry: str = "", audit_
     )
 
 
+def effective_delta(requested: float, policy_delta: float, records: int) -> float:
+    """The delta a lender accounts at: its own (its policy's, or the rule 1/N^1.1 on its own training-record count),
+    or the coordinator's request where that is stricter. The verifier applies the same rule to the lender's signed
+    policy and signed record count."""
+    from federation.privacy.accountant import default_delta
+
+    own = policy_delta or default_delta(records)
+    return min(requested, own) if requested else own
+
+
 def _positive(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 

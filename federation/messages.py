@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
+from federation.audit_trail.attest import BODY_KEYS
 from federation.config import RunConfig
 
 ARRAYS = "arrays"
@@ -23,6 +24,7 @@ MANIFEST = "manifest"
 ATTESTATION = "attestation"  # a lender-signed ledger body: {"body": canonical JSON, "signature", "public-key"?}
 MAX_ATTESTATION = 1_000_000  # characters: column names and shapes, never records
 QUERY_MANIFEST = "query.manifest"
+QUERY_FINAL = "query.final"  # end of the run: each lender signs its own count of its releases
 SECAGG = "secagg"  # secure aggregation: keys, sealed shares and unmasking shares (fixed-size bytes, never data)
 QUERY_SECAGG_KEYS = "query.secagg_keys"
 QUERY_SECAGG_SHARES = "query.secagg_shares"
@@ -36,17 +38,22 @@ MAX_SECAGG_BYTES = 12 + 68 + 16
 MAX_SECAGG_LIST = 100_000
 RESUMED = "fedcredit-resumed"  # config key set by a resumed coordinator: lenders reload their saved privacy state
 
-# Scalars a lender may report, per message type. Each is one number: aggregate, never per record.
+# Scalars a lender may report, per message type. Each is one number: aggregate, never per record. Nothing
+# computed on the training records leaves without noise (no training loss): what the epsilon covers is exactly
+# the model update; the counts and the evaluation scores on the lender's own test split lie outside it and the
+# report says so.
 TRAIN_METRICS = {
-    "lender-id", "server-round", "num-examples", "train-loss", "declined", "epsilon", "delta",
+    "lender-id", "server-round", "num-examples", "declined", "epsilon", "delta",
     "noise-multiplier", "sample-rate", "steps", "clip-norm", "epsilon-budget",
 }
 EVALUATE_METRICS = {"lender-id", "server-round", "num-examples", "auc", "ks", "gini", "brier", "loss"}
 # The manifest: counts and column-level descriptions, bounded by the number of columns in the card.
 MANIFEST_SCALARS = {
     "lender-id": int, "records-total": int, "records-without-consent": int, "records-used": int,
-    "train-records": int, "test-records": int, "dataset": str, "card": str, "data-hash": str, "encoding": str,
+    "train-records": int, "test-records": int, "dataset": str, "card": str, "card-sha256": str,
+    "consent-checked": bool, "data-commitment": str, "encoding": str, "policy": str,
 }
+MAX_POLICY = 4_000  # characters: the lender's limits as JSON, never data
 MANIFEST_LISTS = ("fields-used", "fields-refused", "features")
 MAX_MANIFEST_LIST = 10_000  # column names, never records
 
@@ -70,9 +77,10 @@ def run_config_from(record: Mapping) -> RunConfig:
     return RunConfig.from_record({k: v for k, v in record.items() if k.replace("-", "_") in known})
 
 
-def manifest_to_record(manifest: dict) -> ConfigRecord:
+def manifest_to_record(lender: int, manifest: dict) -> ConfigRecord:
+    """The manifest as it travels (`manifest` holds the MANIFEST_FIELDS of federation.audit_trail.attest)."""
     record = {
-        "lender-id": int(manifest["lender"]),
+        "lender-id": int(lender),
         "records-total": int(manifest["records_total"]),
         "records-without-consent": int(manifest["records_without_consent"]),
         "records-used": int(manifest["records_used"]),
@@ -80,32 +88,42 @@ def manifest_to_record(manifest: dict) -> ConfigRecord:
         "test-records": int(manifest["test_records"]),
         "dataset": str(manifest["dataset"]),
         "card": str(manifest["card"]),
-        "data-hash": str(manifest["data_hash"]),
+        "card-sha256": str(manifest["card_sha256"]),
+        "consent-checked": bool(manifest["consent_checked"]),
+        "data-commitment": str(manifest["data_commitment"]),
         "encoding": str(manifest["encoding"]),
-        "fields-used": [f"{f['name']}\t{f['category']}" for f in manifest["fields_used"]],
-        "fields-refused": [f"{f['name']}\t{f['category']}\t{f['reason']}" for f in manifest["fields_refused"]],
+        "policy": json.dumps(manifest["policy"], sort_keys=True),
+        "fields-used": [json.dumps(f, sort_keys=True) for f in manifest["fields_used"]],
+        "fields-refused": [json.dumps(f, sort_keys=True) for f in manifest["fields_refused"]],
         "features": list(manifest["features"]),
     }
     return ConfigRecord(record)
 
 
 def manifest_from_record(record: ConfigRecord) -> dict:
-    used = [dict(zip(("name", "category"), s.split("\t"))) for s in record["fields-used"]]
-    refused = [dict(zip(("name", "category", "reason"), s.split("\t"))) for s in record["fields-refused"]]
+    def field(text: str, keys: set[str]) -> dict:
+        value = json.loads(text)
+        if not isinstance(value, dict) or not set(value) <= keys or not all(isinstance(v, str) for v in value.values()):
+            raise ValueError(f"a field description holds {sorted(value) if isinstance(value, dict) else value!r}")
+        return value
+
     return {
         "lender": int(record["lender-id"]),
         "dataset": record["dataset"],
         "card": record["card"],
+        "card_sha256": record["card-sha256"],
+        "consent_checked": bool(record["consent-checked"]),
         "records_total": int(record["records-total"]),
         "records_without_consent": int(record["records-without-consent"]),
         "records_used": int(record["records-used"]),
         "train_records": int(record["train-records"]),
         "test_records": int(record["test-records"]),
-        "fields_used": used,
-        "fields_refused": refused,
+        "fields_used": [field(s, {"name", "category", "override"}) for s in record["fields-used"]],
+        "fields_refused": [field(s, {"name", "category", "reason"}) for s in record["fields-refused"]],
         "features": list(record["features"]),
-        "data_hash": record["data-hash"],
+        "data_commitment": record["data-commitment"],
         "encoding": record["encoding"],
+        "policy": json.loads(record["policy"]),
     }
 
 
@@ -130,8 +148,10 @@ def _check_attestation(content, where: str) -> dict:
         body = json.loads(record["body"])
     except json.JSONDecodeError:
         raise ReplyRejected(f"{where}: attestation body is not JSON") from None
-    if not isinstance(body, dict) or "type" not in body:
-        raise ReplyRejected(f"{where}: attestation body must be an object with a type")
+    if not isinstance(body, dict) or body.get("type") not in BODY_KEYS:
+        raise ReplyRejected(f"{where}: attestation body must be an object of a known type")
+    if set(body) != BODY_KEYS[body["type"]]:
+        raise ReplyRejected(f"{where}: a {body['type']} body holds exactly {sorted(BODY_KEYS[body['type']])}")
     return {"body": body, "signature": record["signature"], "public_key": record.get("public-key")}
 
 
@@ -178,12 +198,22 @@ def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] |
         missing = allowed - set(record.keys())
         if missing:
             raise ReplyRejected(f"{where}: manifest lacks '{sorted(missing)[0]}'")
-        return {"manifest": manifest_from_record(record), "attestation": attestation}
+        if len(record["policy"]) > MAX_POLICY:
+            raise ReplyRejected(f"{where}: the manifest's policy is longer than {MAX_POLICY} characters")
+        try:
+            manifest = manifest_from_record(record)
+        except (ValueError, TypeError) as exc:
+            raise ReplyRejected(f"{where}: the manifest's fields are not field descriptions ({exc})") from None
+        return {"manifest": manifest, "attestation": attestation}
+    if kind == QUERY_FINAL:
+        if set(content.keys()) != {ATTESTATION}:
+            raise ReplyRejected(f"{where}: a final statement holds exactly its attestation")
+        return {"attestation": attestation}
     if kind in SECAGG_REPLY_KEYS:
         return {"secagg": _check_secagg(content, SECAGG_REPLY_KEYS[kind], where)}
     if kind not in ("train", "evaluate"):
         raise ReplyRejected(f"{where}: unexpected message type")
-    allowed_records = {METRICS, ARRAYS, ATTESTATION} if kind == "train" else {METRICS}
+    allowed_records = {METRICS, ARRAYS, ATTESTATION} if kind == "train" else {METRICS, ATTESTATION}
     if not set(content.keys()) <= allowed_records or METRICS not in content:
         raise ReplyRejected(f"{where}: holds {sorted(content.keys())}; allowed {sorted(allowed_records)}")
     if not isinstance(content[METRICS], MetricRecord):

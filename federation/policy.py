@@ -290,3 +290,4 @@ def apply_policy(frame: pd.DataFrame, card: DatasetCard) -> PolicyResult:
         fields_used=used,
         fields_refused=refused,
     )
+

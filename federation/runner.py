@@ -1,17 +1,34 @@
-"""Run a federation: validate the input, then run the ServerApp and ClientApp on an engine.
+"""Run a federation on one machine: validate the input, set up every party as it would set itself up, then run the
+ServerApp and ClientApp on an engine.
+
+Each party's secrets stay in its own folder, beside the run folder and never in it:
+    RUN/                the run folder (public: what a regulator receives)
+    RUN-keys/           the coordinator's signing key and checkpoint key
+    RUN-lenders/lender_NNN/   each simulated lender's own folder: its policy (written from the command-line options,
+                        as if the lender had written its own), and the identity key it made itself (clients/home.py)
+    RUN-registry.json   the key registry built from what the lenders and the coordinator publish (public keys only):
+                        the trust anchor `fedcredit verify RUN --registry RUN-registry.json` checks against, and
+                        the keys each lender pinned
 
 Engines:
-- "simulation": Flower's simulation runtime (Ray), one virtual SuperNode per lender;
-- "inprocess": the same apps on an in-process Grid (federation/inprocess.py): no engine start cost.
+- "simulation": Flower's simulation runtime (Ray), one virtual SuperNode per lender; each finds its folder through
+  $FEDCREDIT_LENDERS_DIR (set here, before Ray starts);
+- "inprocess": the same apps on an in-process Grid (federation/inprocess.py): no engine start cost; each lender's
+  node config names its folder.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from federation.config import RunConfig
+from federation.errors import ConfigError
 from federation.runfolder import default_run_dir
 
 
@@ -30,11 +47,57 @@ def validate(cfg: RunConfig):
     return describe(cfg)
 
 
+@dataclass(frozen=True)
+class Parties:
+    """Where each party of a one-machine run keeps its own things."""
+
+    run_dir: Path
+
+    @property
+    def keys(self) -> Path:
+        return Path(f"{self.run_dir}-keys")
+
+    @property
+    def lenders(self) -> Path:
+        return Path(f"{self.run_dir}-lenders")
+
+    @property
+    def registry(self) -> Path:
+        return Path(f"{self.run_dir}-registry.json")
+
+    def lender(self, lender: int) -> Path:
+        from federation.audit_trail.keys import lender_name
+
+        return self.lenders / lender_name(lender)
+
+
+def set_up_parties(cfg: RunConfig, parties: Parties, canaries: dict[int, tuple[np.ndarray, np.ndarray]] | None = None):
+    """Every party as it would set itself up: the coordinator makes its key, each lender makes its folder, policy
+    and identity key (`fedcredit lender init`, run here on each simulated lender's behalf), and the registry is
+    built from the public keys they publish. Returns the registry."""
+    from clients.home import init_lender
+    from federation.audit_trail.keys import COORDINATOR, keys_dir_for, load_or_create, public_hex
+    from federation.lender_policy import for_simulated_lender
+    from federation.registry import Registry
+
+    coordinator = public_hex(load_or_create(keys_dir_for(cfg.output_dir, cfg.keys_dir), COORDINATOR))
+    lenders = {}
+    for lender in range(cfg.lenders):
+        folder = parties.lender(lender)
+        audit = ""
+        if canaries and lender in canaries:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            audit = str(folder / "audit-canaries.npz")
+            np.savez(audit, x=canaries[lender][0], y=canaries[lender][1])
+        lenders[lender] = init_lender(folder, for_simulated_lender(cfg, lender, str(parties.registry), audit))
+    registry = Registry(coordinator, lenders)
+    registry.write(parties.registry)
+    return registry
+
+
 def resume_config(run_dir: str | Path) -> RunConfig:
     """The configuration of the unfinished run for `run_dir`, from its ledger's first entry."""
     import json
-
-    from federation.errors import ConfigError
 
     target = Path(run_dir).resolve()
     left = sorted(target.parent.glob(f".{target.name}.partial-*"), key=lambda p: p.stat().st_mtime)
@@ -43,38 +106,66 @@ def resume_config(run_dir: str | Path) -> RunConfig:
     ledger = left[-1] / "ledger.jsonl"
     try:
         first = json.loads(ledger.read_text().splitlines()[0])
-        return RunConfig.from_record(first["body"]["config"])
+        cfg = RunConfig.from_record(first["body"]["config"])
     except (OSError, IndexError, KeyError, ValueError) as exc:
         raise ConfigError(f"cannot read the unfinished run's configuration from {ledger}: {exc}") from None
+    recorded = Path(cfg.output_dir).resolve() if cfg.output_dir else None
+    if recorded != target:
+        raise ConfigError(f"the unfinished run in {left[-1]} belongs to {recorded}, not to {target}: resume {recorded}")
+    return cfg
 
 
-def run(cfg: RunConfig, on_round: Callable | None = None, resume: bool = False) -> Path:
-    """Run `cfg` and return the finished run folder (with `resume`, finish a killed run of `cfg`)."""
+def run(cfg: RunConfig, on_round: Callable | None = None, resume: bool = False,
+        canaries: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> Path:
+    """Run `cfg` and return the finished run folder (with `resume`, finish a killed run of `cfg`).
+
+    `canaries`: an auditor's canaries for one lender ({lender: (x, y)}), handed to that lender's folder only."""
     flower_environment()
-    if not cfg.output_dir:
-        cfg = cfg.replace(output_dir=str(default_run_dir()))
-    validate(cfg)
+    cfg = cfg.replace(output_dir=str(Path(cfg.output_dir or default_run_dir()).resolve()))
+    summary = validate(cfg)
+    if not resume and not cfg.card_sha256:
+        cfg = cfg.replace(card_sha256=summary.card_sha256)  # every lender must hold this card; none takes it from us
+    parties = Parties(Path(cfg.output_dir))
+    made = [] if resume else [p for p in (parties.keys, parties.lenders, parties.registry) if not p.exists()]
+    try:
+        if not resume:
+            set_up_parties(cfg, parties, canaries)
+        _run_engine(cfg, parties, on_round, resume)
+    except BaseException:
+        for path in made:  # secrets made for a run that did not finish protect nothing: leave no trace of them
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        raise
+    path = Path(cfg.output_dir)
+    if not path.is_dir():
+        raise RuntimeError(f"the run ended without writing {path}; see the messages above")
+    return path
+
+
+def _run_engine(cfg: RunConfig, parties: Parties, on_round: Callable | None, resume: bool) -> None:
     from clients.app import app as client_app
+    from clients.session import LENDERS_DIR_ENV
     from server.app import _print_progress, make_server_app
 
     server_app = make_server_app(cfg, on_round=on_round or _print_progress, resume=resume)
     if cfg.engine == "inprocess":
-        from federation.inprocess import InProcessGrid
         from flwr.app import Context, RecordDict
 
-        grid = InProcessGrid(client_app, cfg.lenders)
+        from federation.inprocess import InProcessGrid
+
+        grid = InProcessGrid(client_app, cfg.lenders, node_configs={
+            i: {"lender-dir": str(parties.lender(i))} for i in range(cfg.lenders)})
         server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
-    else:
-        import logging
+        return
+    import logging
 
-        from flwr.simulation import run_simulation
+    from flwr.simulation import run_simulation
 
+    os.environ[LENDERS_DIR_ENV] = str(parties.lenders)  # Ray's workers inherit it: each lender finds its own folder
+    try:
         run_simulation(
             server_app=server_app, client_app=client_app, num_supernodes=cfg.lenders,
             backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                             "init_args": {"logging_level": logging.ERROR, "log_to_driver": True}},
         )
-    path = Path(cfg.output_dir).resolve()
-    if not path.is_dir():
-        raise RuntimeError(f"the run ended without writing {path}; see the messages above")
-    return path
+    finally:
+        os.environ.pop(LENDERS_DIR_ENV, None)

@@ -10,8 +10,6 @@ would not see a proximal term added to the loss).
 
 from __future__ import annotations
 
-import math
-import os
 import warnings
 from dataclasses import dataclass
 
@@ -20,7 +18,7 @@ import torch
 from torch import nn
 
 from federation.privacy.accountant import steps_per_epoch
-from federation.privacy.noise import SecureDPOptimizer, torchcsprng_available
+from federation.privacy.noise import SecureRandomness, SeededRandomness
 
 # Opacus reminds that its default RNG is not cryptographically secure (the run states which RNG it
 # used), and torch notes that Opacus' backward hooks fire on module outputs: expected, not actionable.
@@ -32,25 +30,27 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing")
 class DPSettings:
     noise_multiplier: float
     clip_norm: float
-    secure_rng: bool = False  # see federation.privacy.noise
+    # Where the batch masks and the noise come from (federation/privacy/noise.py): a CSPRNG of the lender's own
+    # unless a test or benchmark explicitly asked for seeded, not private, noise.
+    randomness: SecureRandomness | SeededRandomness
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    loss: float  # mean training loss over the round's batches
     steps: int  # optimizer steps taken (each one a DP release when DP is on)
+    # The training loss is not returned: it is a statistic of the private batches that no DP claim covers.
 
 
-def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, poisson: bool, generator: torch.Generator):
+def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, dp: DPSettings | None, generator: torch.Generator):
     """One epoch of batches. Plain: a shuffled pass. DP: ceil(n/B) Poisson batches, each record in
     each batch independently with q = 1/ceil(n/B) (what Opacus' DPDataLoader draws, but as one boolean
     mask over the tensor instead of item-by-item through a Dataset, which dominated the cost)."""
     n = len(x)
     steps = steps_per_epoch(n, batch_size)
-    if poisson:
+    if dp is not None:
         q = 1.0 / steps
         for _ in range(steps):
-            mask = torch.rand(n, generator=generator) < q
+            mask = dp.randomness.poisson_mask(n, q)
             yield x[mask], y[mask]
     else:
         order = torch.randperm(n, generator=generator)
@@ -62,7 +62,7 @@ def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, poisson: bool, g
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
                 learning_rate: float, seed: int, dp: DPSettings | None = None,
                 proximal_mu: float = 0.0) -> TrainResult:
-    torch.manual_seed(seed)  # the noise draws from torch's RNG: same seed, same run
+    # `seed` orders the plain (non-private) passes only; DP draws come from dp.randomness.
     xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
     global_params = [p.detach().clone() for p in model.parameters()]
@@ -79,31 +79,18 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, 
         criterion = nn.BCEWithLogitsLoss(reduction="sum")
         expected_batch = len(xt) / steps_per_epoch(len(xt), batch_size)
         base = torch.optim.SGD(model.parameters(), lr=learning_rate / expected_batch, momentum=0.9)
-        noise_generator, optimizer_class = None, DPOptimizer
-        if dp.secure_rng:
-            # Secure mode: unpredictable sampling, and noise from a CSPRNG (federation/privacy/noise.py).
-            generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
-            if torchcsprng_available():
-                import torchcsprng
-
-                noise_generator = torchcsprng.create_random_device_generator("/dev/urandom")
-            else:
-                optimizer_class = SecureDPOptimizer
         # Opacus' per-example gradients (GradSampleModule) and DP optimizer (clip, noise), as
         # PrivacyEngine.make_private builds them; only the data loader is ours (see _batches).
         train_model = GradSampleModule(model, loss_reduction="sum")
-        optimizer = optimizer_class(base, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.clip_norm,
-                                    expected_batch_size=int(round(expected_batch)), loss_reduction="sum",
-                                    generator=noise_generator, secure_mode=dp.secure_rng)
+        optimizer = dp.randomness.dp_optimizer(base, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.clip_norm,
+                                               expected_batch_size=int(round(expected_batch)), loss_reduction="sum")
     train_model.train()
-    losses, steps = [], 0
+    steps = 0
     for _ in range(epochs):
-        for xb, yb in _batches(xt, yt, batch_size, dp is not None, generator):
+        for xb, yb in _batches(xt, yt, batch_size, dp, generator):
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(train_model(xb), yb)
             loss.backward()
-            if len(xb):
-                losses.append(float(loss.detach()) / (len(xb) if dp is not None else 1))
             optimizer.step()
             steps += 1
             if proximal_mu > 0:
@@ -112,4 +99,4 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, 
                         p.sub_(learning_rate * proximal_mu * (p - g))
     if dp is not None:
         train_model._close()  # detach Opacus hooks so the plain model can be reused
-    return TrainResult(loss=float(np.mean(losses)) if losses else math.nan, steps=steps)
+    return TrainResult(steps=steps)

@@ -1,19 +1,21 @@
 """The coordinator's federated loop, on top of a Flower strategy.
 
-We drive the rounds ourselves instead of `Strategy.start` so that every reply passes the message
-inspector before aggregation, replies are aggregated in lender order (same seed, same numbers in
-any runtime), lenders that decline for budget reasons are left out, the run ends when no lender can
-train, and per-lender metrics and epsilons are kept, not only their averages.
+We drive the rounds ourselves instead of `Strategy.start` so that every reply passes the message inspector
+before aggregation, replies are aggregated in lender order (same seed, same numbers in any runtime), lenders that
+decline are left out, the run ends when no lender trains, and everything the coordinator asks and receives goes
+into the signed ledger: each round's roster, every lender's signed update, refusal and evaluation, every lender
+left out and why, each aggregate, and at the end every lender's own signed count of its releases. The run folder
+is then derived from the ledger (federation/audit_trail/derive.py), so the verifier can derive it again.
 The server never imports the data loaders: it learns the feature list from the lenders' manifests.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
+import math
 import random
 import shutil
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,25 +25,28 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from federation import __version__
-from federation.config import RunConfig
-from federation.errors import ConfigError, FedCreditError
-from federation.messages import (ARRAYS, CONFIG, MASKED, QUERY_MANIFEST, RESUMED, ReplyRejected, inspect_reply,
-                                 numpy_arrays, run_config_record, salvage_train_reply)
-from federation.metrics import METRICS, weighted_mean
-from federation.model import array_shapes, build_model
-from federation.privacy.accountant import default_delta, epsilon, epsilons
-from federation.privacy.events import PrivacyEvent
-from federation.privacy.noise import noise_source
-from federation.runfolder import EPSILON_COLUMNS, METRICS_COLUMNS, RunFolder, default_run_dir
 from federation.audit_trail import checkpoint
-from federation.audit_trail.canonical import arrays_hash
+from federation.audit_trail import ledger as L
+from federation.audit_trail.canonical import arrays_hash, canonical
+from federation.audit_trail.derive import run_files
 from federation.audit_trail.keys import keys_dir_for
 from federation.audit_trail.report import write_report
-from server.ledger_keeper import AttestationRejected, LedgerKeeper
+from federation.audit_trail.run_view import RunView, weighted_mean
+from federation.config import RunConfig
+from federation.errors import ConfigError, FedCreditError
+from federation.lender_policy import effective_delta
+from federation.messages import (ARRAYS, CONFIG, MASKED, QUERY_FINAL, QUERY_MANIFEST, RESUMED, ReplyRejected,
+                                 inspect_reply, numpy_arrays, run_config_record, salvage_train_reply)
+from federation.metrics import METRICS
+from federation.model import array_shapes, build_model
+from federation.privacy.accountant import epsilon, epsilons
+from federation.privacy.events import PrivacyEvent
 from federation.privacy.lender_level import update_norm
+from federation.privacy.noise import noise_source
+from federation.runfolder import RunFolder, default_run_dir
 from federation.secagg import SecAggError
-from server.lender_dp import FEDERATION, LenderLevelDP
+from server.ledger_keeper import AttestationRejected, LedgerKeeper
+from server.lender_dp import FEDERATION, LenderLevelDP, known_sampling_epsilon
 from server.secure_rounds import SecureRound
 from server.strategies import make_strategy
 
@@ -65,15 +70,16 @@ class RoundSummary:
 
 @dataclass
 class RunRecord:
-    manifests: dict[int, dict] = field(default_factory=dict)
-    events: list[PrivacyEvent] = field(default_factory=list)
-    deltas: dict[int, float] = field(default_factory=dict)
-    rejections: list[dict] = field(default_factory=list)
-    model_hash: str = ""
-    metrics_rows: list[dict] = field(default_factory=list)
-    epsilon_rows: list[dict] = field(default_factory=list)
+    """What the coordinator keeps while the run goes (all of it is also in the ledger)."""
+
+    manifests: dict[int, dict] = field(default_factory=dict)  # lender -> its signed manifest body
+    releases: dict[int, list[dict]] = field(default_factory=dict)  # lender -> its distinct signed update bodies
     rounds: list[RoundSummary] = field(default_factory=list)
-    stopped_early: str = ""
+    stop: dict = field(default_factory=dict)  # {} or {"kind", "round", "reason"}
+    model_hash: str = ""
+
+    def events(self, lender: int) -> list[PrivacyEvent]:
+        return [PrivacyEvent.from_dict(e) for body in self.releases.get(lender, []) for e in body["events"]]
 
 
 def _wait_for_nodes(grid: Grid, count: int, timeout: float = 120.0) -> list[int]:
@@ -112,9 +118,10 @@ def collect_manifests(grid: Grid, cfg: RunConfig, nodes: list[int]) -> dict[int,
     lenders = sorted(lender for lender, _, _ in out.values())
     if lenders != list(range(cfg.lenders)):
         raise RunFailed(f"lenders reported ids {lenders}; expected 0..{cfg.lenders - 1}")
-    features = {tuple(m["features"]) for _, m, _ in out.values()}
-    if len(features) != 1:
-        raise RunFailed("lenders disagree on the encoded feature list; they must use the same dataset card")
+    for what in ("features", "card_sha256"):
+        if len({str(m[what]) for _, m, _ in out.values()}) != 1:
+            raise RunFailed(f"lenders disagree on their {'encoded feature list' if what == 'features' else 'dataset card'}; "
+                            "they must use the same dataset card")
     return out
 
 
@@ -122,7 +129,7 @@ def run_federation(grid: Grid, cfg: RunConfig,
                    on_round: Callable[[RoundSummary], None] | None = None, resume: bool = False) -> Path:
     """Run all rounds and write the run folder. Returns its path. With `resume`, finish the run that
     a killed coordinator left in `cfg.output_dir`'s staging folder, from its last checkpoint."""
-    if not cfg.output_dir:  # resolved before lenders see the config: it locates their keys
+    if not cfg.output_dir:
         cfg = cfg.replace(output_dir=str(default_run_dir()))
     keys_dir = keys_dir_for(cfg.output_dir, cfg.keys_dir)
     new_keys = not keys_dir.exists()
@@ -139,17 +146,9 @@ def run_federation(grid: Grid, cfg: RunConfig,
             keeper.resumed(state["round"] + 1)
         else:
             keeper = LedgerKeeper(folder, cfg)
-        record = _run(grid, cfg, folder, on_round, keeper, checkpoint_key, state)
-        _write_outputs(folder, cfg, record)
-        privacy = privacy_summary(cfg, record)
-        last = [r for r in record.metrics_rows if r["lender"] == "global"][-1:] or [{}]
-        keeper.finished({
-            "rounds_completed": len(record.rounds), "stopped_early": record.stopped_early,
-            "model_hash": record.model_hash, "final_metrics": {k: last[0].get(k) for k in METRICS},
-            "epsilon": {unit: v["epsilon"] for unit, v in privacy.get("units", {}).items()},
-        })
-        write_report(folder.staging, keeper.key)
-        (folder.staging / checkpoint.FILE_NAME).unlink(missing_ok=True)  # a finished run has nothing to resume
+        record, arrays, model = _run(grid, cfg, folder, on_round, keeper, checkpoint_key, state)
+        _collect_finals(grid, cfg, keeper, record)
+        _finish(folder, cfg, keeper, record, arrays, model)
         return folder.commit()
     except BaseException:
         if resume:  # keep what the killed run left: it may be resumed again once the cause is fixed
@@ -161,17 +160,18 @@ def run_federation(grid: Grid, cfg: RunConfig,
 
 
 def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: LedgerKeeper, checkpoint_key: bytes,
-         state: dict | None = None) -> RunRecord:
+         state: dict | None = None):
     record = RunRecord()
     nodes = _wait_for_nodes(grid, cfg.lenders)
     by_node = collect_manifests(grid, cfg, nodes)
-    record.manifests = {lender: manifest for lender, manifest, _ in by_node.values()}
     for lender, manifest, attestation in sorted(by_node.values(), key=lambda item: item[0]):
         keeper.manifest(lender, manifest, attestation, append=state is None)
+    view = RunView(keeper.entries())
+    record.manifests = dict(view.manifests)
     features = record.manifests[0]["features"]
     model = build_model(cfg.model, len(features), cfg.hidden, seed=cfg.seed)
     shapes = array_shapes(model)
-    masked_shape = {MASKED: (sum(math.prod(shape) for shape in shapes.values()),)}  # secure aggregation's one vector
+    masked_shape = {MASKED: (sum(math.prod(shape) for shape in shapes.values()) + 1,)}  # secure aggregation's vector
     strategy = make_strategy(cfg)
     random.seed(cfg.seed)  # Flower's strategies draw lenders with the random module: same seed, same lenders
     config = run_config_record(cfg)
@@ -179,7 +179,8 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
     if state is not None:
         config[RESUMED] = True
         model.load_state_dict({k: torch.from_numpy(v) for k, v in checkpoint.decode_arrays(state["arrays"]).items()})
-        record = _record_from_state(state["record"])
+        record.releases = {lender: view.releases(lender) for lender in view.lenders()}
+        record.rounds = [RoundSummary(**r) for r in state["rounds"]]
         random.setstate(_random_state(state["random"]))
         first_round = state["round"] + 1
     arrays = ArrayRecord(model.state_dict())
@@ -188,13 +189,13 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
         return by_node[msg.metadata.src_node_id][0]
 
     lender_dp = LenderLevelDP(cfg) if cfg.dp and cfg.dp_level == "lender" else None
-    if lender_dp:
-        record.deltas[FEDERATION] = lender_dp.budget.delta
+    train_records = {lender: int(m["train_records"]) for lender, m in record.manifests.items()}
     for rnd in range(first_round, cfg.rounds + 1):
         start = time.time()
         if lender_dp and not lender_dp.admits(rnd):
-            record.stopped_early = f"round {rnd} would take the federation past epsilon {cfg.epsilon} (lender-level)"
-            log.warning(record.stopped_early)
+            record.stop = {"kind": "lender_level_budget", "round": rnd,
+                           "reason": f"round {rnd} would take the federation past epsilon {cfg.epsilon} (lender-level)"}
+            log.warning(record.stop["reason"])
             break
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(config)), grid))
         if lender_dp:
@@ -204,11 +205,13 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
         secure, setup_failure, left_out = None, "", []
         if cfg.secure_aggregation:
             secure = SecureRound(grid, rnd, ConfigRecord({**dict(config), "server-round": rnd}), cfg.max_update_norm,
-                                 lambda node: by_node[node][0], {lender: int(m["train_records"]) for lender, m in record.manifests.items()})
+                                 lambda node: by_node[node][0], keeper.run, keeper.key)
             try:
                 messages = secure.prepare(messages)
             except SecAggError as exc:  # too few lenders to mask: nobody trains this round
                 setup_failure, messages = str(exc), []
+            if secure.roster:
+                keeper.secagg_roster(rnd, secure.roster)
             left_out = [(lender, why, None) for lender, why in sorted(secure.dropped.items())]
         replies = list(grid.send_and_receive(messages, timeout=TIMEOUT_S)) if messages else []
         asked = {by_node[m.metadata.dst_node_id][0] for m in messages}
@@ -217,39 +220,41 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
         rejected += [(lender, "no reply (the lender failed or timed out)", None) for lender in sorted(asked - answered)]
         rejected += left_out
         trained = [msg for msg, plain in checked if not plain["metrics"].get("declined")]
-        # Every reply that carries a valid release is accounted and recorded, accepted or not: a lender
-        # whose update is rejected still spent its budget. A lender that failed released nothing.
+        # Every reply that carries a valid release is accounted and recorded, accepted or not: a lender whose update
+        # is rejected still spent its budget. A lender that failed released nothing.
         releases = [(lender_of(m), p) for m, p in checked] + [(lender, p) for lender, _, p in rejected if p is not None]
+        declined = 0
         for lender, plain in sorted(releases, key=lambda item: item[0]):
-            event = None
-            if cfg.dp and not lender_dp:
-                record.epsilon_rows.append(_account_reply(record, cfg, lender, rnd, plain["metrics"]))
-                event = record.events[-1].to_dict() if not plain["metrics"].get("declined") else None
             try:
-                keeper.reply(rnd, lender, plain, event)
+                body = keeper.reply(rnd, lender, plain)
             except AttestationRejected as exc:
                 raise RunFailed(str(exc)) from None
+            declined += body["type"] == L.LENDER_REFUSAL
+            _account(record, cfg, lender, rnd, body)
         for lender, reason, _ in sorted(rejected, key=lambda item: item[0]):
             log.warning("round %d: lender %d left out: %s", rnd, lender, reason)
             keeper.rejected(rnd, lender, reason)
-            record.rejections.append({"round": rnd, "lender": lender, "reason": reason})
+        max_eps = max((b["epsilon"] for bodies in record.releases.values() for b in bodies[-1:]
+                       if b.get("epsilon") is not None), default=0.0)
         if lender_dp:
             arrays = lender_dp.aggregate(rnd, arrays, [msg.content[ARRAYS] for msg in trained])
             event = lender_dp.budget.events[-1]
-            record.events.append(event)
-            keeper.aggregate(rnd, [lender_of(m) for m in trained], arrays, {"noise_event": event.to_dict(), "delta": lender_dp.budget.delta})
-            record.epsilon_rows.append({
-                "lender": "federation", "round": rnd, "epsilon": lender_dp.budget.spent(), "delta": lender_dp.budget.delta,
-                "sigma": event.noise_multiplier, "sample_rate": event.sample_rate, "steps": event.steps,
-                "budget": cfg.epsilon, "declined": 0, "granularity": "lender", "sampled": len(trained),
-            })
+            max_eps = lender_dp.budget.spent()
+            keeper.aggregate(rnd, [lender_of(m) for m in trained], arrays, {
+                "noise_event": event.to_dict(), "delta": lender_dp.budget.delta, "epsilon": max_eps})
         else:
             if not trained and not rejected and not setup_failure:
-                record.stopped_early = f"no lender could train in round {rnd} without exceeding its budget"
-                log.warning(record.stopped_early)
+                record.stop = {"kind": "refused", "round": rnd,
+                               "reason": f"no lender trained in round {rnd}: every lender asked declined"}
+                log.warning(record.stop["reason"])
                 break
-            new_arrays, why_not = (None, setup_failure) if setup_failure else _aggregate(rnd, arrays, trained, strategy, secure)
+            new_arrays, why_not, weights = (None, setup_failure, None) if setup_failure else _aggregate(
+                rnd, arrays, trained, strategy, secure)
             how = {"strategy": cfg.strategy, "secure_aggregation": cfg.secure_aggregation}
+            if secure is not None and secure.unmask_request:
+                how["unmask"] = secure.unmask_request
+            if weights is not None:
+                how["weight_sum"] = weights
             if new_arrays is None:
                 # The global model stays as it was; the round still counts, is evaluated and checkpointed.
                 log.warning("round %d: the model is unchanged: %s", rnd, why_not)
@@ -257,60 +262,152 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
             else:
                 arrays = new_arrays
                 keeper.aggregate(rnd, [lender_of(m) for m in trained], arrays, how)
-        train_loss = {lender_of(msg): plain["metrics"].get("train-loss", math.nan) for msg, plain in checked}
-
-        per_lender, global_row = _evaluate(grid, strategy, rnd, arrays, config, lender_of, train_loss)
-        record.metrics_rows.extend(per_lender + [global_row])
-        eps_now = [r["epsilon"] for r in record.epsilon_rows if r["round"] == rnd]
-        summary = RoundSummary(rnd, len(trained), len(checked) - len(trained),
-                               {k: global_row[k] for k in METRICS}, max(eps_now) if eps_now else 0.0, time.time() - start)
+        scores = _evaluate(grid, strategy, rnd, arrays, config, lender_of, keeper)
+        seconds = time.time() - start
+        keeper.round_finished(rnd, seconds)
+        summary = RoundSummary(rnd, len(trained), declined, scores, max_eps, seconds)
         record.rounds.append(summary)
         if not lender_dp:
             checkpoint.save(folder.staging, checkpoint_key, keeper.run, {
                 "round": rnd, "arrays": checkpoint.encode_arrays(numpy_arrays(arrays)),
-                "record": _record_to_state(record), "random": _jsonable(random.getstate()),
+                "rounds": [r.__dict__ for r in record.rounds], "random": _jsonable(random.getstate()),
             })
         if on_round:
             on_round(summary)
     record.model_hash = arrays_hash(numpy_arrays(arrays))
+    del train_records
+    return record, arrays, (model, lender_dp)
+
+
+def _account(record: RunRecord, cfg: RunConfig, lender: int, rnd: int, body: dict) -> None:
+    """Check a lender's signed privacy claim against what its own signed releases support, and keep the release.
+
+    The lender's delta must follow its signed policy (or the coordinator's stricter request), its budget be the one
+    asked for, its release number follow its previous one, and its epsilon equal the composition of all its
+    releases; a lender that claims otherwise breaks the contract and stops the run."""
+    mine = record.releases.setdefault(lender, [])
+    if body["type"] == L.LENDER_UPDATE:
+        if any(canonical(body) == canonical(b) for b in mine):
+            return  # resent after a resume: the same bytes, the same release
+        if body.get("release") != len(mine) + 1:
+            raise RunFailed(f"round {rnd}: lender {lender} numbers its release {body.get('release')}, "
+                            f"its previous one was {len(mine)}")
+    if cfg.dp and cfg.dp_level == "record":
+        manifest = record.manifests[lender]
+        expected = effective_delta(cfg.delta, manifest["policy"].get("delta", 0.0), int(manifest["train_records"]))
+        if not math.isclose(float(body.get("delta") or -1), expected, rel_tol=1e-9):
+            raise RunFailed(f"round {rnd}: lender {lender} accounts at delta {body.get('delta')}, expected {expected}")
+        if body.get("budget") != cfg.budget_for(lender):
+            raise RunFailed(f"round {rnd}: lender {lender} states budget {body.get('budget')}, the run asked for "
+                            f"{cfg.budget_for(lender)}")
+        events = record.events(lender)
+        if body["type"] == L.LENDER_UPDATE:
+            if len(body.get("events", [])) != 1:
+                raise RunFailed(f"round {rnd}: lender {lender}'s update must carry exactly its round's event")
+            events.append(PrivacyEvent.from_dict(body["events"][0]))
+        claim = body.get("epsilon") if body["type"] == L.LENDER_UPDATE else body.get("epsilon_spent")
+        eps = epsilon(events, expected, cfg.accountant)
+        if claim is None or not math.isclose(eps, float(claim), rel_tol=1e-6, abs_tol=1e-9):
+            raise RunFailed(f"round {rnd}: lender {lender} claims epsilon {claim}, its signed releases give {eps}")
+    if body["type"] == L.LENDER_UPDATE:
+        mine.append(body)
+
+
+def _collect_finals(grid: Grid, cfg: RunConfig, keeper: LedgerKeeper, record: RunRecord) -> None:
+    """Each lender's own signed count of its releases: a release left out of the ledger cannot go unnoticed."""
+    nodes = sorted(grid.get_node_ids())
+    content = RecordDict({CONFIG: run_config_record(cfg)})
+    replies = list(grid.send_and_receive([Message(content, dst_node_id=n, message_type=QUERY_FINAL) for n in nodes],
+                                         timeout=TIMEOUT_S))
+    lender_of_node = {}
+    for lender, manifest in record.manifests.items():
+        lender_of_node.update({n: lender for n in nodes})  # replaced below from the replies' bodies
+    answered = set()
+    for reply in replies:
+        try:
+            plain = inspect_reply(reply)
+        except ReplyRejected as exc:
+            log.warning("a lender sent no final statement: %s", exc)
+            continue
+        lender = (plain["attestation"] or {}).get("body", {}).get("lender")
+        if lender not in record.manifests or lender in answered:
+            raise RunFailed(f"a final statement names lender {lender!r}")
+        try:
+            body = keeper.final(lender, plain["attestation"])
+        except AttestationRejected as exc:
+            raise RunFailed(str(exc)) from None
+        distinct = len(record.releases.get(lender, []))
+        if body["releases"] != distinct:
+            raise RunFailed(f"lender {lender} counts {body['releases']} releases in this run; the coordinator "
+                            f"recorded {distinct}")
+        answered.add(lender)
+    for lender in sorted(set(record.manifests) - answered):
+        keeper.rejected(None, lender, "no final statement (the lender failed or timed out)")
+
+
+def _finish(folder: RunFolder, cfg: RunConfig, keeper: LedgerKeeper, record: RunRecord, arrays: ArrayRecord,
+            model_and_dp) -> None:
+    model, lender_dp = model_and_dp
     model.load_state_dict(arrays.to_torch_state_dict())
     torch.save(model.state_dict(), folder.path("model.pt"))
-    folder.write_json("model.json", {"model": cfg.model, "hidden": cfg.hidden, "features": features})
-    return record
+    view = RunView(keeper.entries())
+    last = [a for a in view.complete_rounds()][-1:]
+    finish = {
+        "rounds_completed": len(view.complete_rounds()), "stop": {k: record.stop[k] for k in ("kind", "round")} if record.stop else {},
+        "stopped_early": record.stop.get("reason", ""), "model_hash": record.model_hash,
+        "model_file_sha256": hashlib.sha256(folder.path("model.pt").read_bytes()).hexdigest(),
+        "final_metrics": _global_scores(last[0]) if last else {k: None for k in METRICS},
+        "privacy": privacy_summary(cfg, record, view, lender_dp),
+    }
+    files = run_files(view, finish)
+    for name, data in files.items():
+        folder.path(name).write_bytes(data)
+    finish["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
+    finish["files"]["model.pt"] = finish["model_file_sha256"]
+    keeper.finished(finish)
+    write_report(folder.staging, keeper.key)
+    (folder.staging / checkpoint.FILE_NAME).unlink(missing_ok=True)  # a finished run has nothing to resume
+
+
+def _global_scores(attempt) -> dict:
+    bodies = [e["body"] for e in attempt.of_type(L.LENDER_EVALUATION)]
+    weights = [b["num_examples"] for b in bodies]
+    return {k: weighted_mean([b.get(k) for b in bodies], weights) for k in METRICS}
 
 
 def _evaluate(grid: Grid, strategy, rnd: int, arrays: ArrayRecord, config: ConfigRecord, lender_of,
-              train_loss: dict[int, float]) -> tuple[list[dict], dict]:
-    """Each lender scores the global model on its own test records: one metrics row per lender, and the
-    test-size-weighted mean of them as the "global" row."""
+              keeper: LedgerKeeper) -> dict:
+    """Each lender scores the global model on its own test records and signs its scores; returns the
+    test-size-weighted mean of them."""
     messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(config)), grid)
     replies = list(grid.send_and_receive(messages, timeout=TIMEOUT_S))
     evaluated = sorted(_inspect_all([m for m in replies if not m.has_error()]), key=lambda item: lender_of(item[0]))
-    per_lender = []
+    model_hash = arrays_hash(numpy_arrays(arrays))
+    bodies = []
     for msg, plain in evaluated:
-        m, lender = plain["metrics"], lender_of(msg)
-        per_lender.append({"round": rnd, "lender": lender, "num_examples": int(m["num-examples"]),
-                           **{k: m.get(k, math.nan) for k in METRICS}, "train_loss": train_loss.get(lender, math.nan)})
-    weights = [r["num_examples"] for r in per_lender]
-    global_row = {"round": rnd, "lender": "global", "num_examples": sum(weights),
-                  **{k: weighted_mean([r[k] for r in per_lender], weights) for k in METRICS},
-                  "train_loss": weighted_mean([r["train_loss"] for r in per_lender], weights)}
-    return per_lender, global_row
+        try:
+            bodies.append(keeper.evaluation(rnd, lender_of(msg), plain["attestation"], model_hash))
+        except AttestationRejected as exc:
+            raise RunFailed(str(exc)) from None
+    weights = [b["num_examples"] for b in bodies]
+    return {k: weighted_mean([b.get(k) for b in bodies], weights) for k in METRICS}
 
 
 def _aggregate(rnd: int, arrays: ArrayRecord, trained: list[Message], strategy, secure: SecureRound | None):
-    """The round's new global model and "", or None and why there is none (the model then stays)."""
+    """The round's new global model, "" and (secure aggregation) the unmasked weight sum; or None and why there is
+    none (the model then stays)."""
     if not trained:
-        return None, "no usable update (every lender failed, was rejected or declined)"
+        return None, "no usable update (every lender failed, was rejected or declined)", None
     if secure:
         try:
-            return secure.aggregate(arrays, trained), ""
+            new, weights = secure.aggregate(arrays, trained)
+            return new, "", weights
         except SecAggError as exc:
-            return None, str(exc)
+            return None, str(exc), None
     new_arrays, _ = strategy.aggregate_train(rnd, trained)
     if new_arrays is None:
         raise RunFailed(f"round {rnd}: aggregation produced no model")
-    return new_arrays, ""
+    return new_arrays, "", None
 
 
 def _screen_train_replies(replies, shapes, global_arrays, cfg: RunConfig, lender_of):
@@ -345,89 +442,49 @@ def _random_state(value):
     return tuple(_random_state(v) for v in value) if isinstance(value, list) else value
 
 
-def _record_to_state(record: RunRecord) -> dict:
-    return {"manifests": {str(k): v for k, v in record.manifests.items()}, "events": [e.to_dict() for e in record.events],
-            "deltas": {str(k): v for k, v in record.deltas.items()}, "rejections": record.rejections,
-            "metrics_rows": record.metrics_rows, "epsilon_rows": record.epsilon_rows,
-            "rounds": [r.__dict__ for r in record.rounds], "stopped_early": record.stopped_early}
-
-
-def _record_from_state(raw: dict) -> RunRecord:
-    return RunRecord(manifests={int(k): v for k, v in raw["manifests"].items()},
-                     events=[PrivacyEvent.from_dict(e) for e in raw["events"]],
-                     deltas={int(k): v for k, v in raw["deltas"].items()}, rejections=raw["rejections"],
-                     metrics_rows=raw["metrics_rows"], epsilon_rows=raw["epsilon_rows"],
-                     rounds=[RoundSummary(**r) for r in raw["rounds"]], stopped_early=raw["stopped_early"])
-
-
 def _mechanism(cfg: RunConfig, lender_dp: LenderLevelDP | None) -> dict:
+    """What the coordinator asks for this round (each lender checks it against its own policy)."""
     if not cfg.dp:
         return {"dp": False}
     out = {"dp": True, "granularity": cfg.dp_level, "accountant": cfg.accountant, "clip_norm": cfg.clip_norm,
-           "noise_source": noise_source(cfg.secure_rng)}
+           "noise_multiplier": cfg.noise_multiplier or None, "delta": cfg.delta or None,
+           "reproducible_noise_not_private": cfg.reproducible_noise_not_private}
     if lender_dp:
-        out.update({"noise_multiplier": lender_dp.budget.sigma, "lender_sample_rate": lender_dp.q})
+        out.update({"noise_multiplier": lender_dp.budget.sigma, "lender_sample_rate": lender_dp.q,
+                    "noise_source": noise_source(cfg.reproducible_noise_not_private)})
     return out
 
 
-def _account_reply(record: RunRecord, cfg: RunConfig, lender: int, rnd: int, m: dict) -> dict:
-    """Record the lender's release as an event and recompute its epsilon from all its events.
-
-    The lender reports its epsilon too; a lender whose claim differs from what its recorded
-    mechanism supports breaks the contract and stops the run.
-    """
-    delta = float(m["delta"])
-    expected_delta = cfg.delta or default_delta(int(record.manifests[lender]["train_records"]))
-    if not math.isclose(delta, expected_delta, rel_tol=1e-9):
-        raise RunFailed(f"round {rnd}: lender {lender} accounts at delta {delta}, expected {expected_delta}")
-    record.deltas[lender] = delta
-    declined = bool(m.get("declined"))
-    if not declined:
-        record.events.append(PrivacyEvent(lender, rnd, float(m["noise-multiplier"]), float(m["sample-rate"]),
-                                          int(m["steps"]), float(m["clip-norm"])))
-    eps = epsilon([e for e in record.events if e.lender == lender], delta, cfg.accountant)
-    if not math.isclose(eps, float(m["epsilon"]), rel_tol=1e-6, abs_tol=1e-9):
-        raise RunFailed(f"round {rnd}: lender {lender} reported epsilon {m['epsilon']}, its recorded events give {eps}")
-    return {"lender": lender, "round": rnd, "epsilon": eps, "delta": delta,
-            "sigma": m.get("noise-multiplier", ""), "sample_rate": m.get("sample-rate", ""),
-            "steps": 0 if declined else int(m["steps"]), "budget": m.get("epsilon-budget"),
-            "declined": int(declined), "granularity": "record", "sampled": ""}
-
-
-def privacy_summary(cfg: RunConfig, record: RunRecord) -> dict:
-    """Per lender (or the federation, at lender level): final epsilon under both accountants."""
+def privacy_summary(cfg: RunConfig, record: RunRecord, view: RunView, lender_dp: LenderLevelDP | None) -> dict:
+    """Per lender (or the federation, at lender level): final epsilon under both of Opacus' accountants."""
     if not cfg.dp:
         return {"dp": False}
-    units = [FEDERATION] if cfg.dp_level == "lender" else list(range(cfg.lenders))
-    out = {"dp": True, "granularity": cfg.dp_level, "accountant": cfg.accountant,
-           "noise_source": noise_source(cfg.secure_rng), "units": {}}
-    for unit in units:
-        events = [e for e in record.events if e.lender == unit]
-        delta = record.deltas.get(unit, cfg.delta)
-        budget = cfg.epsilon if unit == FEDERATION else cfg.budget_for(unit)
+    out = {"dp": True, "granularity": cfg.dp_level, "accountant": cfg.accountant, "units": {}}
+    if lender_dp is not None:
+        events, delta = lender_dp.budget.events, lender_dp.budget.delta
         both = epsilons(events, delta) if events else {"rdp": 0.0, "prv": 0.0}
-        out["units"]["federation" if unit == FEDERATION else str(unit)] = {
-            "budget": budget, "delta": delta, "epsilon": both[cfg.accountant], "epsilon_rdp": both["rdp"],
+        sampled = {lender: sum(lender in a.roster for a in view.complete_rounds()) for lender in view.lenders()}
+        known = {str(lender): known_sampling_epsilon(float(lender_dp.budget.sigma), k, delta, cfg.accountant)
+                 for lender, k in sampled.items()}
+        out["units"]["federation"] = {
+            "budget": cfg.epsilon, "delta": delta, "epsilon": both[cfg.accountant], "epsilon_rdp": both["rdp"],
+            "epsilon_prv": both["prv"], "rounds_released": len(events), "steps": len(events),
+            "noise_multiplier": lender_dp.budget.sigma, "sample_rate": lender_dp.q, "clip_norm": cfg.clip_norm,
+            "noise": noise_source(cfg.reproducible_noise_not_private), "rounds_sampled": {str(k): v for k, v in sampled.items()},
+            "epsilon_known_sampling": known, "epsilon_known_sampling_max": max(known.values(), default=0.0),
+        }
+        return out
+    for lender in range(cfg.lenders):
+        bodies = record.releases.get(lender, [])
+        events = record.events(lender)
+        manifest = record.manifests[lender]
+        delta = effective_delta(cfg.delta, manifest["policy"].get("delta", 0.0), int(manifest["train_records"]))
+        both = epsilons(events, delta) if events else {"rdp": 0.0, "prv": 0.0}
+        out["units"][str(lender)] = {
+            "budget": cfg.budget_for(lender), "delta": delta, "epsilon": both[cfg.accountant], "epsilon_rdp": both["rdp"],
             "epsilon_prv": both["prv"], "rounds_released": len(events), "steps": sum(e.steps for e in events),
             "noise_multiplier": events[-1].noise_multiplier if events else None,
             "sample_rate": events[-1].sample_rate if events else None, "clip_norm": cfg.clip_norm,
+            "noise": bodies[-1].get("noise") if bodies else None,
         }
     return out
-
-
-def _write_outputs(folder: RunFolder, cfg: RunConfig, record: RunRecord) -> None:
-    resolved = cfg.to_record()
-    resolved["epsilon"] = {str(lender): cfg.budget_for(lender) for lender in range(cfg.lenders)} if cfg.dp else None
-    resolved["run-epsilon"] = cfg.epsilon if cfg.dp else None
-    resolved["data-dir"] = cfg.resolved_data_dir()
-    resolved["fedcredit-version"] = __version__
-    resolved["rounds-completed"] = len(record.rounds)
-    resolved["stopped-early"] = record.stopped_early
-    folder.write_json("config.json", resolved)
-    folder.write_csv("metrics.csv", METRICS_COLUMNS, record.metrics_rows)
-    folder.write_csv("epsilon.csv", EPSILON_COLUMNS, record.epsilon_rows)
-    for lender, manifest in sorted(record.manifests.items()):
-        folder.write_json(f"manifests/lender_{lender:03d}.json", manifest)
-    folder.path("privacy_events.jsonl").write_text("".join(json.dumps(e.to_dict(), sort_keys=True) + "\n" for e in record.events))
-    folder.write_json("privacy.json", privacy_summary(cfg, record))
-    folder.path("rounds.jsonl").write_text("".join(json.dumps(r.__dict__) + "\n" for r in record.rounds))

@@ -1,12 +1,16 @@
-"""What a lender signs: its manifest, each update it sends, each round it refuses.
+"""What a lender signs: its manifest, each update it sends, each round it refuses, each evaluation, its final account.
 
-Bodies name the run (the configuration hash), the lender and the round, so a signature cannot be
-replayed into another run, for another lender or another round.
+Bodies name the run (the configuration hash), the lender and the round, so a signature cannot be replayed into
+another run, for another lender or another round. Every update also carries its release number (the n-th
+release of this lender in this run) and the lender's final statement the number of releases, so a release that
+the coordinator leaves out of the ledger shows as a gap or a short count: the lender, not the coordinator,
+keeps the count.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -14,10 +18,23 @@ from flwr.app import ConfigRecord
 
 from federation.audit_trail.canonical import arrays_bytes, arrays_hash, arrays_shapes, canonical
 from federation.audit_trail.keys import public_hex, sign
-from federation.audit_trail.ledger import BUDGET_REFUSAL, LENDER_MANIFEST, LENDER_UPDATE
+from federation.audit_trail.ledger import LENDER_EVALUATION, LENDER_FINAL, LENDER_MANIFEST, LENDER_REFUSAL, LENDER_UPDATE
 
-MANIFEST_FIELDS = ("dataset", "card", "records_total", "records_without_consent", "records_used", "train_records",
-                   "test_records", "fields_used", "fields_refused", "data_hash")
+MANIFEST_FIELDS = ("dataset", "card", "card_sha256", "consent_checked", "records_total", "records_without_consent",
+                   "records_used", "train_records", "test_records", "fields_used", "fields_refused", "features",
+                   "encoding", "data_commitment", "policy")
+# The exact keys of each signed body: the message inspector refuses anything else, so no body can carry more
+# than it says (nothing row-shaped, no hidden statistic).
+BODY_KEYS = {
+    LENDER_MANIFEST: {"type", "run", "lender", "public_key", *MANIFEST_FIELDS},
+    LENDER_UPDATE: {"type", "run", "lender", "round", "request", "release", "events", "epsilon", "delta", "budget",
+                    "accountant", "granularity", "noise", "bytes_sent", "shapes", "update_hash"},
+    LENDER_REFUSAL: {"type", "run", "lender", "round", "request", "limit", "requested", "allowed", "reason",
+                     "epsilon_spent", "budget", "delta", "accountant"},
+    LENDER_EVALUATION: {"type", "run", "lender", "round", "model_hash", "num_examples", "auc", "ks", "gini", "brier",
+                        "loss"},
+    LENDER_FINAL: {"type", "run", "lender", "releases", "epsilon", "delta", "accountant"},
+}
 
 
 def manifest_body(run: str, lender: int, public_key: str, manifest: Mapping) -> dict:
@@ -25,21 +42,32 @@ def manifest_body(run: str, lender: int, public_key: str, manifest: Mapping) -> 
             **{k: manifest[k] for k in MANIFEST_FIELDS}}
 
 
-def update_body(run: str, lender: int, rnd: int, arrays: Mapping[str, np.ndarray], *, events: list[dict],
-                epsilon: float | None, delta: float | None, budget: float | None, accountant: str,
-                granularity: str | None) -> dict:
-    return {"type": LENDER_UPDATE, "run": run, "lender": lender, "round": rnd, "events": events,
-            "epsilon": epsilon, "delta": delta, "budget": budget, "accountant": accountant,
-            "granularity": granularity, "bytes_sent": arrays_bytes(arrays),
-            "shapes": arrays_shapes(arrays),
-            "update_hash": arrays_hash(arrays)}
+def update_body(run: str, lender: int, rnd: int, arrays: Mapping[str, np.ndarray], *, request: str, release: int,
+                events: list[dict], epsilon: float | None, delta: float | None, budget: float | None, accountant: str,
+                granularity: str | None, noise: str | None) -> dict:
+    return {"type": LENDER_UPDATE, "run": run, "lender": lender, "round": rnd, "request": request, "release": release,
+            "events": events, "epsilon": epsilon, "delta": delta, "budget": budget, "accountant": accountant,
+            "granularity": granularity, "noise": noise, "bytes_sent": arrays_bytes(arrays),
+            "shapes": arrays_shapes(arrays), "update_hash": arrays_hash(arrays)}
 
 
-def refusal_body(run: str, lender: int, rnd: int, *, epsilon_spent: float, budget: float, delta: float,
+def refusal_body(run: str, lender: int, rnd: int, *, request: str, limit: str, requested: Any, allowed: Any,
+                 reason: str, epsilon_spent: float | None, budget: float | None, delta: float | None,
                  accountant: str) -> dict:
-    return {"type": BUDGET_REFUSAL, "run": run, "lender": lender, "round": rnd, "epsilon_spent": epsilon_spent,
-            "budget": budget, "delta": delta, "accountant": accountant,
-            "reason": "the next round would take this lender past its epsilon budget"}
+    return {"type": LENDER_REFUSAL, "run": run, "lender": lender, "round": rnd, "request": request, "limit": limit,
+            "requested": requested, "allowed": allowed, "reason": reason, "epsilon_spent": epsilon_spent,
+            "budget": budget, "delta": delta, "accountant": accountant}
+
+
+def evaluation_body(run: str, lender: int, rnd: int, model_hash: str, num_examples: int, scores: Mapping) -> dict:
+    return {"type": LENDER_EVALUATION, "run": run, "lender": lender, "round": rnd, "model_hash": model_hash,
+            "num_examples": num_examples, **{k: _finite(scores.get(k)) for k in ("auc", "ks", "gini", "brier", "loss")}}
+
+
+def final_body(run: str, lender: int, *, releases: int, epsilon: float | None, delta: float | None,
+               accountant: str) -> dict:
+    return {"type": LENDER_FINAL, "run": run, "lender": lender, "releases": releases, "epsilon": epsilon,
+            "delta": delta, "accountant": accountant}
 
 
 def signed_record(key: Ed25519PrivateKey, body: dict, with_public_key: bool = False) -> ConfigRecord:
@@ -48,3 +76,11 @@ def signed_record(key: Ed25519PrivateKey, body: dict, with_public_key: bool = Fa
     if with_public_key:
         record["public-key"] = public_hex(key)
     return ConfigRecord(record)
+
+
+def _finite(value: Any) -> float | None:
+    """NaN is not JSON: an undefined score (a one-class test split has no AUC) is signed as null."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None

@@ -26,16 +26,20 @@ GENESIS = "0" * 64
 # Entry types, and which are signed by a lender rather than the coordinator.
 RUN_STARTED = "run_started"
 LENDER_MANIFEST = "lender_manifest"
-ROUND_STARTED = "round_started"
+ROUND_STARTED = "round_started"  # the round's roster: the lenders the coordinator asked, and what it asked for
+SECAGG_ROSTER = "secagg_roster"  # secure aggregation: the roster and threshold every lender checked, as it was signed
 LENDER_UPDATE = "lender_update"
-BUDGET_REFUSAL = "budget_refusal"
-AGGREGATE = "aggregate"
+LENDER_REFUSAL = "lender_refusal"  # a lender declined before any release, naming the limit
 UPDATE_REJECTED = "update_rejected"  # a lender left out of a round: it failed, did not reply, or its update was rejected
+AGGREGATE = "aggregate"
+LENDER_EVALUATION = "lender_evaluation"  # a lender's scores of the round's model on its own test records
+ROUND_FINISHED = "round_finished"
 RUN_RESUMED = "run_resumed"  # a coordinator restarted from its last checkpoint after a crash
+LENDER_FINAL = "lender_final"  # a lender's own count of its releases in this run (after which it trains no more)
 RUN_FINISHED = "run_finished"
-ENTRY_TYPES = (RUN_STARTED, LENDER_MANIFEST, ROUND_STARTED, LENDER_UPDATE, BUDGET_REFUSAL, UPDATE_REJECTED, AGGREGATE,
-               RUN_RESUMED, RUN_FINISHED)
-LENDER_SIGNED = (LENDER_MANIFEST, LENDER_UPDATE, BUDGET_REFUSAL)
+ENTRY_TYPES = (RUN_STARTED, LENDER_MANIFEST, ROUND_STARTED, SECAGG_ROSTER, LENDER_UPDATE, LENDER_REFUSAL,
+               UPDATE_REJECTED, AGGREGATE, LENDER_EVALUATION, ROUND_FINISHED, RUN_RESUMED, LENDER_FINAL, RUN_FINISHED)
+LENDER_SIGNED = (LENDER_MANIFEST, LENDER_UPDATE, LENDER_REFUSAL, LENDER_EVALUATION, LENDER_FINAL)
 
 
 def entry_hash(entry: dict[str, Any]) -> str:

@@ -1,40 +1,65 @@
-"""`fedcredit verify RUN_DIR`: check a run folder without trusting the code path that produced it.
+"""`fedcredit verify RUN_DIR [--registry FILE]`: check a run folder without trusting whoever wrote it.
 
-Reads only the ledger, the report, the public keys and the final model file. Checks, in order: every
-ledger line is canonical JSON with the right sequence number, link and hash; every signature
-verifies under the registered key of its signer; every lender-signed body names this run; no
-manifest lists a prohibited field as used; every lender's epsilon, recomputed from its signed
-privacy events with Google's dp_accounting (not the Opacus accountants used in training), equals
-what was claimed and is within budget; the final model file is the one the ledger names; the report
-is canonical, signed by the coordinator, bound to the ledger head and agrees with the ledger.
-The first failed check raises VerificationFailed naming the entry and the check.
+The adversary is the coordinator, who writes the ledger, the report and every file of the run folder, and anyone
+who edits a folder and re-signs it. So the verifier rebuilds the run from the ledger and believes nothing it
+cannot re-derive or check against a lender's own signature:
+
+1. keys: with a registry (the regulator's trust anchor) every signer must be the registered one and every lender
+   the run names must be registered; without one, the folder's own keys are used and the result says, in its
+   first line and its exit status, that nothing was pinned;
+2. the chain: canonical lines, sequence numbers, links, hashes, and every signature under its signer's key;
+3. completeness: the manifests of every lender; each round's roster answered by exactly the rostered lenders
+   (an update, a signed refusal or a recorded dropout); every lender body in the round it names, never replayed;
+   each lender's releases numbered 1, 2, ... and their count equal to the lender's own signed final statement;
+   every round the configuration asked for present, or a stop whose reason the ledger proves;
+4. privacy: each lender's delta from its signed policy and record count, each claimed epsilon recomputed from the
+   lender's signed events with Google's dp_accounting (not Opacus, which trained), within budget and within the
+   lender's own limits; the data policy of every signed manifest;
+5. the model file, secure aggregation (signed rosters, masked updates, weights from signed counts);
+6. every file of the folder: re-derived from the ledger and compared byte for byte, and hashed in the signed
+   final entry; a file that belongs to no run folder fails;
+7. the report: rebuilt from the ledger, compared field by field, its signature checked, and report.html
+   re-rendered and compared.
+The first failed check raises VerificationFailed naming the entry or file and the check.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from federation.audit_trail import ledger as L
+from federation.audit_trail.attest import BODY_KEYS
 from federation.audit_trail.canonical import arrays_hash, canonical, config_hash
-from federation.audit_trail.keys import COORDINATOR, lender_name, public_from_hex, signer_label, verify_signature
-from federation.audit_trail.report import report_bytes, signed_part
-from federation.card import CREDIT_CATEGORIES
+from federation.audit_trail.derive import NOT_DERIVED, UNVERIFIED_FILES, run_files
+from federation.audit_trail.keys import COORDINATOR, public_from_hex, signer_label, verify_signature
+from federation.audit_trail.report import build_report, render_html, report_bytes, signed_part
+from federation.audit_trail.run_view import RunView
 from federation.config import RunConfig
 from federation.errors import FedCreditError
-from federation.policy import prohibited_mark
+from federation.lender_policy import effective_delta
+from federation.policy import used_field_violation
 from federation.privacy import dpaccounting
 from federation.privacy.accountant import default_delta
 from federation.privacy.events import PrivacyEvent
+from federation.privacy.noise import SECURE_SOURCE, SEEDED_SOURCE
+from federation.registry import Registry, fingerprint, load_registry
 
 MASKED = "masked"  # federation.messages.MASKED, not imported: the verifier runs without Flower
 
-# Opacus (training) and dp_accounting (here) are different implementations of the same analysis; on
-# the same events they agree within 1% (tests/test_accounting.py), so that is the tolerance here.
+# Opacus (training) and dp_accounting (here) are different implementations of the same analysis; on the same
+# events they agree within 1% (tests/test_accounting.py), so that is the tolerance here.
 TOLERANCE = 0.01
 ENTRY_KEYS = {"seq", "time", "type", "signer", "body", "prev", "hash", "signature"}
+
+# Exit codes of `fedcredit verify` (documented in the README).
+EXIT_VERIFIED = 0  # every check passed and every key was pinned by the registry
+EXIT_FAILED = 1  # a check failed
+EXIT_USAGE = 2  # bad arguments: no such folder, an unreadable registry
+EXIT_NOT_PINNED = 3  # consistent, but no registry: the folder's own keys were trusted
 
 
 class VerificationFailed(FedCreditError):
@@ -50,259 +75,622 @@ class VerifiedRun:
     epsilons: dict[str, float]  # recomputed with dp_accounting
     accountant: str
     head: str
+    pinned: bool
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    unverified: list[str] = field(default_factory=list)  # files present that no check covers (declared as such)
+    not_private: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_VERIFIED if self.pinned else EXIT_NOT_PINNED
 
     def summary(self) -> str:
         eps = ", ".join(f"{k} {v:.3f}" for k, v in self.epsilons.items()) or "no DP"
-        return (f"verified: {self.entries} ledger entries, chain intact, every signature valid; {self.lenders} lenders; "
-                f"no prohibited field used; epsilon recomputed with dp_accounting ({self.accountant}): {eps}, each "
-                f"within budget and equal to the reported value; report bound to ledger head {self.head[:16]}...")
+        first = ("verified: every signer is the one the registry names" if self.pinned else
+                 "NOT PINNED: the run folder is consistent, but no registry was given, so its own keys were trusted "
+                 "(anyone can make such a folder); verify again with --registry")
+        lines = [first,
+                 f"{self.entries} ledger entries, chain intact, every signature valid; {self.lenders} lenders, every "
+                 f"round and release accounted for; no prohibited field used; epsilon recomputed with dp_accounting "
+                 f"({self.accountant}): {eps}, each within budget and equal to the reported value; every file "
+                 f"re-derived from the ledger; report bound to ledger head {self.head[:16]}...",
+                 "keys relied on: " + ", ".join(f"{who} {fp}" for who, fp in self.fingerprints.items())]
+        if self.not_private:
+            lines.insert(1, "NOT PRIVATE: this run used seeded, reproducible noise (a test or benchmark run)")
+        if self.unverified:
+            lines.append("not covered by any check (written after the run): " + ", ".join(self.unverified))
+        return "\n".join(lines)
 
 
-def _load_keys(run_dir: Path, trusted: Path | None) -> dict[str, object]:
-    folder = run_dir / "keys"
-    if not (folder / f"{COORDINATOR}.pub").exists():
-        raise VerificationFailed("keys", "files", f"{folder / (COORDINATOR + '.pub')} is missing")
-    keys = {}
-    for path in sorted(folder.glob("*.pub")):
-        text = path.read_text().strip()
-        if trusted is not None:
-            registered = trusted / path.name
-            if not registered.exists() or registered.read_text().strip() != text:
-                raise VerificationFailed(f"keys/{path.name}", "trusted key", f"does not match {registered}")
-        try:
-            keys[path.stem] = public_from_hex(text)
-        except ValueError as exc:
-            raise VerificationFailed(f"keys/{path.name}", "key format", str(exc)) from None
-    return keys
+def _fail(where: str, check: str, message: str) -> None:
+    raise VerificationFailed(where, check, message)
 
+
+def _describe(entry: dict) -> str:
+    body = entry.get("body") if isinstance(entry.get("body"), dict) else {}
+    who = f" of lender {body['lender']}" if isinstance(body.get("lender"), int) else ""
+    rnd = f", round {body['round']}" if body.get("round") is not None else ""
+    return f"ledger entry {entry.get('seq')} ({entry.get('type')}{who}{rnd})"
+
+
+# ---- 1-2. keys and chain ----------------------------------------------------------------------
 
 def _read_ledger(run_dir: Path) -> list[dict]:
     path = run_dir / "ledger.jsonl"
     if not path.exists():
-        raise VerificationFailed("ledger.jsonl", "files", "the ledger is missing")
+        _fail("ledger.jsonl", "files", "the ledger is missing")
     raw = path.read_bytes()
     if not raw.endswith(b"\n"):
-        raise VerificationFailed("ledger.jsonl", "format", "the ledger does not end with a complete line")
+        _fail("ledger.jsonl", "format", "the ledger does not end with a complete line")
     entries = []
     for number, line in enumerate(raw[:-1].split(b"\n"), start=1):
         where = f"ledger line {number}"
         try:
             entry = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise VerificationFailed(where, "format", f"not JSON ({exc})") from None
+            _fail(where, "format", f"not JSON ({exc.__class__.__name__})")
         if not isinstance(entry, dict) or set(entry) != ENTRY_KEYS:
-            raise VerificationFailed(where, "format", f"an entry has exactly the fields {sorted(ENTRY_KEYS)}")
+            _fail(where, "format", f"an entry has exactly the fields {sorted(ENTRY_KEYS)}")
         try:
             exact = canonical(entry) == line
-        except ValueError:
+        except (ValueError, TypeError):
             exact = False
         if not exact:
-            raise VerificationFailed(where, "format", "not in canonical JSON form (bytes were altered)")
+            _fail(where, "format", "not in canonical JSON form (bytes were altered)")
+        if not isinstance(entry["body"], dict) or not isinstance(entry["seq"], int):
+            _fail(where, "format", "an entry's body is an object and its seq an integer")
         entries.append(entry)
     if not entries:
-        raise VerificationFailed("ledger.jsonl", "format", "the ledger is empty")
+        _fail("ledger.jsonl", "format", "the ledger is empty")
     return entries
 
 
-def _describe(entry: dict) -> str:
-    body = entry.get("body") if isinstance(entry.get("body"), dict) else {}
-    who = f" of lender {body['lender']}" if "lender" in body and isinstance(body.get("lender"), int) else ""
-    rnd = f", round {body['round']}" if "round" in body else ""
-    return f"ledger entry {entry.get('seq')} ({entry.get('type')}{who}{rnd})"
+def _public(text: object, where: str, who: str):
+    try:
+        return public_from_hex(str(text))
+    except ValueError:
+        _fail(where, "key format", f"{who}'s public key is not an Ed25519 key")
 
 
-def _check_chain(entries: list[dict], keys: dict) -> tuple[str, RunConfig]:
+def _keys(entries: list[dict], registry: Registry | None) -> tuple[object, dict[int, object], dict[str, str]]:
+    """The coordinator's key and each lender's: the registry's, or (unpinned) the ledger's own."""
+    first = entries[0]
+    if first["type"] != L.RUN_STARTED:
+        _fail(_describe(first), "run", "the ledger must start with run_started")
+    claimed = first["body"].get("coordinator_public_key")
+    if registry is not None:
+        if claimed != registry.coordinator:
+            _fail(_describe(first), "registry", "the run's coordinator key is not the one the registry names")
+        coordinator = _public(registry.coordinator, "registry", "the coordinator")
+    else:
+        coordinator = _public(claimed, _describe(first), "the coordinator")
+    lenders: dict[int, object] = {}
+    for entry in entries:
+        if entry["type"] != L.LENDER_MANIFEST:
+            continue
+        lender, key = entry["body"].get("lender"), entry["body"].get("public_key")
+        if not isinstance(lender, int) or lender in lenders:
+            continue  # the structure checks name it
+        if registry is not None:
+            if registry.lender_key(lender) is None:
+                _fail(_describe(entry), "registry", f"lender {lender} is not in the registry")
+            if key != registry.lender_key(lender):
+                _fail(_describe(entry), "registry", f"lender {lender}'s key is not the one the registry names")
+        lenders[lender] = _public(key, _describe(entry), f"lender {lender}")
+    fingerprints = {"coordinator": fingerprint(claimed if registry is None else registry.coordinator)}
+    for lender in sorted(lenders):
+        fingerprints[f"lender {lender}"] = fingerprint(next(e["body"]["public_key"] for e in entries
+                                                            if e["type"] == L.LENDER_MANIFEST and e["body"]["lender"] == lender))
+    return coordinator, lenders, fingerprints
+
+
+def _check_chain(entries: list[dict], coordinator, lenders: dict[int, object]) -> tuple[str, RunConfig]:
     prev = L.GENESIS
     run_id, cfg = None, None
     for index, entry in enumerate(entries):
         where = _describe(entry)
         if entry["seq"] != index:
-            raise VerificationFailed(where, "sequence", f"sequence number {entry['seq']} at position {index}")
+            _fail(where, "sequence", f"sequence number {entry['seq']} at position {index}")
         if entry["prev"] != prev:
-            raise VerificationFailed(where, "chain", "does not link to the previous entry's hash")
+            _fail(where, "chain", "does not link to the previous entry's hash")
         if entry["hash"] != L.entry_hash(entry):
-            raise VerificationFailed(where, "hash", "its hash does not match its content")
-        if entry["type"] not in L.ENTRY_TYPES or not isinstance(entry["body"], dict):
-            raise VerificationFailed(where, "type", f"unknown entry type {entry['type']!r}")
+            _fail(where, "hash", "its hash does not match its content")
+        if entry["type"] not in L.ENTRY_TYPES:
+            _fail(where, "type", f"unknown entry type {entry['type']!r}")
         body = entry["body"]
         if entry["type"] in L.LENDER_SIGNED:
             lender = body.get("lender")
             if entry["signer"] != signer_label(lender):
-                raise VerificationFailed(where, "signer", f"signed by {entry['signer']}, but the body is lender {lender}'s")
-            key = keys.get(lender_name(lender)) if isinstance(lender, int) else None
+                _fail(where, "signer", f"signed by {entry['signer']}, but the body is lender {lender}'s")
+            key = lenders.get(lender) if isinstance(lender, int) else None
             if key is None:
-                raise VerificationFailed(where, "signature", f"no public key registered for lender {lender}")
+                _fail(where, "signature", f"no public key registered for lender {lender}")
             if body.get("run") != run_id:
-                raise VerificationFailed(where, "run", "the signed body names another run")
+                _fail(where, "run", "the signed body names another run")
+            if body.get("type") != entry["type"] or set(body) != BODY_KEYS[entry["type"]]:
+                _fail(where, "body", f"a {entry['type']} body holds exactly {sorted(BODY_KEYS[entry['type']])}")
         else:
             if entry["signer"] != COORDINATOR:
-                raise VerificationFailed(where, "signer", f"a {entry['type']} entry must be signed by the coordinator")
-            key = keys[COORDINATOR]
+                _fail(where, "signer", f"a {entry['type']} entry must be signed by the coordinator")
+            key = coordinator
         if not verify_signature(key, entry["signature"], L.signed_bytes(entry)):
-            raise VerificationFailed(where, "signature", f"the signature does not verify under {entry['signer']}'s key")
+            _fail(where, "signature", f"the signature does not verify under {entry['signer']}'s key")
         if index == 0:
             if entry["type"] != L.RUN_STARTED:
-                raise VerificationFailed(where, "run", "the ledger must start with run_started")
+                _fail(where, "run", "the ledger must start with run_started")
             run_id = body.get("run")
             if config_hash(body.get("config", {})) != run_id:
-                raise VerificationFailed(where, "config hash", "the recorded configuration does not hash to the run id")
+                _fail(where, "config hash", "the recorded configuration does not hash to the run id")
             try:
                 cfg = RunConfig.from_record(body["config"])
-            except FedCreditError as exc:
-                raise VerificationFailed(where, "config", str(exc)) from None
-        if entry["type"] == L.LENDER_MANIFEST:
-            registered = keys.get(lender_name(body["lender"]))
-            if public_from_hex(body.get("public_key", "")).public_bytes_raw() != registered.public_bytes_raw():
-                raise VerificationFailed(where, "key", "the manifest's public key differs from the registered one")
-            _check_policy(where, body)
+            except (FedCreditError, KeyError, TypeError) as exc:
+                _fail(where, "config", str(exc))
+        elif entry["type"] == L.RUN_STARTED:
+            _fail(where, "run", "a ledger has one run_started entry")
         prev = entry["hash"]
     return run_id, cfg
 
 
-def _check_policy(where: str, body: dict) -> None:
-    for field in body.get("fields_used", []):
-        if field.get("category") not in CREDIT_CATEGORIES:
-            raise VerificationFailed(where, "policy", f"field '{field.get('name')}' of category {field.get('category')} was used")
-        marked = prohibited_mark(str(field.get("name")))
-        if marked:
-            raise VerificationFailed(where, "policy", f"used field '{field['name']}' names {marked[0]} data ('{marked[1]}')")
+# ---- 3. completeness --------------------------------------------------------------------------
+
+def _check_structure(view: RunView, cfg: RunConfig) -> None:
+    entries = view.entries
+    first_round = next((i for i, e in enumerate(entries) if e["type"] == L.ROUND_STARTED), len(entries))
+    seen_manifest: set[int] = set()
+    for entry in entries:
+        if entry["type"] != L.LENDER_MANIFEST:
+            continue
+        lender = entry["body"]["lender"]
+        if not 0 <= lender < cfg.lenders or lender in seen_manifest or entry["seq"] > first_round:
+            _fail(_describe(entry), "manifests", "one manifest per lender of the configuration, before the rounds")
+        seen_manifest.add(lender)
+        for used in entry["body"].get("fields_used", []):
+            violation = used_field_violation(used)
+            if violation:
+                _fail(_describe(entry), "policy", violation)
+    missing = sorted(set(range(cfg.lenders)) - seen_manifest)
+    if missing:
+        _fail("ledger", "manifests", f"the configuration names {cfg.lenders} lenders, but lender {missing[0]} signed no "
+                                     "manifest")
+    if entries[-1]["type"] != L.RUN_FINISHED or sum(e["type"] == L.RUN_FINISHED for e in entries) != 1:
+        _fail(_describe(entries[-1]), "finished", "the ledger must end with exactly one run_finished")
+    _check_attempts(view, cfg)
+    _check_replays(view)
+    _check_releases(view, cfg)
+    _check_stop(view, cfg)
 
 
-def _check_privacy(entries: list[dict], cfg: RunConfig) -> dict[str, float]:
-    if not cfg.dp:
-        return {}
-    out = {}
-    accountant = "rdp" if cfg.accountant == "rdp" else "pld"  # dp_accounting's counterpart of Opacus' PRV
-    if cfg.dp_level == "lender":
-        events, where, delta = [], "ledger", cfg.delta or default_delta(cfg.lenders)
-        for entry in entries:
-            if entry["type"] == L.AGGREGATE and "noise_event" in entry["body"]:
-                events.append(PrivacyEvent.from_dict(entry["body"]["noise_event"]))
-                delta = entry["body"].get("delta", delta)
-                where = _describe(entry)
-        finished = next((e for e in entries if e["type"] == L.RUN_FINISHED), None)
-        claimed = (finished or {}).get("body", {}).get("epsilon", {}).get("federation", 0.0)
-        eps = dpaccounting.epsilon(events, delta, accountant)
-        _compare(where, "federation", eps, claimed, cfg.epsilon)
-        return {"federation": eps}
-    for lender in range(cfg.lenders):
-        events, budget, delta, seen = [], cfg.budget_for(lender), None, set()
-        for entry in entries:
+def _check_attempts(view: RunView, cfg: RunConfig) -> None:
+    """Rounds 1, 2, ... in order; each round's roster answered by exactly the rostered lenders; every lender body
+    inside the round it names; an unfinished attempt only where the coordinator resumed after it (or the stop)."""
+    expected, resumed_after = 1, _resumes(view)
+    attempts = view.attempts
+    for index, attempt in enumerate(attempts):
+        where = _describe(attempt.started)
+        if attempt.round != expected:
+            _fail(where, "rounds", f"round {attempt.round} where round {expected} was due")
+        roster = attempt.roster
+        if len(set(roster)) != len(roster) or not all(isinstance(x, int) and 0 <= x < cfg.lenders for x in roster):
+            _fail(where, "roster", "a roster names distinct lenders of the configuration")
+        if not cfg.dp_level == "lender" or not cfg.dp:
+            wanted = cfg.lenders_per_round or cfg.lenders
+            if len(roster) != wanted:
+                _fail(where, "roster", f"{len(roster)} lenders asked; the configuration asks {wanted} a round")
+        outcome: dict[int, list[str]] = {}
+        for entry in attempt.entries:
             body = entry["body"]
-            if entry["type"] not in (L.LENDER_UPDATE, L.BUDGET_REFUSAL) or body.get("lender") != lender:
-                continue
-            where = _describe(entry)
-            if body.get("budget") != budget:
-                raise VerificationFailed(where, "budget", f"states budget {body.get('budget')}, the run gave {budget}")
-            if entry["type"] == L.LENDER_UPDATE:
-                if len(body.get("events", [])) != 1:
-                    raise VerificationFailed(where, "privacy events", "a DP update must carry exactly its round's event")
-                # After a resume a round may be trained again from the same model with the same seed: the
-                # identical update (same hash) is the same release, counted once. Any other is counted.
-                release = (body.get("round"), body.get("update_hash"))
-                if release not in seen:
-                    seen.add(release)
-                    try:
-                        events.append(PrivacyEvent.from_dict(body["events"][0]))
-                    except TypeError as exc:
-                        raise VerificationFailed(where, "privacy events", str(exc)) from None
-                claimed = body.get("epsilon")
-            else:
-                claimed = body.get("epsilon_spent")
-            if delta is not None and body.get("delta") != delta:
-                raise VerificationFailed(where, "delta", f"delta changed from {delta} to {body.get('delta')} during the run")
-            delta = body.get("delta")
-            if not isinstance(delta, (int, float)) or not 0 < delta < 1:
-                raise VerificationFailed(where, "delta", f"delta {delta!r} is not in (0, 1)")
-            eps = dpaccounting.epsilon(events, float(delta), accountant)
-            _compare(where, f"lender {lender}", eps, claimed, budget)
-        out[str(lender)] = dpaccounting.epsilon(events, float(delta), accountant) if events else 0.0
+            if entry["type"] in (L.LENDER_UPDATE, L.LENDER_REFUSAL, L.LENDER_EVALUATION, L.UPDATE_REJECTED,
+                                 L.AGGREGATE, L.SECAGG_ROSTER, L.ROUND_FINISHED) and body.get("round") != attempt.round:
+                _fail(_describe(entry), "round", f"it names round {body.get('round')} but stands in round "
+                                                 f"{attempt.round} of the ledger")
+            if entry["type"] in (L.LENDER_UPDATE, L.LENDER_REFUSAL, L.UPDATE_REJECTED):
+                if body["lender"] not in roster:
+                    _fail(_describe(entry), "roster", f"lender {body['lender']} was not asked in round {attempt.round}")
+                outcome.setdefault(body["lender"], []).append(entry["type"])
+            elif entry["type"] not in (L.LENDER_EVALUATION, L.AGGREGATE, L.SECAGG_ROSTER, L.ROUND_FINISHED):
+                _fail(_describe(entry), "round", f"a {entry['type']} entry does not belong inside a round")
+        for lender, kinds in outcome.items():
+            answers = [k for k in kinds if k != L.UPDATE_REJECTED]
+            if len(answers) > 1 or kinds.count(L.UPDATE_REJECTED) > 1:
+                _fail(where, "roster", f"lender {lender} answers round {attempt.round} more than once")
+        complete = attempt.finished is not None
+        if complete:
+            silent = sorted(set(roster) - set(outcome))
+            if silent:
+                _fail(where, "roster", f"lender {silent[0]} was asked in round {attempt.round}, but the ledger holds "
+                                       "no update, signed refusal or recorded dropout of it")
+            aggregates = attempt.of_type(L.AGGREGATE)
+            if len(aggregates) != 1:
+                _fail(where, "aggregate", f"round {attempt.round} has {len(aggregates)} aggregates, not one")
+            agg = aggregates[0]["body"]
+            usable = {lender for lender, kinds in outcome.items() if kinds == [L.LENDER_UPDATE]}
+            if not set(agg.get("lenders", [])) <= usable:
+                _fail(_describe(aggregates[0]), "aggregate", "it aggregates a lender without an accepted update")
+            for evaluation in attempt.of_type(L.LENDER_EVALUATION):
+                if evaluation["body"]["model_hash"] != agg.get("model_hash"):
+                    _fail(_describe(evaluation), "evaluation", "the lender scored another model than the round's")
+            expected += 1
+        elif not (index in resumed_after or index == len(attempts) - 1):
+            _fail(where, "rounds", f"round {attempt.round} never finished and the run did not resume after it")
+    if (view.finished or {}).get("rounds_completed") != len(view.complete_rounds()):
+        _fail("run_finished", "rounds", f"it claims {(view.finished or {}).get('rounds_completed')} rounds completed; "
+                                        f"the ledger holds {len(view.complete_rounds())}")
+
+
+def _resumes(view: RunView) -> set[int]:
+    """Indices of the attempts followed (before the next attempt) by a run_resumed entry."""
+    out, index = set(), -1
+    for entry in view.entries:
+        if entry["type"] == L.ROUND_STARTED:
+            index += 1
+        elif entry["type"] == L.RUN_RESUMED and index >= 0:
+            out.add(index)
     return out
 
 
-def _compare(where: str, who: str, recomputed: float, claimed, budget: float) -> None:
+def _check_replays(view: RunView) -> None:
+    """A lender body appears once, except a reply resent unchanged to a coordinator that resumed, in the same round."""
+    resumes, where_seen = _resumes(view), {}
+    for index, attempt in enumerate(view.attempts):
+        for entry in attempt.entries:
+            if entry["type"] not in L.LENDER_SIGNED:
+                continue
+            key = canonical(entry["body"])
+            if key in where_seen:
+                earlier = where_seen[key]
+                if view.attempts[earlier].round != attempt.round or not any(earlier <= r < index for r in resumes):
+                    _fail(_describe(entry), "replay", "this signed body already stands earlier in the ledger")
+            where_seen[key] = index
+
+
+def _check_releases(view: RunView, cfg: RunConfig) -> None:
+    for lender in range(cfg.lenders):
+        releases = view.releases(lender)
+        for number, body in enumerate(releases, start=1):
+            if body.get("release") != number:
+                _fail(f"lender {lender}'s releases", "completeness", f"release {number} of lender {lender} is numbered "
+                      f"{body.get('release')}: the ledger leaves out a release the lender made")
+        final = view.finals.get(lender)
+        if final is None:
+            _fail(f"lender {lender}", "completeness", f"lender {lender} signed no final statement: its releases cannot "
+                                                      "be shown complete")
+        if final["releases"] != len(releases):
+            _fail(f"lender {lender}'s final statement", "completeness", f"the lender counts {final['releases']} releases "
+                                                                        f"in this run; the ledger holds {len(releases)}")
+
+
+def _check_stop(view: RunView, cfg: RunConfig) -> None:
+    finish = view.finished or {}
+    stop, done = finish.get("stop") or {}, len(view.complete_rounds())
+    if done == cfg.rounds:
+        if stop or finish.get("stopped_early"):
+            _fail("run_finished", "stop", "every round ran, yet the run says it stopped early")
+        return
+    if stop.get("round") != done + 1:
+        _fail("run_finished", "stop", f"{done} of {cfg.rounds} rounds ran and no reason the ledger supports says why")
+    if stop.get("kind") == "refused":
+        last = view.attempts[-1] if view.attempts else None
+        if last is None or last.round != done + 1 or last.finished is not None or not last.roster:
+            _fail("run_finished", "stop", f"the run says no lender trained in round {done + 1}, but the ledger holds no "
+                                          "such round")
+        answers = {e["body"]["lender"]: e["type"] for e in last.entries if e["type"] in
+                   (L.LENDER_UPDATE, L.LENDER_REFUSAL, L.UPDATE_REJECTED)}
+        if answers != {lender: L.LENDER_REFUSAL for lender in last.roster}:
+            _fail("run_finished", "stop", f"the run says every lender declined round {done + 1}; not every lender asked "
+                                          "signed a refusal")
+    elif stop.get("kind") == "lender_level_budget" and cfg.dp and cfg.dp_level == "lender":
+        events = _lender_level_events(view)
+        delta = cfg.delta or default_delta(cfg.lenders)
+        nxt = PrivacyEvent.from_dict({**events[-1].to_dict(), "round": done + 1}) if events else None
+        if nxt is None or dpaccounting.epsilon(events + [nxt], delta, _accountant(cfg)) <= cfg.epsilon * (1 - TOLERANCE):
+            _fail("run_finished", "stop", f"the run says round {done + 1} would exceed the federation's budget; the "
+                                          "recorded noise says it would not")
+    else:
+        _fail("run_finished", "stop", f"unknown stop {stop!r}")
+
+
+# ---- 4. privacy -------------------------------------------------------------------------------
+
+def _accountant(cfg: RunConfig) -> str:
+    return "rdp" if cfg.accountant == "rdp" else "pld"  # dp_accounting's counterpart of Opacus' PRV
+
+
+def _lender_level_events(view: RunView) -> list[PrivacyEvent]:
+    return [PrivacyEvent.from_dict(a.aggregate["noise_event"]) for a in view.complete_rounds()
+            if a.aggregate and a.aggregate.get("noise_event")]
+
+
+def _compare(where: str, who: str, recomputed: float, claimed, budget: float | None) -> None:
     if not isinstance(claimed, (int, float)) or not math.isclose(recomputed, claimed, rel_tol=TOLERANCE, abs_tol=1e-9):
-        raise VerificationFailed(where, "epsilon", f"{who} claims epsilon {claimed}, its recorded events give {recomputed:.4f}")
-    if claimed > budget or recomputed > budget * (1 + TOLERANCE):
-        raise VerificationFailed(where, "budget", f"{who} spent epsilon {recomputed:.4f} against a budget of {budget}")
+        _fail(where, "epsilon", f"{who} claims epsilon {claimed}, its recorded events give {recomputed:.4f}")
+    if budget is not None and (claimed > budget or recomputed > budget * (1 + TOLERANCE)):
+        _fail(where, "budget", f"{who} spent epsilon {recomputed:.4f} against a budget of {budget}")
 
 
-def _check_model(run_dir: Path, entries: list[dict]) -> str:
-    finished = [e for e in entries if e["type"] == L.RUN_FINISHED]
-    if len(finished) != 1 or finished[0] is not entries[-1]:
-        raise VerificationFailed(_describe(entries[-1]), "finished", "the ledger must end with exactly one run_finished")
-    model_hash = finished[0]["body"].get("model_hash")
-    aggregates = [e for e in entries if e["type"] == L.AGGREGATE]
-    if aggregates and aggregates[-1]["body"].get("model_hash") != model_hash:
-        raise VerificationFailed(_describe(finished[0]), "model", "the final model is not the last aggregate")
+def _check_privacy(view: RunView, cfg: RunConfig) -> dict[str, float]:
+    finish = view.finished or {}
+    summary = finish.get("privacy") or {}
+    if not cfg.dp:
+        for lender in range(cfg.lenders):
+            if any(b.get("events") for b in view.releases(lender)):
+                _fail(f"lender {lender}", "privacy events", "a run without DP records DP releases")
+        if summary != {"dp": False}:
+            _fail("run_finished", "privacy", "a run without DP must say so and claim nothing")
+        return {}
+    accountant = _accountant(cfg)
+    if cfg.dp_level == "lender":
+        return _check_lender_level(view, cfg, summary, accountant)
+    out = {}
+    for lender in range(cfg.lenders):
+        manifest = view.manifests[lender]
+        policy, records = manifest["policy"], int(manifest["train_records"])
+        delta = effective_delta(cfg.delta, policy.get("delta", 0.0), records)
+        budget = cfg.budget_for(lender)
+        if budget > policy.get("max_epsilon", math.inf):
+            _fail(f"lender {lender}", "policy", f"the run's budget {budget} for lender {lender} is above the lender's "
+                                                f"own maximum {policy.get('max_epsilon')}")
+        if not 0 < delta <= 1 / records:
+            _fail(f"lender {lender}", "delta", f"delta {delta:.3g} is not below 1/n for lender {lender} (n = {records})")
+        events: list[PrivacyEvent] = []
+        counted: set[bytes] = set()
+        noise = SEEDED_SOURCE if cfg.reproducible_noise_not_private else SECURE_SOURCE
+        for attempt in view.attempts:
+            for entry in attempt.entries:
+                body = entry["body"]
+                if entry["type"] not in (L.LENDER_UPDATE, L.LENDER_REFUSAL) or body.get("lender") != lender:
+                    continue
+                where = _describe(entry)
+                if body.get("budget") != budget:
+                    _fail(where, "budget", f"states budget {body.get('budget')}, the run gave {budget}")
+                if body.get("delta") != delta:
+                    _fail(where, "delta", f"accounts at delta {body.get('delta')}; lender {lender}'s signed policy and "
+                                          f"record count ({records}) give {delta:.6g}")
+                if entry["type"] == L.LENDER_UPDATE:
+                    if body.get("noise") != noise:
+                        _fail(where, "noise", f"noise source {body.get('noise')!r}, the run's is {noise!r}")
+                    if len(body.get("events", [])) != 1:
+                        _fail(where, "privacy events", "a DP update must carry exactly its round's event")
+                    try:
+                        event = PrivacyEvent.from_dict(body["events"][0])
+                    except (TypeError, KeyError) as exc:
+                        _fail(where, "privacy events", str(exc))
+                    _check_event(where, event, lender, attempt.round, cfg, policy)
+                    if canonical(body) not in counted:
+                        counted.add(canonical(body))
+                        events.append(event)
+                    claimed = body.get("epsilon")
+                else:
+                    claimed = body.get("epsilon_spent")
+                _compare(where, f"lender {lender}", dpaccounting.epsilon(events, delta, accountant), claimed, budget)
+        final = view.finals[lender]
+        eps = dpaccounting.epsilon(events, delta, accountant) if events else 0.0
+        _compare(f"lender {lender}'s final statement", f"lender {lender}", eps, final.get("epsilon") or 0.0, budget)
+        unit = (summary.get("units") or {}).get(str(lender)) or {}
+        _check_unit(f"privacy summary of lender {lender}", unit, events, delta, budget, cfg)
+        out[str(lender)] = eps
+    return out
+
+
+def _check_event(where: str, event: PrivacyEvent, lender: int, rnd: int, cfg: RunConfig, policy: dict) -> None:
+    if event.lender != lender or event.round != rnd or event.granularity != "record":
+        _fail(where, "privacy events", "the event names another lender, round or granularity")
+    if not 0 < event.sample_rate <= 1 or event.steps < 1 or not event.noise_multiplier > 0:
+        _fail(where, "privacy events", "the event's sampling rate, steps or noise are out of range")
+    if event.noise_multiplier < policy.get("min_noise_multiplier", 0) * (1 - 1e-12):
+        _fail(where, "policy", f"noise multiplier {event.noise_multiplier:.4g} is below the lender's own floor "
+                               f"{policy.get('min_noise_multiplier')}")
+    if event.clip_norm != cfg.clip_norm or event.clip_norm > policy.get("max_clip_norm", math.inf):
+        _fail(where, "policy", f"clip norm {event.clip_norm} is not the run's {cfg.clip_norm} within the lender's limit")
+
+
+def _check_unit(where: str, unit: dict, events: list[PrivacyEvent], delta: float, budget: float, cfg: RunConfig) -> None:
+    """The coordinator's privacy summary (privacy.json, the report) against the recomputation."""
+    rdp = dpaccounting.epsilon(events, delta, "rdp") if events else 0.0
+    pld = dpaccounting.epsilon(events, delta, "pld") if events else 0.0
+    enforced = rdp if cfg.accountant == "rdp" else pld
+    for name, value in (("epsilon_rdp", rdp), ("epsilon_prv", pld), ("epsilon", enforced)):
+        claimed = unit.get(name)
+        if not isinstance(claimed, (int, float)) or not math.isclose(claimed, value, rel_tol=TOLERANCE, abs_tol=1e-9):
+            _fail(where, "epsilon", f"{name} {claimed} differs from the recomputed {value:.4f}")
+    if unit.get("budget") != budget or unit.get("delta") != delta:
+        _fail(where, "budget", "its budget or delta differs from the ledger's")
+    if unit.get("rounds_released") != len(events) or unit.get("steps") != sum(e.steps for e in events):
+        _fail(where, "privacy events", "its count of releases or steps differs from the ledger's")
+
+
+def _known_sampling(sigma: float, rounds: int, delta: float, accountant: str) -> float:
+    """A lender's epsilon against whoever knows the rounds it was sampled in: the Gaussian mechanism, unsampled,
+    composed over those rounds (no amplification; the coordinator's figure is checked against this)."""
+    if not rounds:
+        return 0.0
+    event = PrivacyEvent(-1, 0, sigma, 1.0, rounds, 1.0, neighbouring="add_or_remove_one_lender", granularity="lender")
+    return dpaccounting.epsilon([event], delta, accountant)
+
+
+def _check_lender_level(view: RunView, cfg: RunConfig, summary: dict, accountant: str) -> dict[str, float]:
+    events = _lender_level_events(view)
+    delta = cfg.delta or default_delta(cfg.lenders)
+    eps = dpaccounting.epsilon(events, delta, accountant) if events else 0.0
+    for attempt in view.complete_rounds():
+        agg = attempt.aggregate or {}
+        event = agg.get("noise_event")
+        if not event or event.get("granularity") != "lender" or event.get("sample_rate") != cfg.lender_sample_rate:
+            _fail(_describe(attempt.started), "privacy events", "a lender-level round must record its noise event at the "
+                                                                "run's sampling rate")
+        if agg.get("delta") != delta:
+            _fail(_describe(attempt.started), "delta", f"delta {agg.get('delta')} is not the run's {delta:.6g}")
+    unit = (summary.get("units") or {}).get("federation") or {}
+    _compare("privacy summary of the federation", "the federation", eps, unit.get("epsilon"), cfg.epsilon)
+    _check_unit("privacy summary of the federation", unit, events, delta, cfg.epsilon, cfg)
+    sigma = events[-1].noise_multiplier if events else 0.0
+    known = {}
+    for lender in range(cfg.lenders):
+        rounds = sum(lender in a.roster for a in view.complete_rounds())
+        known[str(lender)] = _known_sampling(sigma, rounds, delta, accountant) if events else 0.0
+        claimed = (unit.get("epsilon_known_sampling") or {}).get(str(lender))
+        if not isinstance(claimed, (int, float)) or not math.isclose(claimed, known[str(lender)], rel_tol=TOLERANCE,
+                                                                      abs_tol=1e-9):
+            _fail("privacy summary of the federation", "epsilon", f"lender {lender}'s epsilon against a reader of the "
+                  f"ledger is {claimed}; its {rounds} sampled rounds give {known[str(lender)]:.4f}")
+    return {"federation": eps, "federation, sampling known (max)": max(known.values(), default=0.0)}
+
+
+# ---- 5. model and secure aggregation -------------------------------------------------------------
+
+def _check_model(run_dir: Path, view: RunView) -> str:
+    finish = view.finished or {}
+    model_hash = finish.get("model_hash")
+    complete = view.complete_rounds()
+    last = complete[-1].aggregate if complete else None
+    if last is not None and last.get("model_hash") != model_hash:
+        _fail("run_finished", "model", "the final model is not the last aggregate")
+    path = run_dir / "model.pt"
+    if not path.exists():
+        _fail("model.pt", "files", "the model file is missing")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != finish.get("model_file_sha256"):
+        _fail("model.pt", "model", "the model file differs from the one the ledger names")
     import torch
 
     try:
-        state = torch.load(run_dir / "model.pt", weights_only=True)
+        state = torch.load(path, weights_only=True)
+        actual = arrays_hash({k: v.numpy() for k, v in state.items()})
     except Exception as exc:  # noqa: BLE001  (any unreadable model file is a failed check)
-        raise VerificationFailed("model.pt", "model", f"cannot read the model file ({exc})") from None
-    if arrays_hash({k: v.numpy() for k, v in state.items()}) != model_hash:
-        raise VerificationFailed("model.pt", "model", "the model file's hash differs from the ledger's final model hash")
+        _fail("model.pt", "model", f"cannot read the model file ({exc.__class__.__name__})")
+    if actual != model_hash:
+        _fail("model.pt", "model", "the model file's arrays differ from the ledger's final model hash")
     return model_hash
 
 
-def _read_report(run_dir: Path, keys: dict) -> dict:
+def _check_secure_aggregation(view: RunView, cfg: RunConfig, coordinator) -> None:
+    """Secure aggregation on: every update was sent masked, each round's roster is the one the coordinator signed
+    for the lenders, and the weights are the lenders' signed record counts. Off: nothing was masked."""
+    for attempt in view.attempts:
+        for entry in attempt.of_type(L.LENDER_UPDATE):
+            masked = list(entry["body"].get("shapes", {})) == [MASKED]
+            if masked is not cfg.secure_aggregation:
+                _fail(_describe(entry), "secure aggregation", "the update was sent " + (
+                    "in the clear although secure aggregation was on" if cfg.secure_aggregation else
+                    "masked although secure aggregation was off"))
+        rosters = attempt.of_type(L.SECAGG_ROSTER)
+        if not cfg.secure_aggregation:
+            if rosters:
+                _fail(_describe(rosters[0]), "secure aggregation", "a secure-aggregation roster in a run without it")
+            continue
+        agg = attempt.aggregate
+        if attempt.finished is None or agg is None or agg.get("skipped"):
+            continue
+        if len(rosters) != 1:
+            _fail(_describe(attempt.started), "secure aggregation", "an aggregated secure round records one signed roster")
+        signed = rosters[0]["body"]
+        body = signed.get("body") or {}
+        if not verify_signature(coordinator, str(signed.get("signature", "")), canonical(body)):
+            _fail(_describe(rosters[0]), "secure aggregation", "the roster the lenders checked is not signed by the "
+                                                               "coordinator")
+        participants = body.get("participants", [])
+        if (body.get("run") != view.started["run"] or body.get("round") != attempt.round
+                or not set(participants) <= set(attempt.roster)):
+            _fail(_describe(rosters[0]), "secure aggregation", "the signed roster names another run, round or lenders")
+        threshold = body.get("threshold", 0)
+        if not (len(participants) // 2 < threshold <= len(participants)):
+            _fail(_describe(rosters[0]), "secure aggregation", f"threshold {threshold} of {len(participants)} is not "
+                                                               "more than half")
+        weights = sum(int(view.manifests[lender]["train_records"]) for lender in agg.get("lenders", []))
+        if agg.get("weight_sum") != weights:
+            _fail(_describe(attempt.started), "secure aggregation", f"the unmasked weight sum {agg.get('weight_sum')} is "
+                  f"not the aggregated lenders' signed record counts ({weights})")
+
+
+# ---- 6-7. files and report --------------------------------------------------------------------
+
+def _folder_files(run_dir: Path) -> list[str]:
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def _check_files(run_dir: Path, view: RunView) -> list[str]:
+    finish = dict(view.finished or {})
+    hashes = finish.pop("files", None)
+    expected = run_files(view, finish)
+    present = _folder_files(run_dir)
+    unverified = []
+    for name in present:
+        path = run_dir / name
+        if path.is_symlink():
+            _fail(name, "files", "a run folder holds no links")
+        if name in expected or name in NOT_DERIVED:
+            continue
+        if name in UNVERIFIED_FILES:
+            unverified.append(name)
+            continue
+        _fail(name, "files", "this file is not part of a run folder (a finished run holds only the files its ledger "
+                             "derives)")
+    for name, data in expected.items():
+        path = run_dir / name
+        if not path.is_file():
+            _fail(name, "files", "the ledger derives this file, but it is missing")
+        if path.read_bytes() != data:
+            _fail(name, "files", "its content differs from what the ledger derives")
+    if not isinstance(hashes, dict) or set(hashes) != set(expected) | {"model.pt"}:
+        _fail("run_finished", "files", "the final entry must hash every file of the run folder")
+    for name, digest in hashes.items():
+        if hashlib.sha256((run_dir / name).read_bytes()).hexdigest() != digest:
+            _fail(name, "files", "its SHA-256 differs from the one in the signed final entry")
+    return unverified
+
+
+def _check_report(run_dir: Path, entries: list[dict], coordinator) -> dict:
     path = run_dir / "report.json"
     if not path.exists():
-        raise VerificationFailed("report.json", "files", "the report is missing")
+        _fail("report.json", "files", "the report is missing")
     raw = path.read_bytes()
     try:
         report = json.loads(raw)
         exact = isinstance(report, dict) and report_bytes(report) == raw
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError):
         exact, report = False, None
     if not exact:
-        raise VerificationFailed("report.json", "format", "not the canonical serialization of a report (bytes were altered)")
-    if not verify_signature(keys[COORDINATOR], str(report.get("signature", "")), signed_part(report)):
-        raise VerificationFailed("report.json", "signature", "the coordinator's signature does not verify")
+        _fail("report.json", "format", "not the canonical serialization of a report (bytes were altered)")
+    if not verify_signature(coordinator, str(report.get("signature", "")), signed_part(report)):
+        _fail("report.json", "signature", "the coordinator's signature does not verify")
+    if report.get("ledger_head") != entries[-1]["hash"] or report.get("ledger_entries") != len(entries):
+        _fail("report.json", "binding", "the report is not bound to this ledger's head")
+    expected = json.loads(report_bytes({**build_report(entries), "signature": report["signature"]}))
+    for key in sorted(set(expected) | set(report)):
+        if report.get(key) != expected.get(key):
+            _fail("report.json", "report", f"'{key}' says {_short(report.get(key))}; the ledger says "
+                                           f"{_short(expected.get(key))}")
+    page = run_dir / "report.html"
+    if not page.is_file():
+        _fail("report.html", "files", "the page is missing")
+    if page.read_bytes() != render_html(report).encode():
+        _fail("report.html", "report", "the page differs from the one report.json renders")
     return report
 
 
-def _check_report(report: dict, entries: list[dict], run_id: str, model_hash: str, epsilons: dict[str, float]) -> None:
-    if report.get("ledger_head") != entries[-1]["hash"] or report.get("ledger_entries") != len(entries):
-        raise VerificationFailed("report.json", "binding", "the report is not bound to this ledger's head")
-    if report.get("run") != run_id or report.get("final_model_hash") != model_hash:
-        raise VerificationFailed("report.json", "binding", "the report names another run or model")
-    for detail in report.get("lender_details", []):
-        lender = str(detail.get("lender"))
-        if lender in epsilons and not math.isclose(detail.get("epsilon") or 0.0, epsilons[lender], rel_tol=TOLERANCE, abs_tol=1e-9):
-            raise VerificationFailed("report.json", "epsilon", f"lender {lender}'s reported epsilon {detail.get('epsilon')} "
-                                                               f"differs from the recomputed {epsilons[lender]:.4f}")
-    fed = (report.get("privacy") or {}).get("federation")
-    if "federation" in epsilons and not math.isclose((fed or {}).get("epsilon", -1), epsilons["federation"], rel_tol=TOLERANCE):
-        raise VerificationFailed("report.json", "epsilon", "the federation's reported epsilon differs from the recomputed one")
+def _short(value: object) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _check_secure_aggregation(report: dict, entries: list[dict], cfg) -> None:
-    """The report's "secure aggregation on/off" is the run's setting, and every recorded update was sent
-    that way: masked (one vector named 'masked') when on, the model's own arrays when off."""
-    claimed = (report.get("privacy") or {}).get("secure_aggregation")
-    if claimed is not cfg.secure_aggregation:
-        raise VerificationFailed("report.json", "secure aggregation", f"the report says {claimed}, the run's "
-                                 f"configuration {cfg.secure_aggregation}")
-    for entry in entries:
-        if entry["type"] == L.LENDER_UPDATE and (list(entry["body"].get("shapes", {})) == [MASKED]) is not claimed:
-            raise VerificationFailed(_describe(entry), "secure aggregation", "the update was sent "
-                                     + ("in the clear although secure aggregation was on" if claimed else
-                                        "masked although secure aggregation was off"))
-
-
-def verify_run(run_dir: str | Path, trusted_keys: str | Path | None = None) -> VerifiedRun:
+def verify_run(run_dir: str | Path, registry: str | Path | Registry | None = None) -> VerifiedRun:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise VerificationFailed(str(run_dir), "files", "no such run folder")
-    keys = _load_keys(run_dir, Path(trusted_keys) if trusted_keys else None)
+        _fail(str(run_dir), "files", "no such run folder")
+    if registry is not None and not isinstance(registry, Registry):
+        registry = load_registry(registry)
     entries = _read_ledger(run_dir)
-    run_id, cfg = _check_chain(entries, keys)
-    report = _read_report(run_dir, keys)
-    epsilons = _check_privacy(entries, cfg)
-    model_hash = _check_model(run_dir, entries)
-    _check_report(report, entries, run_id, model_hash, epsilons)
-    _check_secure_aggregation(report, entries, cfg)
-    lenders = len({e["body"]["lender"] for e in entries if e["type"] == L.LENDER_MANIFEST})
-    return VerifiedRun(len(entries), lenders, epsilons, cfg.accountant if cfg.dp else "-", entries[-1]["hash"])
+    coordinator, lenders, fingerprints = _keys(entries, registry)
+    run_id, cfg = _check_chain(entries, coordinator, lenders)
+    if registry is not None:
+        unregistered = [lender for lender in range(cfg.lenders) if registry.lender_key(lender) is None]
+        if unregistered:
+            _fail("registry", "registry", f"the run names lender {unregistered[0]}, which the registry does not")
+    view = RunView(entries)
+    _check_structure(view, cfg)
+    epsilons = _check_privacy(view, cfg)
+    _check_model(run_dir, view)
+    _check_secure_aggregation(view, cfg, coordinator)
+    unverified = _check_files(run_dir, view)
+    _check_report(run_dir, entries, coordinator)
+    return VerifiedRun(len(entries), len(view.manifests), epsilons, cfg.accountant if cfg.dp else "-",
+                       entries[-1]["hash"], registry is not None, fingerprints, unverified,
+                       cfg.dp and cfg.reproducible_noise_not_private)

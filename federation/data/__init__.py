@@ -14,11 +14,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from federation.audit import make_canaries
 from federation.card import DatasetCard, builtin_card
 from federation.config import RunConfig
 from federation.data import partition as part
@@ -48,6 +48,7 @@ class DataSummary:
     holdout: int
     lender_records: list[int]
     features: list[str]
+    card_sha256: str = ""
 
 
 def _data_key(cfg: RunConfig) -> RunConfig:
@@ -103,8 +104,16 @@ def _lender_frame(key: RunConfig, lender: int) -> tuple[pd.DataFrame, DatasetCar
     return frame.iloc[rows[lender]], card
 
 
-def load_lender(cfg: RunConfig, lender: int) -> LenderData:
-    """What lender `lender` holds, after its policy: consented records, credit columns, encoded."""
+def card_sha256(card: DatasetCard) -> str:
+    """SHA-256 of the card file's bytes: which card a lender used, comparable across lenders."""
+    return hashlib.sha256(Path(card.path).read_bytes()).hexdigest()
+
+
+def load_lender(cfg: RunConfig, lender: int, canaries: tuple[np.ndarray, np.ndarray] | None = None) -> LenderData:
+    """What lender `lender` holds, after its policy: consented records, credit columns, encoded.
+
+    `canaries` (x, y): the records an auditor gave this lender to train on as well (federation.audit); they
+    are added to the training split only, and the manifest's counts are of the lender's own records."""
     if not 0 <= lender < cfg.lenders:
         raise DataError(f"lender {lender} does not exist (lenders are 0..{cfg.lenders - 1})")
     key = _data_key(cfg)
@@ -118,6 +127,8 @@ def load_lender(cfg: RunConfig, lender: int) -> LenderData:
         "lender": lender,
         "dataset": cfg.dataset,
         "card": card.name,
+        "card_sha256": card_sha256(card),
+        "consent_checked": card.role("consent") is not None,
         "records_total": result.records_total,
         "records_without_consent": result.records_without_consent,
         "records_used": result.records_used,
@@ -126,15 +137,18 @@ def load_lender(cfg: RunConfig, lender: int) -> LenderData:
         "fields_used": result.fields_used,
         "fields_refused": result.fields_refused,
         "features": names,
-        "data_hash": _data_hash(result.features, y),
+        # Secret to the lender: a plain hash of the records would let anyone who guesses them test membership.
+        # The lender signs only a keyed commitment to it (clients/home.py).
+        "records_digest": _data_hash(result.features, y),
         "encoding": "public bounds and categories from the dataset card (no pooled statistics)",
     }
     x_train, y_train = x[train], y[train]
-    if cfg.audit_canaries and lender == cfg.audit_lender:
-        # Privacy audit: the audited lender also trains on the canaries drawn "in" (federation.audit).
-        cx, cy = make_canaries(x.shape[1], cfg.audit_canaries, cfg.seed).inserted
-        x_train, y_train = np.concatenate([x_train, cx]), np.concatenate([y_train, cy])
-        manifest["train_records"] = int(len(y_train))
+    if canaries is not None:
+        cx, cy = canaries
+        if cx.ndim != 2 or cx.shape[1] != x.shape[1] or len(cx) != len(cy):
+            raise DataError(f"the audit canaries have shape {cx.shape}; lender {lender}'s records have {x.shape[1]} features")
+        x_train = np.concatenate([x_train, cx.astype(x_train.dtype)])
+        y_train = np.concatenate([y_train, cy.astype(y_train.dtype)])
     return LenderData(lender, x_train, y_train, x[test], y[test], names, manifest)
 
 
@@ -179,7 +193,7 @@ def describe(cfg: RunConfig) -> DataSummary:
         # produce such lenders); a lender with no records at all is an error in the input.
         if len(data.y_train) == 0:
             raise DataError(f"lender {lender} cannot train: {label_problem(data.y_train)}")
-    return DataSummary(cfg.dataset, card.name, total, len(holdout_x), counts, features or [])
+    return DataSummary(cfg.dataset, card.name, total, len(holdout_x), counts, features or [], card_sha256(card))
 
 
 def _data_hash(features: pd.DataFrame, labels: np.ndarray) -> str:

@@ -22,16 +22,7 @@ class PrivacyBudget:
     accountant: str = "rdp"
     events: list[PrivacyEvent] = field(default_factory=list)
     sigma: float | None = None  # calibrated once per run, then kept
-    inputs: dict[str, str] = field(default_factory=dict)  # round -> hash of the global model trained from
 
-    def redo(self, rnd: int, input_hash: str) -> None:
-        """Before training round `rnd`: if this lender already trained that round from the very same
-        model (a coordinator that crashed and resumed asks again), the deterministic retraining releases
-        exactly the same update, which costs nothing more: drop the earlier event so the round is counted
-        once. From a different model, both releases stay counted."""
-        if self.inputs.get(str(rnd)) == input_hash:
-            self.events = [e for e in self.events if e.round != rnd]
-        self.inputs[str(rnd)] = input_hash
     def spent(self) -> float:
         return epsilon(self.events, self.delta, self.accountant)
 
@@ -43,10 +34,10 @@ class PrivacyBudget:
 
     def to_json(self) -> str:
         return json.dumps({"budget": self.budget, "delta": self.delta, "accountant": self.accountant,
-                           "sigma": self.sigma, "events": [e.to_dict() for e in self.events], "inputs": self.inputs})
+                           "sigma": self.sigma, "events": [e.to_dict() for e in self.events]})
 
     @classmethod
     def from_json(cls, text: str) -> PrivacyBudget:
         raw = json.loads(text)
         return cls(raw["budget"], raw["delta"], raw["accountant"],
-                   [PrivacyEvent.from_dict(e) for e in raw["events"]], raw["sigma"], raw.get("inputs", {}))
+                   [PrivacyEvent.from_dict(e) for e in raw["events"]], raw["sigma"])

@@ -1,17 +1,24 @@
-"""Cryptographically secure Gaussian noise for DP-SGD (the `secure-rng` option).
+"""The randomness that protects borrowers: Poisson batch masks and Gaussian noise, from a CSPRNG by default.
 
-Opacus' secure mode does two things: it draws noise robustly against floating-point attacks
-(Mironov 2012; Opacus sums 2n = 4 Gaussian draws and divides by 2), and it takes the draws from
-torchcsprng's /dev/urandom generator. torchcsprng has no build for the torch installed here, so where
-it is missing we keep Opacus' robust summation but draw the normals from a ChaCha20 keystream
-(cryptography), keyed from os.urandom, with a Box-Muller transform in float64. Where torchcsprng is
-installed, Opacus' own secure mode is used unchanged.
+Noise that anyone can regenerate is no noise: an earlier version seeded DP-SGD's noise and batch masks from the
+run seed, which the coordinator chooses and writes into config.json, and from one release at noise multiplier 5
+the noise-free sum of clipped gradients came back to 1e-6. So every draw that protects a borrower comes from
+`SecureRandomness`, on the side that adds the noise: a ChaCha20 keystream (cryptography) keyed with 256 fresh
+bits from os.urandom, which nobody else ever sees. Gaussian noise keeps Opacus' secure-mode summation against
+floating-point attacks (Mironov 2012; Opacus sums 2n = 4 Gaussian draws and divides by 2), with the normals drawn
+by a Box-Muller transform in float64 from the keystream. (torchcsprng, which Opacus' own secure mode uses, has no
+build for the torch installed here.)
+
+`SeededRandomness` regenerates the same draws from a seed. It exists for tests and benchmarks that must be
+reproducible, only behind the option `reproducible-noise-not-private`, which the lender's own policy must also
+allow; every report of such a run says in its first sentence that it is not private.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,51 +26,81 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
-
-def torchcsprng_available() -> bool:
-    try:
-        import torchcsprng  # noqa: F401
-    except ImportError:
-        return False
-    return True
+SECURE_SOURCE = "ChaCha20 keystream keyed from os.urandom on the side that adds the noise (Opacus secure-mode summation)"
+SEEDED_SOURCE = "seeded from the run seed: NOT PRIVATE (reproducible noise, for tests and benchmarks only)"
 
 
-def noise_source(secure: bool) -> str:
+def noise_source(reproducible: bool) -> str:
     """What the report states about the noise."""
-    if not secure:
-        return "torch default generator (not cryptographically secure)"
-    if torchcsprng_available():
-        return "Opacus secure mode with torchcsprng (/dev/urandom)"
-    return "Opacus secure-mode summation with a ChaCha20 CSPRNG (cryptography, key from os.urandom)"
+    return SEEDED_SOURCE if reproducible else SECURE_SOURCE
 
 
-class ChaChaGaussian:
-    """Standard normal samples from a ChaCha20 keystream (256-bit key, fresh from os.urandom)."""
+class ChaChaStream:
+    """Uniform and standard normal samples from a ChaCha20 keystream (256-bit key, fresh from os.urandom)."""
 
     def __init__(self) -> None:
         cipher = Cipher(algorithms.ChaCha20(os.urandom(32), os.urandom(16)), mode=None)
         self._stream = cipher.encryptor()
 
-    def _uniform(self, count: int) -> np.ndarray:
+    def uniform(self, count: int) -> np.ndarray:
+        """`count` doubles in (0, 1), never 0 or 1 (53 random bits each)."""
         raw = self._stream.update(bytes(8 * count))  # keystream = ChaCha20 of zeros
-        bits = np.frombuffer(raw, dtype=np.uint64) >> np.uint64(11)  # 53 random bits per double
-        return (bits.astype(np.float64) + 0.5) / float(1 << 53)  # in (0, 1), never 0
+        bits = np.frombuffer(raw, dtype=np.uint64) >> np.uint64(11)
+        return (bits.astype(np.float64) + 0.5) / float(1 << 53)
 
-    def normal(self, shape: torch.Size) -> torch.Tensor:
+    def normal(self, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
         count = max(1, math.prod(shape))
         pairs = (count + 1) // 2
-        u1, u2 = self._uniform(pairs), self._uniform(pairs)
+        u1, u2 = self.uniform(pairs), self.uniform(pairs)
         radius = np.sqrt(-2.0 * np.log(u1))
         z = np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])[:count]
         return torch.from_numpy(z).reshape(shape)
 
 
-class SecureDPOptimizer(DPOptimizer):
-    """DPOptimizer whose noise comes from ChaChaGaussian, summed as in Opacus' secure mode."""
+class SecureRandomness:
+    """Poisson masks and Gaussian noise from one ChaCha20 stream: unpredictable to everyone but nobody."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    reproducible = False
+
+    def __init__(self) -> None:
+        self.stream = ChaChaStream()
+
+    def poisson_mask(self, n: int, q: float) -> torch.Tensor:
+        return torch.from_numpy(self.stream.uniform(n) < q)
+
+    def normal(self, shape) -> torch.Tensor:
+        return self.stream.normal(shape)
+
+    def dp_optimizer(self, *args, **kwargs) -> DPOptimizer:
+        return SecureDPOptimizer(*args, **kwargs, gaussian=self.stream)
+
+
+@dataclass
+class SeededRandomness:
+    """The same draws again from `seed`: NOT PRIVATE (anyone who knows the seed can subtract the noise)."""
+
+    seed: int
+    reproducible = True
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def poisson_mask(self, n: int, q: float) -> torch.Tensor:
+        return torch.rand(n, generator=self.generator) < q
+
+    def normal(self, shape) -> torch.Tensor:
+        return torch.randn(shape, generator=self.generator, dtype=torch.float64)
+
+    def dp_optimizer(self, *args, **kwargs) -> DPOptimizer:
+        return DPOptimizer(*args, **kwargs, generator=self.generator)
+
+
+class SecureDPOptimizer(DPOptimizer):
+    """Opacus' DPOptimizer with its noise drawn from a ChaCha20 stream, summed as in Opacus' secure mode."""
+
+    def __init__(self, *args, gaussian: ChaChaStream, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._gaussian = ChaChaGaussian()
+        self._gaussian = gaussian
 
     def add_noise(self) -> None:
         std = self.noise_multiplier * self.max_grad_norm

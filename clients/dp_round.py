@@ -1,0 +1,229 @@
+"""The lender's training round: is the request inside its policy, does its budget admit the release, then train.
+
+The coordinator's run configuration is only a request. Before anything is released the lender checks it against
+its own policy (federation/lender_policy.py) and its own record of what it has spent, and declines with a signed
+refusal naming the limit when it falls outside:
+- the data: the dataset and (when the coordinator names one) the card must be the lender's own;
+- DP required, lender-level DP (the coordinator adds that noise) and seeded noise only where the policy allows;
+- the requested budget within `max_epsilon`; the requested delta within the lender's delta; a fixed noise
+  multiplier, or the one calibrated to the budget, at least `min_noise_multiplier`; the clip norm at most
+  `max_clip_norm`; a training split that can train a credit model;
+- the release itself: epsilon of this run's releases and this one within the requested budget, and epsilon of
+  every release ever made with this folder (all runs) within `max_epsilon`.
+Every release is counted: each time the lender trains and sends, one event and one release number. A request
+repeated exactly (a coordinator that crashed and resumed) gets the reply already sent, byte for byte, which
+reveals nothing new; any other request is a new release.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+from clients.session import Session
+from federation.audit_trail import checkpoint
+from federation.audit_trail.attest import refusal_body, update_body
+from federation.audit_trail.canonical import arrays_hash
+from federation.lender_policy import effective_delta
+from federation.messages import ARRAYS, ATTESTATION, MASKED, METRICS, SECAGG, numpy_arrays
+from federation.model import build_model
+from federation.policy import label_problem
+from federation.privacy.accountant import calibrate_noise, epsilon, sample_rate, steps_per_epoch
+from federation.privacy.events import PrivacyEvent
+from federation.privacy.lender_level import clip_update
+from federation.privacy.noise import SecureRandomness, SeededRandomness, noise_source
+from federation.training import DPSettings, train_local
+
+
+@dataclass(frozen=True)
+class Refusal:
+    limit: str  # the policy key (or "budget", "labels", "closed") that stops the round
+    requested: Any
+    allowed: Any
+    reason: str
+
+
+def applied_noise_multiplier(recorded: float) -> float:
+    """The noise multiplier the DP step really uses: the one recorded in the release's event. A seam for the one
+    test that must prove an under-noised run is caught by the audit (tests/test_audit.py replaces it); nothing
+    else changes it."""
+    return recorded
+
+
+def request_refusal(session: Session) -> Refusal | None:
+    """The checks that need no privacy state: the request against the lender's policy and data."""
+    cfg, policy, manifest = session.request, session.policy, session.data.manifest
+    own_dataset = policy.data.get("dataset")
+    if cfg.dataset != own_dataset:
+        return Refusal("dataset", cfg.dataset, own_dataset, f"the coordinator asks for dataset '{cfg.dataset}'; "
+                       f"this lender holds '{own_dataset}'")
+    if cfg.card_sha256 and cfg.card_sha256 != manifest["card_sha256"]:
+        return Refusal("card", cfg.card_sha256, manifest["card_sha256"], "the coordinator names another dataset "
+                       "card than this lender's own; a lender never takes its card from the coordinator")
+    if not cfg.dp:
+        if policy.require_dp:
+            return Refusal("require_dp", False, True, "this lender's policy requires differential privacy")
+    else:
+        if cfg.dp_level == "lender" and not policy.allow_lender_level:
+            return Refusal("allow_lender_level", True, False, "lender-level DP has the coordinator add the noise; "
+                           "this lender's policy does not allow it")
+        budget = cfg.budget_for(session.lender)
+        if budget > policy.max_epsilon:
+            return Refusal("max_epsilon", budget, policy.max_epsilon, f"the requested budget epsilon {budget:g} is "
+                           f"above this lender's maximum {policy.max_epsilon:g}")
+        own_delta = effective_delta(0.0, policy.delta, session.own_records)
+        if cfg.delta > own_delta:
+            return Refusal("delta", cfg.delta, own_delta, f"the requested delta {cfg.delta:g} is above this lender's "
+                           f"delta {own_delta:.3g}")
+        if cfg.noise_multiplier and cfg.noise_multiplier < policy.min_noise_multiplier:
+            return Refusal("min_noise_multiplier", cfg.noise_multiplier, policy.min_noise_multiplier,
+                           f"the requested noise multiplier {cfg.noise_multiplier:g} is below this lender's floor "
+                           f"{policy.min_noise_multiplier:g}")
+        if cfg.clip_norm > policy.max_clip_norm:
+            return Refusal("max_clip_norm", cfg.clip_norm, policy.max_clip_norm, f"the requested clip norm "
+                           f"{cfg.clip_norm:g} is above this lender's maximum {policy.max_clip_norm:g}")
+    if cfg.reproducible_noise_not_private and cfg.dp and not policy.allow_reproducible_noise:
+        return Refusal("allow_reproducible_noise", True, False, "seeded noise is not private; this lender's policy "
+                       "does not allow it")
+    problem = label_problem(session.data.y_train)
+    if problem:
+        return Refusal("labels", None, None, problem)
+    return None
+
+
+def train(session: Session) -> Message:
+    s, cfg = session, session.request
+    if cfg.fail_rate and np.random.default_rng([cfg.seed, s.lender, s.round, 0xFA11]).random() < cfg.fail_rate:
+        # Fault injection: this lender crashes before doing anything this round (nothing is released).
+        raise RuntimeError(f"injected failure of lender {s.lender} in round {s.round}")
+    incoming = numpy_arrays(s.msg.content[ARRAYS])
+    digest = s.digest(arrays_hash(incoming))
+    if not cfg.secure_aggregation:  # a masked update is masked afresh each round: never resent
+        sent = s.home.sent_reply(s.run, s.round, digest)
+        if sent is not None:
+            return _resend(sent, s.msg)
+    refusal = request_refusal(s)
+    record_level = cfg.dp and cfg.dp_level == "record"
+    with s.home.spent() as spent:
+        account = spent["runs"].setdefault(s.run, {"releases": 0, "events": [], "sigma": None, "closed": False})
+        delta = effective_delta(cfg.delta, s.policy.delta, s.own_records) if cfg.dp else None
+        budget = cfg.budget_for(s.lender) if cfg.dp else None
+        run_events = [PrivacyEvent.from_dict(e) for e in account["events"]]
+        if refusal is None and account["closed"]:
+            refusal = Refusal("closed", None, None, "this lender already signed its final statement for this run")
+        planned = None
+        if refusal is None and record_level:
+            n = len(s.data.y_train)
+            q, steps = sample_rate(n, cfg.batch_size), cfg.local_epochs * steps_per_epoch(n, cfg.batch_size)
+            # Calibrated once for the whole run (rounds x local steps), never per round; or fixed by the request.
+            sigma = account["sigma"] or cfg.noise_multiplier or calibrate_noise(budget, delta, q, cfg.rounds * steps,
+                                                                                 cfg.accountant)
+            planned = PrivacyEvent(s.lender, s.round, float(sigma), q, steps, cfg.clip_norm)
+            refusal = _budget_refusal(s, spent, run_events, planned, budget, delta, cfg.accountant)
+            account["sigma"] = float(sigma)
+        if refusal is not None:
+            spent_now = epsilon(run_events, delta, cfg.accountant) if record_level else None
+            return _refuse(s, refusal, digest, spent_now, budget, delta)
+        arrays = _train_once(s, planned)
+        account["releases"] += 1
+        if planned is not None:
+            account["events"].append(planned.to_dict())
+            run_events.append(planned)
+        release = account["releases"]
+    eps = epsilon(run_events, delta, cfg.accountant) if record_level else None
+    metrics = {"lender-id": s.lender, "server-round": s.round, "num-examples": s.own_records, "declined": 0}
+    if planned is not None:
+        metrics.update({"epsilon": eps, "delta": delta, "noise-multiplier": planned.noise_multiplier,
+                        "sample-rate": planned.sample_rate, "steps": planned.steps, "clip-norm": cfg.clip_norm,
+                        "epsilon-budget": budget})
+    body = update_body(s.run, s.lender, s.round, numpy_arrays(arrays), request=digest, release=release,
+                       events=[planned.to_dict()] if planned else [], epsilon=eps, delta=delta, budget=budget,
+                       accountant=cfg.accountant, granularity=cfg.dp_level if cfg.dp else None,
+                       noise=noise_source(cfg.reproducible_noise_not_private) if record_level else None)
+    attestation = s.sign(body)
+    if not cfg.secure_aggregation:
+        s.home.save_sent_reply(s.run, s.round, digest, {
+            "arrays": checkpoint.encode_arrays(numpy_arrays(arrays)), "metrics": metrics,
+            "attestation": dict(attestation)})
+    return Message(RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics), ATTESTATION: attestation}),
+                   reply_to=s.msg)
+
+
+def _budget_refusal(s: Session, spent: dict, run_events: list[PrivacyEvent], planned: PrivacyEvent, budget: float,
+                    delta: float, accountant: str) -> Refusal | None:
+    policy = s.policy
+    if planned.noise_multiplier < policy.min_noise_multiplier:
+        return Refusal("min_noise_multiplier", planned.noise_multiplier, policy.min_noise_multiplier,
+                       f"the budget asked for allows noise multiplier {planned.noise_multiplier:.3g}, below this "
+                       f"lender's floor {policy.min_noise_multiplier:g}")
+    after = epsilon(run_events + [planned], delta, accountant)
+    if after > budget:
+        return Refusal("budget", after, budget, f"the next round would take this lender to epsilon {after:.3f}, past "
+                       f"its budget {budget:g} for this run")
+    earlier = [PrivacyEvent.from_dict(e) for run, account in spent["runs"].items() if run != s.run
+               for e in account["events"]]
+    if earlier:
+        lifetime = epsilon(earlier + run_events + [planned], delta, accountant)
+        if lifetime > policy.max_epsilon:
+            return Refusal("max_epsilon", lifetime, policy.max_epsilon, f"with its earlier runs this release would "
+                           f"take this lender to epsilon {lifetime:.3f}, past its maximum {policy.max_epsilon:g}")
+    return None
+
+
+def _train_once(s: Session, planned: PrivacyEvent | None) -> ArrayRecord:
+    """One local training from the received model; returns what leaves the lender (model, or masked update)."""
+    cfg, data = s.request, s.data
+    model = build_model(cfg.model, len(data.features), cfg.hidden)
+    model.load_state_dict(s.msg.content[ARRAYS].to_torch_state_dict())
+    received = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    dp = None
+    if planned is not None:
+        randomness = (SeededRandomness((cfg.seed * 1_000_003 + s.lender * 1009 + s.round) % 2**31)
+                      if cfg.reproducible_noise_not_private else SecureRandomness())
+        dp = DPSettings(applied_noise_multiplier(planned.noise_multiplier), cfg.clip_norm, randomness)
+    # Only under FedProx: the run config always carries proximal-mu, so its presence alone means nothing.
+    mu = cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0
+    result = train_local(model, data.x_train, data.y_train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
+                         learning_rate=cfg.learning_rate, seed=(cfg.seed * 1_000_003 + s.lender * 1009 + s.round) % 2**31,
+                         dp=dp, proximal_mu=mu)
+    if planned is not None and result.steps != planned.steps:
+        raise RuntimeError(f"lender {s.lender} took {result.steps} DP steps, {planned.steps} were admitted")
+    if cfg.dp and cfg.dp_level == "lender":
+        # Lender-level DP: the coordinator adds the noise; the lender bounds its influence by clipping its whole
+        # update (the coordinator clips again, so a lender cannot skip this).
+        model.load_state_dict(clip_update(model.state_dict(), received, cfg.clip_norm))
+    if cfg.secure_aggregation:
+        from clients import secagg
+
+        update = {k: v.detach().numpy() - received[k].numpy() for k, v in model.state_dict().items()}
+        masked = secagg.masked_update(s, s.msg.content[SECAGG], update)
+        return ArrayRecord({MASKED: Array(masked)})
+    return ArrayRecord(model.state_dict())
+
+
+def _refuse(s: Session, refusal: Refusal, digest: str, spent: float | None, budget: float | None,
+            delta: float | None) -> Message:
+    body = refusal_body(s.run, s.lender, s.round, request=digest, limit=refusal.limit,
+                        requested=_plain(refusal.requested), allowed=_plain(refusal.allowed), reason=refusal.reason,
+                        epsilon_spent=spent, budget=budget, delta=delta, accountant=s.request.accountant)
+    metrics = {"lender-id": s.lender, "server-round": s.round, "num-examples": s.own_records, "declined": 1}
+    return Message(RecordDict({METRICS: MetricRecord(metrics), ATTESTATION: s.sign(body)}), reply_to=s.msg)
+
+
+def _resend(sent: dict, msg: Message) -> Message:
+    arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.decode_arrays(sent["arrays"]).items()})
+    from flwr.app import ConfigRecord
+
+    return Message(RecordDict({ARRAYS: arrays, METRICS: MetricRecord(sent["metrics"]),
+                               ATTESTATION: ConfigRecord(sent["attestation"])}), reply_to=msg)
+
+
+def _plain(value: Any) -> Any:
+    """A limit's value as JSON allows it (the canonical form refuses NaN and infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

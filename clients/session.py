@@ -1,0 +1,100 @@
+"""One message, as the lender sees it: its own folder, policy and records, and what the coordinator asks.
+
+The lender's folder comes from where the lender's operator put it, never from the coordinator: the SuperNode's
+node config (`lender-dir`, deployment), or the folder fedcredit made for each simulated lender
+($FEDCREDIT_LENDERS_DIR/lender_NNN, set by the simulation harness before the lenders start). A lender started with
+neither (a plain `flwr run .`) makes a demo folder under $FLWR_HOME with the default policy, whose data keys are
+taken from the run configuration: acceptable on one machine for a demo, and said so in the manifest's policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message
+
+from clients.home import LenderHome, init_lender
+from federation.audit_trail.attest import signed_record
+from federation.audit_trail.canonical import canonical, config_hash
+from federation.audit_trail.keys import lender_name
+from federation.config import RunConfig
+from federation.data import LenderData, load_lender
+from federation.errors import ConfigError, DataError
+from federation.lender_policy import DATA_KEYS, FILE_NAME, LenderPolicy
+from federation.messages import CONFIG, run_config_from
+
+LENDERS_DIR_ENV = "FEDCREDIT_LENDERS_DIR"
+DEMO_MAX_EPSILON = 10.0  # the default policy of a lender nobody configured (a plain `flwr run .`)
+
+
+def node_lender_id(context: Context) -> int | None:
+    """The lender id the node says it is: the node config's lender-id (deployment) or Flower's partition-id."""
+    config = context.node_config
+    value = config.get("lender-id", config.get("partition-id"))
+    return None if value is None else int(value)
+
+
+def lender_folder(context: Context, request: RunConfig) -> Path:
+    config = context.node_config
+    if config.get("lender-dir"):
+        return Path(str(config["lender-dir"]))
+    lender = node_lender_id(context) or 0
+    if os.environ.get(LENDERS_DIR_ENV):
+        return Path(os.environ[LENDERS_DIR_ENV]) / lender_name(lender)
+    folder = Path(os.environ.get("FLWR_HOME", ".flwr")) / "fedcredit-lenders" / f"run-{context.run_id}" / lender_name(lender)
+    if not (folder / FILE_NAME).exists():
+        record = request.to_record()
+        init_lender(folder, LenderPolicy(lender=lender, max_epsilon=DEMO_MAX_EPSILON, require_dp=request.dp,
+                                         data={k: record[k] for k in DATA_KEYS}))
+    return folder
+
+
+@lru_cache(maxsize=1024)
+def _records(folder: str, data: RunConfig, lender: int, canaries: str) -> LenderData:
+    """Loaded once per process: later rounds reuse the encoded records (cached per lender folder)."""
+    extra = None
+    if canaries:
+        try:
+            with np.load(canaries, allow_pickle=False) as file:
+                extra = (file["x"], file["y"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise DataError(f"lender {lender}: cannot read its audit canaries {canaries} ({exc})") from None
+    return load_lender(data, lender, extra)
+
+
+class Session:
+    """The lender's view of one message."""
+
+    def __init__(self, msg: Message, context: Context) -> None:
+        self.msg, self.context = msg, context
+        self.config: ConfigRecord = msg.content[CONFIG]
+        self.request = run_config_from(self.config)
+        self.run = config_hash(self.request.to_record())
+        self.round = int(self.config.get("server-round", 0))
+        self.home = LenderHome(lender_folder(context, self.request))
+        self.policy = self.home.policy
+        self.lender = self.policy.lender
+        claimed = node_lender_id(context)
+        if claimed is not None and claimed != self.lender:
+            raise ConfigError(f"this node is lender {claimed} but its folder {self.home.folder} belongs to lender {self.lender}")
+
+    @cached_property
+    def data(self) -> LenderData:
+        return _records(str(self.home.folder), self.policy.data_config(), self.lender, self.policy.audit_canaries)
+
+    @property
+    def own_records(self) -> int:
+        """Training records of the lender's own (an audit's canaries excluded): what its manifest signs."""
+        return int(self.data.manifest["train_records"])
+
+    def sign(self, body: dict, with_public_key: bool = False) -> ConfigRecord:
+        return signed_record(self.home.identity, body, with_public_key)
+
+    def digest(self, input_hash: str) -> str:
+        """This request, exactly: the run, the round, the model it starts from and every setting asked for."""
+        request = {"run": self.run, "round": self.round, "input": input_hash, "config": dict(self.config)}
+        return hashlib.sha256(canonical(request)).hexdigest()

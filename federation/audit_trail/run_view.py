@@ -1,0 +1,101 @@
+"""A run as its ledger tells it: the one reading of ledger.jsonl that the run folder, the report and the verifier
+all share.
+
+The ledger is a sequence of round *attempts*: each `round_started` opens one, and it is complete when its
+`round_finished` arrives. A coordinator that crashed and resumed leaves an incomplete attempt before its
+`run_resumed` entry; the releases in it still happened and still count. A lender's releases are its distinct
+signed update bodies (a resent reply is the same body, the same release), in ledger order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from federation.audit_trail import ledger as L
+from federation.audit_trail.canonical import canonical
+
+
+@dataclass
+class Attempt:
+    round: int
+    started: dict  # the round_started entry
+    entries: list[dict] = field(default_factory=list)  # everything after it, up to the next attempt or the end
+    finished: dict | None = None  # its round_finished entry
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [e for e in self.entries if e["type"] == kind]
+
+    @property
+    def roster(self) -> list[int]:
+        return list(self.started["body"].get("roster", []))
+
+    @property
+    def aggregate(self) -> dict | None:
+        found = self.of_type(L.AGGREGATE)
+        return found[-1]["body"] if found else None
+
+
+@dataclass
+class RunView:
+    entries: list[dict]
+    started: dict = field(init=False)
+    manifests: dict[int, dict] = field(init=False)
+    attempts: list[Attempt] = field(init=False)
+    finals: dict[int, dict] = field(init=False)
+    finished: dict | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.started = self.entries[0]["body"]
+        self.manifests, self.attempts, self.finals, self.finished = {}, [], {}, None
+        current: Attempt | None = None
+        for entry in self.entries[1:]:
+            kind, body = entry["type"], entry["body"]
+            if kind == L.LENDER_MANIFEST:
+                self.manifests.setdefault(body.get("lender"), body)
+            elif kind == L.ROUND_STARTED:
+                current = Attempt(body.get("round"), entry)
+                self.attempts.append(current)
+            elif kind in (L.RUN_RESUMED, L.RUN_FINISHED) or (kind == L.LENDER_FINAL) or (
+                    kind == L.UPDATE_REJECTED and body.get("round") is None):
+                current = None
+                if kind == L.LENDER_FINAL:
+                    self.finals.setdefault(body.get("lender"), body)
+                if kind == L.RUN_FINISHED:
+                    self.finished = body
+            elif current is not None:
+                current.entries.append(entry)
+                if kind == L.ROUND_FINISHED:
+                    current.finished = entry
+                    current = None
+
+    @property
+    def config(self) -> dict:
+        return self.started["config"]
+
+    def complete_rounds(self) -> list[Attempt]:
+        """The attempt that finished, for each round that finished (in order)."""
+        return [a for a in self.attempts if a.finished is not None]
+
+    def releases(self, lender: int) -> list[dict]:
+        """The lender's distinct update bodies, in the order it made them (resends counted once)."""
+        seen, out = set(), []
+        for attempt in self.attempts:
+            for entry in attempt.of_type(L.LENDER_UPDATE):
+                body = entry["body"]
+                key = canonical(body)
+                if body.get("lender") == lender and key not in seen:
+                    seen.add(key)
+                    out.append(body)
+        return out
+
+    def lenders(self) -> list[int]:
+        return list(range(int(self.config.get("lenders", 0))))
+
+
+def weighted_mean(values: list, weights: list) -> float | None:
+    """The test-size-weighted mean over the lenders where a score is defined (None where none is)."""
+    pairs = [(v, w) for v, w in zip(values, weights) if v is not None and not math.isnan(v) and w > 0]
+    if not pairs:
+        return None
+    return float(sum(v * w for v, w in pairs) / sum(w for _, w in pairs))
