@@ -8,11 +8,17 @@ every canary by its loss under the final model, guesses "member" for the k+ lowe
 training were (epsilon, delta)-DP, that count could exceed a threshold only with small probability;
 the largest epsilon rejected at confidence 1 - beta is an empirical lower bound on the true epsilon.
 A DP run's bound must stay below its claimed epsilon; a non-private run that memorizes shows one above 0.
+
+An audit can refute only so much: with r guesses, all correct, the bound is about log(r/3), so 20 guesses can
+never refute a claim above 1.82. `audit_size` picks enough canaries and guesses that the audit could refute the
+claim it audits, and `largest_refutable` says how far it could go. Which canaries go in is drawn from the
+operating system's CSPRNG, never from the run seed: training must not be able to know it.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,13 +38,32 @@ class Canaries:
         return self.x[self.included], self.y[self.included]
 
 
-def make_canaries(n_features: int, count: int, seed: int) -> Canaries:
-    """Deterministic from the seed, so the auditor can rebuild them after the run."""
-    rng = np.random.default_rng([seed, 0xA0D17])
+def make_canaries(n_features: int, count: int, seed: int | None = None) -> Canaries:
+    """`count` canaries; each is put in with probability 1/2. The auditor keeps the draw to itself. `seed` only for
+    the statistics' own tests: an audit of a run uses the CSPRNG (None)."""
+    rng = np.random.default_rng(secrets.randbits(128) if seed is None else [seed, 0xA0D17])
     x = (CANARY_SCALE * rng.choice([-1.0, 1.0], size=(count, n_features))).astype(np.float32)
     y = rng.integers(0, 2, size=count).astype(np.float32)
     included = rng.random(count) < 0.5
     return Canaries(x, y, included)
+
+
+# Audit sizes tried in order: (canaries, guesses); guesses are split evenly between "member" and "non-member".
+AUDIT_SIZES = ((100, 20), (200, 100), (500, 250), (1000, 500), (2000, 1000), (4000, 2000))
+REFUTE_MARGIN = 1.1  # the audit must be able to refute at least 10% more than the claim
+
+
+def largest_refutable(canaries: int, guesses: int, delta: float, confidence: float = 0.95) -> float:
+    """The largest claim this audit could ever refute: its bound when every guess is right."""
+    return epsilon_lower_bound(canaries, guesses, guesses, delta, confidence)
+
+
+def audit_size(claim: float, delta: float, confidence: float = 0.95) -> tuple[int, int]:
+    """The smallest audit (canaries, guesses) that could refute `claim`, or the largest one there is."""
+    for canaries, guesses in AUDIT_SIZES:
+        if largest_refutable(canaries, guesses, delta, confidence) >= REFUTE_MARGIN * claim:
+            return canaries, guesses
+    return AUDIT_SIZES[-1]
 
 
 def p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:

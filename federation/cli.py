@@ -17,7 +17,9 @@ from rich.table import Table
 from federation.config import ACCOUNTANTS, DATASETS, DP_LEVELS, MODELS, PARTITIONS, STRATEGIES, RunConfig, parse_epsilon_overrides
 from federation.errors import FedCreditError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# No pretty tracebacks with local variables: an unexpected failure must never print a key that was in scope.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  pretty_exceptions_show_locals=False,
                   help="Privacy-preserving federated credit scoring: lenders train one model, raw data never pooled.")
 console = Console()
 err = Console(stderr=True)
@@ -81,7 +83,10 @@ def run(
     dp_level: str = typer.Option("record", help=f"DP granularity: {', '.join(DP_LEVELS)} (lender: clipped updates, "
                                  "noise added to the aggregate, Poisson-sampled lenders)."),
     lender_sample_rate: float = typer.Option(1.0, help="With --dp-level lender: probability each lender takes part in a round."),
-    secure_rng: bool = typer.Option(False, "--secure-rng", help="Cryptographically secure DP noise (Opacus secure mode)."),
+    reproducible_noise_not_private: bool = typer.Option(
+        False, "--reproducible-noise-not-private", help="Seeded DP noise and batch sampling, for tests and benchmarks "
+        "that must repeat exactly: NOT private (anyone with the seed can subtract the noise). Default: each lender "
+        "draws its noise from a CSPRNG of its own."),
     secure_aggregation: bool = typer.Option(False, "--secure-aggregation", help="Lenders send only pairwise-masked "
                                             "updates; the coordinator learns their sum (FedAvg, FedProx; record-level DP)."),
     budget: str = typer.Option("", help="Per-lender budgets overriding --epsilon, e.g. '0:1,3:8'."),
@@ -123,7 +128,8 @@ def run(
             learning_rate=learning_rate, model=model, strategy=strategy, proximal_mu=proximal_mu, dp=not no_dp,
             trim_fraction=trim_fraction, max_update_norm=max_update_norm, fail_rate=fail_rate,
             epsilon=epsilon, delta=delta, clip_norm=clip_norm, accountant=accountant, noise_multiplier=noise_multiplier,
-            dp_level=dp_level, lender_sample_rate=lender_sample_rate, secure_rng=secure_rng, seed=seed,
+            dp_level=dp_level, lender_sample_rate=lender_sample_rate,
+            reproducible_noise_not_private=reproducible_noise_not_private, seed=seed,
             secure_aggregation=secure_aggregation, output_dir=output_dir, keys_dir=keys_dir, engine=engine, epsilon_overrides=parse_epsilon_overrides(budget),
         ).validated()
         from federation.runner import run as run_federation
@@ -342,8 +348,10 @@ def audit(
     epsilon: float = typer.Option(3.0, help="Each lender's epsilon budget (the claim under audit)."),
     no_dp: bool = typer.Option(False, "--no-dp", help="Audit a non-private run (the bound should then exceed 0)."),
     lender: int = typer.Option(0, help="The lender whose data receives the canaries."),
-    canaries: int = typer.Option(100, help="Canaries drawn; each is inserted with probability 1/2."),
-    guesses: int = typer.Option(20, help="Guesses fixed before training, half 'member' and half 'non-member'."),
+    canaries: int = typer.Option(0, help="Canaries drawn; each is inserted with probability 1/2 (0: enough that the "
+                                 "audit could refute the claimed epsilon)."),
+    guesses: int = typer.Option(0, help="Guesses fixed before training, half 'member' and half 'non-member' "
+                                "(0: sized with the canaries)."),
     confidence: float = typer.Option(0.95, help="Confidence of the epsilon lower bound."),
     seed: int = typer.Option(0, help="Seed (also draws the canaries)."),
     settings: SettingsOption = [],
@@ -355,14 +363,14 @@ def audit(
 
     try:
         cfg = _config_with(RunConfig(dataset=dataset, data_dir=data_dir, lenders=lenders, partition=partition,
-                                     rounds=rounds, epsilon=epsilon, dp=not no_dp, seed=seed, audit_lender=lender,
+                                     rounds=rounds, epsilon=epsilon, dp=not no_dp, seed=seed,
                                      output_dir=output_dir, engine="inprocess"), settings)
         if not cfg.output_dir:
             from federation.runfolder import default_run_dir
 
             cfg = cfg.replace(output_dir=str(default_run_dir()))
         _quiet_libraries()
-        result = run_audit(cfg, canaries, guesses, confidence)
+        result = run_audit(cfg, lender, canaries or None, guesses or None, confidence)
     except FedCreditError as exc:
         _fail(str(exc))
     claimed = result["epsilon_claimed"]
@@ -373,48 +381,166 @@ def audit(
     table.add_row("correct guesses", f"{result['correct']} / {result['guesses']}")
     table.add_row(f"epsilon lower bound ({result['confidence']:.0%} confidence)", f"{result['epsilon_lower_bound']:.3f}")
     table.add_row("epsilon claimed", "none (no DP)" if math.isinf(claimed) else f"{claimed:.3f}")
+    table.add_row("largest claim this audit could refute", f"{result['largest_refutable']:.3f}")
     table.add_row("membership AUC, canaries", f"{result['mia_auc_canaries']:.3f}")
     table.add_row("membership AUC, natural records", f"{result['mia_auc_natural']:.3f}")
     console.print(table)
     if result["epsilon_lower_bound"] > claimed:
         err.print("[bold red]audit failed:[/] the measured lower bound exceeds the claimed epsilon")
         raise typer.Exit(code=1)
+    if result["largest_refutable"] < claimed:
+        console.print(f"note: this audit could refute a claim of at most {result['largest_refutable']:.3f}; it cannot "
+                      f"show that epsilon {claimed:.3f} is too low (more canaries and guesses would be needed)",
+                      highlight=False)
     console.print(f"audit.json written to {result['run_folder']}", highlight=False)
 
 
 @app.command()
 def verify(
     run_dir: Path = typer.Argument(..., help="The run folder to check."),
-    trusted_keys: Optional[Path] = typer.Option(None, help="Folder of public keys registered out of band "
-                                                "(coordinator.pub, lender_NNN.pub) that the run's keys must match."),
+    registry: Optional[Path] = typer.Option(None, help="The key registry (the coordinator's and each lender's public "
+                                            "key, from what they published): every signer must be the registered one."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Check a run folder: signatures, hash chain, report binding, epsilons recomputed with dp_accounting."""
-    from federation.audit_trail.verify import verify_run
+    """Check a run folder: exit 0 verified against the registry, 1 a check failed, 2 bad arguments, 3 consistent but
+    no registry given (the folder's own keys were trusted)."""
+    from federation.audit_trail.verify import EXIT_FAILED, EXIT_USAGE, VerificationFailed, verify_run
 
+    if not run_dir.is_dir():
+        err.print(f"[bold red]error:[/] no such run folder: {run_dir}", highlight=False)
+        raise typer.Exit(code=EXIT_USAGE)
     try:
-        result = verify_run(run_dir, trusted_keys)
-    except FedCreditError as exc:
-        err.print(f"[bold red]verification failed:[/] {exc}", highlight=False)
-        raise typer.Exit(code=1)
-    console.print(result.summary(), highlight=False)
+        result = verify_run(run_dir, registry)
+    except VerificationFailed as exc:
+        if json_out:
+            console.print_json(json.dumps({"verified": False, "where": exc.where, "check": exc.check, "message": str(exc)}))
+        else:
+            err.print(f"[bold red]verification failed:[/] {exc}", highlight=False)
+        raise typer.Exit(code=EXIT_FAILED)
+    except FedCreditError as exc:  # an unreadable registry, a bad argument
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(code=EXIT_USAGE)
+    if json_out:
+        console.print_json(json.dumps({"verified": True, "pinned": result.pinned, "entries": result.entries,
+                                       "lenders": result.lenders, "epsilons": result.epsilons,
+                                       "fingerprints": result.fingerprints, "not_private": result.not_private,
+                                       "unverified_files": result.unverified, "ledger_head": result.head}))
+    else:
+        console.print(result.summary(), highlight=False)
+    raise typer.Exit(code=result.exit_code)
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="The run folder holding report.json.")) -> None:
-    """Re-render report.html from report.json (run `fedcredit verify` to check the report itself)."""
+def report(
+    run_dir: Path = typer.Argument(..., help="The run folder holding report.json."),
+    registry: Optional[Path] = typer.Option(None, help="The key registry to verify against first."),
+) -> None:
+    """Re-render report.html from report.json, only after the run folder verifies (report.html included)."""
     from federation.audit_trail.report import render_html
+    from federation.audit_trail.verify import VerificationFailed, verify_run
     from federation.runfolder import write_atomically
 
     path = run_dir / "report.json"
-    try:
-        data = json.loads(path.read_text())
-        page = render_html(data)
-    except FileNotFoundError:
+    if not path.exists():
         _fail(f"{path} not found")
+    page = run_dir / "report.html"
+    missing = not page.exists()
+    try:
+        # The one file that may be re-rendered; the page written is then verified with everything else.
+        data = json.loads(path.read_text())
+        html_text = render_html(data)
+        if missing:
+            write_atomically(page, html_text)
+        verify_run(run_dir, registry)
+    except VerificationFailed as exc:
+        if missing:
+            page.unlink(missing_ok=True)
+        _fail(f"the run folder does not verify, so its report is not rendered: {exc}")
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        _fail(f"{path} is not a fedcredit report ({exc.__class__.__name__}: {exc})")
-    write_atomically(run_dir / "report.html", page)
-    console.print(f"wrote {run_dir / 'report.html'}", highlight=False)
+        if missing:
+            page.unlink(missing_ok=True)
+        _fail(f"{path} is not a fedcredit report ({exc.__class__.__name__})")
+    except FedCreditError as exc:
+        _fail(str(exc))
+    console.print(f"{'wrote' if missing else 'verified'} {page}", highlight=False)
+
+
+lender_app = typer.Typer(no_args_is_help=True, help="A lender's own commands, run on the lender's machine.")
+app.add_typer(lender_app, name="lender")
+registry_app = typer.Typer(no_args_is_help=True, help="The key registry: the regulator's list of public keys.")
+app.add_typer(registry_app, name="registry")
+
+
+@lender_app.command("init")
+def lender_init(
+    lender_dir: Path = typer.Option(..., help="The lender's own folder (made 0700): its policy, identity key and "
+                                    "privacy state. Nobody else reads it."),
+    lender: int = typer.Option(..., help="This lender's id in the federation."),
+    max_epsilon: float = typer.Option(..., help="The most epsilon this lender spends, over every run with this folder."),
+    dataset: str = typer.Option("csv", help=f"The lender's data: one of {', '.join(DATASETS)}."),
+    csv: str = typer.Option("", "--csv", help="Its records (with --dataset csv)."),
+    card: str = typer.Option("", "--card", help="Its dataset card (with --dataset csv)."),
+    data_dir: str = typer.Option("", help="Folder of a built-in dataset."),
+    delta: float = typer.Option(0.0, help="Its delta; 0: 1/N^1.1 on its own training records."),
+    min_noise_multiplier: float = typer.Option(0.3, help="Never train with less noise than this."),
+    max_clip_norm: float = typer.Option(10.0, help="Never clip at a larger norm than this."),
+    no_dp_allowed: bool = typer.Option(False, "--allow-no-dp", help="Also take part in runs without DP."),
+    registry: str = typer.Option("", help="The federation's key registry to pin (needed for secure aggregation)."),
+) -> None:
+    """Make a lender's folder: its privacy policy and a new identity key; prints the public key to publish."""
+    from clients.home import init_lender
+    from federation.lender_policy import LenderPolicy
+    from federation.registry import fingerprint
+
+    _choice(dataset, DATASETS, "dataset")
+    if (lender_dir / "identity.key").exists():
+        _fail(f"{lender_dir} already holds an identity key; a lender keeps the key it registered")
+    data = {"dataset": dataset, "data-dir": data_dir, "csv-path": str(Path(csv).resolve()) if csv else "",
+            "card-path": str(Path(card).resolve()) if card else "", "lenders": lender + 1, "partition": "iid"}
+    try:
+        policy = LenderPolicy(lender=lender, max_epsilon=max_epsilon, delta=delta,
+                              min_noise_multiplier=min_noise_multiplier, max_clip_norm=max_clip_norm,
+                              require_dp=not no_dp_allowed, registry=registry, data=data)
+        public = init_lender(lender_dir, policy)
+    except FedCreditError as exc:
+        _fail(str(exc))
+    console.print(f"lender {lender}: public key {public}", highlight=False)
+    console.print(f"fingerprint {fingerprint(public)}  (send both to the coordinator and the regulator)", highlight=False)
+
+
+@registry_app.command("build")
+def registry_build(
+    output: Path = typer.Option(..., "--output", "-o", help="The registry file to write."),
+    coordinator: str = typer.Option(..., help="The coordinator's public key (hex, or a file holding it)."),
+    lender: Annotated[list[str], typer.Option("--lender", help="ID=KEY: a lender's public key (hex, or a file "
+                                              "holding it, such as its identity.pub).")] = [],
+) -> None:
+    """Build the key registry from the public keys the parties published, and print their fingerprints."""
+    from federation.registry import Registry, load_registry
+
+    def key_of(text: str) -> str:
+        path = Path(text)
+        return path.read_text().strip() if path.is_file() else text.strip()
+
+    lenders = {}
+    for item in lender:
+        name, sep, key = item.partition("=")
+        if not sep or not name.strip().isdigit():
+            _fail(f"--lender expects ID=KEY, got '{item}'")
+        if int(name) in lenders:
+            _fail(f"lender {int(name)} is given twice")
+        lenders[int(name)] = key_of(key)
+    tmp = output.with_name(output.name + ".check")
+    try:
+        Registry(key_of(coordinator), lenders).write(tmp)
+        checked = load_registry(tmp)  # the same checks a reader applies
+    except (FedCreditError, OSError) as exc:
+        tmp.unlink(missing_ok=True)
+        _fail(str(exc))
+    tmp.replace(output)
+    for who, fp in checked.fingerprints().items():
+        console.print(f"{who}: {fp}", highlight=False)
+    console.print(f"wrote {output}", highlight=False)
 
 
 @app.command()
@@ -520,12 +646,15 @@ def _print_summary(path: Path) -> None:
     if "federation" in units:
         console.print(f"lender-level epsilon spent / budget: {_spent(units['federation'])}", highlight=False)
     if privacy.get("dp"):
+        sources = sorted({u.get("noise") for u in units.values() if u.get("noise")})
         console.print(f"budgets enforced with the {privacy['accountant'].upper()} accountant; "
-                      f"noise: {privacy['noise_source']}", highlight=False)
+                      f"noise: {'; '.join(sources) or '-'}", highlight=False)
     if config.get("stopped-early"):
         console.print(f"stopped early: {config['stopped-early']}")
     console.print(f"run folder: {path}", highlight=False)
-    console.print(f"privacy report: {path / 'report.html'}  (check it: fedcredit verify {path})", highlight=False)
+    registry = Path(f"{path}-registry.json")
+    check = f"fedcredit verify {path}" + (f" --registry {registry}" if registry.exists() else "")
+    console.print(f"privacy report: {path / 'report.html'}  (check it: {check})", highlight=False)
 
 
 def _spent(unit: dict) -> str:
