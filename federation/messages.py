@@ -28,12 +28,13 @@ QUERY_FINAL = "query.final"  # end of the run: each lender signs its own count o
 SECAGG = "secagg"  # secure aggregation: keys, sealed shares and unmasking shares (fixed-size bytes, never data)
 QUERY_SECAGG_KEYS = "query.secagg_keys"
 QUERY_SECAGG_SHARES = "query.secagg_shares"
+QUERY_SECAGG_CONFIRM = "query.secagg_confirm"  # the consistency round: each survivor signs the survivor set
 QUERY_SECAGG_UNMASK = "query.secagg_unmask"
 MASKED = "masked"  # the one array of a secure-aggregation training reply: the masked, encoded update
-# What each secure-aggregation reply may hold: 32-byte keys, sealed 68-byte share pairs (+ nonce and tag),
-# 34-byte shares. Nothing longer than a sealed share can pass.
-SECAGG_REPLY_KEYS = {QUERY_SECAGG_KEYS: {"mask-key", "channel-key"}, QUERY_SECAGG_SHARES: {"sealed"},
-                     QUERY_SECAGG_UNMASK: {"seed-shares", "key-shares"}}
+# What each secure-aggregation reply may hold: 32-byte keys, 64-byte Ed25519 signatures (raw), sealed 68-byte
+# share pairs (+ nonce and tag), 34-byte shares. Nothing longer than a sealed share can pass.
+SECAGG_REPLY_KEYS = {QUERY_SECAGG_KEYS: {"mask-key", "channel-key", "signature"}, QUERY_SECAGG_SHARES: {"sealed"},
+                     QUERY_SECAGG_CONFIRM: {"signature"}, QUERY_SECAGG_UNMASK: {"seed-shares", "key-shares"}}
 MAX_SECAGG_BYTES = 12 + 68 + 16
 MAX_SECAGG_LIST = 100_000
 RESUMED = "fedcredit-resumed"  # config key set by a resumed coordinator: lenders reload their saved privacy state

@@ -1,15 +1,17 @@
 """The coordinator's side of a secure-aggregation round (Bonawitz et al., CCS 2017, "Practical Secure
-Aggregation for Privacy-Preserving Machine Learning", semi-honest version; the lender's side is
-federation/secagg_lender.py).
+Aggregation for Privacy-Preserving Machine Learning", with the signed messages and the consistency round of its
+actively secure variant; the protocol and its threat model are in federation/secagg.py, the lender's side is
+clients/secagg.py).
 
-Around the training message it routes, and never reads: (1) each lender's two public keys,
-(2) the Shamir shares each lender seals for each other lender, then (3) sends the train message with
-the shares sealed for that lender, and (4) asks the survivors for the shares that remove the masks.
-It learns the sum of the survivors' weighted updates and nothing about any one of them, as long as
-fewer than the threshold t (more than half the round's lenders) collude with it. Lenders lost at any
-step are left out; below t the round's aggregate fails with SecAggError and the model stays as it was.
-The FedAvg weights are the lenders' training-record counts from their manifests (public to the
-coordinator already): lender i masks (n_i / n) * (its model - global), n over the lenders that shared.
+Around the training message it signs the round's roster and routes, never reading: (1) each lender's two
+public keys and their signature, (2) the Shamir shares each lender seals for each other lender, then (3) sends
+the train message with the shares sealed for that lender, (4) signs the unmasking request (survivors, dropped)
+and collects each survivor's signature on that survivor set, and (5) forwards those signatures with the request
+and gets the shares that remove the masks. It learns sum(n_i * u_i) and sum(n_i) over the survivors, nothing
+about any one of them, and divides: the FedAvg weights are the lenders' own record counts, not its choice.
+Lenders lost at any step are left out (`dropped`, with the reason); below the threshold the round's aggregate
+fails with SecAggError and the model stays as it was. What it signed (`roster`, `unmask_request`) and the
+survivors' `confirmations` are kept for the ledger.
 """
 
 from __future__ import annotations
@@ -17,34 +19,49 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from federation.messages import (CONFIG, MASKED, QUERY_SECAGG_KEYS, QUERY_SECAGG_SHARES, QUERY_SECAGG_UNMASK, SECAGG,
-                                 ReplyRejected, inspect_reply, numpy_arrays)
-from federation.secagg import MODULUS, Quantizer, SecAggError, unmask_sum, unpack_share
-from federation.secagg_lender import unflatten
+from federation.messages import (CONFIG, MASKED, QUERY_SECAGG_CONFIRM, QUERY_SECAGG_KEYS, QUERY_SECAGG_SHARES,
+                                 QUERY_SECAGG_UNMASK, SECAGG, ReplyRejected, inspect_reply, numpy_arrays)
+from federation.registry import Registry
+from federation.secagg import (MIN_ROSTER, SecAggError, check_keys, confirmation_verifies, roster_body, signed,
+                               unflatten, unmask_body, unmask_sum, unpack_share, weighted_quantizer)
 
 TIMEOUT_S = 3600.0
 
 
 class SecureRound:
-    """One round's secure aggregation, from the coordinator's side: `prepare` before the training
-    messages go out, `aggregate` with the replies that passed screening."""
+    """One round's secure aggregation, from the coordinator's side: `prepare` before the training messages go
+    out, `aggregate` with the replies that passed screening.
+
+    `registry`, when the coordinator has one, lets it leave out early a lender whose keys or confirmation do not
+    verify (every honest lender would refuse the round over it); the lenders check everything themselves anyway.
+    """
 
     def __init__(self, grid: Grid, rnd: int, config: ConfigRecord, bound: float, lender_of_node: Callable[[int], int],
-                 train_records: dict[int, int]) -> None:
+                 run_id: str, coordinator_key: Ed25519PrivateKey, registry: Registry | None = None) -> None:
         self.grid, self.rnd, self.config, self.bound = grid, rnd, config, bound
-        self.lender_of_node, self.train_records = lender_of_node, train_records
+        self.lender_of_node, self.run_id, self.key, self.registry = lender_of_node, run_id, coordinator_key, registry
         self.nodes: list[int] = []  # position -> node id
+        self.participants: list[int] = []  # position -> lender id
         self.threshold = 0
+        self.roster: dict[str, str] = {}  # {"body": canonical JSON, "signature": hex}, for the ledger
+        self.unmask_request: dict[str, str] = {}  # the same, for the unmasking request
+        self.confirmations: dict[int, str] = {}  # survivor lender -> its signature (hex) on the survivor set
         self.mask_keys: dict[int, bytes] = {}
         self.active: list[int] = []  # positions that shared their keys: everyone masks against these
-        self.dropped: dict[int, str] = {}  # lender -> why it was left out of a step
+        self.dropped: dict[int, str] = {}  # lender -> why its update is not in the aggregate
+        self.unhelpful: dict[int, str] = {}  # survivor -> why it did not help unmask (its update is in the sum)
 
-    def _ask(self, kind: str, requests: dict[int, dict]) -> dict[int, dict]:
+    def _roster_fields(self) -> dict:
+        return {"roster": self.roster["body"], "roster-signature": self.roster["signature"]}
+
+    def _ask(self, kind: str, requests: dict[int, dict], lost: dict[int, str] | None = None) -> dict[int, dict]:
         """Send one secure-aggregation request per position; the inspected replies by position. A lender
-        that fails or breaks the contract is recorded as dropped, and the round goes on without it."""
+        that fails or breaks the contract is recorded in `lost` (default `dropped`) with the reason, and the
+        round goes on without it."""
         messages = [Message(RecordDict({CONFIG: self.config, SECAGG: ConfigRecord(body)}), dst_node_id=self.nodes[p],
                             message_type=kind) for p, body in requests.items()]
         position = {node: p for p, node in enumerate(self.nodes)}
@@ -56,71 +73,117 @@ class SecureRound:
             except ReplyRejected as exc:
                 why[p] = f"secure aggregation ({kind}): {exc}"
         for p in sorted(requests.keys() - out.keys()):
-            self.dropped.setdefault(self.lender_of_node(self.nodes[p]), why.get(p, f"no reply to {kind}"))
+            self._drop(p, why.get(p, f"no reply to {kind}"), lost)
         return out
 
+    def _drop(self, position: int, why: str, lost: dict[int, str] | None = None) -> None:
+        (self.dropped if lost is None else lost).setdefault(self.participants[position], why)
+
     def prepare(self, messages: list[Message]) -> list[Message]:
-        """Steps 1 and 2, then the training messages for the lenders that shared (others are in `dropped`)."""
+        """The signed roster, steps 1 and 2, then the training messages for the lenders that shared (the others
+        are in `dropped`)."""
         messages = sorted(messages, key=lambda m: self.lender_of_node(m.metadata.dst_node_id))
         self.nodes = [m.metadata.dst_node_id for m in messages]
+        self.participants = [self.lender_of_node(node) for node in self.nodes]
         k = len(self.nodes)
+        if k < MIN_ROSTER:
+            raise SecAggError(f"round {self.rnd}: secure aggregation needs at least {MIN_ROSTER} lenders, {k} sampled")
         self.threshold = k // 2 + 1
-        if k < 2:
-            raise SecAggError(f"round {self.rnd}: secure aggregation needs at least 2 lenders, {k} sampled")
-        keys = self._ask(QUERY_SECAGG_KEYS, {p: {"position": p, "participants": k, "threshold": self.threshold}
-                                             for p in range(k)})
+        self.roster = signed(self.key, roster_body(self.run_id, self.rnd, self.participants, self.threshold))
+        keys = self._ask(QUERY_SECAGG_KEYS, {p: {**self._roster_fields(), "position": p} for p in range(k)})
+        for p in sorted(keys):
+            if not self._keys_verify(p, keys[p]):
+                self._drop(p, "secure aggregation: its keys are not signed by its registered key")
+                del keys[p]
         self._enough(len(keys), "advertised keys")
         self.mask_keys = {p: bytes(keys[p]["mask-key"]) for p in keys}
-        channel = [bytes(keys[p]["channel-key"]) if p in keys else b"" for p in range(k)]
-        mask = [self.mask_keys.get(p, b"") for p in range(k)]
-        sealed = self._ask(QUERY_SECAGG_SHARES, {p: {"mask-keys": mask, "channel-keys": channel} for p in sorted(keys)})
+        column = {name: [bytes(keys[p][name]) if p in keys else b"" for p in range(k)]
+                  for name in ("mask-key", "channel-key", "signature")}
+        request = {**self._roster_fields(), "mask-keys": column["mask-key"], "channel-keys": column["channel-key"],
+                   "key-signatures": column["signature"]}
+        sealed = self._ask(QUERY_SECAGG_SHARES, {p: request for p in sorted(keys)})
         self.active = sorted(p for p in sealed if len(sealed[p]["sealed"]) == k)
         for p in sorted(set(sealed) - set(self.active)):
-            self.dropped[self.lender_of_node(self.nodes[p])] = f"secure aggregation: sealed shares for {len(sealed[p]['sealed'])} lenders, not {k}"
+            self._drop(p, f"secure aggregation: sealed shares for {len(sealed[p]['sealed'])} lenders, not {k}")
         self._enough(len(self.active), "shared their keys")
-        records = sum(self.train_records[self.lender_of_node(self.nodes[p])] for p in self.active)
         out = []
         for p in self.active:
             # A new content per lender: Flower's strategies give every train message the same RecordDict.
             content = RecordDict({**dict(messages[p].content), SECAGG: ConfigRecord({
+                **self._roster_fields(), "active": self.active,
                 "sealed": [bytes(sealed[j]["sealed"][p]) if j in self.active else b"" for j in range(k)],
-                "active": self.active, "weight": self.train_records[self.lender_of_node(self.nodes[p])] / records,
             })})
             out.append(Message(content, dst_node_id=self.nodes[p], message_type=messages[p].metadata.message_type,
                                group_id=messages[p].metadata.group_id))
         return out
+
+    def _keys_verify(self, p: int, reply: dict) -> bool:
+        if self.registry is None:
+            return True
+        try:
+            check_keys(self.registry, self.run_id, self.rnd, self.participants[p], p, bytes(reply["mask-key"]),
+                       bytes(reply["channel-key"]), bytes(reply["signature"]))
+        except SecAggError:
+            return False
+        return True
 
     def _enough(self, count: int, what: str) -> None:
         if count < self.threshold:
             raise SecAggError(f"round {self.rnd}: only {count} lenders {what}; secure aggregation needs at least "
                               f"{self.threshold} of {len(self.nodes)}")
 
-    def aggregate(self, global_arrays: ArrayRecord, accepted: list[Message]) -> ArrayRecord:
-        """Step 4 and the unmasked FedAvg update. `accepted`: the training replies the coordinator screened
-        and kept; every other active lender counts as dropped (its pairwise masks are removed, its update
-        never is)."""
+    def aggregate(self, global_arrays: ArrayRecord, accepted: list[Message]) -> tuple[ArrayRecord, int]:
+        """Steps 4 and 5 and the unmasked FedAvg update: (the new model, sum of the survivors' record counts).
+
+        `accepted`: the training replies the coordinator screened and kept; every other active lender counts as
+        dropped (its pairwise masks are removed, its update never is)."""
+        current = numpy_arrays(global_arrays)
+        length = sum(array.size for array in current.values()) + 1  # the update, then the record count
         position = {node: p for p, node in enumerate(self.nodes)}
         masked = {}
         for msg in accepted:
+            p = position[msg.metadata.src_node_id]
             vector = numpy_arrays(msg.content["arrays"]).get(MASKED)
-            if vector is None or vector.dtype != np.uint32:
-                raise SecAggError(f"round {self.rnd}: a training reply holds no masked uint32 vector")
-            masked[position[msg.metadata.src_node_id]] = vector.astype(np.uint64)
+            if p not in self.active or vector is None or vector.dtype != np.uint64 or vector.shape != (length,):
+                self._drop(p, f"secure aggregation: the training reply holds no masked uint64 vector of {length}")
+                continue
+            masked[p] = vector
         survivors = sorted(masked)
         dropped = sorted(set(self.active) - set(survivors))
         self._enough(len(survivors), "sent their masked update")
-        answers = self._ask(QUERY_SECAGG_UNMASK, {p: {"survivors": survivors, "dropped": dropped} for p in survivors})
+        survivor_ids, dropped_ids = [self.participants[p] for p in survivors], [self.participants[p] for p in dropped]
+        self.unmask_request = signed(self.key, unmask_body(self.run_id, self.rnd, survivor_ids, dropped_ids))
+        request = {**self._roster_fields(), "unmask": self.unmask_request["body"],
+                   "unmask-signature": self.unmask_request["signature"]}
+        confirmed = self._ask(QUERY_SECAGG_CONFIRM, {p: request for p in survivors}, self.unhelpful)
+        for p in sorted(confirmed):
+            lender, signature = self.participants[p], bytes(confirmed[p]["signature"])
+            if self.registry and not confirmation_verifies(self.registry, self.run_id, self.rnd, survivor_ids,
+                                                           dropped_ids, lender, signature):
+                self._drop(p, "secure aggregation: its confirmation of the survivor set does not verify", self.unhelpful)
+                continue
+            self.confirmations[lender] = signature.hex()
+        self._enough(len(self.confirmations), "confirmed the survivor set")
+        forwarded = [bytes.fromhex(self.confirmations.get(lender, "")) for lender in survivor_ids]
+        answers = self._ask(QUERY_SECAGG_UNMASK, {p: {**request, "confirmations": forwarded}
+                                                  for p in survivors if self.participants[p] in self.confirmations},
+                             self.unhelpful)
         answers = {p: a for p, a in answers.items()
                    if len(a["seed-shares"]) == len(survivors) and len(a["key-shares"]) == len(dropped)}
         self._enough(len(answers), "answered the unmasking step")
-        seed_shares = {s: [unpack_share(bytes(a["seed-shares"][i])) for a in answers.values()] for i, s in enumerate(survivors)}
-        key_shares = {d: [unpack_share(bytes(a["key-shares"][i])) for a in answers.values()] for i, d in enumerate(dropped)}
+        seed_shares = {s: [unpack_share(bytes(a["seed-shares"][i])) for a in answers.values()]
+                       for i, s in enumerate(survivors)}
+        key_shares = {d: [unpack_share(bytes(a["key-shares"][i])) for a in answers.values()]
+                      for i, d in enumerate(dropped)}
         total = unmask_sum(masked, {p: self.mask_keys[p] for p in self.active}, self.threshold, seed_shares, key_shares)
-        weighted_sum = Quantizer(self.bound, len(self.active)).decode_sum(total % MODULUS, len(survivors))
-        records = {p: self.train_records[self.lender_of_node(self.nodes[p])] for p in self.active}
-        # The lenders weighted by their share of the active records; renormalize to the survivors'.
-        scale = sum(records.values()) / sum(records[p] for p in survivors)
-        current = numpy_arrays(global_arrays)
-        update = unflatten(scale * weighted_sum, current)
-        return ArrayRecord({name: Array((current[name].astype(np.float64) + update[name]).astype(current[name].dtype))
-                            for name in global_arrays.keys()})
+        quantizer = weighted_quantizer(self.bound, len(self.nodes))
+        decoded = quantizer.decode_sum(total)
+        weight_sum = round(float(decoded[-1]))
+        # n_i are whole numbers: a sum that is not one means some vector was malformed (or a share was wrong).
+        if weight_sum < 1 or abs(decoded[-1] - weight_sum) > quantizer.max_sum_error(len(survivors)):
+            raise SecAggError(f"round {self.rnd}: the unmasked record count {decoded[-1]:.6f} is not a positive whole "
+                              f"number: a lender sent a malformed masked vector")
+        update = unflatten(decoded[:-1] / weight_sum, current)
+        new = ArrayRecord({name: Array((current[name].astype(np.float64) + update[name]).astype(current[name].dtype))
+                           for name in global_arrays.keys()})
+        return new, weight_sum
