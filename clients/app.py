@@ -11,7 +11,7 @@ from __future__ import annotations
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import dp_round
+from clients import dp_round, secagg
 from clients.session import Session
 from federation.audit_trail.attest import MANIFEST_FIELDS, evaluation_body, final_body, manifest_body
 from federation.audit_trail.canonical import arrays_hash
@@ -86,20 +86,23 @@ def _secagg_step(msg: Message, context: Context, step) -> Message:
 
 @app.query("secagg_keys")
 def secagg_keys(msg: Message, context: Context) -> Message:
-    from clients import secagg
-
-    return _secagg_step(msg, context, secagg.advertise)
+    return _secagg_step(msg, context, lambda s, request: secagg.advertise(
+        s.context, s.round, s.run, s.lender, s.home.identity, s.home.registry, request))
 
 
 @app.query("secagg_shares")
 def secagg_shares(msg: Message, context: Context) -> Message:
-    from clients import secagg
+    return _secagg_step(msg, context, lambda s, request: secagg.share(
+        s.context, s.round, s.run, s.lender, s.home.registry, request))
 
-    return _secagg_step(msg, context, secagg.share)
+
+@app.query("secagg_confirm")
+def secagg_confirm(msg: Message, context: Context) -> Message:
+    return _secagg_step(msg, context, lambda s, request: secagg.confirm(
+        s.context, s.round, s.run, s.lender, s.home.identity, s.home.registry, request))
 
 
 @app.query("secagg_unmask")
 def secagg_unmask(msg: Message, context: Context) -> Message:
-    from clients import secagg
-
-    return _secagg_step(msg, context, secagg.reveal)
+    return _secagg_step(msg, context, lambda s, request: secagg.reveal(
+        s.context, s.round, s.run, s.lender, s.home.registry, request))

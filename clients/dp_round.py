@@ -200,7 +200,8 @@ def _train_once(s: Session, planned: PrivacyEvent | None) -> ArrayRecord:
         from clients import secagg
 
         update = {k: v.detach().numpy() - received[k].numpy() for k, v in model.state_dict().items()}
-        masked = secagg.masked_update(s, s.msg.content[SECAGG], update)
+        masked = secagg.masked_update(s.context, s.round, s.run, s.lender, s.msg.content[SECAGG], update,
+                                      cfg.max_update_norm, s.own_records)
         return ArrayRecord({MASKED: Array(masked)})
     return ArrayRecord(model.state_dict())
 

@@ -329,7 +329,9 @@ def deploy(
         folder = Path(deploy_dir or f"{cfg.output_dir}-deploy")
         console.print(f"fedcredit: deploying {cfg.lenders} SuperNodes and a SuperLink (TLS, SuperNode authentication) "
                       f"on 127.0.0.1; processes and logs in {folder}", highlight=False)
-        with Deployment(folder, cfg.lenders, data_dir=cfg.data_dir, data_dirs=data_dirs) as deployment:
+        deployment = Deployment(folder, cfg.lenders, data_dir=cfg.data_dir, data_dirs=data_dirs)
+        cfg = deployment.prepare(cfg)
+        with deployment:
             path = deployment.run(cfg)
     except FedCreditError as exc:
         _fail(str(exc))

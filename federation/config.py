@@ -155,7 +155,11 @@ class RunConfig:
                  f"updates; strategy '{self.strategy}' needs each update (use fedavg or fedprox)")
             need(not (self.dp and self.dp_level == "lender"), "secure aggregation with dp-level 'lender' is not supported "
                  "(the coordinator clips each update there); use dp-level 'record'")
-            need(self.lenders >= 2 and self.lenders_per_round != 1, "secure aggregation needs at least 2 lenders a round")
+            from federation.secagg import MIN_ROSTER
+
+            need(self.lenders >= MIN_ROSTER and (self.lenders_per_round == 0 or self.lenders_per_round >= MIN_ROSTER),
+                 f"secure aggregation needs at least {MIN_ROSTER} lenders a round (with two, each would learn the "
+                 "other's update from the sum)")
             need(_finite_positive(self.max_update_norm), "secure aggregation needs max-update-norm > 0: it bounds the "
                  "fixed-point encoding (each lender clips its update to it)")
         if self.dp:

@@ -3,11 +3,13 @@
 `Deployment` (a context manager) makes a run-local CA and the SuperLink's TLS certificate, one SuperNode
 authentication key per lender (federation/deploy_pki.py), starts `flower-superlink` with TLS and
 SuperNode authentication on, registers each lender's public key with `flwr supernode register`, starts
-one `flower-supernode` per lender with its own node config (lender-id, data-dir, keys-dir), and runs
+one `flower-supernode` per lender with its own node config (lender-id, lender-dir: the lender's own folder, with
+its policy and the identity key it makes itself; the coordinator never creates or reads a lender's key), and runs
 the same ServerApp and ClientApp as the simulation with `flwr run`. Every process it starts, and every
 process those start, is stopped by its process id when the block ends, also on failure.
-Everything lives in one folder: tls/, node-keys/, lender-keys/, flwr-home/ (the `flwr` CLI's config,
-with a connection to this SuperLink that trusts only the run-local CA) and logs/.
+The deployment's own things live in one folder: tls/, node-keys/, flwr-home/ (the `flwr` CLI's config, with a
+connection to this SuperLink that trusts only the run-local CA) and logs/; each lender's folder and the key
+registry sit beside the run folder, as for a simulated run (federation/runner.py, `Parties`).
 """
 
 from __future__ import annotations
@@ -77,12 +79,15 @@ class Deployment:
         try:
             self.start()
         except BaseException:
-            self.stop()
+            self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        if not self.finished:  # secrets made for a run that did not finish protect nothing: leave no trace
+            for path in self.made:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
     def start(self) -> None:
         if self.folder.exists() and any(self.folder.iterdir()):
@@ -142,20 +147,48 @@ class Deployment:
     def start_supernode(self, lender: int, private_key: Path, public_key: Path, name: str | None = None) -> subprocess.Popen:
         """A SuperNode for `lender`, authenticating with the given key pair (registered or not)."""
         name = name or f"supernode_{lender:03d}"
-        keys = self.folder / "lender-keys" / f"lender_{lender:03d}"
-        node_config = f"lender-id={lender} keys-dir={_toml_string(str(keys))}"
-        data_dir = self.data_dirs.get(lender, self.data_dir)
-        if data_dir:
-            node_config += f" data-dir={_toml_string(str(Path(data_dir).resolve()))}"
+        node_config = f"lender-id={lender} lender-dir={_toml_string(str(self.lender_dirs(lender)))}"
         return self._spawn(name, [
             _tool("flower-supernode"), "--superlink", f"127.0.0.1:{self.ports['superlink']}",
             "--root-certificates", str(self.tls["ca"]), "--auth-supernode-private-key", str(private_key),
             "--port", str(free_port()), "--node-config", node_config,
         ])
 
+    lenders_root: Path | None = None  # where each lender's own folder is (set by `prepare`)
+    made: list[Path] = field(default_factory=list)  # what `prepare` created (removed again if the run fails)
+    finished: bool = False
+
+    def lender_dirs(self, lender: int) -> Path:
+        from federation.audit_trail.keys import lender_name
+
+        if self.lenders_root is None:
+            raise DeploymentError("the lenders' folders are not set up: call prepare(cfg) before starting SuperNodes")
+        return self.lenders_root / lender_name(lender)
+
+    def prepare(self, cfg: RunConfig) -> RunConfig:
+        """Validate the input and set every party up as it would itself: the coordinator's key, each lender's
+        folder, policy and identity key (on the lender's behalf, as `fedcredit lender init` would on its machine),
+        the key registry. Returns the configuration the coordinator will request (with the card every lender
+        must hold)."""
+        from federation.runner import Parties, set_up_parties, validate
+
+        if self.folder.exists() and any(self.folder.iterdir()):
+            raise DeploymentError(f"{self.folder} is not empty: a deployment folder is made fresh for each run")
+        summary = validate(cfg.replace(data_dir=self.data_dir or cfg.data_dir))
+        cfg = cfg.replace(card_sha256=cfg.card_sha256 or summary.card_sha256)
+        parties = Parties(Path(cfg.output_dir).resolve())
+        self.made = [p for p in (parties.keys, parties.lenders, parties.registry) if not p.exists()]
+        try:
+            set_up_parties(cfg.replace(data_dir=self.data_dir or cfg.data_dir), parties, data_dirs=self.data_dirs)
+        except BaseException:
+            self.__exit__()
+            raise
+        self.lenders_root = parties.lenders
+        return cfg
+
     # ---- the run -----------------------------------------------------------------------------
     def run(self, cfg: RunConfig, timeout: float = 600.0) -> Path:
-        """`flwr run` the app on this deployment with `cfg`; the run folder when it finished."""
+        """`flwr run` the app on this deployment with `cfg` (from `prepare`); the run folder when it finished."""
         output = Path(cfg.output_dir).resolve()
         overrides = {k: v for k, v in cfg.to_record().items() if k not in ("engine",)}
         overrides["output-dir"] = str(output)
@@ -165,6 +198,7 @@ class Deployment:
         if not (output / "report.json").exists():
             raise DeploymentError(f"the run did not finish (flwr run exited {done.returncode}); see {self.logs / 'flwr-run.log'}: "
                                   f"{(done.stdout + done.stderr).strip()[-800:]}")
+        self.finished = True
         return output
 
     # ---- tear-down ---------------------------------------------------------------------------

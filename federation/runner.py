@@ -71,10 +71,12 @@ class Parties:
         return self.lenders / lender_name(lender)
 
 
-def set_up_parties(cfg: RunConfig, parties: Parties, canaries: dict[int, tuple[np.ndarray, np.ndarray]] | None = None):
+def set_up_parties(cfg: RunConfig, parties: Parties, canaries: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+                   data_dirs: dict[int, str] | None = None):
     """Every party as it would set itself up: the coordinator makes its key, each lender makes its folder, policy
     and identity key (`fedcredit lender init`, run here on each simulated lender's behalf), and the registry is
-    built from the public keys they publish. Returns the registry."""
+    built from the public keys they publish. `data_dirs`: a lender whose records are in a folder of its own.
+    Returns the registry."""
     from clients.home import init_lender
     from federation.audit_trail.keys import COORDINATOR, keys_dir_for, load_or_create, public_hex
     from federation.lender_policy import for_simulated_lender
@@ -89,7 +91,8 @@ def set_up_parties(cfg: RunConfig, parties: Parties, canaries: dict[int, tuple[n
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             audit = str(folder / "audit-canaries.npz")
             np.savez(audit, x=canaries[lender][0], y=canaries[lender][1])
-        lenders[lender] = init_lender(folder, for_simulated_lender(cfg, lender, str(parties.registry), audit))
+        own = cfg.replace(data_dir=str(Path(data_dirs[lender]).resolve())) if data_dirs and lender in data_dirs else cfg
+        lenders[lender] = init_lender(folder, for_simulated_lender(own, lender, str(parties.registry), audit))
     registry = Registry(coordinator, lenders)
     registry.write(parties.registry)
     return registry

@@ -251,8 +251,15 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
             new_arrays, why_not, weights = (None, setup_failure, None) if setup_failure else _aggregate(
                 rnd, arrays, trained, strategy, secure)
             how = {"strategy": cfg.strategy, "secure_aggregation": cfg.secure_aggregation}
-            if secure is not None and secure.unmask_request:
-                how["unmask"] = secure.unmask_request
+            aggregated = [lender_of(m) for m in trained]
+            if secure is not None:
+                if secure.unmask_request:
+                    how["unmask"] = secure.unmask_request
+                    how["confirmations"] = {str(k): v for k, v in sorted(secure.confirmations.items())}
+                late = {lender: why for lender, why in secure.dropped.items() if lender in aggregated}
+                for lender, why in sorted(late.items()):  # sent an update the unmasking could not use
+                    keeper.rejected(rnd, lender, why)
+                aggregated = [lender for lender in aggregated if lender not in late]
             if weights is not None:
                 how["weight_sum"] = weights
             if new_arrays is None:
@@ -261,7 +268,7 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
                 keeper.aggregate(rnd, [], arrays, {**how, "skipped": True, "reason": why_not})
             else:
                 arrays = new_arrays
-                keeper.aggregate(rnd, [lender_of(m) for m in trained], arrays, how)
+                keeper.aggregate(rnd, aggregated, arrays, how)
         scores = _evaluate(grid, strategy, rnd, arrays, config, lender_of, keeper)
         seconds = time.time() - start
         keeper.round_finished(rnd, seconds)

@@ -582,8 +582,12 @@ def _check_secure_aggregation(view: RunView, cfg: RunConfig, coordinator) -> Non
         if len(rosters) != 1:
             _fail(_describe(attempt.started), "secure aggregation", "an aggregated secure round records one signed roster")
         signed = rosters[0]["body"]
-        body = signed.get("body") or {}
-        if not verify_signature(coordinator, str(signed.get("signature", "")), canonical(body)):
+        try:
+            body = json.loads(str(signed.get("body", "")))
+        except json.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict) or not verify_signature(coordinator, str(signed.get("signature", "")),
+                                                              str(signed.get("body", "")).encode()):
             _fail(_describe(rosters[0]), "secure aggregation", "the roster the lenders checked is not signed by the "
                                                                "coordinator")
         participants = body.get("participants", [])
