@@ -16,7 +16,7 @@ from federation.privacy.accountant import calibrate_noise, default_delta, epsilo
 from federation.privacy.budget import PrivacyBudget
 from federation.privacy.events import PrivacyEvent
 from federation.privacy.lender_level import clip_update, noised_mean_update, update_norm
-from federation.privacy.noise import ChaChaGaussian
+from federation.privacy.noise import SECURE_SOURCE, SEEDED_SOURCE, ChaChaStream
 from federation.runner import run
 
 # (sigma, q, steps per round, rounds): small and large epsilon, tiny and large sampling rates
@@ -110,7 +110,7 @@ def test_no_lender_ever_exceeds_its_budget_in_a_federated_run(tmp_path, lenders,
         assert len(mine) + len(declined) <= rounds
     config = json.loads((folder / "config.json").read_text())
     if config["stopped-early"]:
-        assert "no lender could train" in config["stopped-early"]
+        assert "every lender asked declined" in config["stopped-early"]
 
 
 # ---- the events file in a run --------------------------------------------------------------------
@@ -136,7 +136,7 @@ def test_privacy_events_file_records_every_release(dp_run):
 def test_privacy_summary_states_accountant_both_epsilons_and_noise_source(dp_run):
     privacy = json.loads((dp_run / "privacy.json").read_text())
     assert privacy["accountant"] == "rdp" and privacy["granularity"] == "record"
-    assert "not cryptographically secure" in privacy["noise_source"]
+    assert all(unit["noise"] == SECURE_SOURCE for unit in privacy["units"].values())
     events = [PrivacyEvent.from_dict(json.loads(x)) for x in (dp_run / "privacy_events.jsonl").read_text().splitlines()]
     for lender in ("0", "1"):
         unit = privacy["units"][lender]
@@ -147,17 +147,23 @@ def test_privacy_summary_states_accountant_both_epsilons_and_noise_source(dp_run
 
 
 def test_server_rejects_a_lender_whose_epsilon_claim_does_not_match_its_events():
-    from server.loop import RunFailed, RunRecord, _account_reply
+    from server.loop import RunFailed, RunRecord, _account
 
     cfg = RunConfig(lenders=1)
-    record = RunRecord(manifests={0: {"train_records": 1000}})
-    metrics = {"delta": default_delta(1000), "noise-multiplier": 1.0, "sample-rate": 0.064, "steps": 16,
-               "clip-norm": 1.0, "epsilon-budget": 3.0, "declined": 0}
-    honest = epsilon([PrivacyEvent(0, 1, 1.0, 0.064, 16, 1.0)], default_delta(1000))
-    row = _account_reply(record, cfg, 0, 1, {**metrics, "epsilon": honest})
-    assert row["epsilon"] == pytest.approx(honest)
-    with pytest.raises(RunFailed, match="lender 0 reported epsilon"):
-        _account_reply(record, cfg, 0, 2, {**metrics, "epsilon": honest})  # two rounds spent, one claimed
+    record = RunRecord(manifests={0: {"train_records": 1000, "policy": {"delta": 0.0}}})
+    event = PrivacyEvent(0, 1, 1.0, 0.064, 16, 1.0)
+    honest = epsilon([event], default_delta(1000))
+
+    def update(rnd, release, claim):
+        return {"type": "lender_update", "lender": 0, "round": rnd, "release": release, "delta": default_delta(1000),
+                "budget": 3.0, "events": [{**event.to_dict(), "round": rnd}], "epsilon": claim}
+
+    _account(record, cfg, 0, 1, update(1, 1, honest))
+    assert len(record.releases[0]) == 1
+    with pytest.raises(RunFailed, match="lender 0 claims epsilon"):
+        _account(record, cfg, 0, 2, update(2, 2, honest))  # two rounds spent, one claimed
+    with pytest.raises(RunFailed, match="numbers its release 5"):
+        _account(record, cfg, 0, 2, update(2, 5, honest))  # releases 2-4 kept from the coordinator's count
 
 
 # ---- lender-level DP -----------------------------------------------------------------------------
@@ -222,16 +228,26 @@ def test_lender_level_stops_when_the_federation_budget_is_spent(tmp_path):
 
 # ---- secure noise --------------------------------------------------------------------------------
 
-def test_chacha_gaussian_is_standard_normal_and_unseeded():
-    a, b = ChaChaGaussian().normal(torch.Size([50_000])), ChaChaGaussian().normal(torch.Size([50_000]))
+def test_chacha_stream_is_standard_normal_uniform_and_unseeded():
+    a, b = ChaChaStream().normal(torch.Size([50_000])), ChaChaStream().normal(torch.Size([50_000]))
     assert stats.kstest(a.numpy(), "norm").pvalue > 1e-3
     assert not torch.equal(a, b)  # fresh key from os.urandom each time
+    u = ChaChaStream().uniform(50_000)
+    assert stats.kstest(u, "uniform").pvalue > 1e-3 and 0 < u.min() and u.max() < 1
 
 
-def test_secure_rng_run_states_its_noise_source(tmp_path):
-    cfg = RunConfig(records=1500, lenders=2, rounds=1, secure_rng=True, engine="inprocess", output_dir=str(tmp_path / "s"))
+def test_a_reproducible_run_says_it_is_not_private_everywhere(tmp_path):
+    from typer.testing import CliRunner
+
+    from federation.cli import app
+
+    cfg = RunConfig(records=1500, lenders=2, rounds=1, reproducible_noise_not_private=True, engine="inprocess",
+                    output_dir=str(tmp_path / "s"))
     folder = run(cfg, on_round=lambda s: None)
     privacy = json.loads((folder / "privacy.json").read_text())
-    assert "ChaCha20" in privacy["noise_source"] or "torchcsprng" in privacy["noise_source"]
-    metrics = pd.read_csv(folder / "metrics.csv")
-    assert metrics.auc.notna().all()
+    assert all(unit["noise"] == SEEDED_SOURCE for unit in privacy["units"].values())
+    report = json.loads((folder / "report.json").read_text())
+    assert report["summary"][0].startswith("NOT PRIVATE") and report["privacy"]["not_private"] is True
+    assert "NOT PRIVATE" in (folder / "report.html").read_text()
+    checked = CliRunner().invoke(app, ["verify", str(folder), "--registry", f"{folder}-registry.json"])
+    assert checked.exit_code == 0 and checked.output.splitlines()[1].startswith("NOT PRIVATE"), checked.output

@@ -48,19 +48,44 @@ def test_guess_counts_uses_fixed_numbers_of_guesses():
         guess_counts(scores, included, 4, 3)
 
 
-def test_canaries_are_out_of_distribution_and_deterministic():
+def test_canaries_are_out_of_distribution_and_drawn_from_the_csprng():
     a, b = make_canaries(10, 200, seed=3), make_canaries(10, 200, seed=3)
-    assert np.array_equal(a.x, b.x) and np.array_equal(a.included, b.included)
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.included, b.included)  # the statistics' own tests only
     assert np.abs(a.x).min() == 3.0  # encoded records lie in [-1, 1]
     assert 60 < a.included.sum() < 140 and set(np.unique(a.y)) == {0.0, 1.0}
+    # an audit's draw: which canaries go in cannot be recomputed from any seed
+    c, d = make_canaries(10, 200), make_canaries(10, 200)
+    assert not np.array_equal(c.included, d.included)
 
 
-def test_only_the_audited_lender_receives_the_included_canaries():
-    cfg = RunConfig(records=2000, lenders=2, audit_canaries=50, audit_lender=1)
-    plain = RunConfig(records=2000, lenders=2)
-    inserted = int(make_canaries(len(load_lender(plain, 1).features), 50, 0).included.sum())
-    assert len(load_lender(cfg, 1).y_train) == len(load_lender(plain, 1).y_train) + inserted
-    assert len(load_lender(cfg, 0).y_train) == len(load_lender(plain, 0).y_train)
+def test_only_the_audited_lender_receives_the_inserted_canaries_and_its_counts_are_its_own(tmp_path):
+    from clients.app import signed_manifest
+    from clients.session import Session
+    from tests.lender_kit import make_lender, message
+
+    cfg = RunConfig(records=2000, lenders=2)
+    plain = load_lender(cfg, 1)
+    drawn = make_canaries(len(plain.features), 50)
+    path = tmp_path / "canaries.npz"
+    np.savez(path, x=drawn.inserted[0], y=drawn.inserted[1])
+    context, _ = make_lender(tmp_path / "audited", cfg, 1, audit_canaries=str(path))
+    session = Session(message(cfg, 0, kind="query.manifest"), context)
+    assert len(session.data.y_train) == len(plain.y_train) + int(drawn.included.sum())
+    manifest = signed_manifest(session)
+    assert manifest["train_records"] == len(plain.y_train)  # the inserted count is not published
+    assert manifest["policy"]["audit_canaries"] is True
+    other, _ = make_lender(tmp_path / "other", cfg, 0)
+    assert len(Session(message(cfg, 0, kind="query.manifest"), other).data.y_train) == len(load_lender(cfg, 0).y_train)
+
+
+def test_the_default_audit_can_refute_the_claim_it_audits():
+    from federation.audit import audit_size, largest_refutable
+
+    for claim in (0.5, 1.0, 3.0, 4.0):
+        canaries, guesses = audit_size(claim, 1e-5)
+        assert largest_refutable(canaries, guesses, 1e-5) >= claim
+    # and the old default (100 canaries, 20 guesses) could never refute a claim of 1.82 or more
+    assert largest_refutable(100, 20, 1e-5) < 1.83
 
 
 AUDIT = RunConfig(records=2000, lenders=2, rounds=5, local_epochs=5, model="mlp", hidden=64, engine="inprocess")
@@ -68,6 +93,7 @@ AUDIT = RunConfig(records=2000, lenders=2, rounds=5, local_epochs=5, model="mlp"
 
 def test_non_private_run_leaks_a_bound_above_zero(tmp_path):
     result = audit(AUDIT.replace(dp=False, output_dir=str(tmp_path / "nodp")), canaries=100, guesses=20)
+    assert result["largest_refutable"] > 1.6  # 20 guesses: about log(20 / 3)
     assert result["epsilon_lower_bound"] > 0
     assert math.isinf(result["epsilon_claimed"])
     assert result["mia_auc_canaries"] > 0.6
@@ -82,11 +108,29 @@ def test_dp_run_never_shows_a_bound_above_its_claim(tmp_path, epsilon):
     assert result["epsilon_lower_bound"] <= result["epsilon_claimed"]
 
 
+CHEAT = RunConfig(records=1000, lenders=2, rounds=10, local_epochs=5, model="mlp", hidden=128, batch_size=32,
+                  clip_norm=5.0, epsilon=0.25, engine="inprocess")
+
+
+def test_a_run_whose_noise_is_far_below_its_claim_is_caught(tmp_path, monkeypatch):
+    """The audit can fail: the lender records its calibrated sigma but adds a thousandth of that noise (the test
+    seam clients.dp_round.applied_noise_multiplier), and the audit's lower bound exceeds the claim."""
+    import clients.dp_round as dp_round
+
+    honest = audit(CHEAT.replace(output_dir=str(tmp_path / "honest")), canaries=200, guesses=40)
+    assert honest["epsilon_lower_bound"] <= honest["epsilon_claimed"] <= 0.25
+    monkeypatch.setattr(dp_round, "applied_noise_multiplier", lambda recorded: recorded / 1000)
+    cheat = audit(CHEAT.replace(output_dir=str(tmp_path / "cheat")), canaries=200, guesses=40)
+    assert cheat["epsilon_claimed"] == pytest.approx(honest["epsilon_claimed"])  # the same recorded claim
+    assert cheat["epsilon_lower_bound"] > cheat["epsilon_claimed"], cheat
+
+
 def test_audit_command_prints_bound_next_to_claim(tmp_path):
     result = CliRunner().invoke(app, ["audit", "--set", "records=2000", "--lenders", "2", "--rounds", "2",
                                       "--epsilon", "2", "--output-dir", str(tmp_path / "cli")])
     assert result.exit_code == 0, result.output
     assert "epsilon lower bound" in result.output and "epsilon claimed" in result.output
+    assert "largest claim this audit could refute" in result.output
 
 
 def test_audit_rejects_impossible_guess_counts(tmp_path):

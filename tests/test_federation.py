@@ -56,10 +56,16 @@ def test_epsilon_csv_is_cumulative_accounting_of_all_steps(small_run):
         assert 0.98 * 2.0 <= rows.epsilon.iloc[-1] <= 2.0
 
 
-def test_same_inputs_and_seed_give_the_same_numbers(small_run, tmp_path):
-    again = run(SMALL.replace(output_dir=str(tmp_path / "again")), on_round=lambda s: None)
-    for name in ("metrics.csv", "epsilon.csv"):
-        assert (again / name).read_text() == (small_run / name).read_text()
+def test_same_inputs_and_seed_give_the_same_numbers_only_with_the_not_private_option(small_run, tmp_path):
+    seeded = SMALL.replace(rounds=2, reproducible_noise_not_private=True)
+    once = run(seeded.replace(output_dir=str(tmp_path / "once")), on_round=lambda s: None)
+    again = run(seeded.replace(output_dir=str(tmp_path / "again")), on_round=lambda s: None)
+    for name in ("metrics.csv", "epsilon.csv", "model.pt"):
+        assert (again / name).read_bytes() == (once / name).read_bytes()
+    # Without it, every lender's noise comes from its own CSPRNG: the same seed gives another model.
+    private = run(SMALL.replace(rounds=2, output_dir=str(tmp_path / "private")), on_round=lambda s: None)
+    assert (private / "epsilon.csv").read_bytes() == (once / "epsilon.csv").read_bytes()  # the same accounting
+    assert (private / "model.pt").read_bytes() != (once / "model.pt").read_bytes()
 
 
 class RecordingGrid(InProcessGrid):
@@ -78,7 +84,12 @@ def test_every_reply_holds_only_model_arrays_and_scalars(tmp_path):
     from server.loop import run_federation
 
     cfg = SMALL.replace(rounds=2, output_dir=str(tmp_path / "inspect"))
-    grid = RecordingGrid(client_app, cfg.lenders)
+    from federation.runner import Parties, set_up_parties
+
+    parties = Parties(tmp_path / "inspect")
+    set_up_parties(cfg, parties)
+    grid = RecordingGrid(client_app, cfg.lenders, node_configs={i: {"lender-dir": str(parties.lender(i))}
+                                                                for i in range(cfg.lenders)})
     run_federation(grid, cfg)
     manifest = next(r for r in grid.replies if r.metadata.message_type == "query.manifest")
     n_features = len(inspect_reply(manifest)["manifest"]["features"])
@@ -94,8 +105,9 @@ def test_every_reply_holds_only_model_arrays_and_scalars(tmp_path):
             if isinstance(record, MetricRecord):
                 assert all(isinstance(v, (int, float)) for v in record.values())
         if kind == "train":
-            assert set(plain["metrics"]) >= {"num-examples", "train-loss", "epsilon"}
-    assert kinds == {"query.manifest": 3, "train": 6, "evaluate": 6}
+            # nothing computed on the training records leaves without noise: no training loss
+            assert set(plain["metrics"]) >= {"num-examples", "epsilon"} and "train-loss" not in plain["metrics"]
+    assert kinds == {"query.manifest": 3, "train": 6, "evaluate": 6, "query.final": 3}
 
 
 def _reply(content, kind="train"):
@@ -121,6 +133,12 @@ def test_inspector_rejects_row_shaped_or_unexpected_content():
         inspect_reply(_reply({**good, "metrics": MetricRecord({"num-examples": [1.0, 2.0]})}), shapes)
     with pytest.raises(ReplyRejected, match="not an allowed"):
         inspect_reply(_reply({**good, "metrics": MetricRecord({"borrower-score": 0.3})}), shapes)
+    with pytest.raises(ReplyRejected, match="not an allowed"):  # a statistic of the private batches, not covered
+        inspect_reply(_reply({**good, "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.4})}), shapes)
+    # the right number of values in the wrong shape: a (4, 1) weight where the model has (1, 4)
+    turned = ArrayRecord({"linear.weight": Array(np.zeros((4, 1), np.float32)), "linear.bias": Array(np.zeros(1, np.float32))})
+    with pytest.raises(ReplyRejected, match=r"shape \(4, 1\)"):
+        inspect_reply(_reply({**good, "arrays": turned}), shapes)
     with pytest.raises(ReplyRejected, match="holds"):
         inspect_reply(_reply({**good, "leak": ArrayRecord({"x": Array(np.zeros(3))})}), shapes)
     nan = ArrayRecord({"linear.weight": Array(np.full((1, 4), np.nan, np.float32)), "linear.bias": Array(np.zeros(1, np.float32))})

@@ -5,7 +5,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients.app import STATE, train as client_train
+from clients.app import train as client_train
 from federation.config import RunConfig
 from federation.data import load_lender
 from federation.messages import ARRAYS, CONFIG, METRICS, run_config_record
@@ -52,35 +52,29 @@ def test_default_delta_is_below_one_over_n():
         assert default_delta(n) < 1 / n
 
 
-def _train_message(cfg, rnd, model):
-    config = run_config_record(cfg)
-    config["server-round"] = rnd
-    msg = Message(RecordDict({ARRAYS: ArrayRecord(model.state_dict()), CONFIG: ConfigRecord(dict(config))}),
-                  dst_node_id=7, message_type="train")
-    msg.metadata.__dict__["_message_id"] = f"m{rnd}"
-    return msg
-
-
 def test_lender_declines_a_round_that_would_exceed_its_budget(tmp_path):
-    from flwr.supercore.task_identity import TaskIdentity
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    import json
+
+    from tests.lender_kit import initial_model, make_lender, message, spent
+
     cfg = RunConfig(records=2000, lenders=2, rounds=2, epsilon=1.0, batch_size=64, output_dir=str(tmp_path / "run"))
-    data = load_lender(cfg, 1)
-    model = build_model(cfg.model, len(data.features))
-    context = Context(run_id=1, node_id=7, node_config={"partition-id": 1}, state=RecordDict(), run_config={})
-    first = client_train(_train_message(cfg, 1, model), context)
-    m1 = first.content[METRICS]
-    assert m1["declined"] == 0 and 0 < m1["epsilon"] < 1.0
-    # Pretend an earlier release already spent most of the budget: the next round must be refused
+    context, home = make_lender(tmp_path / "lender", cfg, 1)
+    model = initial_model(cfg, 1)
+    first = client_train(message(cfg, 1, model=model), context)
+    body = json.loads(first.content["attestation"]["body"])
+    assert first.content[METRICS]["declined"] == 0 and 0 < body["epsilon"] < 1.0 and body["release"] == 1
+    # Pretend an earlier release of this run already spent most of the budget: the next round must be refused
     # before any training, and the reply carries no model.
-    state = PrivacyBudget.from_json(context.state[STATE]["budget"])
-    state.events.append(PrivacyEvent(**{**state.events[0].to_dict(), "round": 0, "steps": state.events[0].steps * 10}))
-    context.state[STATE] = ConfigRecord({"budget": state.to_json()})
-    events = state.events
-    before = epsilon(events, m1["delta"])
-    second = client_train(_train_message(cfg, 2, model), context)
-    m2 = second.content[METRICS]
-    assert m2["declined"] == 1
-    assert ARRAYS not in second.content
-    assert m2["epsilon"] == pytest.approx(before)
-    assert len(PrivacyBudget.from_json(context.state[STATE]["budget"]).events) == len(events)  # nothing new released
+    path = home.folder / "state" / "spent.json"
+    state = json.loads(path.read_text())
+    account = next(iter(state["runs"].values()))
+    account["events"].append({**account["events"][0], "round": 0, "steps": account["events"][0]["steps"] * 10})
+    path.write_text(json.dumps(state))
+    events = [PrivacyEvent.from_dict(e) for e in account["events"]]
+    before = epsilon(events, body["delta"])
+    second = client_train(message(cfg, 2, model=model), context)
+    refusal = json.loads(second.content["attestation"]["body"])
+    assert second.content[METRICS]["declined"] == 1 and ARRAYS not in second.content
+    assert refusal["type"] == "lender_refusal" and refusal["limit"] == "budget"
+    assert refusal["epsilon_spent"] == pytest.approx(before)
+    assert len(spent(home, cfg)["events"]) == len(events) and spent(home, cfg)["releases"] == 1  # nothing new released
