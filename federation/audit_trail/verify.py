@@ -610,7 +610,21 @@ def _folder_files(run_dir: Path) -> list[str]:
     return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() or p.is_symlink())
 
 
+def _check_file_hashes(run_dir: Path, view: RunView) -> None:
+    """Every file the signed final entry names has the SHA-256 it names (cheap: checked early)."""
+    hashes = (view.finished or {}).get("files")
+    if not isinstance(hashes, dict) or not hashes:
+        _fail("run_finished", "files", "the final entry must hash every file of the run folder")
+    for name, digest in sorted(hashes.items()):
+        path = run_dir / name
+        if ".." in Path(name).parts or not path.is_file():
+            _fail(name, "files", "the signed final entry names this file, but it is missing")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            _fail(name, "files", "its SHA-256 differs from the one in the signed final entry")
+
+
 def _check_files(run_dir: Path, view: RunView) -> list[str]:
+    """Every file re-derived from the ledger and compared byte for byte; a file outside a run folder fails."""
     finish = dict(view.finished or {})
     hashes = finish.pop("files", None)
     expected = run_files(view, finish)
@@ -635,13 +649,11 @@ def _check_files(run_dir: Path, view: RunView) -> list[str]:
             _fail(name, "files", "its content differs from what the ledger derives")
     if not isinstance(hashes, dict) or set(hashes) != set(expected) | {"model.pt"}:
         _fail("run_finished", "files", "the final entry must hash every file of the run folder")
-    for name, digest in hashes.items():
-        if hashlib.sha256((run_dir / name).read_bytes()).hexdigest() != digest:
-            _fail(name, "files", "its SHA-256 differs from the one in the signed final entry")
     return unverified
 
 
-def _check_report(run_dir: Path, entries: list[dict], coordinator) -> dict:
+def _read_report(run_dir: Path, entries: list[dict], coordinator) -> dict:
+    """report.json: canonical, signed by the coordinator, bound to this ledger's head (cheap: checked early)."""
     path = run_dir / "report.json"
     if not path.exists():
         _fail("report.json", "files", "the report is missing")
@@ -657,6 +669,11 @@ def _check_report(run_dir: Path, entries: list[dict], coordinator) -> dict:
         _fail("report.json", "signature", "the coordinator's signature does not verify")
     if report.get("ledger_head") != entries[-1]["hash"] or report.get("ledger_entries") != len(entries):
         _fail("report.json", "binding", "the report is not bound to this ledger's head")
+    return report
+
+
+def _check_report(run_dir: Path, entries: list[dict], report: dict) -> None:
+    """Every fact of the report re-derived from the ledger, and report.html re-rendered from report.json."""
     expected = json.loads(report_bytes({**build_report(entries), "signature": report["signature"]}))
     for key in sorted(set(expected) | set(report)):
         if report.get(key) != expected.get(key):
@@ -667,7 +684,6 @@ def _check_report(run_dir: Path, entries: list[dict], coordinator) -> dict:
         _fail("report.html", "files", "the page is missing")
     if page.read_bytes() != render_html(report).encode():
         _fail("report.html", "report", "the page differs from the one report.json renders")
-    return report
 
 
 def _short(value: object) -> str:
@@ -689,12 +705,16 @@ def verify_run(run_dir: str | Path, registry: str | Path | Registry | None = Non
         if unregistered:
             _fail("registry", "registry", f"the run names lender {unregistered[0]}, which the registry does not")
     view = RunView(entries)
+    # Cheap integrity checks first (they catch any changed byte), then the rebuild of the run.
+    report = _read_report(run_dir, entries, coordinator)
+    if entries[-1]["type"] == L.RUN_FINISHED:
+        _check_file_hashes(run_dir, view)
     _check_structure(view, cfg)
     epsilons = _check_privacy(view, cfg)
     _check_model(run_dir, view)
     _check_secure_aggregation(view, cfg, coordinator)
     unverified = _check_files(run_dir, view)
-    _check_report(run_dir, entries, coordinator)
+    _check_report(run_dir, entries, report)
     return VerifiedRun(len(entries), len(view.manifests), epsilons, cfg.accountant if cfg.dp else "-",
                        entries[-1]["hash"], registry is not None, fingerprints, unverified,
                        cfg.dp and cfg.reproducible_noise_not_private)
