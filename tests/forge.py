@@ -97,3 +97,18 @@ class Forger:
         report = sign_report({k: v for k, v in report.items() if k != "signature"}, self.coordinator)
         (self.run_dir / "report.json").write_bytes(report_bytes(report))
         (self.run_dir / "report.html").write_text(render_html(report))
+
+
+def restate_privacy(entries: list[dict]) -> list[dict]:
+    """What a lying coordinator also does after dropping releases: rewrite its privacy summary to match them."""
+    from federation.privacy.accountant import epsilons
+    from federation.privacy.events import PrivacyEvent
+
+    view = RunView(entries)
+    units = entries[-1]["body"]["privacy"].get("units", {})
+    for name, unit in units.items():
+        events = [PrivacyEvent.from_dict(e) for b in view.releases(int(name)) for e in b["events"]]
+        both = epsilons(events, unit["delta"]) if events else {"rdp": 0.0, "prv": 0.0}
+        unit.update({"epsilon": both["rdp"], "epsilon_rdp": both["rdp"], "epsilon_prv": both["prv"],
+                     "rounds_released": len(events), "steps": sum(e.steps for e in events)})
+    return entries
