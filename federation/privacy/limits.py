@@ -2,7 +2,7 @@
 
 An (epsilon, delta) guarantee allows a failure with probability delta, so with delta >= 1/n a mechanism
 may publish one of n records in the clear and still "satisfy" it; and beyond a point, epsilon neither
-says anything (e^100 bounds no odds) nor can be evaluated. These rules are data plus checks, so the
+says anything (e^50 bounds no odds) nor can be evaluated. These rules are data plus checks, so the
 configuration, the run's validation and the planner refuse the same settings with the same one line.
 """
 
