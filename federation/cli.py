@@ -175,6 +175,7 @@ def plan(
 ) -> None:
     """Plan a privacy budget: noise multiplier for each target epsilon, and epsilon for each sigma."""
     from federation.privacy import planner
+    from federation.privacy.limits import check_delta, check_epsilon
 
     _choice(dp_level, DP_LEVELS, "dp-level")
     accountants = [a.strip() for a in accountant.split(",") if a.strip()]
@@ -191,12 +192,22 @@ def plan(
     if dp_level == "record":
         if not records or records < 1:
             _fail("record-level planning needs --records N (training records per lender)")
-        mech = planner.record_level(records, batch_size, local_epochs, rounds, delta)
+        count, who, unit = records, "a lender", "training records"  # the privacy unit is a record
     else:
         if not lenders or lenders < 1:
             _fail("lender-level planning needs --lenders N")
         if not 0 < lender_sample_rate <= 1:
             _fail(f"lender-sample-rate must be in (0, 1], got {lender_sample_rate}")
+        count, who, unit = lenders, "the federation (lender-level DP)", "lenders"  # ... or a lender
+    try:  # a plan is refused where a run would be: the same limits on delta and on the epsilons
+        check_delta(count, delta, who, unit=unit)
+        for target in targets:
+            check_epsilon(target, "target epsilon")
+    except FedCreditError as exc:
+        _fail(str(exc))
+    if dp_level == "record":
+        mech = planner.record_level(records, batch_size, local_epochs, rounds, delta)
+    else:
         mech = planner.lender_level(lenders, lender_sample_rate, rounds, delta)
     try:
         rows = planner.plan(mech, targets, sigmas, accountants, calibrate_with)

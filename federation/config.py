@@ -122,6 +122,8 @@ class RunConfig:
 
     # ---- validation -------------------------------------------------------------------------
     def validated(self) -> RunConfig:
+        from federation.privacy.limits import MAX_DELTA, check_epsilon
+
         def need(condition: bool, message: str) -> None:
             if not condition:
                 raise ConfigError(message)
@@ -163,8 +165,12 @@ class RunConfig:
             need(_finite_positive(self.max_update_norm), "secure aggregation needs max-update-norm > 0: it bounds the "
                  "fixed-point encoding (each lender clips its update to it)")
         if self.dp:
-            need(_finite_positive(self.epsilon), f"epsilon must be a positive finite number, got {self.epsilon}")
+            check_epsilon(self.epsilon, "epsilon")  # positive, finite, and at most MAX_EPSILON
             need(0.0 <= self.delta < 1.0 and math.isfinite(self.delta), f"delta must be in [0, 1), got {self.delta}")
+            # An explicit delta is checked against 1/n per lender in runner.validate (it needs the record
+            # counts); one above MAX_DELTA is meaningless for any n, so it is refused here already.
+            need(self.delta <= MAX_DELTA, f"delta {self.delta:g} is above {MAX_DELTA:g}: no guarantee with a larger "
+                 f"delta is meaningful (use a delta of at most {MAX_DELTA:g}, or 0 for the per-lender default)")
             need(_finite_positive(self.clip_norm), f"clip-norm must be a positive number, got {self.clip_norm}")
             need(self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier),
                  f"noise-multiplier must be 0 (calibrate to the budget) or positive, got {self.noise_multiplier}")
@@ -175,8 +181,11 @@ class RunConfig:
                 need(self.lenders_per_round == 0, "dp-level 'lender' samples lenders itself (Poisson, --lender-sample-rate); "
                      "leave lenders-per-round at 0")
                 need(not self.epsilon_overrides, "dp-level 'lender' has one budget for the federation; per-lender budgets apply to dp-level 'record'")
+            budgets: dict[int, float] = {}
             for lender, eps in self.epsilon_overrides:
-                need(_finite_positive(eps), f"epsilon budget of lender {lender} must be positive, got {eps}")
+                need(lender not in budgets, f"lender {lender} is given two budgets ({budgets.get(lender, 0):g} and {eps:g})")
+                budgets[lender] = eps
+                check_epsilon(eps, f"epsilon budget of lender {lender}")
                 need(0 <= lender < self.lenders, f"epsilon budget given for lender {lender}, but lenders are 0..{self.lenders - 1}")
         if self.dataset == "csv":
             need(bool(self.csv_path), "dataset 'csv' needs --csv PATH")
@@ -190,14 +199,17 @@ def parse_epsilon_overrides(text: str) -> tuple[tuple[int, float], ...]:
     """Parse 'LENDER:EPS,LENDER:EPS' (e.g. '0:1.0,3:8')."""
     if not text.strip():
         return ()
-    out = []
+    out: dict[int, float] = {}
     for item in text.split(","):
         try:
             lender, eps = item.split(":")
-            out.append((int(lender), float(eps)))
+            lender, eps = int(lender), float(eps)
         except ValueError:
             raise ConfigError(f"per-lender budget '{item}' is not LENDER:EPSILON") from None
-    return tuple(sorted(out))
+        if lender in out:  # the later one would silently win: refuse instead of guessing which was meant
+            raise ConfigError(f"lender {lender} is given two budgets ({out[lender]:g} and {eps:g})")
+        out[lender] = eps
+    return tuple(sorted(out.items()))
 
 
 def _finite_positive(value: float) -> bool:

@@ -41,10 +41,18 @@ def flower_environment(project_root: Path | None = None) -> None:
 
 
 def validate(cfg: RunConfig):
-    """Load every lender's data once, so bad input fails before anything is written or started."""
+    """Load every lender's data once, so bad input fails before anything is written or started; then check
+    that each privacy unit's delta gives a meaningful guarantee (it depends on the unit's count)."""
     from federation.data import describe
+    from federation.privacy.limits import check_delta
 
-    return describe(cfg)
+    summary = describe(cfg)
+    if cfg.dp and cfg.dp_level == "lender":  # the unit is a lender: n is the number of lenders
+        check_delta(cfg.lenders, cfg.delta, "the federation (lender-level DP)", unit="lenders")
+    elif cfg.dp:  # the unit is a training record: the delta a lender uses (cfg.delta or its default) for its n
+        for lender, records in enumerate(summary.lender_records):
+            check_delta(records, cfg.delta, f"lender {lender}")
+    return summary
 
 
 @dataclass(frozen=True)
