@@ -28,7 +28,9 @@ from clients.session import Session
 from federation.audit_trail import checkpoint
 from federation.audit_trail.attest import refusal_body, update_body
 from federation.audit_trail.canonical import arrays_hash
+from federation.errors import ConfigError
 from federation.lender_policy import effective_delta
+from federation.privacy.limits import MAX_DELTA, check_delta
 from federation.messages import ARRAYS, ATTESTATION, MASKED, METRICS, SECAGG, numpy_arrays
 from federation.model import build_model
 from federation.policy import label_problem
@@ -76,6 +78,11 @@ def request_refusal(session: Session) -> Refusal | None:
             return Refusal("max_epsilon", budget, policy.max_epsilon, f"the requested budget epsilon {budget:g} is "
                            f"above this lender's maximum {policy.max_epsilon:g}")
         own_delta = effective_delta(0.0, policy.delta, session.own_records)
+        try:  # a lender too small for a meaningful guarantee at its delta, or a delta above 1/n, trains nothing
+            check_delta(session.own_records, effective_delta(cfg.delta, policy.delta, session.own_records),
+                        f"lender {session.lender}")
+        except ConfigError as exc:
+            return Refusal("delta", cfg.delta or own_delta, MAX_DELTA, str(exc))
         if cfg.delta > own_delta:
             return Refusal("delta", cfg.delta, own_delta, f"the requested delta {cfg.delta:g} is above this lender's "
                            f"delta {own_delta:.3g}")

@@ -591,7 +591,7 @@ def bench(
         _fail(f"--seeds expects comma-separated integers, got '{seeds}'")
     overrides = {key.replace("-", "_"): value for key, value in _settings(settings).items()}
     if quick:
-        overrides = {"rounds": "2", "records": "3000", **overrides}
+        overrides = {"rounds": "2", "records": "8000", **overrides}  # the smallest synthetic lender needs >= 65 records
     chosen = PARTITIONS
     if partitions:
         parsed = []

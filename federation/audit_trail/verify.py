@@ -45,6 +45,7 @@ from federation.policy import used_field_violation
 from federation.privacy import dpaccounting
 from federation.privacy.accountant import default_delta
 from federation.privacy.events import PrivacyEvent
+from federation.privacy.limits import MAX_DELTA
 from federation.privacy.noise import SECURE_SOURCE, SEEDED_SOURCE
 from federation.registry import Registry, fingerprint, load_registry
 
@@ -429,8 +430,9 @@ def _check_privacy(view: RunView, cfg: RunConfig) -> dict[str, float]:
         if budget > policy.get("max_epsilon", math.inf):
             _fail(f"lender {lender}", "policy", f"the run's budget {budget} for lender {lender} is above the lender's "
                                                 f"own maximum {policy.get('max_epsilon')}")
-        if not 0 < delta <= 1 / records:
-            _fail(f"lender {lender}", "delta", f"delta {delta:.3g} is not below 1/n for lender {lender} (n = {records})")
+        if not 0 < delta <= min(1 / records, MAX_DELTA):
+            _fail(f"lender {lender}", "delta", f"delta {delta:.3g} gives lender {lender} (n = {records}) no meaningful "
+                                               f"guarantee: it must be below 1/n and at most {MAX_DELTA:g}")
         events: list[PrivacyEvent] = []
         counted: set[bytes] = set()
         noise = SEEDED_SOURCE if cfg.reproducible_noise_not_private else SECURE_SOURCE

@@ -52,13 +52,13 @@ def epsilon(events: Iterable[PrivacyEvent], delta: float, accountant: str = "rdp
         return 0.0
     if accountant == "rdp":
         rdp = sum(steps * _rdp_one_step(sigma, q) for sigma, q, steps in history)
-        return float(rdp_lib.compute_epsilon(RDP_ORDERS, rdp, delta)[0])
+        return max(0.0, float(rdp_lib.compute_epsilon(RDP_ORDERS, rdp, delta)[0]))  # epsilon >= 0 always
     if accountant == "pld":
         composed = None
         for sigma, q, steps in history:
             part = _pld_one_step(sigma, q).self_compose(steps)
             composed = part if composed is None else composed.compose(part)
-        return float(composed.get_epsilon_for_delta(delta))
+        return max(0.0, float(composed.get_epsilon_for_delta(delta)))
     raise ValueError(f"unknown dp_accounting accountant '{accountant}' (choose rdp or pld)")
 
 
