@@ -236,6 +236,11 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
             keeper.rejected(rnd, lender, reason)
         max_eps = max((b["epsilon"] for bodies in record.releases.values() for b in bodies[-1:]
                        if b.get("epsilon") is not None), default=0.0)
+        if messages and not trained and not rejected and not setup_failure:
+            record.stop = {"kind": "refused", "round": rnd,
+                           "reason": f"no lender trained in round {rnd}: every lender asked declined"}
+            log.warning(record.stop["reason"])
+            break
         if lender_dp:
             arrays = lender_dp.aggregate(rnd, arrays, [msg.content[ARRAYS] for msg in trained])
             event = lender_dp.budget.events[-1]
@@ -243,11 +248,6 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
             keeper.aggregate(rnd, [lender_of(m) for m in trained], arrays, {
                 "noise_event": event.to_dict(), "delta": lender_dp.budget.delta, "epsilon": max_eps})
         else:
-            if not trained and not rejected and not setup_failure:
-                record.stop = {"kind": "refused", "round": rnd,
-                               "reason": f"no lender trained in round {rnd}: every lender asked declined"}
-                log.warning(record.stop["reason"])
-                break
             new_arrays, why_not, weights = (None, setup_failure, None) if setup_failure else _aggregate(
                 rnd, arrays, trained, strategy, secure)
             how = {"strategy": cfg.strategy, "secure_aggregation": cfg.secure_aggregation}

@@ -427,9 +427,9 @@ def _check_privacy(view: RunView, cfg: RunConfig) -> dict[str, float]:
         policy, records = manifest["policy"], int(manifest["train_records"])
         delta = effective_delta(cfg.delta, policy.get("delta", 0.0), records)
         budget = cfg.budget_for(lender)
-        if budget > policy.get("max_epsilon", math.inf):
-            _fail(f"lender {lender}", "policy", f"the run's budget {budget} for lender {lender} is above the lender's "
-                                                f"own maximum {policy.get('max_epsilon')}")
+        if view.releases(lender) and budget > policy.get("max_epsilon", math.inf):  # asking more is no release
+            _fail(f"lender {lender}", "policy", f"lender {lender} released under budget {budget}, above its own "
+                                                f"maximum {policy.get('max_epsilon')}")
         if not 0 < delta <= min(1 / records, MAX_DELTA):
             _fail(f"lender {lender}", "delta", f"delta {delta:.3g} gives lender {lender} (n = {records}) no meaningful "
                                                f"guarantee: it must be below 1/n and at most {MAX_DELTA:g}")
