@@ -17,8 +17,8 @@ from federation.audit_trail.verify import verify_run
 from federation.config import RunConfig
 from federation.deploy import Deployment, DeploymentError
 from federation.deploy_pki import make_node_key
-from federation.lender_policy import for_simulated_lender, load_policy
 from federation.inprocess import InProcessGrid
+from federation.lender_policy import for_simulated_lender, load_policy
 from federation.messages import CONFIG, QUERY_MANIFEST, inspect_reply, run_config_record
 from federation.registry import load_registry
 from federation.runner import run
