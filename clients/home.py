@@ -125,7 +125,8 @@ class LenderHome:
         """Persisted before the reply leaves the lender: a coordinator that asks again (after its own crash)
         gets exactly these bytes, which reveal nothing new and cost nothing more."""
         path = self._sent_path(run, rnd, digest)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.parent.parent.mkdir(exist_ok=True, mode=0o700)  # mkdir(parents=True) would make sent/ 0755
+        path.parent.mkdir(exist_ok=True, mode=0o700)
         _write_secret(path, json.dumps(reply, sort_keys=True).encode())
 
     def _sent_path(self, run: str, rnd: int, digest: str) -> Path:

@@ -37,7 +37,6 @@ SECAGG_REPLY_KEYS = {QUERY_SECAGG_KEYS: {"mask-key", "channel-key", "signature"}
                      QUERY_SECAGG_CONFIRM: {"signature"}, QUERY_SECAGG_UNMASK: {"seed-shares", "key-shares"}}
 MAX_SECAGG_BYTES = 12 + 68 + 16
 MAX_SECAGG_LIST = 100_000
-RESUMED = "fedcredit-resumed"  # config key set by a resumed coordinator: lenders reload their saved privacy state
 
 # Scalars a lender may report, per message type. Each is one number: aggregate, never per record. Nothing
 # computed on the training records leaves without noise (no training loss): what the epsilon covers is exactly

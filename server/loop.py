@@ -35,7 +35,7 @@ from federation.audit_trail.run_view import RunView, weighted_mean
 from federation.config import RunConfig
 from federation.errors import ConfigError, FedCreditError
 from federation.lender_policy import effective_delta
-from federation.messages import (ARRAYS, CONFIG, MASKED, QUERY_FINAL, QUERY_MANIFEST, RESUMED, ReplyRejected,
+from federation.messages import (ARRAYS, CONFIG, MASKED, QUERY_FINAL, QUERY_MANIFEST, ReplyRejected,
                                  inspect_reply, numpy_arrays, run_config_record, salvage_train_reply)
 from federation.metrics import METRICS
 from federation.model import array_shapes, build_model
@@ -176,8 +176,7 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
     random.seed(cfg.seed)  # Flower's strategies draw lenders with the random module: same seed, same lenders
     config = run_config_record(cfg)
     first_round = 1
-    if state is not None:
-        config[RESUMED] = True
+    if state is not None:  # the same request as before the crash, so that lenders resend what they sent
         model.load_state_dict({k: torch.from_numpy(v) for k, v in checkpoint.decode_arrays(state["arrays"]).items()})
         record.releases = {lender: view.releases(lender) for lender in view.lenders()}
         record.rounds = [RoundSummary(**r) for r in state["rounds"]]

@@ -1,6 +1,7 @@
 """Flower's deployment runtime on 127.0.0.1: a SuperLink with TLS and SuperNode authentication, three
 registered SuperNodes, `flwr run`; the result matches the in-process run on the same data and seed, an
-unregistered SuperNode is turned away, and every process started is gone afterwards, also on failure."""
+unregistered SuperNode is turned away, every process started is gone afterwards, also on failure, and each
+lender reads its records from its own folder (its node config's lender-dir), never from the coordinator's request."""
 
 import json
 import os
@@ -9,14 +10,21 @@ import stat
 import psutil
 import pytest
 import torch
+from flwr.app import RecordDict
 
+from clients.home import LenderHome, init_lender
 from federation.audit_trail.verify import verify_run
 from federation.config import RunConfig
 from federation.deploy import Deployment, DeploymentError
 from federation.deploy_pki import make_node_key
+from federation.inprocess import InProcessGrid
+from federation.lender_policy import for_simulated_lender, load_policy
+from federation.messages import CONFIG, QUERY_MANIFEST, inspect_reply, run_config_record
+from federation.registry import load_registry
 from federation.runner import run
 
-CFG = RunConfig(records=6000, lenders=3, rounds=2, seed=1)
+# Seeded DP noise (not private): the deployed and the simulated run must give the same model.
+CFG = RunConfig(records=6000, lenders=3, rounds=2, seed=1, reproducible_noise_not_private=True)
 
 
 def _gone(procs):
@@ -29,9 +37,18 @@ def _gone(procs):
     return True
 
 
+def _verified(folder):
+    result = verify_run(folder, f"{folder}-registry.json")
+    assert result.pinned
+    return result
+
+
 def test_three_lenders_on_superlink_and_supernodes_match_the_simulation(tmp_path):
     started = []
-    with Deployment(tmp_path / "deploy", CFG.lenders) as deployment:
+    deployment = Deployment(tmp_path / "deploy", CFG.lenders)
+    cfg = deployment.prepare(CFG.replace(output_dir=str(tmp_path / "deployed")))
+    assert cfg.card_sha256  # the card every lender must hold, from the lenders' own data
+    with deployment:
         assert stat.S_IMODE(os.stat(deployment.tls["key"]).st_mode) == 0o600
         assert all(stat.S_IMODE(os.stat(key).st_mode) == 0o600 for key, _ in deployment.node_keys)
         # A SuperNode whose key was never registered is refused by the SuperLink and gives up.
@@ -40,11 +57,16 @@ def test_three_lenders_on_superlink_and_supernodes_match_the_simulation(tmp_path
         assert "Failed to activate SuperNode" in deployment.log_tail("intruder", 5000)
         listed = deployment.flwr("supernode", "ls", "fedcredit-deployment", "--format", "json")
         assert len([n for n in json.loads(listed.stdout)["nodes"] if n.get("status") == "online"]) == 3, listed.stdout
-        deployed = deployment.run(CFG.replace(output_dir=str(tmp_path / "deployed")))
+        deployed = deployment.run(cfg)
         started = deployment.process_tree()
     assert started and _gone(started)  # SuperLink, SuperNodes and the SuperExec processes they started
+    # each SuperNode's lender kept its own count in the folder its node config named
+    for lender in range(3):
+        spent = json.loads((tmp_path / "deployed-lenders" / f"lender_{lender:03d}" / "state" / "spent.json").read_text())
+        assert [account["releases"] for account in spent["runs"].values()] == [2]
     simulated = run(CFG.replace(engine="inprocess", output_dir=str(tmp_path / "simulated")), on_round=lambda s: None)
-    verify_run(deployed)
+    _verified(deployed)
+    _verified(simulated)
     rounds = [[json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
               for folder in (deployed, simulated)]
     assert len(rounds[0]) == len(rounds[1]) == 2
@@ -54,14 +76,22 @@ def test_three_lenders_on_superlink_and_supernodes_match_the_simulation(tmp_path
     assert max(float((first[k] - second[k]).abs().max()) for k in first) < 1e-4
 
 
-def test_processes_are_stopped_when_the_block_fails(tmp_path):
+def test_processes_are_stopped_when_the_block_fails(tmp_path, fixture_dir):
+    data = fixture_dir("taiwan_default")
+    deployment = Deployment(tmp_path / "deploy", 2, data_dir=str(data))
+    cfg = deployment.prepare(CFG.replace(lenders=2, dataset="taiwan_default", partition="iid",
+                                         output_dir=str(tmp_path / "never")))
+    made = [tmp_path / "never-keys", tmp_path / "never-lenders", tmp_path / "never-registry.json"]
+    assert all(path.exists() for path in made)
     with pytest.raises(DeploymentError, match="did not finish"):
-        with Deployment(tmp_path / "deploy", 2) as deployment:
+        with deployment:
             procs = deployment.process_tree()
-            # the lenders find no data where they are told to look: the run fails at the manifests
-            broken = CFG.replace(lenders=2, dataset="taiwan_default", partition="iid", data_dir=str(tmp_path / "missing"))
-            deployment.run(broken.replace(output_dir=str(tmp_path / "never")), timeout=300)
+            # the lenders' records are gone from where their policies say: the run fails at the manifests
+            data.rename(tmp_path / "moved")
+            deployment.run(cfg, timeout=300)
     assert procs and _gone(procs)
+    assert not any(path.exists() for path in made)  # secrets made for a run that did not finish are removed
+    assert "data directory not found" in (tmp_path / "deploy" / "logs" / "flwr-run.log").read_text()
 
 
 def test_a_used_deployment_folder_is_refused(tmp_path):
@@ -71,17 +101,37 @@ def test_a_used_deployment_folder_is_refused(tmp_path):
         Deployment(tmp_path / "deploy", 1).start()
 
 
-def test_a_deployed_lender_reads_from_its_own_node_config_data_dir(tmp_path):
-    from flwr.app import Context, RecordDict
+def _manifest_reply(lender_dir, request: RunConfig, lender: int = 1):
+    """The lender's ClientApp answering a manifest request on a node whose config names `lender_dir`."""
+    from clients.app import app
 
-    from clients.app import _data
-    from federation.errors import FedCreditError
+    grid = InProcessGrid(app, 1, node_configs={0: {"lender-id": lender, "lender-dir": str(lender_dir)}})
+    msg = grid.create_message(RecordDict({CONFIG: run_config_record(request)}), QUERY_MANIFEST, 1000, "manifest")
+    (reply,) = grid.send_and_receive([msg])
+    return reply
 
-    cfg = RunConfig(dataset="taiwan_default", partition="iid", lenders=2, data_dir=str(tmp_path / "coordinator-view"))
-    node = Context(run_id=1, node_id=1, node_config={"lender-id": 1, "data-dir": str(tmp_path / "lender-1-data")},
-                   state=RecordDict(), run_config={})
-    with pytest.raises(FedCreditError, match="lender-1-data"):
-        _data(cfg, node)
+
+def test_a_lender_reads_its_records_from_its_own_policy_whatever_the_request_says(tmp_path, fixture_dir):
+    from federation.data import load_lender
+
+    real = fixture_dir("taiwan_default")
+    own = RunConfig(dataset="taiwan_default", partition="iid", lenders=2)
+    # The lender's policy names data dir X; the coordinator's request names data dir Y.
+    missing_here = tmp_path / "lender-1-data"
+    init_lender(tmp_path / "a", for_simulated_lender(own.replace(data_dir=str(missing_here)), 1))
+    reply = _manifest_reply(tmp_path / "a", own.replace(data_dir=str(real)))
+    assert reply.has_error() and str(missing_here) in reply.error.reason  # X is missing: the error names X
+    assert str(real) not in reply.error.reason  # and the lender never looked at Y, which holds the data
+    init_lender(tmp_path / "b", for_simulated_lender(own.replace(data_dir=str(real)), 1))
+    reply = _manifest_reply(tmp_path / "b", own.replace(data_dir=str(tmp_path / "coordinator-view")))
+    manifest = inspect_reply(reply)["manifest"]  # X is there: its records, although Y does not exist
+    expected = load_lender(own.replace(data_dir=str(real)), 1).manifest
+    assert manifest["lender"] == 1 and manifest["train_records"] == expected["train_records"] > 0
+    # the keyed commitment binds exactly the records in X
+    assert manifest["data_commitment"] == LenderHome(tmp_path / "b").commit(bytes.fromhex(expected["records_digest"]))
+    assert load_policy(tmp_path / "b").data["data-dir"] == str(real)
+    reply = _manifest_reply(tmp_path / "b", own, lender=0)  # a node config naming another lender's folder
+    assert reply.has_error() and "belongs to lender 1" in reply.error.reason
 
 
 def test_deploy_command_refuses_a_used_folder_and_starts_nothing(tmp_path):
@@ -95,20 +145,46 @@ def test_deploy_command_refuses_a_used_folder_and_starts_nothing(tmp_path):
     result = CliRunner().invoke(app, ["deploy", "--deploy-dir", str(used), "--output-dir", str(tmp_path / "run")])
     assert result.exit_code == 2 and "not empty" in result.output
     assert sorted(p.name for p in used.iterdir()) == ["superlink.log"] and not (tmp_path / "run").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("run")]  # no keys, lender folders, registry
 
 
 def test_each_supernode_gets_its_own_node_config(tmp_path):
-    deployment = Deployment(tmp_path / "deploy", 2, data_dir=str(tmp_path / "shared"), data_dirs={1: str(tmp_path / "own")})
+    deployment = Deployment(tmp_path / "deploy", 2)
     deployment.tls, deployment.ports = {"ca": tmp_path / "ca.crt"}, {"superlink": 9999}
     commands = {}
     deployment._spawn = lambda name, command: commands.setdefault(name, command)
+    with pytest.raises(DeploymentError, match="call prepare"):  # no lender folder, no SuperNode
+        deployment.start_supernode(0, tmp_path / "k", tmp_path / "k.pub")
+    assert not commands
+    deployment.lenders_root = tmp_path / "run-lenders"
     for lender in (0, 1):
         deployment.start_supernode(lender, tmp_path / "k", tmp_path / "k.pub")
     configs = {name: command[command.index("--node-config") + 1] for name, command in commands.items()}
-    assert configs["supernode_000"].startswith("lender-id=0 ") and f'data-dir="{tmp_path / "shared"}"' in configs["supernode_000"]
-    assert configs["supernode_001"].startswith("lender-id=1 ") and f'data-dir="{tmp_path / "own"}"' in configs["supernode_001"]
+    for lender in (0, 1):
+        assert configs[f"supernode_{lender:03d}"] == \
+            f'lender-id={lender} lender-dir="{tmp_path / "run-lenders" / f"lender_{lender:03d}"}"'
+    assert not any("keys-dir" in c or "data-dir" in c for c in configs.values())  # nothing else from the coordinator
     assert all("--root-certificates" in c and "--auth-supernode-private-key" in c for c in commands.values())
-    assert f'keys-dir="{tmp_path / "deploy" / "lender-keys" / "lender_001"}"' in configs["supernode_001"]
+
+
+def test_prepare_writes_each_lender_its_own_data_dir_and_the_registry(tmp_path):
+    shared, own = tmp_path / "shared", tmp_path / "own"
+    shared.mkdir(), own.mkdir()
+    deployment = Deployment(tmp_path / "deploy", 2, data_dir=str(shared), data_dirs={1: str(own)})
+    cfg = deployment.prepare(RunConfig(records=2000, lenders=2, output_dir=str(tmp_path / "run")))
+    assert deployment.lenders_root == tmp_path / "run-lenders" and cfg.card_sha256
+    policies = [load_policy(tmp_path / "run-lenders" / f"lender_{lender:03d}") for lender in (0, 1)]
+    assert [p.lender for p in policies] == [0, 1]
+    assert policies[0].data["data-dir"] == str(shared) and policies[1].data["data-dir"] == str(own)
+    registry = load_registry(tmp_path / "run-registry.json")
+    for lender in (0, 1):  # each lender's own public key, as it published it
+        pub = (tmp_path / "run-lenders" / f"lender_{lender:03d}" / "identity.pub").read_text().strip()
+        assert registry.lender_key(lender) == pub
+        assert stat.S_IMODE(os.stat(tmp_path / "run-lenders" / f"lender_{lender:03d}" / "identity.key").st_mode) == 0o600
+    assert not (tmp_path / "deploy").exists() or not any((tmp_path / "deploy").iterdir())  # nothing started yet
+    deployment.__exit__()  # a deployment that never finished a run leaves none of the secrets it made
+    assert not (tmp_path / "run-lenders").exists() and not (tmp_path / "run-keys").exists()
+    assert not (tmp_path / "run-registry.json").exists()
 
 
 def test_deploy_command_refuses_a_bad_node_data_dir(tmp_path):
