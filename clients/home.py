@@ -110,7 +110,7 @@ class LenderHome:
         """The lender's record of every release it made, locked for the whole read-change-write (in deployment
         Flower may run two of this lender's ClientApp processes at once). Changes are saved on exit."""
         lock_path = self.state / ".lock"
-        with open(lock_path, "a") as lock:
+        with os.fdopen(os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             path = self.state / "spent.json"
             data = json.loads(path.read_text()) if path.exists() else {"runs": {}}
