@@ -169,9 +169,16 @@ def test_server_never_imports_the_data_loaders():
 
 
 @pytest.mark.simulation
-def test_end_to_end_through_flower_simulation_runtime_matches_inprocess(small_run, tmp_path):
-    sim = run(SMALL.replace(engine="simulation", output_dir=str(tmp_path / "sim")), on_round=lambda s: None)
+def test_end_to_end_through_flower_simulation_runtime_matches_inprocess(tmp_path):
+    # Seeded noise on both engines, so that they can be compared number for number; each simulated lender on Ray
+    # finds its own folder through $FEDCREDIT_LENDERS_DIR.
+    seeded = SMALL.replace(reproducible_noise_not_private=True)
+    sim = run(seeded.replace(engine="simulation", output_dir=str(tmp_path / "sim")), on_round=lambda s: None)
+    local = run(seeded.replace(output_dir=str(tmp_path / "local")), on_round=lambda s: None)
     a = pd.read_csv(sim / "metrics.csv")
-    b = pd.read_csv(small_run / "metrics.csv")
+    b = pd.read_csv(local / "metrics.csv")
     np.testing.assert_allclose(a[list(METRICS)].to_numpy(), b[list(METRICS)].to_numpy(), rtol=1e-6, atol=1e-9)
-    assert (sim / "epsilon.csv").read_text() == (small_run / "epsilon.csv").read_text()
+    assert (sim / "epsilon.csv").read_text() == (local / "epsilon.csv").read_text()
+    from federation.audit_trail.verify import verify_run
+
+    assert verify_run(sim, f"{sim}-registry.json").pinned

@@ -44,7 +44,8 @@ def test_report_summary_is_visible_in_headless_chromium(tmp_path):
         assert "All 3 lenders stayed within epsilon 2" in summary.text
         assert "0 raw records left any lender" in summary.text
         assert summary.location["y"] < 600  # first thing on the page, above the fold
-        assert browser.execute_script("return document.images[0].complete && document.images[0].naturalWidth") > 0
+        chart = browser.find_element(By.CSS_SELECTOR, "svg[role=img]")  # the epsilon chart, inline SVG
+        assert chart.is_displayed() and chart.size["width"] > 300 and "3 lenders" in chart.get_attribute("aria-label")
         shot = tmp_path / "report.png"
         assert browser.save_screenshot(str(shot))
     finally:

@@ -15,6 +15,7 @@ import numpy as np
 
 from benchmarks.perf.common import machine, quiet, timed
 from federation.model import build_model
+from federation.privacy.noise import SecureRandomness
 from federation.training import DPSettings, train_local
 
 
@@ -29,7 +30,7 @@ def measure(records: int, repeats: int, model_name: str, features: int = 23, bat
 
     def private():
         train_local(build_model(model_name, features, 32, seed=0), x, y, epochs=1, batch_size=batch_size,
-                    learning_rate=0.1, seed=0, dp=DPSettings(1.0, 1.0))
+                    learning_rate=0.1, seed=0, dp=DPSettings(1.0, 1.0, SecureRandomness()))
 
     plain(), private()  # warm up (imports, first-call costs)
     t_plain, _ = timed(plain, repeats)

@@ -24,6 +24,7 @@ from federation.data import load_lender
 from federation.metrics import credit_metrics
 from federation.model import build_model, get_arrays, predict_proba, set_arrays
 from federation.privacy.accountant import calibrate_noise, default_delta, sample_rate, steps_per_epoch
+from federation.privacy.noise import SecureRandomness
 from federation.training import DPSettings, train_local
 
 
@@ -43,7 +44,7 @@ def sequential(cfg: RunConfig) -> None:
             set_arrays(model, get_arrays(global_model))
             train_local(model, d.x_train, d.y_train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
                         learning_rate=cfg.learning_rate, seed=cfg.seed + i + rnd,
-                        dp=DPSettings(sigmas[i], cfg.clip_norm) if cfg.dp else None)
+                        dp=DPSettings(sigmas[i], cfg.clip_norm, SecureRandomness()) if cfg.dp else None)
             updates.append(get_arrays(model))
             weights.append(len(d.y_train))
         total = sum(weights)
