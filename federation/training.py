@@ -72,7 +72,6 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, 
         optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=0.9)
     else:
         from opacus import GradSampleModule
-        from opacus.optimizers import DPOptimizer
 
         # Sum of per-example losses, and the step divided by the *expected* batch size: the standard
         # DP-SGD average (a Poisson batch's real size is itself private), and empty batches are valid.

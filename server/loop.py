@@ -46,7 +46,7 @@ from federation.privacy.noise import noise_source
 from federation.runfolder import RunFolder, default_run_dir
 from federation.secagg import SecAggError
 from server.ledger_keeper import AttestationRejected, LedgerKeeper
-from server.lender_dp import FEDERATION, LenderLevelDP, known_sampling_epsilon
+from server.lender_dp import LenderLevelDP, known_sampling_epsilon
 from server.secure_rounds import SecureRound
 from server.strategies import make_strategy
 
@@ -188,7 +188,6 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
         return by_node[msg.metadata.src_node_id][0]
 
     lender_dp = LenderLevelDP(cfg) if cfg.dp and cfg.dp_level == "lender" else None
-    train_records = {lender: int(m["train_records"]) for lender, m in record.manifests.items()}
     for rnd in range(first_round, cfg.rounds + 1):
         start = time.time()
         if lender_dp and not lender_dp.admits(rnd):
@@ -281,7 +280,6 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
         if on_round:
             on_round(summary)
     record.model_hash = arrays_hash(numpy_arrays(arrays))
-    del train_records
     return record, arrays, (model, lender_dp)
 
 
@@ -325,9 +323,6 @@ def _collect_finals(grid: Grid, cfg: RunConfig, keeper: LedgerKeeper, record: Ru
     content = RecordDict({CONFIG: run_config_record(cfg)})
     replies = list(grid.send_and_receive([Message(content, dst_node_id=n, message_type=QUERY_FINAL) for n in nodes],
                                          timeout=TIMEOUT_S))
-    lender_of_node = {}
-    for lender, manifest in record.manifests.items():
-        lender_of_node.update({n: lender for n in nodes})  # replaced below from the replies' bodies
     answered = set()
     for reply in replies:
         try:

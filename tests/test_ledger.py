@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from federation.audit_trail import ledger as L
 from federation.audit_trail.canonical import canonical
-from federation.audit_trail.keys import keys_dir_for, load_or_create, sign
+from federation.audit_trail.keys import keys_dir_for, sign
 from federation.audit_trail.verify import EXIT_NOT_PINNED, VerificationFailed, verify_run
 from federation.cli import app
 from federation.config import RunConfig

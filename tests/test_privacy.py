@@ -1,17 +1,12 @@
-import math
 
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clients.app import train as client_train
 from federation.config import RunConfig
-from federation.data import load_lender
-from federation.messages import ARRAYS, CONFIG, METRICS, run_config_record
-from federation.model import build_model
+from federation.messages import ARRAYS, METRICS
 from federation.privacy.accountant import calibrate_noise, default_delta, epsilon, sample_rate, steps_per_epoch
-from federation.privacy.budget import PrivacyBudget
 from federation.privacy.events import PrivacyEvent
 
 

@@ -20,7 +20,7 @@ from federation.audit_trail import ledger as L
 from federation.audit_trail.canonical import canonical
 from federation.audit_trail.derive import UNVERIFIED_FILES
 from federation.audit_trail.keys import sign
-from federation.audit_trail.run_view import RunView, weighted_mean
+from federation.audit_trail.run_view import RunView
 from federation.audit_trail.svg_chart import epsilon_chart
 from federation.registry import fingerprint
 from federation.runfolder import write_atomically
