@@ -226,3 +226,30 @@ def test_a_file_outside_the_run_folder_fails_and_an_audit_file_is_declared(folde
     assert verify_run(folder, f"{folder}-registry.json").unverified == ["audit.json"]
     (folder / "notes.txt").write_text("the coordinator's own claims")
     _fails(folder, "files", contains="not part of a run folder")
+
+
+def test_an_override_travels_in_the_signed_manifest_verifies_and_is_flagged(tmp_path):
+    from federation.card import CARDS_DIR
+    from federation.data import synthetic
+
+    frame = synthetic.generate_market(4000, 3, 0).rename(columns={"num_credit_lines": "credit_union_lines"})
+    frame.to_csv(tmp_path / "loans.csv", index=False)
+    card = (CARDS_DIR / "synthetic.toml").read_text().replace(
+        "[columns.num_credit_lines]\n", "[columns.credit_union_lines]\noverride = \"credit-union accounts, not "
+        "trade-union membership\"\n")
+    (tmp_path / "loans.toml").write_text(card)
+    out = run(RunConfig(dataset="csv", csv_path=str(tmp_path / "loans.csv"), card_path=str(tmp_path / "loans.toml"),
+                        lenders=3, rounds=1, engine="inprocess", output_dir=str(tmp_path / "run")), on_round=lambda s: None)
+    manifest = next(e["body"] for e in entries_of(out) if e["type"] == L.LENDER_MANIFEST)
+    used = {f["name"]: f for f in manifest["fields_used"]}
+    assert used["credit_union_lines"]["override"].startswith("credit-union accounts")
+    verify_run(out, f"{out}-registry.json")
+    report = json.loads((out / "report.json").read_text())
+    assert any(s.startswith("Flagged: 1 field(s)") and "credit_union_lines" in s for s in report["summary"])
+    assert "override: credit-union accounts" in (out / "report.html").read_text()
+    # without its written reason the same card is refused before anything runs
+    (tmp_path / "bare.toml").write_text(card.replace('override = "credit-union accounts, not trade-union membership"\n', ""))
+    with pytest.raises(Exception, match="union"):
+        run(RunConfig(dataset="csv", csv_path=str(tmp_path / "loans.csv"), card_path=str(tmp_path / "bare.toml"),
+                      lenders=3, rounds=1, engine="inprocess", output_dir=str(tmp_path / "bare")), on_round=lambda s: None)
+    assert not (tmp_path / "bare").exists() and not (tmp_path / "bare-lenders").exists()
