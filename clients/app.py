@@ -50,8 +50,18 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
+    """The lender scores a model on its own test records, once per round of a run: its scores lie outside the
+    epsilon, so a coordinator must not be able to ask for them on model after model it crafted."""
     s = Session(msg, context)
     data, cfg = s.data, s.request
+    digest = s.digest(arrays_hash(numpy_arrays(msg.content[ARRAYS])))
+    with s.home.spent() as spent:
+        account = spent["runs"].setdefault(s.run, {"releases": 0, "events": [], "sigma": None, "closed": False})
+        asked = account.setdefault("evaluated", {})
+        if asked.get(str(s.round), digest) != digest or not 1 <= s.round <= cfg.rounds:
+            raise PermissionError(f"lender {s.lender} scores one model per round of a run; round {s.round} was "
+                                  "already scored, or is not a round of this run")
+        asked[str(s.round)] = digest
     model = build_model(cfg.model, len(data.features), cfg.hidden)
     model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict())
     scores = credit_metrics(data.y_test, predict_proba(model, data.x_test))
@@ -71,11 +81,15 @@ def final(msg: Message, context: Context) -> Message:
         account = spent["runs"].setdefault(s.run, {"releases": 0, "events": [], "sigma": None, "closed": False})
         account["closed"] = True
         events = [PrivacyEvent.from_dict(e) for e in account["events"]]
+        every = [PrivacyEvent.from_dict(e) for a in spent["runs"].values() for e in a["events"]]
+        runs = sum(1 for a in spent["runs"].values() if a["releases"])
         releases = account["releases"]
     record_level = cfg.dp and cfg.dp_level == "record"
     delta = effective_delta(cfg.delta, s.policy.delta, s.own_records) if cfg.dp else None
     eps = epsilon(events, delta, cfg.accountant) if record_level else None
-    body = final_body(s.run, s.lender, releases=releases, epsilon=eps, delta=delta, accountant=cfg.accountant)
+    lifetime = epsilon(every, delta, cfg.accountant) if record_level else None
+    body = final_body(s.run, s.lender, releases=releases, epsilon=eps, delta=delta, accountant=cfg.accountant,
+                      lifetime_epsilon=lifetime, lifetime_runs=runs)
     return Message(RecordDict({ATTESTATION: s.sign(body)}), reply_to=msg)
 
 

@@ -302,3 +302,35 @@ def test_lender_level_noise_and_denominator_are_the_recorded_ones():
     # and each lender is sampled with the recorded probability
     sampled = sum(len(dp.sample(list(range(100)))) for _ in range(200))
     assert abs(sampled / 20000 - cfg.lender_sample_rate) < 5 * math.sqrt(0.1 * 0.9 / 20000)
+
+
+def test_the_final_statement_states_the_lifetime_spend_across_runs(tmp_path):
+    from clients.app import final as lender_final
+
+    cfg = RunConfig(records=3000, lenders=2, rounds=1, epsilon=1.0, engine="inprocess")
+    context, home = make_lender(tmp_path / "lender", cfg, 0, max_epsilon=3.0)
+    model = initial_model(cfg)
+    for seed in (0, 1):  # two runs (two run ids) with the same folder
+        lender_train(message(cfg.replace(seed=seed), 1, model=model), context)
+    body = json.loads(lender_final(message(cfg.replace(seed=1), 0, kind="query.final"), context)
+                      .content["attestation"]["body"])
+    assert body["lifetime_runs"] == 2 and body["releases"] == 1
+    assert body["lifetime_epsilon"] > 1.2 * body["epsilon"]  # what this run's ledger alone cannot show
+    again = lender_train(message(cfg.replace(seed=1), 1, model=initial_model(cfg.replace(seed=5))), context)
+    assert json.loads(again.content["attestation"]["body"])["limit"] == "closed"  # no release after its final count
+
+
+def test_a_lender_scores_one_model_per_round(tmp_path):
+    from clients.app import evaluate as lender_evaluate
+
+    cfg = RunConfig(records=3000, lenders=2, rounds=2, engine="inprocess")
+    context, _ = make_lender(tmp_path / "lender", cfg, 0)
+    model = initial_model(cfg)
+    first = lender_evaluate(message(cfg, 1, kind="evaluate", model=model), context)
+    same = lender_evaluate(message(cfg, 1, kind="evaluate", model=model), context)
+    assert first.content["attestation"]["body"] == same.content["attestation"]["body"]
+    crafted = initial_model(cfg.replace(seed=9))  # a coordinator probing the test records with model after model
+    with pytest.raises(PermissionError, match="one model per round"):
+        lender_evaluate(message(cfg, 1, kind="evaluate", model=crafted), context)
+    with pytest.raises(PermissionError, match="not a round of this run"):
+        lender_evaluate(message(cfg, 7, kind="evaluate", model=crafted), context)

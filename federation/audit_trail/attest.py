@@ -33,7 +33,8 @@ BODY_KEYS = {
                      "epsilon_spent", "budget", "delta", "accountant"},
     LENDER_EVALUATION: {"type", "run", "lender", "round", "model_hash", "num_examples", "auc", "ks", "gini", "brier",
                         "loss"},
-    LENDER_FINAL: {"type", "run", "lender", "releases", "epsilon", "delta", "accountant"},
+    LENDER_FINAL: {"type", "run", "lender", "releases", "epsilon", "delta", "accountant", "lifetime_epsilon",
+                   "lifetime_runs"},
 }
 
 
@@ -65,9 +66,12 @@ def evaluation_body(run: str, lender: int, rnd: int, model_hash: str, num_exampl
 
 
 def final_body(run: str, lender: int, *, releases: int, epsilon: float | None, delta: float | None,
-               accountant: str) -> dict:
+               accountant: str, lifetime_epsilon: float | None, lifetime_runs: int) -> dict:
+    """`lifetime_*`: what the lender has spent over every run made with its folder (a coordinator that splits its
+    questions over several runs shows up here, where one run's ledger alone cannot show it)."""
     return {"type": LENDER_FINAL, "run": run, "lender": lender, "releases": releases, "epsilon": epsilon,
-            "delta": delta, "accountant": accountant}
+            "delta": delta, "accountant": accountant, "lifetime_epsilon": lifetime_epsilon,
+            "lifetime_runs": lifetime_runs}
 
 
 def signed_record(key: Ed25519PrivateKey, body: dict, with_public_key: bool = False) -> ConfigRecord:

@@ -124,6 +124,8 @@ def _lender_details(view: RunView, lender: int, unit: dict) -> dict:
         "refusals": refusals, "left_out": left_out,
         "bytes_sent": sum(b["bytes_sent"] for b in releases), "shapes_sent": releases[0]["shapes"] if releases else {},
         "records_sent": 0, "auc": last.get("auc"), "ks": last.get("ks"),
+        "lifetime_epsilon": (view.finals.get(lender) or {}).get("lifetime_epsilon"),
+        "lifetime_runs": (view.finals.get(lender) or {}).get("lifetime_runs"),
         "auc_undefined_reason": ("its test records hold one class only, so AUC and KS are undefined"
                                  if last and last.get("auc") is None else None),
     }
@@ -158,6 +160,11 @@ def summary_sentences(report: dict) -> list[str]:
                    f"{fed.get('epsilon_known_sampling_max', 0):.3f}.")
     else:
         out.append("This run used no differential privacy: the model updates were not protected by noise.")
+    earlier = [d for d in lenders if (d["lifetime_runs"] or 0) > 1]
+    if earlier:
+        out.append(f"{len(earlier)} lender(s) also spent privacy budget in other runs with the same folder: "
+                   + "; ".join(f"lender {d['lender']}, {d['lifetime_runs']} runs, epsilon {d['lifetime_epsilon']:.3f} "
+                               "over all of them" for d in earlier) + ".")
     refused = {f["name"]: f["category"] for d in lenders for f in d["fields_refused"]}
     by_cat: dict[str, int] = {}
     for category in refused.values():
@@ -266,6 +273,7 @@ def render_html(report: dict) -> str:
 <tr><th>Clip norm</th><td>{_fmt(d['clip_norm'])}</td></tr>
 <tr><th>Noise source</th><td>{e(str(d['noise'] or '-'))}</td></tr>
 <tr><th>Its own limits (policy)</th><td>max epsilon {_fmt(d['policy'].get('max_epsilon'))}, delta {"rule 1/N^1.1" if not d['policy'].get('delta') else _delta(d['policy'].get('delta'))}, min noise {_fmt(d['policy'].get('min_noise_multiplier'))}, max clip {_fmt(d['policy'].get('max_clip_norm'))}</td></tr>
+<tr><th>Epsilon over every run with its folder</th><td>{_fmt(d['lifetime_epsilon'])} ({d['lifetime_runs']} run(s) with releases)</td></tr>
 <tr><th>Releases / rounds declined</th><td>{d['releases']} / {d['rounds_declined']}</td></tr>
 <tr><th>Refusals (limit and reason)</th><td>{refusals}</td></tr>
 <tr><th>What left this lender</th><td>{d['bytes_sent']:,} bytes of {'masked ' if p['secure_aggregation'] else ''}model parameters ({shapes}); {d['records_sent']} records</td></tr>

@@ -467,6 +467,11 @@ def _check_privacy(view: RunView, cfg: RunConfig) -> dict[str, float]:
         final = view.finals[lender]
         eps = dpaccounting.epsilon(events, delta, accountant) if events else 0.0
         _compare(f"lender {lender}'s final statement", f"lender {lender}", eps, final.get("epsilon") or 0.0, budget)
+        lifetime = final.get("lifetime_epsilon")
+        if not isinstance(lifetime, (int, float)) or lifetime < eps * (1 - TOLERANCE) - 1e-9 or \
+                lifetime > policy.get("max_epsilon", math.inf) * (1 + TOLERANCE):
+            _fail(f"lender {lender}'s final statement", "budget", f"its epsilon over every run with its folder, "
+                  f"{lifetime}, is below this run's {eps:.4f} or above its own maximum {policy.get('max_epsilon')}")
         unit = (summary.get("units") or {}).get(str(lender)) or {}
         _check_unit(f"privacy summary of lender {lender}", unit, events, delta, budget, cfg)
         out[str(lender)] = eps
