@@ -8,6 +8,8 @@ arrays and aggregate scalars only.
 
 from __future__ import annotations
 
+import hashlib
+
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -18,8 +20,9 @@ from federation.audit_trail.canonical import arrays_hash
 from federation.messages import ARRAYS, ATTESTATION, MANIFEST, METRICS, SECAGG, manifest_to_record, numpy_arrays
 from federation.metrics import credit_metrics
 from federation.model import build_model, predict_proba
-from federation.privacy.accountant import epsilon
+from federation.privacy.accountant import epsilon, epsilons
 from federation.privacy.events import PrivacyEvent
+from federation.secagg import SecAggError
 from federation.lender_policy import effective_delta
 
 app = ClientApp()
@@ -83,40 +86,62 @@ def final(msg: Message, context: Context) -> Message:
         events = [PrivacyEvent.from_dict(e) for e in account["events"]]
         every = [PrivacyEvent.from_dict(e) for a in spent["runs"].values() for e in a["events"]]
         runs = sum(1 for a in spent["runs"].values() if a["releases"])
-        releases = account["releases"]
+        releases, refusals, evaluations = account["releases"], len(account.get("refused", {})), len(account.get("evaluated", {}))
     record_level = cfg.dp and cfg.dp_level == "record"
     delta = effective_delta(cfg.delta, s.policy.delta, s.own_records) if cfg.dp else None
-    eps = epsilon(events, delta, cfg.accountant) if record_level else None
+    both = epsilons(events, delta) if record_level and events else ({"rdp": 0.0, "prv": 0.0} if record_level else {})
     lifetime = epsilon(every, delta, cfg.accountant) if record_level else None
-    body = final_body(s.run, s.lender, releases=releases, epsilon=eps, delta=delta, accountant=cfg.accountant,
-                      lifetime_epsilon=lifetime, lifetime_runs=runs)
+    body = final_body(s.run, s.lender, releases=releases, refusals=refusals, evaluations=evaluations, epsilons=both,
+                      delta=delta, accountant=cfg.accountant, lifetime_epsilon=lifetime, lifetime_runs=runs)
     return Message(RecordDict({ATTESTATION: s.sign(body)}), reply_to=msg)
 
 
-def _secagg_step(msg: Message, context: Context, step) -> Message:
+def _secagg_step(msg: Message, context: Context, step, once: str, value=lambda request: "") -> Message:
+    """One secure-aggregation step, at most once a round (or, for the survivor set, for one value only).
+
+    The protocol's own state lives in Flower's Context, but a SuperNode may run two of this lender's ClientApp
+    processes at once, each on its own snapshot of that state and each writing its copy back: a coordinator that
+    sends two requests together could get two survivor sets signed and revealed, and with them one lender's
+    update (the red team's race). So the once-a-round rules are kept, under the file lock, in the lender's own
+    folder as well."""
     s = Session(msg, context)
-    return Message(RecordDict({SECAGG: step(s, msg.content[SECAGG])}), reply_to=msg)
+    request = msg.content[SECAGG]
+    with s.home.spent() as spent:
+        account = spent["runs"].setdefault(s.run, {"releases": 0, "events": [], "sigma": None, "closed": False})
+        done = account.setdefault("secagg", {}).setdefault(str(s.round), {})
+        wanted = value(request)
+        if once in done and done[once] != wanted:
+            raise SecAggError(f"lender {s.lender} already took the secure-aggregation step '{once}' in round "
+                              f"{s.round}: it takes each step once a round")
+        done[once] = wanted
+    return Message(RecordDict({SECAGG: step(s, request)}), reply_to=msg)
+
+
+def _digest(text) -> str:
+    return hashlib.sha256(str(text).encode()).hexdigest()
 
 
 @app.query("secagg_keys")
 def secagg_keys(msg: Message, context: Context) -> Message:
     return _secagg_step(msg, context, lambda s, request: secagg.advertise(
-        s.context, s.round, s.run, s.lender, s.home.identity, s.home.registry, request))
+        s.context, s.round, s.run, s.lender, s.home.identity, s.home.registry, request), "keys",
+        lambda request: str(id(request)))
 
 
 @app.query("secagg_shares")
 def secagg_shares(msg: Message, context: Context) -> Message:
     return _secagg_step(msg, context, lambda s, request: secagg.share(
-        s.context, s.round, s.run, s.lender, s.home.registry, request))
+        s.context, s.round, s.run, s.lender, s.home.registry, request), "shares", lambda request: str(id(request)))
 
 
 @app.query("secagg_confirm")
 def secagg_confirm(msg: Message, context: Context) -> Message:
     return _secagg_step(msg, context, lambda s, request: secagg.confirm(
-        s.context, s.round, s.run, s.lender, s.home.identity, s.home.registry, request))
+        s.context, s.round, s.run, s.lender, s.home.identity, s.home.registry, request), "confirm",
+        lambda request: _digest(request.get("unmask", "")))
 
 
 @app.query("secagg_unmask")
 def secagg_unmask(msg: Message, context: Context) -> Message:
     return _secagg_step(msg, context, lambda s, request: secagg.reveal(
-        s.context, s.round, s.run, s.lender, s.home.registry, request))
+        s.context, s.round, s.run, s.lender, s.home.registry, request), "reveal", lambda request: str(id(request)))

@@ -29,6 +29,7 @@ from federation.audit_trail import checkpoint
 from federation.audit_trail.attest import refusal_body, update_body
 from federation.audit_trail.canonical import arrays_hash
 from federation.errors import ConfigError
+from federation.secagg import SecAggError
 from federation.lender_policy import effective_delta
 from federation.privacy.limits import MAX_DELTA, check_delta
 from federation.messages import ARRAYS, ATTESTATION, MASKED, METRICS, SECAGG, numpy_arrays
@@ -54,6 +55,26 @@ def applied_noise_multiplier(recorded: float) -> float:
     test that must prove an under-noised run is caught by the audit (tests/test_audit.py replaces it); nothing
     else changes it."""
     return recorded
+
+
+# The largest weight magnitude a lender trains from. A crafted model with enormous weights can make the forward
+# pass overflow for some records only; such a model is refused whole (a decision on the model alone, never on
+# the data), and per-example gradients that still are not finite count as zero (federation/training.py).
+MAX_MODEL_MAGNITUDE = 1e6
+
+
+def model_refusal(session: Session, incoming: dict[str, np.ndarray]) -> Refusal | None:
+    """The incoming model must be the run's model, finite and of bounded magnitude."""
+    cfg, data = session.request, session.data
+    expected = {k: tuple(v.shape) for k, v in build_model(cfg.model, len(data.features), cfg.hidden).state_dict().items()}
+    shapes = {k: tuple(np.shape(v)) for k, v in incoming.items()}
+    if shapes != expected:
+        return Refusal("model", str(shapes), str(expected), "the model sent is not the run's model")
+    peak = max((float(np.abs(v).max()) for v in incoming.values() if np.size(v)), default=0.0)
+    if not np.isfinite(peak) or peak > MAX_MODEL_MAGNITUDE:
+        return Refusal("model", None, MAX_MODEL_MAGNITUDE, f"the model sent holds a weight of magnitude {peak:.3g}; "
+                       f"this lender trains only from finite weights of magnitude at most {MAX_MODEL_MAGNITUDE:g}")
+    return None
 
 
 def request_refusal(session: Session) -> Refusal | None:
@@ -113,7 +134,7 @@ def train(session: Session) -> Message:
         sent = s.home.sent_reply(s.run, s.round, digest)
         if sent is not None:
             return _resend(sent, s.msg)
-    refusal = request_refusal(s)
+    refusal = request_refusal(s) or model_refusal(s, incoming)
     record_level = cfg.dp and cfg.dp_level == "record"
     with s.home.spent() as spent:
         account = spent["runs"].setdefault(s.run, {"releases": 0, "events": [], "sigma": None, "closed": False})
@@ -134,13 +155,22 @@ def train(session: Session) -> Message:
             account["sigma"] = float(sigma)
         if refusal is not None:
             spent_now = epsilon(run_events, delta, cfg.accountant) if record_level else None
+            account.setdefault("refused", {})[digest] = refusal.limit
             return _refuse(s, refusal, digest, spent_now, budget, delta)
-        arrays = _train_once(s, planned)
+        if cfg.secure_aggregation:  # masks once a round, under the lock (two concurrent requests must not both mask)
+            done = account.setdefault("secagg", {}).setdefault(str(s.round), {})
+            if "masked" in done:
+                raise SecAggError(f"lender {s.lender} already masked an update in round {s.round}: the same masks on "
+                                  "another update would reveal the difference")
+            done["masked"] = True
+        # Counted before training: whatever leaves the lender from here on (an update, or even an error whose
+        # occurrence could depend on the noisy result) has been paid for. The state is saved even if training fails.
         account["releases"] += 1
         if planned is not None:
             account["events"].append(planned.to_dict())
             run_events.append(planned)
         release = account["releases"]
+        arrays = _train_once(s, planned)
     eps = epsilon(run_events, delta, cfg.accountant) if record_level else None
     metrics = {"lender-id": s.lender, "server-round": s.round, "num-examples": s.own_records, "declined": 0}
     if planned is not None:

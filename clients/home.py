@@ -108,14 +108,17 @@ class LenderHome:
     @contextmanager
     def spent(self) -> Iterator[dict[str, Any]]:
         """The lender's record of every release it made, locked for the whole read-change-write (in deployment
-        Flower may run two of this lender's ClientApp processes at once). Changes are saved on exit."""
+        Flower may run two of this lender's ClientApp processes at once). Changes are saved on exit, whatever
+        happened in the block."""
         lock_path = self.state / ".lock"
         with os.fdopen(os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             path = self.state / "spent.json"
             data = json.loads(path.read_text()) if path.exists() else {"runs": {}}
-            yield data
-            _write_secret(path, json.dumps(data, sort_keys=True).encode())
+            try:
+                yield data
+            finally:  # also when the block fails: a release counted before training stays counted
+                _write_secret(path, json.dumps(data, sort_keys=True).encode())
 
     def sent_reply(self, run: str, rnd: int, digest: str) -> dict | None:
         path = self._sent_path(run, rnd, digest)

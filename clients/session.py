@@ -45,11 +45,13 @@ def lender_folder(context: Context, request: RunConfig) -> Path:
     lender = node_lender_id(context) or 0
     if os.environ.get(LENDERS_DIR_ENV):
         return Path(os.environ[LENDERS_DIR_ENV]) / lender_name(lender)
-    folder = Path(os.environ.get("FLWR_HOME", ".flwr")) / "fedcredit-lenders" / f"run-{context.run_id}" / lender_name(lender)
+    # One demo folder per lender, for every run (its lifetime budget must not restart with each Flower run), with
+    # DP always required; only its data keys come from the request, and the policy says so (`demo`).
+    folder = Path(os.environ.get("FLWR_HOME", ".flwr")) / "fedcredit-lenders" / lender_name(lender)
+    record = request.to_record()
+    data = {k: record[k] for k in DATA_KEYS}  # a placeholder: a demo lender reads the request's data keys each time
     if not (folder / FILE_NAME).exists():
-        record = request.to_record()
-        init_lender(folder, LenderPolicy(lender=lender, max_epsilon=DEMO_MAX_EPSILON, require_dp=request.dp,
-                                         data={k: record[k] for k in DATA_KEYS}))
+        init_lender(folder, LenderPolicy(lender=lender, max_epsilon=DEMO_MAX_EPSILON, demo=True, data=data))
     return folder
 
 
@@ -84,7 +86,11 @@ class Session:
 
     @cached_property
     def data(self) -> LenderData:
-        return _records(str(self.home.folder), self.policy.data_config(), self.lender, self.policy.audit_canaries)
+        source = self.policy.data_config()
+        if self.policy.demo:  # a demo lender holds whatever the run configuration names (flagged as such)
+            record = self.request.to_record()
+            source = LenderPolicy(lender=self.lender, max_epsilon=1.0, data={k: record[k] for k in DATA_KEYS}).data_config()
+        return _records(str(self.home.folder), source, self.lender, self.policy.audit_canaries)
 
     @property
     def own_records(self) -> int:

@@ -65,6 +65,9 @@ class LenderPolicy:
     registry: str = ""
     audit_canaries: str = ""  # the audited lender only: the canaries its auditor gave it (federation.audit)
     data: dict[str, Any] = field(default_factory=dict)
+    # A folder the lender made for itself because its operator gave it none (a plain `flwr run .`): default limits,
+    # and data keys taken from the coordinator's request. Signed in the manifest and flagged in every report.
+    demo: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -90,11 +93,12 @@ class LenderPolicy:
         terms: dict[str, Any] = {key: getattr(self, key) for key in PRIVACY_KEYS}
         terms["registry_pinned"] = bool(self.registry)
         terms["audit_canaries"] = bool(self.audit_canaries)
+        terms["demo"] = self.demo
         return terms
 
     # ---- file form ------------------------------------------------------------------------
     def to_toml(self) -> str:
-        lines = [f"lender = {self.lender}", "", "[privacy]"]
+        lines = [f"lender = {self.lender}", f"demo = {_toml(self.demo)}", "", "[privacy]"]
         lines += [f"{key} = {_toml(getattr(self, key))}" for key in PRIVACY_KEYS]
         lines += ["", "[trust]", f"registry = {_toml(self.registry)}", f"audit_canaries = {_toml(self.audit_canaries)}",
                   "", "[data]"]
@@ -117,7 +121,7 @@ def load_policy(folder: str | Path) -> LenderPolicy:
         raise PolicyError(f"no privacy policy at {path} (a lender writes one with `fedcredit lender init`)") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise PolicyError(f"{path} is not a readable TOML policy ({exc.__class__.__name__}: {exc})") from None
-    known = {"lender", "privacy", "trust", "data"}
+    known = {"lender", "demo", "privacy", "trust", "data"}
     if not isinstance(raw, dict) or set(raw) - known or "lender" not in raw:
         raise PolicyError(f"{path}: a policy holds lender, [privacy], [trust] and [data], got {sorted(raw)}")
     privacy, trust = raw.get("privacy", {}), raw.get("trust", {})
@@ -128,7 +132,9 @@ def load_policy(folder: str | Path) -> LenderPolicy:
     kinds = {f.name: f.type for f in fields(LenderPolicy)}
     try:
         values = {key: _coerce(value, kinds[key]) for key, value in privacy.items()}
-        return LenderPolicy(lender=raw["lender"], **values, registry=str(trust.get("registry", "")),
+        if not isinstance(raw.get("demo", False), bool):
+            raise ValueError("demo must be true or false")
+        return LenderPolicy(lender=raw["lender"], **values, demo=raw.get("demo", False), registry=str(trust.get("registry", "")),
                             audit_canaries=str(trust.get("audit_canaries", "")), data=dict(raw.get("data", {})))
     except (TypeError, ValueError) as exc:
         raise PolicyError(f"{path}: {exc}") from None

@@ -59,6 +59,25 @@ def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, dp: DPSettings |
             yield x[idx], y[idx]
 
 
+def zero_non_finite_examples(parameters) -> None:
+    """Replace every per-example gradient whose norm is not finite by zero, before Opacus clips.
+
+    Why: Opacus' clip factor for a NaN or infinite per-example gradient is NaN, and one NaN poisons the whole
+    clipped sum, so noise cannot hide it. A coordinator that crafts a model overflowing exactly for the records
+    with x_j > t turned each release into an exact yes/no answer about the lender's records (the red team's NaN
+    oracle). "Zero if not finite, else clip to C" is still a per-example function of norm at most C, so the
+    sensitivity and the accounting are unchanged. Norms in float64: a finite float32 gradient cannot overflow it.
+    """
+    grads = [p.grad_sample for p in parameters if getattr(p, "grad_sample", None) is not None]
+    if not grads or not len(grads[0]):
+        return
+    norms = torch.stack([g.reshape(len(g), -1).double().pow(2).sum(1) for g in grads]).sum(0)
+    bad = ~torch.isfinite(norms)
+    if bool(bad.any()):
+        for g in grads:
+            g[bad] = 0
+
+
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
                 learning_rate: float, seed: int, dp: DPSettings | None = None,
                 proximal_mu: float = 0.0) -> TrainResult:
@@ -90,6 +109,8 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, 
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(train_model(xb), yb)
             loss.backward()
+            if dp is not None:
+                zero_non_finite_examples(model.parameters())
             optimizer.step()
             steps += 1
             if proximal_mu > 0:

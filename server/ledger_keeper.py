@@ -125,10 +125,11 @@ class LedgerKeeper:
         self.ledger.append_lender(L.LENDER_UPDATE, lender, body, plain["attestation"]["signature"])
         return body
 
-    def rejected(self, rnd: int | None, lender: int, reason: str) -> None:
-        """A lender left out: it failed, did not reply, its update was rejected (or, round None, it sent no final
-        statement)."""
-        self.ledger.append_coordinator(L.UPDATE_REJECTED, {"round": rnd, "lender": lender, "reason": reason})
+    def rejected(self, rnd: int | None, lender: int, reason: str, stage: str = "train") -> None:
+        """A lender left out: it failed, did not reply, its update was rejected (stage train), its evaluation failed
+        (stage evaluate), or (round None, stage final) it sent no final statement."""
+        self.ledger.append_coordinator(L.UPDATE_REJECTED, {"round": rnd, "lender": lender, "reason": reason,
+                                                           "stage": "final" if rnd is None else stage})
 
     def aggregate(self, rnd: int, lenders: list[int], arrays, extra: dict | None = None) -> None:
         self.ledger.append_coordinator(L.AGGREGATE, {"round": rnd, "lenders": lenders,

@@ -31,7 +31,7 @@ from federation.audit_trail.canonical import arrays_hash, canonical
 from federation.audit_trail.derive import run_files
 from federation.audit_trail.keys import keys_dir_for
 from federation.audit_trail.report import write_report
-from federation.audit_trail.run_view import RunView, weighted_mean
+from federation.audit_trail.run_view import RunView, global_scores, stop_reason, weighted_mean
 from federation.config import RunConfig
 from federation.errors import ConfigError, FedCreditError
 from federation.lender_policy import effective_delta
@@ -191,14 +191,15 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
     for rnd in range(first_round, cfg.rounds + 1):
         start = time.time()
         if lender_dp and not lender_dp.admits(rnd):
-            record.stop = {"kind": "lender_level_budget", "round": rnd,
-                           "reason": f"round {rnd} would take the federation past epsilon {cfg.epsilon} (lender-level)"}
+            record.stop = {"kind": "lender_level_budget", "round": rnd}
+            record.stop["reason"] = stop_reason(record.stop, cfg.epsilon)
             log.warning(record.stop["reason"])
             break
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(config)), grid))
         if lender_dp:
             sampled = set(lender_dp.sample(sorted(lender for lender, _, _ in by_node.values())))
             messages = [m for m in messages if by_node[m.metadata.dst_node_id][0] in sampled]
+        asked_messages = list(messages)
         keeper.round_started(rnd, sorted(by_node[m.metadata.dst_node_id][0] for m in messages), _mechanism(cfg, lender_dp))
         secure, setup_failure, left_out = None, "", []
         if cfg.secure_aggregation:
@@ -235,8 +236,8 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
         max_eps = max((b["epsilon"] for bodies in record.releases.values() for b in bodies[-1:]
                        if b.get("epsilon") is not None), default=0.0)
         if messages and not trained and not rejected and not setup_failure:
-            record.stop = {"kind": "refused", "round": rnd,
-                           "reason": f"no lender trained in round {rnd}: every lender asked declined"}
+            record.stop = {"kind": "refused", "round": rnd}
+            record.stop["reason"] = stop_reason(record.stop)
             log.warning(record.stop["reason"])
             break
         if lender_dp:
@@ -267,7 +268,9 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
             else:
                 arrays = new_arrays
                 keeper.aggregate(rnd, aggregated, arrays, how)
-        scores = _evaluate(grid, strategy, rnd, arrays, config, lender_of, keeper)
+        roster = sorted(by_node[m.metadata.dst_node_id][0] for m in asked_messages)
+        evaluators = sorted(n for n in by_node if not cfg.lenders_per_round or by_node[n][0] in roster)
+        scores = _evaluate(grid, rnd, arrays, config, evaluators, {n: v[0] for n, v in by_node.items()}, keeper)
         seconds = time.time() - start
         keeper.round_finished(rnd, seconds)
         summary = RoundSummary(rnd, len(trained), declined, scores, max_eps, seconds)
@@ -357,7 +360,7 @@ def _finish(folder: RunFolder, cfg: RunConfig, keeper: LedgerKeeper, record: Run
         "rounds_completed": len(view.complete_rounds()), "stop": {k: record.stop[k] for k in ("kind", "round")} if record.stop else {},
         "stopped_early": record.stop.get("reason", ""), "model_hash": record.model_hash,
         "model_file_sha256": hashlib.sha256(folder.path("model.pt").read_bytes()).hexdigest(),
-        "final_metrics": _global_scores(last[0]) if last else {k: None for k in METRICS},
+        "final_metrics": global_scores(last[0]) if last else {k: None for k in METRICS},
         "privacy": privacy_summary(cfg, record, view, lender_dp),
     }
     files = run_files(view, finish)
@@ -370,26 +373,32 @@ def _finish(folder: RunFolder, cfg: RunConfig, keeper: LedgerKeeper, record: Run
     (folder.staging / checkpoint.FILE_NAME).unlink(missing_ok=True)  # a finished run has nothing to resume
 
 
-def _global_scores(attempt) -> dict:
-    bodies = [e["body"] for e in attempt.of_type(L.LENDER_EVALUATION)]
-    weights = [b["num_examples"] for b in bodies]
-    return {k: weighted_mean([b.get(k) for b in bodies], weights) for k in METRICS}
-
-
-def _evaluate(grid: Grid, strategy, rnd: int, arrays: ArrayRecord, config: ConfigRecord, lender_of,
-              keeper: LedgerKeeper) -> dict:
-    """Each lender scores the global model on its own test records and signs its scores; returns the
-    test-size-weighted mean of them."""
-    messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(config)), grid)
+def _evaluate(grid: Grid, rnd: int, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int],
+              lender_of_node: dict[int, int], keeper: LedgerKeeper) -> dict:
+    """Each lender of `nodes` scores the global model on its own test records and signs its scores; a lender that
+    fails is recorded as such (the verifier requires a score or a recorded failure from each of them, so the
+    coordinator cannot leave out the lenders the model serves worst). Returns the test-size-weighted mean."""
+    content = RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord({**dict(config), "server-round": rnd})})
+    messages = [Message(content, dst_node_id=node, message_type="evaluate") for node in nodes]
     replies = list(grid.send_and_receive(messages, timeout=TIMEOUT_S))
-    evaluated = sorted(_inspect_all([m for m in replies if not m.has_error()]), key=lambda item: lender_of(item[0]))
     model_hash = arrays_hash(numpy_arrays(arrays))
-    bodies = []
-    for msg, plain in evaluated:
+    bodies, answered = [], set()
+    for msg in sorted(replies, key=lambda m: lender_of_node[m.metadata.src_node_id]):
+        lender = lender_of_node[msg.metadata.src_node_id]
+        answered.add(lender)
         try:
-            bodies.append(keeper.evaluation(rnd, lender_of(msg), plain["attestation"], model_hash))
+            plain = inspect_reply(msg)
+        except ReplyRejected as exc:
+            keeper.rejected(rnd, lender, f"evaluation: {exc}", stage="evaluate")
+            continue
+        try:
+            bodies.append(keeper.evaluation(rnd, lender, plain["attestation"], model_hash))
         except AttestationRejected as exc:
             raise RunFailed(str(exc)) from None
+    for node in nodes:
+        lender = lender_of_node[node]
+        if lender not in answered:
+            keeper.rejected(rnd, lender, "evaluation: no reply (the lender failed or timed out)", stage="evaluate")
     weights = [b["num_examples"] for b in bodies]
     return {k: weighted_mean([b.get(k) for b in bodies], weights) for k in METRICS}
 

@@ -100,15 +100,31 @@ class Forger:
 
 
 def restate_privacy(entries: list[dict]) -> list[dict]:
-    """What a lying coordinator also does after dropping releases: rewrite its privacy summary to match them."""
+    """What a lying coordinator also does after dropping or editing releases: rewrite its own summary (privacy
+    per lender, final scores) to match what is left, so only the lenders' own signatures stand in its way."""
+    from federation.audit_trail.run_view import global_scores
     from federation.privacy.accountant import epsilons
     from federation.privacy.events import PrivacyEvent
 
     view = RunView(entries)
-    units = entries[-1]["body"]["privacy"].get("units", {})
+    finish = entries[-1]["body"]
+    units = finish["privacy"].get("units", {})
     for name, unit in units.items():
-        events = [PrivacyEvent.from_dict(e) for b in view.releases(int(name)) for e in b["events"]]
+        if name == "federation":
+            continue
+        releases = view.releases(int(name))
+        events = [PrivacyEvent.from_dict(e) for b in releases for e in b["events"]]
         both = epsilons(events, unit["delta"]) if events else {"rdp": 0.0, "prv": 0.0}
+        last = (releases[-1]["events"][0] if releases else {})
         unit.update({"epsilon": both["rdp"], "epsilon_rdp": both["rdp"], "epsilon_prv": both["prv"],
-                     "rounds_released": len(events), "steps": sum(e.steps for e in events)})
+                     "rounds_released": len(events), "steps": sum(e.steps for e in events),
+                     "noise_multiplier": last.get("noise_multiplier"), "sample_rate": last.get("sample_rate"),
+                     "noise": releases[-1].get("noise") if releases else None})
+        final = view.finals.get(int(name))
+        if final is not None:  # what the lender signed stays as it signed it
+            unit.update({"epsilon": final["epsilon"], "epsilon_rdp": final["epsilon_rdp"],
+                         "epsilon_prv": final["epsilon_prv"]})
+    complete = view.complete_rounds()
+    if complete:
+        finish["final_metrics"] = global_scores(complete[-1])
     return entries

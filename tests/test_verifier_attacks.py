@@ -70,7 +70,7 @@ def test_fresh_keys_for_everyone_and_edited_events_are_not_a_pass(folder):
     for e in entries:  # lender 0 "spent" a third: its events now claim three times the noise
         if e["type"] == L.LENDER_UPDATE and e["body"]["lender"] == 0:
             e["body"]["events"][0]["noise_multiplier"] *= 3
-    from federation.privacy.accountant import epsilon
+    from federation.privacy.accountant import epsilon, epsilons
     from federation.privacy.events import PrivacyEvent
 
     events = []
@@ -79,7 +79,9 @@ def test_fresh_keys_for_everyone_and_edited_events_are_not_a_pass(folder):
             events.append(PrivacyEvent.from_dict(e["body"]["events"][0]))
             e["body"]["epsilon"] = epsilon(events, e["body"]["delta"])
         if e["type"] == L.LENDER_FINAL and e["body"]["lender"] == 0:
-            e["body"]["epsilon"] = epsilon(events, e["body"]["delta"])
+            both = epsilons(events, e["body"]["delta"])
+            e["body"].update(epsilon=both["rdp"], epsilon_rdp=both["rdp"], epsilon_prv=both["prv"],
+                             lifetime_epsilon=both["rdp"])
     Forger(folder).with_fresh_keys([0, 1, 2]).write(restate_privacy(entries))
     result = verify_run(folder)  # consistent with its own keys...
     assert not result.pinned and result.exit_code == 3  # ...which it says: not a pass

@@ -33,8 +33,8 @@ BODY_KEYS = {
                      "epsilon_spent", "budget", "delta", "accountant"},
     LENDER_EVALUATION: {"type", "run", "lender", "round", "model_hash", "num_examples", "auc", "ks", "gini", "brier",
                         "loss"},
-    LENDER_FINAL: {"type", "run", "lender", "releases", "epsilon", "delta", "accountant", "lifetime_epsilon",
-                   "lifetime_runs"},
+    LENDER_FINAL: {"type", "run", "lender", "releases", "refusals", "evaluations", "epsilon", "epsilon_rdp",
+                   "epsilon_prv", "delta", "accountant", "lifetime_epsilon", "lifetime_runs"},
 }
 
 
@@ -65,13 +65,16 @@ def evaluation_body(run: str, lender: int, rnd: int, model_hash: str, num_exampl
             "num_examples": num_examples, **{k: _finite(scores.get(k)) for k in ("auc", "ks", "gini", "brier", "loss")}}
 
 
-def final_body(run: str, lender: int, *, releases: int, epsilon: float | None, delta: float | None,
-               accountant: str, lifetime_epsilon: float | None, lifetime_runs: int) -> dict:
-    """`lifetime_*`: what the lender has spent over every run made with its folder (a coordinator that splits its
-    questions over several runs shows up here, where one run's ledger alone cannot show it)."""
-    return {"type": LENDER_FINAL, "run": run, "lender": lender, "releases": releases, "epsilon": epsilon,
-            "delta": delta, "accountant": accountant, "lifetime_epsilon": lifetime_epsilon,
-            "lifetime_runs": lifetime_runs}
+def final_body(run: str, lender: int, *, releases: int, refusals: int, evaluations: int, epsilons: dict,
+               delta: float | None, accountant: str, lifetime_epsilon: float | None, lifetime_runs: int) -> dict:
+    """The lender's own count of everything it signed in the run (releases, refusals, evaluations: none can be left
+    out of the ledger unnoticed) and its epsilon under both accountants. `lifetime_*`: what it has spent over every
+    run made with its folder (a coordinator that splits its questions over several runs shows up here, where one
+    run's ledger alone cannot show it)."""
+    return {"type": LENDER_FINAL, "run": run, "lender": lender, "releases": releases, "refusals": refusals,
+            "evaluations": evaluations, "epsilon": epsilons.get(accountant), "epsilon_rdp": epsilons.get("rdp"),
+            "epsilon_prv": epsilons.get("prv"), "delta": delta, "accountant": accountant,
+            "lifetime_epsilon": lifetime_epsilon, "lifetime_runs": lifetime_runs}
 
 
 def signed_record(key: Ed25519PrivateKey, body: dict, with_public_key: bool = False) -> ConfigRecord:

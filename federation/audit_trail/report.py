@@ -20,7 +20,7 @@ from federation.audit_trail import ledger as L
 from federation.audit_trail.canonical import canonical
 from federation.audit_trail.derive import UNVERIFIED_FILES
 from federation.audit_trail.keys import sign
-from federation.audit_trail.run_view import RunView
+from federation.audit_trail.run_view import RunView, global_scores
 from federation.audit_trail.svg_chart import epsilon_chart
 from federation.registry import fingerprint
 from federation.runfolder import write_atomically
@@ -61,6 +61,8 @@ def build_report(entries: list[dict]) -> dict:
     privacy = finish.get("privacy") or {"dp": False}
     units = privacy.get("units", {})
     lenders = [_lender_details(view, lender, units.get(str(lender), {})) for lender in sorted(view.manifests)]
+    complete = view.complete_rounds()
+    scores = global_scores(complete[-1]) if complete else {}  # from the lenders' signed scores, not the coordinator's
     sources = sorted({d["noise"] for d in lenders if d["noise"]} | ({units["federation"]["noise"]} if "federation" in units else set()))
     report = {
         "format": FORMAT,
@@ -81,8 +83,7 @@ def build_report(entries: list[dict]) -> dict:
         },
         "coverage": {"covers": COVERS if privacy.get("dp") else [], "outside": OUTSIDE},
         "lender_details": lenders,
-        "utility": {"global_auc": (finish.get("final_metrics") or {}).get("auc"),
-                    "global_ks": (finish.get("final_metrics") or {}).get("ks"),
+        "utility": {"global_auc": scores.get("auc"), "global_ks": scores.get("ks"),
                     "evaluated_on": "each lender's own test records (global: test-size-weighted mean)"},
         "final_model_hash": finish.get("model_hash"), "model_file_sha256": finish.get("model_file_sha256"),
         "ledger_head": finished_entry["hash"], "ledger_entries": len(entries),
@@ -97,6 +98,8 @@ def build_report(entries: list[dict]) -> dict:
 def _lender_details(view: RunView, lender: int, unit: dict) -> dict:
     m = view.manifests[lender]
     releases = view.releases(lender)
+    final = view.finals.get(lender) or {}
+    event = ((releases[-1].get("events") or [{}])[0]) if releases else {}
     finished = view.complete_rounds()
     answers = [(a.round, e) for a in finished for e in a.entries
                if e["type"] in (L.LENDER_UPDATE, L.LENDER_REFUSAL) and e["body"].get("lender") == lender]
@@ -116,10 +119,14 @@ def _lender_details(view: RunView, lender: int, unit: dict) -> dict:
         "fields_used": m["fields_used"], "fields_refused": m["fields_refused"],
         "overrides": [f for f in m["fields_used"] if f.get("override")],
         "data_commitment": m["data_commitment"], "policy": m["policy"],
-        "budget": unit.get("budget"), "epsilon": unit.get("epsilon"), "epsilon_rdp": unit.get("epsilon_rdp"),
-        "epsilon_prv": unit.get("epsilon_prv"), "delta": unit.get("delta"),
-        "noise_multiplier": unit.get("noise_multiplier"), "sample_rate": unit.get("sample_rate"),
-        "steps": unit.get("steps"), "clip_norm": unit.get("clip_norm"), "noise": unit.get("noise"),
+        # Record level: the lender's own signed figures (its final statement, its last release), not the coordinator's.
+        "budget": unit.get("budget"), "epsilon": final.get("epsilon", unit.get("epsilon")),
+        "epsilon_rdp": final.get("epsilon_rdp", unit.get("epsilon_rdp")),
+        "epsilon_prv": final.get("epsilon_prv", unit.get("epsilon_prv")), "delta": final.get("delta", unit.get("delta")),
+        "noise_multiplier": event.get("noise_multiplier"), "sample_rate": event.get("sample_rate"),
+        "steps": sum(int(e.get("steps", 0)) for b in releases for e in b.get("events", [])) if unit else None,
+        "clip_norm": event.get("clip_norm"), "noise": releases[-1].get("noise") if releases else None,
+        "demo": bool(m["policy"].get("demo")),
         "epsilon_by_round": by_round, "releases": len(releases), "rounds_declined": len(refusals),
         "refusals": refusals, "left_out": left_out,
         "bytes_sent": sum(b["bytes_sent"] for b in releases), "shapes_sent": releases[0]["shapes"] if releases else {},
@@ -155,11 +162,15 @@ def summary_sentences(report: dict) -> list[str]:
         out.append(f"The federation stayed within epsilon {fed.get('budget', 0):g} at delta {fed.get('delta', 0):.1e} for "
                    f"each lender as a whole (lender-level differential privacy, with amplification by sampling): spent "
                    f"{fed.get('epsilon', 0):.3f} against whoever sees only the released models. The ledger names the "
-                   f"lenders sampled in each round: against a reader of the ledger, and against the coordinator, "
-                   f"which adds this noise, the most any lender spent is epsilon "
-                   f"{fed.get('epsilon_known_sampling_max', 0):.3f}.")
+                   f"lenders sampled in each round: against a reader of the ledger the most any lender spent is "
+                   f"epsilon {fed.get('epsilon_known_sampling_max', 0):.3f}. The coordinator adds this noise and sees "
+                   f"each lender's clipped update: lender-level DP gives no protection against it.")
     else:
         out.append("This run used no differential privacy: the model updates were not protected by noise.")
+    demo = [d["lender"] for d in lenders if d["demo"]]
+    if demo:
+        out.append(f"Flagged: {len(demo)} lender(s) ran without a folder of their own (a demo): their data keys came "
+                   "from the coordinator's request, and their limits are the default ones.")
     earlier = [d for d in lenders if (d["lifetime_runs"] or 0) > 1]
     if earlier:
         out.append(f"{len(earlier)} lender(s) also spent privacy budget in other runs with the same folder: "
@@ -221,6 +232,11 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
+def _t(value: Any) -> str:
+    """Any value as page text, escaped: every value on the page goes through here or html.escape, whoever signed it."""
+    return html.escape(f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
+
+
 def _delta(value: Any) -> str:
     return "-" if value is None else f"{value:.1e}"
 
@@ -250,20 +266,20 @@ def render_html(report: dict) -> str:
     for d in report["lender_details"]:
         used, refused = _fields(d["fields_used"]), _fields(d["fields_refused"])
         first = fields_seen.setdefault((used, refused), d["lender"])
-        shapes = ", ".join(f"{e(k)} {v}" for k, v in d["shapes_sent"].items())
-        refusals = "; ".join(f"round {r['round']}: {e(r['limit'])} ({e(r['reason'])})" for r in d["refusals"]) or "-"
+        shapes = ", ".join(f"{e(k)} {_t(v)}" for k, v in d["shapes_sent"].items())
+        refusals = "; ".join(f"round {_t(r['round'])}: {e(r['limit'])} ({e(r['reason'])})" for r in d["refusals"]) or "-"
         auc = _fmt(d["auc"]) if d["auc"] is not None else f"n/a: {e(d['auc_undefined_reason'] or 'not evaluated')}"
-        field_rows = (f"<tr><th>Fields used / refused</th><td>as lender {first}</td></tr>" if first != d["lender"] else
+        field_rows = (f"<tr><th>Fields used / refused</th><td>as lender {_t(first)}</td></tr>" if first != d["lender"] else
                       f"<tr><th>Fields used</th><td>{used}</td></tr>\n<tr><th>Fields refused</th><td>{refused}</td></tr>")
-        consent = (f"{d['records_without_consent']}" if d["consent_checked"]
+        consent = (f"{_t(d['records_without_consent'])}" if d["consent_checked"]
                    else "not checked (the card has no consent column: it declares the data public)")
         rows.append(f"""
-<section class="lender" id="lender-{d['lender']}">
-<h3>Lender {d['lender']} <small>key {e(d['fingerprint'])}</small></h3>
+<section class="lender" id="lender-{_t(d['lender'])}">
+<h3>Lender {_t(d['lender'])} <small>key {e(d['fingerprint'])}</small></h3>
 <table>
-<tr><th>Records held</th><td>{d['records_total']}</td></tr>
+<tr><th>Records held</th><td>{_t(d['records_total'])}</td></tr>
 <tr><th>Records without consent</th><td>{consent}</td></tr>
-<tr><th>Records used (training / test)</th><td>{d['records_used']} ({d['train_records']} / {d['test_records']})</td></tr>
+<tr><th>Records used (training / test)</th><td>{_t(d['records_used'])} ({_t(d['train_records'])} / {_t(d['test_records'])})</td></tr>
 <tr><th>Epsilon spent / budget</th><td>{_fmt(d['epsilon'])} / {_fmt(d['budget'])}</td></tr>
 <tr><th>Epsilon by accountant</th><td>RDP {_fmt(d['epsilon_rdp'])}, PRV {_fmt(d['epsilon_prv'])} (the first is the one enforced when the run's accountant is RDP)</td></tr>
 <tr><th>Delta</th><td>{_delta(d['delta'])}</td></tr>
@@ -274,9 +290,9 @@ def render_html(report: dict) -> str:
 <tr><th>Noise source</th><td>{e(str(d['noise'] or '-'))}</td></tr>
 <tr><th>Its own limits (policy)</th><td>max epsilon {_fmt(d['policy'].get('max_epsilon'))}, delta {"rule 1/N^1.1" if not d['policy'].get('delta') else _delta(d['policy'].get('delta'))}, min noise {_fmt(d['policy'].get('min_noise_multiplier'))}, max clip {_fmt(d['policy'].get('max_clip_norm'))}</td></tr>
 <tr><th>Epsilon over every run with its folder</th><td>{_fmt(d['lifetime_epsilon'])} ({d['lifetime_runs']} run(s) with releases)</td></tr>
-<tr><th>Releases / rounds declined</th><td>{d['releases']} / {d['rounds_declined']}</td></tr>
+<tr><th>Releases / rounds declined</th><td>{_t(d['releases'])} / {_t(d['rounds_declined'])}</td></tr>
 <tr><th>Refusals (limit and reason)</th><td>{refusals}</td></tr>
-<tr><th>What left this lender</th><td>{d['bytes_sent']:,} bytes of {'masked ' if p['secure_aggregation'] else ''}model parameters ({shapes}); {d['records_sent']} records</td></tr>
+<tr><th>What left this lender</th><td>{_t(d['bytes_sent'])} bytes of {'masked ' if p['secure_aggregation'] else ''}model parameters ({shapes}); {_t(d['records_sent'])} records</td></tr>
 {field_rows}
 <tr><th>AUC / KS on its own test records</th><td>{auc} / {_fmt(d['ks'])}</td></tr>
 </table>
@@ -289,6 +305,7 @@ def render_html(report: dict) -> str:
     sources = "; ".join(e(s) for s in p["noise_sources"]) or "-"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
 <title>fedcredit privacy report {e(report['run'][:12])}</title>
 <style>
 body {{ font-family: sans-serif; max-width: 60em; margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }}
@@ -306,7 +323,7 @@ svg {{ max-width: 100%; height: auto; }}
 {banner}
 <h1>Privacy report: federated credit model</h1>
 <p>Run <code>{e(report['run'])}</code>, finished {e(report['created'])}, {e(str(report['code_version']))}.
-Dataset <b>{e(str(report['dataset']))}</b>, {report['lenders']} lenders, strategy {e(str(report['strategy']))}, model {e(str(report['model']))}.</p>
+Dataset <b>{e(str(report['dataset']))}</b>, {_t(report['lenders'])} lenders, strategy {e(str(report['strategy']))}, model {e(str(report['model']))}.</p>
 <section id="summary"><h2>In short</h2><ul>
 {summary}
 </ul></section>
@@ -339,7 +356,7 @@ run's accountant is the one that enforced the budgets ({e(str(p['accountant'] or
 <table>
 <tr><th>Run id</th><td><code>{e(report['run'])}</code></td></tr>
 <tr><th>Final model hash</th><td><code>{e(str(report['final_model_hash']))}</code></td></tr>
-<tr><th>Ledger head ({report['ledger_entries']} entries)</th><td><code>{e(report['ledger_head'])}</code></td></tr>
+<tr><th>Ledger head ({_t(report['ledger_entries'])} entries)</th><td><code>{e(report['ledger_head'])}</code></td></tr>
 <tr><th>Coordinator key</th><td><code>{e(report['coordinator_fingerprint'])}</code></td></tr>
 <tr><th>Coordinator signature</th><td><code>{e(report['signature'])}</code></td></tr>
 </table>

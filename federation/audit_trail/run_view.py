@@ -99,3 +99,28 @@ def weighted_mean(values: list, weights: list) -> float | None:
     if not pairs:
         return None
     return float(sum(v * w for v, w in pairs) / sum(w for _, w in pairs))
+
+
+def stop_reason(stop: dict, epsilon: float | None = None) -> str:
+    """The one sentence a stop of each kind is stated in (the coordinator writes no free text of its own)."""
+    if not stop:
+        return ""
+    if stop.get("kind") == "refused":
+        return f"no lender trained in round {stop['round']}: every lender asked declined"
+    if stop.get("kind") == "lender_level_budget":
+        return f"round {stop['round']} would take the federation past epsilon {epsilon} (lender-level)"
+    raise ValueError(f"unknown stop {stop!r}")
+
+
+def evaluators(attempt: "Attempt", lenders: int, lenders_per_round: int) -> list[int]:
+    """Who must score a finished round's model: every lender, or the round's roster when lenders are drawn."""
+    return sorted(attempt.roster) if lenders_per_round else list(range(lenders))
+
+
+def global_scores(attempt: "Attempt") -> dict:
+    """The test-size-weighted mean of the lenders' signed scores of a round's model."""
+    from federation.metrics import METRICS
+
+    bodies = [e["body"] for e in attempt.of_type(L.LENDER_EVALUATION)]
+    weights = [b["num_examples"] for b in bodies]
+    return {k: weighted_mean([b.get(k) for b in bodies], weights) for k in METRICS}

@@ -28,6 +28,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import re
+import stat
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +41,7 @@ from federation.audit_trail.canonical import arrays_hash, canonical, config_hash
 from federation.audit_trail.derive import NOT_DERIVED, UNVERIFIED_FILES, run_files
 from federation.audit_trail.keys import COORDINATOR, public_from_hex, signer_label, verify_signature
 from federation.audit_trail.report import build_report, render_html, report_bytes, signed_part
-from federation.audit_trail.run_view import RunView
+from federation.audit_trail.run_view import RunView, evaluators, global_scores, stop_reason
 from federation.config import RunConfig
 from federation.errors import FedCreditError
 from federation.lender_policy import effective_delta
@@ -48,6 +52,7 @@ from federation.privacy.events import PrivacyEvent
 from federation.privacy.limits import MAX_DELTA
 from federation.privacy.noise import SECURE_SOURCE, SEEDED_SOURCE
 from federation.registry import Registry, fingerprint, load_registry
+from federation.secagg import confirmation_verifies
 
 MASKED = "masked"  # federation.messages.MASKED, not imported: the verifier runs without Flower
 
@@ -55,6 +60,8 @@ MASKED = "masked"  # federation.messages.MASKED, not imported: the verifier runs
 # events they agree within 1% (tests/test_accounting.py), so that is the tolerance here.
 TOLERANCE = 0.01
 ENTRY_KEYS = {"seq", "time", "type", "signer", "body", "prev", "hash", "signature"}
+TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+CODE_VERSION = re.compile(r"fedcredit [0-9][0-9A-Za-z.+-]*( \(git [0-9a-f]{40}\))?")
 
 # Exit codes of `fedcredit verify` (documented in the README).
 EXIT_VERIFIED = 0  # every check passed and every key was pinned by the registry
@@ -140,6 +147,8 @@ def _read_ledger(run_dir: Path) -> list[dict]:
             _fail(where, "format", "not in canonical JSON form (bytes were altered)")
         if not isinstance(entry["body"], dict) or not isinstance(entry["seq"], int):
             _fail(where, "format", "an entry's body is an object and its seq an integer")
+        if not isinstance(entry["time"], str) or not TIME.fullmatch(entry["time"]):
+            _fail(where, "format", "an entry's time is a UTC timestamp YYYY-MM-DDTHH:MM:SSZ, nothing else")
         entries.append(entry)
     if not entries:
         _fail("ledger.jsonl", "format", "the ledger is empty")
@@ -185,6 +194,49 @@ def _keys(entries: list[dict], registry: Registry | None) -> tuple[object, dict[
     return coordinator, lenders, fingerprints
 
 
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value: object, none: bool = True) -> bool:
+    return (value is None and none) or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                        and math.isfinite(value))
+
+
+def body_type_problem(body: dict) -> str | None:
+    """What a lender may sign, field by field: counts are counts, scores numbers, names short plain strings.
+    (A lender could otherwise put markup or anything else where a number is read.)"""
+    kind = body["type"]
+    counts = {L.LENDER_MANIFEST: ("records_total", "records_without_consent", "records_used", "train_records",
+                                  "test_records"),
+              L.LENDER_UPDATE: ("round", "release", "bytes_sent"), L.LENDER_REFUSAL: ("round",),
+              L.LENDER_EVALUATION: ("round", "num_examples"),
+              L.LENDER_FINAL: ("releases", "refusals", "evaluations", "lifetime_runs")}[kind]
+    bad = [k for k in counts if not _count(body.get(k))]
+    if bad:
+        return f"'{bad[0]}' must be a whole number"
+    numbers = {L.LENDER_UPDATE: ("epsilon", "delta", "budget"), L.LENDER_REFUSAL: ("epsilon_spent", "budget", "delta"),
+               L.LENDER_EVALUATION: ("auc", "ks", "gini", "brier", "loss"),
+               L.LENDER_FINAL: ("epsilon", "epsilon_rdp", "epsilon_prv", "delta", "lifetime_epsilon")}.get(kind, ())
+    bad = [k for k in numbers if not _number(body.get(k))]
+    if bad:
+        return f"'{bad[0]}' must be a number"
+    if kind == L.LENDER_UPDATE:
+        shapes = body.get("shapes")
+        if not isinstance(shapes, dict) or not all(isinstance(k, str) and isinstance(v, list) and all(_count(d) for d in v)
+                                                   for k, v in shapes.items()):
+            return "'shapes' must map array names to lists of dimensions"
+    if kind == L.LENDER_MANIFEST:
+        fields = [*body.get("fields_used", []), *body.get("fields_refused", [])]
+        texts = [body.get("card"), body.get("dataset"), body.get("encoding"), *body.get("features", []),
+                 *[v for f in fields if isinstance(f, dict) for v in f.values()]]
+        if not all(isinstance(f, dict) for f in fields) or not all(isinstance(t, str) for t in texts):
+            return "field descriptions and names must be plain strings"
+        if not isinstance(body.get("consent_checked"), bool) or not isinstance(body.get("policy"), dict):
+            return "'consent_checked' must be true or false and 'policy' an object"
+    return None
+
+
 def _check_chain(entries: list[dict], coordinator, lenders: dict[int, object]) -> tuple[str, RunConfig]:
     prev = L.GENESIS
     run_id, cfg = None, None
@@ -210,6 +262,9 @@ def _check_chain(entries: list[dict], coordinator, lenders: dict[int, object]) -
                 _fail(where, "run", "the signed body names another run")
             if body.get("type") != entry["type"] or set(body) != BODY_KEYS[entry["type"]]:
                 _fail(where, "body", f"a {entry['type']} body holds exactly {sorted(BODY_KEYS[entry['type']])}")
+            problem = body_type_problem(body)
+            if problem:
+                _fail(where, "body", problem)
         else:
             if entry["signer"] != COORDINATOR:
                 _fail(where, "signer", f"a {entry['type']} entry must be signed by the coordinator")
@@ -220,6 +275,8 @@ def _check_chain(entries: list[dict], coordinator, lenders: dict[int, object]) -
             if entry["type"] != L.RUN_STARTED:
                 _fail(where, "run", "the ledger must start with run_started")
             run_id = body.get("run")
+            if not isinstance(body.get("code_version"), str) or not CODE_VERSION.fullmatch(body["code_version"]):
+                _fail(where, "format", "the code version is 'fedcredit VERSION (git COMMIT)', nothing else")
             if config_hash(body.get("config", {})) != run_id:
                 _fail(where, "config hash", "the recorded configuration does not hash to the run id")
             try:
@@ -284,6 +341,8 @@ def _check_attempts(view: RunView, cfg: RunConfig) -> None:
                                  L.AGGREGATE, L.SECAGG_ROSTER, L.ROUND_FINISHED) and body.get("round") != attempt.round:
                 _fail(_describe(entry), "round", f"it names round {body.get('round')} but stands in round "
                                                  f"{attempt.round} of the ledger")
+            if entry["type"] == L.UPDATE_REJECTED and body.get("stage") == "evaluate":
+                continue  # an evaluation that failed: counted with the evaluations below
             if entry["type"] in (L.LENDER_UPDATE, L.LENDER_REFUSAL, L.UPDATE_REJECTED):
                 if body["lender"] not in roster:
                     _fail(_describe(entry), "roster", f"lender {body['lender']} was not asked in round {attempt.round}")
@@ -310,12 +369,30 @@ def _check_attempts(view: RunView, cfg: RunConfig) -> None:
             for evaluation in attempt.of_type(L.LENDER_EVALUATION):
                 if evaluation["body"]["model_hash"] != agg.get("model_hash"):
                     _fail(_describe(evaluation), "evaluation", "the lender scored another model than the round's")
+            scored = [e["body"]["lender"] for e in attempt.of_type(L.LENDER_EVALUATION)]
+            scored += [e["body"]["lender"] for e in attempt.of_type(L.UPDATE_REJECTED) if e["body"].get("stage") == "evaluate"]
+            wanted = evaluators(attempt, cfg.lenders, cfg.lenders_per_round)
+            if sorted(scored) != wanted:
+                _fail(where, "evaluation", f"round {attempt.round} holds scores (or recorded failures) from lenders "
+                                           f"{sorted(scored)}; every one of {wanted} must score the round's model")
             expected += 1
         elif not (index in resumed_after or index == len(attempts) - 1):
             _fail(where, "rounds", f"round {attempt.round} never finished and the run did not resume after it")
+    finish = view.finished or {}
+    complete = view.complete_rounds()
+    expected_scores = global_scores(complete[-1]) if complete else {}
+    claimed_scores = finish.get("final_metrics") or {}
+    if complete and any(not _same(claimed_scores.get(k), v) for k, v in expected_scores.items()):
+        _fail("run_finished", "evaluation", "its final scores are not the mean of the lenders' signed scores")
     if (view.finished or {}).get("rounds_completed") != len(view.complete_rounds()):
         _fail("run_finished", "rounds", f"it claims {(view.finished or {}).get('rounds_completed')} rounds completed; "
                                         f"the ledger holds {len(view.complete_rounds())}")
+
+
+def _same(a: object, b: object) -> bool:
+    if a is None or b is None:
+        return a is b
+    return isinstance(a, (int, float)) and math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
 
 
 def _resumes(view: RunView) -> set[int]:
@@ -358,11 +435,22 @@ def _check_releases(view: RunView, cfg: RunConfig) -> None:
         if final["releases"] != len(releases):
             _fail(f"lender {lender}'s final statement", "completeness", f"the lender counts {final['releases']} releases "
                                                                         f"in this run; the ledger holds {len(releases)}")
+        for kind, name in ((L.LENDER_REFUSAL, "refusals"), (L.LENDER_EVALUATION, "evaluations")):
+            held = {canonical(e["body"]) for e in view.entries if e["type"] == kind and e["body"].get("lender") == lender}
+            if final[name] != len(held):
+                _fail(f"lender {lender}'s final statement", "completeness", f"the lender counts {final[name]} {name} "
+                      f"in this run; the ledger holds {len(held)}")
 
 
 def _check_stop(view: RunView, cfg: RunConfig) -> None:
     finish = view.finished or {}
     stop, done = finish.get("stop") or {}, len(view.complete_rounds())
+    try:
+        sentence = stop_reason(stop, cfg.epsilon)
+    except (ValueError, KeyError, TypeError):
+        sentence = None
+    if finish.get("stopped_early") != sentence:
+        _fail("run_finished", "stop", "its stop reason is not the sentence its stop's kind is stated in")
     if done == cfg.rounds:
         if stop or finish.get("stopped_early"):
             _fail("run_finished", "stop", "every round ran, yet the run says it stopped early")
@@ -474,6 +562,23 @@ def _check_privacy(view: RunView, cfg: RunConfig) -> dict[str, float]:
                   f"{lifetime}, is below this run's {eps:.4f} or above its own maximum {policy.get('max_epsilon')}")
         unit = (summary.get("units") or {}).get(str(lender)) or {}
         _check_unit(f"privacy summary of lender {lender}", unit, events, delta, budget, cfg)
+        # What the report shows must be what the lender signed, exactly (not within the 1% the accountants differ by),
+        # and the mechanism of its last release.
+        last = view.releases(lender)[-1:] or [{}]
+        event = (last[0].get("events") or [{}])[0]
+        shown = {"epsilon": final.get("epsilon"), "epsilon_rdp": final.get("epsilon_rdp"),
+                 "epsilon_prv": final.get("epsilon_prv"), "noise_multiplier": event.get("noise_multiplier"),
+                 "sample_rate": event.get("sample_rate"), "clip_norm": cfg.clip_norm, "noise": last[0].get("noise")}
+        for name, value in shown.items():
+            if unit.get(name) != value:
+                _fail(f"privacy summary of lender {lender}", "privacy summary", f"'{name}' is {unit.get(name)!r}; the "
+                      f"lender signed {value!r}")
+        for name, other in (("epsilon_rdp", "rdp"), ("epsilon_prv", "pld")):
+            recomputed = dpaccounting.epsilon(events, delta, other) if events else 0.0
+            if not _number(final.get(name), none=False) or not math.isclose(final[name], recomputed, rel_tol=TOLERANCE,
+                                                                             abs_tol=1e-9):
+                _fail(f"lender {lender}'s final statement", "epsilon", f"{name} {final.get(name)} differs from the "
+                      f"recomputed {recomputed:.4f}")
         out[str(lender)] = eps
     return out
 
@@ -539,7 +644,14 @@ def _check_lender_level(view: RunView, cfg: RunConfig, summary: dict, accountant
                                                                       abs_tol=1e-9):
             _fail("privacy summary of the federation", "epsilon", f"lender {lender}'s epsilon against a reader of the "
                   f"ledger is {claimed}; its {rounds} sampled rounds give {known[str(lender)]:.4f}")
-    return {"federation": eps, "federation, sampling known (max)": max(known.values(), default=0.0)}
+    top = max(known.values(), default=0.0)
+    claimed_top = unit.get("epsilon_known_sampling_max")
+    if not _number(claimed_top, none=False) or not math.isclose(claimed_top, top, rel_tol=TOLERANCE, abs_tol=1e-9):
+        _fail("privacy summary of the federation", "epsilon", f"the most any lender spent against a reader of the "
+              f"ledger is stated as {claimed_top}; the lenders' own figures give {top:.4f}")
+    if unit.get("epsilon") != unit.get("epsilon_rdp" if cfg.accountant == "rdp" else "epsilon_prv"):
+        _fail("privacy summary of the federation", "privacy summary", "its epsilon is not its enforcing accountant's")
+    return {"federation": eps, "federation, sampling known (max)": top}
 
 
 # ---- 5. model and secure aggregation -------------------------------------------------------------
@@ -556,6 +668,16 @@ def _check_model(run_dir: Path, view: RunView) -> str:
         _fail("model.pt", "files", "the model file is missing")
     if hashlib.sha256(path.read_bytes()).hexdigest() != finish.get("model_file_sha256"):
         _fail("model.pt", "model", "the model file differs from the one the ledger names")
+    # torch.save writes a zip of a fixed set of members: anything more is a message hidden in the model file.
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        _fail("model.pt", "model", "the model file is not a torch archive")
+    members = re.compile(r"[^/]+/(data\.pkl|version|byteorder|\.format_version|\.storage_alignment|"
+                         r"\.data/serialization_id|\.data/version|data/\d+)")
+    if not all(members.fullmatch(n) for n in names) or len({n.split("/")[0] for n in names}) != 1:
+        _fail("model.pt", "model", "the model file holds more than a saved state dict")
     import torch
 
     try:
@@ -566,6 +688,10 @@ def _check_model(run_dir: Path, view: RunView) -> str:
     if actual != model_hash:
         _fail("model.pt", "model", "the model file's arrays differ from the ledger's final model hash")
     return model_hash
+
+
+def _hex(text: object) -> bool:
+    return isinstance(text, str) and bool(re.fullmatch(r"(?:[0-9a-f]{2})+", text))
 
 
 def _check_secure_aggregation(view: RunView, cfg: RunConfig, coordinator) -> None:
@@ -605,6 +731,29 @@ def _check_secure_aggregation(view: RunView, cfg: RunConfig, coordinator) -> Non
         if not (len(participants) // 2 < threshold <= len(participants)):
             _fail(_describe(rosters[0]), "secure aggregation", f"threshold {threshold} of {len(participants)} is not "
                                                                "more than half")
+        unmask = agg.get("unmask") or {}
+        try:
+            request = json.loads(str(unmask.get("body", "")))
+        except json.JSONDecodeError:
+            request = None
+        if not isinstance(request, dict) or not verify_signature(coordinator, str(unmask.get("signature", "")),
+                                                                 str(unmask.get("body", "")).encode()):
+            _fail(_describe(attempt.started), "secure aggregation", "the unmasking request is not signed by the "
+                                                                    "coordinator")
+        survivors, dropped = request.get("survivors", []), request.get("dropped", [])
+        if (request.get("run"), request.get("round")) != (view.started["run"], attempt.round) or \
+                sorted(agg.get("lenders", [])) != sorted(survivors):
+            _fail(_describe(attempt.started), "secure aggregation", f"the aggregate names lenders "
+                  f"{sorted(agg.get('lenders', []))}; the signed unmasking request's survivors are {sorted(survivors)}")
+        confirmations = agg.get("confirmations") or {}
+        registry = Registry(view.started["coordinator_public_key"],
+                            {lender: view.manifests[lender]["public_key"] for lender in view.manifests})
+        valid = sum(confirmation_verifies(registry, view.started["run"], attempt.round, survivors, dropped, int(lender),
+                                          bytes.fromhex(sig) if _hex(sig) else b"")
+                    for lender, sig in confirmations.items() if str(lender).isdigit() and int(lender) in survivors)
+        if valid < threshold or len(confirmations) != valid:
+            _fail(_describe(attempt.started), "secure aggregation", f"{valid} valid survivor confirmations of "
+                  f"{len(confirmations)} recorded; at least {threshold}, and only valid ones, are needed")
         weights = sum(int(view.manifests[lender]["train_records"]) for lender in agg.get("lenders", []))
         if agg.get("weight_sum") != weights:
             _fail(_describe(attempt.started), "secure aggregation", f"the unmasked weight sum {agg.get('weight_sum')} is "
@@ -613,8 +762,29 @@ def _check_secure_aggregation(view: RunView, cfg: RunConfig, coordinator) -> Non
 
 # ---- 6-7. files and report --------------------------------------------------------------------
 
+FOLDERS = {"manifests", "keys"}  # the only folders a run folder holds
+
+
 def _folder_files(run_dir: Path) -> list[str]:
-    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() or p.is_symlink())
+    """Every regular file, walking so that nothing is skipped: an unreadable folder, a link, a FIFO, a device or
+    any folder besides manifests/ and keys/ fails (an empty folder's name could carry a message too)."""
+    out = []
+
+    def refuse(error: OSError) -> None:
+        _fail(str(error.filename), "files", f"cannot read it ({error.strerror})")
+
+    for root, dirs, files in os.walk(run_dir, onerror=refuse, followlinks=False):
+        here = Path(root).relative_to(run_dir)
+        for name in dirs:
+            path = Path(root) / name
+            if path.is_symlink() or here != Path(".") or name not in FOLDERS:
+                _fail(str(here / name), "files", "this folder is not part of a run folder")
+        for name in files:
+            mode = os.lstat(Path(root) / name).st_mode
+            if not stat.S_ISREG(mode):
+                _fail(str(here / name), "files", "a run folder holds regular files only (no links, FIFOs or devices)")
+            out.append(str(here / name))
+    return sorted(out)
 
 
 def _check_file_hashes(run_dir: Path, view: RunView) -> None:

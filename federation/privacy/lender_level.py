@@ -27,6 +27,8 @@ def update_norm(new: Mapping, old: Mapping) -> float:
 def clip_update(new: State, old: State, clip_norm: float) -> dict[str, torch.Tensor]:
     """old + (new - old) scaled to L2 norm at most `clip_norm` (over all arrays together)."""
     norm = update_norm(new, old)
+    if not np.isfinite(norm):  # a non-finite update counts as none: its influence stays bounded by clip_norm
+        return {k: old[k].clone() for k in old}
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     return {k: (old[k].double() + scale * (new[k].double() - old[k].double())).to(old[k].dtype) for k in old}
 
