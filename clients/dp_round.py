@@ -70,7 +70,7 @@ def model_refusal(session: Session, incoming: dict[str, np.ndarray]) -> Refusal 
     shapes = {k: tuple(np.shape(v)) for k, v in incoming.items()}
     if shapes != expected:
         return Refusal("model", str(shapes), str(expected), "the model sent is not the run's model")
-    peak = max((float(np.abs(v).max()) for v in incoming.values() if np.size(v)), default=0.0)
+    peak = float(np.max([np.abs(v).max() for v in incoming.values() if np.size(v)], initial=0.0))  # NaN propagates
     if not np.isfinite(peak) or peak > MAX_MODEL_MAGNITUDE:
         return Refusal("model", None, MAX_MODEL_MAGNITUDE, f"the model sent holds a weight of magnitude {peak:.3g}; "
                        f"this lender trains only from finite weights of magnitude at most {MAX_MODEL_MAGNITUDE:g}")
