@@ -9,6 +9,7 @@ arrays and aggregate scalars only.
 from __future__ import annotations
 
 import hashlib
+import secrets
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -125,13 +126,13 @@ def _digest(text) -> str:
 def secagg_keys(msg: Message, context: Context) -> Message:
     return _secagg_step(msg, context, lambda s, request: secagg.advertise(
         s.context, s.round, s.run, s.lender, s.home.identity, s.home.registry, request), "keys",
-        lambda request: str(id(request)))
+        lambda request: secrets.token_hex(16))
 
 
 @app.query("secagg_shares")
 def secagg_shares(msg: Message, context: Context) -> Message:
     return _secagg_step(msg, context, lambda s, request: secagg.share(
-        s.context, s.round, s.run, s.lender, s.home.registry, request), "shares", lambda request: str(id(request)))
+        s.context, s.round, s.run, s.lender, s.home.registry, request), "shares", lambda request: secrets.token_hex(16))
 
 
 @app.query("secagg_confirm")
@@ -144,4 +145,4 @@ def secagg_confirm(msg: Message, context: Context) -> Message:
 @app.query("secagg_unmask")
 def secagg_unmask(msg: Message, context: Context) -> Message:
     return _secagg_step(msg, context, lambda s, request: secagg.reveal(
-        s.context, s.round, s.run, s.lender, s.home.registry, request), "reveal", lambda request: str(id(request)))
+        s.context, s.round, s.run, s.lender, s.home.registry, request), "reveal", lambda request: secrets.token_hex(16))

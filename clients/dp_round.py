@@ -35,7 +35,7 @@ from federation.privacy.limits import MAX_DELTA, check_delta
 from federation.messages import ARRAYS, ATTESTATION, MASKED, METRICS, SECAGG, numpy_arrays
 from federation.model import build_model
 from federation.policy import label_problem
-from federation.privacy.accountant import calibrate_noise, epsilon, sample_rate, steps_per_epoch
+from federation.privacy.accountant import calibrate_noise, default_delta, epsilon, sample_rate, steps_per_epoch
 from federation.privacy.events import PrivacyEvent
 from federation.privacy.lender_level import clip_update
 from federation.privacy.noise import SecureRandomness, SeededRandomness, noise_source
@@ -98,15 +98,22 @@ def request_refusal(session: Session) -> Refusal | None:
         if budget > policy.max_epsilon:
             return Refusal("max_epsilon", budget, policy.max_epsilon, f"the requested budget epsilon {budget:g} is "
                            f"above this lender's maximum {policy.max_epsilon:g}")
-        own_delta = effective_delta(0.0, policy.delta, session.own_records)
-        try:  # a lender too small for a meaningful guarantee at its delta, or a delta above 1/n, trains nothing
-            check_delta(session.own_records, effective_delta(cfg.delta, policy.delta, session.own_records),
-                        f"lender {session.lender}")
-        except ConfigError as exc:
-            return Refusal("delta", cfg.delta or own_delta, MAX_DELTA, str(exc))
-        if cfg.delta > own_delta:
-            return Refusal("delta", cfg.delta, own_delta, f"the requested delta {cfg.delta:g} is above this lender's "
-                           f"delta {own_delta:.3g}")
+        if cfg.dp_level == "record":  # the unit is one of its records: its own count sets the rule
+            own_delta = effective_delta(0.0, policy.delta, session.own_records)
+            try:  # a lender too small for a meaningful guarantee at its delta, or a delta above 1/n, trains nothing
+                check_delta(session.own_records, effective_delta(cfg.delta, policy.delta, session.own_records),
+                            f"lender {session.lender}")
+            except ConfigError as exc:
+                return Refusal("delta", cfg.delta or own_delta, MAX_DELTA, str(exc))
+            if cfg.delta > own_delta:
+                return Refusal("delta", cfg.delta, own_delta, f"the requested delta {cfg.delta:g} is above this "
+                               f"lender's delta {own_delta:.3g}")
+        else:  # the unit is a whole lender: the federation's size sets the rule
+            try:
+                check_delta(cfg.lenders, cfg.delta or default_delta(cfg.lenders), "the federation (lender-level DP)",
+                            unit="lenders")
+            except ConfigError as exc:
+                return Refusal("delta", cfg.delta, MAX_DELTA, str(exc))
         if cfg.noise_multiplier and cfg.noise_multiplier < policy.min_noise_multiplier:
             return Refusal("min_noise_multiplier", cfg.noise_multiplier, policy.min_noise_multiplier,
                            f"the requested noise multiplier {cfg.noise_multiplier:g} is below this lender's floor "

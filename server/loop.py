@@ -235,7 +235,10 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
             keeper.rejected(rnd, lender, reason)
         max_eps = max((b["epsilon"] for bodies in record.releases.values() for b in bodies[-1:]
                        if b.get("epsilon") is not None), default=0.0)
-        if messages and not trained and not rejected and not setup_failure:
+        # Stop only when every lender of the federation was asked and declined: lenders drawn (lenders-per-round,
+        # or sampled at lender level) that decline say nothing about the others.
+        everyone = not cfg.lenders_per_round and not lender_dp
+        if everyone and messages and not trained and not rejected and not setup_failure:
             record.stop = {"kind": "refused", "round": rnd}
             record.stop["reason"] = stop_reason(record.stop)
             log.warning(record.stop["reason"])

@@ -690,8 +690,6 @@ def test_a9_a_registry_naming_more_lenders_verifies_a_run_of_three_and_says_thre
     assert cli.exit_code == 0 and "; 3 lenders, every round" in cli.output, cli.output
 
 
-@pytest.mark.xfail(strict=True, reason="no note: verify_run and `fedcredit verify` say nothing of registered lenders "
-                                       "absent from the run (the red team's a9b; reported, not fixed here)")
 def test_a9_the_verifier_notes_registered_lenders_absent_from_the_run(folder):
     from federation.cli import app
 

@@ -86,6 +86,7 @@ class VerifiedRun:
     pinned: bool
     fingerprints: dict[str, str] = field(default_factory=dict)
     unverified: list[str] = field(default_factory=list)  # files present that no check covers (declared as such)
+    absent: list[int] = field(default_factory=list)  # registered lenders that took no part in this run
     not_private: bool = False
 
     @property
@@ -107,6 +108,8 @@ class VerifiedRun:
             lines.insert(1, "NOT PRIVATE: this run used seeded, reproducible noise (a test or benchmark run)")
         if self.unverified:
             lines.append("not covered by any check (written after the run): " + ", ".join(self.unverified))
+        if self.absent:
+            lines.append("in the registry but not in this run: lenders " + ", ".join(str(x) for x in self.absent))
         return "\n".join(lines)
 
 
@@ -459,7 +462,7 @@ def _check_stop(view: RunView, cfg: RunConfig) -> None:
         _fail("run_finished", "stop", f"{done} of {cfg.rounds} rounds ran and no reason the ledger supports says why")
     if stop.get("kind") == "refused":
         last = view.attempts[-1] if view.attempts else None
-        if last is None or last.round != done + 1 or last.finished is not None or not last.roster:
+        if last is None or last.round != done + 1 or last.finished is not None or last.roster != list(range(cfg.lenders)):
             _fail("run_finished", "stop", f"the run says no lender trained in round {done + 1}, but the ledger holds no "
                                           "such round")
         answers = {e["body"]["lender"]: e["type"] for e in last.entries if e["type"] in
@@ -892,6 +895,7 @@ def verify_run(run_dir: str | Path, registry: str | Path | Registry | None = Non
     _check_secure_aggregation(view, cfg, coordinator)
     unverified = _check_files(run_dir, view)
     _check_report(run_dir, entries, report)
+    absent = sorted(set(registry.lenders) - set(range(cfg.lenders))) if registry is not None else []
     return VerifiedRun(len(entries), len(view.manifests), epsilons, cfg.accountant if cfg.dp else "-",
-                       entries[-1]["hash"], registry is not None, fingerprints, unverified,
-                       cfg.dp and cfg.reproducible_noise_not_private)
+                       entries[-1]["hash"], registry is not None, fingerprints=fingerprints, unverified=unverified,
+                       absent=absent, not_private=cfg.dp and cfg.reproducible_noise_not_private)
