@@ -26,6 +26,9 @@ from federation.privacy.events import PrivacyEvent
 from federation.secagg import SecAggError
 from federation.lender_policy import effective_delta
 
+from federation.training import set_torch_threads
+
+set_torch_threads()  # a lender's ClientApp process trains: one thread (why: federation/training.py)
 app = ClientApp()
 
 

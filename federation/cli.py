@@ -682,6 +682,9 @@ def _fmt(value: Optional[str]) -> str:
 
 
 def main() -> None:
+    from federation.training import set_torch_threads
+
+    set_torch_threads()
     try:
         app()
     except KeyboardInterrupt:

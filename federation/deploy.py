@@ -72,7 +72,7 @@ class Deployment:
         # The SuperLink and SuperNodes start flower-superexec by name: this environment's scripts come first.
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         self.env = {**os.environ, "PATH": path, "FLWR_HOME": str(self.folder / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
-                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
     # ---- set-up ----------------------------------------------------------------------------
     def __enter__(self) -> Deployment:

@@ -10,6 +10,7 @@ would not see a proximal term added to the loss).
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -57,6 +58,19 @@ def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, dp: DPSettings |
         for i in range(steps):
             idx = order[i * batch_size:(i + 1) * batch_size]
             yield x[idx], y[idx]
+
+
+THREADS_ENV = "FEDCREDIT_TORCH_THREADS"
+
+
+def set_torch_threads() -> int:
+    """One torch thread unless $FEDCREDIT_TORCH_THREADS says otherwise: these models are small, and on this class of
+    machine (2 cores) torch's default of one thread per core is 5-25x slower than one thread (measured in
+    benchmarks/perf). Called by every process that trains: the lender's ClientApp, the CLI, the benchmarks, tests."""
+    threads = max(1, int(os.environ.get(THREADS_ENV, "1") or 1))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
 
 
 def zero_non_finite_examples(parameters) -> None:

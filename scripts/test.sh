@@ -11,5 +11,5 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
             || echo "could not install chromium: the browser test will be skipped" >&2
     fi
 fi
-export FLWR_HOME="$PWD/.flwr" FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
+export FLWR_HOME="$PWD/.flwr" FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 OMP_NUM_THREADS=1
 .venv/bin/python -m pytest -q "$@"

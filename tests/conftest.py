@@ -11,6 +11,11 @@ SHARED = (ROOT / ".." / "shared" / "datasets").resolve()
 os.environ.setdefault("FLWR_HOME", str(ROOT / ".flwr"))
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # also for the processes the tests start (deployment, kill -9)
+
+from federation.training import set_torch_threads  # noqa: E402
+
+set_torch_threads()
 
 
 @pytest.fixture

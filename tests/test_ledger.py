@@ -143,7 +143,7 @@ def _files(run_dir):
     return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pick=st.integers(0, 10_000), position=st.floats(0, 1, exclude_max=True), flip=st.integers(1, 255))
 def test_any_single_changed_byte_in_any_file_fails_verification(run_copy, pick, position, flip):
     names = _files(run_copy)

@@ -11,6 +11,9 @@ import warnings
 
 
 def quiet() -> None:
+    from federation.training import set_torch_threads
+
+    set_torch_threads()  # measured with one torch thread, as every fedcredit process trains
     import flwr.common.logger  # noqa: F401  (Flower sets its logger to DEBUG on import)
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
