@@ -518,7 +518,150 @@ def lender_init(
     except FedCreditError as exc:
         _fail(str(exc))
     console.print(f"lender {lender}: public key {public}", highlight=False)
-    console.print(f"fingerprint {fingerprint(public)}  (send both to the coordinator and the regulator)", highlight=False)
+    from clients.home import LenderHome
+    from clients.join import supernode_key
+
+    _, node_public = supernode_key(LenderHome(lender_dir))
+    console.print(f"fingerprint {fingerprint(public)}  (send it to the regulator for the key registry: "
+                  f"{lender_dir / 'identity.pub'})", highlight=False)
+    console.print(f"SuperNode key: {node_public}  (send it to the coordinator)", highlight=False)
+
+
+@lender_app.command("join")
+def lender_join(
+    lender_dir: Path = typer.Option(..., help="The lender's own folder (fedcredit lender init)."),
+    superlink: str = typer.Option(..., help="The coordinator's address HOST:PORT."),
+    ca: Path = typer.Option(..., help="The coordinator's CA certificate (it sent it)."),
+    listen_host: str = typer.Option("127.0.0.1", help="Where this SuperNode's own runtime API listens (its ClientApp "
+                                    "processes connect there)."),
+) -> None:
+    """Start this lender's SuperNode against the coordinator: its data, limits and keys stay in its folder."""
+    from clients.join import LenderNode
+
+    node = LenderNode(lender_dir, superlink, ca, listen_host)
+    _stop_on_term()
+    try:
+        node.start()
+        console.print(f"lender {node.home.policy.lender}: SuperNode started against {superlink} (Ctrl-C stops it)",
+                      highlight=False)
+        node.wait()
+    except FedCreditError as exc:
+        node.stop()
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        node.stop()
+        raise typer.Exit(code=130)
+    node.stop()
+
+
+coordinator_app = typer.Typer(no_args_is_help=True, help="The coordinator's own commands, run on its host.")
+app.add_typer(coordinator_app, name="coordinator")
+CoordinatorDirOption = Annotated[Path, typer.Option("--dir", help="The coordinator's own folder.")]
+
+
+def _stop_on_term() -> None:
+    """SIGTERM ends a foreground role like Ctrl-C: every process it started is stopped by id."""
+    import signal
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+@coordinator_app.command("init")
+def coordinator_init(
+    folder: CoordinatorDirOption,
+    address: str = typer.Option(..., help="The address lenders dial, HOST:PORT (the gateway binds it)."),
+    name: Annotated[list[str], typer.Option("--name", help="Another name or address the certificate must carry "
+                                            "(repeat for several).")] = [],
+    cert: Optional[Path] = typer.Option(None, help="Your own server certificate (with --key and --ca), instead of a "
+                                        "run-local CA."),
+    key: Optional[Path] = typer.Option(None, help="Its private key."),
+    ca: Optional[Path] = typer.Option(None, help="The CA that signed it (lenders must trust it)."),
+) -> None:
+    """Make the coordinator's folder: its signing key, TLS certificates for its address and names, a connection."""
+    from server.superlink_host import CoordinatorHost
+
+    brought = (cert, key, ca) if cert or key or ca else None
+    if brought and not all(brought):
+        _fail("--cert, --key and --ca go together")
+    try:
+        published = CoordinatorHost(folder).init(address, name, brought)
+    except FedCreditError as exc:
+        _fail(str(exc))
+    console.print(f"coordinator at {published['address']} (certificate names: {', '.join(published['names'])})",
+                  highlight=False)
+    console.print(f"send lenders the CA certificate: {published['ca']}", highlight=False)
+    console.print(f"coordinator public key {published['coordinator_public_key']} fingerprint {published['fingerprint']} "
+                  "(send it to the regulator for the key registry)", highlight=False)
+
+
+@coordinator_app.command("add-lender")
+def coordinator_add_lender(
+    folder: CoordinatorDirOption,
+    lender: int = typer.Option(..., help="The lender's id."),
+    supernode_key: Path = typer.Option(..., help="The SuperNode public key the lender sent (supernode.pub)."),
+) -> None:
+    """Accept a lender's SuperNode key: registered with the SuperLink when it starts."""
+    from server.superlink_host import CoordinatorHost
+
+    try:
+        target = CoordinatorHost(folder).add_lender(lender, supernode_key)
+    except FedCreditError as exc:
+        _fail(str(exc))
+    console.print(f"lender {lender}: SuperNode key saved as {target}", highlight=False)
+
+
+@coordinator_app.command("start")
+def coordinator_start(folder: CoordinatorDirOption) -> None:
+    """Start the SuperLink (127.0.0.1 only) and the Fleet gateway on the public address; runs until stopped."""
+    import time
+
+    from server.superlink_host import CoordinatorHost
+
+    host = CoordinatorHost(folder)
+    _stop_on_term()
+    try:
+        host.start()
+        console.print(f"SuperLink up; lenders dial {host.config['address']} (Ctrl-C stops it)", highlight=False)
+        while all(p.poll() is None for p in host.group.processes.values()):
+            time.sleep(0.5)
+        failed = next(name for name, p in host.group.processes.items() if p.poll() is not None)
+        host.stop()
+        _fail(f"{failed} exited: {' '.join(host.group.log_tail(failed).split()[-30:])}")
+    except FedCreditError as exc:
+        host.stop()
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        host.stop()
+        raise typer.Exit(code=130)
+
+
+@coordinator_app.command("run")
+def coordinator_run(
+    folder: CoordinatorDirOption,
+    lenders: LendersOption = 3,
+    rounds: RoundsOption = 2,
+    dataset: DatasetOption = "synthetic",
+    partition: PartitionOption = "natural",
+    settings: SettingsOption = [],
+    output_dir: str = typer.Option("", help="Run folder (default: a new folder under runs/)."),
+) -> None:
+    """Run the federation on the started SuperLink with `flwr run`; exits non-zero when no round ran."""
+    from federation.runfolder import default_run_dir
+    from server.superlink_host import CoordinatorHost
+
+    try:
+        cfg = _config_with(RunConfig(dataset=dataset, lenders=lenders, rounds=rounds, partition=partition,
+                                     output_dir=output_dir or str(default_run_dir())), settings)
+        path = CoordinatorHost(folder).run(cfg)
+    except FedCreditError as exc:
+        _fail(str(exc))
+    _print_summary(path)
+    config = json.loads((path / "config.json").read_text())
+    if not config.get("rounds-completed"):
+        _fail(f"no round ran: {config.get('stopped-early') or 'see the report'}")
 
 
 @registry_app.command("build")

@@ -3,25 +3,21 @@ registered SuperNodes, `flwr run`; the result matches the in-process run on the 
 unregistered SuperNode is turned away, every process started is gone afterwards, also on failure, and each
 lender reads its records from its own folder (its node config's lender-dir), never from the coordinator's request."""
 
-import json
 import os
 import stat
 
 import psutil
 import pytest
-import torch
 from flwr.app import RecordDict
 
 from clients.home import LenderHome, init_lender
 from federation.audit_trail.verify import verify_run
 from federation.config import RunConfig
 from federation.deploy import Deployment, DeploymentError
-from federation.deploy_pki import make_node_key
 from federation.inprocess import InProcessGrid
 from federation.lender_policy import for_simulated_lender, load_policy
 from federation.messages import CONFIG, QUERY_MANIFEST, inspect_reply, run_config_record
 from federation.registry import load_registry
-from federation.runner import run
 
 # Seeded DP noise (not private): the deployed and the simulated run must give the same model.
 CFG = RunConfig(records=6000, lenders=3, rounds=2, seed=1, reproducible_noise_not_private=True)
@@ -43,63 +39,28 @@ def _verified(folder):
     return result
 
 
-def test_three_lenders_on_superlink_and_supernodes_match_the_simulation(tmp_path):
-    started = []
-    deployment = Deployment(tmp_path / "deploy", CFG.lenders)
-    cfg = deployment.prepare(CFG.replace(output_dir=str(tmp_path / "deployed")))
-    assert cfg.card_sha256  # the card every lender must hold, from the lenders' own data
-    with deployment:
-        assert stat.S_IMODE(os.stat(deployment.tls["key"]).st_mode) == 0o600
-        assert all(stat.S_IMODE(os.stat(key).st_mode) == 0o600 for key, _ in deployment.node_keys)
-        # A SuperNode whose key was never registered is refused by the SuperLink and gives up.
-        intruder = deployment.start_supernode(0, *make_node_key(tmp_path / "intruder", "intruder"), name="intruder")
-        assert intruder.wait(timeout=120) != 0
-        assert "Failed to activate SuperNode" in deployment.log_tail("intruder", 5000)
-        listed = deployment.flwr("supernode", "ls", "fedcredit-deployment", "--format", "json")
-        assert len([n for n in json.loads(listed.stdout)["nodes"] if n.get("status") == "online"]) == 3, listed.stdout
-        deployed = deployment.run(cfg)
-        started = deployment.process_tree()
-    assert started and _gone(started)  # SuperLink, SuperNodes and the SuperExec processes they started
-    # each SuperNode's lender kept its own count in the folder its node config named
-    for lender in range(3):
-        spent = json.loads((tmp_path / "deployed-lenders" / f"lender_{lender:03d}" / "state" / "spent.json").read_text())
-        assert [account["releases"] for account in spent["runs"].values()] == [2]
-    simulated = run(CFG.replace(engine="inprocess", output_dir=str(tmp_path / "simulated")), on_round=lambda s: None)
-    _verified(deployed)
-    _verified(simulated)
-    rounds = [[json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
-              for folder in (deployed, simulated)]
-    assert len(rounds[0]) == len(rounds[1]) == 2
-    for mine, theirs in zip(*rounds):
-        assert mine["global_metrics"]["auc"] == pytest.approx(theirs["global_metrics"]["auc"], abs=1e-4)
-    first, second = torch.load(deployed / "model.pt"), torch.load(simulated / "model.pt")
-    assert max(float((first[k] - second[k]).abs().max()) for k in first) < 1e-4
-
-
-def test_processes_are_stopped_when_the_block_fails(tmp_path, fixture_dir):
-    data = fixture_dir("taiwan_default")
-    deployment = Deployment(tmp_path / "deploy", 2, data_dir=str(data))
-    # an explicit delta: the fixture's lenders are too small for the default rule
-    cfg = deployment.prepare(CFG.replace(lenders=2, dataset="taiwan_default", partition="iid", delta=1e-4,
-                                         output_dir=str(tmp_path / "never")))
-    made = [tmp_path / "never-keys", tmp_path / "never-lenders", tmp_path / "never-registry.json"]
-    assert all(path.exists() for path in made)
-    with pytest.raises(DeploymentError, match="did not finish"):
+def test_every_process_and_secret_is_gone_when_the_block_fails(tmp_path):
+    # The deployment end to end (its result equal to the in-process run's) is tests/test_multihost.py: the same
+    # roles, each on its own address. Here: what a failure leaves behind.
+    deployment = Deployment(tmp_path / "deploy", 2)
+    cfg = deployment.prepare(CFG.replace(lenders=2, output_dir=str(tmp_path / "never")))
+    made = [tmp_path / "never-lenders", tmp_path / "never-registry.json", tmp_path / "deploy" / "coordinator" / "keys"]
+    assert all(path.exists() for path in made) and cfg.keys_dir == str(made[-1])
+    with pytest.raises(RuntimeError, match="the operator gives up"):
         with deployment:
             procs = deployment.process_tree()
-            # the lenders' records are gone from where their policies say: the run fails at the manifests
-            data.rename(tmp_path / "moved")
-            deployment.run(cfg, timeout=300)
+            assert len(procs) >= 4  # the SuperLink, its gateway, two SuperNodes (and what they started)
+            raise RuntimeError("the operator gives up")
     assert procs and _gone(procs)
     assert not any(path.exists() for path in made)  # secrets made for a run that did not finish are removed
-    assert "data directory not found" in (tmp_path / "deploy" / "logs" / "flwr-run.log").read_text()
 
 
 def test_a_used_deployment_folder_is_refused(tmp_path):
     (tmp_path / "deploy").mkdir()
     (tmp_path / "deploy" / "something").write_text("x")
     with pytest.raises(DeploymentError, match="not empty"):
-        Deployment(tmp_path / "deploy", 1).start()
+        Deployment(tmp_path / "deploy", 1).prepare(CFG.replace(output_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run-lenders").exists()
 
 
 def _manifest_reply(lender_dir, request: RunConfig, lender: int = 1):
@@ -149,23 +110,22 @@ def test_deploy_command_refuses_a_used_folder_and_starts_nothing(tmp_path):
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("run")]  # no keys, lender folders, registry
 
 
-def test_each_supernode_gets_its_own_node_config(tmp_path):
-    deployment = Deployment(tmp_path / "deploy", 2)
-    deployment.tls, deployment.ports = {"ca": tmp_path / "ca.crt"}, {"superlink": 9999}
+def test_each_supernode_gets_its_node_config_from_its_own_folder_only(tmp_path, monkeypatch):
+    import clients.join as join
+
     commands = {}
-    deployment._spawn = lambda name, command: commands.setdefault(name, command)
-    with pytest.raises(DeploymentError, match="call prepare"):  # no lender folder, no SuperNode
-        deployment.start_supernode(0, tmp_path / "k", tmp_path / "k.pub")
-    assert not commands
-    deployment.lenders_root = tmp_path / "run-lenders"
+    monkeypatch.setattr(join, "check_superlink", lambda address, ca: None)
     for lender in (0, 1):
-        deployment.start_supernode(lender, tmp_path / "k", tmp_path / "k.pub")
-    configs = {name: command[command.index("--node-config") + 1] for name, command in commands.items()}
-    for lender in (0, 1):
-        assert configs[f"supernode_{lender:03d}"] == \
-            f'lender-id={lender} lender-dir="{tmp_path / "run-lenders" / f"lender_{lender:03d}"}"'
-    assert not any("keys-dir" in c or "data-dir" in c for c in configs.values())  # nothing else from the coordinator
-    assert all("--root-certificates" in c and "--auth-supernode-private-key" in c for c in commands.values())
+        folder = tmp_path / f"lender_{lender:03d}"
+        init_lender(folder, for_simulated_lender(CFG, lender))
+        node = join.LenderNode(folder, "127.0.0.1:9999", tmp_path / "ca.crt")
+        node.group.spawn = lambda name, command, lender=lender: commands.setdefault(lender, command)
+        node.start()
+    for lender, command in commands.items():
+        assert command[command.index("--node-config") + 1] == f'lender-id={lender} lender-dir="{tmp_path / f"lender_{lender:03d}"}"'
+        assert command[command.index("--auth-supernode-private-key") + 1] == str(tmp_path / f"lender_{lender:03d}" / "supernode.key")
+        assert "--root-certificates" in command
+    assert not any("keys-dir" in " ".join(c) or "data-dir" in " ".join(c) for c in commands.values())
 
 
 def test_prepare_writes_each_lender_its_own_data_dir_and_the_registry(tmp_path):
@@ -173,7 +133,8 @@ def test_prepare_writes_each_lender_its_own_data_dir_and_the_registry(tmp_path):
     shared.mkdir(), own.mkdir()
     deployment = Deployment(tmp_path / "deploy", 2, data_dir=str(shared), data_dirs={1: str(own)})
     cfg = deployment.prepare(RunConfig(records=2000, lenders=2, output_dir=str(tmp_path / "run")))
-    assert deployment.lenders_root == tmp_path / "run-lenders" and cfg.card_sha256
+    assert [n.home.folder for n in deployment.nodes] == [tmp_path / "run-lenders" / f"lender_{i:03d}" for i in (0, 1)]
+    assert cfg.card_sha256
     policies = [load_policy(tmp_path / "run-lenders" / f"lender_{lender:03d}") for lender in (0, 1)]
     assert [p.lender for p in policies] == [0, 1]
     assert policies[0].data["data-dir"] == str(shared) and policies[1].data["data-dir"] == str(own)
@@ -182,9 +143,9 @@ def test_prepare_writes_each_lender_its_own_data_dir_and_the_registry(tmp_path):
         pub = (tmp_path / "run-lenders" / f"lender_{lender:03d}" / "identity.pub").read_text().strip()
         assert registry.lender_key(lender) == pub
         assert stat.S_IMODE(os.stat(tmp_path / "run-lenders" / f"lender_{lender:03d}" / "identity.key").st_mode) == 0o600
-    assert not (tmp_path / "deploy").exists() or not any((tmp_path / "deploy").iterdir())  # nothing started yet
+    assert not (tmp_path / "deploy" / "coordinator" / "logs").exists()  # nothing started yet
     deployment.__exit__()  # a deployment that never finished a run leaves none of the secrets it made
-    assert not (tmp_path / "run-lenders").exists() and not (tmp_path / "run-keys").exists()
+    assert not (tmp_path / "run-lenders").exists() and not (tmp_path / "deploy" / "coordinator" / "keys").exists()
     assert not (tmp_path / "run-registry.json").exists()
 
 
