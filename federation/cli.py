@@ -42,7 +42,7 @@ def _commands() -> None:
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -420,7 +420,7 @@ def verify(
     from federation.audit_trail.verify import EXIT_FAILED, EXIT_USAGE, VerificationFailed, verify_run
 
     if not run_dir.is_dir():
-        err.print(f"[bold red]error:[/] no such run folder: {run_dir}", highlight=False)
+        err.print(f"[bold red]error:[/] no such run folder: {run_dir}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=EXIT_USAGE)
     try:
         result = verify_run(run_dir, registry)
@@ -428,10 +428,10 @@ def verify(
         if json_out:
             console.print_json(json.dumps({"verified": False, "where": exc.where, "check": exc.check, "message": str(exc)}))
         else:
-            err.print(f"[bold red]verification failed:[/] {exc}", highlight=False)
+            err.print(f"[bold red]verification failed:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=EXIT_FAILED)
     except FedCreditError as exc:  # an unreadable registry, a bad argument
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=EXIT_USAGE)
     if json_out:
         console.print_json(json.dumps({"verified": True, "pinned": result.pinned, "entries": result.entries,

@@ -12,4 +12,6 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     fi
 fi
 export FLWR_HOME="$PWD/.flwr" FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 OMP_NUM_THREADS=1
-.venv/bin/python -m pytest -q "$@"
+# Two workers (one per core), a test file per worker: the deployment tests wait on Flower's processes
+# more than they compute, so the rest of the suite runs beside them. Each worker trains with one thread.
+.venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"
