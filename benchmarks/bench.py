@@ -101,7 +101,7 @@ def run_cell(cell: Cell, cfg: RunConfig) -> list[dict]:
 
         import torch
 
-        from federation.runner import run
+        from fedcredit.runner import run
 
         with tempfile.TemporaryDirectory() as tmp:
             folder = run(cfg.replace(output_dir=str(Path(tmp) / "run")), on_round=lambda s: None)

@@ -72,7 +72,7 @@ def federated_run(cfg: RunConfig) -> tuple[dict, dict]:
 
     import torch
 
-    from federation.runner import run
+    from fedcredit.runner import run
 
     with tempfile.TemporaryDirectory() as tmp:
         path = run(cfg.replace(engine="inprocess", output_dir=str(Path(tmp) / "run")), on_round=lambda s: None)

@@ -37,7 +37,7 @@ from federation.model import build_model
 from federation.policy import label_problem
 from federation.privacy.accountant import calibrate_noise, default_delta, epsilon, sample_rate, steps_per_epoch
 from federation.privacy.events import PrivacyEvent
-from federation.privacy.lender_level import clip_update
+from federation.privacy.lender_level_mechanism import clip_update
 from federation.privacy.noise import SecureRandomness, SeededRandomness, noise_source
 from federation.training import DPSettings, train_local
 

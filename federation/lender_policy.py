@@ -63,7 +63,7 @@ class LenderPolicy:
     allow_lender_level: bool = False
     allow_reproducible_noise: bool = False
     registry: str = ""
-    audit_canaries: str = ""  # the audited lender only: the canaries its auditor gave it (federation.audit)
+    audit_canaries: str = ""  # the audited lender only: the canaries its auditor gave it (federation.privacy.one_run_audit)
     data: dict[str, Any] = field(default_factory=dict)
     # A folder the lender made for itself because its operator gave it none (a plain `flwr run .`): default limits,
     # and data keys taken from the coordinator's request. Signed in the manifest and flagged in every report.

@@ -1,4 +1,4 @@
-"""Lender-level DP around the FedAvg server update (see federation.privacy.lender_level).
+"""Lender-level DP around the FedAvg server update (see federation.privacy.lender_level_mechanism).
 
 The coordinator samples lenders (Poisson, rate q), adds the Gaussian noise to the sum of clipped updates,
 records one lender-granularity PrivacyEvent per round and stops before a round that would take the federation
@@ -24,7 +24,7 @@ from federation.config import RunConfig
 from federation.privacy.accountant import calibrate_noise, default_delta, epsilon
 from federation.privacy.budget import PrivacyBudget
 from federation.privacy.events import PrivacyEvent
-from federation.privacy.lender_level import noised_mean_update
+from federation.privacy.lender_level_mechanism import noised_mean_update
 from federation.privacy.noise import SecureRandomness, SeededRandomness
 
 FEDERATION = -1  # the "lender" field of a lender-level event: the whole federation

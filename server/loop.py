@@ -41,7 +41,7 @@ from federation.metrics import METRICS
 from federation.model import array_shapes, build_model
 from federation.privacy.accountant import epsilon, epsilons
 from federation.privacy.events import PrivacyEvent
-from federation.privacy.lender_level import update_norm
+from federation.privacy.lender_level_mechanism import update_norm
 from federation.privacy.noise import noise_source
 from federation.runfolder import RunFolder, default_run_dir
 from federation.secagg import SecAggError

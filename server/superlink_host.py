@@ -12,7 +12,7 @@
 The SuperLink listens on 127.0.0.1 only: Flower 1.42 serves its Fleet, Control and runtime APIs on one port, and
 its OSS build has no account authentication, so the Control API (`flwr run`, registering SuperNodes) must be
 reachable by the coordinator's operator alone. Lenders reach the Fleet API through the gateway
-(federation/fleet_gateway.py) on the public address. Nothing of a lender's is read here: its SuperNode public key
+(server/fleet_gateway.py) on the public address. Nothing of a lender's is read here: its SuperNode public key
 arrives as a file the lender sent, its identity key goes to the regulator's registry, not to this folder.
 """
 
@@ -139,7 +139,7 @@ class CoordinatorHost:
                     raise DeploymentError(f"registering {key.name} failed: {(done.stdout + done.stderr).strip()[-300:]}")
             host, public_port = parse_address(config["address"])
             self.group.spawn("gateway", [
-                sys.executable, "-m", "federation.fleet_gateway", "--listen", config["address"],
+                sys.executable, "-m", "server.fleet_gateway", "--listen", config["address"],
                 "--certfile", str(public / "server.crt"), "--keyfile", str(public / "server.key"),
                 "--upstream", f"https://127.0.0.1:{port}", "--upstream-ca", str(internal / "ca.crt")])
             self.group.wait_for_port(host, public_port, "gateway")

@@ -15,9 +15,9 @@ from federation.privacy import dpaccounting
 from federation.privacy.accountant import calibrate_noise, default_delta, epsilon, epsilons
 from federation.privacy.budget import PrivacyBudget
 from federation.privacy.events import PrivacyEvent
-from federation.privacy.lender_level import clip_update, noised_mean_update, update_norm
+from federation.privacy.lender_level_mechanism import clip_update, noised_mean_update, update_norm
 from federation.privacy.noise import SECURE_SOURCE, SEEDED_SOURCE, ChaChaStream
-from federation.runner import run
+from fedcredit.runner import run
 
 # (sigma, q, steps per round, rounds): small and large epsilon, tiny and large sampling rates
 MECHANISMS = [(1.0, 0.01, 100, 10), (0.7, 0.05, 20, 5), (2.0, 0.002, 500, 20), (1.1, 0.3, 3, 10), (5.0, 0.01, 300, 1)]
@@ -238,10 +238,29 @@ def test_chacha_stream_is_standard_normal_uniform_and_unseeded():
     assert stats.kstest(u, "uniform").pvalue > 1e-3 and 0 < u.min() and u.max() < 1
 
 
+def test_the_secure_optimizer_adds_independent_gaussian_noise_of_the_claimed_scale_to_every_parameter():
+    from federation.privacy.noise import SecureRandomness
+
+    weight, bias = torch.nn.Parameter(torch.zeros(7, 3)), torch.nn.Parameter(torch.zeros(1))
+    optimizer = SecureRandomness().dp_optimizer(torch.optim.SGD([weight, bias], lr=1.0), noise_multiplier=2.0,
+                                                max_grad_norm=0.5, expected_batch_size=1)
+    draws = []
+    for _ in range(3000):
+        for p in (weight, bias):
+            p.summed_grad = torch.zeros_like(p)
+        optimizer.add_noise()
+        draws.append(torch.cat([weight.grad.flatten(), bias.grad]).double() / (2.0 * 0.5))  # / std
+    z = torch.stack(draws).numpy()  # 3000 steps x 22 coordinates, each should be N(0, 1) and independent
+    assert stats.kstest(z.flatten(), "norm").pvalue > 1e-3
+    assert np.allclose(z.std(axis=0), 1.0, atol=0.08)  # every coordinate, the bias included, at the claimed std
+    correlation = np.corrcoef(z.T)[np.triu_indices(z.shape[1], k=1)]
+    assert np.abs(correlation).max() < 0.1  # no coordinate repeats another's draw
+
+
 def test_a_reproducible_run_says_it_is_not_private_everywhere(tmp_path):
     from typer.testing import CliRunner
 
-    from federation.cli import app
+    from fedcredit.cli import app
 
     cfg = RunConfig(records=1500, lenders=2, rounds=1, reproducible_noise_not_private=True, engine="inprocess",
                     output_dir=str(tmp_path / "s"))

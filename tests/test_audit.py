@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from federation.audit import epsilon_lower_bound, guess_counts, make_canaries, p_value
-from federation.audit_run import audit
-from federation.cli import app
+from federation.privacy.one_run_audit import epsilon_lower_bound, guess_counts, make_canaries, p_value
+from fedcredit.canary_audit import audit
+from fedcredit.cli import app
 from federation.config import RunConfig
 from federation.data import load_lender
 
@@ -79,7 +79,7 @@ def test_only_the_audited_lender_receives_the_inserted_canaries_and_its_counts_a
 
 
 def test_the_default_audit_can_refute_the_claim_it_audits():
-    from federation.audit import audit_size, largest_refutable
+    from federation.privacy.one_run_audit import audit_size, largest_refutable
 
     for claim in (0.5, 1.0, 3.0, 4.0):
         canaries, guesses = audit_size(claim, 1e-5)

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from benchmarks.bench import COLUMNS, Cell, config_for, grid
 from benchmarks.constants import CONSTANTS
-from federation.cli import app
+from fedcredit.cli import app
 
 runner = CliRunner()
 

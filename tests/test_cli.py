@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from federation.cli import app
+from fedcredit.cli import app
 
 runner = CliRunner()
 CARD = """

@@ -13,8 +13,8 @@ from flwr.app import RecordDict
 from clients.home import LenderHome, init_lender
 from federation.audit_trail.verify import verify_run
 from federation.config import RunConfig
-from federation.deploy import Deployment, DeploymentError
-from federation.inprocess import InProcessGrid
+from fedcredit.deploy import Deployment, DeploymentError
+from fedcredit.inprocess_grid import InProcessGrid
 from federation.lender_policy import for_simulated_lender, load_policy
 from federation.messages import CONFIG, QUERY_MANIFEST, inspect_reply, run_config_record
 from federation.registry import load_registry
@@ -99,7 +99,7 @@ def test_a_lender_reads_its_records_from_its_own_policy_whatever_the_request_say
 def test_deploy_command_refuses_a_used_folder_and_starts_nothing(tmp_path):
     from typer.testing import CliRunner
 
-    from federation.cli import app
+    from fedcredit.cli import app
 
     used = tmp_path / "deploy"
     used.mkdir()
@@ -152,7 +152,7 @@ def test_prepare_writes_each_lender_its_own_data_dir_and_the_registry(tmp_path):
 def test_deploy_command_refuses_a_bad_node_data_dir(tmp_path):
     from typer.testing import CliRunner
 
-    from federation.cli import app
+    from fedcredit.cli import app
 
     for bad, message in (("7=/tmp", "LENDER=PATH with LENDER in 0..2"), (f"1={tmp_path / 'nowhere'}", "no such folder")):
         result = CliRunner().invoke(app, ["deploy", "--node-data-dir", bad, "--deploy-dir", str(tmp_path / "d"),

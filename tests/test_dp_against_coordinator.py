@@ -26,7 +26,7 @@ from federation.privacy.events import PrivacyEvent
 from federation.privacy.noise import SecureRandomness, SeededRandomness
 from clients.home import LenderHome
 from federation.model import build_model
-from federation.runner import Parties, _run_engine, run, set_up_parties, validate
+from fedcredit.runner import Parties, _run_engine, run, set_up_parties, validate
 from federation.training import DPSettings, train_local
 from tests.forge import Forger, entries_of
 from tests.lender_kit import initial_model, make_lender, message, spent

@@ -15,7 +15,7 @@ import clients.dp_round as dp_round
 from federation.audit_trail import ledger as L
 from federation.audit_trail.verify import verify_run
 from federation.config import RunConfig
-from federation.runner import run
+from fedcredit.runner import run
 
 # An explicit delta: lender 4 of this market has 46 training records, too few for the default delta.
 BASE = RunConfig(records=4000, lenders=5, rounds=4, delta=1e-4, engine="inprocess")
@@ -136,7 +136,7 @@ KILL_SCRIPT = """
 import os, signal, sys
 from federation.audit_trail import ledger as L
 from federation.config import RunConfig
-from federation.runner import run
+from fedcredit.runner import run
 
 # kill -9 at a fixed point, whatever the machine's speed: right after the ledger has recorded the first
 # round-3 lender update, i.e. mid-round, after the round-2 checkpoint and before the round-3 aggregate.
@@ -160,7 +160,7 @@ def test_kill_9_mid_round_then_resume_gives_the_uninterrupted_epsilons(tmp_path)
     import subprocess
     import sys
 
-    from federation.runner import resume_config
+    from fedcredit.runner import resume_config
 
     target = tmp_path / "killed"
     child = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(target)], timeout=600)
@@ -209,7 +209,7 @@ def test_kill_9_mid_round_then_resume_gives_the_uninterrupted_epsilons(tmp_path)
 
 def test_resume_refuses_a_finished_run_and_a_missing_one(tmp_path):
     from federation.errors import ConfigError
-    from federation.runner import resume_config
+    from fedcredit.runner import resume_config
 
     with pytest.raises(ConfigError, match="no unfinished run"):
         resume_config(tmp_path / "never")

@@ -8,13 +8,13 @@ import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from federation.config import RunConfig
-from federation.inprocess import InProcessGrid
+from fedcredit.inprocess_grid import InProcessGrid
 from federation.messages import ReplyRejected, inspect_reply
 from federation.metrics import METRICS
 from federation.model import array_shapes, build_model
 from federation.privacy.accountant import epsilon
 from federation.privacy.events import PrivacyEvent
-from federation.runner import run
+from fedcredit.runner import run
 
 SMALL = RunConfig(records=3000, lenders=3, rounds=3, epsilon=2.0, batch_size=64, engine="inprocess")
 
@@ -84,7 +84,7 @@ def test_every_reply_holds_only_model_arrays_and_scalars(tmp_path):
     from server.loop import run_federation
 
     cfg = SMALL.replace(rounds=2, output_dir=str(tmp_path / "inspect"))
-    from federation.runner import Parties, set_up_parties
+    from fedcredit.runner import Parties, set_up_parties
 
     parties = Parties(tmp_path / "inspect")
     set_up_parties(cfg, parties)

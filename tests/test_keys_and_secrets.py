@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from federation.cli import app
+from fedcredit.cli import app
 from federation.config import RunConfig
-from federation.runner import run
+from fedcredit.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 _WATCH: dict = {"on": False, "opened": []}
@@ -75,7 +75,7 @@ STOP_AFTER_ROUND_1 = """
 import os, sys
 from federation.audit_trail import checkpoint
 from federation.config import RunConfig
-from federation.runner import run
+from fedcredit.runner import run
 
 save = checkpoint.save
 def save_then_die(folder, key, run_id, state):

@@ -16,10 +16,10 @@ from federation.audit_trail import ledger as L
 from federation.audit_trail.canonical import canonical
 from federation.audit_trail.keys import keys_dir_for, sign
 from federation.audit_trail.verify import EXIT_NOT_PINNED, VerificationFailed, verify_run
-from federation.cli import app
+from fedcredit.cli import app
 from federation.config import RunConfig
 from federation.registry import load_registry
-from federation.runner import run
+from fedcredit.runner import run
 from tests.forge import Forger, entries_of, lender_key
 
 

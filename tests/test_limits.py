@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import federation.runner as runner_module
-from federation.cli import app
+import fedcredit.runner as runner_module
+from fedcredit.cli import app
 from federation.config import RunConfig, parse_epsilon_overrides
 from federation.errors import ConfigError
 from federation.privacy import planner
 from federation.privacy.accountant import _epsilon, compose_history, default_delta, epsilon
 from federation.privacy.events import PrivacyEvent
 from federation.privacy.limits import MAX_DELTA, MAX_EPSILON, check_delta, check_epsilon, min_records_for
-from federation.runner import validate
+from fedcredit.runner import validate
 
 cli = CliRunner()
 

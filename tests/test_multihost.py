@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 from clients.home import LenderHome, init_lender
 from clients.join import supernode_key
 from federation.audit_trail.verify import verify_run
-from federation.cli import app
+from fedcredit.cli import app
 from federation.config import RunConfig
 from federation.lender_policy import for_simulated_lender
 from federation.processes import free_port
-from federation.runner import run
+from fedcredit.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 COORDINATOR = "127.0.0.11"
@@ -34,7 +34,7 @@ CFG = RunConfig(records=6000, lenders=3, rounds=2, seed=1, reproducible_noise_no
 
 
 def _cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "federation.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "fedcredit.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from federation.cli import app
+from fedcredit.cli import app
 from federation.privacy import dpaccounting, planner
 from federation.privacy.accountant import epsilon, sample_rate, steps_per_epoch
 from federation.privacy.events import PrivacyEvent

@@ -37,9 +37,9 @@ CFG = RunConfig(records=3000, lenders=3, rounds=8, epsilon=2.0, noise_multiplier
 
 
 def _run(out: Path, cfg: RunConfig, lender_policy: dict | None = None) -> Path:
-    """A finished honest run in `out`, as federation.runner.run makes it, with lender policies changed first."""
+    """A finished honest run in `out`, as fedcredit.runner.run makes it, with lender policies changed first."""
     from clients.home import LenderHome
-    from federation.runner import Parties, _run_engine, flower_environment, set_up_parties, validate
+    from fedcredit.runner import Parties, _run_engine, flower_environment, set_up_parties, validate
 
     flower_environment()
     cfg = cfg.replace(output_dir=str(out.resolve()))
@@ -486,7 +486,7 @@ def test_a7_a_second_survivor_set_sent_concurrently_is_refused_and_no_update_can
     from federation.audit_trail.keys import keys_dir_for, load_or_create
     from federation.messages import ARRAYS, CONFIG, MASKED, SECAGG, run_config_record
     from federation.model import build_model
-    from federation.runner import Parties, set_up_parties, validate
+    from fedcredit.runner import Parties, set_up_parties, validate
     from federation.secagg import (
         SecAggError,
         _combine32,
@@ -679,7 +679,7 @@ def _bigger_registry(folder: Path) -> Path:
 def test_a9_a_registry_naming_more_lenders_verifies_a_run_of_three_and_says_three(folder):
     """As the code is: the registry pins keys, not the federation's membership. A registry of 5 lenders verifies a
     run of 3 of them; what the verifier states is the run's own count (3 lenders, 3 lender keys relied on)."""
-    from federation.cli import app
+    from fedcredit.cli import app
 
     bigger = _bigger_registry(folder)
     result = verify_run(folder, bigger)
@@ -691,7 +691,7 @@ def test_a9_a_registry_naming_more_lenders_verifies_a_run_of_three_and_says_thre
 
 
 def test_a9_the_verifier_notes_registered_lenders_absent_from_the_run(folder):
-    from federation.cli import app
+    from fedcredit.cli import app
 
     cli = CliRunner().invoke(app, ["verify", str(folder), "--registry", str(_bigger_registry(folder))])
     assert cli.exit_code == 0

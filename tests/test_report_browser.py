@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from federation.config import RunConfig
-from federation.runner import run
+from fedcredit.runner import run
 
 
 def _browser_or_skip():

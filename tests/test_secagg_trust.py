@@ -22,7 +22,7 @@ from scipy import stats
 from clients import secagg as lender_side
 from federation.audit_trail.canonical import canonical
 from federation.audit_trail.keys import public_hex, sign
-from federation.inprocess import InProcessGrid
+from fedcredit.inprocess_grid import InProcessGrid
 from federation.messages import ARRAYS, CONFIG, MASKED, METRICS, SECAGG, numpy_arrays
 from federation.registry import Registry, load_registry
 from federation.secagg import (MAX_WEIGHT, MODULUS, SecAggError, SecAggLender, keys_body, roster_body, signed,

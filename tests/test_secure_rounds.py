@@ -1,4 +1,4 @@
-"""Secure aggregation wired into the Flower rounds, end to end through federation.runner.run (in-process engine):
+"""Secure aggregation wired into the Flower rounds, end to end through fedcredit.runner.run (in-process engine):
 the coordinator gets the same model as plain FedAvg (within the fixed-point error) while each lender's reply is
 uniform noise to it; dropouts up to the threshold are absorbed, below it the round fails with a clear reason; a
 lender lost while sharing keys is left out and spends nothing; every secure run verifies against the registry its
@@ -17,7 +17,7 @@ from federation.audit_trail.verify import verify_run
 from federation.config import RunConfig
 from federation.errors import ConfigError
 from federation.messages import MASKED, numpy_arrays
-from federation.runner import run
+from fedcredit.runner import run
 from federation.secagg import MODULUS
 
 BASE = RunConfig(records=4000, lenders=5, rounds=3, engine="inprocess", seed=2)

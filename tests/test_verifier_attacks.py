@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from federation.audit_trail import ledger as L
 from federation.audit_trail.report import build_report
 from federation.audit_trail.verify import VerificationFailed, verify_run
-from federation.cli import app
+from fedcredit.cli import app
 from federation.config import RunConfig
-from federation.runner import run
+from fedcredit.runner import run
 from tests.forge import Forger, entries_of, restate_privacy
 
 CFG = RunConfig(records=3000, lenders=3, rounds=3, epsilon=3.0, engine="inprocess")

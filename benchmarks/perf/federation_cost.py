@@ -54,7 +54,7 @@ def sequential(cfg: RunConfig) -> None:
 
 
 def flower(cfg: RunConfig, engine: str) -> None:
-    from federation.runner import run
+    from fedcredit.runner import run
 
     with tempfile.TemporaryDirectory() as tmp:
         run(cfg.replace(engine=engine, output_dir=str(Path(tmp) / "run")), on_round=lambda s: None)

@@ -25,7 +25,7 @@ from benchmarks.perf.common import machine, peak_rss_mb, quiet
 def one(lenders: int, per_round: int, rounds: int, records_per_lender: int) -> dict:
     quiet()
     from federation.config import RunConfig
-    from federation.runner import run
+    from fedcredit.runner import run
 
     per_round = min(per_round, lenders)
     cfg = RunConfig(records=lenders * records_per_lender, lenders=lenders, lenders_per_round=per_round if per_round < lenders else 0,

@@ -20,7 +20,7 @@ from federation.config import RunConfig
 
 
 def round_seconds(cfg: RunConfig, folder: Path) -> tuple[list[float], int]:
-    from federation.runner import run
+    from fedcredit.runner import run
 
     out = run(cfg.replace(output_dir=str(folder)), on_round=lambda s: None)
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]

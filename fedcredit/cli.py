@@ -100,7 +100,7 @@ def run(
 ) -> None:
     """Train a shared credit model across lenders with Flower and differential privacy."""
     if resume is not None:
-        from federation.runner import resume_config, run as run_federation
+        from fedcredit.runner import resume_config, run as run_federation
 
         try:
             cfg = resume_config(resume)
@@ -132,7 +132,7 @@ def run(
             reproducible_noise_not_private=reproducible_noise_not_private, seed=seed,
             secure_aggregation=secure_aggregation, output_dir=output_dir, keys_dir=keys_dir, engine=engine, epsilon_overrides=parse_epsilon_overrides(budget),
         ).validated()
-        from federation.runner import run as run_federation
+        from fedcredit.runner import run as run_federation
 
         _quiet_libraries()
         privacy = (f"DP epsilon {cfg.epsilon:g} per {'lender' if cfg.dp_level == 'record' else 'federation (lender-level)'}"
@@ -287,7 +287,7 @@ def sweep(
     except FedCreditError as exc:
         _fail(str(exc))
     from benchmarks.frontier import sweep as run_sweep
-    from federation.runner import validate
+    from fedcredit.runner import validate
 
     _quiet_libraries()
     try:
@@ -321,7 +321,7 @@ def deploy(
 ) -> None:
     """Run on Flower's deployment runtime on this machine: a SuperLink with TLS (run-local CA) and SuperNode
     authentication, one registered SuperNode per lender, then `flwr run`. Stops every process it started."""
-    from federation.deploy import Deployment
+    from fedcredit.deploy import Deployment
     from federation.runfolder import default_run_dir
 
     try:
@@ -372,7 +372,7 @@ def audit(
 ) -> None:
     """Empirical privacy audit in one run: epsilon lower bound next to the claimed epsilon (in-process engine
     unless --set engine=simulation)."""
-    from federation.audit_run import audit as run_audit
+    from fedcredit.canary_audit import audit as run_audit
 
     try:
         cfg = _config_with(RunConfig(dataset=dataset, data_dir=data_dir, lenders=lenders, partition=partition,

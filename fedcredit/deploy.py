@@ -49,7 +49,7 @@ class Deployment:
     def prepare(self, cfg: RunConfig) -> RunConfig:
         """Validate the input and set every party up. Returns the configuration the coordinator will request (with
         the card every lender must hold, and the coordinator's own key folder)."""
-        from federation.runner import Parties, set_up_parties, validate
+        from fedcredit.runner import Parties, set_up_parties, validate
 
         if self.folder.exists() and any(self.folder.iterdir()):
             raise DeploymentError(f"{self.folder} is not empty: a deployment folder is made fresh for each run")

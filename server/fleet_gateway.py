@@ -8,7 +8,7 @@ dial: it terminates TLS with the certificate carrying that address's names, forw
 SuperLink, and answers 404 to everything else (`/v1/control/...`, `/v1/runtime/...`). SuperNode authentication is
 unchanged: its signed headers pass through and the SuperLink checks them.
 
-    python -m federation.fleet_gateway --listen HOST:PORT --certfile server.crt --keyfile server.key \\
+    python -m server.fleet_gateway --listen HOST:PORT --certfile server.crt --keyfile server.key \\
         --upstream https://127.0.0.1:PORT --upstream-ca ca.crt
 """
 

@@ -13,7 +13,7 @@ Each party's secrets stay in its own folder, beside the run folder and never in 
 Engines:
 - "simulation": Flower's simulation runtime (Ray), one virtual SuperNode per lender; each finds its folder through
   $FEDCREDIT_LENDERS_DIR (set here, before Ray starts);
-- "inprocess": the same apps on an in-process Grid (federation/inprocess.py): no engine start cost; each lender's
+- "inprocess": the same apps on an in-process Grid (fedcredit/inprocess_grid.py): no engine start cost; each lender's
   node config names its folder.
 """
 
@@ -161,7 +161,7 @@ def _run_engine(cfg: RunConfig, parties: Parties, on_round: Callable | None, res
     if cfg.engine == "inprocess":
         from flwr.app import Context, RecordDict
 
-        from federation.inprocess import InProcessGrid
+        from fedcredit.inprocess_grid import InProcessGrid
 
         grid = InProcessGrid(client_app, cfg.lenders, node_configs={
             i: {"lender-dir": str(parties.lender(i))} for i in range(cfg.lenders)})

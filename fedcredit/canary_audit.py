@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from federation.audit import audit_size, epsilon_lower_bound, guess_counts, largest_refutable, make_canaries
+from federation.privacy.one_run_audit import audit_size, epsilon_lower_bound, guess_counts, largest_refutable, make_canaries
 from federation.config import RunConfig
 from federation.data import load_lender
 from federation.errors import ConfigError
@@ -37,8 +37,8 @@ def per_record_loss(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> np.
 def audit(cfg: RunConfig, lender: int = 0, canaries: int | None = None, guesses: int | None = None,
           confidence: float = 0.95, on_round=None) -> dict:
     """Run `cfg` with canaries in `lender`'s training data. Without `canaries`/`guesses`, the audit is sized so that
-    it could refute the claim (federation.audit.audit_size). Guesses are fixed now, before training."""
-    from federation.runner import run
+    it could refute the claim (federation.privacy.one_run_audit.audit_size). Guesses are fixed now, before training."""
+    from fedcredit.runner import run
 
     if not 0 <= lender < cfg.lenders:
         raise ConfigError(f"the audited lender must be in 0..{cfg.lenders - 1}, got {lender}")

@@ -1,0 +1,5 @@
+"""`python -m fedcredit` is the `fedcredit` command."""
+
+from fedcredit.cli import main
+
+main()

@@ -1,0 +1,195 @@
+"""The pipeline behind `federation.data`'s API (see the package docstring for the stages)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from federation.card import DatasetCard, builtin_card
+from federation.config import RunConfig
+from federation.data import partition as part
+from federation.data import synthetic
+from federation.data.loaders import LOADERS
+from federation.encoding import encode, feature_names
+from federation.errors import DataError
+from federation.policy import apply_policy, check_card, check_labels, check_schema, label_problem, labels_of
+
+
+@dataclass(frozen=True)
+class LenderData:
+    lender: int
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    features: list[str]
+    manifest: dict
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    dataset: str
+    card: str
+    records: int
+    holdout: int
+    lender_records: list[int]
+    features: list[str]
+    card_sha256: str = ""
+
+
+def _data_key(cfg: RunConfig) -> RunConfig:
+    """Only the options that change which records a lender holds (the cache key)."""
+    return RunConfig(
+        dataset=cfg.dataset, data_dir=cfg.resolved_data_dir(), csv_path=cfg.csv_path, card_path=cfg.card_path,
+        records=cfg.records, lenders=cfg.lenders, partition=cfg.partition, alpha=cfg.alpha,
+        holdout_fraction=cfg.holdout_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed, dp=False,
+    )
+
+
+@lru_cache(maxsize=4)
+def _raw(key: RunConfig) -> tuple[pd.DataFrame, DatasetCard]:
+    if key.dataset == "synthetic":
+        return synthetic.generate_market(key.records, key.lenders, key.seed), builtin_card("synthetic")
+    frame, card = LOADERS[key.dataset](key)
+    check_schema(frame, card)
+    check_card(card)
+    return frame, card
+
+
+@lru_cache(maxsize=4)
+def _assignment(key: RunConfig) -> tuple[list[np.ndarray], np.ndarray]:
+    """(rows of each lender, rows of the pooled holdout) as indices into the raw frame."""
+    frame, card = _raw(key)
+    labels = labels_of(frame, card)
+    if key.partition == "natural":
+        lender_col = card.role("lender")
+        if lender_col is None:
+            raise DataError(f"partition 'natural' needs a lender column; card '{card.name}' declares none")
+        ids = frame[lender_col.name].to_numpy()
+        lenders, held = [], []
+        for i, lender_rows in enumerate(part.partition(labels, key.lenders, "natural", key.alpha, key.seed, ids)):
+            keep, out = part.holdout_split(labels[lender_rows], key.holdout_fraction, key.seed + i)
+            lenders.append(lender_rows[keep])
+            held.append(lender_rows[out])
+        return lenders, np.sort(np.concatenate(held))
+    pool, held = part.holdout_split(labels, key.holdout_fraction, key.seed)
+    parts = part.partition(labels[pool], key.lenders, key.partition, key.alpha, key.seed)
+    return [pool[p] for p in parts], held
+
+
+def _lender_frame(key: RunConfig, lender: int) -> tuple[pd.DataFrame, DatasetCard]:
+    """A lender's raw records. Synthetic natural lenders are generated alone, not from the market."""
+    if key.dataset == "synthetic" and key.partition == "natural":
+        sizes = synthetic.lender_sizes(key.records, key.lenders, key.seed)
+        frame = synthetic.generate_lender(key.seed, lender, int(sizes[lender]))
+        card = builtin_card("synthetic")
+        keep, _ = part.holdout_split(labels_of(frame, card), key.holdout_fraction, key.seed + lender)
+        return frame.iloc[keep], card
+    frame, card = _raw(key)
+    rows, _ = _assignment(key)
+    return frame.iloc[rows[lender]], card
+
+
+def card_sha256(card: DatasetCard) -> str:
+    """SHA-256 of the card file's bytes: which card a lender used, comparable across lenders."""
+    return hashlib.sha256(Path(card.path).read_bytes()).hexdigest()
+
+
+def load_lender(cfg: RunConfig, lender: int, canaries: tuple[np.ndarray, np.ndarray] | None = None) -> LenderData:
+    """What lender `lender` holds, after its policy: consented records, credit columns, encoded.
+
+    `canaries` (x, y): the records an auditor gave this lender to train on as well (federation.privacy.one_run_audit); they
+    are added to the training split only, and the manifest's counts are of the lender's own records."""
+    if not 0 <= lender < cfg.lenders:
+        raise DataError(f"lender {lender} does not exist (lenders are 0..{cfg.lenders - 1})")
+    key = _data_key(cfg)
+    raw, card = _lender_frame(key, lender)
+    result = apply_policy(raw, card)
+    x = encode(result.features, card)
+    y = result.labels
+    train, test = part.train_test_rows(y, cfg.test_fraction, cfg.seed + 1000 + lender)
+    names = feature_names(card, list(result.features.columns))
+    manifest = {
+        "lender": lender,
+        "dataset": cfg.dataset,
+        "card": card.name,
+        "card_sha256": card_sha256(card),
+        "consent_checked": card.role("consent") is not None,
+        "records_total": result.records_total,
+        "records_without_consent": result.records_without_consent,
+        "records_used": result.records_used,
+        "train_records": int(len(train)),
+        "test_records": int(len(test)),
+        "fields_used": result.fields_used,
+        "fields_refused": result.fields_refused,
+        "features": names,
+        # Secret to the lender: a plain hash of the records would let anyone who guesses them test membership.
+        # The lender signs only a keyed commitment to it (clients/home.py).
+        "records_digest": _data_hash(result.features, y),
+        "encoding": "public bounds and categories from the dataset card (no pooled statistics)",
+    }
+    x_train, y_train = x[train], y[train]
+    if canaries is not None:
+        cx, cy = canaries
+        if cx.ndim != 2 or cx.shape[1] != x.shape[1] or len(cx) != len(cy):
+            raise DataError(f"the audit canaries have shape {cx.shape}; lender {lender}'s records have {x.shape[1]} features")
+        x_train = np.concatenate([x_train, cx.astype(x_train.dtype)])
+        y_train = np.concatenate([y_train, cy.astype(y_train.dtype)])
+    return LenderData(lender, x_train, y_train, x[test], y[test], names, manifest)
+
+
+def load_holdout(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The pooled held-out test (consented records only, policy applied): benchmarks only."""
+    key = _data_key(cfg)
+    if key.dataset == "synthetic" and key.partition == "natural":
+        parts = []
+        sizes = synthetic.lender_sizes(key.records, key.lenders, key.seed)
+        for lender in range(key.lenders):
+            frame = synthetic.generate_lender(key.seed, lender, int(sizes[lender]))
+            card = builtin_card("synthetic")
+            _, out = part.holdout_split(labels_of(frame, card), key.holdout_fraction, key.seed + lender)
+            parts.append(frame.iloc[out])
+        frame = pd.concat(parts)
+    else:
+        raw, card = _raw(key)
+        _, held = _assignment(key)
+        frame = raw.iloc[held]
+    result = apply_policy(frame, card)
+    return encode(result.features, card), result.labels
+
+
+def describe(cfg: RunConfig) -> DataSummary:
+    """Validate the input as a whole (schema, card, policy, values, partition) before a run starts."""
+    key = _data_key(cfg)
+    if key.dataset == "synthetic":
+        sizes = synthetic.lender_sizes(key.records, key.lenders, key.seed)
+        card = builtin_card("synthetic")
+        total = int(sizes.sum())
+    else:
+        frame, card = _raw(key)
+        check_labels(frame, card)
+        total = len(frame)
+    holdout_x, _ = load_holdout(cfg)
+    counts, features = [], None
+    for lender in range(cfg.lenders):
+        data = load_lender(cfg, lender)
+        counts.append(len(data.y_train))
+        features = data.features
+        # A lender whose records hold one class declines its rounds instead (label-skewed partitions
+        # produce such lenders); a lender with no records at all is an error in the input.
+        if len(data.y_train) == 0:
+            raise DataError(f"lender {lender} cannot train: {label_problem(data.y_train)}")
+    return DataSummary(cfg.dataset, card.name, total, len(holdout_x), counts, features or [], card_sha256(card))
+
+
+def _data_hash(features: pd.DataFrame, labels: np.ndarray) -> str:
+    """SHA-256 of the records a lender trained and tested on (row hashes, then labels)."""
+    digest = hashlib.sha256()
+    digest.update(pd.util.hash_pandas_object(features, index=False).to_numpy().tobytes())
+    digest.update(labels.tobytes())
+    return digest.hexdigest()
