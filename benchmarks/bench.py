@@ -24,13 +24,27 @@ import numpy as np
 from benchmarks.compare import train_alone
 from benchmarks.constants import CONSTANTS, EPSILONS, METHODS, PARTITIONS
 from federation.config import RunConfig
-from federation.runfolder import csv_text, write_atomically
 from federation.data import load_holdout, load_lender
 from federation.metrics import credit_metrics
 from federation.model import build_model, predict_proba
+from federation.runfolder import csv_text, write_atomically
 
-COLUMNS = ["dataset", "partition", "method", "epsilon", "seed", "lender", "test_set", "n", "auc", "ks", "gini",
-           "brier", "epsilon_spent", "seconds"]
+COLUMNS = [
+    "dataset",
+    "partition",
+    "method",
+    "epsilon",
+    "seed",
+    "lender",
+    "test_set",
+    "n",
+    "auc",
+    "ks",
+    "gini",
+    "brier",
+    "epsilon_spent",
+    "seconds",
+]
 SCORES = ("auc", "ks", "gini", "brier")
 
 
@@ -55,26 +69,44 @@ def _eps_text(eps: float) -> str:
     return "inf" if math.isinf(eps) else f"{eps:g}"
 
 
-def grid(datasets: Iterable[str], seeds: Iterable[int], methods: Iterable[str] = METHODS,
-         epsilons: Iterable[float] = EPSILONS, partitions: dict | None = None) -> list[Cell]:
+def grid(
+    datasets: Iterable[str],
+    seeds: Iterable[int],
+    methods: Iterable[str] = METHODS,
+    epsilons: Iterable[float] = EPSILONS,
+    partitions: dict | None = None,
+) -> list[Cell]:
     cells = []
     for dataset in datasets:
         for partition, alpha in (partitions or PARTITIONS).get(dataset, (partitions or PARTITIONS)["default"]):
             for seed in seeds:
                 for method in methods:
-                    for eps in (epsilons if method not in ("pooled", "local") else [math.inf]):
+                    for eps in epsilons if method not in ("pooled", "local") else [math.inf]:
                         cells.append(Cell(dataset, partition, alpha, method, eps, seed))
     return cells
 
 
 def config_for(cell: Cell, data_dir: str = "", overrides: dict | None = None) -> RunConfig:
     c = CONSTANTS[cell.dataset]
-    values = dict(dataset=cell.dataset, data_dir=data_dir, lenders=c.lenders, partition=cell.partition,
-                  alpha=cell.alpha, rounds=c.rounds, local_epochs=c.local_epochs, batch_size=c.batch_size,
-                  learning_rate=c.learning_rate, model=c.model, records=c.records, seed=cell.seed, clip_norm=c.clip_norm,
-                  strategy=cell.method if cell.method.startswith("fed") else "fedavg",
-                  dp=math.isfinite(cell.epsilon), epsilon=cell.epsilon if math.isfinite(cell.epsilon) else 3.0,
-                  engine="inprocess")
+    values = dict(
+        dataset=cell.dataset,
+        data_dir=data_dir,
+        lenders=c.lenders,
+        partition=cell.partition,
+        alpha=cell.alpha,
+        rounds=c.rounds,
+        local_epochs=c.local_epochs,
+        batch_size=c.batch_size,
+        learning_rate=c.learning_rate,
+        model=c.model,
+        records=c.records,
+        seed=cell.seed,
+        clip_norm=c.clip_norm,
+        strategy=cell.method if cell.method.startswith("fed") else "fedavg",
+        dp=math.isfinite(cell.epsilon),
+        epsilon=cell.epsilon if math.isfinite(cell.epsilon) else 3.0,
+        engine="inprocess",
+    )
     values.update(overrides or {})
     return RunConfig(**values).validated()
 
@@ -89,7 +121,9 @@ def run_cell(cell: Cell, cfg: RunConfig) -> list[dict]:
     hx, hy = load_holdout(cfg)
     rows, spent = [], ""
     if cell.method == "pooled":
-        model = train_alone(cfg, np.concatenate([d.x_train for d in lenders]), np.concatenate([d.y_train for d in lenders]), cfg.seed)
+        model = train_alone(
+            cfg, np.concatenate([d.x_train for d in lenders]), np.concatenate([d.y_train for d in lenders]), cfg.seed
+        )
         models = [model] * len(lenders)
         rows.append({"lender": "pooled", "test_set": "pooled", "n": len(hy), **_scores(model, hx, hy)})
     elif cell.method == "local":
@@ -112,10 +146,16 @@ def run_cell(cell: Cell, cfg: RunConfig) -> list[dict]:
             spent = max(u["epsilon"] for u in privacy["units"].values())
         models = [model] * len(lenders)
         rows.append({"lender": "pooled", "test_set": "pooled", "n": len(hy), **_scores(model, hx, hy)})
-    for i, (d, model) in enumerate(zip(lenders, models)):
+    for i, (d, model) in enumerate(zip(lenders, models, strict=False)):
         rows.append({"lender": i, "test_set": "own", "n": len(d.y_test), **_scores(model, d.x_test, d.y_test)})
-    base = {"dataset": cell.dataset, "partition": cell.partition_label, "method": cell.method,
-            "epsilon": _eps_text(cell.epsilon), "seed": cell.seed, "epsilon_spent": spent}
+    base = {
+        "dataset": cell.dataset,
+        "partition": cell.partition_label,
+        "method": cell.method,
+        "epsilon": _eps_text(cell.epsilon),
+        "seed": cell.seed,
+        "epsilon_spent": spent,
+    }
     return [{**base, **r} for r in rows]
 
 
@@ -133,8 +173,15 @@ def write_results(path: Path, rows: list[dict]) -> None:
     write_atomically(path, csv_text(COLUMNS, rows, extrasaction="ignore"))
 
 
-def bench(cells: list[Cell], output_dir: Path, data_dir: str = "", overrides: dict | None = None,
-          command: str = "", results_md: Path | None = None, log: Callable[[str], None] = print) -> list[dict]:
+def bench(
+    cells: list[Cell],
+    output_dir: Path,
+    data_dir: str = "",
+    overrides: dict | None = None,
+    command: str = "",
+    results_md: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "results.csv"
     rows = read_results(path)
@@ -149,8 +196,10 @@ def bench(cells: list[Cell], output_dir: Path, data_dir: str = "", overrides: di
         write_results(path, rows)
         pooled = next((r for r in new if r["lender"] == "pooled"), None)
         auc = pooled["auc"] if pooled else statistics.mean(r["auc"] for r in new if r["test_set"] == "pooled")
-        log(f"[{number}/{len(todo)}] {cell.dataset} {cell.partition_label} {cell.method} "
-            f"epsilon={_eps_text(cell.epsilon)} seed={cell.seed}: pooled-test AUC {auc:.4f} ({seconds:.1f} s)")
+        log(
+            f"[{number}/{len(todo)}] {cell.dataset} {cell.partition_label} {cell.method} "
+            f"epsilon={_eps_text(cell.epsilon)} seed={cell.seed}: pooled-test AUC {auc:.4f} ({seconds:.1f} s)"
+        )
     from benchmarks.report import plots, write_results_md
 
     plots(rows, output_dir)

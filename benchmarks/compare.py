@@ -37,16 +37,24 @@ def train_alone(cfg: RunConfig, x: np.ndarray, y: np.ndarray, seed: int):
     """One model trained without federation or privacy for rounds x local epochs: the same budget of
     local steps as one federated run (pooled training, or one lender on its own)."""
     model = build_model(cfg.model, x.shape[1], cfg.hidden, seed=cfg.seed)
-    train_local(model, x, y, epochs=cfg.rounds * cfg.local_epochs, batch_size=cfg.batch_size,
-                learning_rate=cfg.learning_rate, seed=seed)
+    train_local(
+        model,
+        x,
+        y,
+        epochs=cfg.rounds * cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        seed=seed,
+    )
     return model
 
 
 def pooled(cfg: RunConfig) -> dict:
     """Centralized training on all lenders' training records together (the non-private limit)."""
     parts = [load_lender(cfg, i) for i in range(cfg.lenders)]
-    model = train_alone(cfg, np.concatenate([p.x_train for p in parts]), np.concatenate([p.y_train for p in parts]),
-                        cfg.seed)
+    model = train_alone(
+        cfg, np.concatenate([p.x_train for p in parts]), np.concatenate([p.y_train for p in parts]), cfg.seed
+    )
     hx, hy = load_holdout(cfg)
     return credit_metrics(hy, predict_proba(model, hx))
 
@@ -102,33 +110,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epsilons", default="inf,1,3,8")
     parser.add_argument("--out", required=True, help="output path without extension (.csv and .md are written)")
     args = parser.parse_args(argv)
-    base = RunConfig(dataset=args.dataset, data_dir=args.data_dir, lenders=args.lenders, partition=args.partition,
-                     alpha=args.alpha, rounds=args.rounds, local_epochs=args.local_epochs, batch_size=args.batch_size,
-                     learning_rate=args.learning_rate, model=args.model).validated()
+    base = RunConfig(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        lenders=args.lenders,
+        partition=args.partition,
+        alpha=args.alpha,
+        rounds=args.rounds,
+        local_epochs=args.local_epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        model=args.model,
+    ).validated()
     rows = []
 
     def add(method: str, eps: float, seed: int, metrics: dict, seconds: float) -> None:
-        rows.append({"dataset": args.dataset, "partition": f"{args.partition}" + (f"({args.alpha:g})" if args.partition != "iid" else ""),
-                     "method": method, "epsilon": eps, "seed": seed, "seconds": round(seconds, 2),
-                     **{k: metrics[k] for k in ("auc", "ks", "gini", "brier")}})
+        rows.append(
+            {
+                "dataset": args.dataset,
+                "partition": f"{args.partition}" + (f"({args.alpha:g})" if args.partition != "iid" else ""),
+                "method": method,
+                "epsilon": eps,
+                "seed": seed,
+                "seconds": round(seconds, 2),
+                **{k: metrics[k] for k in ("auc", "ks", "gini", "brier")},
+            }
+        )
         print(f"{method:>12} eps={eps:<4} seed={seed} auc={metrics['auc']:.4f} ({seconds:.1f} s)", flush=True)
 
     for seed in [int(s) for s in args.seeds.split(",")]:
         cfg = base.replace(seed=seed)
-        t = time.time(); add("pooled", math.inf, seed, pooled(cfg), time.time() - t)
-        t = time.time(); locals_ = local_only(cfg)
-        add("local_mean", math.inf, seed, {k: float(np.nanmean([m[k] for m in locals_])) for k in ("auc", "ks", "gini", "brier")}, time.time() - t)
+        t = time.time()
+        add("pooled", math.inf, seed, pooled(cfg), time.time() - t)
+        t = time.time()
+        locals_ = local_only(cfg)
+        add(
+            "local_mean",
+            math.inf,
+            seed,
+            {k: float(np.nanmean([m[k] for m in locals_])) for k in ("auc", "ks", "gini", "brier")},
+            time.time() - t,
+        )
         add("local_worst", math.inf, seed, min(locals_, key=lambda m: m["auc"]), 0.0)
         for eps in [float(e) for e in args.epsilons.split(",")]:
             run_cfg = cfg.replace(dp=math.isfinite(eps), epsilon=eps if math.isfinite(eps) else 1.0)
-            t = time.time(); add("fedavg", eps, seed, federated(run_cfg), time.time() - t)
+            t = time.time()
+            add("fedavg", eps, seed, federated(run_cfg), time.time() - t)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.with_suffix(".csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    out.with_suffix(".md").write_text(summary_table(rows, " ".join(["python -m benchmarks.compare"] + (argv if argv is not None else sys.argv[1:]))))
+    out.with_suffix(".md").write_text(
+        summary_table(rows, " ".join(["python -m benchmarks.compare"] + (argv if argv is not None else sys.argv[1:])))
+    )
     print(out.with_suffix(".md").read_text())
     return 0
 
@@ -138,12 +174,18 @@ def summary_table(rows: list[dict], command: str) -> str:
     for r in rows:
         groups.setdefault((r["method"], float(r["epsilon"])), []).append(float(r["auc"]))
     pooled_auc = statistics.mean(groups[("pooled", math.inf)])
-    lines = [f"Command: `{command}`", "",
-             "| method | epsilon | AUC mean | AUC sd | vs pooled | seeds |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Command: `{command}`",
+        "",
+        "| method | epsilon | AUC mean | AUC sd | vs pooled | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
     for (method, eps), aucs in groups.items():
         sd = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
-        lines.append(f"| {method} | {'none' if math.isinf(eps) else f'{eps:g}'} | {statistics.mean(aucs):.4f} | {sd:.4f} | "
-                     f"{statistics.mean(aucs) - pooled_auc:+.4f} | {len(aucs)} |")
+        lines.append(
+            f"| {method} | {'none' if math.isinf(eps) else f'{eps:g}'} | {statistics.mean(aucs):.4f} | {sd:.4f} | "
+            f"{statistics.mean(aucs) - pooled_auc:+.4f} | {len(aucs)} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -20,29 +20,66 @@ from benchmarks.compare import federated_run, local_only, pooled
 from federation.config import RunConfig
 from federation.runfolder import csv_text, write_atomically
 
-COLUMNS = ["dataset", "partition", "method", "epsilon", "seed", "auc", "ks", "gini", "brier",
-           "epsilon_spent_max", "seconds"]
+COLUMNS = [
+    "dataset",
+    "partition",
+    "method",
+    "epsilon",
+    "seed",
+    "auc",
+    "ks",
+    "gini",
+    "brier",
+    "epsilon_spent_max",
+    "seconds",
+]
 SCORES = ("auc", "ks", "gini", "brier")
 
 
-def sweep(base: RunConfig, epsilons: list[float], seeds: list[int], output_dir: Path,
-          log: Callable[[str], None] = print, command: str = "") -> list[dict]:
+def sweep(
+    base: RunConfig,
+    epsilons: list[float],
+    seeds: list[int],
+    output_dir: Path,
+    log: Callable[[str], None] = print,
+    command: str = "",
+) -> list[dict]:
     output_dir.mkdir(parents=True, exist_ok=True)
     partition = base.partition + (f"({base.alpha:g})" if base.partition in ("dirichlet", "quantity") else "")
     rows: list[dict] = []
 
     def add(method: str, eps: float, seed: int, metrics: dict, seconds: float, spent: float | str = "") -> None:
-        rows.append({"dataset": base.dataset, "partition": partition, "method": method, "epsilon": eps, "seed": seed,
-                     **{k: metrics[k] for k in SCORES}, "epsilon_spent_max": spent, "seconds": round(seconds, 2)})
-        log(f"{method:>12} epsilon={'none' if math.isinf(eps) else f'{eps:g}':<5} seed={seed} "
-            f"auc={metrics['auc']:.4f} ({seconds:.1f} s)")
+        rows.append(
+            {
+                "dataset": base.dataset,
+                "partition": partition,
+                "method": method,
+                "epsilon": eps,
+                "seed": seed,
+                **{k: metrics[k] for k in SCORES},
+                "epsilon_spent_max": spent,
+                "seconds": round(seconds, 2),
+            }
+        )
+        log(
+            f"{method:>12} epsilon={'none' if math.isinf(eps) else f'{eps:g}':<5} seed={seed} "
+            f"auc={metrics['auc']:.4f} ({seconds:.1f} s)"
+        )
         _write_csv(output_dir / "frontier.csv", rows)  # after every run: an interrupted sweep keeps its results
 
     for seed in seeds:
         cfg = base.replace(seed=seed)
-        t = time.time(); add("pooled", math.inf, seed, pooled(cfg), time.time() - t)
-        t = time.time(); locals_ = local_only(cfg)
-        add("local_mean", math.inf, seed, {k: float(np.nanmean([m[k] for m in locals_])) for k in SCORES}, time.time() - t)
+        t = time.time()
+        add("pooled", math.inf, seed, pooled(cfg), time.time() - t)
+        t = time.time()
+        locals_ = local_only(cfg)
+        add(
+            "local_mean",
+            math.inf,
+            seed,
+            {k: float(np.nanmean([m[k] for m in locals_])) for k in SCORES},
+            time.time() - t,
+        )
         add("local_worst", math.inf, seed, min(locals_, key=lambda m: m["auc"]), 0.0)
         for eps in epsilons:
             private = math.isfinite(eps)
@@ -64,13 +101,22 @@ def markdown(rows: list[dict], command: str) -> str:
     for r in rows:
         if r["epsilon_spent_max"] not in ("", None):
             spent.setdefault(float(r["epsilon"]), []).append(float(r["epsilon_spent_max"]))
-    lines = [f"Command: `{command}`" if command else "", "",
-             "| method | epsilon | AUC mean | AUC sd | vs pooled | max epsilon spent | seeds |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for (method, eps), (mean, sd, n) in sorted(stats.items(), key=lambda kv: (kv[0][0] != "pooled", kv[0][0].startswith("local") is False, kv[0][1])):
-        used = f"{max(spent[eps]):.3f}" if method not in ("pooled", "local_mean", "local_worst") and eps in spent else "-"
-        lines.append(f"| {method} | {'none' if math.isinf(eps) else f'{eps:g}'} | {mean:.4f} | {sd:.4f} | "
-                     f"{mean - pooled_auc:+.4f} | {used} | {n} |")
+    lines = [
+        f"Command: `{command}`" if command else "",
+        "",
+        "| method | epsilon | AUC mean | AUC sd | vs pooled | max epsilon spent | seeds |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (method, eps), (mean, sd, n) in sorted(
+        stats.items(), key=lambda kv: (kv[0][0] != "pooled", kv[0][0].startswith("local") is False, kv[0][1])
+    ):
+        used = (
+            f"{max(spent[eps]):.3f}" if method not in ("pooled", "local_mean", "local_worst") and eps in spent else "-"
+        )
+        lines.append(
+            f"| {method} | {'none' if math.isinf(eps) else f'{eps:g}'} | {mean:.4f} | {sd:.4f} | "
+            f"{mean - pooled_auc:+.4f} | {used} | {n} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,10 @@ import time
 from federation.privacy import accountant, planner
 
 CASES = [  # records per lender, batch, local epochs, rounds
-    (300, 64, 1, 5), (2400, 64, 1, 10), (20000, 64, 1, 20), (100000, 256, 1, 50),
+    (300, 64, 1, 5),
+    (2400, 64, 1, 10),
+    (20000, 64, 1, 20),
+    (100000, 256, 1, 50),
 ]
 TARGETS = [0.5, 1.0, 2.0, 4.0, 8.0]
 
@@ -34,10 +37,12 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for records, batch, epochs, rounds in CASES:
         mech = planner.record_level(records, batch, epochs, rounds)
-        one = _time(lambda: planner.plan(mech, [3.0], [], ["rdp"]), 3)
-        five = _time(lambda: planner.plan(mech, TARGETS, [], ["rdp"]), 3)
-        prv = _time(lambda: planner.plan(mech, [3.0], [], ["prv"], calibrate_with="prv"), 1)
-        print(f"| {records} | {batch} | {epochs} | {rounds} | {mech.total_steps} | {one:.2f} | {five:.2f} | {prv:.2f} |")
+        one = _time(lambda mech=mech: planner.plan(mech, [3.0], [], ["rdp"]), 3)
+        five = _time(lambda mech=mech: planner.plan(mech, TARGETS, [], ["rdp"]), 3)
+        prv = _time(lambda mech=mech: planner.plan(mech, [3.0], [], ["prv"], calibrate_with="prv"), 1)
+        print(
+            f"| {records} | {batch} | {epochs} | {rounds} | {mech.total_steps} | {one:.2f} | {five:.2f} | {prv:.2f} |"
+        )
 
 
 if __name__ == "__main__":

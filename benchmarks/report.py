@@ -49,10 +49,14 @@ def summarize(rows: list[dict]) -> dict:
 
 def headline(rows: list[dict]) -> list[str]:
     s = summarize(rows)
-    lines = ["| dataset | partition | pooled | local mean | local worst | " +
-             " | ".join(f"FedAvg eps {_eps_label(e)} (vs pooled)" for e in EPS_ORDER) +
-             " | lenders beating own local: " + " / ".join(_eps_label(e) for e in EPS_ORDER) + " |",
-             "|---|---|---:|---:|---:|" + "---:|" * len(EPS_ORDER) + "---|"]
+    lines = [
+        "| dataset | partition | pooled | local mean | local worst | "
+        + " | ".join(f"FedAvg eps {_eps_label(e)} (vs pooled)" for e in EPS_ORDER)
+        + " | lenders beating own local: "
+        + " / ".join(_eps_label(e) for e in EPS_ORDER)
+        + " |",
+        "|---|---|---:|---:|---:|" + "---:|" * len(EPS_ORDER) + "---|",
+    ]
     datasets = sorted({r["dataset"] for r in rows})
     for dataset in datasets:
         partitions = sorted({r["partition"] for r in rows if r["dataset"] == dataset})
@@ -68,24 +72,39 @@ def headline(rows: list[dict]) -> list[str]:
             auc = _mean([_mean(v) for v in fed.values()])
             cells.append("-" if math.isnan(auc) else f"{auc:.4f} ({auc - pooled:+.4f})")
             own_fed = s["own"].get((dataset, partition, "fedavg", e), {})
-            pairs = [(own_fed[k], own_local[k]) for k in own_fed if k in own_local
-                     and not math.isnan(own_fed[k]) and not math.isnan(own_local[k])]
-            shares.append(f"{sum(f >= l for f, l in pairs)}/{len(pairs)}" if pairs else "-")
-        lines.append(f"| {dataset} | {partition} | {pooled:.4f} | {local_mean:.4f} | {local_worst:.4f} | "
-                     + " | ".join(cells) + " | " + " / ".join(shares) + " |")
+            pairs = [
+                (own_fed[k], own_local[k])
+                for k in own_fed
+                if k in own_local and not math.isnan(own_fed[k]) and not math.isnan(own_local[k])
+            ]
+            shares.append(f"{sum(fed >= local for fed, local in pairs)}/{len(pairs)}" if pairs else "-")
+        lines.append(
+            f"| {dataset} | {partition} | {pooled:.4f} | {local_mean:.4f} | {local_worst:.4f} | "
+            + " | ".join(cells)
+            + " | "
+            + " / ".join(shares)
+            + " |"
+        )
     return lines
 
 
 def full_table(rows: list[dict]) -> list[str]:
     s = summarize(rows)
-    lines = ["| dataset | partition | method | epsilon | AUC pooled test (mean +/- sd over seeds) | KS pooled test | "
-             "mean AUC on lenders' own tests | seeds |", "|---|---|---|---:|---:|---:|---:|---:|"]
-    order = {m: i for i, m in enumerate(("pooled", "local") + FED)}
-    for key in sorted(s["pooled"], key=lambda k: (k[0], k[1], order.get(k[2], 9), EPS_ORDER.index(k[3]) if k[3] in EPS_ORDER else 9)):
+    lines = [
+        "| dataset | partition | method | epsilon | AUC pooled test (mean +/- sd over seeds) | KS pooled test | "
+        "mean AUC on lenders' own tests | seeds |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    order = {m: i for i, m in enumerate(("pooled", "local", *FED))}
+    for key in sorted(
+        s["pooled"], key=lambda k: (k[0], k[1], order.get(k[2], 9), EPS_ORDER.index(k[3]) if k[3] in EPS_ORDER else 9)
+    ):
         per_seed = [_mean(v) for v in s["pooled"][key].values()]
         own = _mean(list(s["own"].get(key, {}).values()))
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {_eps_label(key[3])} | {_mean(per_seed):.4f} +/- {_sd(per_seed):.4f} | "
-                     f"{_mean(s['ks'][key]):.4f} | {own:.4f} | {len(per_seed)} |")
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {_eps_label(key[3])} | {_mean(per_seed):.4f} +/- {_sd(per_seed):.4f} | "
+            f"{_mean(s['ks'][key]):.4f} | {own:.4f} | {len(per_seed)} |"
+        )
     return lines
 
 
@@ -93,11 +112,20 @@ def results_markdown(rows: list[dict], command: str) -> str:
     out = ["# fedcredit benchmark results", ""]
     if command:
         out += ["Produced by:", "", "```bash", command, "```", ""]
-    out += ["Generated from results.csv (one row per dataset, partition, method, epsilon, seed and lender). "
-            "Pooled test: the pooled held-out split no method trains on; own test: each lender's own test split. "
-            "Local-only rows on the pooled test are per lender (mean and worst below). Pooled and local-only "
-            "training are non-private; epsilon is per lender, record level.", "",
-            "## Headline (FedAvg)", ""] + headline(rows) + ["", "## All cells", ""] + full_table(rows)
+    out += [
+        "Generated from results.csv (one row per dataset, partition, method, epsilon, seed and lender). "
+        "Pooled test: the pooled held-out split no method trains on; own test: each lender's own test split. "
+        "Local-only rows on the pooled test are per lender (mean and worst below). Pooled and local-only "
+        "training are non-private; epsilon is per lender, record level.",
+        "",
+        "## Headline (FedAvg)",
+        "",
+        *headline(rows),
+        "",
+        "## All cells",
+        "",
+        *full_table(rows),
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -108,7 +136,8 @@ def write_results_md(rows: list[dict], command: str, path: Path) -> None:
     perf = sorted((path.parent / "results").glob("perf_*.md"))
     if perf:
         text += "\n## Performance (benchmarks/perf)\n\n" + "\n".join(
-            f"### {p.stem}\n\n{p.read_text().strip()}\n" for p in perf)
+            f"### {p.stem}\n\n{p.read_text().strip()}\n" for p in perf
+        )
     path.write_text(text)
 
 
@@ -124,16 +153,23 @@ def plots(rows: list[dict], output_dir: Path) -> list[Path]:
     for dataset in sorted({r["dataset"] for r in rows}):
         partitions = sorted({r["partition"] for r in rows if r["dataset"] == dataset})
         fig, axes = plt.subplots(1, len(partitions), figsize=(4.2 * len(partitions), 3.6), squeeze=False)
-        for ax, partition in zip(axes[0], partitions):
+        for ax, partition in zip(axes[0], partitions, strict=False):
             for i, method in enumerate(FED):
-                points = [(j, _mean([_mean(v) for v in s["pooled"][(dataset, partition, method, e)].values()]))
-                          for j, e in enumerate(EPS_ORDER) if (dataset, partition, method, e) in s["pooled"]]
+                points = [
+                    (j, _mean([_mean(v) for v in s["pooled"][(dataset, partition, method, e)].values()]))
+                    for j, e in enumerate(EPS_ORDER)
+                    if (dataset, partition, method, e) in s["pooled"]
+                ]
                 if points:
-                    ax.plot(*zip(*points), "o-", color=f"C{i}", label=method)
+                    ax.plot(*zip(*points, strict=False), "o-", color=f"C{i}", label=method)
             for method, style, color in (("pooled", "--", "k"), ("local", "-.", "C3")):
                 if (dataset, partition, method, "inf") in s["pooled"]:
-                    ax.axhline(_mean([_mean(v) for v in s["pooled"][(dataset, partition, method, "inf")].values()]),
-                               ls=style, color=color, label=f"{method} (no DP)" if method == "pooled" else "local-only mean")
+                    ax.axhline(
+                        _mean([_mean(v) for v in s["pooled"][(dataset, partition, method, "inf")].values()]),
+                        ls=style,
+                        color=color,
+                        label=f"{method} (no DP)" if method == "pooled" else "local-only mean",
+                    )
             ax.set_xticks(range(len(EPS_ORDER)), [_eps_label(e) for e in EPS_ORDER])
             ax.set_xlabel("epsilon per lender")
             ax.set_title(partition, fontsize=10)

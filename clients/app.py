@@ -18,14 +18,13 @@ from clients import dp_round, secagg
 from clients.session import Session
 from federation.audit_trail.attest import MANIFEST_FIELDS, evaluation_body, final_body, manifest_body
 from federation.audit_trail.canonical import arrays_hash
+from federation.lender_policy import effective_delta
 from federation.messages import ARRAYS, ATTESTATION, MANIFEST, METRICS, SECAGG, manifest_to_record, numpy_arrays
 from federation.metrics import credit_metrics
 from federation.model import build_model, predict_proba
 from federation.privacy.accountant import epsilon, epsilons
 from federation.privacy.events import PrivacyEvent
 from federation.secagg import SecAggError
-from federation.lender_policy import effective_delta
-
 from federation.training import set_torch_threads
 
 set_torch_threads()  # a lender's ClientApp process trains: one thread (why: federation/training.py)
@@ -46,8 +45,10 @@ def manifest(msg: Message, context: Context) -> Message:
     s = Session(msg, context)
     fields = signed_manifest(s)
     body = manifest_body(s.run, s.lender, s.home.public_hex, fields)
-    return Message(RecordDict({MANIFEST: manifest_to_record(s.lender, fields),
-                               ATTESTATION: s.sign(body, with_public_key=True)}), reply_to=msg)
+    return Message(
+        RecordDict({MANIFEST: manifest_to_record(s.lender, fields), ATTESTATION: s.sign(body, with_public_key=True)}),
+        reply_to=msg,
+    )
 
 
 @app.train()
@@ -66,15 +67,18 @@ def evaluate(msg: Message, context: Context) -> Message:
         account = spent["runs"].setdefault(s.run, {"releases": 0, "events": [], "sigma": None, "closed": False})
         asked = account.setdefault("evaluated", {})
         if asked.get(str(s.round), digest) != digest or not 1 <= s.round <= cfg.rounds:
-            raise PermissionError(f"lender {s.lender} scores one model per round of a run; round {s.round} was "
-                                  "already scored, or is not a round of this run")
+            raise PermissionError(
+                f"lender {s.lender} scores one model per round of a run; round {s.round} was "
+                "already scored, or is not a round of this run"
+            )
         asked[str(s.round)] = digest
     model = build_model(cfg.model, len(data.features), cfg.hidden)
     model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict())
     scores = credit_metrics(data.y_test, predict_proba(model, data.x_test))
     metrics = {"lender-id": s.lender, "server-round": s.round, "num-examples": len(data.y_test), **scores}
-    body = evaluation_body(s.run, s.lender, s.round, arrays_hash(numpy_arrays(msg.content[ARRAYS])), len(data.y_test),
-                           scores)
+    body = evaluation_body(
+        s.run, s.lender, s.round, arrays_hash(numpy_arrays(msg.content[ARRAYS])), len(data.y_test), scores
+    )
     return Message(RecordDict({METRICS: MetricRecord(metrics), ATTESTATION: s.sign(body)}), reply_to=msg)
 
 
@@ -90,13 +94,27 @@ def final(msg: Message, context: Context) -> Message:
         events = [PrivacyEvent.from_dict(e) for e in account["events"]]
         every = [PrivacyEvent.from_dict(e) for a in spent["runs"].values() for e in a["events"]]
         runs = sum(1 for a in spent["runs"].values() if a["releases"])
-        releases, refusals, evaluations = account["releases"], len(account.get("refused", {})), len(account.get("evaluated", {}))
+        releases, refusals, evaluations = (
+            account["releases"],
+            len(account.get("refused", {})),
+            len(account.get("evaluated", {})),
+        )
     record_level = cfg.dp and cfg.dp_level == "record"
     delta = effective_delta(cfg.delta, s.policy.delta, s.own_records) if cfg.dp else None
     both = epsilons(events, delta) if record_level and events else ({"rdp": 0.0, "prv": 0.0} if record_level else {})
     lifetime = epsilon(every, delta, cfg.accountant) if record_level else None
-    body = final_body(s.run, s.lender, releases=releases, refusals=refusals, evaluations=evaluations, epsilons=both,
-                      delta=delta, accountant=cfg.accountant, lifetime_epsilon=lifetime, lifetime_runs=runs)
+    body = final_body(
+        s.run,
+        s.lender,
+        releases=releases,
+        refusals=refusals,
+        evaluations=evaluations,
+        epsilons=both,
+        delta=delta,
+        accountant=cfg.accountant,
+        lifetime_epsilon=lifetime,
+        lifetime_runs=runs,
+    )
     return Message(RecordDict({ATTESTATION: s.sign(body)}), reply_to=msg)
 
 
@@ -115,8 +133,10 @@ def _secagg_step(msg: Message, context: Context, step, once: str, value=lambda r
         done = account.setdefault("secagg", {}).setdefault(str(s.round), {})
         wanted = value(request)
         if once in done and done[once] != wanted:
-            raise SecAggError(f"lender {s.lender} already took the secure-aggregation step '{once}' in round "
-                              f"{s.round}: it takes each step once a round")
+            raise SecAggError(
+                f"lender {s.lender} already took the secure-aggregation step '{once}' in round "
+                f"{s.round}: it takes each step once a round"
+            )
         done[once] = wanted
     return Message(RecordDict({SECAGG: step(s, request)}), reply_to=msg)
 
@@ -127,25 +147,47 @@ def _digest(text) -> str:
 
 @app.query("secagg_keys")
 def secagg_keys(msg: Message, context: Context) -> Message:
-    return _secagg_step(msg, context, lambda s, request: secagg.advertise(
-        s.context, s.round, s.run, s.lender, s.home.identity, s.home.registry, request), "keys",
-        lambda request: secrets.token_hex(16))
+    return _secagg_step(
+        msg,
+        context,
+        lambda s, request: secagg.advertise(
+            s.context, s.round, s.run, s.lender, s.home.identity, s.home.registry, request
+        ),
+        "keys",
+        lambda request: secrets.token_hex(16),
+    )
 
 
 @app.query("secagg_shares")
 def secagg_shares(msg: Message, context: Context) -> Message:
-    return _secagg_step(msg, context, lambda s, request: secagg.share(
-        s.context, s.round, s.run, s.lender, s.home.registry, request), "shares", lambda request: secrets.token_hex(16))
+    return _secagg_step(
+        msg,
+        context,
+        lambda s, request: secagg.share(s.context, s.round, s.run, s.lender, s.home.registry, request),
+        "shares",
+        lambda request: secrets.token_hex(16),
+    )
 
 
 @app.query("secagg_confirm")
 def secagg_confirm(msg: Message, context: Context) -> Message:
-    return _secagg_step(msg, context, lambda s, request: secagg.confirm(
-        s.context, s.round, s.run, s.lender, s.home.identity, s.home.registry, request), "confirm",
-        lambda request: _digest(request.get("unmask", "")))
+    return _secagg_step(
+        msg,
+        context,
+        lambda s, request: secagg.confirm(
+            s.context, s.round, s.run, s.lender, s.home.identity, s.home.registry, request
+        ),
+        "confirm",
+        lambda request: _digest(request.get("unmask", "")),
+    )
 
 
 @app.query("secagg_unmask")
 def secagg_unmask(msg: Message, context: Context) -> Message:
-    return _secagg_step(msg, context, lambda s, request: secagg.reveal(
-        s.context, s.round, s.run, s.lender, s.home.registry, request), "reveal", lambda request: secrets.token_hex(16))
+    return _secagg_step(
+        msg,
+        context,
+        lambda s, request: secagg.reveal(s.context, s.round, s.run, s.lender, s.home.registry, request),
+        "reveal",
+        lambda request: secrets.token_hex(16),
+    )

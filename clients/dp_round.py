@@ -29,16 +29,16 @@ from federation.audit_trail import checkpoint
 from federation.audit_trail.attest import refusal_body, update_body
 from federation.audit_trail.canonical import arrays_hash
 from federation.errors import ConfigError
-from federation.secagg import SecAggError
 from federation.lender_policy import effective_delta
-from federation.privacy.limits import MAX_DELTA, check_delta
 from federation.messages import ARRAYS, ATTESTATION, MASKED, METRICS, SECAGG, numpy_arrays
 from federation.model import build_model
 from federation.policy import label_problem
 from federation.privacy.accountant import calibrate_noise, default_delta, epsilon, sample_rate, steps_per_epoch
 from federation.privacy.events import PrivacyEvent
 from federation.privacy.lender_level_mechanism import clip_update
+from federation.privacy.limits import MAX_DELTA, check_delta
 from federation.privacy.noise import SecureRandomness, SeededRandomness, noise_source
+from federation.secagg import SecAggError
 from federation.training import DPSettings, train_local
 
 
@@ -66,14 +66,21 @@ MAX_MODEL_MAGNITUDE = 1e6
 def model_refusal(session: Session, incoming: dict[str, np.ndarray]) -> Refusal | None:
     """The incoming model must be the run's model, finite and of bounded magnitude."""
     cfg, data = session.request, session.data
-    expected = {k: tuple(v.shape) for k, v in build_model(cfg.model, len(data.features), cfg.hidden).state_dict().items()}
+    expected = {
+        k: tuple(v.shape) for k, v in build_model(cfg.model, len(data.features), cfg.hidden).state_dict().items()
+    }
     shapes = {k: tuple(np.shape(v)) for k, v in incoming.items()}
     if shapes != expected:
         return Refusal("model", str(shapes), str(expected), "the model sent is not the run's model")
     peak = float(np.max([np.abs(v).max() for v in incoming.values() if np.size(v)], initial=0.0))  # NaN propagates
     if not np.isfinite(peak) or peak > MAX_MODEL_MAGNITUDE:
-        return Refusal("model", None, MAX_MODEL_MAGNITUDE, f"the model sent holds a weight of magnitude {peak:.3g}; "
-                       f"this lender trains only from finite weights of magnitude at most {MAX_MODEL_MAGNITUDE:g}")
+        return Refusal(
+            "model",
+            None,
+            MAX_MODEL_MAGNITUDE,
+            f"the model sent holds a weight of magnitude {peak:.3g}; "
+            f"this lender trains only from finite weights of magnitude at most {MAX_MODEL_MAGNITUDE:g}",
+        )
     return None
 
 
@@ -82,48 +89,88 @@ def request_refusal(session: Session) -> Refusal | None:
     cfg, policy, manifest = session.request, session.policy, session.data.manifest
     own_dataset = policy.data.get("dataset")
     if cfg.dataset != own_dataset:
-        return Refusal("dataset", cfg.dataset, own_dataset, f"the coordinator asks for dataset '{cfg.dataset}'; "
-                       f"this lender holds '{own_dataset}'")
+        return Refusal(
+            "dataset",
+            cfg.dataset,
+            own_dataset,
+            f"the coordinator asks for dataset '{cfg.dataset}'; this lender holds '{own_dataset}'",
+        )
     if cfg.card_sha256 and cfg.card_sha256 != manifest["card_sha256"]:
-        return Refusal("card", cfg.card_sha256, manifest["card_sha256"], "the coordinator names another dataset "
-                       "card than this lender's own; a lender never takes its card from the coordinator")
+        return Refusal(
+            "card",
+            cfg.card_sha256,
+            manifest["card_sha256"],
+            "the coordinator names another dataset "
+            "card than this lender's own; a lender never takes its card from the coordinator",
+        )
     if not cfg.dp:
         if policy.require_dp:
             return Refusal("require_dp", False, True, "this lender's policy requires differential privacy")
     else:
         if cfg.dp_level == "lender" and not policy.allow_lender_level:
-            return Refusal("allow_lender_level", True, False, "lender-level DP has the coordinator add the noise; "
-                           "this lender's policy does not allow it")
+            return Refusal(
+                "allow_lender_level",
+                True,
+                False,
+                "lender-level DP has the coordinator add the noise; this lender's policy does not allow it",
+            )
         budget = cfg.budget_for(session.lender)
         if budget > policy.max_epsilon:
-            return Refusal("max_epsilon", budget, policy.max_epsilon, f"the requested budget epsilon {budget:g} is "
-                           f"above this lender's maximum {policy.max_epsilon:g}")
+            return Refusal(
+                "max_epsilon",
+                budget,
+                policy.max_epsilon,
+                f"the requested budget epsilon {budget:g} is above this lender's maximum {policy.max_epsilon:g}",
+            )
         if cfg.dp_level == "record":  # the unit is one of its records: its own count sets the rule
             own_delta = effective_delta(0.0, policy.delta, session.own_records)
             try:  # a lender too small for a meaningful guarantee at its delta, or a delta above 1/n, trains nothing
-                check_delta(session.own_records, effective_delta(cfg.delta, policy.delta, session.own_records),
-                            f"lender {session.lender}")
+                check_delta(
+                    session.own_records,
+                    effective_delta(cfg.delta, policy.delta, session.own_records),
+                    f"lender {session.lender}",
+                )
             except ConfigError as exc:
                 return Refusal("delta", cfg.delta or own_delta, MAX_DELTA, str(exc))
             if cfg.delta > own_delta:
-                return Refusal("delta", cfg.delta, own_delta, f"the requested delta {cfg.delta:g} is above this "
-                               f"lender's delta {own_delta:.3g}")
+                return Refusal(
+                    "delta",
+                    cfg.delta,
+                    own_delta,
+                    f"the requested delta {cfg.delta:g} is above this lender's delta {own_delta:.3g}",
+                )
         else:  # the unit is a whole lender: the federation's size sets the rule
             try:
-                check_delta(cfg.lenders, cfg.delta or default_delta(cfg.lenders), "the federation (lender-level DP)",
-                            unit="lenders")
+                check_delta(
+                    cfg.lenders,
+                    cfg.delta or default_delta(cfg.lenders),
+                    "the federation (lender-level DP)",
+                    unit="lenders",
+                )
             except ConfigError as exc:
                 return Refusal("delta", cfg.delta, MAX_DELTA, str(exc))
         if cfg.noise_multiplier and cfg.noise_multiplier < policy.min_noise_multiplier:
-            return Refusal("min_noise_multiplier", cfg.noise_multiplier, policy.min_noise_multiplier,
-                           f"the requested noise multiplier {cfg.noise_multiplier:g} is below this lender's floor "
-                           f"{policy.min_noise_multiplier:g}")
+            return Refusal(
+                "min_noise_multiplier",
+                cfg.noise_multiplier,
+                policy.min_noise_multiplier,
+                f"the requested noise multiplier {cfg.noise_multiplier:g} is below this lender's floor "
+                f"{policy.min_noise_multiplier:g}",
+            )
         if cfg.clip_norm > policy.max_clip_norm:
-            return Refusal("max_clip_norm", cfg.clip_norm, policy.max_clip_norm, f"the requested clip norm "
-                           f"{cfg.clip_norm:g} is above this lender's maximum {policy.max_clip_norm:g}")
+            return Refusal(
+                "max_clip_norm",
+                cfg.clip_norm,
+                policy.max_clip_norm,
+                f"the requested clip norm {cfg.clip_norm:g} is above this lender's maximum {policy.max_clip_norm:g}",
+            )
     if cfg.reproducible_noise_not_private and cfg.dp and not policy.allow_reproducible_noise:
-        return Refusal("allow_reproducible_noise", True, False, "seeded noise is not private; this lender's policy "
-                       "does not allow it")
+        return Refusal(
+            "allow_reproducible_noise",
+            True,
+            False,
+            "seeded noise is not private; this lender's policy does not allow it",
+        )
     problem = label_problem(session.data.y_train)
     if problem:
         return Refusal("labels", None, None, problem)
@@ -155,8 +202,11 @@ def train(session: Session) -> Message:
             n = len(s.data.y_train)
             q, steps = sample_rate(n, cfg.batch_size), cfg.local_epochs * steps_per_epoch(n, cfg.batch_size)
             # Calibrated once for the whole run (rounds x local steps), never per round; or fixed by the request.
-            sigma = account["sigma"] or cfg.noise_multiplier or calibrate_noise(budget, delta, q, cfg.rounds * steps,
-                                                                                 cfg.accountant)
+            sigma = (
+                account["sigma"]
+                or cfg.noise_multiplier
+                or calibrate_noise(budget, delta, q, cfg.rounds * steps, cfg.accountant)
+            )
             planned = PrivacyEvent(s.lender, s.round, float(sigma), q, steps, cfg.clip_norm)
             refusal = _budget_refusal(s, spent, run_events, planned, budget, delta, cfg.accountant)
             account["sigma"] = float(sigma)
@@ -167,8 +217,10 @@ def train(session: Session) -> Message:
         if cfg.secure_aggregation:  # masks once a round, under the lock (two concurrent requests must not both mask)
             done = account.setdefault("secagg", {}).setdefault(str(s.round), {})
             if "masked" in done:
-                raise SecAggError(f"lender {s.lender} already masked an update in round {s.round}: the same masks on "
-                                  "another update would reveal the difference")
+                raise SecAggError(
+                    f"lender {s.lender} already masked an update in round {s.round}: the same masks on "
+                    "another update would reveal the difference"
+                )
             done["masked"] = True
         # Counted before training: whatever leaves the lender from here on (an update, or even an error whose
         # occurrence could depend on the noisy result) has been paid for. The state is saved even if training fails.
@@ -181,40 +233,88 @@ def train(session: Session) -> Message:
     eps = epsilon(run_events, delta, cfg.accountant) if record_level else None
     metrics = {"lender-id": s.lender, "server-round": s.round, "num-examples": s.own_records, "declined": 0}
     if planned is not None:
-        metrics.update({"epsilon": eps, "delta": delta, "noise-multiplier": planned.noise_multiplier,
-                        "sample-rate": planned.sample_rate, "steps": planned.steps, "clip-norm": cfg.clip_norm,
-                        "epsilon-budget": budget})
-    body = update_body(s.run, s.lender, s.round, numpy_arrays(arrays), request=digest, release=release,
-                       events=[planned.to_dict()] if planned else [], epsilon=eps, delta=delta, budget=budget,
-                       accountant=cfg.accountant, granularity=cfg.dp_level if cfg.dp else None,
-                       noise=noise_source(cfg.reproducible_noise_not_private) if record_level else None)
+        metrics.update(
+            {
+                "epsilon": eps,
+                "delta": delta,
+                "noise-multiplier": planned.noise_multiplier,
+                "sample-rate": planned.sample_rate,
+                "steps": planned.steps,
+                "clip-norm": cfg.clip_norm,
+                "epsilon-budget": budget,
+            }
+        )
+    body = update_body(
+        s.run,
+        s.lender,
+        s.round,
+        numpy_arrays(arrays),
+        request=digest,
+        release=release,
+        events=[planned.to_dict()] if planned else [],
+        epsilon=eps,
+        delta=delta,
+        budget=budget,
+        accountant=cfg.accountant,
+        granularity=cfg.dp_level if cfg.dp else None,
+        noise=noise_source(cfg.reproducible_noise_not_private) if record_level else None,
+    )
     attestation = s.sign(body)
     if not cfg.secure_aggregation:
-        s.home.save_sent_reply(s.run, s.round, digest, {
-            "arrays": checkpoint.encode_arrays(numpy_arrays(arrays)), "metrics": metrics,
-            "attestation": dict(attestation)})
-    return Message(RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics), ATTESTATION: attestation}),
-                   reply_to=s.msg)
+        s.home.save_sent_reply(
+            s.run,
+            s.round,
+            digest,
+            {
+                "arrays": checkpoint.encode_arrays(numpy_arrays(arrays)),
+                "metrics": metrics,
+                "attestation": dict(attestation),
+            },
+        )
+    return Message(
+        RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics), ATTESTATION: attestation}), reply_to=s.msg
+    )
 
 
-def _budget_refusal(s: Session, spent: dict, run_events: list[PrivacyEvent], planned: PrivacyEvent, budget: float,
-                    delta: float, accountant: str) -> Refusal | None:
+def _budget_refusal(
+    s: Session,
+    spent: dict,
+    run_events: list[PrivacyEvent],
+    planned: PrivacyEvent,
+    budget: float,
+    delta: float,
+    accountant: str,
+) -> Refusal | None:
     policy = s.policy
     if planned.noise_multiplier < policy.min_noise_multiplier:
-        return Refusal("min_noise_multiplier", planned.noise_multiplier, policy.min_noise_multiplier,
-                       f"the budget asked for allows noise multiplier {planned.noise_multiplier:.3g}, below this "
-                       f"lender's floor {policy.min_noise_multiplier:g}")
-    after = epsilon(run_events + [planned], delta, accountant)
+        return Refusal(
+            "min_noise_multiplier",
+            planned.noise_multiplier,
+            policy.min_noise_multiplier,
+            f"the budget asked for allows noise multiplier {planned.noise_multiplier:.3g}, below this "
+            f"lender's floor {policy.min_noise_multiplier:g}",
+        )
+    after = epsilon([*run_events, planned], delta, accountant)
     if after > budget:
-        return Refusal("budget", after, budget, f"the next round would take this lender to epsilon {after:.3f}, past "
-                       f"its budget {budget:g} for this run")
-    earlier = [PrivacyEvent.from_dict(e) for run, account in spent["runs"].items() if run != s.run
-               for e in account["events"]]
+        return Refusal(
+            "budget",
+            after,
+            budget,
+            f"the next round would take this lender to epsilon {after:.3f}, past its budget {budget:g} for this run",
+        )
+    earlier = [
+        PrivacyEvent.from_dict(e) for run, account in spent["runs"].items() if run != s.run for e in account["events"]
+    ]
     if earlier:
         lifetime = epsilon(earlier + run_events + [planned], delta, accountant)
         if lifetime > policy.max_epsilon:
-            return Refusal("max_epsilon", lifetime, policy.max_epsilon, f"with its earlier runs this release would "
-                           f"take this lender to epsilon {lifetime:.3f}, past its maximum {policy.max_epsilon:g}")
+            return Refusal(
+                "max_epsilon",
+                lifetime,
+                policy.max_epsilon,
+                f"with its earlier runs this release would "
+                f"take this lender to epsilon {lifetime:.3f}, past its maximum {policy.max_epsilon:g}",
+            )
     return None
 
 
@@ -226,14 +326,25 @@ def _train_once(s: Session, planned: PrivacyEvent | None) -> ArrayRecord:
     received = {k: v.detach().clone() for k, v in model.state_dict().items()}
     dp = None
     if planned is not None:
-        randomness = (SeededRandomness((cfg.seed * 1_000_003 + s.lender * 1009 + s.round) % 2**31)
-                      if cfg.reproducible_noise_not_private else SecureRandomness())
+        randomness = (
+            SeededRandomness((cfg.seed * 1_000_003 + s.lender * 1009 + s.round) % 2**31)
+            if cfg.reproducible_noise_not_private
+            else SecureRandomness()
+        )
         dp = DPSettings(applied_noise_multiplier(planned.noise_multiplier), cfg.clip_norm, randomness)
     # Only under FedProx: the run config always carries proximal-mu, so its presence alone means nothing.
     mu = cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0
-    result = train_local(model, data.x_train, data.y_train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
-                         learning_rate=cfg.learning_rate, seed=(cfg.seed * 1_000_003 + s.lender * 1009 + s.round) % 2**31,
-                         dp=dp, proximal_mu=mu)
+    result = train_local(
+        model,
+        data.x_train,
+        data.y_train,
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        seed=(cfg.seed * 1_000_003 + s.lender * 1009 + s.round) % 2**31,
+        dp=dp,
+        proximal_mu=mu,
+    )
     if planned is not None and result.steps != planned.steps:
         raise RuntimeError(f"lender {s.lender} took {result.steps} DP steps, {planned.steps} were admitted")
     if cfg.dp and cfg.dp_level == "lender":
@@ -244,17 +355,30 @@ def _train_once(s: Session, planned: PrivacyEvent | None) -> ArrayRecord:
         from clients import secagg
 
         update = {k: v.detach().numpy() - received[k].numpy() for k, v in model.state_dict().items()}
-        masked = secagg.masked_update(s.context, s.round, s.run, s.lender, s.msg.content[SECAGG], update,
-                                      cfg.max_update_norm, s.own_records)
+        masked = secagg.masked_update(
+            s.context, s.round, s.run, s.lender, s.msg.content[SECAGG], update, cfg.max_update_norm, s.own_records
+        )
         return ArrayRecord({MASKED: Array(masked)})
     return ArrayRecord(model.state_dict())
 
 
-def _refuse(s: Session, refusal: Refusal, digest: str, spent: float | None, budget: float | None,
-            delta: float | None) -> Message:
-    body = refusal_body(s.run, s.lender, s.round, request=digest, limit=refusal.limit,
-                        requested=_plain(refusal.requested), allowed=_plain(refusal.allowed), reason=refusal.reason,
-                        epsilon_spent=spent, budget=budget, delta=delta, accountant=s.request.accountant)
+def _refuse(
+    s: Session, refusal: Refusal, digest: str, spent: float | None, budget: float | None, delta: float | None
+) -> Message:
+    body = refusal_body(
+        s.run,
+        s.lender,
+        s.round,
+        request=digest,
+        limit=refusal.limit,
+        requested=_plain(refusal.requested),
+        allowed=_plain(refusal.allowed),
+        reason=refusal.reason,
+        epsilon_spent=spent,
+        budget=budget,
+        delta=delta,
+        accountant=s.request.accountant,
+    )
     metrics = {"lender-id": s.lender, "server-round": s.round, "num-examples": s.own_records, "declined": 1}
     return Message(RecordDict({METRICS: MetricRecord(metrics), ATTESTATION: s.sign(body)}), reply_to=s.msg)
 
@@ -263,8 +387,12 @@ def _resend(sent: dict, msg: Message) -> Message:
     arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.decode_arrays(sent["arrays"]).items()})
     from flwr.app import ConfigRecord
 
-    return Message(RecordDict({ARRAYS: arrays, METRICS: MetricRecord(sent["metrics"]),
-                               ATTESTATION: ConfigRecord(sent["attestation"])}), reply_to=msg)
+    return Message(
+        RecordDict(
+            {ARRAYS: arrays, METRICS: MetricRecord(sent["metrics"]), ATTESTATION: ConfigRecord(sent["attestation"])}
+        ),
+        reply_to=msg,
+    )
 
 
 def _plain(value: Any) -> Any:

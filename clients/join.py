@@ -42,18 +42,24 @@ def check_superlink(address: str, ca: Path, timeout: float = 10.0) -> None:
     except ssl.SSLError as exc:
         raise DeploymentError(f"{ca} is not a CA certificate ({exc.reason})") from None
     try:
-        with socket.create_connection((host, port), timeout=timeout) as raw:
-            with context.wrap_socket(raw, server_hostname=host):
-                return
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            return
     except ssl.SSLCertVerificationError as exc:
         if "mismatch" in str(exc.verify_message).lower():
-            raise DeploymentError(f"the SuperLink at {address} presents a certificate that does not carry the name "
-                                  f"{host}: dial one of the names the coordinator's certificate was made for") from None
-        raise DeploymentError(f"the SuperLink at {address} presents a certificate not signed by {ca} "
-                              f"({exc.verify_message})") from None
-    except (ConnectionRefusedError, socket.timeout, TimeoutError, OSError) as exc:
-        raise DeploymentError(f"no SuperLink answers at {address} ({exc.__class__.__name__}: "
-                              f"{getattr(exc, 'strerror', None) or exc})") from None
+            raise DeploymentError(
+                f"the SuperLink at {address} presents a certificate that does not carry the name "
+                f"{host}: dial one of the names the coordinator's certificate was made for"
+            ) from None
+        raise DeploymentError(
+            f"the SuperLink at {address} presents a certificate not signed by {ca} ({exc.verify_message})"
+        ) from None
+    except (ConnectionRefusedError, TimeoutError, OSError) as exc:
+        raise DeploymentError(
+            f"no SuperLink answers at {address} ({exc.__class__.__name__}: {getattr(exc, 'strerror', None) or exc})"
+        ) from None
 
 
 class LenderNode:
@@ -62,7 +68,9 @@ class LenderNode:
     def __init__(self, lender_dir: Path, superlink: str, ca: Path, listen_host: str = "127.0.0.1") -> None:
         self.home = LenderHome(lender_dir)
         self.superlink, self.ca, self.listen_host = superlink, Path(ca).resolve(), listen_host
-        self.group = ProcessGroup(self.home.folder / "logs", flower_env(self.home.folder / "flwr-home"), self.home.folder)
+        self.group = ProcessGroup(
+            self.home.folder / "logs", flower_env(self.home.folder / "flwr-home"), self.home.folder
+        )
 
     def start(self) -> None:
         policy = self.home.policy  # a lender without its policy does not join
@@ -70,10 +78,24 @@ class LenderNode:
         private, _ = supernode_key(self.home)
         check_superlink(self.superlink, self.ca)
         node_config = f'lender-id={policy.lender} lender-dir="{self.home.folder}"'
-        self.group.spawn("supernode", [
-            tool("flower-supernode"), "--superlink", self.superlink, "--root-certificates", str(self.ca),
-            "--auth-supernode-private-key", str(private), "--node-config", node_config,
-            "--host", self.listen_host, "--port", str(free_port(self.listen_host))])
+        self.group.spawn(
+            "supernode",
+            [
+                tool("flower-supernode"),
+                "--superlink",
+                self.superlink,
+                "--root-certificates",
+                str(self.ca),
+                "--auth-supernode-private-key",
+                str(private),
+                "--node-config",
+                node_config,
+                "--host",
+                self.listen_host,
+                "--port",
+                str(free_port(self.listen_host)),
+            ],
+        )
 
     def wait(self, poll: float = 0.5) -> int:
         """Until the SuperNode exits; a refusal of its key is said in one line (DeploymentError)."""
@@ -82,12 +104,16 @@ class LenderNode:
             time.sleep(poll)
             if REFUSED in self.group.log_tail("supernode", 4000):
                 self.stop()
-                raise DeploymentError(f"the SuperLink at {self.superlink} refused this SuperNode: its key is not "
-                                      f"registered (send {self.home.folder / (SUPERNODE_KEY + '.pub')} to the "
-                                      "coordinator)")
+                raise DeploymentError(
+                    f"the SuperLink at {self.superlink} refused this SuperNode: its key is not "
+                    f"registered (send {self.home.folder / (SUPERNODE_KEY + '.pub')} to the "
+                    "coordinator)"
+                )
         if process.returncode:
-            raise DeploymentError(f"the SuperNode exited with {process.returncode}: "
-                                  f"{' '.join(self.group.log_tail('supernode').split()[-40:])}")
+            raise DeploymentError(
+                f"the SuperNode exited with {process.returncode}: "
+                f"{' '.join(self.group.log_tail('supernode').split()[-40:])}"
+            )
         return 0
 
     def stop(self) -> None:

@@ -24,9 +24,22 @@ from flwr.app import ConfigRecord, Context
 from federation.audit_trail.canonical import canonical
 from federation.audit_trail.keys import public_hex, sign
 from federation.registry import Registry
-from federation.secagg import (MAX_WEIGHT, Roster, SecAggError, SecAggLender, check_keys, check_roster, check_unmask,
-                               count_confirmations, flatten, keys_body, pack_share, split_shares, survivors_body,
-                               weighted_quantizer)
+from federation.secagg import (
+    MAX_WEIGHT,
+    Roster,
+    SecAggError,
+    SecAggLender,
+    check_keys,
+    check_roster,
+    check_unmask,
+    count_confirmations,
+    flatten,
+    keys_body,
+    pack_share,
+    split_shares,
+    survivors_body,
+    weighted_quantizer,
+)
 
 STATE = "fedcredit-secagg"
 NO_REGISTRY = "secure aggregation needs the federation's key registry pinned in this lender's policy"
@@ -64,8 +77,9 @@ def _state(context: Context, rnd: int, run_id: str, lender: int, request: Config
     _fields(request, step)
     state = context.state.get(STATE) if STATE in context.state else None
     if state is None or int(state["round"]) != rnd or state["run"] != run_id or int(state["lender"]) != lender:
-        raise SecAggError(f"no secure-aggregation state for run {run_id!r} round {rnd}: the keys step did not "
-                          f"happen on this lender")
+        raise SecAggError(
+            f"no secure-aggregation state for run {run_id!r} round {rnd}: the keys step did not happen on this lender"
+        )
     if request["roster"] != state["roster"] or request["roster-signature"] != state["roster-signature"]:
         raise SecAggError(f"the roster in the {step} request differs from the one this lender checked in step 1")
     return state
@@ -75,8 +89,15 @@ def _roster(state: ConfigRecord) -> Roster:
     return Roster(tuple(int(p) for p in state["participants"]), int(state["threshold"]))
 
 
-def advertise(context: Context, rnd: int, run_id: str, lender: int, identity_key: Ed25519PrivateKey,
-              registry: Registry | None, request: ConfigRecord) -> ConfigRecord:
+def advertise(
+    context: Context,
+    rnd: int,
+    run_id: str,
+    lender: int,
+    identity_key: Ed25519PrivateKey,
+    registry: Registry | None,
+    request: ConfigRecord,
+) -> ConfigRecord:
     """Step 1: check the signed roster; fresh secrets for this round; reply with the public mask and channel
     keys and their signature under this lender's identity key."""
     registry = _registry(registry)
@@ -88,21 +109,32 @@ def advertise(context: Context, rnd: int, run_id: str, lender: int, identity_key
     if lender not in roster.participants:
         raise SecAggError(f"the roster does not name this lender ({lender})")
     if roster.participants.index(lender) != position:
-        raise SecAggError(f"the roster places lender {lender} at position {roster.participants.index(lender)}, "
-                          f"not at position {position} as the request says")
+        raise SecAggError(
+            f"the roster places lender {lender} at position {roster.participants.index(lender)}, "
+            f"not at position {position} as the request says"
+        )
     me = SecAggLender(position, roster.size, roster.threshold)
     body = keys_body(run_id, rnd, lender, position, me.public_key, me.channel_public_key)
     signature = sign(identity_key, canonical(body))
-    context.state[STATE] = ConfigRecord({
-        "run": run_id, "round": rnd, "lender": lender, "roster": request["roster"],
-        "roster-signature": request["roster-signature"], "participants": list(roster.participants),
-        **me.to_state()})
-    return ConfigRecord({"mask-key": me.public_key, "channel-key": me.channel_public_key,
-                         "signature": bytes.fromhex(signature)})
+    context.state[STATE] = ConfigRecord(
+        {
+            "run": run_id,
+            "round": rnd,
+            "lender": lender,
+            "roster": request["roster"],
+            "roster-signature": request["roster-signature"],
+            "participants": list(roster.participants),
+            **me.to_state(),
+        }
+    )
+    return ConfigRecord(
+        {"mask-key": me.public_key, "channel-key": me.channel_public_key, "signature": bytes.fromhex(signature)}
+    )
 
 
-def share(context: Context, rnd: int, run_id: str, lender: int, registry: Registry | None,
-          request: ConfigRecord) -> ConfigRecord:
+def share(
+    context: Context, rnd: int, run_id: str, lender: int, registry: Registry | None, request: ConfigRecord
+) -> ConfigRecord:
     """Step 2: every participant's keys, each checked against its registered identity key; reply with this
     lender's shares sealed for each other participant that advertised keys."""
     registry = _registry(registry)
@@ -116,8 +148,16 @@ def share(context: Context, rnd: int, run_id: str, lender: int, registry: Regist
         raise SecAggError("the coordinator sent back other keys for this lender than it advertised")
     advertised = [p for p in range(roster.size) if mask_keys[p] or channel_keys[p] or signatures[p]]
     for p in advertised:
-        check_keys(registry, run_id, rnd, roster.participants[p], p, bytes(mask_keys[p]), bytes(channel_keys[p]),
-                   bytes(signatures[p]))
+        check_keys(
+            registry,
+            run_id,
+            rnd,
+            roster.participants[p],
+            p,
+            bytes(mask_keys[p]),
+            bytes(channel_keys[p]),
+            bytes(signatures[p]),
+        )
     if len(advertised) < roster.threshold:
         raise SecAggError(f"{len(advertised)} lenders advertised keys; at least {roster.threshold} are needed")
     for column, what in ((mask_keys, "mask"), (channel_keys, "channel")):
@@ -132,8 +172,16 @@ def share(context: Context, rnd: int, run_id: str, lender: int, registry: Regist
     return ConfigRecord({"sealed": [sealed.get(p, b"") for p in range(roster.size)]})
 
 
-def masked_update(context: Context, rnd: int, run_id: str, lender: int, request: ConfigRecord,
-                  update: dict[str, np.ndarray], bound: float, records: int) -> np.ndarray:
+def masked_update(
+    context: Context,
+    rnd: int,
+    run_id: str,
+    lender: int,
+    request: ConfigRecord,
+    update: dict[str, np.ndarray],
+    bound: float,
+    records: int,
+) -> np.ndarray:
     """Step 3: keep the shares sealed for this lender, and mask [n_i * clip(update, B), n_i] (uint64).
 
     `update` is the (DP-SGD trained) model minus the global model, `bound` B the max-update-norm, `records` n_i
@@ -145,23 +193,29 @@ def masked_update(context: Context, rnd: int, run_id: str, lender: int, request:
     state = _state(context, rnd, run_id, lender, request, "train")
     me, roster = SecAggLender.from_state(state), _roster(state)
     if "masked" in state:
-        raise SecAggError("this lender already sent its masked update this round: the same masks on another "
-                          "update would reveal the difference")
+        raise SecAggError(
+            "this lender already sent its masked update this round: the same masks on another "
+            "update would reveal the difference"
+        )
     if "advertised" not in state:
         raise SecAggError("the shares step did not happen on this lender this round")
     if isinstance(records, bool) or not isinstance(records, (int, np.integer)) or not 1 <= records <= MAX_WEIGHT:
-        raise SecAggError(f"this lender's training-record count must be a whole number from 1 to MAX_WEIGHT "
-                          f"({MAX_WEIGHT}), got {records}")
+        raise SecAggError(
+            f"this lender's training-record count must be a whole number from 1 to MAX_WEIGHT "
+            f"({MAX_WEIGHT}), got {records}"
+        )
     if not (np.isfinite(bound) and bound > 0):
         raise SecAggError(f"secure aggregation needs a positive max-update-norm, got {bound}")
     active, sealed = [int(p) for p in request["active"]], list(request["sealed"])
     advertised = {int(p) for p in state["advertised"]}
     if len(set(active)) != len(active) or not set(active) <= advertised:
-        raise SecAggError("the lenders said to have shared include one that advertised no keys to this lender, "
-                          "or one twice")
+        raise SecAggError(
+            "the lenders said to have shared include one that advertised no keys to this lender, or one twice"
+        )
     if me.index not in active or len(active) < roster.threshold:
-        raise SecAggError(f"{len(active)} lenders shared keys; at least {roster.threshold} are needed "
-                          f"(or this lender is not one)")
+        raise SecAggError(
+            f"{len(active)} lenders shared keys; at least {roster.threshold} are needed (or this lender is not one)"
+        )
     if len(sealed) != roster.size or any(not sealed[p] for p in active if p != me.index):
         raise SecAggError("the train request lacks the shares some lender that shared sealed for this lender")
     vector = flatten(update)
@@ -172,14 +226,17 @@ def masked_update(context: Context, rnd: int, run_id: str, lender: int, request:
         vector = vector * (bound / norm)
     weighted = np.append(int(records) * vector, float(records))
     mask_keys = list(state["mask-keys"])
-    masked = me.masked(weighted_quantizer(bound, roster.size).encode(weighted), {p: bytes(mask_keys[p]) for p in active})
+    masked = me.masked(
+        weighted_quantizer(bound, roster.size).encode(weighted), {p: bytes(mask_keys[p]) for p in active}
+    )
     state["sealed-in"], state["active"], state["masked"] = sealed, active, True
     context.state[STATE] = state
     return masked
 
 
-def _unmasking(state: ConfigRecord, registry: Registry, run_id: str, rnd: int, lender: int,
-               request: ConfigRecord) -> tuple[list[int], list[int]]:
+def _unmasking(
+    state: ConfigRecord, registry: Registry, run_id: str, rnd: int, lender: int, request: ConfigRecord
+) -> tuple[list[int], list[int]]:
     """The signed unmasking request's (survivors, dropped), checked against what this lender saw in step 3."""
     if "active" not in state:
         raise SecAggError("this lender sent no masked update this round: there is nothing to unmask")
@@ -193,8 +250,15 @@ def _unmasking(state: ConfigRecord, registry: Registry, run_id: str, rnd: int, l
     return survivors, dropped
 
 
-def confirm(context: Context, rnd: int, run_id: str, lender: int, identity_key: Ed25519PrivateKey,
-            registry: Registry | None, request: ConfigRecord) -> ConfigRecord:
+def confirm(
+    context: Context,
+    rnd: int,
+    run_id: str,
+    lender: int,
+    identity_key: Ed25519PrivateKey,
+    registry: Registry | None,
+    request: ConfigRecord,
+) -> ConfigRecord:
     """Step 4 (the consistency round): check the coordinator's signed unmasking request and sign its survivor
     set; the same set again gets the same signature, another set none."""
     registry = _registry(registry)
@@ -208,8 +272,9 @@ def confirm(context: Context, rnd: int, run_id: str, lender: int, identity_key: 
     return ConfigRecord({"signature": bytes.fromhex(signature)})
 
 
-def reveal(context: Context, rnd: int, run_id: str, lender: int, registry: Registry | None,
-           request: ConfigRecord) -> ConfigRecord:
+def reveal(
+    context: Context, rnd: int, run_id: str, lender: int, registry: Registry | None, request: ConfigRecord
+) -> ConfigRecord:
     """Step 5: once at least t survivors signed the survivor set this lender confirmed, the shares that remove
     the survivors' self masks and the dropped lenders' pairwise masks."""
     registry = _registry(registry)
@@ -222,8 +287,10 @@ def reveal(context: Context, rnd: int, run_id: str, lender: int, registry: Regis
     roster, confirmations = _roster(state), list(request["confirmations"])
     signed_by = count_confirmations(registry, run_id, rnd, survivors, dropped, [bytes(c) for c in confirmations])
     if signed_by < roster.threshold:
-        raise SecAggError(f"only {signed_by} survivors signed this survivor set; {roster.threshold} are needed "
-                          f"before this lender reveals")
+        raise SecAggError(
+            f"only {signed_by} survivors signed this survivor set; {roster.threshold} are needed "
+            f"before this lender reveals"
+        )
     me = SecAggLender.from_state(state)
     state["revealed"] = True
     context.state[STATE] = state
@@ -236,5 +303,9 @@ def reveal(context: Context, rnd: int, run_id: str, lender: int, registry: Regis
             return split_shares(bytes(state["own-shares"]))
         return me.open_shares(p, bytes(sealed_in[p]), bytes(channel_keys[p]), context_bytes)
 
-    return ConfigRecord({"seed-shares": [pack_share(shares_of(j)["self_seed"]) for j in survivors],
-                         "key-shares": [pack_share(shares_of(j)["private_key"]) for j in dropped]})
+    return ConfigRecord(
+        {
+            "seed-shares": [pack_share(shares_of(j)["self_seed"]) for j in survivors],
+            "key-shares": [pack_share(shares_of(j)["private_key"]) for j in dropped],
+        }
+    )

@@ -82,14 +82,18 @@ class Session:
         self.lender = self.policy.lender
         claimed = node_lender_id(context)
         if claimed is not None and claimed != self.lender:
-            raise ConfigError(f"this node is lender {claimed} but its folder {self.home.folder} belongs to lender {self.lender}")
+            raise ConfigError(
+                f"this node is lender {claimed} but its folder {self.home.folder} belongs to lender {self.lender}"
+            )
 
     @cached_property
     def data(self) -> LenderData:
         source = self.policy.data_config()
         if self.policy.demo:  # a demo lender holds whatever the run configuration names (flagged as such)
             record = self.request.to_record()
-            source = LenderPolicy(lender=self.lender, max_epsilon=1.0, data={k: record[k] for k in DATA_KEYS}).data_config()
+            source = LenderPolicy(
+                lender=self.lender, max_epsilon=1.0, data={k: record[k] for k in DATA_KEYS}
+            ).data_config()
         return _records(str(self.home.folder), source, self.lender, self.policy.audit_canaries)
 
     @property

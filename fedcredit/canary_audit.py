@@ -17,25 +17,38 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from federation.privacy.one_run_audit import audit_size, epsilon_lower_bound, guess_counts, largest_refutable, make_canaries
 from federation.config import RunConfig
 from federation.data import load_lender
 from federation.errors import ConfigError
 from federation.model import build_model
 from federation.privacy.accountant import default_delta
+from federation.privacy.one_run_audit import (
+    audit_size,
+    epsilon_lower_bound,
+    guess_counts,
+    largest_refutable,
+    make_canaries,
+)
 from federation.runfolder import write_atomically
 
 
 def per_record_loss(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         logits = model(torch.as_tensor(x, dtype=torch.float32))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.as_tensor(y, dtype=torch.float32),
-                                                                    reduction="none")
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, torch.as_tensor(y, dtype=torch.float32), reduction="none"
+        )
     return loss.numpy()
 
 
-def audit(cfg: RunConfig, lender: int = 0, canaries: int | None = None, guesses: int | None = None,
-          confidence: float = 0.95, on_round=None) -> dict:
+def audit(
+    cfg: RunConfig,
+    lender: int = 0,
+    canaries: int | None = None,
+    guesses: int | None = None,
+    confidence: float = 0.95,
+    on_round=None,
+) -> dict:
     """Run `cfg` with canaries in `lender`'s training data. Without `canaries`/`guesses`, the audit is sized so that
     it could refute the claim (federation.privacy.one_run_audit.audit_size). Guesses are fixed now, before training."""
     from fedcredit.runner import run
@@ -63,8 +76,12 @@ def audit(cfg: RunConfig, lender: int = 0, canaries: int | None = None, guesses:
 
     scores = -per_record_loss(model, drawn.x, drawn.y)  # low loss: looks like a member
     r, v = guess_counts(scores, drawn.included, k_positive, k_negative)
-    natural_scores = -np.concatenate([per_record_loss(model, natural.x_train, natural.y_train),
-                                      per_record_loss(model, natural.x_test, natural.y_test)])
+    natural_scores = -np.concatenate(
+        [
+            per_record_loss(model, natural.x_train, natural.y_train),
+            per_record_loss(model, natural.x_test, natural.y_test),
+        ]
+    )
     natural_member = np.concatenate([np.ones(len(natural.y_train)), np.zeros(len(natural.y_test))])
     privacy = json.loads((folder / "privacy.json").read_text())
     if privacy.get("dp"):
@@ -73,16 +90,24 @@ def audit(cfg: RunConfig, lender: int = 0, canaries: int | None = None, guesses:
     else:
         claimed = math.inf
     result = {
-        "run_folder": str(folder), "lender": lender, "canaries": canaries,
-        "canaries_inserted": int(drawn.included.sum()), "guesses": r, "guesses_member": k_positive,
-        "guesses_non_member": k_negative, "correct": v, "confidence": confidence, "delta": delta,
-        "epsilon_lower_bound": epsilon_lower_bound(canaries, r, v, delta, confidence), "epsilon_claimed": claimed,
+        "run_folder": str(folder),
+        "lender": lender,
+        "canaries": canaries,
+        "canaries_inserted": int(drawn.included.sum()),
+        "guesses": r,
+        "guesses_member": k_positive,
+        "guesses_non_member": k_negative,
+        "correct": v,
+        "confidence": confidence,
+        "delta": delta,
+        "epsilon_lower_bound": epsilon_lower_bound(canaries, r, v, delta, confidence),
+        "epsilon_claimed": claimed,
         "largest_refutable": largest_refutable(canaries, r, delta, confidence),
         "granularity": privacy.get("granularity") if privacy.get("dp") else None,
         "mia_auc_canaries": float(roc_auc_score(drawn.included, scores)),
         "mia_auc_natural": float(roc_auc_score(natural_member, natural_scores)),
         "method": "Steinke, Nasr, Jagielski (2023), one training run; canaries scored by loss; inclusion drawn from "
-                  "the operating system's CSPRNG",
+        "the operating system's CSPRNG",
     }
     _write_json_atomically(folder / "audit.json", result)
     return result

@@ -8,32 +8,48 @@ import math
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from federation.config import ACCOUNTANTS, DATASETS, DP_LEVELS, MODELS, PARTITIONS, STRATEGIES, RunConfig, parse_epsilon_overrides
+from federation.config import (
+    ACCOUNTANTS,
+    DATASETS,
+    DP_LEVELS,
+    MODELS,
+    PARTITIONS,
+    STRATEGIES,
+    RunConfig,
+    parse_epsilon_overrides,
+)
 from federation.errors import FedCreditError
 
 # No pretty tracebacks with local variables: an unexpected failure must never print a key that was in scope.
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  pretty_exceptions_show_locals=False,
-                  help="Privacy-preserving federated credit scoring: lenders train one model, raw data never pooled.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    help="Privacy-preserving federated credit scoring: lenders train one model, raw data never pooled.",
+)
 console = Console()
 err = Console(stderr=True)
 
 
 # Options that run, sweep and audit share, declared once.
 DatasetOption = Annotated[str, typer.Option(help=f"One of: {', '.join(DATASETS)}.")]
-DataDirOption = Annotated[str, typer.Option(
-    help="Folder holding the real datasets (default $FEDCREDIT_DATA_DIR, else ../shared/datasets).")]
+DataDirOption = Annotated[
+    str, typer.Option(help="Folder holding the real datasets (default $FEDCREDIT_DATA_DIR, else ../shared/datasets).")
+]
 LendersOption = Annotated[int, typer.Option(help="Number of lenders.")]
 PartitionOption = Annotated[str, typer.Option(help=f"How records are split into lenders: {', '.join(PARTITIONS)}.")]
 AlphaOption = Annotated[float, typer.Option(help="Dirichlet concentration for dirichlet (label) and quantity skew.")]
 RoundsOption = Annotated[int, typer.Option(help="Federated rounds.")]
-SettingsOption = Annotated[list[str], typer.Option("--set", help="Any other run option as KEY=VALUE (e.g. --set batch-size=128).")]
+SettingsOption = Annotated[
+    list[str], typer.Option("--set", help="Any other run option as KEY=VALUE (e.g. --set batch-size=128).")
+]
 
 
 @app.callback()
@@ -71,36 +87,64 @@ def run(
     strategy: str = typer.Option("fedavg", help=f"Aggregation: {', '.join(STRATEGIES)}."),
     proximal_mu: float = typer.Option(0.01, help="FedProx proximal weight."),
     trim_fraction: float = typer.Option(0.2, help="FedTrimmedAvg: fraction cut at each end, per coordinate."),
-    max_update_norm: float = typer.Option(1000.0, help="Reject an update farther than this (L2) from the global model; 0: no bound."),
+    max_update_norm: float = typer.Option(
+        1000.0, help="Reject an update farther than this (L2) from the global model; 0: no bound."
+    ),
     fail_rate: float = typer.Option(0.0, help="Fault injection: each lender fails a round with this probability."),
     epsilon: float = typer.Option(3.0, help="Each lender's epsilon budget (the calibration target)."),
     no_dp: bool = typer.Option(False, "--no-dp", help="Train without differential privacy."),
-    delta: float = typer.Option(0.0, help="DP delta; 0 means 1/N^1.1 per lender, N = its n records rounded up to a power of two."),
+    delta: float = typer.Option(
+        0.0, help="DP delta; 0 means 1/N^1.1 per lender, N = its n records rounded up to a power of two."
+    ),
     clip_norm: float = typer.Option(1.0, help="Per-example gradient clipping norm."),
     accountant: str = typer.Option("rdp", help=f"Privacy accountant: {', '.join(ACCOUNTANTS)}."),
-    noise_multiplier: float = typer.Option(0.0, help="Fixed noise multiplier sigma; 0 calibrates sigma to the budget. "
-                                           "With a fixed sigma a lender trains until its next round would exceed its budget."),
-    dp_level: str = typer.Option("record", help=f"DP granularity: {', '.join(DP_LEVELS)} (lender: clipped updates, "
-                                 "noise added to the aggregate, Poisson-sampled lenders)."),
-    lender_sample_rate: float = typer.Option(1.0, help="With --dp-level lender: probability each lender takes part in a round."),
+    noise_multiplier: float = typer.Option(
+        0.0,
+        help="Fixed noise multiplier sigma; 0 calibrates sigma to the budget. "
+        "With a fixed sigma a lender trains until its next round would exceed its budget.",
+    ),
+    dp_level: str = typer.Option(
+        "record",
+        help=f"DP granularity: {', '.join(DP_LEVELS)} (lender: clipped updates, "
+        "noise added to the aggregate, Poisson-sampled lenders).",
+    ),
+    lender_sample_rate: float = typer.Option(
+        1.0, help="With --dp-level lender: probability each lender takes part in a round."
+    ),
     reproducible_noise_not_private: bool = typer.Option(
-        False, "--reproducible-noise-not-private", help="Seeded DP noise and batch sampling, for tests and benchmarks "
+        False,
+        "--reproducible-noise-not-private",
+        help="Seeded DP noise and batch sampling, for tests and benchmarks "
         "that must repeat exactly: NOT private (anyone with the seed can subtract the noise). Default: each lender "
-        "draws its noise from a CSPRNG of its own."),
-    secure_aggregation: bool = typer.Option(False, "--secure-aggregation", help="Lenders send only pairwise-masked "
-                                            "updates; the coordinator learns their sum (FedAvg, FedProx; record-level DP)."),
+        "draws its noise from a CSPRNG of its own.",
+    ),
+    secure_aggregation: bool = typer.Option(
+        False,
+        "--secure-aggregation",
+        help="Lenders send only pairwise-masked "
+        "updates; the coordinator learns their sum (FedAvg, FedProx; record-level DP).",
+    ),
     budget: str = typer.Option("", help="Per-lender budgets overriding --epsilon, e.g. '0:1,3:8'."),
     seed: int = typer.Option(0, help="Seed: same inputs and seed give the same numbers."),
     output_dir: str = typer.Option("", help="Run folder (default: a new folder under runs/)."),
-    keys_dir: str = typer.Option("", help="Folder for the private signing keys (default RUN-keys beside the run folder; "
-                                 "existing keys there are reused)."),
-    engine: str = typer.Option("simulation", help="simulation (Flower's Ray runtime) or inprocess (same apps, no Ray)."),
-    resume: Optional[Path] = typer.Option(None, help="Finish the killed run whose folder was RUN_DIR, from its last "
-                                          "checkpoint (its configuration comes from its ledger; other options are ignored)."),
+    keys_dir: str = typer.Option(
+        "",
+        help="Folder for the private signing keys (default RUN-keys beside the run folder; "
+        "existing keys there are reused).",
+    ),
+    engine: str = typer.Option(
+        "simulation", help="simulation (Flower's Ray runtime) or inprocess (same apps, no Ray)."
+    ),
+    resume: Path | None = typer.Option(
+        None,
+        help="Finish the killed run whose folder was RUN_DIR, from its last "
+        "checkpoint (its configuration comes from its ledger; other options are ignored).",
+    ),
 ) -> None:
     """Train a shared credit model across lenders with Flower and differential privacy."""
     if resume is not None:
-        from fedcredit.runner import resume_config, run as run_federation
+        from fedcredit.runner import resume_config
+        from fedcredit.runner import run as run_federation
 
         try:
             cfg = resume_config(resume)
@@ -122,24 +166,55 @@ def run(
     _choice(dp_level, DP_LEVELS, "dp-level")
     try:
         cfg = RunConfig(
-            dataset=dataset, data_dir=data_dir, csv_path=csv, card_path=card, records=records, lenders=lenders,
+            dataset=dataset,
+            data_dir=data_dir,
+            csv_path=csv,
+            card_path=card,
+            records=records,
+            lenders=lenders,
             lenders_per_round=lenders_per_round,
-            partition=partition, alpha=alpha, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size,
-            learning_rate=learning_rate, model=model, strategy=strategy, proximal_mu=proximal_mu, dp=not no_dp,
-            trim_fraction=trim_fraction, max_update_norm=max_update_norm, fail_rate=fail_rate,
-            epsilon=epsilon, delta=delta, clip_norm=clip_norm, accountant=accountant, noise_multiplier=noise_multiplier,
-            dp_level=dp_level, lender_sample_rate=lender_sample_rate,
-            reproducible_noise_not_private=reproducible_noise_not_private, seed=seed,
-            secure_aggregation=secure_aggregation, output_dir=output_dir, keys_dir=keys_dir, engine=engine, epsilon_overrides=parse_epsilon_overrides(budget),
+            partition=partition,
+            alpha=alpha,
+            rounds=rounds,
+            local_epochs=local_epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            model=model,
+            strategy=strategy,
+            proximal_mu=proximal_mu,
+            dp=not no_dp,
+            trim_fraction=trim_fraction,
+            max_update_norm=max_update_norm,
+            fail_rate=fail_rate,
+            epsilon=epsilon,
+            delta=delta,
+            clip_norm=clip_norm,
+            accountant=accountant,
+            noise_multiplier=noise_multiplier,
+            dp_level=dp_level,
+            lender_sample_rate=lender_sample_rate,
+            reproducible_noise_not_private=reproducible_noise_not_private,
+            seed=seed,
+            secure_aggregation=secure_aggregation,
+            output_dir=output_dir,
+            keys_dir=keys_dir,
+            engine=engine,
+            epsilon_overrides=parse_epsilon_overrides(budget),
         ).validated()
         from fedcredit.runner import run as run_federation
 
         _quiet_libraries()
-        privacy = (f"DP epsilon {cfg.epsilon:g} per {'lender' if cfg.dp_level == 'record' else 'federation (lender-level)'}"
-                   if cfg.dp else "no DP")
-        console.print(f"fedcredit: {cfg.lenders} lenders, {cfg.dataset} ({cfg.partition}), {cfg.rounds} rounds, "
-                      f"{cfg.strategy}, {cfg.model}, {privacy}, engine {cfg.engine}"
-                      + (", secure aggregation" if cfg.secure_aggregation else ""), highlight=False)
+        privacy = (
+            f"DP epsilon {cfg.epsilon:g} per {'lender' if cfg.dp_level == 'record' else 'federation (lender-level)'}"
+            if cfg.dp
+            else "no DP"
+        )
+        console.print(
+            f"fedcredit: {cfg.lenders} lenders, {cfg.dataset} ({cfg.partition}), {cfg.rounds} rounds, "
+            f"{cfg.strategy}, {cfg.model}, {privacy}, engine {cfg.engine}"
+            + (", secure aggregation" if cfg.secure_aggregation else ""),
+            highlight=False,
+        )
         path = run_federation(cfg)
     except FedCreditError as exc:
         _fail(str(exc))
@@ -163,14 +238,22 @@ def plan(
     batch_size: int = typer.Option(64, help="Expected batch size (sample rate q = 1/ceil(n/B))."),
     local_epochs: int = typer.Option(1, help="Local epochs per round."),
     rounds: int = typer.Option(5, help="Federated rounds."),
-    delta: float = typer.Option(0.0, help="DP delta; 0 means 1/N^1.1, N = records (or lenders at lender level) rounded up to a power of two."),
-    epsilon: str = typer.Option("", help="Target epsilons, comma-separated (e.g. 0.5,1,2,4,8): prints the sigma for each."),
-    sigma: str = typer.Option("", help="Noise multipliers, comma-separated: prints the epsilon each gives (the reverse)."),
+    delta: float = typer.Option(
+        0.0, help="DP delta; 0 means 1/N^1.1, N = records (or lenders at lender level) rounded up to a power of two."
+    ),
+    epsilon: str = typer.Option(
+        "", help="Target epsilons, comma-separated (e.g. 0.5,1,2,4,8): prints the sigma for each."
+    ),
+    sigma: str = typer.Option(
+        "", help="Noise multipliers, comma-separated: prints the epsilon each gives (the reverse)."
+    ),
     accountant: str = typer.Option("rdp,prv", help="Accountants to report, comma-separated (rdp, prv)."),
     calibrate_with: str = typer.Option("rdp", help="Accountant used to calibrate sigma to a target."),
     dp_level: str = typer.Option("record", help="record or lender."),
     lenders: int = typer.Option(None, help="Number of lenders (lender-level DP)."),
-    lender_sample_rate: float = typer.Option(1.0, help="Lender-level DP: probability each lender takes part in a round."),
+    lender_sample_rate: float = typer.Option(
+        1.0, help="Lender-level DP: probability each lender takes part in a round."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
 ) -> None:
     """Plan a privacy budget: noise multiplier for each target epsilon, and epsilon for each sigma."""
@@ -179,7 +262,7 @@ def plan(
 
     _choice(dp_level, DP_LEVELS, "dp-level")
     accountants = [a.strip() for a in accountant.split(",") if a.strip()]
-    for name in accountants + [calibrate_with]:
+    for name in [*accountants, calibrate_with]:
         _choice(name, ACCOUNTANTS, "accountant")
     targets, sigmas = _floats(epsilon, "--epsilon"), _floats(sigma, "--sigma")
     if not targets and not sigmas:
@@ -216,8 +299,10 @@ def plan(
     if json_out:
         console.print_json(json.dumps(rows))
         return
-    table = Table(title=f"{dp_level}-level DP: q={mech.sample_rate:.5g}, {mech.total_steps} steps "
-                        f"({mech.steps_per_round} per round x {mech.rounds} rounds), delta={mech.delta:.3g}")
+    table = Table(
+        title=f"{dp_level}-level DP: q={mech.sample_rate:.5g}, {mech.total_steps} steps "
+        f"({mech.steps_per_round} per round x {mech.rounds} rounds), delta={mech.delta:.3g}"
+    )
     table.add_column("target epsilon", justify="right")
     table.add_column("noise multiplier", justify="right")
     for name in accountants:
@@ -276,8 +361,12 @@ def sweep(
 ) -> None:
     """Privacy-utility frontier: AUC vs epsilon across seeds, with pooled and local-only lines."""
     try:
-        base = _config_with(RunConfig(dataset=dataset, data_dir=data_dir, lenders=lenders, partition=partition,
-                                      alpha=alpha, rounds=rounds), settings)
+        base = _config_with(
+            RunConfig(
+                dataset=dataset, data_dir=data_dir, lenders=lenders, partition=partition, alpha=alpha, rounds=rounds
+            ),
+            settings,
+        )
         eps = _floats(epsilons, "--epsilons")
         if not eps or any(not (e > 0) for e in eps):
             _fail("--epsilons must be positive numbers or inf")
@@ -292,11 +381,27 @@ def sweep(
     _quiet_libraries()
     try:
         validate(base)
-        command = _command("sweep", dataset=dataset, data_dir=data_dir, lenders=lenders, partition=partition,
-                           alpha=alpha, rounds=rounds, epsilons=epsilons, seeds=seeds, settings=settings,
-                           output_dir=output_dir)
-        run_sweep(base, eps, seed_list, Path(output_dir), log=lambda line: console.print(line, highlight=False),
-                  command=command)
+        command = _command(
+            "sweep",
+            dataset=dataset,
+            data_dir=data_dir,
+            lenders=lenders,
+            partition=partition,
+            alpha=alpha,
+            rounds=rounds,
+            epsilons=epsilons,
+            seeds=seeds,
+            settings=settings,
+            output_dir=output_dir,
+        )
+        run_sweep(
+            base,
+            eps,
+            seed_list,
+            Path(output_dir),
+            log=lambda line: console.print(line, highlight=False),
+            command=command,
+        )
     except FedCreditError as exc:
         _fail(str(exc))
     console.print(f"wrote {Path(output_dir) / 'frontier.csv'} and {Path(output_dir) / 'frontier.png'}", highlight=False)
@@ -314,10 +419,18 @@ def deploy(
     seed: int = typer.Option(0, help="Seed: the same as a simulated run with this seed gives the same numbers."),
     settings: SettingsOption = [],
     output_dir: str = typer.Option("", help="Run folder (default: a new folder under runs/)."),
-    deploy_dir: str = typer.Option("", help="Folder for certificates, SuperNode keys, Flower's home and the process "
-                                   "logs (default: RUN-deploy beside the run folder); must be new or empty."),
-    node_data_dir: Annotated[list[str], typer.Option("--node-data-dir", help="LENDER=PATH: that lender's SuperNode "
-                                                     "reads its records from PATH (default: --data-dir).")] = [],
+    deploy_dir: str = typer.Option(
+        "",
+        help="Folder for certificates, SuperNode keys, Flower's home and the process "
+        "logs (default: RUN-deploy beside the run folder); must be new or empty.",
+    ),
+    node_data_dir: Annotated[
+        list[str],
+        typer.Option(
+            "--node-data-dir",
+            help="LENDER=PATH: that lender's SuperNode reads its records from PATH (default: --data-dir).",
+        ),
+    ] = [],
 ) -> None:
     """Run on Flower's deployment runtime on this machine: a SuperLink with TLS (run-local CA) and SuperNode
     authentication, one registered SuperNode per lender, then `flwr run`. Stops every process it started."""
@@ -325,9 +438,20 @@ def deploy(
     from federation.runfolder import default_run_dir
 
     try:
-        cfg = _config_with(RunConfig(dataset=dataset, data_dir=data_dir, lenders=lenders, partition=partition,
-                                     rounds=rounds, records=records, secure_aggregation=secure_aggregation, seed=seed,
-                                     output_dir=output_dir), settings)
+        cfg = _config_with(
+            RunConfig(
+                dataset=dataset,
+                data_dir=data_dir,
+                lenders=lenders,
+                partition=partition,
+                rounds=rounds,
+                records=records,
+                secure_aggregation=secure_aggregation,
+                seed=seed,
+                output_dir=output_dir,
+            ),
+            settings,
+        )
         cfg = cfg.replace(output_dir=str(Path(cfg.output_dir or default_run_dir()).resolve()))
         data_dirs = {}
         for item in node_data_dir:
@@ -338,8 +462,11 @@ def deploy(
                 _fail(f"--node-data-dir {item}: no such folder '{path_text}'")
             data_dirs[int(lender)] = path_text
         folder = Path(deploy_dir or f"{cfg.output_dir}-deploy")
-        console.print(f"fedcredit: deploying {cfg.lenders} SuperNodes and a SuperLink (TLS, SuperNode authentication) "
-                      f"on 127.0.0.1; processes and logs in {folder}", highlight=False)
+        console.print(
+            f"fedcredit: deploying {cfg.lenders} SuperNodes and a SuperLink (TLS, SuperNode authentication) "
+            f"on 127.0.0.1; processes and logs in {folder}",
+            highlight=False,
+        )
         deployment = Deployment(folder, cfg.lenders, data_dir=cfg.data_dir, data_dirs=data_dirs)
         cfg = deployment.prepare(cfg)
         with deployment:
@@ -361,10 +488,14 @@ def audit(
     epsilon: float = typer.Option(3.0, help="Each lender's epsilon budget (the claim under audit)."),
     no_dp: bool = typer.Option(False, "--no-dp", help="Audit a non-private run (the bound should then exceed 0)."),
     lender: int = typer.Option(0, help="The lender whose data receives the canaries."),
-    canaries: int = typer.Option(0, help="Canaries drawn; each is inserted with probability 1/2 (0: enough that the "
-                                 "audit could refute the claimed epsilon)."),
-    guesses: int = typer.Option(0, help="Guesses fixed before training, half 'member' and half 'non-member' "
-                                "(0: sized with the canaries)."),
+    canaries: int = typer.Option(
+        0,
+        help="Canaries drawn; each is inserted with probability 1/2 (0: enough that the "
+        "audit could refute the claimed epsilon).",
+    ),
+    guesses: int = typer.Option(
+        0, help="Guesses fixed before training, half 'member' and half 'non-member' (0: sized with the canaries)."
+    ),
     confidence: float = typer.Option(0.95, help="Confidence of the epsilon lower bound."),
     seed: int = typer.Option(0, help="Seed (also draws the canaries)."),
     settings: SettingsOption = [],
@@ -375,9 +506,21 @@ def audit(
     from fedcredit.canary_audit import audit as run_audit
 
     try:
-        cfg = _config_with(RunConfig(dataset=dataset, data_dir=data_dir, lenders=lenders, partition=partition,
-                                     rounds=rounds, epsilon=epsilon, dp=not no_dp, seed=seed,
-                                     output_dir=output_dir, engine="inprocess"), settings)
+        cfg = _config_with(
+            RunConfig(
+                dataset=dataset,
+                data_dir=data_dir,
+                lenders=lenders,
+                partition=partition,
+                rounds=rounds,
+                epsilon=epsilon,
+                dp=not no_dp,
+                seed=seed,
+                output_dir=output_dir,
+                engine="inprocess",
+            ),
+            settings,
+        )
         if not cfg.output_dir:
             from federation.runfolder import default_run_dir
 
@@ -387,12 +530,16 @@ def audit(
     except FedCreditError as exc:
         _fail(str(exc))
     claimed = result["epsilon_claimed"]
-    table = Table(title=f"Privacy audit of lender {result['lender']} ({result['canaries_inserted']} of "
-                        f"{result['canaries']} canaries inserted)")
+    table = Table(
+        title=f"Privacy audit of lender {result['lender']} ({result['canaries_inserted']} of "
+        f"{result['canaries']} canaries inserted)"
+    )
     table.add_column("quantity")
     table.add_column("value", justify="right")
     table.add_row("correct guesses", f"{result['correct']} / {result['guesses']}")
-    table.add_row(f"epsilon lower bound ({result['confidence']:.0%} confidence)", f"{result['epsilon_lower_bound']:.3f}")
+    table.add_row(
+        f"epsilon lower bound ({result['confidence']:.0%} confidence)", f"{result['epsilon_lower_bound']:.3f}"
+    )
     table.add_row("epsilon claimed", "none (no DP)" if math.isinf(claimed) else f"{claimed:.3f}")
     table.add_row("largest claim this audit could refute", f"{result['largest_refutable']:.3f}")
     table.add_row("membership AUC, canaries", f"{result['mia_auc_canaries']:.3f}")
@@ -402,17 +549,22 @@ def audit(
         err.print("[bold red]audit failed:[/] the measured lower bound exceeds the claimed epsilon")
         raise typer.Exit(code=1)
     if result["largest_refutable"] < claimed:
-        console.print(f"note: this audit could refute a claim of at most {result['largest_refutable']:.3f}; it cannot "
-                      f"show that epsilon {claimed:.3f} is too low (more canaries and guesses would be needed)",
-                      highlight=False)
+        console.print(
+            f"note: this audit could refute a claim of at most {result['largest_refutable']:.3f}; it cannot "
+            f"show that epsilon {claimed:.3f} is too low (more canaries and guesses would be needed)",
+            highlight=False,
+        )
     console.print(f"audit.json written to {result['run_folder']}", highlight=False)
 
 
 @app.command()
 def verify(
     run_dir: Path = typer.Argument(..., help="The run folder to check."),
-    registry: Optional[Path] = typer.Option(None, help="The key registry (the coordinator's and each lender's public "
-                                            "key, from what they published): every signer must be the registered one."),
+    registry: Path | None = typer.Option(
+        None,
+        help="The key registry (the coordinator's and each lender's public "
+        "key, from what they published): every signer must be the registered one.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Check a run folder: exit 0 verified against the registry, 1 a check failed, 2 bad arguments, 3 consistent but
@@ -426,18 +578,31 @@ def verify(
         result = verify_run(run_dir, registry)
     except VerificationFailed as exc:
         if json_out:
-            console.print_json(json.dumps({"verified": False, "where": exc.where, "check": exc.check, "message": str(exc)}))
+            console.print_json(
+                json.dumps({"verified": False, "where": exc.where, "check": exc.check, "message": str(exc)})
+            )
         else:
             err.print(f"[bold red]verification failed:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=EXIT_FAILED)
+        raise typer.Exit(code=EXIT_FAILED) from None
     except FedCreditError as exc:  # an unreadable registry, a bad argument
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=EXIT_USAGE)
+        raise typer.Exit(code=EXIT_USAGE) from None
     if json_out:
-        console.print_json(json.dumps({"verified": True, "pinned": result.pinned, "entries": result.entries,
-                                       "lenders": result.lenders, "epsilons": result.epsilons,
-                                       "fingerprints": result.fingerprints, "not_private": result.not_private,
-                                       "unverified_files": result.unverified, "ledger_head": result.head}))
+        console.print_json(
+            json.dumps(
+                {
+                    "verified": True,
+                    "pinned": result.pinned,
+                    "entries": result.entries,
+                    "lenders": result.lenders,
+                    "epsilons": result.epsilons,
+                    "fingerprints": result.fingerprints,
+                    "not_private": result.not_private,
+                    "unverified_files": result.unverified,
+                    "ledger_head": result.head,
+                }
+            )
+        )
     else:
         console.print(result.summary(), highlight=False)
     raise typer.Exit(code=result.exit_code)
@@ -446,7 +611,7 @@ def verify(
 @app.command()
 def report(
     run_dir: Path = typer.Argument(..., help="The run folder holding report.json."),
-    registry: Optional[Path] = typer.Option(None, help="The key registry to verify against first."),
+    registry: Path | None = typer.Option(None, help="The key registry to verify against first."),
 ) -> None:
     """Re-render report.html from report.json, only after the run folder verifies (report.html included)."""
     from federation.audit_trail.report import render_html
@@ -486,10 +651,14 @@ app.add_typer(registry_app, name="registry")
 
 @lender_app.command("init")
 def lender_init(
-    lender_dir: Path = typer.Option(..., help="The lender's own folder (made 0700): its policy, identity key and "
-                                    "privacy state. Nobody else reads it."),
+    lender_dir: Path = typer.Option(
+        ...,
+        help="The lender's own folder (made 0700): its policy, identity key and privacy state. Nobody else reads it.",
+    ),
     lender: int = typer.Option(..., help="This lender's id in the federation."),
-    max_epsilon: float = typer.Option(..., help="The most epsilon this lender spends, over every run with this folder."),
+    max_epsilon: float = typer.Option(
+        ..., help="The most epsilon this lender spends, over every run with this folder."
+    ),
     dataset: str = typer.Option("csv", help=f"The lender's data: one of {', '.join(DATASETS)}."),
     csv: str = typer.Option("", "--csv", help="Its records (with --dataset csv)."),
     card: str = typer.Option("", "--card", help="Its dataset card (with --dataset csv)."),
@@ -508,12 +677,25 @@ def lender_init(
     _choice(dataset, DATASETS, "dataset")
     if (lender_dir / "identity.key").exists():
         _fail(f"{lender_dir} already holds an identity key; a lender keeps the key it registered")
-    data = {"dataset": dataset, "data-dir": data_dir, "csv-path": str(Path(csv).resolve()) if csv else "",
-            "card-path": str(Path(card).resolve()) if card else "", "lenders": lender + 1, "partition": "iid"}
+    data = {
+        "dataset": dataset,
+        "data-dir": data_dir,
+        "csv-path": str(Path(csv).resolve()) if csv else "",
+        "card-path": str(Path(card).resolve()) if card else "",
+        "lenders": lender + 1,
+        "partition": "iid",
+    }
     try:
-        policy = LenderPolicy(lender=lender, max_epsilon=max_epsilon, delta=delta,
-                              min_noise_multiplier=min_noise_multiplier, max_clip_norm=max_clip_norm,
-                              require_dp=not no_dp_allowed, registry=registry, data=data)
+        policy = LenderPolicy(
+            lender=lender,
+            max_epsilon=max_epsilon,
+            delta=delta,
+            min_noise_multiplier=min_noise_multiplier,
+            max_clip_norm=max_clip_norm,
+            require_dp=not no_dp_allowed,
+            registry=registry,
+            data=data,
+        )
         public = init_lender(lender_dir, policy)
     except FedCreditError as exc:
         _fail(str(exc))
@@ -522,8 +704,11 @@ def lender_init(
     from clients.join import supernode_key
 
     _, node_public = supernode_key(LenderHome(lender_dir))
-    console.print(f"fingerprint {fingerprint(public)}  (send it to the regulator for the key registry: "
-                  f"{lender_dir / 'identity.pub'})", highlight=False)
+    console.print(
+        f"fingerprint {fingerprint(public)}  (send it to the regulator for the key registry: "
+        f"{lender_dir / 'identity.pub'})",
+        highlight=False,
+    )
     console.print(f"SuperNode key: {node_public}  (send it to the coordinator)", highlight=False)
 
 
@@ -532,8 +717,9 @@ def lender_join(
     lender_dir: Path = typer.Option(..., help="The lender's own folder (fedcredit lender init)."),
     superlink: str = typer.Option(..., help="The coordinator's address HOST:PORT."),
     ca: Path = typer.Option(..., help="The coordinator's CA certificate (it sent it)."),
-    listen_host: str = typer.Option("127.0.0.1", help="Where this SuperNode's own runtime API listens (its ClientApp "
-                                    "processes connect there)."),
+    listen_host: str = typer.Option(
+        "127.0.0.1", help="Where this SuperNode's own runtime API listens (its ClientApp processes connect there)."
+    ),
 ) -> None:
     """Start this lender's SuperNode against the coordinator: its data, limits and keys stay in its folder."""
     from clients.join import LenderNode
@@ -542,15 +728,17 @@ def lender_join(
     _stop_on_term()
     try:
         node.start()
-        console.print(f"lender {node.home.policy.lender}: SuperNode started against {superlink} (Ctrl-C stops it)",
-                      highlight=False)
+        console.print(
+            f"lender {node.home.policy.lender}: SuperNode started against {superlink} (Ctrl-C stops it)",
+            highlight=False,
+        )
         node.wait()
     except FedCreditError as exc:
         node.stop()
         _fail(str(exc))
     except KeyboardInterrupt:
         node.stop()
-        raise typer.Exit(code=130)
+        raise typer.Exit(code=130) from None
     node.stop()
 
 
@@ -573,12 +761,15 @@ def _stop_on_term() -> None:
 def coordinator_init(
     folder: CoordinatorDirOption,
     address: str = typer.Option(..., help="The address lenders dial, HOST:PORT (the gateway binds it)."),
-    name: Annotated[list[str], typer.Option("--name", help="Another name or address the certificate must carry "
-                                            "(repeat for several).")] = [],
-    cert: Optional[Path] = typer.Option(None, help="Your own server certificate (with --key and --ca), instead of a "
-                                        "run-local CA."),
-    key: Optional[Path] = typer.Option(None, help="Its private key."),
-    ca: Optional[Path] = typer.Option(None, help="The CA that signed it (lenders must trust it)."),
+    name: Annotated[
+        list[str],
+        typer.Option("--name", help="Another name or address the certificate must carry (repeat for several)."),
+    ] = [],
+    cert: Path | None = typer.Option(
+        None, help="Your own server certificate (with --key and --ca), instead of a run-local CA."
+    ),
+    key: Path | None = typer.Option(None, help="Its private key."),
+    ca: Path | None = typer.Option(None, help="The CA that signed it (lenders must trust it)."),
 ) -> None:
     """Make the coordinator's folder: its signing key, TLS certificates for its address and names, a connection."""
     from server.superlink_host import CoordinatorHost
@@ -590,11 +781,15 @@ def coordinator_init(
         published = CoordinatorHost(folder).init(address, name, brought)
     except FedCreditError as exc:
         _fail(str(exc))
-    console.print(f"coordinator at {published['address']} (certificate names: {', '.join(published['names'])})",
-                  highlight=False)
+    console.print(
+        f"coordinator at {published['address']} (certificate names: {', '.join(published['names'])})", highlight=False
+    )
     console.print(f"send lenders the CA certificate: {published['ca']}", highlight=False)
-    console.print(f"coordinator public key {published['coordinator_public_key']} fingerprint {published['fingerprint']} "
-                  "(send it to the regulator for the key registry)", highlight=False)
+    console.print(
+        f"coordinator public key {published['coordinator_public_key']} fingerprint {published['fingerprint']} "
+        "(send it to the regulator for the key registry)",
+        highlight=False,
+    )
 
 
 @coordinator_app.command("add-lender")
@@ -635,7 +830,7 @@ def coordinator_start(folder: CoordinatorDirOption) -> None:
         _fail(str(exc))
     except KeyboardInterrupt:
         host.stop()
-        raise typer.Exit(code=130)
+        raise typer.Exit(code=130) from None
 
 
 @coordinator_app.command("run")
@@ -653,8 +848,16 @@ def coordinator_run(
     from server.superlink_host import CoordinatorHost
 
     try:
-        cfg = _config_with(RunConfig(dataset=dataset, lenders=lenders, rounds=rounds, partition=partition,
-                                     output_dir=output_dir or str(default_run_dir())), settings)
+        cfg = _config_with(
+            RunConfig(
+                dataset=dataset,
+                lenders=lenders,
+                rounds=rounds,
+                partition=partition,
+                output_dir=output_dir or str(default_run_dir()),
+            ),
+            settings,
+        )
         path = CoordinatorHost(folder).run(cfg)
     except FedCreditError as exc:
         _fail(str(exc))
@@ -668,8 +871,12 @@ def coordinator_run(
 def registry_build(
     output: Path = typer.Option(..., "--output", "-o", help="The registry file to write."),
     coordinator: str = typer.Option(..., help="The coordinator's public key (hex, or a file holding it)."),
-    lender: Annotated[list[str], typer.Option("--lender", help="ID=KEY: a lender's public key (hex, or a file "
-                                              "holding it, such as its identity.pub).")] = [],
+    lender: Annotated[
+        list[str],
+        typer.Option(
+            "--lender", help="ID=KEY: a lender's public key (hex, or a file holding it, such as its identity.pub)."
+        ),
+    ] = [],
 ) -> None:
     """Build the key registry from the public keys the parties published, and print their fingerprints."""
     from federation.registry import Registry, load_registry
@@ -706,8 +913,11 @@ def bench(
     seeds: str = typer.Option("", help="Comma-separated seeds (default 0,1,2; --quick: 0)."),
     methods: str = typer.Option("", help="Comma-separated from pooled, local, fedavg, fedprox, fedadam (default all)."),
     epsilons: str = typer.Option("", help="Comma-separated epsilons per lender, inf = no DP (default inf,1,3,8)."),
-    partitions: str = typer.Option("", help="Partitions of the real datasets, e.g. 'iid,dirichlet:0.5' (default: iid, "
-                                   "dirichlet:0.5, dirichlet:0.1, quantity:0.5; synthetic keeps its natural split)."),
+    partitions: str = typer.Option(
+        "",
+        help="Partitions of the real datasets, e.g. 'iid,dirichlet:0.5' (default: iid, "
+        "dirichlet:0.5, dirichlet:0.1, quantity:0.5; synthetic keeps its natural split).",
+    ),
     data_dir: str = typer.Option("", help="Folder holding the real datasets."),
     quick: bool = typer.Option(False, "--quick", help="A tiny grid for tests: 2 rounds, small data, IID splits."),
     results_md: str = typer.Option("", help="Where to write RESULTS.md (default OUTPUT_DIR/RESULTS.md)."),
@@ -721,7 +931,9 @@ def bench(
     for name in names:
         if name not in CONSTANTS:
             _fail(f"unknown dataset '{name}' (choose from {', '.join(CONSTANTS)})")
-    method_list = [m.strip() for m in methods.split(",") if m.strip()] or (["pooled", "local", "fedavg"] if quick else list(METHODS))
+    method_list = [m.strip() for m in methods.split(",") if m.strip()] or (
+        ["pooled", "local", "fedavg"] if quick else list(METHODS)
+    )
     for m in method_list:
         if m not in METHODS:
             _fail(f"unknown method '{m}' (choose from {', '.join(METHODS)})")
@@ -750,17 +962,36 @@ def bench(
     elif quick:
         chosen = {**PARTITIONS, "default": [("iid", 0.5)]}
     cells = grid_bench.grid(names, seed_list, method_list, eps, chosen)
-    command = _command("bench", quick=quick, datasets=",".join(names), seeds=",".join(map(str, seed_list)),
-                       methods=",".join(method_list), epsilons=",".join(f"{e:g}" for e in eps), partitions=partitions,
-                       data_dir=data_dir,
-                       settings=settings, output_dir=output_dir, results_md=results_md)
+    command = _command(
+        "bench",
+        quick=quick,
+        datasets=",".join(names),
+        seeds=",".join(map(str, seed_list)),
+        methods=",".join(method_list),
+        epsilons=",".join(f"{e:g}" for e in eps),
+        partitions=partitions,
+        data_dir=data_dir,
+        settings=settings,
+        output_dir=output_dir,
+        results_md=results_md,
+    )
     _quiet_libraries()
     try:
-        typed = {k: v for k, v in RunConfig.from_record({k.replace("_", "-"): v for k, v in overrides.items()}).__dict__.items()
-                 if k in overrides}
+        typed = {
+            k: v
+            for k, v in RunConfig.from_record({k.replace("_", "-"): v for k, v in overrides.items()}).__dict__.items()
+            if k in overrides
+        }
         grid_bench.config_for(cells[0], data_dir, typed)  # fail on a bad override before any work
-        grid_bench.bench(cells, Path(output_dir), data_dir, typed, command,
-                         Path(results_md) if results_md else None, log=lambda line: console.print(line, highlight=False))
+        grid_bench.bench(
+            cells,
+            Path(output_dir),
+            data_dir,
+            typed,
+            command,
+            Path(results_md) if results_md else None,
+            log=lambda line: console.print(line, highlight=False),
+        )
     except (FedCreditError, ValueError) as exc:
         _fail(str(exc))
     console.print(f"wrote {Path(output_dir) / 'results.csv'}", highlight=False)
@@ -786,7 +1017,15 @@ def _print_summary(path: Path) -> None:
     units = privacy.get("units", {})
     last_round = max(int(r["round"]) for r in metrics) if metrics else 0
     table = Table(title=f"Lenders after round {last_round}")
-    for column in ("lender", "records (train)", "fields refused", "without consent", "AUC", "KS", "epsilon rdp | prv / budget"):
+    for column in (
+        "lender",
+        "records (train)",
+        "fields refused",
+        "without consent",
+        "AUC",
+        "KS",
+        "epsilon rdp | prv / budget",
+    ):
         table.add_column(column, justify="right")
     for manifest_path in sorted((path / "manifests").glob("lender_*.json")):
         manifest = json.loads(manifest_path.read_text())
@@ -794,8 +1033,15 @@ def _print_summary(path: Path) -> None:
         row = next((r for r in metrics if r["round"] == str(last_round) and r["lender"] == str(lender)), {})
         unit = units.get(str(lender))
         spent = _spent(unit) if unit else ("lender-level" if units else "no DP")
-        table.add_row(str(lender), str(manifest["train_records"]), str(len(manifest["fields_refused"])),
-                      str(manifest["records_without_consent"]), _fmt(row.get("auc")), _fmt(row.get("ks")), spent)
+        table.add_row(
+            str(lender),
+            str(manifest["train_records"]),
+            str(len(manifest["fields_refused"])),
+            str(manifest["records_without_consent"]),
+            _fmt(row.get("auc")),
+            _fmt(row.get("ks")),
+            spent,
+        )
     glob = next((r for r in metrics if r["round"] == str(last_round) and r["lender"] == "global"), {})
     table.add_row("global", "", "", "", _fmt(glob.get("auc")), _fmt(glob.get("ks")), "", style="bold")
     console.print(table)
@@ -803,8 +1049,10 @@ def _print_summary(path: Path) -> None:
         console.print(f"lender-level epsilon spent / budget: {_spent(units['federation'])}", highlight=False)
     if privacy.get("dp"):
         sources = sorted({u.get("noise") for u in units.values() if u.get("noise")})
-        console.print(f"budgets enforced with the {privacy['accountant'].upper()} accountant; "
-                      f"noise: {'; '.join(sources) or '-'}", highlight=False)
+        console.print(
+            f"budgets enforced with the {privacy['accountant'].upper()} accountant; noise: {'; '.join(sources) or '-'}",
+            highlight=False,
+        )
     if config.get("stopped-early"):
         console.print(f"stopped early: {config['stopped-early']}")
     console.print(f"run folder: {path}", highlight=False)
@@ -817,7 +1065,7 @@ def _spent(unit: dict) -> str:
     return f"{unit['epsilon_rdp']:.3f} | {unit['epsilon_prv']:.3f} / {unit['budget']:g}"
 
 
-def _fmt(value: Optional[str]) -> str:
+def _fmt(value: str | None) -> str:
     if value in (None, ""):
         return "-"
     v = float(value)

@@ -58,7 +58,9 @@ class Deployment:
         self.made = [p for p in (self.folder, parties.lenders, parties.registry) if not p.exists()]
         try:
             self.host.init(f"127.0.0.1:{free_port()}", ["localhost"])
-            cfg = cfg.replace(card_sha256=cfg.card_sha256 or summary.card_sha256, keys_dir=str(self.host.folder / "keys"))
+            cfg = cfg.replace(
+                card_sha256=cfg.card_sha256 or summary.card_sha256, keys_dir=str(self.host.folder / "keys")
+            )
             set_up_parties(cfg.replace(data_dir=self.data_dir or cfg.data_dir), parties, data_dirs=self.data_dirs)
             ca = self.host.folder / "tls" / "public" / "ca.crt"
             for lender in range(self.lenders):

@@ -14,16 +14,17 @@ from collections.abc import Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
-from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 
 class InProcessGrid(Grid):
-    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1,
-                 node_configs: dict[int, dict] | None = None) -> None:
+    def __init__(
+        self, client_app: ClientApp, num_nodes: int, run_id: int = 1, node_configs: dict[int, dict] | None = None
+    ) -> None:
         self._client_app = client_app
         self._run = Run.create_empty(run_id=run_id)
         # Messages take their run and sender from the task identity, as under run_simulation.
@@ -31,10 +32,13 @@ class InProcessGrid(Grid):
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SUPERLINK_NODE_ID
         self._contexts = {
-            1000 + i: Context(run_id=run_id, node_id=1000 + i,
-                              node_config={"partition-id": i, "num-partitions": num_nodes,
-                                           **(node_configs or {}).get(i, {})},
-                              state=RecordDict(), run_config={})
+            1000 + i: Context(
+                run_id=run_id,
+                node_id=1000 + i,
+                node_config={"partition-id": i, "num-partitions": num_nodes, **(node_configs or {}).get(i, {})},
+                state=RecordDict(),
+                run_config={},
+            )
             for i in range(num_nodes)
         }
         self.bytes_sent = 0  # server -> lenders
@@ -47,8 +51,9 @@ class InProcessGrid(Grid):
     def run(self) -> Run:
         return self._run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:

@@ -79,8 +79,12 @@ class Parties:
         return self.lenders / lender_name(lender)
 
 
-def set_up_parties(cfg: RunConfig, parties: Parties, canaries: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
-                   data_dirs: dict[int, str] | None = None):
+def set_up_parties(
+    cfg: RunConfig,
+    parties: Parties,
+    canaries: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+    data_dirs: dict[int, str] | None = None,
+):
     """Every party as it would set itself up: the coordinator makes its key, each lender makes its folder, policy
     and identity key (`fedcredit lender init`, run here on each simulated lender's behalf), and the registry is
     built from the public keys they publish. `data_dirs`: a lender whose records are in a folder of its own.
@@ -126,8 +130,12 @@ def resume_config(run_dir: str | Path) -> RunConfig:
     return cfg
 
 
-def run(cfg: RunConfig, on_round: Callable | None = None, resume: bool = False,
-        canaries: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> Path:
+def run(
+    cfg: RunConfig,
+    on_round: Callable | None = None,
+    resume: bool = False,
+    canaries: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Path:
     """Run `cfg` and return the finished run folder (with `resume`, finish a killed run of `cfg`).
 
     `canaries`: an auditor's canaries for one lender ({lender: (x, y)}), handed to that lender's folder only."""
@@ -163,8 +171,11 @@ def _run_engine(cfg: RunConfig, parties: Parties, on_round: Callable | None, res
 
         from fedcredit.inprocess_grid import InProcessGrid
 
-        grid = InProcessGrid(client_app, cfg.lenders, node_configs={
-            i: {"lender-dir": str(parties.lender(i))} for i in range(cfg.lenders)})
+        grid = InProcessGrid(
+            client_app,
+            cfg.lenders,
+            node_configs={i: {"lender-dir": str(parties.lender(i))} for i in range(cfg.lenders)},
+        )
         server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
         return
     import logging
@@ -174,9 +185,13 @@ def _run_engine(cfg: RunConfig, parties: Parties, on_round: Callable | None, res
     os.environ[LENDERS_DIR_ENV] = str(parties.lenders)  # Ray's workers inherit it: each lender finds its own folder
     try:
         run_simulation(
-            server_app=server_app, client_app=client_app, num_supernodes=cfg.lenders,
-            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                            "init_args": {"logging_level": logging.ERROR, "log_to_driver": True}},
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=cfg.lenders,
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"logging_level": logging.ERROR, "log_to_driver": True},
+            },
         )
     finally:
         os.environ.pop(LENDERS_DIR_ENV, None)

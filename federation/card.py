@@ -23,6 +23,7 @@ transforms and category lists, never statistics computed on pooled data (that wo
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import tomllib
@@ -74,8 +75,8 @@ class Column:
         if self.type == "categorical":
             names = [f"{self.name}={c}" for c in self.categories]
         elif self.bins:
-            edges = ("-inf",) + tuple(_fmt(b) for b in self.bins) + ("inf",)
-            names = [f"{self.name}[{lo},{hi})" for lo, hi in zip(edges[:-1], edges[1:])]
+            edges = ("-inf", *tuple(_fmt(b) for b in self.bins), "inf")
+            names = [f"{self.name}[{lo},{hi})" for lo, hi in itertools.pairwise(edges)]
         else:
             names = [self.name]
         if self.type == "numeric" and self.missing == "indicator":
@@ -129,7 +130,9 @@ def load_card(path: str | Path) -> DatasetCard:
         else:
             raw = tomllib.loads(text.decode("utf-8"))
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise CardError(f"dataset card {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {exc}") from None
+        raise CardError(
+            f"dataset card {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {exc}"
+        ) from None
     return parse_card(raw, source_path=str(path))
 
 
@@ -164,12 +167,27 @@ def parse_card(raw: dict, source_path: str = "") -> DatasetCard:
             raise CardError(f"{where}: at most one column may have category '{role}'")
     consent = card.role("consent")
     if consent is not None and not consent.consented:
-        raise CardError(f"{where}: consent column '{consent.name}' needs 'consented' (the values meaning consent given)")
+        raise CardError(
+            f"{where}: consent column '{consent.name}' needs 'consented' (the values meaning consent given)"
+        )
     return card
 
 
-_KNOWN_KEYS = {"category", "type", "bounds", "transform", "affine", "bins", "categories", "missing", "positive",
-               "consented", "reason", "description", "override"}
+_KNOWN_KEYS = {
+    "category",
+    "type",
+    "bounds",
+    "transform",
+    "affine",
+    "bins",
+    "categories",
+    "missing",
+    "positive",
+    "consented",
+    "reason",
+    "description",
+    "override",
+}
 
 
 def _parse_override(where: str, name: str, category: str, spec: dict) -> str:
@@ -182,8 +200,10 @@ def _parse_override(where: str, name: str, category: str, spec: dict) -> str:
     if not reason.strip():
         raise CardError(f"{where}: column '{name}' has an empty override; write the reason its name is credit data")
     if category not in CREDIT_CATEGORIES:
-        raise CardError(f"{where}: column '{name}' has an override but category '{category}'; an override only "
-                        f"lets a credit column ({', '.join(CREDIT_CATEGORIES)}) keep a marked name")
+        raise CardError(
+            f"{where}: column '{name}' has an override but category '{category}'; an override only "
+            f"lets a credit column ({', '.join(CREDIT_CATEGORIES)}) keep a marked name"
+        )
     return reason.strip()
 
 
@@ -195,8 +215,12 @@ def _parse_column(where: str, name: str, spec: dict) -> Column:
     if category not in CATEGORIES:
         raise CardError(f"{where}: column '{name}' has category {category!r}; expected one of {', '.join(CATEGORIES)}")
     kind = spec.get("type", "numeric")
-    col_kwargs: dict[str, Any] = {"name": name, "category": category, "reason": str(spec.get("reason", "")),
-                                  "override": _parse_override(where, name, category, spec)}
+    col_kwargs: dict[str, Any] = {
+        "name": name,
+        "category": category,
+        "reason": str(spec.get("reason", "")),
+        "override": _parse_override(where, name, category, spec),
+    }
     if category == "label":
         col_kwargs["positive"] = spec.get("positive")
         return Column(**col_kwargs)
@@ -226,7 +250,9 @@ def _parse_column(where: str, name: str, spec: dict) -> Column:
         raise CardError(f"{where}: numeric column '{name}' has bounds {bounds}; need finite low < high")
     transform = spec.get("transform", "identity")
     if transform not in TRANSFORMS:
-        raise CardError(f"{where}: column '{name}' has transform {transform!r}; expected one of {', '.join(TRANSFORMS)}")
+        raise CardError(
+            f"{where}: column '{name}' has transform {transform!r}; expected one of {', '.join(TRANSFORMS)}"
+        )
     if missing not in ("error", "indicator"):
         raise CardError(f"{where}: numeric column '{name}': missing must be 'error' or 'indicator'")
     affine = spec.get("affine")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from federation.errors import ConfigError
 
@@ -40,7 +41,9 @@ class RunConfig:
     card_path: str = ""  # bring-your-own data: dataset card (TOML or JSON)
     records: int = 20000  # synthetic market size (borrowers)
     lenders: int = 5
-    lenders_per_round: int = 0  # 0: every lender every round; k: Flower samples k lenders per round (train and evaluate)
+    lenders_per_round: int = (
+        0  # 0: every lender every round; k: Flower samples k lenders per round (train and evaluate)
+    )
     partition: str = "natural"
     alpha: float = 0.5  # Dirichlet concentration (label or quantity skew)
     holdout_fraction: float = 0.2  # pooled held-out test, kept aside for benchmarks only
@@ -62,7 +65,9 @@ class RunConfig:
     delta: float = 0.0  # 0: per lender 1/N^1.1, N = its training records rounded up to a power of two
     clip_norm: float = 1.0
     accountant: str = "rdp"
-    noise_multiplier: float = 0.0  # 0: calibrate sigma to the budget; > 0: use this sigma, spend until the budget stops the lender
+    noise_multiplier: float = (
+        0.0  # 0: calibrate sigma to the budget; > 0: use this sigma, spend until the budget stops the lender
+    )
     dp_level: str = "record"  # record: DP-SGD inside each lender; lender: clipped updates, noise on the aggregate
     lender_sample_rate: float = 1.0  # lender-level DP: each lender takes part in a round with this probability
     # Seeded DP noise and batch masks, for tests and benchmarks that must be reproducible: NOT private (anyone with
@@ -129,15 +134,25 @@ class RunConfig:
                 raise ConfigError(message)
 
         need(self.dataset in DATASETS, f"unknown dataset '{self.dataset}' (choose from {', '.join(DATASETS)})")
-        need(self.partition in PARTITIONS, f"unknown partition '{self.partition}' (choose from {', '.join(PARTITIONS)})")
+        need(
+            self.partition in PARTITIONS, f"unknown partition '{self.partition}' (choose from {', '.join(PARTITIONS)})"
+        )
         need(self.model in MODELS, f"unknown model '{self.model}' (choose from {', '.join(MODELS)})")
         need(self.strategy in STRATEGIES, f"unknown strategy '{self.strategy}' (choose from {', '.join(STRATEGIES)})")
-        need(self.accountant in ACCOUNTANTS, f"unknown accountant '{self.accountant}' (choose from {', '.join(ACCOUNTANTS)})")
+        need(
+            self.accountant in ACCOUNTANTS,
+            f"unknown accountant '{self.accountant}' (choose from {', '.join(ACCOUNTANTS)})",
+        )
         need(self.dp_level in DP_LEVELS, f"unknown dp-level '{self.dp_level}' (choose from {', '.join(DP_LEVELS)})")
-        need(self.engine in ("simulation", "inprocess"), f"unknown engine '{self.engine}' (choose from simulation, inprocess)")
+        need(
+            self.engine in ("simulation", "inprocess"),
+            f"unknown engine '{self.engine}' (choose from simulation, inprocess)",
+        )
         need(self.lenders >= 1, f"lenders must be at least 1, got {self.lenders}")
-        need(0 <= self.lenders_per_round <= self.lenders,
-             f"lenders-per-round must be between 0 (all) and lenders ({self.lenders}), got {self.lenders_per_round}")
+        need(
+            0 <= self.lenders_per_round <= self.lenders,
+            f"lenders-per-round must be between 0 (all) and lenders ({self.lenders}), got {self.lenders_per_round}",
+        )
         need(self.rounds >= 1, f"rounds must be at least 1, got {self.rounds}")
         need(self.local_epochs >= 1, f"local-epochs must be at least 1, got {self.local_epochs}")
         need(self.batch_size >= 1, f"batch-size must be at least 1, got {self.batch_size}")
@@ -147,51 +162,96 @@ class RunConfig:
         need(0.0 < self.holdout_fraction < 1.0, f"holdout-fraction must be in (0, 1), got {self.holdout_fraction}")
         need(0.0 < self.test_fraction < 1.0, f"test-fraction must be in (0, 1), got {self.test_fraction}")
         need(self.hidden >= 1, f"hidden must be at least 1, got {self.hidden}")
-        need(self.proximal_mu >= 0 and math.isfinite(self.proximal_mu), f"proximal-mu must be >= 0, got {self.proximal_mu}")
+        need(
+            self.proximal_mu >= 0 and math.isfinite(self.proximal_mu),
+            f"proximal-mu must be >= 0, got {self.proximal_mu}",
+        )
         need(0.0 <= self.trim_fraction < 0.5, f"trim-fraction must be in [0, 0.5), got {self.trim_fraction}")
-        need(self.max_update_norm >= 0 and math.isfinite(self.max_update_norm), f"max-update-norm must be >= 0, got {self.max_update_norm}")
+        need(
+            self.max_update_norm >= 0 and math.isfinite(self.max_update_norm),
+            f"max-update-norm must be >= 0, got {self.max_update_norm}",
+        )
         need(0.0 <= self.fail_rate < 1.0, f"fail-rate must be in [0, 1), got {self.fail_rate}")
-        need(_finite_positive(self.server_learning_rate), f"server-learning-rate must be positive, got {self.server_learning_rate}")
+        need(
+            _finite_positive(self.server_learning_rate),
+            f"server-learning-rate must be positive, got {self.server_learning_rate}",
+        )
         if self.secure_aggregation:
-            need(self.strategy in ("fedavg", "fedprox"), f"secure aggregation gives the coordinator only the sum of the "
-                 f"updates; strategy '{self.strategy}' needs each update (use fedavg or fedprox)")
-            need(not (self.dp and self.dp_level == "lender"), "secure aggregation with dp-level 'lender' is not supported "
-                 "(the coordinator clips each update there); use dp-level 'record'")
+            need(
+                self.strategy in ("fedavg", "fedprox"),
+                f"secure aggregation gives the coordinator only the sum of the "
+                f"updates; strategy '{self.strategy}' needs each update (use fedavg or fedprox)",
+            )
+            need(
+                not (self.dp and self.dp_level == "lender"),
+                "secure aggregation with dp-level 'lender' is not supported "
+                "(the coordinator clips each update there); use dp-level 'record'",
+            )
             from federation.secagg import MIN_ROSTER
 
-            need(self.lenders >= MIN_ROSTER and (self.lenders_per_round == 0 or self.lenders_per_round >= MIN_ROSTER),
-                 f"secure aggregation needs at least {MIN_ROSTER} lenders a round (with two, each would learn the "
-                 "other's update from the sum)")
-            need(_finite_positive(self.max_update_norm), "secure aggregation needs max-update-norm > 0: it bounds the "
-                 "fixed-point encoding (each lender clips its update to it)")
+            need(
+                self.lenders >= MIN_ROSTER and (self.lenders_per_round == 0 or self.lenders_per_round >= MIN_ROSTER),
+                f"secure aggregation needs at least {MIN_ROSTER} lenders a round (with two, each would learn the "
+                "other's update from the sum)",
+            )
+            need(
+                _finite_positive(self.max_update_norm),
+                "secure aggregation needs max-update-norm > 0: it bounds the "
+                "fixed-point encoding (each lender clips its update to it)",
+            )
         if self.dp:
             check_epsilon(self.epsilon, "epsilon")  # positive, finite, and at most MAX_EPSILON
             need(0.0 <= self.delta < 1.0 and math.isfinite(self.delta), f"delta must be in [0, 1), got {self.delta}")
             # An explicit delta is checked against 1/n per lender in runner.validate (it needs the record
             # counts); one above MAX_DELTA is meaningless for any n, so it is refused here already.
-            need(self.delta <= MAX_DELTA, f"delta {self.delta:g} is above {MAX_DELTA:g}: no guarantee with a larger "
-                 f"delta is meaningful (use a delta of at most {MAX_DELTA:g}, or 0 for the per-lender default)")
+            need(
+                self.delta <= MAX_DELTA,
+                f"delta {self.delta:g} is above {MAX_DELTA:g}: no guarantee with a larger "
+                f"delta is meaningful (use a delta of at most {MAX_DELTA:g}, or 0 for the per-lender default)",
+            )
             need(_finite_positive(self.clip_norm), f"clip-norm must be a positive number, got {self.clip_norm}")
-            need(self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier),
-                 f"noise-multiplier must be 0 (calibrate to the budget) or positive, got {self.noise_multiplier}")
-            need(0.0 < self.lender_sample_rate <= 1.0, f"lender-sample-rate must be in (0, 1], got {self.lender_sample_rate}")
+            need(
+                self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier),
+                f"noise-multiplier must be 0 (calibrate to the budget) or positive, got {self.noise_multiplier}",
+            )
+            need(
+                0.0 < self.lender_sample_rate <= 1.0,
+                f"lender-sample-rate must be in (0, 1], got {self.lender_sample_rate}",
+            )
             if self.dp_level == "lender":
-                need(self.strategy in ("fedavg", "fedprox"),
-                     f"dp-level 'lender' adds noise to the FedAvg update; strategy '{self.strategy}' is not supported with it")
-                need(self.lenders_per_round == 0, "dp-level 'lender' samples lenders itself (Poisson, --lender-sample-rate); "
-                     "leave lenders-per-round at 0")
-                need(not self.epsilon_overrides, "dp-level 'lender' has one budget for the federation; per-lender budgets apply to dp-level 'record'")
+                need(
+                    self.strategy in ("fedavg", "fedprox"),
+                    f"dp-level 'lender' adds noise to the FedAvg update; strategy '{self.strategy}' is not supported with it",
+                )
+                need(
+                    self.lenders_per_round == 0,
+                    "dp-level 'lender' samples lenders itself (Poisson, --lender-sample-rate); "
+                    "leave lenders-per-round at 0",
+                )
+                need(
+                    not self.epsilon_overrides,
+                    "dp-level 'lender' has one budget for the federation; per-lender budgets apply to dp-level 'record'",
+                )
             budgets: dict[int, float] = {}
             for lender, eps in self.epsilon_overrides:
-                need(lender not in budgets, f"lender {lender} is given two budgets ({budgets.get(lender, 0):g} and {eps:g})")
+                need(
+                    lender not in budgets,
+                    f"lender {lender} is given two budgets ({budgets.get(lender, 0):g} and {eps:g})",
+                )
                 budgets[lender] = eps
                 check_epsilon(eps, f"epsilon budget of lender {lender}")
-                need(0 <= lender < self.lenders, f"epsilon budget given for lender {lender}, but lenders are 0..{self.lenders - 1}")
+                need(
+                    0 <= lender < self.lenders,
+                    f"epsilon budget given for lender {lender}, but lenders are 0..{self.lenders - 1}",
+                )
         if self.dataset == "csv":
             need(bool(self.csv_path), "dataset 'csv' needs --csv PATH")
             need(bool(self.card_path), "dataset 'csv' needs --card PATH (a dataset card describing every column)")
         if self.partition == "natural":
-            need(self.dataset in ("synthetic", "csv"), f"partition 'natural' needs a lender column; dataset '{self.dataset}' has none (use iid, dirichlet or quantity)")
+            need(
+                self.dataset in ("synthetic", "csv"),
+                f"partition 'natural' needs a lender column; dataset '{self.dataset}' has none (use iid, dirichlet or quantity)",
+            )
         return self
 
 

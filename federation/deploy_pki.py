@@ -28,14 +28,22 @@ VALIDITY = dt.timedelta(days=30)
 
 
 def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _certificate(subject: str, public_key, issuer: x509.Name, signer, extensions) -> x509.Certificate:
-    now = dt.datetime.now(dt.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-               .issuer_name(issuer).public_key(public_key).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + VALIDITY))
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + VALIDITY)
+    )
     for extension, critical in extensions:
         builder = builder.add_extension(extension, critical=critical)
     return builder.sign(signer, hashes.SHA384())
@@ -54,19 +62,45 @@ def _names(names: list[str]) -> x509.SubjectAlternativeName:
 def _ca(folder: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedcredit run-local CA")])
-    ca = _certificate("fedcredit run-local CA", ca_key.public_key(), ca_name, ca_key,
-                      [(x509.BasicConstraints(ca=True, path_length=0), True),
-                       (x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                      key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                      encipher_only=False, decipher_only=False), True)])
+    ca = _certificate(
+        "fedcredit run-local CA",
+        ca_key.public_key(),
+        ca_name,
+        ca_key,
+        [
+            (x509.BasicConstraints(ca=True, path_length=0), True),
+            (
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                True,
+            ),
+        ],
+    )
     return ca_key, ca
 
 
 def _server(ca_key, ca: x509.Certificate, names: list[str]) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP384R1())
-    cert = _certificate(names[0], key.public_key(), ca.subject, ca_key,
-                        [(_names(names), False), (x509.BasicConstraints(ca=False, path_length=None), True),
-                         (x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), False)])
+    cert = _certificate(
+        names[0],
+        key.public_key(),
+        ca.subject,
+        ca_key,
+        [
+            (_names(names), False),
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        ],
+    )
     return key, cert
 
 
@@ -103,8 +137,9 @@ def check_brought_tls(cert_path: Path, key_path: Path, ca_path: Path, names: lis
         key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
     except (OSError, ValueError) as exc:
         raise FedCreditError(f"cannot read the TLS files ({exc.__class__.__name__}: {exc})") from None
-    if key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != \
-            cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+    if key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) != cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
         raise FedCreditError(f"{key_path} is not the private key of {cert_path}")
     try:
         cert.verify_directly_issued_by(ca)
@@ -121,7 +156,13 @@ def make_node_key(folder: Path, name: str) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP384R1())
     private, public = folder / f"{name}.key", folder / f"{name}.pub"
     # Flower's SuperNode reads its authentication key in OpenSSH form (load_ssh_private_key).
-    write_private(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                             serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
+    write_private(
+        private,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        ),
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+    )
     return private, public

@@ -49,7 +49,7 @@ def _encode_column(series: pd.Series, col: Column) -> np.ndarray:
     if missing.any() and col.missing != "indicator":
         raise DataError(
             f"column '{col.name}' has {int(missing.sum())} NaN/missing value(s) (first at row {_first_row(missing, series)}); "
-            "clean the data or set missing = \"indicator\" in the card"
+            'clean the data or set missing = "indicator" in the card'
         )
     if col.affine is not None:
         offset, scale = col.affine
@@ -76,14 +76,16 @@ def _encode_categorical(series: pd.Series, col: Column) -> np.ndarray:
     if missing.any() and col.missing != "unknown":
         raise DataError(
             f"column '{col.name}' has {int(missing.sum())} missing value(s) (first at row {_first_row(missing, series)}); "
-            "set missing = \"unknown\" in the card to encode them as unknown"
+            'set missing = "unknown" in the card to encode them as unknown'
         )
     as_text = series.astype(str).to_numpy()
     codes = pd.Index(col.categories).get_indexer(as_text)  # -1 where not a card category
     unknown = (codes < 0) & ~missing
     if unknown.any():
         bad = as_text[np.flatnonzero(unknown)[0]]
-        raise DataError(f"column '{col.name}' has value {bad!r} not among the card's categories (row {_first_row(unknown, series)})")
+        raise DataError(
+            f"column '{col.name}' has value {bad!r} not among the card's categories (row {_first_row(unknown, series)})"
+        )
     out = np.zeros((len(series), len(col.categories)), dtype=np.float32)
     rows = np.flatnonzero(codes >= 0)
     out[rows, codes[rows]] = 1.0

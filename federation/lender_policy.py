@@ -42,10 +42,28 @@ FILE_NAME = "policy.toml"
 DEFAULT_MIN_NOISE = 0.3
 DEFAULT_MAX_CLIP = 10.0
 # The run configuration keys that say which records a lender holds.
-DATA_KEYS = ("dataset", "data-dir", "csv-path", "card-path", "records", "lenders", "partition", "alpha",
-             "holdout-fraction", "test-fraction", "seed")
-PRIVACY_KEYS = ("max_epsilon", "delta", "min_noise_multiplier", "max_clip_norm", "require_dp", "allow_lender_level",
-                "allow_reproducible_noise")
+DATA_KEYS = (
+    "dataset",
+    "data-dir",
+    "csv-path",
+    "card-path",
+    "records",
+    "lenders",
+    "partition",
+    "alpha",
+    "holdout-fraction",
+    "test-fraction",
+    "seed",
+)
+PRIVACY_KEYS = (
+    "max_epsilon",
+    "delta",
+    "min_noise_multiplier",
+    "max_clip_norm",
+    "require_dp",
+    "allow_lender_level",
+    "allow_reproducible_noise",
+)
 
 
 class PolicyError(ConfigError):
@@ -63,7 +81,9 @@ class LenderPolicy:
     allow_lender_level: bool = False
     allow_reproducible_noise: bool = False
     registry: str = ""
-    audit_canaries: str = ""  # the audited lender only: the canaries its auditor gave it (federation.privacy.one_run_audit)
+    audit_canaries: str = (
+        ""  # the audited lender only: the canaries its auditor gave it (federation.privacy.one_run_audit)
+    )
     data: dict[str, Any] = field(default_factory=dict)
     # A folder the lender made for itself because its operator gave it none (a plain `flwr run .`): default limits,
     # and data keys taken from the coordinator's request. Signed in the manifest and flagged in every report.
@@ -77,7 +97,10 @@ class LenderPolicy:
         need(isinstance(self.lender, int) and self.lender >= 0, "lender must be a non-negative integer")
         need(_positive(self.max_epsilon), f"max_epsilon must be a positive number, got {self.max_epsilon}")
         need(isinstance(self.delta, (int, float)) and 0 <= self.delta < 1, f"delta must be in [0, 1), got {self.delta}")
-        need(_positive(self.min_noise_multiplier), f"min_noise_multiplier must be positive, got {self.min_noise_multiplier}")
+        need(
+            _positive(self.min_noise_multiplier),
+            f"min_noise_multiplier must be positive, got {self.min_noise_multiplier}",
+        )
         need(_positive(self.max_clip_norm), f"max_clip_norm must be positive, got {self.max_clip_norm}")
         unknown = set(self.data) - set(DATA_KEYS)
         need(not unknown, f"unknown [data] keys {sorted(unknown)} (allowed: {', '.join(DATA_KEYS)})")
@@ -100,8 +123,14 @@ class LenderPolicy:
     def to_toml(self) -> str:
         lines = [f"lender = {self.lender}", f"demo = {_toml(self.demo)}", "", "[privacy]"]
         lines += [f"{key} = {_toml(getattr(self, key))}" for key in PRIVACY_KEYS]
-        lines += ["", "[trust]", f"registry = {_toml(self.registry)}", f"audit_canaries = {_toml(self.audit_canaries)}",
-                  "", "[data]"]
+        lines += [
+            "",
+            "[trust]",
+            f"registry = {_toml(self.registry)}",
+            f"audit_canaries = {_toml(self.audit_canaries)}",
+            "",
+            "[data]",
+        ]
         lines += [f"{key} = {_toml(self.data[key])}" for key in DATA_KEYS if key in self.data]
         return "\n".join(lines) + "\n"
 
@@ -126,7 +155,9 @@ def load_policy(folder: str | Path) -> LenderPolicy:
         raise PolicyError(f"{path}: a policy holds lender, [privacy], [trust] and [data], got {sorted(raw)}")
     privacy, trust = raw.get("privacy", {}), raw.get("trust", {})
     if set(privacy) - set(PRIVACY_KEYS) or set(trust) - {"registry", "audit_canaries"}:
-        raise PolicyError(f"{path}: unknown keys {sorted((set(privacy) - set(PRIVACY_KEYS)) | (set(trust) - {'registry', 'audit_canaries'}))}")
+        raise PolicyError(
+            f"{path}: unknown keys {sorted((set(privacy) - set(PRIVACY_KEYS)) | (set(trust) - {'registry', 'audit_canaries'}))}"
+        )
     if "max_epsilon" not in privacy:
         raise PolicyError(f"{path}: [privacy] needs max_epsilon")
     kinds = {f.name: f.type for f in fields(LenderPolicy)}
@@ -134,8 +165,14 @@ def load_policy(folder: str | Path) -> LenderPolicy:
         values = {key: _coerce(value, kinds[key]) for key, value in privacy.items()}
         if not isinstance(raw.get("demo", False), bool):
             raise ValueError("demo must be true or false")
-        return LenderPolicy(lender=raw["lender"], **values, demo=raw.get("demo", False), registry=str(trust.get("registry", "")),
-                            audit_canaries=str(trust.get("audit_canaries", "")), data=dict(raw.get("data", {})))
+        return LenderPolicy(
+            lender=raw["lender"],
+            **values,
+            demo=raw.get("demo", False),
+            registry=str(trust.get("registry", "")),
+            audit_canaries=str(trust.get("audit_canaries", "")),
+            data=dict(raw.get("data", {})),
+        )
     except (TypeError, ValueError) as exc:
         raise PolicyError(f"{path}: {exc}") from None
 
@@ -148,9 +185,17 @@ def for_simulated_lender(cfg: RunConfig, lender: int, registry: str = "", audit_
     data["data-dir"] = cfg.resolved_data_dir() if cfg.dataset != "synthetic" else cfg.data_dir
     floor = min(DEFAULT_MIN_NOISE, cfg.noise_multiplier) if cfg.noise_multiplier else DEFAULT_MIN_NOISE
     return LenderPolicy(
-        lender=lender, max_epsilon=cfg.budget_for(lender), delta=cfg.delta, min_noise_multiplier=floor,
-        max_clip_norm=cfg.clip_norm, require_dp=cfg.dp, allow_lender_level=cfg.dp and cfg.dp_level == "lender",
-        allow_reproducible_noise=cfg.reproducible_noise_not_private, registry=registry, audit_canaries=audit_canaries, data=data,
+        lender=lender,
+        max_epsilon=cfg.budget_for(lender),
+        delta=cfg.delta,
+        min_noise_multiplier=floor,
+        max_clip_norm=cfg.clip_norm,
+        require_dp=cfg.dp,
+        allow_lender_level=cfg.dp and cfg.dp_level == "lender",
+        allow_reproducible_noise=cfg.reproducible_noise_not_private,
+        registry=registry,
+        audit_canaries=audit_canaries,
+        data=data,
     )
 
 

@@ -33,8 +33,12 @@ QUERY_SECAGG_UNMASK = "query.secagg_unmask"
 MASKED = "masked"  # the one array of a secure-aggregation training reply: the masked, encoded update
 # What each secure-aggregation reply may hold: 32-byte keys, 64-byte Ed25519 signatures (raw), sealed 68-byte
 # share pairs (+ nonce and tag), 34-byte shares. Nothing longer than a sealed share can pass.
-SECAGG_REPLY_KEYS = {QUERY_SECAGG_KEYS: {"mask-key", "channel-key", "signature"}, QUERY_SECAGG_SHARES: {"sealed"},
-                     QUERY_SECAGG_CONFIRM: {"signature"}, QUERY_SECAGG_UNMASK: {"seed-shares", "key-shares"}}
+SECAGG_REPLY_KEYS = {
+    QUERY_SECAGG_KEYS: {"mask-key", "channel-key", "signature"},
+    QUERY_SECAGG_SHARES: {"sealed"},
+    QUERY_SECAGG_CONFIRM: {"signature"},
+    QUERY_SECAGG_UNMASK: {"seed-shares", "key-shares"},
+}
 MAX_SECAGG_BYTES = 12 + 68 + 16
 MAX_SECAGG_LIST = 100_000
 
@@ -43,15 +47,34 @@ MAX_SECAGG_LIST = 100_000
 # the model update; the counts and the evaluation scores on the lender's own test split lie outside it and the
 # report says so.
 TRAIN_METRICS = {
-    "lender-id", "server-round", "num-examples", "declined", "epsilon", "delta",
-    "noise-multiplier", "sample-rate", "steps", "clip-norm", "epsilon-budget",
+    "lender-id",
+    "server-round",
+    "num-examples",
+    "declined",
+    "epsilon",
+    "delta",
+    "noise-multiplier",
+    "sample-rate",
+    "steps",
+    "clip-norm",
+    "epsilon-budget",
 }
 EVALUATE_METRICS = {"lender-id", "server-round", "num-examples", "auc", "ks", "gini", "brier", "loss"}
 # The manifest: counts and column-level descriptions, bounded by the number of columns in the card.
 MANIFEST_SCALARS = {
-    "lender-id": int, "records-total": int, "records-without-consent": int, "records-used": int,
-    "train-records": int, "test-records": int, "dataset": str, "card": str, "card-sha256": str,
-    "consent-checked": bool, "data-commitment": str, "encoding": str, "policy": str,
+    "lender-id": int,
+    "records-total": int,
+    "records-without-consent": int,
+    "records-used": int,
+    "train-records": int,
+    "test-records": int,
+    "dataset": str,
+    "card": str,
+    "card-sha256": str,
+    "consent-checked": bool,
+    "data-commitment": str,
+    "encoding": str,
+    "policy": str,
 }
 MAX_POLICY = 4_000  # characters: the lender's limits as JSON, never data
 MANIFEST_LISTS = ("fields-used", "fields-refused", "features")
@@ -140,8 +163,14 @@ def _check_metrics(record: MetricRecord, allowed: set[str], where: str) -> dict[
 
 def _check_attestation(content, where: str) -> dict:
     record = content[ATTESTATION]
-    if not isinstance(record, ConfigRecord) or not {"body", "signature"} <= set(record.keys()) <= {"body", "signature", "public-key"}:
-        raise ReplyRejected(f"{where}: '{ATTESTATION}' must be a ConfigRecord with body, signature and optionally public-key")
+    if not isinstance(record, ConfigRecord) or not {"body", "signature"} <= set(record.keys()) <= {
+        "body",
+        "signature",
+        "public-key",
+    }:
+        raise ReplyRejected(
+            f"{where}: '{ATTESTATION}' must be a ConfigRecord with body, signature and optionally public-key"
+        )
     if not all(isinstance(v, str) for v in record.values()) or len(record["body"]) > MAX_ATTESTATION:
         raise ReplyRejected(f"{where}: attestation fields must be short strings")
     try:
@@ -184,14 +213,20 @@ def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] |
     attestation = _check_attestation(content, where) if ATTESTATION in content else None
     if kind == QUERY_MANIFEST:
         if set(content.keys()) - {ATTESTATION} != {MANIFEST} or not isinstance(content[MANIFEST], ConfigRecord):
-            raise ReplyRejected(f"{where}: a manifest reply holds exactly one ConfigRecord '{MANIFEST}' and its attestation")
+            raise ReplyRejected(
+                f"{where}: a manifest reply holds exactly one ConfigRecord '{MANIFEST}' and its attestation"
+            )
         record = content[MANIFEST]
         allowed = set(MANIFEST_SCALARS) | set(MANIFEST_LISTS)
         for key, value in record.items():
             if key not in allowed:
                 raise ReplyRejected(f"{where}: manifest key '{key}' is not allowed")
             if key in MANIFEST_LISTS:
-                if not isinstance(value, list) or len(value) > MAX_MANIFEST_LIST or not all(isinstance(v, str) for v in value):
+                if (
+                    not isinstance(value, list)
+                    or len(value) > MAX_MANIFEST_LIST
+                    or not all(isinstance(v, str) for v in value)
+                ):
                     raise ReplyRejected(f"{where}: manifest '{key}' must be a short list of column names")
             elif not isinstance(value, MANIFEST_SCALARS[key]):
                 raise ReplyRejected(f"{where}: manifest '{key}' must be {MANIFEST_SCALARS[key].__name__}")
@@ -226,10 +261,14 @@ def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] |
         arrays = numpy_arrays(content[ARRAYS])
         if expected_shapes is not None:
             if set(arrays) != set(expected_shapes):
-                raise ReplyRejected(f"{where}: arrays {sorted(arrays)} differ from the model's {sorted(expected_shapes)}")
+                raise ReplyRejected(
+                    f"{where}: arrays {sorted(arrays)} differ from the model's {sorted(expected_shapes)}"
+                )
             for name, array in arrays.items():
                 if tuple(array.shape) != tuple(expected_shapes[name]):
-                    raise ReplyRejected(f"{where}: array '{name}' has shape {array.shape}, the model's is {expected_shapes[name]}")
+                    raise ReplyRejected(
+                        f"{where}: array '{name}' has shape {array.shape}, the model's is {expected_shapes[name]}"
+                    )
         for name, array in arrays.items():
             if not np.isfinite(array).all():
                 raise ReplyRejected(f"{where}: array '{name}' holds NaN or infinite values")

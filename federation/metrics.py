@@ -17,8 +17,10 @@ def credit_metrics(y_true: np.ndarray, p_default: np.ndarray) -> dict[str, float
     """
     y = np.asarray(y_true, dtype=np.float64)
     p = np.clip(np.asarray(p_default, dtype=np.float64), 1e-7, 1 - 1e-7)
-    out = {"brier": float(brier_score_loss(y, p)) if len(y) else math.nan,
-           "loss": float(log_loss(y, p, labels=[0, 1])) if len(y) else math.nan}
+    out = {
+        "brier": float(brier_score_loss(y, p)) if len(y) else math.nan,
+        "loss": float(log_loss(y, p, labels=[0, 1])) if len(y) else math.nan,
+    }
     if len(np.unique(y)) < 2:
         return {"auc": math.nan, "ks": math.nan, "gini": math.nan, **out}
     auc = float(roc_auc_score(y, p))
@@ -28,7 +30,7 @@ def credit_metrics(y_true: np.ndarray, p_default: np.ndarray) -> dict[str, float
 
 def weighted_mean(values: list[float], weights: list[float]) -> float:
     """Mean over the lenders where the metric is defined, weighted by their test records."""
-    pairs = [(v, w) for v, w in zip(values, weights) if not math.isnan(v) and w > 0]
+    pairs = [(v, w) for v, w in zip(values, weights, strict=False) if not math.isnan(v) and w > 0]
     if not pairs:
         return math.nan
     return float(sum(v * w for v, w in pairs) / sum(w for _, w in pairs))

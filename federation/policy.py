@@ -35,30 +35,109 @@ REFUSAL_REASONS = {
 LEXICON: dict[str, tuple[str, ...]] = {
     "sensitive": (
         # sex and gender
-        "sex", "sexual", "sexuality", "gender", "male", "female", "man", "woman",
+        "sex",
+        "sexual",
+        "sexuality",
+        "gender",
+        "male",
+        "female",
+        "man",
+        "woman",
         # race, ethnicity and origin
-        "race", "racial", "ethnic", "ethnicity", "black", "white", "hispanic", "latino", "latina", "asian",
-        "native", "indigenous", "caste", "nationality", "citizenship", "citizen", "immigrant", "immigration",
-        "foreign", "hukou", "minzu",
+        "race",
+        "racial",
+        "ethnic",
+        "ethnicity",
+        "black",
+        "white",
+        "hispanic",
+        "latino",
+        "latina",
+        "asian",
+        "native",
+        "indigenous",
+        "caste",
+        "nationality",
+        "citizenship",
+        "citizen",
+        "immigrant",
+        "immigration",
+        "foreign",
+        "hukou",
+        "minzu",
         # belief, affiliation and orientation
-        "religion", "religious", "political", "party affiliation", "union", "orientation", "lgbt", "lgbtq",
+        "religion",
+        "religious",
+        "political",
+        "party affiliation",
+        "union",
+        "orientation",
+        "lgbt",
+        "lgbtq",
         # family status
-        "marital", "marriage", "married", "unmarried", "spouse", "divorced", "widowed",
-        "pregnant", "pregnancy",
+        "marital",
+        "marriage",
+        "married",
+        "unmarried",
+        "spouse",
+        "divorced",
+        "widowed",
+        "pregnant",
+        "pregnancy",
         # age
-        "age", "birth", "birthday", "birthdate", "birthyear", "birthplace", "dob", "yob",
+        "age",
+        "birth",
+        "birthday",
+        "birthdate",
+        "birthyear",
+        "birthplace",
+        "dob",
+        "yob",
         # health
-        "disability", "disabled", "health", "medical",
+        "disability",
+        "disabled",
+        "health",
+        "medical",
     ),
     "non_credit": (
         # social media and platforms
-        "social", "facebook", "wechat", "weibo", "twitter", "tiktok", "douyin", "instagram",
+        "social",
+        "facebook",
+        "wechat",
+        "weibo",
+        "twitter",
+        "tiktok",
+        "douyin",
+        "instagram",
         # consumption and leisure habits
-        "shopping", "taobao", "jd", "purchases", "reading", "books", "eating", "food", "meals", "restaurant",
-        "travel", "trips", "games", "game", "gaming",
+        "shopping",
+        "taobao",
+        "jd",
+        "purchases",
+        "reading",
+        "books",
+        "eating",
+        "food",
+        "meals",
+        "restaurant",
+        "travel",
+        "trips",
+        "games",
+        "game",
+        "gaming",
         # location, device and behaviour traces
-        "location", "gps", "geolocation", "contacts", "phone model", "device model", "browsing", "browser",
-        "clicks", "app usage", "telephone", "phone",
+        "location",
+        "gps",
+        "geolocation",
+        "contacts",
+        "phone model",
+        "device model",
+        "browsing",
+        "browser",
+        "clicks",
+        "app usage",
+        "telephone",
+        "phone",
     ),
 }
 # Irregular plurals of lexicon words (regular ones are derived: -s, -es, -y -> -ies).
@@ -85,8 +164,10 @@ def _forms_index() -> dict[str, set[str]]:
 
 _FORMS = _forms_index()
 # each entry as its words, longest first, so that 'phone model' wins over 'phone' at one position
-_ENTRIES = sorted(((kind, entry, tuple(entry.split())) for kind, entries in LEXICON.items() for entry in entries),
-                  key=lambda e: -len(e[2]))
+_ENTRIES = sorted(
+    ((kind, entry, tuple(entry.split())) for kind, entries in LEXICON.items() for entry in entries),
+    key=lambda e: -len(e[2]),
+)
 
 
 def name_parts(name: str) -> list[str]:
@@ -134,7 +215,7 @@ def check_card(card: DatasetCard) -> None:
             raise PolicyViolation(
                 f"card '{card.name}' declares column '{col.name}' as {col.category}, but its name marks "
                 f"{_kind_words(kind)} data ('{token}'); such a column must be refused, not trained on "
-                f"(if it truly is credit data, give it override = \"<reason>\")"
+                f'(if it truly is credit data, give it override = "<reason>")'
             )
         if col.override and not marked:
             raise CardError(
@@ -180,7 +261,9 @@ def check_schema(frame: pd.DataFrame, card: DatasetCard) -> None:
     in_data = list(frame.columns)
     undescribed = [c for c in in_data if c not in card.column_names]
     if undescribed:
-        raise CardError(f"card '{card.name}' does not describe column '{undescribed[0]}' (every column needs a category)")
+        raise CardError(
+            f"card '{card.name}' does not describe column '{undescribed[0]}' (every column needs a category)"
+        )
     absent = [c for c in card.column_names if c not in in_data]
     if absent:
         raise DataError(f"column '{absent[0]}' listed in card '{card.name}' is missing from the data")
@@ -208,7 +291,7 @@ def labels_of(frame: pd.DataFrame, card: DatasetCard) -> np.ndarray:
         if numeric.isna().any():
             bad = values[numeric.isna()].iloc[0]
             raise DataError(f"label column '{col.name}' has non-numeric value {bad!r}")
-        y = (numeric.to_numpy(dtype=float) == float(positive))
+        y = numeric.to_numpy(dtype=float) == float(positive)
     else:
         y = (values.astype(str) == str(positive)).to_numpy()
     distinct = values.nunique()
@@ -232,18 +315,24 @@ def check_labels(frame: pd.DataFrame, card: DatasetCard) -> None:
     for records, where in ((frame, ""), (frame.loc[consent_mask(frame, card)], " among the consented records")):
         if records.empty:
             consent = card.role("consent")
-            raise DataError(f"no record has consent (column '{consent.name}' never holds "
-                            f"{', '.join(map(repr, consent.consented))}); nothing can train")
+            raise DataError(
+                f"no record has consent (column '{consent.name}' never holds "
+                f"{', '.join(map(repr, consent.consented))}); nothing can train"
+            )
         y = labels_of(records, card)
         values = records[col.name]
         seen = _values_seen(values)
         if not y.any() and values.nunique() > 1:
-            raise DataError(f"the card's positive value {col.positive!r} never occurs in label column '{col.name}'"
-                            f"{where} (values seen: {seen})")
+            raise DataError(
+                f"the card's positive value {col.positive!r} never occurs in label column '{col.name}'"
+                f"{where} (values seen: {seen})"
+            )
         if not y.any() or y.all():
             absent = "" if y.any() else f"; the card's positive value {col.positive!r} never occurs"
-            raise DataError(f"label column '{col.name}' has one class only{where} (values seen: {seen}){absent}; "
-                            f"a credit model needs both defaults and non-defaults")
+            raise DataError(
+                f"label column '{col.name}' has one class only{where} (values seen: {seen}){absent}; "
+                f"a credit model needs both defaults and non-defaults"
+            )
 
 
 def label_problem(y_train: np.ndarray) -> str | None:
@@ -276,7 +365,9 @@ def apply_policy(frame: pd.DataFrame, card: DatasetCard) -> PolicyResult:
                 field["override"] = col.override  # signed with the manifest: why a marked name was used
             used.append(field)
         elif col.category in PROHIBITED_CATEGORIES:
-            refused.append({"name": col.name, "category": col.category, "reason": col.reason or REFUSAL_REASONS[col.category]})
+            refused.append(
+                {"name": col.name, "category": col.category, "reason": col.reason or REFUSAL_REASONS[col.category]}
+            )
     features = consented[[f["name"] for f in used]]
     # Defense in depth: nothing outside the credit categories is in the training frame.
     for name in features.columns:
@@ -290,4 +381,3 @@ def apply_policy(frame: pd.DataFrame, card: DatasetCard) -> PolicyResult:
         fields_used=used,
         fields_refused=refused,
     )
-

@@ -6,6 +6,7 @@ whole: the tree is collected from the parent links (psutil) and each process is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -54,8 +55,14 @@ def flower_env(home: Path) -> dict[str, str]:
     SuperNodes start flower-superexec by name), Flower's home in the deployment folder, no telemetry, no runtime
     dependency installation, one torch thread."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, "PATH": path, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return {
+        **os.environ,
+        "PATH": path,
+        "FLWR_HOME": str(home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
 
 
 @dataclass
@@ -113,7 +120,5 @@ class ProcessGroup:
 
 
 def _send(proc: psutil.Process, sig: int) -> None:
-    try:
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
         proc.send_signal(sig)
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        pass

@@ -35,7 +35,7 @@ class RegistryError(ConfigError):
 def fingerprint(public_hex: str) -> str:
     """A short, comparable name for a public key: SHA-256 of its 32 raw bytes, first 16 bytes, grouped."""
     digest = hashlib.sha256(bytes.fromhex(public_hex)).hexdigest()[:32]
-    return ":".join(digest[i:i + 4] for i in range(0, 32, 4))
+    return ":".join(digest[i : i + 4] for i in range(0, 32, 4))
 
 
 def _public_key(text: object, who: str, where: str) -> str:
@@ -57,8 +57,11 @@ class Registry:
         return self.lenders.get(lender)
 
     def to_json(self) -> str:
-        data = {"format": FORMAT, "coordinator": self.coordinator,
-                "lenders": {str(k): v for k, v in sorted(self.lenders.items())}}
+        data = {
+            "format": FORMAT,
+            "coordinator": self.coordinator,
+            "lenders": {str(k): v for k, v in sorted(self.lenders.items())},
+        }
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     def write(self, path: str | Path) -> None:

@@ -15,8 +15,19 @@ import time
 from pathlib import Path
 
 METRICS_COLUMNS = ["round", "lender", "num_examples", "auc", "ks", "gini", "brier", "loss", "train_loss"]
-EPSILON_COLUMNS = ["lender", "round", "epsilon", "delta", "sigma", "sample_rate", "steps", "budget", "declined",
-                   "granularity", "sampled"]
+EPSILON_COLUMNS = [
+    "lender",
+    "round",
+    "epsilon",
+    "delta",
+    "sigma",
+    "sample_rate",
+    "steps",
+    "budget",
+    "declined",
+    "granularity",
+    "sampled",
+]
 
 
 def write_atomically(path: str | Path, data: bytes | str) -> None:

@@ -90,8 +90,10 @@ class SecAggError(FedCreditError):
 
 def check_threshold(lenders: int, threshold: int) -> None:
     if not lenders // 2 < threshold <= lenders:
-        raise SecAggError(f"threshold must be more than half the lenders and at most all of them "
-                          f"({lenders // 2 + 1}..{lenders}), got {threshold}")
+        raise SecAggError(
+            f"threshold must be more than half the lenders and at most all of them "
+            f"({lenders // 2 + 1}..{lenders}), got {threshold}"
+        )
 
 
 def prg(seed: bytes, length: int) -> np.ndarray:
@@ -121,8 +123,9 @@ class Quantizer:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.bound) and self.bound > 0 and self.lenders >= 1):
-            raise SecAggError(f"the fixed-point range needs a positive bound and lenders, "
-                              f"got {self.bound}, {self.lenders}")
+            raise SecAggError(
+                f"the fixed-point range needs a positive bound and lenders, got {self.bound}, {self.lenders}"
+            )
 
     @property
     def scale(self) -> float:
@@ -157,18 +160,19 @@ def unflatten(vector: np.ndarray, like: dict[str, np.ndarray]) -> dict[str, np.n
     out, start = {}, 0
     for name in sorted(like):
         size = like[name].size
-        out[name] = vector[start:start + size].reshape(like[name].shape)
+        out[name] = vector[start : start + size].reshape(like[name].shape)
         start += size
     return out
 
 
 # ---- Shamir shares and one lender's secrets ------------------------------------------------------------------
 
+
 def _split32(secret: bytes, threshold: int, lenders: int) -> list[tuple[int, bytes, bytes]]:
     """Shamir shares (x = 1..lenders) of a 32-byte secret, as two 16-byte halves (PyCryptodome's size)."""
     low = Shamir.split(threshold, lenders, secret[:16], ssss=False)
     high = Shamir.split(threshold, lenders, secret[16:], ssss=False)
-    return [(x, a, b) for (x, a), (_, b) in zip(low, high)]
+    return [(x, a, b) for (x, a), (_, b) in zip(low, high, strict=False)]
 
 
 def pack_share(share: tuple[int, bytes, bytes]) -> bytes:
@@ -204,8 +208,9 @@ def _channel(private: X25519PrivateKey, public: bytes, i: int, j: int, context: 
 
 
 def _combine32(shares: list[tuple[int, bytes, bytes]]) -> bytes:
-    return (Shamir.combine([(x, a) for x, a, _ in shares], ssss=False)
-            + Shamir.combine([(x, b) for x, _, b in shares], ssss=False))
+    return Shamir.combine([(x, a) for x, a, _ in shares], ssss=False) + Shamir.combine(
+        [(x, b) for x, _, b in shares], ssss=False
+    )
 
 
 @dataclass
@@ -233,14 +238,25 @@ class SecAggLender:
 
     def to_state(self) -> dict[str, int | bytes]:
         """Plain data for the lender's own state between the round's messages (never sent)."""
-        return {"index": self.index, "lenders": self.lenders, "threshold": self.threshold, "mask-key": _raw(self._key),
-                "self-seed": self._self_seed, "channel-key": _raw(self._channel_key)}
+        return {
+            "index": self.index,
+            "lenders": self.lenders,
+            "threshold": self.threshold,
+            "mask-key": _raw(self._key),
+            "self-seed": self._self_seed,
+            "channel-key": _raw(self._channel_key),
+        }
 
     @classmethod
     def from_state(cls, state) -> SecAggLender:
-        return cls(int(state["index"]), int(state["lenders"]), int(state["threshold"]),
-                   X25519PrivateKey.from_private_bytes(bytes(state["mask-key"])), bytes(state["self-seed"]),
-                   X25519PrivateKey.from_private_bytes(bytes(state["channel-key"])))
+        return cls(
+            int(state["index"]),
+            int(state["lenders"]),
+            int(state["threshold"]),
+            X25519PrivateKey.from_private_bytes(bytes(state["mask-key"])),
+            bytes(state["self-seed"]),
+            X25519PrivateKey.from_private_bytes(bytes(state["channel-key"])),
+        )
 
     def shares(self) -> dict[int, dict[str, tuple[int, bytes, bytes]]]:
         """For each lender j (x = j + 1): its share of this lender's self seed and private key."""
@@ -267,7 +283,7 @@ class SecAggLender:
         aead, data = _channel(self._channel_key, sender_channel_key, sender, self.index, context)
         try:
             plain = aead.decrypt(sealed[:12], sealed[12:], data)
-        except Exception:  # noqa: BLE001  (cryptography raises InvalidTag; any failure is the same refusal)
+        except Exception:
             raise SecAggError(f"the shares from lender position {sender} do not open: altered or misrouted") from None
         return split_shares(plain)
 
@@ -282,9 +298,13 @@ class SecAggLender:
         return total
 
 
-def unmask_sum(masked: dict[int, np.ndarray], public_keys: dict[int, bytes], threshold: int,
-               self_seed_shares: dict[int, list[tuple[int, bytes, bytes]]],
-               private_key_shares: dict[int, list[tuple[int, bytes, bytes]]]) -> np.ndarray:
+def unmask_sum(
+    masked: dict[int, np.ndarray],
+    public_keys: dict[int, bytes],
+    threshold: int,
+    self_seed_shares: dict[int, list[tuple[int, bytes, bytes]]],
+    private_key_shares: dict[int, list[tuple[int, bytes, bytes]]],
+) -> np.ndarray:
     """The sum of the survivors' encoded vectors (mod 2^64).
 
     `masked`: survivors' masked vectors, by position; `public_keys`: the mask keys of every lender that
@@ -308,8 +328,10 @@ def unmask_sum(masked: dict[int, np.ndarray], public_keys: dict[int, bytes], thr
     for d in sorted(dropped):
         shares = private_key_shares.get(d, [])
         if len(shares) < threshold:
-            raise SecAggError(f"lender {d} dropped out and only {len(shares)} shares of its key arrived; "
-                              f"{threshold} are needed to remove its masks")
+            raise SecAggError(
+                f"lender {d} dropped out and only {len(shares)} shares of its key arrived; "
+                f"{threshold} are needed to remove its masks"
+            )
         key = X25519PrivateKey.from_private_bytes(_combine32(shares[:threshold]))
         for i in sorted(survivors):
             mask = prg(pair_seed(key, public_keys[i], d, i), length)
@@ -319,6 +341,7 @@ def unmask_sum(masked: dict[int, np.ndarray], public_keys: dict[int, bytes], thr
 
 
 # ---- signed messages: what the coordinator and the lenders sign, and how each is checked -----------------------
+
 
 def signed(key: Ed25519PrivateKey, body: dict) -> dict[str, str]:
     """A message body as the canonical JSON text that is signed, with its signature (hex)."""
@@ -386,8 +409,10 @@ def check_roster(text: object, signature: object, registry: Registry, run_id: st
         if registry.lender_key(lender) is None:
             raise SecAggError(f"the roster names lender {lender}, which is not in the key registry")
     if len(participants) < MIN_ROSTER:
-        raise SecAggError(f"the roster names {len(participants)} lenders; secure aggregation needs at least "
-                          f"{MIN_ROSTER} (with fewer, a lender's update can be told from the sum)")
+        raise SecAggError(
+            f"the roster names {len(participants)} lenders; secure aggregation needs at least "
+            f"{MIN_ROSTER} (with fewer, a lender's update can be told from the sum)"
+        )
     threshold = body["threshold"]
     if not isinstance(threshold, int) or isinstance(threshold, bool):
         raise SecAggError("the roster's threshold must be an integer")
@@ -396,18 +421,34 @@ def check_roster(text: object, signature: object, registry: Registry, run_id: st
 
 
 def keys_body(run_id: str, rnd: int, lender: int, position: int, mask_key: bytes, channel_key: bytes) -> dict:
-    return {"type": KEYS, "run": run_id, "round": rnd, "lender": lender, "position": position,
-            "mask_key": mask_key.hex(), "channel_key": channel_key.hex()}
+    return {
+        "type": KEYS,
+        "run": run_id,
+        "round": rnd,
+        "lender": lender,
+        "position": position,
+        "mask_key": mask_key.hex(),
+        "channel_key": channel_key.hex(),
+    }
 
 
-def check_keys(registry: Registry, run_id: str, rnd: int, lender: int, position: int, mask_key: bytes,
-               channel_key: bytes, signature: bytes) -> None:
+def check_keys(
+    registry: Registry,
+    run_id: str,
+    rnd: int,
+    lender: int,
+    position: int,
+    mask_key: bytes,
+    channel_key: bytes,
+    signature: bytes,
+) -> None:
     """A participant's advertised X25519 keys must be signed by its identity key in the registry."""
     public = registry.lender_key(lender)
     text = canonical(keys_body(run_id, rnd, lender, position, mask_key, channel_key))
     if not signature or public is None or not verify_signature(public_from_hex(public), signature.hex(), text):
-        raise SecAggError(f"the secure-aggregation keys of lender {lender} (position {position}) are not signed "
-                          f"by its registered key")
+        raise SecAggError(
+            f"the secure-aggregation keys of lender {lender} (position {position}) are not signed by its registered key"
+        )
 
 
 def unmask_body(run_id: str, rnd: int, survivors: list[int], dropped: list[int]) -> dict:
@@ -418,8 +459,9 @@ def survivors_body(run_id: str, rnd: int, survivors: list[int], dropped: list[in
     return {"type": SURVIVORS, "run": run_id, "round": rnd, "survivors": list(survivors), "dropped": list(dropped)}
 
 
-def check_unmask(text: object, signature: object, registry: Registry, run_id: str, rnd: int,
-                 roster: Roster) -> tuple[list[int], list[int]]:
+def check_unmask(
+    text: object, signature: object, registry: Registry, run_id: str, rnd: int, roster: Roster
+) -> tuple[list[int], list[int]]:
     """(survivors, dropped) of the unmasking request the coordinator signed for this run and round: roster
     members, no lender in both (that would ask for both its masks), at least the threshold of survivors."""
     body = read_signed(text, signature, registry.coordinator, UNMASK, "the unmasking request", "the coordinator")
@@ -428,8 +470,10 @@ def check_unmask(text: object, signature: object, registry: Registry, run_id: st
     survivors = _lender_ids(body["survivors"], "the survivors")
     dropped = _lender_ids(body["dropped"], "the dropped lenders")
     if set(survivors) & set(dropped):
-        raise SecAggError(f"the coordinator asked for both masks of lender {sorted(set(survivors) & set(dropped))[0]} "
-                          f"(a survivor and dropped): that would reveal its update")
+        raise SecAggError(
+            f"the coordinator asked for both masks of lender {sorted(set(survivors) & set(dropped))[0]} "
+            f"(a survivor and dropped): that would reveal its update"
+        )
     named = survivors + dropped
     if len(set(named)) != len(named) or not set(named) <= set(roster.participants):
         raise SecAggError("the unmasking request names a lender twice or a lender outside the roster")
@@ -438,19 +482,26 @@ def check_unmask(text: object, signature: object, registry: Registry, run_id: st
     return survivors, dropped
 
 
-def confirmation_verifies(registry: Registry, run_id: str, rnd: int, survivors: list[int], dropped: list[int],
-                          lender: int, signature: bytes) -> bool:
+def confirmation_verifies(
+    registry: Registry, run_id: str, rnd: int, survivors: list[int], dropped: list[int], lender: int, signature: bytes
+) -> bool:
     """Whether `signature` is `lender`'s registered signature on this very survivor set."""
     public = registry.lender_key(lender)
     text = canonical(survivors_body(run_id, rnd, survivors, dropped))
-    return (bool(signature) and public is not None
-            and verify_signature(public_from_hex(public), bytes(signature).hex(), text))
+    return (
+        bool(signature)
+        and public is not None
+        and verify_signature(public_from_hex(public), bytes(signature).hex(), text)
+    )
 
 
-def count_confirmations(registry: Registry, run_id: str, rnd: int, survivors: list[int], dropped: list[int],
-                        signatures: list[bytes]) -> int:
+def count_confirmations(
+    registry: Registry, run_id: str, rnd: int, survivors: list[int], dropped: list[int], signatures: list[bytes]
+) -> int:
     """How many survivors signed this survivor set (`signatures[i]` from `survivors[i]`, b"" if none)."""
     if len(signatures) != len(survivors):
         raise SecAggError(f"expected one confirmation slot per survivor ({len(survivors)}), got {len(signatures)}")
-    return sum(confirmation_verifies(registry, run_id, rnd, survivors, dropped, lender, signature)
-               for lender, signature in zip(survivors, signatures))
+    return sum(
+        confirmation_verifies(registry, run_id, rnd, survivors, dropped, lender, signature)
+        for lender, signature in zip(survivors, signatures, strict=False)
+    )

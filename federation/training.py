@@ -56,7 +56,7 @@ def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, dp: DPSettings |
     else:
         order = torch.randperm(n, generator=generator)
         for i in range(steps):
-            idx = order[i * batch_size:(i + 1) * batch_size]
+            idx = order[i * batch_size : (i + 1) * batch_size]
             yield x[idx], y[idx]
 
 
@@ -92,9 +92,18 @@ def zero_non_finite_examples(parameters) -> None:
             g[bad] = 0
 
 
-def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
-                learning_rate: float, seed: int, dp: DPSettings | None = None,
-                proximal_mu: float = 0.0) -> TrainResult:
+def train_local(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    dp: DPSettings | None = None,
+    proximal_mu: float = 0.0,
+) -> TrainResult:
     # `seed` orders the plain (non-private) passes only; DP draws come from dp.randomness.
     xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
@@ -114,8 +123,13 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, 
         # Opacus' per-example gradients (GradSampleModule) and DP optimizer (clip, noise), as
         # PrivacyEngine.make_private builds them; only the data loader is ours (see _batches).
         train_model = GradSampleModule(model, loss_reduction="sum")
-        optimizer = dp.randomness.dp_optimizer(base, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.clip_norm,
-                                               expected_batch_size=int(round(expected_batch)), loss_reduction="sum")
+        optimizer = dp.randomness.dp_optimizer(
+            base,
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.clip_norm,
+            expected_batch_size=round(expected_batch),
+            loss_reduction="sum",
+        )
     train_model.train()
     steps = 0
     for _ in range(epochs):
@@ -129,7 +143,7 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, 
             steps += 1
             if proximal_mu > 0:
                 with torch.no_grad():
-                    for p, g in zip(model.parameters(), global_params):
+                    for p, g in zip(model.parameters(), global_params, strict=False):
                         p.sub_(learning_rate * proximal_mu * (p - g))
     if dp is not None:
         train_model._close()  # detach Opacus hooks so the plain model can be reused

@@ -18,16 +18,19 @@ from server.loop import RoundSummary, run_federation
 def progress_line(summary: RoundSummary) -> str:
     auc = summary.global_metrics.get("auc", float("nan"))
     declined = f", {summary.declined} declined" if summary.declined else ""
-    return (f"round {summary.round}: global AUC {auc:.4f}, max epsilon spent {summary.max_epsilon:.3f}, "
-            f"{summary.trained} lenders trained{declined} ({summary.seconds:.1f} s)")
+    return (
+        f"round {summary.round}: global AUC {auc:.4f}, max epsilon spent {summary.max_epsilon:.3f}, "
+        f"{summary.trained} lenders trained{declined} ({summary.seconds:.1f} s)"
+    )
 
 
 def _print_progress(summary: RoundSummary) -> None:
     print(progress_line(summary), flush=True)
 
 
-def make_server_app(cfg: RunConfig | None = None,
-                    on_round: Callable[[RoundSummary], None] = _print_progress, resume: bool = False) -> ServerApp:
+def make_server_app(
+    cfg: RunConfig | None = None, on_round: Callable[[RoundSummary], None] = _print_progress, resume: bool = False
+) -> ServerApp:
     """A ServerApp running `cfg`, or, when None, the run config Flower hands it."""
     server_app = ServerApp()
 

@@ -23,8 +23,19 @@ from fastapi import FastAPI, Request, Response
 
 FLEET_PREFIX = "/v1/fleet/"
 # Headers that describe one hop, not the request: never forwarded.
-HOP_BY_HOP = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-              "proxy-authorization", "proxy-authenticate", "content-encoding"}
+HOP_BY_HOP = {
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "content-encoding",
+}
 MAX_BODY = 512 * 1024 * 1024  # a model update is far smaller; anything larger is not a Fleet message
 
 
@@ -66,8 +77,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--upstream-ca", default=None)
     args = parser.parse_args(argv)
     host, port = args.listen
-    uvicorn.run(create_gateway(args.upstream, args.upstream_ca), host=host, port=port, ssl_certfile=args.certfile,
-                ssl_keyfile=args.keyfile, log_level="warning", access_log=False)
+    uvicorn.run(
+        create_gateway(args.upstream, args.upstream_ca),
+        host=host,
+        port=port,
+        ssl_certfile=args.certfile,
+        ssl_keyfile=args.keyfile,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,14 @@ from federation import __version__
 from federation.audit_trail import ledger as L
 from federation.audit_trail.attest import MANIFEST_FIELDS
 from federation.audit_trail.canonical import arrays_bytes, arrays_hash, arrays_shapes, canonical, config_hash
-from federation.audit_trail.keys import COORDINATOR, keys_dir_for, load_or_create, public_from_hex, public_hex, verify_signature
+from federation.audit_trail.keys import (
+    COORDINATOR,
+    keys_dir_for,
+    load_or_create,
+    public_from_hex,
+    public_hex,
+    verify_signature,
+)
 from federation.config import RunConfig
 from federation.errors import FedCreditError
 from federation.messages import numpy_arrays
@@ -30,8 +37,14 @@ class AttestationRejected(FedCreditError):
 def code_version() -> str:
     """fedcredit's version and, when run from a git checkout, the commit."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"fedcredit {__version__}" + (f" (git {commit})" if commit else "")
@@ -44,10 +57,17 @@ class LedgerKeeper:
         self.key = load_or_create(keys_dir_for(cfg.output_dir, cfg.keys_dir), COORDINATOR)
         self.public_keys: dict[int, object] = {}
         self.ledger = L.Ledger(folder.path("ledger.jsonl"), self.key)
-        self.ledger.append_coordinator(L.RUN_STARTED, {
-            "run": self.run, "config": cfg.to_record(), "code_version": code_version(), "lenders": cfg.lenders,
-            "coordinator_public_key": public_hex(self.key), "data_dir": cfg.resolved_data_dir(),
-        })
+        self.ledger.append_coordinator(
+            L.RUN_STARTED,
+            {
+                "run": self.run,
+                "config": cfg.to_record(),
+                "code_version": code_version(),
+                "lenders": cfg.lenders,
+                "coordinator_public_key": public_hex(self.key),
+                "data_dir": cfg.resolved_data_dir(),
+            },
+        )
 
     @classmethod
     def resume(cls, folder, cfg: RunConfig) -> LedgerKeeper:
@@ -59,8 +79,11 @@ class LedgerKeeper:
         if not entries or entries[0]["body"].get("run") != keeper.run:
             raise AttestationRejected("the unfinished run's ledger belongs to another configuration")
         keeper.ledger = L.Ledger(folder.path("ledger.jsonl"), keeper.key, head=entries[-1]["hash"], seq=len(entries))
-        keeper.public_keys = {e["body"]["lender"]: public_from_hex(e["body"]["public_key"])
-                              for e in entries if e["type"] == L.LENDER_MANIFEST}
+        keeper.public_keys = {
+            e["body"]["lender"]: public_from_hex(e["body"]["public_key"])
+            for e in entries
+            if e["type"] == L.LENDER_MANIFEST
+        }
         return keeper
 
     def entries(self) -> list[dict]:
@@ -81,7 +104,11 @@ class LedgerKeeper:
         where = f"lender {lender}'s {what}" + (f" in round {rnd}" if rnd is not None else "")
         if body.get("type") not in kinds:
             raise AttestationRejected(f"{where} is of type {body.get('type')!r}")
-        if body.get("run") != self.run or body.get("lender") != lender or (rnd is not None and body.get("round") != rnd):
+        if (
+            body.get("run") != self.run
+            or body.get("lender") != lender
+            or (rnd is not None and body.get("round") != rnd)
+        ):
             raise AttestationRejected(f"{where} names another run, lender or round")
         public = self.public_keys.get(lender) or public_from_hex(attestation.get("public_key") or "")
         if not verify_signature(public, attestation["signature"], canonical(body)):
@@ -128,12 +155,16 @@ class LedgerKeeper:
     def rejected(self, rnd: int | None, lender: int, reason: str, stage: str = "train") -> None:
         """A lender left out: it failed, did not reply, its update was rejected (stage train), its evaluation failed
         (stage evaluate), or (round None, stage final) it sent no final statement."""
-        self.ledger.append_coordinator(L.UPDATE_REJECTED, {"round": rnd, "lender": lender, "reason": reason,
-                                                           "stage": "final" if rnd is None else stage})
+        self.ledger.append_coordinator(
+            L.UPDATE_REJECTED,
+            {"round": rnd, "lender": lender, "reason": reason, "stage": "final" if rnd is None else stage},
+        )
 
     def aggregate(self, rnd: int, lenders: list[int], arrays, extra: dict | None = None) -> None:
-        self.ledger.append_coordinator(L.AGGREGATE, {"round": rnd, "lenders": lenders,
-                                                     "model_hash": arrays_hash(numpy_arrays(arrays)), **(extra or {})})
+        self.ledger.append_coordinator(
+            L.AGGREGATE,
+            {"round": rnd, "lenders": lenders, "model_hash": arrays_hash(numpy_arrays(arrays)), **(extra or {})},
+        )
 
     def evaluation(self, rnd: int, lender: int, attestation: dict | None, model_hash: str) -> dict:
         body = self._check(lender, attestation, (L.LENDER_EVALUATION,), rnd)

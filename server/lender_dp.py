@@ -45,8 +45,16 @@ class LenderLevelDP:
             self._randomness = SecureRandomness()
 
     def event(self, rnd: int) -> PrivacyEvent:
-        return PrivacyEvent(FEDERATION, rnd, float(self.budget.sigma), self.q, 1, self.cfg.clip_norm,
-                            neighbouring="add_or_remove_one_lender", granularity="lender")
+        return PrivacyEvent(
+            FEDERATION,
+            rnd,
+            float(self.budget.sigma),
+            self.q,
+            1,
+            self.cfg.clip_norm,
+            neighbouring="add_or_remove_one_lender",
+            granularity="lender",
+        )
 
     def admits(self, rnd: int) -> bool:
         return self.budget.admits(self.event(rnd))
@@ -54,12 +62,18 @@ class LenderLevelDP:
     def sample(self, lenders: list[int]) -> list[int]:
         """Each lender independently with probability q (not a fixed-size sample)."""
         keep = self._rng.random(len(lenders)) < self.q
-        return [lender for lender, k in zip(lenders, keep) if k]
+        return [lender for lender, k in zip(lenders, keep, strict=False) if k]
 
     def aggregate(self, rnd: int, global_arrays: ArrayRecord, updates: list[ArrayRecord]) -> ArrayRecord:
         state = global_arrays.to_torch_state_dict()
-        new = noised_mean_update(state, [u.to_torch_state_dict() for u in updates], self.cfg.clip_norm,
-                                 float(self.budget.sigma), self.q * self.cfg.lenders, self._randomness.normal)
+        new = noised_mean_update(
+            state,
+            [u.to_torch_state_dict() for u in updates],
+            self.cfg.clip_norm,
+            float(self.budget.sigma),
+            self.q * self.cfg.lenders,
+            self._randomness.normal,
+        )
         self.budget.record(self.event(rnd))
         return ArrayRecord(new)
 
@@ -67,6 +81,16 @@ class LenderLevelDP:
 def known_sampling_epsilon(sigma: float, rounds_sampled: int, delta: float, accountant: str) -> float:
     """Epsilon of one lender against someone who knows in which rounds it was sampled: the Gaussian mechanism
     (sensitivity C, noise sigma C), without subsampling, composed over those rounds."""
-    events = [PrivacyEvent(FEDERATION, 0, sigma, 1.0, rounds_sampled, 1.0, neighbouring="add_or_remove_one_lender",
-                           granularity="lender")]
+    events = [
+        PrivacyEvent(
+            FEDERATION,
+            0,
+            sigma,
+            1.0,
+            rounds_sampled,
+            1.0,
+            neighbouring="add_or_remove_one_lender",
+            granularity="lender",
+        )
+    ]
     return epsilon(events, delta, accountant) if rounds_sampled else 0.0

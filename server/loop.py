@@ -35,8 +35,18 @@ from federation.audit_trail.run_view import RunView, global_scores, stop_reason,
 from federation.config import RunConfig
 from federation.errors import ConfigError, FedCreditError
 from federation.lender_policy import effective_delta
-from federation.messages import (ARRAYS, CONFIG, MASKED, QUERY_FINAL, QUERY_MANIFEST, ReplyRejected,
-                                 inspect_reply, numpy_arrays, run_config_record, salvage_train_reply)
+from federation.messages import (
+    ARRAYS,
+    CONFIG,
+    MASKED,
+    QUERY_FINAL,
+    QUERY_MANIFEST,
+    ReplyRejected,
+    inspect_reply,
+    numpy_arrays,
+    run_config_record,
+    salvage_train_reply,
+)
 from federation.metrics import METRICS
 from federation.model import array_shapes, build_model
 from federation.privacy.accountant import epsilon, epsilons
@@ -93,7 +103,9 @@ def _wait_for_nodes(grid: Grid, count: int, timeout: float = 120.0) -> list[int]
             )
         time.sleep(0.2)
     if len(nodes) > count:
-        raise RunFailed(f"{len(nodes)} SuperNodes are connected but the run has {count} lenders: set lenders={len(nodes)}")
+        raise RunFailed(
+            f"{len(nodes)} SuperNodes are connected but the run has {count} lenders: set lenders={len(nodes)}"
+        )
     return nodes
 
 
@@ -120,13 +132,16 @@ def collect_manifests(grid: Grid, cfg: RunConfig, nodes: list[int]) -> dict[int,
         raise RunFailed(f"lenders reported ids {lenders}; expected 0..{cfg.lenders - 1}")
     for what in ("features", "card_sha256"):
         if len({str(m[what]) for _, m, _ in out.values()}) != 1:
-            raise RunFailed(f"lenders disagree on their {'encoded feature list' if what == 'features' else 'dataset card'}; "
-                            "they must use the same dataset card")
+            raise RunFailed(
+                f"lenders disagree on their {'encoded feature list' if what == 'features' else 'dataset card'}; "
+                "they must use the same dataset card"
+            )
     return out
 
 
-def run_federation(grid: Grid, cfg: RunConfig,
-                   on_round: Callable[[RoundSummary], None] | None = None, resume: bool = False) -> Path:
+def run_federation(
+    grid: Grid, cfg: RunConfig, on_round: Callable[[RoundSummary], None] | None = None, resume: bool = False
+) -> Path:
     """Run all rounds and write the run folder. Returns its path. With `resume`, finish the run that
     a killed coordinator left in `cfg.output_dir`'s staging folder, from its last checkpoint."""
     if not cfg.output_dir:
@@ -139,8 +154,10 @@ def run_federation(grid: Grid, cfg: RunConfig,
         state = None
         if resume:
             if cfg.strategy == "fedadam" or (cfg.dp and cfg.dp_level == "lender"):
-                raise ConfigError("resume supports FedAvg, FedProx, FedMedian and FedTrimmedAvg at record level "
-                                  "(FedAdam's moments and lender-level noise state are not checkpointed)")
+                raise ConfigError(
+                    "resume supports FedAvg, FedProx, FedMedian and FedTrimmedAvg at record level "
+                    "(FedAdam's moments and lender-level noise state are not checkpointed)"
+                )
             keeper = LedgerKeeper.resume(folder, cfg)
             state = checkpoint.load(folder.staging, checkpoint_key, keeper.run)
             keeper.resumed(state["round"] + 1)
@@ -159,8 +176,15 @@ def run_federation(grid: Grid, cfg: RunConfig,
         raise
 
 
-def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: LedgerKeeper, checkpoint_key: bytes,
-         state: dict | None = None):
+def _run(
+    grid: Grid,
+    cfg: RunConfig,
+    folder: RunFolder,
+    on_round,
+    keeper: LedgerKeeper,
+    checkpoint_key: bytes,
+    state: dict | None = None,
+):
     record = RunRecord()
     nodes = _wait_for_nodes(grid, cfg.lenders)
     by_node = collect_manifests(grid, cfg, nodes)
@@ -200,11 +224,20 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
             sampled = set(lender_dp.sample(sorted(lender for lender, _, _ in by_node.values())))
             messages = [m for m in messages if by_node[m.metadata.dst_node_id][0] in sampled]
         asked_messages = list(messages)
-        keeper.round_started(rnd, sorted(by_node[m.metadata.dst_node_id][0] for m in messages), _mechanism(cfg, lender_dp))
+        keeper.round_started(
+            rnd, sorted(by_node[m.metadata.dst_node_id][0] for m in messages), _mechanism(cfg, lender_dp)
+        )
         secure, setup_failure, left_out = None, "", []
         if cfg.secure_aggregation:
-            secure = SecureRound(grid, rnd, ConfigRecord({**dict(config), "server-round": rnd}), cfg.max_update_norm,
-                                 lambda node: by_node[node][0], keeper.run, keeper.key)
+            secure = SecureRound(
+                grid,
+                rnd,
+                ConfigRecord({**dict(config), "server-round": rnd}),
+                cfg.max_update_norm,
+                lambda node: by_node[node][0],
+                keeper.run,
+                keeper.key,
+            )
             try:
                 messages = secure.prepare(messages)
             except SecAggError as exc:  # too few lenders to mask: nobody trains this round
@@ -233,8 +266,10 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
         for lender, reason, _ in sorted(rejected, key=lambda item: item[0]):
             log.warning("round %d: lender %d left out: %s", rnd, lender, reason)
             keeper.rejected(rnd, lender, reason)
-        max_eps = max((b["epsilon"] for bodies in record.releases.values() for b in bodies[-1:]
-                       if b.get("epsilon") is not None), default=0.0)
+        max_eps = max(
+            (b["epsilon"] for bodies in record.releases.values() for b in bodies[-1:] if b.get("epsilon") is not None),
+            default=0.0,
+        )
         # Stop only when every lender of the federation was asked and declined: lenders drawn (lenders-per-round,
         # or sampled at lender level) that decline say nothing about the others.
         everyone = not cfg.lenders_per_round and not lender_dp
@@ -247,11 +282,16 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
             arrays = lender_dp.aggregate(rnd, arrays, [msg.content[ARRAYS] for msg in trained])
             event = lender_dp.budget.events[-1]
             max_eps = lender_dp.budget.spent()
-            keeper.aggregate(rnd, [lender_of(m) for m in trained], arrays, {
-                "noise_event": event.to_dict(), "delta": lender_dp.budget.delta, "epsilon": max_eps})
+            keeper.aggregate(
+                rnd,
+                [lender_of(m) for m in trained],
+                arrays,
+                {"noise_event": event.to_dict(), "delta": lender_dp.budget.delta, "epsilon": max_eps},
+            )
         else:
-            new_arrays, why_not, weights = (None, setup_failure, None) if setup_failure else _aggregate(
-                rnd, arrays, trained, strategy, secure)
+            new_arrays, why_not, weights = (
+                (None, setup_failure, None) if setup_failure else _aggregate(rnd, arrays, trained, strategy, secure)
+            )
             how = {"strategy": cfg.strategy, "secure_aggregation": cfg.secure_aggregation}
             aggregated = [lender_of(m) for m in trained]
             if secure is not None:
@@ -279,10 +319,17 @@ def _run(grid: Grid, cfg: RunConfig, folder: RunFolder, on_round, keeper: Ledger
         summary = RoundSummary(rnd, len(trained), declined, scores, max_eps, seconds)
         record.rounds.append(summary)
         if not lender_dp:
-            checkpoint.save(folder.staging, checkpoint_key, keeper.run, {
-                "round": rnd, "arrays": checkpoint.encode_arrays(numpy_arrays(arrays)),
-                "rounds": [r.__dict__ for r in record.rounds], "random": _jsonable(random.getstate()),
-            })
+            checkpoint.save(
+                folder.staging,
+                checkpoint_key,
+                keeper.run,
+                {
+                    "round": rnd,
+                    "arrays": checkpoint.encode_arrays(numpy_arrays(arrays)),
+                    "rounds": [r.__dict__ for r in record.rounds],
+                    "random": _jsonable(random.getstate()),
+                },
+            )
         if on_round:
             on_round(summary)
     record.model_hash = arrays_hash(numpy_arrays(arrays))
@@ -300,16 +347,20 @@ def _account(record: RunRecord, cfg: RunConfig, lender: int, rnd: int, body: dic
         if any(canonical(body) == canonical(b) for b in mine):
             return  # resent after a resume: the same bytes, the same release
         if body.get("release") != len(mine) + 1:
-            raise RunFailed(f"round {rnd}: lender {lender} numbers its release {body.get('release')}, "
-                            f"its previous one was {len(mine)}")
+            raise RunFailed(
+                f"round {rnd}: lender {lender} numbers its release {body.get('release')}, "
+                f"its previous one was {len(mine)}"
+            )
     if cfg.dp and cfg.dp_level == "record":
         manifest = record.manifests[lender]
         expected = effective_delta(cfg.delta, manifest["policy"].get("delta", 0.0), int(manifest["train_records"]))
         if not math.isclose(float(body.get("delta") or -1), expected, rel_tol=1e-9):
             raise RunFailed(f"round {rnd}: lender {lender} accounts at delta {body.get('delta')}, expected {expected}")
         if body.get("budget") != cfg.budget_for(lender):
-            raise RunFailed(f"round {rnd}: lender {lender} states budget {body.get('budget')}, the run asked for "
-                            f"{cfg.budget_for(lender)}")
+            raise RunFailed(
+                f"round {rnd}: lender {lender} states budget {body.get('budget')}, the run asked for "
+                f"{cfg.budget_for(lender)}"
+            )
         events = record.events(lender)
         if body["type"] == L.LENDER_UPDATE:
             if len(body.get("events", [])) != 1:
@@ -327,8 +378,11 @@ def _collect_finals(grid: Grid, cfg: RunConfig, keeper: LedgerKeeper, record: Ru
     """Each lender's own signed count of its releases: a release left out of the ledger cannot go unnoticed."""
     nodes = sorted(grid.get_node_ids())
     content = RecordDict({CONFIG: run_config_record(cfg)})
-    replies = list(grid.send_and_receive([Message(content, dst_node_id=n, message_type=QUERY_FINAL) for n in nodes],
-                                         timeout=TIMEOUT_S))
+    replies = list(
+        grid.send_and_receive(
+            [Message(content, dst_node_id=n, message_type=QUERY_FINAL) for n in nodes], timeout=TIMEOUT_S
+        )
+    )
     answered = set()
     for reply in replies:
         try:
@@ -345,23 +399,27 @@ def _collect_finals(grid: Grid, cfg: RunConfig, keeper: LedgerKeeper, record: Ru
             raise RunFailed(str(exc)) from None
         distinct = len(record.releases.get(lender, []))
         if body["releases"] != distinct:
-            raise RunFailed(f"lender {lender} counts {body['releases']} releases in this run; the coordinator "
-                            f"recorded {distinct}")
+            raise RunFailed(
+                f"lender {lender} counts {body['releases']} releases in this run; the coordinator recorded {distinct}"
+            )
         answered.add(lender)
     for lender in sorted(set(record.manifests) - answered):
         keeper.rejected(None, lender, "no final statement (the lender failed or timed out)")
 
 
-def _finish(folder: RunFolder, cfg: RunConfig, keeper: LedgerKeeper, record: RunRecord, arrays: ArrayRecord,
-            model_and_dp) -> None:
+def _finish(
+    folder: RunFolder, cfg: RunConfig, keeper: LedgerKeeper, record: RunRecord, arrays: ArrayRecord, model_and_dp
+) -> None:
     model, lender_dp = model_and_dp
     model.load_state_dict(arrays.to_torch_state_dict())
     torch.save(model.state_dict(), folder.path("model.pt"))
     view = RunView(keeper.entries())
     last = [a for a in view.complete_rounds()][-1:]
     finish = {
-        "rounds_completed": len(view.complete_rounds()), "stop": {k: record.stop[k] for k in ("kind", "round")} if record.stop else {},
-        "stopped_early": record.stop.get("reason", ""), "model_hash": record.model_hash,
+        "rounds_completed": len(view.complete_rounds()),
+        "stop": {k: record.stop[k] for k in ("kind", "round")} if record.stop else {},
+        "stopped_early": record.stop.get("reason", ""),
+        "model_hash": record.model_hash,
         "model_file_sha256": hashlib.sha256(folder.path("model.pt").read_bytes()).hexdigest(),
         "final_metrics": global_scores(last[0]) if last else {k: None for k in METRICS},
         "privacy": privacy_summary(cfg, record, view, lender_dp),
@@ -376,8 +434,15 @@ def _finish(folder: RunFolder, cfg: RunConfig, keeper: LedgerKeeper, record: Run
     (folder.staging / checkpoint.FILE_NAME).unlink(missing_ok=True)  # a finished run has nothing to resume
 
 
-def _evaluate(grid: Grid, rnd: int, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int],
-              lender_of_node: dict[int, int], keeper: LedgerKeeper) -> dict:
+def _evaluate(
+    grid: Grid,
+    rnd: int,
+    arrays: ArrayRecord,
+    config: ConfigRecord,
+    nodes: list[int],
+    lender_of_node: dict[int, int],
+    keeper: LedgerKeeper,
+) -> dict:
     """Each lender of `nodes` scores the global model on its own test records and signs its scores; a lender that
     fails is recorded as such (the verifier requires a score or a recorded failure from each of them, so the
     coordinator cannot leave out the lenders the model serves worst). Returns the test-size-weighted mean."""
@@ -438,10 +503,14 @@ def _screen_train_replies(replies, shapes, global_arrays, cfg: RunConfig, lender
         except ReplyRejected as exc:
             rejected.append((lender, str(exc), salvage_train_reply(msg)))
             continue
-        if "arrays" in plain and cfg.max_update_norm and not cfg.secure_aggregation:  # a masked update is screened by its lender
+        if (
+            "arrays" in plain and cfg.max_update_norm and not cfg.secure_aggregation
+        ):  # a masked update is screened by its lender
             norm = update_norm(plain["arrays"], global_np)
             if not norm <= cfg.max_update_norm:
-                rejected.append((lender, f"update norm {norm:.3g} exceeds max-update-norm {cfg.max_update_norm:g}", plain))
+                rejected.append(
+                    (lender, f"update norm {norm:.3g} exceeds max-update-norm {cfg.max_update_norm:g}", plain)
+                )
                 continue
         checked.append((msg, plain))
     return sorted(checked, key=lambda item: lender_of(item[0])), rejected
@@ -459,12 +528,23 @@ def _mechanism(cfg: RunConfig, lender_dp: LenderLevelDP | None) -> dict:
     """What the coordinator asks for this round (each lender checks it against its own policy)."""
     if not cfg.dp:
         return {"dp": False}
-    out = {"dp": True, "granularity": cfg.dp_level, "accountant": cfg.accountant, "clip_norm": cfg.clip_norm,
-           "noise_multiplier": cfg.noise_multiplier or None, "delta": cfg.delta or None,
-           "reproducible_noise_not_private": cfg.reproducible_noise_not_private}
+    out = {
+        "dp": True,
+        "granularity": cfg.dp_level,
+        "accountant": cfg.accountant,
+        "clip_norm": cfg.clip_norm,
+        "noise_multiplier": cfg.noise_multiplier or None,
+        "delta": cfg.delta or None,
+        "reproducible_noise_not_private": cfg.reproducible_noise_not_private,
+    }
     if lender_dp:
-        out.update({"noise_multiplier": lender_dp.budget.sigma, "lender_sample_rate": lender_dp.q,
-                    "noise_source": noise_source(cfg.reproducible_noise_not_private)})
+        out.update(
+            {
+                "noise_multiplier": lender_dp.budget.sigma,
+                "lender_sample_rate": lender_dp.q,
+                "noise_source": noise_source(cfg.reproducible_noise_not_private),
+            }
+        )
     return out
 
 
@@ -477,14 +557,25 @@ def privacy_summary(cfg: RunConfig, record: RunRecord, view: RunView, lender_dp:
         events, delta = lender_dp.budget.events, lender_dp.budget.delta
         both = epsilons(events, delta) if events else {"rdp": 0.0, "prv": 0.0}
         sampled = {lender: sum(lender in a.roster for a in view.complete_rounds()) for lender in view.lenders()}
-        known = {str(lender): known_sampling_epsilon(float(lender_dp.budget.sigma), k, delta, cfg.accountant)
-                 for lender, k in sampled.items()}
+        known = {
+            str(lender): known_sampling_epsilon(float(lender_dp.budget.sigma), k, delta, cfg.accountant)
+            for lender, k in sampled.items()
+        }
         out["units"]["federation"] = {
-            "budget": cfg.epsilon, "delta": delta, "epsilon": both[cfg.accountant], "epsilon_rdp": both["rdp"],
-            "epsilon_prv": both["prv"], "rounds_released": len(events), "steps": len(events),
-            "noise_multiplier": lender_dp.budget.sigma, "sample_rate": lender_dp.q, "clip_norm": cfg.clip_norm,
-            "noise": noise_source(cfg.reproducible_noise_not_private), "rounds_sampled": {str(k): v for k, v in sampled.items()},
-            "epsilon_known_sampling": known, "epsilon_known_sampling_max": max(known.values(), default=0.0),
+            "budget": cfg.epsilon,
+            "delta": delta,
+            "epsilon": both[cfg.accountant],
+            "epsilon_rdp": both["rdp"],
+            "epsilon_prv": both["prv"],
+            "rounds_released": len(events),
+            "steps": len(events),
+            "noise_multiplier": lender_dp.budget.sigma,
+            "sample_rate": lender_dp.q,
+            "clip_norm": cfg.clip_norm,
+            "noise": noise_source(cfg.reproducible_noise_not_private),
+            "rounds_sampled": {str(k): v for k, v in sampled.items()},
+            "epsilon_known_sampling": known,
+            "epsilon_known_sampling_max": max(known.values(), default=0.0),
         }
         return out
     for lender in range(cfg.lenders):
@@ -494,10 +585,16 @@ def privacy_summary(cfg: RunConfig, record: RunRecord, view: RunView, lender_dp:
         delta = effective_delta(cfg.delta, manifest["policy"].get("delta", 0.0), int(manifest["train_records"]))
         both = epsilons(events, delta) if events else {"rdp": 0.0, "prv": 0.0}
         out["units"][str(lender)] = {
-            "budget": cfg.budget_for(lender), "delta": delta, "epsilon": both[cfg.accountant], "epsilon_rdp": both["rdp"],
-            "epsilon_prv": both["prv"], "rounds_released": len(events), "steps": sum(e.steps for e in events),
+            "budget": cfg.budget_for(lender),
+            "delta": delta,
+            "epsilon": both[cfg.accountant],
+            "epsilon_rdp": both["rdp"],
+            "epsilon_prv": both["prv"],
+            "rounds_released": len(events),
+            "steps": sum(e.steps for e in events),
             "noise_multiplier": events[-1].noise_multiplier if events else None,
-            "sample_rate": events[-1].sample_rate if events else None, "clip_norm": cfg.clip_norm,
+            "sample_rate": events[-1].sample_rate if events else None,
+            "clip_norm": cfg.clip_norm,
             "noise": bodies[-1].get("noise") if bodies else None,
         }
     return out

@@ -23,11 +23,32 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from federation.messages import (CONFIG, MASKED, QUERY_SECAGG_CONFIRM, QUERY_SECAGG_KEYS, QUERY_SECAGG_SHARES,
-                                 QUERY_SECAGG_UNMASK, SECAGG, ReplyRejected, inspect_reply, numpy_arrays)
+from federation.messages import (
+    CONFIG,
+    MASKED,
+    QUERY_SECAGG_CONFIRM,
+    QUERY_SECAGG_KEYS,
+    QUERY_SECAGG_SHARES,
+    QUERY_SECAGG_UNMASK,
+    SECAGG,
+    ReplyRejected,
+    inspect_reply,
+    numpy_arrays,
+)
 from federation.registry import Registry
-from federation.secagg import (MIN_ROSTER, SecAggError, check_keys, confirmation_verifies, roster_body, signed,
-                               unflatten, unmask_body, unmask_sum, unpack_share, weighted_quantizer)
+from federation.secagg import (
+    MIN_ROSTER,
+    SecAggError,
+    check_keys,
+    confirmation_verifies,
+    roster_body,
+    signed,
+    unflatten,
+    unmask_body,
+    unmask_sum,
+    unpack_share,
+    weighted_quantizer,
+)
 
 TIMEOUT_S = 3600.0
 
@@ -40,8 +61,17 @@ class SecureRound:
     verify (every honest lender would refuse the round over it); the lenders check everything themselves anyway.
     """
 
-    def __init__(self, grid: Grid, rnd: int, config: ConfigRecord, bound: float, lender_of_node: Callable[[int], int],
-                 run_id: str, coordinator_key: Ed25519PrivateKey, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        rnd: int,
+        config: ConfigRecord,
+        bound: float,
+        lender_of_node: Callable[[int], int],
+        run_id: str,
+        coordinator_key: Ed25519PrivateKey,
+        registry: Registry | None = None,
+    ) -> None:
         self.grid, self.rnd, self.config, self.bound = grid, rnd, config, bound
         self.lender_of_node, self.run_id, self.key, self.registry = lender_of_node, run_id, coordinator_key, registry
         self.nodes: list[int] = []  # position -> node id
@@ -62,8 +92,14 @@ class SecureRound:
         """Send one secure-aggregation request per position; the inspected replies by position. A lender
         that fails or breaks the contract is recorded in `lost` (default `dropped`) with the reason, and the
         round goes on without it."""
-        messages = [Message(RecordDict({CONFIG: self.config, SECAGG: ConfigRecord(body)}), dst_node_id=self.nodes[p],
-                            message_type=kind) for p, body in requests.items()]
+        messages = [
+            Message(
+                RecordDict({CONFIG: self.config, SECAGG: ConfigRecord(body)}),
+                dst_node_id=self.nodes[p],
+                message_type=kind,
+            )
+            for p, body in requests.items()
+        ]
         position = {node: p for p, node in enumerate(self.nodes)}
         out, why = {}, {}
         for reply in self.grid.send_and_receive(messages, timeout=TIMEOUT_S):
@@ -97,10 +133,16 @@ class SecureRound:
                 del keys[p]
         self._enough(len(keys), "advertised keys")
         self.mask_keys = {p: bytes(keys[p]["mask-key"]) for p in keys}
-        column = {name: [bytes(keys[p][name]) if p in keys else b"" for p in range(k)]
-                  for name in ("mask-key", "channel-key", "signature")}
-        request = {**self._roster_fields(), "mask-keys": column["mask-key"], "channel-keys": column["channel-key"],
-                   "key-signatures": column["signature"]}
+        column = {
+            name: [bytes(keys[p][name]) if p in keys else b"" for p in range(k)]
+            for name in ("mask-key", "channel-key", "signature")
+        }
+        request = {
+            **self._roster_fields(),
+            "mask-keys": column["mask-key"],
+            "channel-keys": column["channel-key"],
+            "key-signatures": column["signature"],
+        }
         sealed = self._ask(QUERY_SECAGG_SHARES, {p: request for p in sorted(keys)})
         self.active = sorted(p for p in sealed if len(sealed[p]["sealed"]) == k)
         for p in sorted(set(sealed) - set(self.active)):
@@ -109,28 +151,52 @@ class SecureRound:
         out = []
         for p in self.active:
             # A new content per lender: Flower's strategies give every train message the same RecordDict.
-            content = RecordDict({**dict(messages[p].content), SECAGG: ConfigRecord({
-                **self._roster_fields(), "active": self.active,
-                "sealed": [bytes(sealed[j]["sealed"][p]) if j in self.active else b"" for j in range(k)],
-            })})
-            out.append(Message(content, dst_node_id=self.nodes[p], message_type=messages[p].metadata.message_type,
-                               group_id=messages[p].metadata.group_id))
+            content = RecordDict(
+                {
+                    **dict(messages[p].content),
+                    SECAGG: ConfigRecord(
+                        {
+                            **self._roster_fields(),
+                            "active": self.active,
+                            "sealed": [bytes(sealed[j]["sealed"][p]) if j in self.active else b"" for j in range(k)],
+                        }
+                    ),
+                }
+            )
+            out.append(
+                Message(
+                    content,
+                    dst_node_id=self.nodes[p],
+                    message_type=messages[p].metadata.message_type,
+                    group_id=messages[p].metadata.group_id,
+                )
+            )
         return out
 
     def _keys_verify(self, p: int, reply: dict) -> bool:
         if self.registry is None:
             return True
         try:
-            check_keys(self.registry, self.run_id, self.rnd, self.participants[p], p, bytes(reply["mask-key"]),
-                       bytes(reply["channel-key"]), bytes(reply["signature"]))
+            check_keys(
+                self.registry,
+                self.run_id,
+                self.rnd,
+                self.participants[p],
+                p,
+                bytes(reply["mask-key"]),
+                bytes(reply["channel-key"]),
+                bytes(reply["signature"]),
+            )
         except SecAggError:
             return False
         return True
 
     def _enough(self, count: int, what: str) -> None:
         if count < self.threshold:
-            raise SecAggError(f"round {self.rnd}: only {count} lenders {what}; secure aggregation needs at least "
-                              f"{self.threshold} of {len(self.nodes)}")
+            raise SecAggError(
+                f"round {self.rnd}: only {count} lenders {what}; secure aggregation needs at least "
+                f"{self.threshold} of {len(self.nodes)}"
+            )
 
     def aggregate(self, global_arrays: ArrayRecord, accepted: list[Message]) -> tuple[ArrayRecord, int]:
         """Steps 4 and 5 and the unmasked FedAvg update: (the new model, sum of the survivors' record counts).
@@ -153,37 +219,60 @@ class SecureRound:
         self._enough(len(survivors), "sent their masked update")
         survivor_ids, dropped_ids = [self.participants[p] for p in survivors], [self.participants[p] for p in dropped]
         self.unmask_request = signed(self.key, unmask_body(self.run_id, self.rnd, survivor_ids, dropped_ids))
-        request = {**self._roster_fields(), "unmask": self.unmask_request["body"],
-                   "unmask-signature": self.unmask_request["signature"]}
+        request = {
+            **self._roster_fields(),
+            "unmask": self.unmask_request["body"],
+            "unmask-signature": self.unmask_request["signature"],
+        }
         confirmed = self._ask(QUERY_SECAGG_CONFIRM, {p: request for p in survivors}, self.unhelpful)
         for p in sorted(confirmed):
             lender, signature = self.participants[p], bytes(confirmed[p]["signature"])
-            if self.registry and not confirmation_verifies(self.registry, self.run_id, self.rnd, survivor_ids,
-                                                           dropped_ids, lender, signature):
-                self._drop(p, "secure aggregation: its confirmation of the survivor set does not verify", self.unhelpful)
+            if self.registry and not confirmation_verifies(
+                self.registry, self.run_id, self.rnd, survivor_ids, dropped_ids, lender, signature
+            ):
+                self._drop(
+                    p, "secure aggregation: its confirmation of the survivor set does not verify", self.unhelpful
+                )
                 continue
             self.confirmations[lender] = signature.hex()
         self._enough(len(self.confirmations), "confirmed the survivor set")
         forwarded = [bytes.fromhex(self.confirmations.get(lender, "")) for lender in survivor_ids]
-        answers = self._ask(QUERY_SECAGG_UNMASK, {p: {**request, "confirmations": forwarded}
-                                                  for p in survivors if self.participants[p] in self.confirmations},
-                             self.unhelpful)
-        answers = {p: a for p, a in answers.items()
-                   if len(a["seed-shares"]) == len(survivors) and len(a["key-shares"]) == len(dropped)}
+        answers = self._ask(
+            QUERY_SECAGG_UNMASK,
+            {
+                p: {**request, "confirmations": forwarded}
+                for p in survivors
+                if self.participants[p] in self.confirmations
+            },
+            self.unhelpful,
+        )
+        answers = {
+            p: a
+            for p, a in answers.items()
+            if len(a["seed-shares"]) == len(survivors) and len(a["key-shares"]) == len(dropped)
+        }
         self._enough(len(answers), "answered the unmasking step")
-        seed_shares = {s: [unpack_share(bytes(a["seed-shares"][i])) for a in answers.values()]
-                       for i, s in enumerate(survivors)}
-        key_shares = {d: [unpack_share(bytes(a["key-shares"][i])) for a in answers.values()]
-                      for i, d in enumerate(dropped)}
+        seed_shares = {
+            s: [unpack_share(bytes(a["seed-shares"][i])) for a in answers.values()] for i, s in enumerate(survivors)
+        }
+        key_shares = {
+            d: [unpack_share(bytes(a["key-shares"][i])) for a in answers.values()] for i, d in enumerate(dropped)
+        }
         total = unmask_sum(masked, {p: self.mask_keys[p] for p in self.active}, self.threshold, seed_shares, key_shares)
         quantizer = weighted_quantizer(self.bound, len(self.nodes))
         decoded = quantizer.decode_sum(total)
         weight_sum = round(float(decoded[-1]))
         # n_i are whole numbers: a sum that is not one means some vector was malformed (or a share was wrong).
         if weight_sum < 1 or abs(decoded[-1] - weight_sum) > quantizer.max_sum_error(len(survivors)):
-            raise SecAggError(f"round {self.rnd}: the unmasked record count {decoded[-1]:.6f} is not a positive whole "
-                              f"number: a lender sent a malformed masked vector")
+            raise SecAggError(
+                f"round {self.rnd}: the unmasked record count {decoded[-1]:.6f} is not a positive whole "
+                f"number: a lender sent a malformed masked vector"
+            )
         update = unflatten(decoded[:-1] / weight_sum, current)
-        new = ArrayRecord({name: Array((current[name].astype(np.float64) + update[name]).astype(current[name].dtype))
-                           for name in global_arrays.keys()})
+        new = ArrayRecord(
+            {
+                name: Array((current[name].astype(np.float64) + update[name]).astype(current[name].dtype))
+                for name in global_arrays
+            }
+        )
         return new, weight_sum

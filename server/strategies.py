@@ -24,7 +24,10 @@ from federation.config import RunConfig
 def make_strategy(cfg: RunConfig) -> Strategy:
     k = cfg.lenders_per_round or cfg.lenders
     common = dict(
-        fraction_train=k / cfg.lenders, fraction_evaluate=k / cfg.lenders, min_train_nodes=k, min_evaluate_nodes=k,
+        fraction_train=k / cfg.lenders,
+        fraction_evaluate=k / cfg.lenders,
+        min_train_nodes=k,
+        min_evaluate_nodes=k,
         min_available_nodes=cfg.lenders,
     )
     if cfg.strategy == "fedavg":

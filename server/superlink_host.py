@@ -70,7 +70,9 @@ class CoordinatorHost:
         self.group = ProcessGroup(self.folder / "logs", flower_env(self.folder / "flwr-home"), PROJECT)
 
     # ---- set-up, once -----------------------------------------------------------------------
-    def init(self, address: str, names: list[str] | None = None, brought: tuple[Path, Path, Path] | None = None) -> dict:
+    def init(
+        self, address: str, names: list[str] | None = None, brought: tuple[Path, Path, Path] | None = None
+    ) -> dict:
         """Make the folder: keys, certificates for `names` (the address's host is always one of them), the
         SuperLink's own port and the flwr connection. Returns what the coordinator publishes."""
         host, port = parse_address(address)
@@ -84,15 +86,19 @@ class CoordinatorHost:
         public = self.folder / "tls" / "public"
         if brought:
             public.mkdir(parents=True, exist_ok=True, mode=0o700)
-            for src, name in zip(brought, ("server.crt", "server.key", "ca.crt")):
+            for src, name in zip(brought, ("server.crt", "server.key", "ca.crt"), strict=False):
                 shutil.copyfile(src, public / name)
             (public / "server.key").chmod(0o600)
         else:
             make_tls(public, names)
         make_tls(self.folder / "tls" / "internal", ["127.0.0.1"])
         internal_port = free_port()
-        config = {"address": f"{host}:{port}", "names": names, "internal_port": internal_port,
-                  "coordinator_public_key": public_hex(key)}
+        config = {
+            "address": f"{host}:{port}",
+            "names": names,
+            "internal_port": internal_port,
+            "coordinator_public_key": public_hex(key),
+        }
         (self.folder / "coordinator.json").write_text(json.dumps(config, indent=2) + "\n")
         (self.folder / "keys" / f"{COORDINATOR}.pub").write_text(public_hex(key) + "\n")
         home = self.folder / "flwr-home"
@@ -100,7 +106,8 @@ class CoordinatorHost:
         (home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
             f'address = "127.0.0.1:{internal_port}"\n'
-            f'root-certificates = {_toml_string(str(self.folder / "tls" / "internal" / "ca.crt"))}\n')
+            f"root-certificates = {_toml_string(str(self.folder / 'tls' / 'internal' / 'ca.crt'))}\n"
+        )
         (self.folder / "supernodes").mkdir(exist_ok=True)
         return {**config, "ca": str(public / "ca.crt"), "fingerprint": fingerprint(public_hex(key))}
 
@@ -128,20 +135,49 @@ class CoordinatorHost:
         internal, public = self.folder / "tls" / "internal", self.folder / "tls" / "public"
         port = config["internal_port"]
         try:
-            self.group.spawn("superlink", [
-                tool("flower-superlink"), "--ssl-ca-certfile", str(internal / "ca.crt"),
-                "--ssl-certfile", str(internal / "server.crt"), "--ssl-keyfile", str(internal / "server.key"),
-                "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(port)])
+            self.group.spawn(
+                "superlink",
+                [
+                    tool("flower-superlink"),
+                    "--ssl-ca-certfile",
+                    str(internal / "ca.crt"),
+                    "--ssl-certfile",
+                    str(internal / "server.crt"),
+                    "--ssl-keyfile",
+                    str(internal / "server.key"),
+                    "--enable-supernode-auth",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+            )
             self.group.wait_for_port("127.0.0.1", port, "superlink")
             for key in sorted((self.folder / "supernodes").glob("lender_*.pub")):
                 done = self.flwr("supernode", "register", str(key), CONNECTION, timeout=120)
                 if done.returncode != 0:
-                    raise DeploymentError(f"registering {key.name} failed: {(done.stdout + done.stderr).strip()[-300:]}")
+                    raise DeploymentError(
+                        f"registering {key.name} failed: {(done.stdout + done.stderr).strip()[-300:]}"
+                    )
             host, public_port = parse_address(config["address"])
-            self.group.spawn("gateway", [
-                sys.executable, "-m", "server.fleet_gateway", "--listen", config["address"],
-                "--certfile", str(public / "server.crt"), "--keyfile", str(public / "server.key"),
-                "--upstream", f"https://127.0.0.1:{port}", "--upstream-ca", str(internal / "ca.crt")])
+            self.group.spawn(
+                "gateway",
+                [
+                    sys.executable,
+                    "-m",
+                    "server.fleet_gateway",
+                    "--listen",
+                    config["address"],
+                    "--certfile",
+                    str(public / "server.crt"),
+                    "--keyfile",
+                    str(public / "server.key"),
+                    "--upstream",
+                    f"https://127.0.0.1:{port}",
+                    "--upstream-ca",
+                    str(internal / "ca.crt"),
+                ],
+            )
             self.group.wait_for_port(host, public_port, "gateway")
         except BaseException:
             self.stop()
@@ -153,8 +189,15 @@ class CoordinatorHost:
     def flwr(self, *args: str, timeout: float = 600.0):
         import subprocess
 
-        return subprocess.run([tool("flwr"), *args], env=self.group.env, cwd=PROJECT, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            [tool("flwr"), *args],
+            env=self.group.env,
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def run(self, cfg: RunConfig, timeout: float = 900.0) -> Path:
         """`flwr run` the federation with `cfg` on this SuperLink; the run folder when it finished. The coordinator's
@@ -167,6 +210,8 @@ class CoordinatorHost:
         (self.folder / "logs" / "flwr-run.log").write_text(done.stdout + done.stderr)
         if not (output / "report.json").exists():
             tail = " ".join((done.stdout + done.stderr).strip().split()[-60:])
-            raise DeploymentError(f"the run did not finish (flwr run exited {done.returncode}; the log is "
-                                  f"{self.folder / 'logs' / 'flwr-run.log'}): {tail}")
+            raise DeploymentError(
+                f"the run did not finish (flwr run exited {done.returncode}; the log is "
+                f"{self.folder / 'logs' / 'flwr-run.log'}): {tail}"
+            )
         return output

@@ -63,7 +63,7 @@ class Forger:
                 entry["signature"] = sign(key, canonical(body))
         *prefix, finish = entries
         finish["body"].pop("files", None)
-        view = RunView(prefix + [finish])
+        view = RunView([*prefix, finish])
         files = run_files(view, finish["body"])
         files.update(tamper or {})
         for folder in ("manifests", "keys"):
@@ -115,15 +115,24 @@ def restate_privacy(entries: list[dict]) -> list[dict]:
         releases = view.releases(int(name))
         events = [PrivacyEvent.from_dict(e) for b in releases for e in b["events"]]
         both = epsilons(events, unit["delta"]) if events else {"rdp": 0.0, "prv": 0.0}
-        last = (releases[-1]["events"][0] if releases else {})
-        unit.update({"epsilon": both["rdp"], "epsilon_rdp": both["rdp"], "epsilon_prv": both["prv"],
-                     "rounds_released": len(events), "steps": sum(e.steps for e in events),
-                     "noise_multiplier": last.get("noise_multiplier"), "sample_rate": last.get("sample_rate"),
-                     "noise": releases[-1].get("noise") if releases else None})
+        last = releases[-1]["events"][0] if releases else {}
+        unit.update(
+            {
+                "epsilon": both["rdp"],
+                "epsilon_rdp": both["rdp"],
+                "epsilon_prv": both["prv"],
+                "rounds_released": len(events),
+                "steps": sum(e.steps for e in events),
+                "noise_multiplier": last.get("noise_multiplier"),
+                "sample_rate": last.get("sample_rate"),
+                "noise": releases[-1].get("noise") if releases else None,
+            }
+        )
         final = view.finals.get(int(name))
         if final is not None:  # what the lender signed stays as it signed it
-            unit.update({"epsilon": final["epsilon"], "epsilon_rdp": final["epsilon_rdp"],
-                         "epsilon_prv": final["epsilon_prv"]})
+            unit.update(
+                {"epsilon": final["epsilon"], "epsilon_rdp": final["epsilon_rdp"], "epsilon_prv": final["epsilon_prv"]}
+            )
     complete = view.complete_rounds()
     if complete:
         finish["final_metrics"] = global_scores(complete[-1])

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from federation.privacy.one_run_audit import epsilon_lower_bound, guess_counts, make_canaries, p_value
 from fedcredit.canary_audit import audit
 from fedcredit.cli import app
 from federation.config import RunConfig
 from federation.data import load_lender
+from federation.privacy.one_run_audit import epsilon_lower_bound, guess_counts, make_canaries, p_value
 
 
 def test_p_value_matches_the_papers_worked_example():
@@ -108,8 +108,18 @@ def test_dp_run_never_shows_a_bound_above_its_claim(tmp_path, epsilon):
     assert result["epsilon_lower_bound"] <= result["epsilon_claimed"]
 
 
-CHEAT = RunConfig(records=1000, lenders=2, rounds=10, local_epochs=5, model="mlp", hidden=128, batch_size=32,
-                  clip_norm=5.0, epsilon=0.25, engine="inprocess")
+CHEAT = RunConfig(
+    records=1000,
+    lenders=2,
+    rounds=10,
+    local_epochs=5,
+    model="mlp",
+    hidden=128,
+    batch_size=32,
+    clip_norm=5.0,
+    epsilon=0.25,
+    engine="inprocess",
+)
 
 
 def test_a_run_whose_noise_is_far_below_its_claim_is_caught(tmp_path, monkeypatch):
@@ -126,13 +136,29 @@ def test_a_run_whose_noise_is_far_below_its_claim_is_caught(tmp_path, monkeypatc
 
 
 def test_audit_command_prints_bound_next_to_claim(tmp_path):
-    result = CliRunner().invoke(app, ["audit", "--set", "records=2000", "--lenders", "2", "--rounds", "2",
-                                      "--epsilon", "2", "--output-dir", str(tmp_path / "cli")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "audit",
+            "--set",
+            "records=2000",
+            "--lenders",
+            "2",
+            "--rounds",
+            "2",
+            "--epsilon",
+            "2",
+            "--output-dir",
+            str(tmp_path / "cli"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "epsilon lower bound" in result.output and "epsilon claimed" in result.output
     assert "largest claim this audit could refute" in result.output
 
 
 def test_audit_rejects_impossible_guess_counts(tmp_path):
-    result = CliRunner().invoke(app, ["audit", "--canaries", "10", "--guesses", "40", "--output-dir", str(tmp_path / "x")])
+    result = CliRunner().invoke(
+        app, ["audit", "--canaries", "10", "--guesses", "40", "--output-dir", str(tmp_path / "x")]
+    )
     assert result.exit_code == 2 and "guesses must be between" in result.output

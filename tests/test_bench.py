@@ -36,8 +36,20 @@ def test_quick_grid_end_to_end_and_resume(tmp_path, fixture_dir):
     data = fixture_dir("german_credit")
     out = tmp_path / "bench"
     # An explicit delta: the fixture's lenders have about 20 training records, too few for the default delta.
-    args = ["bench", "--quick", "--datasets", "synthetic,german_credit", "--data-dir", str(data),
-            "--set", "lenders=2", "--set", "delta=1e-4", "--output-dir", str(out)]
+    args = [
+        "bench",
+        "--quick",
+        "--datasets",
+        "synthetic,german_credit",
+        "--data-dir",
+        str(data),
+        "--set",
+        "lenders=2",
+        "--set",
+        "delta=1e-4",
+        "--output-dir",
+        str(out),
+    ]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     with (out / "results.csv").open() as fh:
@@ -54,7 +66,9 @@ def test_quick_grid_end_to_end_and_resume(tmp_path, fixture_dir):
             assert math.isnan(auc) or 0.0 <= auc <= 1.0
         dp = [r for r in mine if r["method"] == "fedavg" and r["epsilon"] == "3"]
         assert all(0 < float(r["epsilon_spent"]) <= 3.0 for r in dp)
-    synthetic_pooled = next(r for r in rows if r["dataset"] == "synthetic" and r["method"] == "pooled" and r["lender"] == "pooled")
+    synthetic_pooled = next(
+        r for r in rows if r["dataset"] == "synthetic" and r["method"] == "pooled" and r["lender"] == "pooled"
+    )
     assert float(synthetic_pooled["auc"]) > 0.6
     md = (out / "RESULTS.md").read_text()
     assert "fedcredit bench --quick" in md and "| synthetic | natural |" in md
@@ -66,8 +80,11 @@ def test_quick_grid_end_to_end_and_resume(tmp_path, fixture_dir):
 
 
 def test_bench_bad_options_are_clear_errors(tmp_path):
-    for args, needle in ((["--datasets", "lending_club"], "unknown dataset"), (["--methods", "fedsgd"], "unknown method"),
-                         (["--set", "rounds=zero"], "expects int")):
+    for args, needle in (
+        (["--datasets", "lending_club"], "unknown dataset"),
+        (["--methods", "fedsgd"], "unknown method"),
+        (["--set", "rounds=zero"], "expects int"),
+    ):
         result = runner.invoke(app, ["bench", "--quick", "--output-dir", str(tmp_path / "b"), *args])
         assert result.exit_code == 2 and needle in result.output, result.output
 

@@ -8,8 +8,15 @@ from federation.encoding import encode, feature_names
 from federation.errors import CardError, DataError, PolicyViolation
 from federation.policy import apply_policy, check_card
 
-BUILTIN = ["synthetic", "taiwan_default", "taiwan_default_fate", "give_me_some_credit",
-           "give_me_some_credit_fate", "german_credit", "spanish_credit"]
+BUILTIN = [
+    "synthetic",
+    "taiwan_default",
+    "taiwan_default_fate",
+    "give_me_some_credit",
+    "give_me_some_credit_fate",
+    "german_credit",
+    "spanish_credit",
+]
 
 
 @pytest.mark.parametrize("name", BUILTIN)
@@ -25,9 +32,14 @@ def test_synthetic_policy_refuses_forbidden_fields_and_drops_no_consent_first():
     result = apply_policy(frame, card)
     refused = {f["name"]: f["category"] for f in result.fields_refused}
     assert refused == {
-        "age": "sensitive", "gender": "sensitive", "ethnicity": "sensitive", "marital_status": "sensitive",
-        "social_media_hours_per_day": "non_credit", "online_shopping_orders_per_month": "non_credit",
-        "books_read_per_year": "non_credit", "meals_out_per_week": "non_credit",
+        "age": "sensitive",
+        "gender": "sensitive",
+        "ethnicity": "sensitive",
+        "marital_status": "sensitive",
+        "social_media_hours_per_day": "non_credit",
+        "online_shopping_orders_per_month": "non_credit",
+        "books_read_per_year": "non_credit",
+        "meals_out_per_week": "non_credit",
     }
     assert all(f["reason"] for f in result.fields_refused)
     assert not set(refused) & set(result.features.columns)
@@ -44,7 +56,9 @@ def _card(columns: dict) -> dict:
     return {"name": "t", "columns": {"y": {"category": "label", "positive": 1}, **columns}}
 
 
-@pytest.mark.parametrize("column", ["gender", "MaritalStatus", "social_media_score", "age", "ethnicity_code", "telephone"])
+@pytest.mark.parametrize(
+    "column", ["gender", "MaritalStatus", "social_media_score", "age", "ethnicity_code", "telephone"]
+)
 def test_card_declaring_a_prohibited_column_as_credit_data_is_an_error(column):
     card = parse_card(_card({column: {"category": "credit_history", "bounds": [0, 1]}}))
     with pytest.raises(PolicyViolation, match=column):
@@ -52,8 +66,16 @@ def test_card_declaring_a_prohibited_column_as_credit_data_is_an_error(column):
 
 
 def test_names_that_merely_contain_age_are_not_refused():
-    check_card(parse_card(_card({"mortgage_balance": {"category": "collateral", "bounds": [0, 1]},
-                                 "average_utilization": {"category": "credit_history", "bounds": [0, 1]}})))
+    check_card(
+        parse_card(
+            _card(
+                {
+                    "mortgage_balance": {"category": "collateral", "bounds": [0, 1]},
+                    "average_utilization": {"category": "credit_history", "bounds": [0, 1]},
+                }
+            )
+        )
+    )
 
 
 def test_card_must_describe_every_column():
@@ -63,29 +85,57 @@ def test_card_must_describe_every_column():
         apply_policy(frame, card)
 
 
-@pytest.mark.parametrize("bad,message", [
-    ({"x": {"category": "hobby"}}, "category 'hobby'"),
-    ({"x": {"category": "capacity"}}, "bounds"),
-    ({"x": {"category": "capacity", "bounds": [5, 1]}}, "low < high"),
-    ({"x": {"category": "capacity", "type": "categorical"}}, "categories"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"x": {"category": "hobby"}}, "category 'hobby'"),
+        ({"x": {"category": "capacity"}}, "bounds"),
+        ({"x": {"category": "capacity", "bounds": [5, 1]}}, "low < high"),
+        ({"x": {"category": "capacity", "type": "categorical"}}, "categories"),
+    ],
+)
 def test_malformed_cards_are_rejected(bad, message):
     with pytest.raises(CardError, match=message):
         parse_card(_card(bad))
 
 
 def test_encoding_uses_public_bounds_only():
-    card = parse_card(_card({
-        "income": {"category": "capacity", "bounds": [0, 100]},
-        "debt": {"category": "capacity", "bounds": [0, 1000], "transform": "log1p", "missing": "indicator"},
-        "dpd": {"category": "credit_history", "bounds": [0, 180], "bins": [1, 30, 90]},
-        "home": {"category": "collateral", "type": "categorical", "categories": ["own", "rent"], "missing": "unknown"},
-    }))
-    frame = pd.DataFrame({"income": [0, 50, 100, 400], "debt": [0, np.nan, 1000, 10],
-                          "dpd": [0, 15, 45, 120], "home": ["own", "rent", None, "own"]})
+    card = parse_card(
+        _card(
+            {
+                "income": {"category": "capacity", "bounds": [0, 100]},
+                "debt": {"category": "capacity", "bounds": [0, 1000], "transform": "log1p", "missing": "indicator"},
+                "dpd": {"category": "credit_history", "bounds": [0, 180], "bins": [1, 30, 90]},
+                "home": {
+                    "category": "collateral",
+                    "type": "categorical",
+                    "categories": ["own", "rent"],
+                    "missing": "unknown",
+                },
+            }
+        )
+    )
+    frame = pd.DataFrame(
+        {
+            "income": [0, 50, 100, 400],
+            "debt": [0, np.nan, 1000, 10],
+            "dpd": [0, 15, 45, 120],
+            "home": ["own", "rent", None, "own"],
+        }
+    )
     x = encode(frame, card)
     names = feature_names(card, list(frame.columns))
-    assert names == ["income", "debt", "debt__missing", "dpd[-inf,1)", "dpd[1,30)", "dpd[30,90)", "dpd[90,inf)", "home=own", "home=rent"]
+    assert names == [
+        "income",
+        "debt",
+        "debt__missing",
+        "dpd[-inf,1)",
+        "dpd[1,30)",
+        "dpd[30,90)",
+        "dpd[90,inf)",
+        "home=own",
+        "home=rent",
+    ]
     assert x.shape == (4, len(names))
     np.testing.assert_allclose(x[:, 0], [-1, 0, 1, 1])  # scaled by bounds, clipped above
     np.testing.assert_allclose(x[:, 1], [-1, 0, 1, 2 * np.log1p(10) / np.log1p(1000) - 1], rtol=1e-6)

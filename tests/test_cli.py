@@ -37,7 +37,18 @@ def _assert_clean_failure(result, output, out: Path, needle: str):
 def _csv(tmp_path, text: str, card: str = CARD) -> list[str]:
     (tmp_path / "data.csv").write_text(text)
     (tmp_path / "card.toml").write_text(card)
-    return ["--dataset", "csv", "--csv", str(tmp_path / "data.csv"), "--card", str(tmp_path / "card.toml"), "--partition", "iid", "--lenders", "2"]
+    return [
+        "--dataset",
+        "csv",
+        "--csv",
+        str(tmp_path / "data.csv"),
+        "--card",
+        str(tmp_path / "card.toml"),
+        "--partition",
+        "iid",
+        "--lenders",
+        "2",
+    ]
 
 
 def _rows(n=60, nan_at=None):
@@ -84,7 +95,9 @@ def test_non_positive_epsilon(tmp_path, eps):
 
 def test_more_lenders_than_records(tmp_path):
     out = tmp_path / "run"
-    _assert_clean_failure(*_invoke(_csv(tmp_path, _rows(30)) + ["--lenders", "20"], out), out, "20 lenders need at least")
+    _assert_clean_failure(
+        *_invoke([*_csv(tmp_path, _rows(30)), "--lenders", "20"], out), out, "20 lenders need at least"
+    )
 
 
 def test_prohibited_column_declared_as_credit(tmp_path):
@@ -101,7 +114,7 @@ def test_unknown_option(tmp_path):
 
 def test_bring_your_own_csv_and_card_runs(tmp_path):
     out = tmp_path / "run"
-    result, output = _invoke(_csv(tmp_path, _rows(400)) + ["--epsilon", "4"], out)
+    result, output = _invoke([*_csv(tmp_path, _rows(400)), "--epsilon", "4"], out)
     assert result.exit_code == 0, output
     assert "epsilon spent / budget" in output.replace("\n", " ") or "budget" in output
     config = json.loads((out / "config.json").read_text())

@@ -49,7 +49,9 @@ def test_partitions_cover_every_record_once(method):
     joined = np.concatenate(parts)
     assert len(joined) == len(np.unique(joined)) == 3000
     assert min(len(p) for p in parts) >= 10
-    assert all(np.array_equal(a, b) for a, b in zip(parts, partition(labels, 7, method, alpha=0.5, seed=3)))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(parts, partition(labels, 7, method, alpha=0.5, seed=3), strict=False)
+    )
 
 
 def test_dirichlet_skews_labels_and_quantity_skews_sizes():
@@ -85,6 +87,7 @@ def test_more_lenders_than_records_is_an_error():
 
 # ---- real schemas, on small fixtures ---------------------------------------------------------
 
+
 def test_taiwan_fate_split_fixture(fixture_dir):
     cfg = RunConfig(dataset="taiwan_default", data_dir=str(fixture_dir("taiwan_default")), partition="iid", lenders=2)
     data = load_lender(cfg, 0)
@@ -95,7 +98,12 @@ def test_taiwan_fate_split_fixture(fixture_dir):
 
 
 def test_taiwan_uci_original_fixture(fixture_dir):
-    cfg = RunConfig(dataset="taiwan_default", data_dir=str(fixture_dir("taiwan_default", "taiwan_default_uci")), partition="iid", lenders=2)
+    cfg = RunConfig(
+        dataset="taiwan_default",
+        data_dir=str(fixture_dir("taiwan_default", "taiwan_default_uci")),
+        partition="iid",
+        lenders=2,
+    )
     data = load_lender(cfg, 1)
     assert {f["name"] for f in data.manifest["fields_refused"]} == {"SEX", "EDUCATION", "MARRIAGE", "AGE"}
     assert len(data.features) == 49  # the same encoded features as the FATE form
@@ -103,32 +111,55 @@ def test_taiwan_uci_original_fixture(fixture_dir):
 
 
 def test_give_me_some_credit_fixtures(fixture_dir, tmp_path):
-    fate = load_lender(RunConfig(dataset="give_me_some_credit", data_dir=str(fixture_dir("give_me_some_credit")), partition="iid", lenders=2), 0)
+    fate = load_lender(
+        RunConfig(
+            dataset="give_me_some_credit", data_dir=str(fixture_dir("give_me_some_credit")), partition="iid", lenders=2
+        ),
+        0,
+    )
     assert [f["name"] for f in fate.manifest["fields_refused"]] == ["age"]
     kaggle_dir = tmp_path / "kaggle"
     import shutil
 
     from tests.conftest import FIXTURES
+
     shutil.copytree(FIXTURES / "give_me_some_credit_kaggle", kaggle_dir / "give_me_some_credit")
-    kaggle = load_lender(RunConfig(dataset="give_me_some_credit", data_dir=str(kaggle_dir), partition="iid", lenders=2), 0)
+    kaggle = load_lender(
+        RunConfig(dataset="give_me_some_credit", data_dir=str(kaggle_dir), partition="iid", lenders=2), 0
+    )
     assert "MonthlyIncome__missing" in kaggle.features  # Kaggle's missing incomes become an indicator
 
 
 def test_german_and_spanish_fixtures(fixture_dir):
-    german = load_lender(RunConfig(dataset="german_credit", data_dir=str(fixture_dir("german_credit")), partition="iid", lenders=2), 0)
+    german = load_lender(
+        RunConfig(dataset="german_credit", data_dir=str(fixture_dir("german_credit")), partition="iid", lenders=2), 0
+    )
     assert {f["name"] for f in german.manifest["fields_refused"]} == {
-        "personal_status_and_sex", "age_in_years", "foreign_worker", "telephone", "present_residence_since"}
-    spanish = load_lender(RunConfig(dataset="spanish_credit", data_dir=str(fixture_dir("spanish_credit")), partition="iid", lenders=2), 0)
+        "personal_status_and_sex",
+        "age_in_years",
+        "foreign_worker",
+        "telephone",
+        "present_residence_since",
+    }
+    spanish = load_lender(
+        RunConfig(dataset="spanish_credit", data_dir=str(fixture_dir("spanish_credit")), partition="iid", lenders=2), 0
+    )
     assert {f["name"] for f in spanish.manifest["fields_refused"]} == {"Age", "Marital"}
     assert "Income__missing" in spanish.features
 
 
 # ---- real data (skip when ../shared/datasets is absent) ---------------------------------------
 
-@pytest.mark.parametrize("dataset,rows,rate", [
-    ("taiwan_default", 30000, 0.221), ("give_me_some_credit", 30000, 0.067),
-    ("german_credit", 1000, 0.30), ("spanish_credit", 4454, 0.28),
-])
+
+@pytest.mark.parametrize(
+    "dataset,rows,rate",
+    [
+        ("taiwan_default", 30000, 0.221),
+        ("give_me_some_credit", 30000, 0.067),
+        ("german_credit", 1000, 0.30),
+        ("spanish_credit", 4454, 0.28),
+    ],
+)
 def test_real_datasets_load_through_the_policy(dataset, rows, rate):
     data_dir = shared_or_skip(dataset)
     cfg = RunConfig(dataset=dataset, data_dir=str(data_dir), partition="iid", lenders=3)
@@ -168,11 +199,16 @@ def _own_data(tmp_path, labels, positive="1", consent=None, banks=None, partitio
     consent = consent or ["yes"] * len(labels)
     banks = banks or [i % 2 for i in range(len(labels))]
     rows = ["income,bank,consent,defaulted"]
-    rows += [f"{i % 100},{b},{c},{y}" for i, (y, c, b) in enumerate(zip(labels, consent, banks))]
+    rows += [f"{i % 100},{b},{c},{y}" for i, (y, c, b) in enumerate(zip(labels, consent, banks, strict=False))]
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "card.toml").write_text(LABEL_CARD.format(positive=positive))
-    return RunConfig(dataset="csv", csv_path=str(tmp_path / "data.csv"), card_path=str(tmp_path / "card.toml"),
-                     partition=partition, lenders=2)
+    return RunConfig(
+        dataset="csv",
+        csv_path=str(tmp_path / "data.csv"),
+        card_path=str(tmp_path / "card.toml"),
+        partition=partition,
+        lenders=2,
+    )
 
 
 def _one_line_data_error(cfg: RunConfig) -> str:
@@ -184,20 +220,27 @@ def _one_line_data_error(cfg: RunConfig) -> str:
 
 def test_a_label_with_one_class_is_refused_naming_the_column_and_the_values_seen(tmp_path):
     message = _one_line_data_error(_own_data(tmp_path, [1] * 80))
-    assert message == ("label column 'defaulted' has one class only (values seen: 1); "
-                       "a credit model needs both defaults and non-defaults")
+    assert message == (
+        "label column 'defaulted' has one class only (values seen: 1); "
+        "a credit model needs both defaults and non-defaults"
+    )
 
 
 def test_a_label_without_defaults_also_says_the_positive_value_never_occurs(tmp_path):
     message = _one_line_data_error(_own_data(tmp_path, [0] * 80))
-    assert message == ("label column 'defaulted' has one class only (values seen: 0); the card's positive value 1 "
-                       "never occurs; a credit model needs both defaults and non-defaults")
+    assert message == (
+        "label column 'defaulted' has one class only (values seen: 0); the card's positive value 1 "
+        "never occurs; a credit model needs both defaults and non-defaults"
+    )
 
 
-@pytest.mark.parametrize("labels,positive,seen", [
-    ([i % 2 for i in range(80)], "2", "0, 1"),
-    (["good", "bad"] * 40, '"Bad"', "'bad', 'good'"),  # the card's positive value is matched exactly
-])
+@pytest.mark.parametrize(
+    "labels,positive,seen",
+    [
+        ([i % 2 for i in range(80)], "2", "0, 1"),
+        (["good", "bad"] * 40, '"Bad"', "'bad', 'good'"),  # the card's positive value is matched exactly
+    ],
+)
 def test_a_positive_value_that_never_occurs_is_refused(tmp_path, labels, positive, seen):
     message = _one_line_data_error(_own_data(tmp_path, labels, positive))
     assert message.startswith("the card's positive value ") and "never occurs in label column 'defaulted'" in message
@@ -208,7 +251,9 @@ def test_labels_are_checked_on_the_consented_records_too(tmp_path):
     labels = [int(i % 4 == 0) for i in range(80)]
     consent = ["no" if y else "yes" for y in labels]  # every default lacks consent
     message = _one_line_data_error(_own_data(tmp_path, labels, consent=consent))
-    assert message.startswith("label column 'defaulted' has one class only among the consented records (values seen: 0)")
+    assert message.startswith(
+        "label column 'defaulted' has one class only among the consented records (values seen: 0)"
+    )
     # (another folder: the loaded data are cached by path)
     message = _one_line_data_error(_own_data(tmp_path / "none", labels, consent=["no"] * 80))
     assert message == "no record has consent (column 'consent' never holds 'yes'); nothing can train"
@@ -230,15 +275,22 @@ def test_a_lender_without_consented_records_is_refused(tmp_path):
     labels = [int(i % 3 == 0) for i in range(80)]
     consent = ["yes" if i % 2 == 0 else "no" for i in range(80)]  # bank 1 (odd rows) never consented
     cfg = _own_data(tmp_path, labels, consent=consent, partition="natural")
-    assert _one_line_data_error(cfg) == ("lender 1 cannot train: no training records "
-                                         "(after consent and the train/test split)")
+    assert _one_line_data_error(cfg) == (
+        "lender 1 cannot train: no training records (after consent and the train/test split)"
+    )
 
 
-@pytest.mark.parametrize("y,expected", [
-    (np.array([], dtype=np.float32), "no training records (after consent and the train/test split)"),
-    (np.zeros(7, dtype=np.float32), "training records hold one class only (7 non-defaults); a credit model needs both"),
-    (np.ones(3, dtype=np.float32), "training records hold one class only (3 defaults); a credit model needs both"),
-    (np.array([0, 1, 0], dtype=np.float32), None),
-])
+@pytest.mark.parametrize(
+    "y,expected",
+    [
+        (np.array([], dtype=np.float32), "no training records (after consent and the train/test split)"),
+        (
+            np.zeros(7, dtype=np.float32),
+            "training records hold one class only (7 non-defaults); a credit model needs both",
+        ),
+        (np.ones(3, dtype=np.float32), "training records hold one class only (3 defaults); a credit model needs both"),
+        (np.array([0, 1, 0], dtype=np.float32), None),
+    ],
+)
 def test_label_problem(y, expected):
     assert label_problem(y) == expected

@@ -11,10 +11,10 @@ import pytest
 from flwr.app import RecordDict
 
 from clients.home import LenderHome, init_lender
-from federation.audit_trail.verify import verify_run
-from federation.config import RunConfig
 from fedcredit.deploy import Deployment, DeploymentError
 from fedcredit.inprocess_grid import InProcessGrid
+from federation.audit_trail.verify import verify_run
+from federation.config import RunConfig
 from federation.lender_policy import for_simulated_lender, load_policy
 from federation.messages import CONFIG, QUERY_MANIFEST, inspect_reply, run_config_record
 from federation.registry import load_registry
@@ -46,11 +46,10 @@ def test_every_process_and_secret_is_gone_when_the_block_fails(tmp_path):
     cfg = deployment.prepare(CFG.replace(lenders=2, output_dir=str(tmp_path / "never")))
     made = [tmp_path / "never-lenders", tmp_path / "never-registry.json", tmp_path / "deploy" / "coordinator" / "keys"]
     assert all(path.exists() for path in made) and cfg.keys_dir == str(made[-1])
-    with pytest.raises(RuntimeError, match="the operator gives up"):
-        with deployment:
-            procs = deployment.process_tree()
-            assert len(procs) >= 4  # the SuperLink, its gateway, two SuperNodes (and what they started)
-            raise RuntimeError("the operator gives up")
+    with pytest.raises(RuntimeError, match="the operator gives up"), deployment:
+        procs = deployment.process_tree()
+        assert len(procs) >= 4  # the SuperLink, its gateway, two SuperNodes (and what they started)
+        raise RuntimeError("the operator gives up")
     assert procs and _gone(procs)
     assert not any(path.exists() for path in made)  # secrets made for a run that did not finish are removed
 
@@ -122,8 +121,13 @@ def test_each_supernode_gets_its_node_config_from_its_own_folder_only(tmp_path, 
         node.group.spawn = lambda name, command, lender=lender: commands.setdefault(lender, command)
         node.start()
     for lender, command in commands.items():
-        assert command[command.index("--node-config") + 1] == f'lender-id={lender} lender-dir="{tmp_path / f"lender_{lender:03d}"}"'
-        assert command[command.index("--auth-supernode-private-key") + 1] == str(tmp_path / f"lender_{lender:03d}" / "supernode.key")
+        assert (
+            command[command.index("--node-config") + 1]
+            == f'lender-id={lender} lender-dir="{tmp_path / f"lender_{lender:03d}"}"'
+        )
+        assert command[command.index("--auth-supernode-private-key") + 1] == str(
+            tmp_path / f"lender_{lender:03d}" / "supernode.key"
+        )
         assert "--root-certificates" in command
     assert not any("keys-dir" in " ".join(c) or "data-dir" in " ".join(c) for c in commands.values())
 
@@ -142,7 +146,9 @@ def test_prepare_writes_each_lender_its_own_data_dir_and_the_registry(tmp_path):
     for lender in (0, 1):  # each lender's own public key, as it published it
         pub = (tmp_path / "run-lenders" / f"lender_{lender:03d}" / "identity.pub").read_text().strip()
         assert registry.lender_key(lender) == pub
-        assert stat.S_IMODE(os.stat(tmp_path / "run-lenders" / f"lender_{lender:03d}" / "identity.key").st_mode) == 0o600
+        assert (
+            stat.S_IMODE(os.stat(tmp_path / "run-lenders" / f"lender_{lender:03d}" / "identity.key").st_mode) == 0o600
+        )
     assert not (tmp_path / "deploy" / "coordinator" / "logs").exists()  # nothing started yet
     deployment.__exit__()  # a deployment that never finished a run leaves none of the secrets it made
     assert not (tmp_path / "run-lenders").exists() and not (tmp_path / "deploy" / "coordinator" / "keys").exists()
@@ -154,8 +160,21 @@ def test_deploy_command_refuses_a_bad_node_data_dir(tmp_path):
 
     from fedcredit.cli import app
 
-    for bad, message in (("7=/tmp", "LENDER=PATH with LENDER in 0..2"), (f"1={tmp_path / 'nowhere'}", "no such folder")):
-        result = CliRunner().invoke(app, ["deploy", "--node-data-dir", bad, "--deploy-dir", str(tmp_path / "d"),
-                                          "--output-dir", str(tmp_path / "run")])
+    for bad, message in (
+        ("7=/tmp", "LENDER=PATH with LENDER in 0..2"),
+        (f"1={tmp_path / 'nowhere'}", "no such folder"),
+    ):
+        result = CliRunner().invoke(
+            app,
+            [
+                "deploy",
+                "--node-data-dir",
+                bad,
+                "--deploy-dir",
+                str(tmp_path / "d"),
+                "--output-dir",
+                str(tmp_path / "run"),
+            ],
+        )
         assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
         assert "deploying" not in result.output and not (tmp_path / "d").exists()

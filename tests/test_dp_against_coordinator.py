@@ -15,18 +15,18 @@ from flwr.app import ArrayRecord
 
 import clients.dp_round as dp_round
 from clients.app import train as lender_train
+from clients.home import LenderHome
+from fedcredit.runner import Parties, _run_engine, run, set_up_parties, validate
 from federation.audit_trail import checkpoint
 from federation.audit_trail import ledger as L
 from federation.audit_trail.canonical import config_hash
 from federation.audit_trail.verify import VerificationFailed, verify_run
 from federation.config import RunConfig
 from federation.data import LenderData, load_lender
+from federation.model import build_model
 from federation.privacy.accountant import epsilon, sample_rate, steps_per_epoch
 from federation.privacy.events import PrivacyEvent
 from federation.privacy.noise import SecureRandomness, SeededRandomness
-from clients.home import LenderHome
-from federation.model import build_model
-from fedcredit.runner import Parties, _run_engine, run, set_up_parties, validate
 from federation.training import DPSettings, train_local
 from tests.forge import Forger, entries_of
 from tests.lender_kit import initial_model, make_lender, message, spent
@@ -37,8 +37,16 @@ SMALL = RunConfig(records=3000, lenders=2, rounds=1, epsilon=3.0, engine="inproc
 def _released(run_dir, lender: int, rnd: int = 1) -> dict[str, np.ndarray]:
     """The exact arrays lender `lender` sent in round `rnd`, as the coordinator received them."""
     cfg = RunConfig.from_record(entries_of(run_dir)[0]["body"]["config"])
-    sent = sorted((run_dir.parent / f"{run_dir.name}-lenders" / f"lender_{lender:03d}" / "state" / "sent"
-                   / config_hash(cfg.to_record())[:32]).glob(f"round-{rnd}-*.json"))
+    sent = sorted(
+        (
+            run_dir.parent
+            / f"{run_dir.name}-lenders"
+            / f"lender_{lender:03d}"
+            / "state"
+            / "sent"
+            / config_hash(cfg.to_record())[:32]
+        ).glob(f"round-{rnd}-*.json")
+    )
     return checkpoint.decode_arrays(json.loads(sent[0].read_text())["arrays"])
 
 
@@ -51,16 +59,24 @@ def _recompute_from_config(run_dir, lender: int = 0) -> dict[str, np.ndarray]:
     data = load_lender(cfg, lender)
     model = initial_model(cfg, lender)
     seed = (cfg.seed * 1_000_003 + lender * 1009 + 1) % 2**31
-    train_local(model, data.x_train, data.y_train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
-                learning_rate=cfg.learning_rate, seed=seed,
-                dp=DPSettings(unit["noise_multiplier"], cfg.clip_norm, SeededRandomness(seed)))
+    train_local(
+        model,
+        data.x_train,
+        data.y_train,
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        seed=seed,
+        dp=DPSettings(unit["noise_multiplier"], cfg.clip_norm, SeededRandomness(seed)),
+    )
     return {k: v.numpy() for k, v in model.state_dict().items()}
 
 
 def test_the_noise_cannot_be_recomputed_from_the_run_seed(tmp_path):
     private = run(SMALL.replace(output_dir=str(tmp_path / "private")), on_round=lambda s: None)
-    seeded = run(SMALL.replace(reproducible_noise_not_private=True, output_dir=str(tmp_path / "seeded")),
-                 on_round=lambda s: None)
+    seeded = run(
+        SMALL.replace(reproducible_noise_not_private=True, output_dir=str(tmp_path / "seeded")), on_round=lambda s: None
+    )
 
     def error(folder):
         guess, sent = _recompute_from_config(folder), _released(folder, 0)
@@ -76,16 +92,20 @@ def test_the_noise_cannot_be_recomputed_from_the_run_seed(tmp_path):
 HONEST = RunConfig(records=3000, lenders=2, rounds=2, epsilon=3.0, engine="inprocess")
 
 
-@pytest.mark.parametrize("ask, limit", [
-    ({"epsilon": 40.0}, "max_epsilon"),
-    ({"noise_multiplier": 0.01}, "min_noise_multiplier"),
-    ({"clip_norm": 1e6}, "max_clip_norm"),
-    ({"card_sha256": "ab" * 32}, "card"),
-    ({"dataset": "german_credit", "partition": "iid"}, "dataset"),
-    ({"dp": False}, "require_dp"),
-    ({"dp_level": "lender", "delta": 1e-3}, "allow_lender_level"),
-    ({"reproducible_noise_not_private": True}, "allow_reproducible_noise"),
-], ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "ask, limit",
+    [
+        ({"epsilon": 40.0}, "max_epsilon"),
+        ({"noise_multiplier": 0.01}, "min_noise_multiplier"),
+        ({"clip_norm": 1e6}, "max_clip_norm"),
+        ({"card_sha256": "ab" * 32}, "card"),
+        ({"dataset": "german_credit", "partition": "iid"}, "dataset"),
+        ({"dp": False}, "require_dp"),
+        ({"dp_level": "lender", "delta": 1e-3}, "allow_lender_level"),
+        ({"reproducible_noise_not_private": True}, "allow_reproducible_noise"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
 def test_a_coordinator_asking_outside_a_lenders_policy_gets_signed_refusals_and_nothing(tmp_path, ask, limit):
     honest = HONEST.replace(output_dir=str(tmp_path / "run"))
     honest = honest.replace(card_sha256=validate(honest).card_sha256)
@@ -122,8 +142,12 @@ def test_a_round_requested_four_times_at_other_batch_sizes_costs_four_releases(t
     cfg = RunConfig(records=3000, lenders=2, rounds=2, epsilon=8.0, noise_multiplier=1.0, engine="inprocess")
     context, home = make_lender(tmp_path / "lender", cfg, 0)
     model = initial_model(cfg)
-    bodies = [json.loads(lender_train(message(cfg.replace(batch_size=b), 1, model=model), context)
-                         .content["attestation"]["body"]) for b in (64, 32, 16, 8)]
+    bodies = [
+        json.loads(
+            lender_train(message(cfg.replace(batch_size=b), 1, model=model), context).content["attestation"]["body"]
+        )
+        for b in (64, 32, 16, 8)
+    ]
     assert all(b["type"] == "lender_update" for b in bodies)
     runs = json.loads((home.folder / "state" / "spent.json").read_text())["runs"]
     events = [PrivacyEvent.from_dict(e) for r in runs.values() for e in r["events"]]
@@ -132,8 +156,11 @@ def test_a_round_requested_four_times_at_other_batch_sizes_costs_four_releases(t
     assert lifetime > 1.1 * max(b["epsilon"] for b in bodies)  # more than any one of them: all four count
     # the next request that would take the lifetime total past the lender's maximum is refused
     while True:
-        body = json.loads(lender_train(message(cfg.replace(batch_size=64, seed=len(events)), 1, model=model), context)
-                          .content["attestation"]["body"])
+        body = json.loads(
+            lender_train(message(cfg.replace(batch_size=64, seed=len(events)), 1, model=model), context).content[
+                "attestation"
+            ]["body"]
+        )
         if body["type"] == "lender_refusal":
             break
         events.append(PrivacyEvent.from_dict(body["events"][0]))
@@ -146,8 +173,10 @@ def test_the_same_request_again_gets_the_same_bytes_and_costs_nothing(tmp_path):
     model = initial_model(cfg)
     first, again = (lender_train(message(cfg, 1, model=model), context) for _ in range(2))
     assert first.content["attestation"]["body"] == again.content["attestation"]["body"]
-    assert all(np.array_equal(first.content["arrays"][k].numpy(), again.content["arrays"][k].numpy())
-               for k in first.content["arrays"].keys())
+    assert all(
+        np.array_equal(first.content["arrays"][k].numpy(), again.content["arrays"][k].numpy())
+        for k in first.content["arrays"]
+    )
     assert spent(home, cfg)["releases"] == 1
 
 
@@ -169,12 +198,14 @@ def test_one_run_asked_round_1_from_four_models_counts_four_releases(tmp_path):
 
 def test_the_lifetime_budget_holds_across_runs(tmp_path):
     cfg = RunConfig(records=3000, lenders=2, rounds=1, epsilon=3.0, engine="inprocess")
-    context, home = make_lender(tmp_path / "lender", cfg, 0)
+    context, _home = make_lender(tmp_path / "lender", cfg, 0)
     model = initial_model(cfg)
     first = json.loads(lender_train(message(cfg, 1, model=model), context).content["attestation"]["body"])
     assert first["type"] == "lender_update"
     # a new run (another seed: another run id) asks again for the whole budget: the lender's own maximum stops it
-    second = json.loads(lender_train(message(cfg.replace(seed=1), 1, model=model), context).content["attestation"]["body"])
+    second = json.loads(
+        lender_train(message(cfg.replace(seed=1), 1, model=model), context).content["attestation"]["body"]
+    )
     assert second["type"] == "lender_refusal" and second["limit"] == "max_epsilon", second
 
 
@@ -187,8 +218,15 @@ def test_a_lender_with_one_class_declines_before_spending(tmp_path, monkeypatch)
 
     def one_class(*args):
         data = honest(*args)
-        return LenderData(data.lender, data.x_train, np.zeros_like(data.y_train), data.x_test, data.y_test,
-                          data.features, data.manifest)
+        return LenderData(
+            data.lender,
+            data.x_train,
+            np.zeros_like(data.y_train),
+            data.x_test,
+            data.y_test,
+            data.features,
+            data.manifest,
+        )
 
     monkeypatch.setattr(session, "_records", one_class)
     body = json.loads(lender_train(message(cfg, 1, model=initial_model(cfg)), context).content["attestation"]["body"])
@@ -198,14 +236,25 @@ def test_a_lender_with_one_class_declines_before_spending(tmp_path, monkeypatch)
 
 # ---- lender level: who was sampled is in the ledger -------------------------------------------------------
 
+
 def test_lender_level_states_the_epsilon_against_a_reader_of_the_ledger(tmp_path):
-    cfg = RunConfig(records=6000, lenders=6, rounds=4, dp_level="lender", lender_sample_rate=0.5, epsilon=8.0,
-                    delta=1e-3, engine="inprocess", output_dir=str(tmp_path / "ll"))
+    cfg = RunConfig(
+        records=6000,
+        lenders=6,
+        rounds=4,
+        dp_level="lender",
+        lender_sample_rate=0.5,
+        epsilon=8.0,
+        delta=1e-3,
+        engine="inprocess",
+        output_dir=str(tmp_path / "ll"),
+    )
     folder = run(cfg, on_round=lambda s: None)
     fed = json.loads((folder / "privacy.json").read_text())["units"]["federation"]
     assert fed["epsilon_known_sampling_max"] > fed["epsilon"]  # no amplification once the sample is known
-    assert sum(fed["rounds_sampled"].values()) == sum(len(e["body"]["roster"]) for e in entries_of(folder)
-                                                     if e["type"] == L.ROUND_STARTED)
+    assert sum(fed["rounds_sampled"].values()) == sum(
+        len(e["body"]["roster"]) for e in entries_of(folder) if e["type"] == L.ROUND_STARTED
+    )
     summary = json.loads((folder / "report.json").read_text())["summary"][0]
     assert "against a reader of the ledger" in summary and f"{fed['epsilon_known_sampling_max']:.3f}" in summary
     verify_run(folder, f"{folder}-registry.json")
@@ -217,6 +266,7 @@ def test_lender_level_states_the_epsilon_against_a_reader_of_the_ledger(tmp_path
 
 
 # ---- the mechanism applied is the mechanism recorded ----------------------------------------------------
+
 
 def test_the_batches_are_sampled_at_the_recorded_rate(tmp_path, monkeypatch):
     cfg = RunConfig(records=6000, lenders=2, rounds=1, epsilon=3.0, local_epochs=3, engine="inprocess")
@@ -245,8 +295,9 @@ def _zero_gradient_data(n: int, d: int) -> LenderData:
     (x = 0, label 0.5): one DP step then moves the model by the noise alone."""
     x = np.zeros((n, d), np.float32)
     manifest = {"train_records": n, "card_sha256": ""}
-    return LenderData(0, x, np.full(n, 0.5, np.float32), x[:10], np.zeros(10, np.float32),
-                      [f"f{i}" for i in range(d)], manifest)
+    return LenderData(
+        0, x, np.full(n, 0.5, np.float32), x[:10], np.zeros(10, np.float32), [f"f{i}" for i in range(d)], manifest
+    )
 
 
 @pytest.mark.parametrize("randomness", [SecureRandomness, lambda: SeededRandomness(7)], ids=["secure", "seeded"])
@@ -255,8 +306,16 @@ def test_one_dp_step_adds_noise_of_sigma_times_clip(randomness):
     data = _zero_gradient_data(n, d)
     model = build_model("logreg", d)
     model.load_state_dict({k: torch.zeros_like(v) for k, v in model.state_dict().items()})
-    train_local(model, data.x_train, data.y_train, epochs=1, batch_size=n, learning_rate=lr, seed=0,
-                dp=DPSettings(sigma, clip, randomness()))
+    train_local(
+        model,
+        data.x_train,
+        data.y_train,
+        epochs=1,
+        batch_size=n,
+        learning_rate=lr,
+        seed=0,
+        dp=DPSettings(sigma, clip, randomness()),
+    )
     moved = torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().astype(np.float64)
     # one step of SGD from zero: theta = -(lr / expected batch) * noise, expected batch = n (one step per epoch)
     noise_sd = float(np.std(moved * n / lr))
@@ -269,8 +328,18 @@ def test_the_lender_adds_the_noise_it_records(tmp_path, monkeypatch):
     import clients.session as session
 
     n, d = 400, 3000
-    cfg = RunConfig(records=3000, lenders=2, rounds=1, epsilon=8.0, noise_multiplier=1.5, clip_norm=0.5,
-                    batch_size=n, learning_rate=1.0, delta=1e-4, engine="inprocess")
+    cfg = RunConfig(
+        records=3000,
+        lenders=2,
+        rounds=1,
+        epsilon=8.0,
+        noise_multiplier=1.5,
+        clip_norm=0.5,
+        batch_size=n,
+        learning_rate=1.0,
+        delta=1e-4,
+        engine="inprocess",
+    )
     context, _ = make_lender(tmp_path / "lender", cfg, 0)
     monkeypatch.setattr(session, "_records", lambda *args: _zero_gradient_data(n, d))
     monkeypatch.setattr(dp_round, "label_problem", lambda y: None)
@@ -281,14 +350,24 @@ def test_the_lender_adds_the_noise_it_records(tmp_path, monkeypatch):
     assert event["steps"] == 1 and event["sample_rate"] == 1.0
     released = np.concatenate([v.numpy().ravel() for v in reply.content["arrays"].values()]).astype(np.float64)
     assert float(np.std(released * n / cfg.learning_rate)) == pytest.approx(
-        event["noise_multiplier"] * event["clip_norm"], rel=0.06)
+        event["noise_multiplier"] * event["clip_norm"], rel=0.06
+    )
 
 
 def test_lender_level_noise_and_denominator_are_the_recorded_ones():
     from server.lender_dp import LenderLevelDP
 
-    cfg = RunConfig(records=20000, lenders=100, rounds=3, dp_level="lender", lender_sample_rate=0.1,
-                    noise_multiplier=1.3, clip_norm=0.8, epsilon=8.0, delta=1e-3)
+    cfg = RunConfig(
+        records=20000,
+        lenders=100,
+        rounds=3,
+        dp_level="lender",
+        lender_sample_rate=0.1,
+        noise_multiplier=1.3,
+        clip_norm=0.8,
+        epsilon=8.0,
+        delta=1e-3,
+    )
     dp = LenderLevelDP(cfg)
     global_state = {"w": torch.zeros(20000)}
     arrays = ArrayRecord(global_state)
@@ -296,7 +375,8 @@ def test_lender_level_noise_and_denominator_are_the_recorded_ones():
     new = dp.aggregate(1, arrays, [ArrayRecord({"w": torch.zeros(20000)}) for _ in range(7)])
     event = dp.budget.events[-1]
     assert float(new.to_torch_state_dict()["w"].std()) == pytest.approx(
-        event.noise_multiplier * event.clip_norm / (event.sample_rate * cfg.lenders), rel=0.05)
+        event.noise_multiplier * event.clip_norm / (event.sample_rate * cfg.lenders), rel=0.05
+    )
     # no noise: the sum of the clipped updates over the fixed q N, never over the lenders really sampled
     dp.budget.sigma = 0.0
     updates = [ArrayRecord({"w": torch.full((20000,), 0.001)}) for _ in range(7)]
@@ -311,12 +391,13 @@ def test_the_final_statement_states_the_lifetime_spend_across_runs(tmp_path):
     from clients.app import final as lender_final
 
     cfg = RunConfig(records=3000, lenders=2, rounds=1, epsilon=1.0, engine="inprocess")
-    context, home = make_lender(tmp_path / "lender", cfg, 0, max_epsilon=3.0)
+    context, _home = make_lender(tmp_path / "lender", cfg, 0, max_epsilon=3.0)
     model = initial_model(cfg)
     for seed in (0, 1):  # two runs (two run ids) with the same folder
         lender_train(message(cfg.replace(seed=seed), 1, model=model), context)
-    body = json.loads(lender_final(message(cfg.replace(seed=1), 0, kind="query.final"), context)
-                      .content["attestation"]["body"])
+    body = json.loads(
+        lender_final(message(cfg.replace(seed=1), 0, kind="query.final"), context).content["attestation"]["body"]
+    )
     assert body["lifetime_runs"] == 2 and body["releases"] == 1
     assert body["lifetime_epsilon"] > 1.2 * body["epsilon"]  # what this run's ledger alone cannot show
     again = lender_train(message(cfg.replace(seed=1), 1, model=initial_model(cfg.replace(seed=5))), context)

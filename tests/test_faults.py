@@ -12,10 +12,10 @@ import torch
 from flwr.app import ArrayRecord
 
 import clients.dp_round as dp_round
+from fedcredit.runner import run
 from federation.audit_trail import ledger as L
 from federation.audit_trail.verify import verify_run
 from federation.config import RunConfig
-from fedcredit.runner import run
 
 # An explicit delta: lender 4 of this market has 46 training records, too few for the default delta.
 BASE = RunConfig(records=4000, lenders=5, rounds=4, delta=1e-4, engine="inprocess")
@@ -34,7 +34,9 @@ def _verified(folder):
 
 def _spent(folder, lender):
     """The lender's own record of its releases in its own folder (not the coordinator's)."""
-    spent = json.loads((folder.parent / f"{folder.name}-lenders" / f"lender_{lender:03d}" / "state" / "spent.json").read_text())
+    spent = json.loads(
+        (folder.parent / f"{folder.name}-lenders" / f"lender_{lender:03d}" / "state" / "spent.json").read_text()
+    )
     (account,) = spent["runs"].values()
     return account
 
@@ -61,7 +63,9 @@ def _corrupt(monkeypatch, lender: int, how):
 
 
 def test_thirty_percent_dropouts_complete_and_count_only_rounds_trained(tmp_path):
-    folder = run(BASE.replace(lenders=6, rounds=5, fail_rate=0.3, output_dir=str(tmp_path / "drop")), on_round=lambda s: None)
+    folder = run(
+        BASE.replace(lenders=6, rounds=5, fail_rate=0.3, output_dir=str(tmp_path / "drop")), on_round=lambda s: None
+    )
     entries = _entries(folder)
     failed = [(e["body"]["round"], e["body"]["lender"]) for e in entries if e["type"] == L.UPDATE_REJECTED]
     assert 3 <= len(failed) <= 18  # 30% of 30 lender-rounds, give or take
@@ -124,8 +128,10 @@ def test_robust_aggregation_survives_a_lender_scaling_its_updates_by_1e6(tmp_pat
     assert abs(_final_auc(attacked) - _final_auc(clean)) <= 0.01
     monkeypatch.undo()
     _corrupt(monkeypatch, 1, lambda p: p.mul_(1e6))
-    plain = run(BASE.replace(dp=False, max_update_norm=0.0, output_dir=str(tmp_path / "fedavg-attacked")),
-                on_round=lambda s: None)
+    plain = run(
+        BASE.replace(dp=False, max_update_norm=0.0, output_dir=str(tmp_path / "fedavg-attacked")),
+        on_round=lambda s: None,
+    )
     state = torch.load(plain / "model.pt")
     assert max(float(v.abs().max()) for v in state.values()) > 1e3  # FedAvg alone is wrecked
     assert np.isfinite(_final_auc(attacked))
@@ -163,7 +169,7 @@ def test_kill_9_mid_round_then_resume_gives_the_uninterrupted_epsilons(tmp_path)
     from fedcredit.runner import resume_config
 
     target = tmp_path / "killed"
-    child = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(target)], timeout=600)
+    child = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(target)], timeout=600, check=False)
     assert child.returncode == -signal.SIGKILL, "the run was not killed mid-round"
     assert not target.exists()
     cfg = resume_config(target)
@@ -173,7 +179,9 @@ def test_kill_9_mid_round_then_resume_gives_the_uninterrupted_epsilons(tmp_path)
     kinds = [e["type"] for e in entries]
     assert kinds.count(L.RUN_RESUMED) == 1
     at = kinds.index(L.RUN_RESUMED)
-    round3 = [(i < at, e["body"]) for i, e in enumerate(entries) if e["type"] == L.LENDER_UPDATE and e["body"]["round"] == 3]
+    round3 = [
+        (i < at, e["body"]) for i, e in enumerate(entries) if e["type"] == L.LENDER_UPDATE and e["body"]["round"] == 3
+    ]
     before = {body["lender"]: body["update_hash"] for was_before, body in round3 if was_before}
     after = {body["lender"]: body["update_hash"] for was_before, body in round3 if not was_before}
     assert len(before) == 1 and sorted(after) == [0, 1, 2, 3]  # one update recorded before the kill, all four after
@@ -208,8 +216,8 @@ def test_kill_9_mid_round_then_resume_gives_the_uninterrupted_epsilons(tmp_path)
 
 
 def test_resume_refuses_a_finished_run_and_a_missing_one(tmp_path):
-    from federation.errors import ConfigError
     from fedcredit.runner import resume_config
+    from federation.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no unfinished run"):
         resume_config(tmp_path / "never")

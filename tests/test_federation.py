@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from federation.config import RunConfig
 from fedcredit.inprocess_grid import InProcessGrid
+from fedcredit.runner import run
+from federation.config import RunConfig
 from federation.messages import ReplyRejected, inspect_reply
 from federation.metrics import METRICS
 from federation.model import array_shapes, build_model
 from federation.privacy.accountant import epsilon
 from federation.privacy.events import PrivacyEvent
-from fedcredit.runner import run
 
 SMALL = RunConfig(records=3000, lenders=3, rounds=3, epsilon=2.0, batch_size=64, engine="inprocess")
 
@@ -49,8 +49,10 @@ def test_epsilon_csv_is_cumulative_accounting_of_all_steps(small_run):
         assert rows.epsilon.is_monotonic_increasing
         assert rows.sigma.nunique() == 1  # calibrated once for the whole run
         # the epsilon after R rounds equals one accountant run over all steps at once
-        one_shot = epsilon([PrivacyEvent(lender, 0, rows.sigma.iloc[0], rows.sample_rate.iloc[0], int(rows.steps.sum()), 1.0)],
-                           rows.delta.iloc[0])
+        one_shot = epsilon(
+            [PrivacyEvent(lender, 0, rows.sigma.iloc[0], rows.sample_rate.iloc[0], int(rows.steps.sum()), 1.0)],
+            rows.delta.iloc[0],
+        )
         assert rows.epsilon.iloc[-1] == pytest.approx(one_shot, abs=1e-6)
         # calibration: the final epsilon is within 2% below the target, never above
         assert 0.98 * 2.0 <= rows.epsilon.iloc[-1] <= 2.0
@@ -88,8 +90,9 @@ def test_every_reply_holds_only_model_arrays_and_scalars(tmp_path):
 
     parties = Parties(tmp_path / "inspect")
     set_up_parties(cfg, parties)
-    grid = RecordingGrid(client_app, cfg.lenders, node_configs={i: {"lender-dir": str(parties.lender(i))}
-                                                                for i in range(cfg.lenders)})
+    grid = RecordingGrid(
+        client_app, cfg.lenders, node_configs={i: {"lender-dir": str(parties.lender(i))} for i in range(cfg.lenders)}
+    )
     run_federation(grid, cfg)
     manifest = next(r for r in grid.replies if r.metadata.message_type == "query.manifest")
     n_features = len(inspect_reply(manifest)["manifest"]["features"])
@@ -118,12 +121,15 @@ def _reply(content, kind="train"):
 
 def test_inspector_rejects_row_shaped_or_unexpected_content():
     from flwr.supercore.task_identity import TaskIdentity
+
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     model = build_model("logreg", 4)
     shapes = array_shapes(model)
     good = {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({"num-examples": 10, "declined": 0})}
     assert inspect_reply(_reply(good), shapes)
-    rows = ArrayRecord({"linear.weight": Array(np.zeros((500, 4), np.float32)), "linear.bias": Array(np.zeros(1, np.float32))})
+    rows = ArrayRecord(
+        {"linear.weight": Array(np.zeros((500, 4), np.float32)), "linear.bias": Array(np.zeros(1, np.float32))}
+    )
     with pytest.raises(ReplyRejected, match="shape"):
         inspect_reply(_reply({**good, "arrays": rows}), shapes)
     extra = ArrayRecord({**dict(good["arrays"].items()), "scores": Array(np.zeros(500, np.float32))})
@@ -136,35 +142,46 @@ def test_inspector_rejects_row_shaped_or_unexpected_content():
     with pytest.raises(ReplyRejected, match="not an allowed"):  # a statistic of the private batches, not covered
         inspect_reply(_reply({**good, "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.4})}), shapes)
     # the right number of values in the wrong shape: a (4, 1) weight where the model has (1, 4)
-    turned = ArrayRecord({"linear.weight": Array(np.zeros((4, 1), np.float32)), "linear.bias": Array(np.zeros(1, np.float32))})
+    turned = ArrayRecord(
+        {"linear.weight": Array(np.zeros((4, 1), np.float32)), "linear.bias": Array(np.zeros(1, np.float32))}
+    )
     with pytest.raises(ReplyRejected, match=r"shape \(4, 1\)"):
         inspect_reply(_reply({**good, "arrays": turned}), shapes)
     with pytest.raises(ReplyRejected, match="holds"):
         inspect_reply(_reply({**good, "leak": ArrayRecord({"x": Array(np.zeros(3))})}), shapes)
-    nan = ArrayRecord({"linear.weight": Array(np.full((1, 4), np.nan, np.float32)), "linear.bias": Array(np.zeros(1, np.float32))})
+    nan = ArrayRecord(
+        {"linear.weight": Array(np.full((1, 4), np.nan, np.float32)), "linear.bias": Array(np.zeros(1, np.float32))}
+    )
     with pytest.raises(ReplyRejected, match="NaN"):
         inspect_reply(_reply({**good, "arrays": nan}), shapes)
 
 
 @pytest.mark.parametrize("strategy", ["fedprox", "fedadam"])
 def test_other_strategies_run(strategy, tmp_path):
-    path = run(SMALL.replace(rounds=2, strategy=strategy, dp=False, output_dir=str(tmp_path / strategy)), on_round=lambda s: None)
+    path = run(
+        SMALL.replace(rounds=2, strategy=strategy, dp=False, output_dir=str(tmp_path / strategy)),
+        on_round=lambda s: None,
+    )
     metrics = pd.read_csv(path / "metrics.csv")
     assert metrics[metrics.lender == "global"].auc.iloc[-1] > 0.6
     assert pd.read_csv(path / "epsilon.csv").empty  # no DP, no privacy events
 
 
 def test_mlp_with_iid_partition(tmp_path):
-    path = run(SMALL.replace(rounds=2, model="mlp", partition="iid", output_dir=str(tmp_path / "mlp")), on_round=lambda s: None)
+    path = run(
+        SMALL.replace(rounds=2, model="mlp", partition="iid", output_dir=str(tmp_path / "mlp")), on_round=lambda s: None
+    )
     assert json.loads((path / "model.json").read_text())["model"] == "mlp"
 
 
 def test_server_never_imports_the_data_loaders():
-    code = ("import sys, server.app, server.loop, server.strategies; "
-            "bad = sorted(m for m in sys.modules if m == 'federation.data' or m.startswith('federation.data.') "
-            "or m in ('federation.encoding', 'federation.policy', 'federation.card')); "
-            "print(bad); sys.exit(1 if bad else 0)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    code = (
+        "import sys, server.app, server.loop, server.strategies; "
+        "bad = sorted(m for m in sys.modules if m == 'federation.data' or m.startswith('federation.data.') "
+        "or m in ('federation.encoding', 'federation.policy', 'federation.card')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

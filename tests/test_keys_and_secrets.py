@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fedcredit.cli import app
-from federation.config import RunConfig
 from fedcredit.runner import run
+from federation.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 _WATCH: dict = {"on": False, "opened": []}
@@ -45,13 +45,16 @@ def _opener(stack) -> str:
 def test_only_the_lenders_own_code_opens_its_folder(tmp_path):
     _WATCH.update(on=True, opened=[])
     try:
-        out = run(RunConfig(records=3000, lenders=3, rounds=2, engine="inprocess", output_dir=str(tmp_path / "run")),
-                  on_round=lambda s: None)
+        out = run(
+            RunConfig(records=3000, lenders=3, rounds=2, engine="inprocess", output_dir=str(tmp_path / "run")),
+            on_round=lambda s: None,
+        )
     finally:
         _WATCH["on"] = False
     lenders_dir = Path(f"{out}-lenders").resolve()
-    private = [(path, _opener(stack)) for path, stack in _WATCH["opened"]
-               if Path(path).resolve().is_relative_to(lenders_dir)]
+    private = [
+        (path, _opener(stack)) for path, stack in _WATCH["opened"] if Path(path).resolve().is_relative_to(lenders_dir)
+    ]
     names = {Path(p).name for p, _ in private}
     assert {"identity.key", "commitment.key", "policy.toml", "spent.json"} <= names, names  # the watch works
     assert {who for _, who in private} == {"clients"}, [p for p, who in private if who != "clients"]
@@ -89,8 +92,9 @@ run(RunConfig(records=3000, lenders=3, rounds=3, engine="inprocess", output_dir=
 @pytest.fixture
 def killed(tmp_path):
     target = tmp_path / "killed"
-    child = subprocess.run([sys.executable, "-c", STOP_AFTER_ROUND_1, str(target)], cwd=ROOT, timeout=300,
-                           capture_output=True)
+    child = subprocess.run(
+        [sys.executable, "-c", STOP_AFTER_ROUND_1, str(target)], cwd=ROOT, timeout=300, capture_output=True, check=False
+    )
     assert child.returncode == 9, child.stderr.decode()[-2000:]
     return target
 
@@ -122,10 +126,26 @@ def test_an_unexpected_failure_prints_no_local_variables(tmp_path, monkeypatch):
         raise ZeroDivisionError("unexpected")
 
     monkeypatch.setattr(loop, "_collect_finals", broken)
-    result = CliRunner().invoke(app, ["run", "--records", "3000", "--lenders", "3", "--rounds", "1", "--engine",
-                                      "inprocess", "--output-dir", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--records",
+            "3000",
+            "--lenders",
+            "3",
+            "--rounds",
+            "1",
+            "--engine",
+            "inprocess",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code != 0
-    shown = result.output + "".join(traceback.format_exception(result.exc_info[1])) if result.exc_info else result.output
+    shown = (
+        result.output + "".join(traceback.format_exception(result.exc_info[1])) if result.exc_info else result.output
+    )
     assert "1313131313131313" not in shown and "\\x13\\x13" not in result.output
     assert not (tmp_path / "run").exists() and not (tmp_path / "run-lenders").exists()
 
@@ -133,22 +153,62 @@ def test_an_unexpected_failure_prints_no_local_variables(tmp_path, monkeypatch):
 def test_a_lender_makes_its_own_keys_and_the_regulator_builds_the_registry(tmp_path, fixture_dir):
     data = fixture_dir("german_credit")
     runner = CliRunner()
-    made = runner.invoke(app, ["lender", "init", "--lender-dir", str(tmp_path / "bank"), "--lender", "0",
-                               "--max-epsilon", "2", "--dataset", "german_credit", "--data-dir", str(data)])
+    made = runner.invoke(
+        app,
+        [
+            "lender",
+            "init",
+            "--lender-dir",
+            str(tmp_path / "bank"),
+            "--lender",
+            "0",
+            "--max-epsilon",
+            "2",
+            "--dataset",
+            "german_credit",
+            "--data-dir",
+            str(data),
+        ],
+    )
     assert made.exit_code == 0, made.output
     public = (tmp_path / "bank" / "identity.pub").read_text().strip()
     assert public in made.output and "fingerprint" in made.output
     assert "PRIVATE" not in made.output and oct((tmp_path / "bank" / "identity.key").stat().st_mode)[-3:] == "600"
-    again = runner.invoke(app, ["lender", "init", "--lender-dir", str(tmp_path / "bank"), "--lender", "0",
-                                "--max-epsilon", "2"])
+    again = runner.invoke(
+        app, ["lender", "init", "--lender-dir", str(tmp_path / "bank"), "--lender", "0", "--max-epsilon", "2"]
+    )
     assert again.exit_code == 2 and "already holds an identity key" in again.output
     from federation.audit_trail.keys import load_or_create, public_hex
 
     coordinator = public_hex(load_or_create(tmp_path / "coordinator", "coordinator"))
-    built = runner.invoke(app, ["registry", "build", "-o", str(tmp_path / "registry.json"), "--coordinator", coordinator,
-                                "--lender", f"0={tmp_path / 'bank' / 'identity.pub'}"])
+    built = runner.invoke(
+        app,
+        [
+            "registry",
+            "build",
+            "-o",
+            str(tmp_path / "registry.json"),
+            "--coordinator",
+            coordinator,
+            "--lender",
+            f"0={tmp_path / 'bank' / 'identity.pub'}",
+        ],
+    )
     assert built.exit_code == 0, built.output
     assert json.loads((tmp_path / "registry.json").read_text())["lenders"] == {"0": public}
-    twice = runner.invoke(app, ["registry", "build", "-o", str(tmp_path / "r2.json"), "--coordinator", coordinator,
-                                "--lender", f"0={public}", "--lender", f"1={public}"])
+    twice = runner.invoke(
+        app,
+        [
+            "registry",
+            "build",
+            "-o",
+            str(tmp_path / "r2.json"),
+            "--coordinator",
+            coordinator,
+            "--lender",
+            f"0={public}",
+            "--lender",
+            f"1={public}",
+        ],
+    )
     assert twice.exit_code == 2 and "share one key" in twice.output and not (tmp_path / "r2.json").exists()

@@ -6,28 +6,31 @@ import os
 import re
 import shutil
 import stat
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from fedcredit.cli import app
+from fedcredit.runner import run
 from federation.audit_trail import ledger as L
 from federation.audit_trail.canonical import canonical
 from federation.audit_trail.keys import keys_dir_for, sign
 from federation.audit_trail.verify import EXIT_NOT_PINNED, VerificationFailed, verify_run
-from fedcredit.cli import app
 from federation.config import RunConfig
 from federation.registry import load_registry
-from fedcredit.runner import run
 from tests.forge import Forger, entries_of, lender_key
 
 
 @pytest.fixture(scope="module")
 def signed_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ledger") / "run"
-    return run(RunConfig(records=3000, lenders=3, rounds=2, epsilon=2.0, engine="inprocess", output_dir=str(out)),
-               on_round=lambda s: None)
+    return run(
+        RunConfig(records=3000, lenders=3, rounds=2, epsilon=2.0, engine="inprocess", output_dir=str(out)),
+        on_round=lambda s: None,
+    )
 
 
 @pytest.fixture
@@ -83,7 +86,11 @@ def test_ledger_records_every_step_of_the_run(signed_run):
     assert types[0] == L.RUN_STARTED and types[-1] == L.RUN_FINISHED
     assert types.count(L.LENDER_MANIFEST) == 3 and types.count(L.ROUND_STARTED) == 2
     assert types.count(L.LENDER_UPDATE) == 6 and types.count(L.AGGREGATE) == 2
-    assert types.count(L.LENDER_EVALUATION) == 6 and types.count(L.ROUND_FINISHED) == 2 and types.count(L.LENDER_FINAL) == 3
+    assert (
+        types.count(L.LENDER_EVALUATION) == 6
+        and types.count(L.ROUND_FINISHED) == 2
+        and types.count(L.LENDER_FINAL) == 3
+    )
     rosters = [e["body"]["roster"] for e in entries if e["type"] == L.ROUND_STARTED]
     assert rosters == [[0, 1, 2], [0, 1, 2]]
     update = next(e for e in entries if e["type"] == L.LENDER_UPDATE)
@@ -162,9 +169,22 @@ def test_any_single_changed_byte_in_any_file_fails_verification(run_copy, pick, 
 
 def test_the_byte_test_reaches_every_file(run_copy):
     names = _files(run_copy)
-    assert {"ledger.jsonl", "report.json", "report.html", "privacy.json", "epsilon.csv", "privacy_events.jsonl",
-            "metrics.csv", "config.json", "model.pt", "model.json", "rounds.jsonl", "manifests/lender_000.json",
-            "keys/coordinator.pub", "keys/lender_002.pub"} <= set(names)
+    assert {
+        "ledger.jsonl",
+        "report.json",
+        "report.html",
+        "privacy.json",
+        "epsilon.csv",
+        "privacy_events.jsonl",
+        "metrics.csv",
+        "config.json",
+        "model.pt",
+        "model.json",
+        "rounds.jsonl",
+        "manifests/lender_000.json",
+        "keys/coordinator.pub",
+        "keys/lender_002.pub",
+    } <= set(names)
 
 
 def test_a_signature_respelled_in_upper_case_fails(run_copy):
@@ -203,11 +223,12 @@ def test_the_forger_is_exact_an_unchanged_rewrite_verifies(run_copy):
 
 # ---- each check on its own ------------------------------------------------------------------------
 
+
 def test_an_entry_rehashed_with_its_sequence_fixed_but_not_its_link_fails_only_the_chain_check(run_copy):
     entries = entries_of(run_copy)
     i = next(i for i, e in enumerate(entries) if e["type"] == L.LENDER_EVALUATION)
     forger = Forger(run_copy)
-    entries = forger.rechain(entries[:i] + entries[i + 1:])  # every link, hash and coordinator signature right
+    entries = forger.rechain(entries[:i] + entries[i + 1 :])  # every link, hash and coordinator signature right
     entries[i]["prev"] = entries_of(run_copy)[i]["hash"]  # ...but this one still links to the entry removed
     entries[i]["hash"] = L.entry_hash(entries[i])
     if entries[i]["type"] not in L.LENDER_SIGNED:
@@ -268,8 +289,10 @@ def test_a_signed_overspend_fails_the_budget_check(run_copy):
 
 
 def test_a_report_from_another_run_fails(run_copy, tmp_path):
-    other = run(RunConfig(records=3000, lenders=3, rounds=1, engine="inprocess", output_dir=str(tmp_path / "other")),
-                on_round=lambda s: None)
+    other = run(
+        RunConfig(records=3000, lenders=3, rounds=1, engine="inprocess", output_dir=str(tmp_path / "other")),
+        on_round=lambda s: None,
+    )
     shutil.copy(other / "report.json", run_copy / "report.json")
     _fails(run_copy, "signature")  # another coordinator key signed it
 
@@ -310,7 +333,7 @@ def test_a_malformed_registry_or_key_fails_cleanly(run_copy):
     bad.write_bytes(b"\xff\xfe not utf-8")
     result = runner.invoke(app, ["verify", str(run_copy), "--registry", str(bad)])
     assert result.exit_code == 2 and "not a JSON file" in result.output and "Traceback" not in result.output
-    registry = json.loads(open(registry_of(run_copy)).read())
+    registry = json.loads(Path(registry_of(run_copy)).read_text())
     registry["lenders"]["1"] = "zz" * 32
     bad.write_text(json.dumps(registry))
     result = runner.invoke(app, ["verify", str(run_copy), "--registry", str(bad)])
@@ -323,16 +346,39 @@ def test_a_malformed_registry_or_key_fails_cleanly(run_copy):
 
 
 def test_runs_with_refusals_and_lender_level_dp_verify(tmp_path):
-    declining = run(RunConfig(records=2000, lenders=2, rounds=4, noise_multiplier=0.8, epsilon=1.5, engine="inprocess",
-                              output_dir=str(tmp_path / "declines")), on_round=lambda s: None)
+    declining = run(
+        RunConfig(
+            records=2000,
+            lenders=2,
+            rounds=4,
+            noise_multiplier=0.8,
+            epsilon=1.5,
+            engine="inprocess",
+            output_dir=str(tmp_path / "declines"),
+        ),
+        on_round=lambda s: None,
+    )
     refusals = [e["body"] for e in entries_of(declining) if e["type"] == L.LENDER_REFUSAL]
     assert refusals and all(r["limit"] == "budget" for r in refusals)
     verify_run(declining, registry_of(declining))
-    lender_level = run(RunConfig(records=3000, lenders=3, rounds=2, dp_level="lender", epsilon=8.0, delta=1e-3,
-                                 engine="inprocess", output_dir=str(tmp_path / "ll")), on_round=lambda s: None)
+    lender_level = run(
+        RunConfig(
+            records=3000,
+            lenders=3,
+            rounds=2,
+            dp_level="lender",
+            epsilon=8.0,
+            delta=1e-3,
+            engine="inprocess",
+            output_dir=str(tmp_path / "ll"),
+        ),
+        on_round=lambda s: None,
+    )
     assert "federation" in verify_run(lender_level, registry_of(lender_level)).epsilons
-    nodp = run(RunConfig(records=2000, lenders=2, rounds=1, dp=False, engine="inprocess", output_dir=str(tmp_path / "nodp")),
-               on_round=lambda s: None)
+    nodp = run(
+        RunConfig(records=2000, lenders=2, rounds=1, dp=False, engine="inprocess", output_dir=str(tmp_path / "nodp")),
+        on_round=lambda s: None,
+    )
     assert verify_run(nodp, registry_of(nodp)).epsilons == {}
 
 
@@ -349,6 +395,9 @@ def test_coordinator_refuses_an_update_that_differs_from_what_the_lender_signed(
     monkeypatch.setattr(dp_round, "update_body", lying)
     out = tmp_path / "run"
     with pytest.raises(RunFailed, match="differs from the one it signed"):
-        run(RunConfig(records=2000, lenders=2, rounds=1, engine="inprocess", output_dir=str(out)), on_round=lambda s: None)
+        run(
+            RunConfig(records=2000, lenders=2, rounds=1, engine="inprocess", output_dir=str(out)),
+            on_round=lambda s: None,
+        )
     # nothing half-written left behind: no run folder, no keys, no lender folders, no registry
     assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -14,17 +14,91 @@ from federation.policy import apply_policy, check_card, name_parts, prohibited_m
 
 # Written out here, not read from federation.policy.LEXICON, so that dropping an entry fails a test.
 SENSITIVE = [
-    "sex", "gender", "male", "female", "man", "woman", "race", "racial", "ethnic", "ethnicity", "black", "white",
-    "hispanic", "latino", "latina", "asian", "native", "indigenous", "religion", "religious", "caste", "nationality",
-    "citizenship", "citizen", "immigrant", "foreign", "hukou", "minzu", "marital", "marriage", "married", "spouse",
-    "divorced", "widowed", "age", "birth", "dob", "birthday", "pregnant", "pregnancy", "disability", "disabled",
-    "health", "medical", "union", "political", "party affiliation", "orientation", "lgbt",
+    "sex",
+    "gender",
+    "male",
+    "female",
+    "man",
+    "woman",
+    "race",
+    "racial",
+    "ethnic",
+    "ethnicity",
+    "black",
+    "white",
+    "hispanic",
+    "latino",
+    "latina",
+    "asian",
+    "native",
+    "indigenous",
+    "religion",
+    "religious",
+    "caste",
+    "nationality",
+    "citizenship",
+    "citizen",
+    "immigrant",
+    "foreign",
+    "hukou",
+    "minzu",
+    "marital",
+    "marriage",
+    "married",
+    "spouse",
+    "divorced",
+    "widowed",
+    "age",
+    "birth",
+    "dob",
+    "birthday",
+    "pregnant",
+    "pregnancy",
+    "disability",
+    "disabled",
+    "health",
+    "medical",
+    "union",
+    "political",
+    "party affiliation",
+    "orientation",
+    "lgbt",
 ]
 NON_CREDIT = [
-    "social", "facebook", "wechat", "weibo", "twitter", "tiktok", "douyin", "instagram", "shopping", "taobao", "jd",
-    "purchases", "reading", "books", "eating", "food", "meals", "restaurant", "travel", "trips", "location", "gps",
-    "geolocation", "contacts", "phone model", "device model", "browsing", "browser", "clicks", "app usage", "games",
-    "gaming", "telephone", "phone",
+    "social",
+    "facebook",
+    "wechat",
+    "weibo",
+    "twitter",
+    "tiktok",
+    "douyin",
+    "instagram",
+    "shopping",
+    "taobao",
+    "jd",
+    "purchases",
+    "reading",
+    "books",
+    "eating",
+    "food",
+    "meals",
+    "restaurant",
+    "travel",
+    "trips",
+    "location",
+    "gps",
+    "geolocation",
+    "contacts",
+    "phone model",
+    "device model",
+    "browsing",
+    "browser",
+    "clicks",
+    "app usage",
+    "games",
+    "gaming",
+    "telephone",
+    "phone",
 ]
 LISTED = [(entry, "sensitive") for entry in SENSITIVE] + [(entry, "non-credit") for entry in NON_CREDIT]
 
@@ -58,7 +132,7 @@ def _spellings(entry: str) -> dict[str, str]:
     }
     plural = _plural(words[-1])
     if plural:
-        names["plural"] = "_".join(words[:-1] + [plural])
+        names["plural"] = "_".join([*words[:-1], plural])
     return names
 
 
@@ -79,16 +153,22 @@ def test_every_listed_name_is_refused_as_credit_data_with_its_kind(entry, kind, 
     assert f"'{name}'" in message and f"{kind} data ('{entry}')" in message and "override" in message
 
 
-@pytest.mark.parametrize("name,parts", [
-    ("NumberOfDependents", ["number", "of", "dependents"]),
-    ("isMALE", ["is", "male"]),
-    ("HTTPServerAge", ["http", "server", "age"]),
-    ("PAY_AMT1", ["pay", "amt", "1"]),
-    ("age2", ["age", "2"]),
-    ("2ndSpouse", ["2", "nd", "spouse"]),
-    ("NumberOfTime30-59DaysPastDueNotWorse", ["number", "of", "time", "30", "59", "days", "past", "due", "not", "worse"]),
-    ("borrower.birth-date", ["borrower", "birth", "date"]),
-])
+@pytest.mark.parametrize(
+    "name,parts",
+    [
+        ("NumberOfDependents", ["number", "of", "dependents"]),
+        ("isMALE", ["is", "male"]),
+        ("HTTPServerAge", ["http", "server", "age"]),
+        ("PAY_AMT1", ["pay", "amt", "1"]),
+        ("age2", ["age", "2"]),
+        ("2ndSpouse", ["2", "nd", "spouse"]),
+        (
+            "NumberOfTime30-59DaysPastDueNotWorse",
+            ["number", "of", "time", "30", "59", "days", "past", "due", "not", "worse"],
+        ),
+        ("borrower.birth-date", ["borrower", "birth", "date"]),
+    ],
+)
 def test_name_parts_split_every_naming_convention(name, parts):
     assert name_parts(name) == parts
 
@@ -96,11 +176,38 @@ def test_name_parts_split_every_naming_convention(name, parts):
 # Real credit columns (those of the builtin cards among them) that contain lexicon words only as
 # substrings, or no lexicon word at all: they must stay usable as credit data.
 CREDIT_NAMES = [
-    "mortgage_balance", "average_utilization", "usage_fee", "NumberOfDependents", "months_on_file", "PAY_AMT1",
-    "BILL_AMT1", "LIMIT_BAL", "Seniority", "Home", "Records", "Job", "Expenses", "Income", "Assets", "Debt", "Amount",
-    "Price", "Time", "management_score", "manager_approved", "agency_rating", "whitelisted_merchant",
-    "SeriousDlqin2yrs", "NumberOfTime30-59DaysPastDueNotWorse", "home_ownership", "credit_history", "loan_purpose",
-    "partial_payments", "book_value", "purchase_price", "reunion_fee",
+    "mortgage_balance",
+    "average_utilization",
+    "usage_fee",
+    "NumberOfDependents",
+    "months_on_file",
+    "PAY_AMT1",
+    "BILL_AMT1",
+    "LIMIT_BAL",
+    "Seniority",
+    "Home",
+    "Records",
+    "Job",
+    "Expenses",
+    "Income",
+    "Assets",
+    "Debt",
+    "Amount",
+    "Price",
+    "Time",
+    "management_score",
+    "manager_approved",
+    "agency_rating",
+    "whitelisted_merchant",
+    "SeriousDlqin2yrs",
+    "NumberOfTime30-59DaysPastDueNotWorse",
+    "home_ownership",
+    "credit_history",
+    "loan_purpose",
+    "partial_payments",
+    "book_value",
+    "purchase_price",
+    "reunion_fee",
 ]
 
 
@@ -126,8 +233,19 @@ def test_every_builtin_card_passes_and_its_marked_columns_are_all_refused(path):
 
 
 def test_the_builtin_prohibited_columns_are_marked_by_the_lexicon():
-    names = {c.name for c in load_card(CARDS_DIR / "synthetic.toml").columns if c.category in ("sensitive", "non_credit")}
-    names |= {"SEX", "MARRIAGE", "AGE", "personal_status_and_sex", "age_in_years", "foreign_worker", "telephone", "Marital"}
+    names = {
+        c.name for c in load_card(CARDS_DIR / "synthetic.toml").columns if c.category in ("sensitive", "non_credit")
+    }
+    names |= {
+        "SEX",
+        "MARRIAGE",
+        "AGE",
+        "personal_status_and_sex",
+        "age_in_years",
+        "foreign_worker",
+        "telephone",
+        "Marital",
+    }
     assert [n for n in sorted(names) if prohibited_mark(n) is None] == []
 
 
@@ -137,14 +255,25 @@ UNION = {"category": "credit_history", "bounds": [0, 1], "override": "membership
 
 
 def test_an_override_with_a_reason_lets_a_marked_name_train_and_is_recorded():
-    card = parse_card(_card({"credit_union_member": UNION, "income": {"category": "capacity", "bounds": [0, 9]},
-                             "gender": {"category": "sensitive"}}))
+    card = parse_card(
+        _card(
+            {
+                "credit_union_member": UNION,
+                "income": {"category": "capacity", "bounds": [0, 9]},
+                "gender": {"category": "sensitive"},
+            }
+        )
+    )
     check_card(card)
     frame = pd.DataFrame({"y": [0, 1], "credit_union_member": [1, 0], "income": [3, 4], "gender": ["f", "m"]})
     result = apply_policy(frame, card)
     assert list(result.features.columns) == ["credit_union_member", "income"]
     assert result.fields_used == [
-        {"name": "credit_union_member", "category": "credit_history", "override": "membership of a credit union, a lender"},
+        {
+            "name": "credit_union_member",
+            "category": "credit_history",
+            "override": "membership of a credit union, a lender",
+        },
         {"name": "income", "category": "capacity"},
     ]
 
@@ -155,13 +284,16 @@ def test_without_an_override_the_same_column_is_refused():
         check_card(parse_card(_card({"credit_union_member": spec})))
 
 
-@pytest.mark.parametrize("column,spec,message", [
-    ("credit_union_member", {**UNION, "override": ""}, "column 'credit_union_member' has an empty override"),
-    ("credit_union_member", {**UNION, "override": "  \t "}, "column 'credit_union_member' has an empty override"),
-    ("credit_union_member", {**UNION, "override": True}, "has override True; an override is a written reason"),
-    ("gender", {"category": "sensitive", "override": "we like it"}, "has an override but category 'sensitive'"),
-    ("y2", {"category": "label", "positive": 1, "override": "x"}, "has an override but category 'label'"),
-])
+@pytest.mark.parametrize(
+    "column,spec,message",
+    [
+        ("credit_union_member", {**UNION, "override": ""}, "column 'credit_union_member' has an empty override"),
+        ("credit_union_member", {**UNION, "override": "  \t "}, "column 'credit_union_member' has an empty override"),
+        ("credit_union_member", {**UNION, "override": True}, "has override True; an override is a written reason"),
+        ("gender", {"category": "sensitive", "override": "we like it"}, "has an override but category 'sensitive'"),
+        ("y2", {"category": "label", "positive": 1, "override": "x"}, "has an override but category 'label'"),
+    ],
+)
 def test_malformed_overrides_are_card_errors(column, spec, message):
     with pytest.raises(CardError, match=re.escape(message)):
         parse_card(_card({column: spec}))
@@ -179,28 +311,49 @@ def test_override_reaches_the_signed_manifest_from_a_json_card(tmp_path):
     (tmp_path / "card.json").write_text(json.dumps(card))
     rows = ["y,credit_union_member,income"] + [f"{int(i % 3 == 0)},{i % 2},{i % 100}" for i in range(80)]
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
-    cfg = RunConfig(dataset="csv", csv_path=str(tmp_path / "data.csv"), card_path=str(tmp_path / "card.json"),
-                    partition="iid", lenders=2)
+    cfg = RunConfig(
+        dataset="csv",
+        csv_path=str(tmp_path / "data.csv"),
+        card_path=str(tmp_path / "card.json"),
+        partition="iid",
+        lenders=2,
+    )
     used = load_lender(cfg, 0).manifest["fields_used"]
-    assert used == [{"name": "credit_union_member", "category": "credit_history", "override": UNION["override"]},
-                    {"name": "income", "category": "capacity"}]
+    assert used == [
+        {"name": "credit_union_member", "category": "credit_history", "override": UNION["override"]},
+        {"name": "income", "category": "capacity"},
+    ]
 
 
 # ---- the verifier's check of a signed manifest's used fields ------------------------------------------
 
-@pytest.mark.parametrize("field,expected", [
-    ({"name": "income", "category": "capacity"}, None),
-    ({"name": "credit_union_member", "category": "credit_history", "override": "a credit union is a lender"}, None),
-    ({"name": "isMale", "category": "credit_history"},
-     "used field 'isMale' is marked as sensitive data ('male') without an override reason"),
-    ({"name": "credit_union_member", "category": "credit_history", "override": "   "},
-     "used field 'credit_union_member' is marked as sensitive data ('union') without an override reason"),
-    ({"name": "phone_model", "category": "capacity", "override": None},
-     "used field 'phone_model' is marked as non-credit data ('phone model') without an override reason"),
-    ({"name": "income", "category": "sensitive"},
-     "field 'income' of category sensitive was used (only credit_history, capacity, collateral, loan_terms may be)"),
-    ({"name": "gender", "category": "non_credit", "override": "no"},
-     "field 'gender' of category non_credit was used (only credit_history, capacity, collateral, loan_terms may be)"),
-])
+
+@pytest.mark.parametrize(
+    "field,expected",
+    [
+        ({"name": "income", "category": "capacity"}, None),
+        ({"name": "credit_union_member", "category": "credit_history", "override": "a credit union is a lender"}, None),
+        (
+            {"name": "isMale", "category": "credit_history"},
+            "used field 'isMale' is marked as sensitive data ('male') without an override reason",
+        ),
+        (
+            {"name": "credit_union_member", "category": "credit_history", "override": "   "},
+            "used field 'credit_union_member' is marked as sensitive data ('union') without an override reason",
+        ),
+        (
+            {"name": "phone_model", "category": "capacity", "override": None},
+            "used field 'phone_model' is marked as non-credit data ('phone model') without an override reason",
+        ),
+        (
+            {"name": "income", "category": "sensitive"},
+            "field 'income' of category sensitive was used (only credit_history, capacity, collateral, loan_terms may be)",
+        ),
+        (
+            {"name": "gender", "category": "non_credit", "override": "no"},
+            "field 'gender' of category non_credit was used (only credit_history, capacity, collateral, loan_terms may be)",
+        ),
+    ],
+)
 def test_used_field_violation(field, expected):
     assert used_field_violation(field) == expected

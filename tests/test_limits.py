@@ -9,13 +9,13 @@ from typer.testing import CliRunner
 
 import fedcredit.runner as runner_module
 from fedcredit.cli import app
+from fedcredit.runner import validate
 from federation.config import RunConfig, parse_epsilon_overrides
 from federation.errors import ConfigError
 from federation.privacy import planner
 from federation.privacy.accountant import _epsilon, compose_history, default_delta, epsilon
 from federation.privacy.events import PrivacyEvent
 from federation.privacy.limits import MAX_DELTA, MAX_EPSILON, check_delta, check_epsilon, min_records_for
-from fedcredit.runner import validate
 
 cli = CliRunner()
 
@@ -50,6 +50,7 @@ def _run_args(out: Path, *args: str) -> list[str]:
 
 # ---- delta ------------------------------------------------------------------------------------------
 
+
 def test_min_records_follows_the_default_delta_rule():
     assert min_records_for() == 65  # 1/64^1.1 = 0.0103 > 0.01 >= 1/128^1.1
     for cap in (0.5, 0.1, MAX_DELTA, 1e-3, 1e-5):
@@ -59,15 +60,23 @@ def test_min_records_follows_the_default_delta_rule():
 
 
 def test_delta_above_one_over_n_is_refused_naming_the_lender_and_n():
-    _refused(lambda: check_delta(120, 0.5, "lender 3"),
-             "delta 0.5 is above 1/n for lender 3 (n = 120 training records)", "use a delta below 1/120")
+    _refused(
+        lambda: check_delta(120, 0.5, "lender 3"),
+        "delta 0.5 is above 1/n for lender 3 (n = 120 training records)",
+        "use a delta below 1/120",
+    )
     _refused(lambda: check_delta(20, 0.1, "lender 1"), "(n = 20 training records)", "at most 0.01")
     check_delta(120, 1e-3, "lender 3")  # below 1/120 and MAX_DELTA: fine
 
 
 def test_default_delta_of_a_tiny_lender_is_refused_with_the_size_it_needs():
-    _refused(lambda: check_delta(20, default_delta(20), "lender 3"),
-             "lender 3 has 20 training records", "0.0221", "the default rule", "at least 65 training records")
+    _refused(
+        lambda: check_delta(20, default_delta(20), "lender 3"),
+        "lender 3 has 20 training records",
+        "0.0221",
+        "the default rule",
+        "at least 65 training records",
+    )
     _refused(lambda: check_delta(2, 0, "lender 0"), "at its delta 0.467")  # 0 means the default rule too
     _refused(lambda: check_delta(50, 0.015, "lender 2"), "at delta 0.015", "use a delta of at most 0.01")
     check_delta(65, default_delta(65), "lender 0")
@@ -82,14 +91,21 @@ def test_cli_refuses_an_explicit_delta_above_the_limit(tmp_path):
 
 def test_cli_refuses_a_delta_above_one_over_n_for_a_real_lender(tmp_path):
     out = tmp_path / "run"  # lender 0 of this market has 881 training records
-    _cli_refused(_run_args(out, "--records", "2000", "--lenders", "2", "--delta", "0.01"), out,
-                 "delta 0.01 is above 1/n for lender 0 (n = 881 training records)")
+    _cli_refused(
+        _run_args(out, "--records", "2000", "--lenders", "2", "--delta", "0.01"),
+        out,
+        "delta 0.01 is above 1/n for lender 0 (n = 881 training records)",
+    )
 
 
 def test_cli_refuses_the_default_delta_of_a_small_lender(tmp_path):
     out = tmp_path / "run"  # training records per lender: 43, 21, 18, 24, 12
-    _cli_refused(_run_args(out, "--records", "200", "--lenders", "5"), out,
-                 "lender 0 has 43 training records", "at least 65 training records")
+    _cli_refused(
+        _run_args(out, "--records", "200", "--lenders", "5"),
+        out,
+        "lender 0 has 43 training records",
+        "at least 65 training records",
+    )
 
 
 def test_lender_level_dp_counts_lenders():
@@ -107,6 +123,7 @@ def test_the_default_run_and_a_small_tested_market_pass_validate():
 
 
 # ---- budgets ----------------------------------------------------------------------------------------
+
 
 def test_a_lender_given_two_budgets_is_refused(tmp_path):
     _refused(lambda: parse_epsilon_overrides("0:1,0:8"), "lender 0 is given two budgets (1 and 8)")
@@ -129,28 +146,59 @@ def test_an_epsilon_beyond_the_accountants_is_refused_before_anything_runs(tmp_p
 
 # ---- planner ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, needle", [
-    (["--records", "40", "--epsilon", "1"], "a lender has 40 training records"),
-    (["--records", "1000", "--delta", "0.01", "--epsilon", "1"], "above 1/n for a lender (n = 1000 training records)"),
-    (["--records", "1000", "--epsilon", "1,1e9"], "target epsilon 1e+09 is above 50"),
-    (["--dp-level", "lender", "--lenders", "5", "--epsilon", "1"], "the federation (lender-level DP) has 5 lenders"),
-])
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--records", "40", "--epsilon", "1"], "a lender has 40 training records"),
+        (
+            ["--records", "1000", "--delta", "0.01", "--epsilon", "1"],
+            "above 1/n for a lender (n = 1000 training records)",
+        ),
+        (["--records", "1000", "--epsilon", "1,1e9"], "target epsilon 1e+09 is above 50"),
+        (
+            ["--dp-level", "lender", "--lenders", "5", "--epsilon", "1"],
+            "the federation (lender-level DP) has 5 lenders",
+        ),
+    ],
+)
 def test_plan_refuses_what_a_run_refuses(args, needle):
     _cli_refused(["plan", *args], None, needle)
 
 
 def test_plan_accepts_a_lender_level_delta_set_by_hand():
-    result = cli.invoke(app, ["plan", "--dp-level", "lender", "--lenders", "5", "--delta", "1e-3", "--epsilon", "1",
-                              "--rounds", "2", "--accountant", "rdp", "--json"])
+    result = cli.invoke(
+        app,
+        [
+            "plan",
+            "--dp-level",
+            "lender",
+            "--lenders",
+            "5",
+            "--delta",
+            "1e-3",
+            "--epsilon",
+            "1",
+            "--rounds",
+            "2",
+            "--accountant",
+            "rdp",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
 
 
 # ---- never a negative epsilon -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("sigma, q, steps, delta", [
-    (3.0, 1.0, 5, default_delta(2)),  # a lender of 2 records, the whole lender every step
-    (10.0, 0.1, 1, 1e-2),  # within the limits: a nearly private step at the largest allowed delta
-])
+
+@pytest.mark.parametrize(
+    "sigma, q, steps, delta",
+    [
+        (3.0, 1.0, 5, default_delta(2)),  # a lender of 2 records, the whole lender every step
+        (10.0, 0.1, 1, 1e-2),  # within the limits: a nearly private step at the largest allowed delta
+    ],
+)
 def test_accountants_never_report_a_negative_epsilon(sigma, q, steps, delta):
     events = [PrivacyEvent(0, 1, sigma, q, steps, 1.0)]
     raw = {name: _epsilon(tuple(compose_history(events)), delta, name) for name in ("rdp", "prv")}

@@ -27,7 +27,11 @@ def test_model_arrays_round_trip():
     model = build_model("mlp", 7, hidden=5, seed=1)
     arrays = get_arrays(model)
     assert {k: v.shape for k, v in arrays.items()} == {
-        "hidden.weight": (5, 7), "hidden.bias": (5,), "out.weight": (1, 5), "out.bias": (1,)}
+        "hidden.weight": (5, 7),
+        "hidden.bias": (5,),
+        "out.weight": (1, 5),
+        "out.bias": (1,),
+    }
     other = build_model("mlp", 7, hidden=5, seed=2)
     set_arrays(other, arrays)
     for k, v in get_arrays(other).items():

@@ -3,6 +3,7 @@
 policy, started with its own command: `fedcredit coordinator start`, `fedcredit lender join`, `fedcredit coordinator
 run`. Nothing here dials an address outside what the test made, and every process is stopped by id."""
 
+import contextlib
 import json
 import socket
 import ssl
@@ -20,12 +21,12 @@ from typer.testing import CliRunner
 
 from clients.home import LenderHome, init_lender
 from clients.join import supernode_key
-from federation.audit_trail.verify import verify_run
 from fedcredit.cli import app
+from fedcredit.runner import run
+from federation.audit_trail.verify import verify_run
 from federation.config import RunConfig
 from federation.lender_policy import for_simulated_lender
 from federation.processes import free_port
-from fedcredit.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 COORDINATOR = "127.0.0.11"
@@ -34,17 +35,20 @@ CFG = RunConfig(records=6000, lenders=3, rounds=2, seed=1, reproducible_noise_no
 
 
 def _cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fedcredit.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedcredit.cli", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _stop(processes: list[subprocess.Popen]) -> list[psutil.Process]:
     tree = []
     for p in processes:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             tree += [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
     for p in processes:
         if p.poll() is None:
             p.terminate()  # the command stops what it started (SIGTERM = Ctrl-C)
@@ -100,8 +104,19 @@ def test_coordinator_and_three_lenders_on_their_own_hosts(tmp_path):
     port = free_port(COORDINATOR)
     coord = tmp_path / "coordinator-host"
     runner = CliRunner()
-    made = runner.invoke(app, ["coordinator", "init", "--dir", str(coord), "--address", f"{COORDINATOR}:{port}",
-                               "--name", "coordinator.fedcredit.test"])
+    made = runner.invoke(
+        app,
+        [
+            "coordinator",
+            "init",
+            "--dir",
+            str(coord),
+            "--address",
+            f"{COORDINATOR}:{port}",
+            "--name",
+            "coordinator.fedcredit.test",
+        ],
+    )
     assert made.exit_code == 0, made.output
     ca = coord / "tls" / "public" / "ca.crt"
     # Each lender on its own host: its folder, its policy (its share of the data), its keys; it sends the
@@ -111,8 +126,10 @@ def test_coordinator_and_three_lenders_on_their_own_hosts(tmp_path):
         folder = tmp_path / f"lender-host-{lender}" / "bank"
         init_lender(folder, for_simulated_lender(CFG, lender))
         _, public = supernode_key(LenderHome(folder))
-        added = runner.invoke(app, ["coordinator", "add-lender", "--dir", str(coord), "--lender", str(lender),
-                                    "--supernode-key", str(public)])
+        added = runner.invoke(
+            app,
+            ["coordinator", "add-lender", "--dir", str(coord), "--lender", str(lender), "--supernode-key", str(public)],
+        )
         assert added.exit_code == 0, added.output
         homes.append(folder)
     processes = []
@@ -128,31 +145,84 @@ def test_coordinator_and_three_lenders_on_their_own_hosts(tmp_path):
         refused = httpx.post(f"https://{COORDINATOR}:{port}/v1/control/list-runs", verify=str(ca), content=b"")
         assert refused.status_code == 404
         for lender, folder in enumerate(homes):
-            processes.append(_cli("lender", "join", "--lender-dir", str(folder), "--superlink", f"{COORDINATOR}:{port}",
-                                  "--ca", str(ca), "--listen-host", LENDER_HOSTS[lender]))
+            processes.append(
+                _cli(
+                    "lender",
+                    "join",
+                    "--lender-dir",
+                    str(folder),
+                    "--superlink",
+                    f"{COORDINATOR}:{port}",
+                    "--ca",
+                    str(ca),
+                    "--listen-host",
+                    LENDER_HOSTS[lender],
+                )
+            )
         # A SuperNode whose key the coordinator never received is turned away, in one line.
         intruder = tmp_path / "intruder-host" / "bank"
         init_lender(intruder, for_simulated_lender(CFG, 0))
-        refused_node = _cli("lender", "join", "--lender-dir", str(intruder), "--superlink", f"{COORDINATOR}:{port}",
-                            "--ca", str(ca), "--listen-host", "127.0.0.16")
+        refused_node = _cli(
+            "lender",
+            "join",
+            "--lender-dir",
+            str(intruder),
+            "--superlink",
+            f"{COORDINATOR}:{port}",
+            "--ca",
+            str(ca),
+            "--listen-host",
+            "127.0.0.16",
+        )
         processes.append(refused_node)
         out, _ = refused_node.communicate(timeout=180)
         assert refused_node.returncode == 2 and "its key is not registered" in " ".join(out.split()), out
         # Dialling an address the coordinator's certificate does not carry fails before any SuperNode starts.
         stop = threading.Event()
-        _serve_tls_once("127.0.0.15", port, coord / "tls" / "public" / "server.crt", coord / "tls" / "public" / "server.key",
-                        stop)
-        wrong = runner.invoke(app, ["lender", "join", "--lender-dir", str(homes[0]), "--superlink", f"127.0.0.15:{port}",
-                                    "--ca", str(ca)])
+        _serve_tls_once(
+            "127.0.0.15", port, coord / "tls" / "public" / "server.crt", coord / "tls" / "public" / "server.key", stop
+        )
+        wrong = runner.invoke(
+            app, ["lender", "join", "--lender-dir", str(homes[0]), "--superlink", f"127.0.0.15:{port}", "--ca", str(ca)]
+        )
         stop.set()
         assert wrong.exit_code == 2 and "does not carry the name 127.0.0.15" in " ".join(wrong.output.split())
-        unreachable = runner.invoke(app, ["lender", "join", "--lender-dir", str(homes[0]), "--superlink",
-                                          f"127.0.0.17:{free_port('127.0.0.17')}", "--ca", str(ca)])
+        unreachable = runner.invoke(
+            app,
+            [
+                "lender",
+                "join",
+                "--lender-dir",
+                str(homes[0]),
+                "--superlink",
+                f"127.0.0.17:{free_port('127.0.0.17')}",
+                "--ca",
+                str(ca),
+            ],
+        )
         assert unreachable.exit_code == 2 and "no SuperLink answers" in unreachable.output
         started = time.time()
-        done = runner.invoke(app, ["coordinator", "run", "--dir", str(coord), "--lenders", "3", "--rounds", "2",
-                                   "--set", "seed=1", "--set", "records=6000", "--set",
-                                   "reproducible-noise-not-private=true", "--output-dir", str(tmp_path / "deployed")])
+        done = runner.invoke(
+            app,
+            [
+                "coordinator",
+                "run",
+                "--dir",
+                str(coord),
+                "--lenders",
+                "3",
+                "--rounds",
+                "2",
+                "--set",
+                "seed=1",
+                "--set",
+                "records=6000",
+                "--set",
+                "reproducible-noise-not-private=true",
+                "--output-dir",
+                str(tmp_path / "deployed"),
+            ],
+        )
         seconds = time.time() - started
         assert done.exit_code == 0, done.output
     finally:
@@ -164,11 +234,20 @@ def test_coordinator_and_three_lenders_on_their_own_hosts(tmp_path):
     assert max(float((first[k] - second[k]).abs().max()) for k in first) < 1e-4
     # The regulator builds the registry from what each party published, and the deployed run verifies against it.
     registry = tmp_path / "registry.json"
-    built = runner.invoke(app, ["registry", "build", "-o", str(registry), "--coordinator",
-                                str(coord / "keys" / "coordinator.pub"),
-                                *[f"--lender={i}={h / 'identity.pub'}" for i, h in enumerate(homes)]])
+    built = runner.invoke(
+        app,
+        [
+            "registry",
+            "build",
+            "-o",
+            str(registry),
+            "--coordinator",
+            str(coord / "keys" / "coordinator.pub"),
+            *[f"--lender={i}={h / 'identity.pub'}" for i, h in enumerate(homes)],
+        ],
+    )
     assert built.exit_code == 0, built.output
     assert verify_run(deployed, registry).pinned
-    for lender, folder in enumerate(homes):  # each lender's releases are in its own folder, nowhere else
+    for folder in homes:  # each lender's releases are in its own folder, nowhere else
         assert json.loads((folder / "state" / "spent.json").read_text())["runs"]
     print(f"multi-host run: {seconds:.0f} s for 2 rounds")

@@ -26,7 +26,9 @@ def test_scale_runs_one_size_with_sampling():
 def test_secagg_cost_runs(capsys):
     from benchmarks.perf import secagg_cost
 
-    table = secagg_cost.main(["--lenders", "3", "--records", "2000", "--rounds", "1", "--model", "logreg", "--repeats", "1"])
+    table = secagg_cost.main(
+        ["--lenders", "3", "--records", "2000", "--rounds", "1", "--model", "logreg", "--repeats", "1"]
+    )
     assert "| plain FedAvg |" in table and "| secure aggregation |" in table and "| ratio |" in table
     # the masked vector is uint64 (the update and the lender's record count): twice the bytes of the float32 update
     ratio = float(re.search(r"\| ratio \| [0-9.]+x \| ([0-9.]+)x \|", table).group(1))

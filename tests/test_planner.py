@@ -20,8 +20,10 @@ def test_plan_calibrates_each_target_and_reports_both_accountants():
         assert 0.995 * row["target_epsilon"] <= row["epsilon_rdp"] <= row["target_epsilon"]
         assert row["epsilon_prv"] < row["epsilon_rdp"]
         # the plan describes exactly the run's mechanism: q = 1/ceil(n/B), steps = epochs x ceil(n/B) x rounds
-        run_events = [PrivacyEvent(0, r, row["noise_multiplier"], sample_rate(2400, 64), steps_per_epoch(2400, 64), 1.0)
-                      for r in range(10)]
+        run_events = [
+            PrivacyEvent(0, r, row["noise_multiplier"], sample_rate(2400, 64), steps_per_epoch(2400, 64), 1.0)
+            for r in range(10)
+        ]
         assert row["epsilon_rdp"] == pytest.approx(epsilon(run_events, mech.delta))
         assert row["epsilon_rdp"] == pytest.approx(dpaccounting.epsilon(run_events, mech.delta, "rdp"), rel=0.01)
 
@@ -41,8 +43,10 @@ def test_lender_level_plan_counts_one_step_per_round():
 
 
 def test_plan_command_prints_a_table_over_several_targets():
-    result = runner.invoke(app, ["plan", "--records", "2400", "--rounds", "10", "--epsilon", "1,3,8", "--sigma", "1.0",
-                                 "--accountant", "rdp"])
+    result = runner.invoke(
+        app,
+        ["plan", "--records", "2400", "--rounds", "10", "--epsilon", "1,3,8", "--sigma", "1.0", "--accountant", "rdp"],
+    )
     assert result.exit_code == 0, result.output
     assert "noise multiplier" in result.output and "epsilon (rdp)" in result.output
     assert result.output.count("│") >= 4 * 3
@@ -55,14 +59,17 @@ def test_plan_command_json_rows():
     assert row["given"] == "target" and row["epsilon_rdp"] <= 2.0
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--records", "1000"], "give target epsilons"),
-    (["--epsilon", "1"], "needs --records"),
-    (["--records", "1000", "--epsilon", "one"], "comma-separated numbers"),
-    (["--records", "1000", "--epsilon", "1", "--accountant", "moments"], "unknown accountant"),
-    (["--dp-level", "lender", "--epsilon", "1"], "needs --lenders"),
-    (["--records", "1000", "--sigma", "-1"], "must be positive"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--records", "1000"], "give target epsilons"),
+        (["--epsilon", "1"], "needs --records"),
+        (["--records", "1000", "--epsilon", "one"], "comma-separated numbers"),
+        (["--records", "1000", "--epsilon", "1", "--accountant", "moments"], "unknown accountant"),
+        (["--dp-level", "lender", "--epsilon", "1"], "needs --lenders"),
+        (["--records", "1000", "--sigma", "-1"], "must be positive"),
+    ],
+)
 def test_plan_bad_input_is_a_clear_error(args, message):
     result = runner.invoke(app, ["plan", *args])
     assert result.exit_code == 2

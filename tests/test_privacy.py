@@ -1,4 +1,3 @@
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,8 +29,12 @@ def test_no_release_no_epsilon():
 
 
 @settings(max_examples=15, deadline=None)
-@given(target=st.sampled_from([0.5, 1.0, 3.0, 8.0]), n=st.integers(200, 50_000),
-       batch=st.sampled_from([32, 64, 256]), total_steps_rounds=st.integers(1, 20))
+@given(
+    target=st.sampled_from([0.5, 1.0, 3.0, 8.0]),
+    n=st.integers(200, 50_000),
+    batch=st.sampled_from([32, 64, 256]),
+    total_steps_rounds=st.integers(1, 20),
+)
 def test_calibration_lands_within_2_percent_below_target(target, n, batch, total_steps_rounds):
     q = sample_rate(n, batch)
     steps = total_steps_rounds * steps_per_epoch(n, batch)
@@ -43,7 +46,7 @@ def test_calibration_lands_within_2_percent_below_target(target, n, batch, total
 
 def test_default_delta_is_below_one_over_n():
     for n in (10, 1000, 10**6):
-        assert default_delta(n) <= 1 / n ** 1.1 + 1e-18
+        assert default_delta(n) <= 1 / n**1.1 + 1e-18
         assert default_delta(n) < 1 / n
 
 

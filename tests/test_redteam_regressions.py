@@ -97,7 +97,7 @@ def test_the_shared_honest_run_verifies_and_holds_what_the_attacks_need(folder):
 # ---- a1: the NaN oracle ----------------------------------------------------------------------------
 
 FLT_MAX = float(np.finfo(np.float32).max)
-HALF_ULP = 2.0 ** 103  # FLT_MAX + x rounds to +inf in float32 iff x >= 2^103
+HALF_ULP = 2.0**103  # FLT_MAX + x rounds to +inf in float32 iff x >= 2^103
 A1_HONEST = RunConfig(records=3000, lenders=3, rounds=3, epsilon=3.0, engine="inprocess")
 # The coordinator's request: an MLP, enormous noise (above the floor, so almost free), q = 1, one step a round.
 A1_ATTACK = A1_HONEST.replace(model="mlp", hidden=4, noise_multiplier=1e6, batch_size=10**6, local_epochs=1, rounds=200)
@@ -134,8 +134,16 @@ def _nan_releases(x, y, model_for, count: int) -> int:
     nan = 0
     for _ in range(count):
         model = model_for()
-        train_local(model, x, y, epochs=1, batch_size=10**6, learning_rate=0.5, seed=0,
-                    dp=DPSettings(1e6, 1.0, SecureRandomness()))
+        train_local(
+            model,
+            x,
+            y,
+            epochs=1,
+            batch_size=10**6,
+            learning_rate=0.5,
+            seed=0,
+            dp=DPSettings(1e6, 1.0, SecureRandomness()),
+        )
         nan += not all(torch.isfinite(p).all() for p in model.parameters())
     return nan
 
@@ -149,7 +157,10 @@ def test_a1_neighbouring_datasets_give_the_same_finite_answer_to_the_nan_probe(a
     keep[int(np.argmax(x[:, j]))] = False  # D' = D without the record at the maximum
     top, second = float(x[:, j].max()), float(x[keep, j].max())
     assert top > second > 0
-    probe = lambda: _probe_model(len(data.features), j, (top + second) / 2)
+
+    def probe():
+        return _probe_model(len(data.features), j, (top + second) / 2)
+
     n = 5
     assert _nan_releases(x, y, probe, n) == 0  # D: 0 of 5 releases NaN
     assert _nan_releases(x[keep], y[keep], probe, n) == 0  # D': 0 of 5
@@ -184,6 +195,7 @@ def test_a1_the_lender_refuses_the_crafted_model_with_limit_model_and_releases_n
 
 # ---- a2: the demo fallback ---------------------------------------------------------------------------
 
+
 def _demo_node(flower_run_id: int):
     """What a SuperNode without lender-dir hands the ClientApp (a plain `flwr run .`)."""
     from flwr.app import Context, RecordDict
@@ -191,7 +203,9 @@ def _demo_node(flower_run_id: int):
     return Context(run_id=flower_run_id, node_id=7, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
 
 
-def test_a2_a_lender_without_a_folder_is_flagged_requires_dp_and_keeps_one_lifetime_budget(honest, tmp_path, monkeypatch):
+def test_a2_a_lender_without_a_folder_is_flagged_requires_dp_and_keeps_one_lifetime_budget(
+    honest, tmp_path, monkeypatch
+):
     from flwr.supercore.task_identity import TaskIdentity
 
     from clients.app import manifest as lender_manifest
@@ -206,7 +220,9 @@ def test_a2_a_lender_without_a_folder_is_flagged_requires_dp_and_keeps_one_lifet
     monkeypatch.delenv(LENDERS_DIR_ENV, raising=False)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     no_dp = RunConfig(records=3000, lenders=1, rounds=2, dp=False, engine="inprocess")
-    man = json.loads(lender_manifest(message(no_dp, 0, kind="query.manifest"), _demo_node(1)).content[ATTESTATION]["body"])
+    man = json.loads(
+        lender_manifest(message(no_dp, 0, kind="query.manifest"), _demo_node(1)).content[ATTESTATION]["body"]
+    )
     assert man["policy"]["demo"] is True and man["policy"]["require_dp"] is True  # signed: a demo lender, DP required
     reply = lender_train(message(no_dp, 1, model=initial_model(no_dp)), _demo_node(1))
     assert dict(reply.content[METRICS])["declined"] == 1
@@ -215,8 +231,9 @@ def test_a2_a_lender_without_a_folder_is_flagged_requires_dp_and_keeps_one_lifet
     # The same lender asked in three Flower runs (three runs of its own, too): one folder, one lifetime budget.
     limits = []
     for flower_run in (2, 3, 4):
-        cfg = RunConfig(records=3000, lenders=3, rounds=3, epsilon=10.0, noise_multiplier=0.5, engine="inprocess",
-                        seed=flower_run)
+        cfg = RunConfig(
+            records=3000, lenders=3, rounds=3, epsilon=10.0, noise_multiplier=0.5, engine="inprocess", seed=flower_run
+        )
         for rnd in range(1, 4):
             r = lender_train(message(cfg, rnd, model=initial_model(cfg)), _demo_node(flower_run))
             limits.append(json.loads(r.content[ATTESTATION]["body"]).get("limit"))
@@ -240,11 +257,16 @@ def test_a2_a_lender_without_a_folder_is_flagged_requires_dp_and_keeps_one_lifet
 
 # ---- a3: what the folder walk did not see ------------------------------------------------------------
 
-@pytest.mark.parametrize("make, where", [
-    (lambda f: (f / "REGULATOR_APPROVED_all_lenders_epsilon_below_0.1").mkdir(), "REGULATOR_APPROVED"),
-    (lambda f: (f / "manifests" / "lender_003_withdrawn_after_refusing").mkdir(), "lender_003_withdrawn"),
-    (lambda f: os.symlink(f / "manifests", f / "more_manifests"), "more_manifests"),
-], ids=["empty folder", "empty folder in manifests", "link to a folder"])
+
+@pytest.mark.parametrize(
+    "make, where",
+    [
+        (lambda f: (f / "REGULATOR_APPROVED_all_lenders_epsilon_below_0.1").mkdir(), "REGULATOR_APPROVED"),
+        (lambda f: (f / "manifests" / "lender_003_withdrawn_after_refusing").mkdir(), "lender_003_withdrawn"),
+        (lambda f: os.symlink(f / "manifests", f / "more_manifests"), "more_manifests"),
+    ],
+    ids=["empty folder", "empty folder in manifests", "link to a folder"],
+)
 def test_a3_a_folder_the_run_does_not_hold_fails(folder, make, where):
     make(folder)
     error = _fails(folder, "files", "this folder is not part of a run folder")
@@ -317,7 +339,9 @@ def test_a3_an_unreadable_folder_fails_for_a_verifier_that_is_not_root(folder):
             with os.fdopen(read, "rb") as pipe:
                 outcomes[hide] = pipe.read().decode()
         assert outcomes[False] == "exit 0", outcomes  # 'nobody' verifies the readable copy
-        assert outcomes[True].startswith("files at appendix: ") and "not part of a run folder" in outcomes[True], outcomes
+        assert outcomes[True].startswith("files at appendix: ") and "not part of a run folder" in outcomes[True], (
+            outcomes
+        )
     finally:
         for p in base.rglob("*"):
             if p.is_dir() and not p.is_symlink():
@@ -326,6 +350,7 @@ def test_a3_an_unreadable_folder_fails_for_a_verifier_that_is_not_root(folder):
 
 
 # ---- a4: the report's fields the verifier did not compare ----------------------------------------------
+
 
 def _last_scores(entries):
     last = max(e["body"]["round"] for e in entries if e["type"] == L.LENDER_EVALUATION)
@@ -349,12 +374,22 @@ def test_a4_leaving_out_the_worst_lenders_evaluations_fails(folder):
     _fails(folder, "evaluation", "every one of [0, 1, 2] must score the round's model")
 
 
-@pytest.mark.parametrize("edit, contains", [
-    (lambda es: es[-1].__setitem__("time", es[-1]["time"] + " -- independently audited by the regulator --"),
-     "an entry's time is a UTC timestamp"),
-    (lambda es: es[0]["body"].__setitem__("code_version", "fedcredit 0.1.0 (certified build, audit #2026-118 passed)"),
-     "the code version is 'fedcredit VERSION (git COMMIT)'"),
-], ids=["time", "code_version"])
+@pytest.mark.parametrize(
+    "edit, contains",
+    [
+        (
+            lambda es: es[-1].__setitem__("time", es[-1]["time"] + " -- independently audited by the regulator --"),
+            "an entry's time is a UTC timestamp",
+        ),
+        (
+            lambda es: es[0]["body"].__setitem__(
+                "code_version", "fedcredit 0.1.0 (certified build, audit #2026-118 passed)"
+            ),
+            "the code version is 'fedcredit VERSION (git COMMIT)'",
+        ),
+    ],
+    ids=["time", "code_version"],
+)
 def test_a4_free_text_in_time_or_code_version_fails(folder, edit, contains):
     entries = entries_of(folder)
     edit(entries)
@@ -385,17 +420,31 @@ def test_a4_a_stated_mechanism_other_than_the_lenders_fails(folder, name, value)
 
 # ---- a5: markup in a colluding lender's signed count -------------------------------------------------
 
-PAYLOAD = ("1000<script>document.addEventListener('DOMContentLoaded',()=>{"
-           "document.querySelectorAll('section.lender td').forEach(td=>{"
-           "if(/^\\d\\.\\d{3} \\/ /.test(td.textContent))td.textContent='0.412 / 3.000'});"
-           "document.querySelector('#summary ul').innerHTML='<li>All lenders stayed within epsilon 0.5 at delta 1e-06."
-           " Audited and approved.</li>';});</script>")
+PAYLOAD = (
+    "1000<script>document.addEventListener('DOMContentLoaded',()=>{"
+    "document.querySelectorAll('section.lender td').forEach(td=>{"
+    "if(/^\\d\\.\\d{3} \\/ /.test(td.textContent))td.textContent='0.412 / 3.000'});"
+    "document.querySelector('#summary ul').innerHTML='<li>All lenders stayed within epsilon 0.5 at delta 1e-06."
+    " Audited and approved.</li>';});</script>"
+)
 
 
 def _dom(page: Path) -> str:
-    return subprocess.run(["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu",
-                           "--virtual-time-budget=2000", "--dump-dom", page.as_uri()],
-                          capture_output=True, text=True, timeout=120).stdout
+    return subprocess.run(
+        [
+            "/usr/bin/chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=2000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    ).stdout
 
 
 def _epsilon_cells(text: str) -> list[str]:
@@ -418,18 +467,23 @@ def test_a5_markup_in_a_signed_count_fails_and_the_page_runs_no_script(folder):
     if not Path("/usr/bin/chromium").exists():
         pytest.skip("headless Chromium not installed: the rendered page was not checked")
     dom = _dom(folder / "report.html")
-    summary = lambda text: re.search(r'<section id="summary">.*?</section>', text, re.S).group(0)
+
+    def summary(text):
+        return re.search(r'<section id="summary">.*?</section>', text, re.S).group(0)
+
     assert _epsilon_cells(dom) == honest_cells  # what the regulator sees: the honest lenders' epsilons
     assert "Audited and approved" not in summary(dom) and summary(dom).count("<li>") == summary(page).count("<li>")
     assert "1000&lt;script&gt;document.addEventListener" in dom  # the payload is shown as text, not run
     # The check can tell: the same page with the payload unescaped and no CSP has its cells rewritten.
     control = folder.parent / "control.html"
-    control.write_text(re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "",
-                              page.replace(html.escape(PAYLOAD), PAYLOAD)))
+    control.write_text(
+        re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", page.replace(html.escape(PAYLOAD), PAYLOAD))
+    )
     assert set(_epsilon_cells(_dom(control))) == {"0.412 / 3.000"}
 
 
 # ---- a6: signed refusals replaced by dropouts ----------------------------------------------------------
+
 
 def test_a6_refusals_replaced_by_no_reply_dropouts_fail_against_the_lenders_own_count(folder):
     entries = entries_of(folder)
@@ -438,17 +492,28 @@ def test_a6_refusals_replaced_by_no_reply_dropouts_fail_against_the_lenders_own_
     for entry in entries:
         if entry["type"] == L.LENDER_REFUSAL and entry["body"]["round"] < stop:
             body = entry["body"]
-            entry.update(type=L.UPDATE_REJECTED, signer="coordinator",
-                         body={"round": body["round"], "lender": body["lender"],
-                               "reason": "no reply (the lender failed or timed out)"})
+            entry.update(
+                type=L.UPDATE_REJECTED,
+                signer="coordinator",
+                body={
+                    "round": body["round"],
+                    "lender": body["lender"],
+                    "reason": "no reply (the lender failed or timed out)",
+                },
+            )
             hidden += 1
     assert hidden == 4  # lender 0 in rounds 1-3, lender 2 in round 3
     Forger(folder).write(entries)
-    _fails(folder, "completeness", "lender 0's final statement: check 'completeness' failed: the lender counts 4 "
-                                   "refusals in this run; the ledger holds 1")
+    _fails(
+        folder,
+        "completeness",
+        "lender 0's final statement: check 'completeness' failed: the lender counts 4 "
+        "refusals in this run; the ledger holds 1",
+    )
 
 
 # ---- a7: two secure-aggregation requests answered from one Context snapshot ----------------------------
+
 
 class _Node:
     """A SuperNode's context handling, as the red team modelled it: a task starts from a snapshot of the persisted
@@ -482,11 +547,11 @@ def test_a7_a_second_survivor_set_sent_concurrently_is_refused_and_no_update_can
     import clients.app as lender_app
     from clients.home import LenderHome
     from clients.session import _records
+    from fedcredit.runner import Parties, set_up_parties, validate
     from federation.audit_trail.canonical import config_hash
     from federation.audit_trail.keys import keys_dir_for, load_or_create
     from federation.messages import ARRAYS, CONFIG, MASKED, SECAGG, run_config_record
     from federation.model import build_model
-    from fedcredit.runner import Parties, set_up_parties, validate
     from federation.secagg import (
         SecAggError,
         _combine32,
@@ -501,15 +566,26 @@ def test_a7_a_second_survivor_set_sent_concurrently_is_refused_and_no_update_can
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     out = tmp_path / "run"
-    cfg = RunConfig(records=3000, lenders=3, rounds=1, epsilon=3.0, engine="inprocess", secure_aggregation=True,
-                    output_dir=str(out))
+    cfg = RunConfig(
+        records=3000, lenders=3, rounds=1, epsilon=3.0, engine="inprocess", secure_aggregation=True, output_dir=str(out)
+    )
     cfg = cfg.replace(card_sha256=validate(cfg).card_sha256)
     parties = Parties(out)
     set_up_parties(cfg, parties)  # each lender's folder, identity key and pinned registry
     coordinator = load_or_create(keys_dir_for(cfg.output_dir), "coordinator")
     run_id, rnd, k, t = config_hash(cfg.to_record()), 1, 3, 2
-    nodes = [_Node(Context(run_id=1, node_id=100 + i, node_config={"lender-dir": str(parties.lender(i)), "lender-id": i},
-                           state=RecordDict(), run_config={})) for i in range(k)]
+    nodes = [
+        _Node(
+            Context(
+                run_id=1,
+                node_id=100 + i,
+                node_config={"lender-dir": str(parties.lender(i)), "lender-id": i},
+                state=RecordDict(),
+                run_config={},
+            )
+        )
+        for i in range(k)
+    ]
     config = ConfigRecord({**dict(run_config_record(cfg)), "server-round": rnd})
 
     def msg(kind: str, secagg: dict, arrays=None) -> Message:
@@ -520,22 +596,33 @@ def test_a7_a_second_survivor_set_sent_concurrently_is_refused_and_no_update_can
 
     roster = signed(coordinator, roster_body(run_id, rnd, [0, 1, 2], t))
     rf = {"roster": roster["body"], "roster-signature": roster["signature"]}
-    keys = [nodes[p].run(lender_app.secagg_keys, msg("query.secagg_keys", {**rf, "position": p})).content[SECAGG]
-            for p in range(k)]
-    shares_req = {**rf, "mask-keys": [bytes(x["mask-key"]) for x in keys],
-                  "channel-keys": [bytes(x["channel-key"]) for x in keys],
-                  "key-signatures": [bytes(x["signature"]) for x in keys]}
-    sealed = [list(nodes[p].run(lender_app.secagg_shares, msg("query.secagg_shares", shares_req)).content[SECAGG]["sealed"])
-              for p in range(k)]
+    keys = [
+        nodes[p].run(lender_app.secagg_keys, msg("query.secagg_keys", {**rf, "position": p})).content[SECAGG]
+        for p in range(k)
+    ]
+    shares_req = {
+        **rf,
+        "mask-keys": [bytes(x["mask-key"]) for x in keys],
+        "channel-keys": [bytes(x["channel-key"]) for x in keys],
+        "key-signatures": [bytes(x["signature"]) for x in keys],
+    }
+    sealed = [
+        list(nodes[p].run(lender_app.secagg_shares, msg("query.secagg_shares", shares_req)).content[SECAGG]["sealed"])
+        for p in range(k)
+    ]
     home = LenderHome(parties.lender(0))
     features = _records(str(home.folder), home.policy.data_config(), 0, "").features
     model = build_model(cfg.model, len(features), cfg.hidden, seed=cfg.seed)
     masked = []
     for p in range(k):
-        reply = nodes[p].run(lender_app.train, msg("train", {**rf, "active": [0, 1, 2],
-                                                              "sealed": [bytes(sealed[j][p]) if j != p else b""
-                                                                         for j in range(k)]},
-                                                    ArrayRecord(model.state_dict())))
+        reply = nodes[p].run(
+            lender_app.train,
+            msg(
+                "train",
+                {**rf, "active": [0, 1, 2], "sealed": [bytes(sealed[j][p]) if j != p else b"" for j in range(k)]},
+                ArrayRecord(model.state_dict()),
+            ),
+        )
         masked.append(reply.content[ARRAYS][MASKED].numpy())
 
     sets = {"A": ([0, 1], [2]), "B": ([1, 2], [0])}  # lender 0 a survivor in A, dropped in B
@@ -543,16 +630,22 @@ def test_a7_a_second_survivor_set_sent_concurrently_is_refused_and_no_update_can
     for name, (surv, drop) in sets.items():
         u = signed(coordinator, unmask_body(run_id, rnd, surv, drop))
         reqs[name] = {**rf, "unmask": u["body"], "unmask-signature": u["signature"]}
-    confirm = lambda node, name: bytes(node.run(lender_app.secagg_confirm, msg("query.secagg_confirm", reqs[name]))
-                                      .content[SECAGG]["signature"])
+
+    def confirm(node, name):
+        return bytes(
+            node.run(lender_app.secagg_confirm, msg("query.secagg_confirm", reqs[name])).content[SECAGG]["signature"]
+        )
+
     sig = {(0, "A"): confirm(nodes[0], "A"), (2, "B"): confirm(nodes[2], "B")}
     # Lender 1 gets two confirmation requests at once: both tasks start from the same snapshot of its Context.
     n1 = nodes[1]
     confirm_a = n1.start(lender_app.secagg_confirm, msg("query.secagg_confirm", reqs["A"]))
     confirm_b = n1.start(lender_app.secagg_confirm, msg("query.secagg_confirm", reqs["B"]))
     sig[(1, "A")] = bytes(n1.finish(confirm_a).content[SECAGG]["signature"])
-    unmask_a = n1.start(lender_app.secagg_unmask, msg("query.secagg_unmask",
-                                                      {**reqs["A"], "confirmations": [sig[(0, "A")], sig[(1, "A")]]}))
+    unmask_a = n1.start(
+        lender_app.secagg_unmask,
+        msg("query.secagg_unmask", {**reqs["A"], "confirmations": [sig[(0, "A")], sig[(1, "A")]]}),
+    )
     shares_1a = n1.finish(unmask_a).content[SECAGG]
     with pytest.raises(SecAggError, match="already took the secure-aggregation step 'confirm' in round 1"):
         n1.finish(confirm_b)  # the slow task: its snapshot never saw A confirmed, the lender's folder did
@@ -561,13 +654,23 @@ def test_a7_a_second_survivor_set_sent_concurrently_is_refused_and_no_update_can
     # Without lender 1's signature on B, neither lender 1 nor lender 2 reveals anything for B.
     unsigned = b"\0" * 64
     with pytest.raises(SecAggError):
-        n1.run(lender_app.secagg_unmask, msg("query.secagg_unmask", {**reqs["B"], "confirmations": [unsigned, sig[(2, "B")]]}))
+        n1.run(
+            lender_app.secagg_unmask,
+            msg("query.secagg_unmask", {**reqs["B"], "confirmations": [unsigned, sig[(2, "B")]]}),
+        )
     with pytest.raises(SecAggError, match="only 1 survivors signed this survivor set"):
-        nodes[2].run(lender_app.secagg_unmask, msg("query.secagg_unmask",
-                                                   {**reqs["B"], "confirmations": [unsigned, sig[(2, "B")]]}))
+        nodes[2].run(
+            lender_app.secagg_unmask,
+            msg("query.secagg_unmask", {**reqs["B"], "confirmations": [unsigned, sig[(2, "B")]]}),
+        )
     # Lender 0 gets its unmasking request twice at once: it answers one, the other is refused.
-    unmask_0a = [nodes[0].start(lender_app.secagg_unmask, msg("query.secagg_unmask", {
-        **reqs["A"], "confirmations": [sig[(0, "A")], sig[(1, "A")]]})) for _ in range(2)]
+    unmask_0a = [
+        nodes[0].start(
+            lender_app.secagg_unmask,
+            msg("query.secagg_unmask", {**reqs["A"], "confirmations": [sig[(0, "A")], sig[(1, "A")]]}),
+        )
+        for _ in range(2)
+    ]
     shares_0a = nodes[0].finish(unmask_0a[0]).content[SECAGG]
     with pytest.raises(SecAggError, match="already took the secure-aggregation step 'reveal' in round 1"):
         nodes[0].finish(unmask_0a[1])
@@ -575,9 +678,14 @@ def test_a7_a_second_survivor_set_sent_concurrently_is_refused_and_no_update_can
     # What the coordinator holds: shares for set A only. Key shares of lender 2 (dropped in A), none of lender 0's
     # or lender 1's mask key (the pairwise mask between 0 and 1 stays): it unmasks the sum of 0 and 1, not either.
     assert [len(s["key-shares"]) for s in (shares_0a, shares_1a)] == [1, 1]  # one dropped lender: 2
-    sh = lambda rec, key, i: unpack_share(bytes(rec[key][i]))
+
+    def sh(rec, key, i):
+        return unpack_share(bytes(rec[key][i]))
+
     seed = {i: _combine32([sh(shares_0a, "seed-shares", i), sh(shares_1a, "seed-shares", i)]) for i in (0, 1)}
-    sk2 = X25519PrivateKey.from_private_bytes(_combine32([sh(shares_0a, "key-shares", 0), sh(shares_1a, "key-shares", 0)]))
+    sk2 = X25519PrivateKey.from_private_bytes(
+        _combine32([sh(shares_0a, "key-shares", 0), sh(shares_1a, "key-shares", 0)])
+    )
     length, pk = len(masked[0]), shares_req["mask-keys"]
     quant = weighted_quantizer(cfg.max_update_norm, k)
     alone = {}
@@ -586,8 +694,12 @@ def test_a7_a_second_survivor_set_sent_concurrently_is_refused_and_no_update_can
         x = x - prg(pair_seed(sk2, pk[i], i, 2), length)  # i < 2: lender i added +mask(i, 2)
         alone[i] = x
     total = quant.decode_sum(alone[0] + alone[1])  # the mask between 0 and 1 cancels in the sum only
-    records = [json.loads(lender_app.manifest(msg("query.manifest", {}), nodes[i].persisted).content["attestation"]["body"])
-               ["train_records"] for i in range(k)]
+    records = [
+        json.loads(lender_app.manifest(msg("query.manifest", {}), nodes[i].persisted).content["attestation"]["body"])[
+            "train_records"
+        ]
+        for i in range(k)
+    ]
     assert total[-1] == pytest.approx(records[0] + records[1], abs=1e-3)  # the honest sum of A's survivors
     for i in (0, 1):  # each lender alone is still masked by the pair mask: its weight coordinate is noise
         assert abs(quant.decode_sum(alone[i])[-1] - records[i]) > 1e3
@@ -595,13 +707,24 @@ def test_a7_a_second_survivor_set_sent_concurrently_is_refused_and_no_update_can
 
 # ---- a8: the lender-level headline ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def lender_level(tmp_path_factory):
     # The red team's run, at delta 1e-3: at its 0.01 each lender refuses (delta above 1/n of its own records) and,
     # with the lenders drawn at random, a run often ends with no round trained and every figure 0.
-    return _run(tmp_path_factory.mktemp("a8") / "run", RunConfig(
-        records=3000, lenders=5, rounds=3, epsilon=5.0, dp_level="lender", lender_sample_rate=0.6, delta=1e-3,
-        engine="inprocess"))
+    return _run(
+        tmp_path_factory.mktemp("a8") / "run",
+        RunConfig(
+            records=3000,
+            lenders=5,
+            rounds=3,
+            epsilon=5.0,
+            dp_level="lender",
+            lender_sample_rate=0.6,
+            delta=1e-3,
+            engine="inprocess",
+        ),
+    )
 
 
 def test_a8_a_lowered_lender_level_maximum_fails_and_the_headline_names_the_coordinator(lender_level, tmp_path):
@@ -619,11 +742,21 @@ def test_a8_a_lowered_lender_level_maximum_fails_and_the_headline_names_the_coor
 
 # ---- a9: secure-aggregation ledger entries, and the registry ------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("a9") / "run", RunConfig(
-        records=3000, lenders=3, rounds=2, epsilon=3.0, noise_multiplier=1.5, secure_aggregation=True,
-        engine="inprocess"))
+    return _run(
+        tmp_path_factory.mktemp("a9") / "run",
+        RunConfig(
+            records=3000,
+            lenders=3,
+            rounds=2,
+            epsilon=3.0,
+            noise_multiplier=1.5,
+            secure_aggregation=True,
+            engine="inprocess",
+        ),
+    )
 
 
 def _aggregates(entries):
@@ -642,14 +775,21 @@ def test_a9_an_unmasking_request_naming_other_survivors_than_the_aggregate_fails
         run = json.loads(body["unmask"]["body"])["run"]
         body["unmask"] = signed(coordinator, unmask_body(run, body["round"], [0, 1], [2]))  # validly signed
     Forger(folder).write(entries)
-    _fails(folder, "secure aggregation", "the aggregate names lenders [0, 1, 2]; the signed unmasking request's "
-                                         "survivors are [0, 1]")
+    _fails(
+        folder,
+        "secure aggregation",
+        "the aggregate names lenders [0, 1, 2]; the signed unmasking request's survivors are [0, 1]",
+    )
 
 
-@pytest.mark.parametrize("confirmations", [
-    {"0": "00" * 64, "1": "ff" * 64},  # garbage in place of the survivors' signatures
-    "drop one",  # one valid confirmation of three kept: the threshold is 2
-], ids=["garbage", "too few"])
+@pytest.mark.parametrize(
+    "confirmations",
+    [
+        {"0": "00" * 64, "1": "ff" * 64},  # garbage in place of the survivors' signatures
+        "drop one",  # one valid confirmation of three kept: the threshold is 2
+    ],
+    ids=["garbage", "too few"],
+)
 def test_a9_confirmations_that_do_not_verify_or_are_too_few_fail(secure, tmp_path, confirmations):
     folder = _copy(secure, tmp_path)
     entries = entries_of(folder)
@@ -684,8 +824,9 @@ def test_a9_a_registry_naming_more_lenders_verifies_a_run_of_three_and_says_thre
     bigger = _bigger_registry(folder)
     result = verify_run(folder, bigger)
     assert result.exit_code == 0 and result.lenders == 3
-    assert sorted(k for k in result.fingerprints if k != "coordinator") == ["lender 0", "lender 1", "lender 2"], \
+    assert sorted(k for k in result.fingerprints if k != "coordinator") == ["lender 0", "lender 1", "lender 2"], (
         result.fingerprints
+    )
     cli = CliRunner().invoke(app, ["verify", str(folder), "--registry", str(bigger)])
     assert cli.exit_code == 0 and "; 3 lenders, every round" in cli.output, cli.output
 
@@ -700,10 +841,13 @@ def test_a9_the_verifier_notes_registered_lenders_absent_from_the_run(folder):
 
 # ---- a10: the stop reason as free text -------------------------------------------------------------------
 
+
 def test_a10_a_stop_reason_in_other_words_than_its_kinds_sentence_fails(folder):
     entries = entries_of(folder)
     assert entries[-1]["body"]["stopped_early"] == "no lender trained in round 4: every lender asked declined"
-    entries[-1]["body"]["stopped_early"] = ("the regulator's audit confirmed the model; no further rounds were "
-                                            "needed (each lender spent less than epsilon 0.2)")
+    entries[-1]["body"]["stopped_early"] = (
+        "the regulator's audit confirmed the model; no further rounds were "
+        "needed (each lender spent less than epsilon 0.2)"
+    )
     Forger(folder).write(entries)
     _fails(folder, "stop", "its stop reason is not the sentence its stop's kind is stated in")

@@ -9,15 +9,17 @@ import shutil
 import numpy as np
 import pytest
 
-from federation.config import RunConfig
 from fedcredit.runner import run
+from federation.config import RunConfig
 
 
 def _browser_or_skip():
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver):
-        pytest.skip("headless Chromium is not installed (Debian packages chromium and chromium-driver; "
-                    "scripts/test.sh installs them when run as root with apt-get)")
+        pytest.skip(
+            "headless Chromium is not installed (Debian packages chromium and chromium-driver; "
+            "scripts/test.sh installs them when run as root with apt-get)"
+        )
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
     return chromium, driver, webdriver
 
@@ -27,14 +29,25 @@ def test_report_summary_is_visible_in_headless_chromium(tmp_path):
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    folder = run(RunConfig(records=2000, lenders=3, rounds=2, epsilon=2.0, engine="inprocess",
-                           output_dir=str(tmp_path / "run")), on_round=lambda s: None)
+    folder = run(
+        RunConfig(records=2000, lenders=3, rounds=2, epsilon=2.0, engine="inprocess", output_dir=str(tmp_path / "run")),
+        on_round=lambda s: None,
+    )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     # Flags for a closed network and a root sandbox-less container (see the machine notes).
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1400"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,1400",
+    ):
         options.add_argument(flag)
     browser = webdriver.Chrome(service=Service(driver), options=options)
     try:

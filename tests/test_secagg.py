@@ -7,8 +7,18 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from federation.secagg import (MAX_WEIGHT, MODULUS, Quantizer, SecAggError, SecAggLender, check_threshold, flatten,
-                               unflatten, unmask_sum, weighted_quantizer)
+from federation.secagg import (
+    MAX_WEIGHT,
+    MODULUS,
+    Quantizer,
+    SecAggError,
+    SecAggLender,
+    check_threshold,
+    flatten,
+    unflatten,
+    unmask_sum,
+    weighted_quantizer,
+)
 
 N, T, DIM = 5, 3, 2000
 
@@ -66,28 +76,41 @@ def test_a_masked_weighted_vector_looks_uniform_too():
 def test_dropouts_up_to_the_threshold_still_give_the_survivors_sum(dropped):
     updates, public, quantizer, shares, masked = _setup(2)
     survivors = set(range(N)) - dropped
-    total = unmask_sum({i: masked[i] for i in survivors}, public, T,
-                       {i: _held_by(shares, i, "self_seed", survivors) for i in survivors},
-                       {d: _held_by(shares, d, "private_key", survivors) for d in dropped})
+    total = unmask_sum(
+        {i: masked[i] for i in survivors},
+        public,
+        T,
+        {i: _held_by(shares, i, "self_seed", survivors) for i in survivors},
+        {d: _held_by(shares, d, "private_key", survivors) for d in dropped},
+    )
     plain = _exact_sum(updates[i] for i in survivors)
     assert np.max(np.abs(quantizer.decode_sum(total) - plain)) <= quantizer.max_sum_error(len(survivors))
 
 
 def test_below_the_threshold_the_round_fails_clearly():
-    updates, public, quantizer, shares, masked = _setup(3)
+    _updates, public, _quantizer, shares, masked = _setup(3)
     survivors = {0, 1}
     with pytest.raises(SecAggError, match="only 2 lenders answered; at least 3"):
-        unmask_sum({i: masked[i] for i in survivors}, public, T,
-                   {i: _held_by(shares, i, "self_seed", survivors) for i in survivors},
-                   {d: _held_by(shares, d, "private_key", survivors) for d in {2, 3, 4}})
+        unmask_sum(
+            {i: masked[i] for i in survivors},
+            public,
+            T,
+            {i: _held_by(shares, i, "self_seed", survivors) for i in survivors},
+            {d: _held_by(shares, d, "private_key", survivors) for d in {2, 3, 4}},
+        )
 
 
 def test_the_coordinator_never_gets_both_masks_of_a_lender():
-    updates, public, quantizer, shares, masked = _setup(4)
+    _updates, public, _quantizer, shares, masked = _setup(4)
     everyone = set(range(N))
     with pytest.raises(SecAggError, match="both masks"):
-        unmask_sum(masked, public, T, {i: _held_by(shares, i, "self_seed", everyone) for i in everyone},
-                   {0: _held_by(shares, 0, "private_key", everyone)})
+        unmask_sum(
+            masked,
+            public,
+            T,
+            {i: _held_by(shares, i, "self_seed", everyone) for i in everyone},
+            {0: _held_by(shares, 0, "private_key", everyone)},
+        )
 
 
 def test_sealed_shares_open_only_for_their_run_round_and_receiver():
@@ -96,8 +119,11 @@ def test_sealed_shares_open_only_for_their_run_round_and_receiver():
     sealed, _ = alice.sealed_shares({1: bob.channel_public_key, 2: carol.channel_public_key}, context)
     opened = bob.open_shares(0, sealed[1], alice.channel_public_key, context)
     assert opened["self_seed"][0] == opened["private_key"][0] == 2  # Bob's shares: Shamir x = his position + 1
-    for who, box, ctx in ((bob, sealed[1], b"fedcredit secagg another run round 1"), (carol, sealed[1], context),
-                          (bob, sealed[1][:-1] + bytes([sealed[1][-1] ^ 1]), context)):
+    for who, box, ctx in (
+        (bob, sealed[1], b"fedcredit secagg another run round 1"),
+        (carol, sealed[1], context),
+        (bob, sealed[1][:-1] + bytes([sealed[1][-1] ^ 1]), context),
+    ):
         with pytest.raises(SecAggError, match="do not open"):
             who.open_shares(0, box, alice.channel_public_key, ctx)
 
@@ -110,6 +136,7 @@ def test_threshold_must_be_a_majority():
 
 
 # ---- the 2^64 fixed point ------------------------------------------------------------------------------------
+
 
 def test_the_scale_is_a_power_of_two_that_leaves_the_sum_below_2_63():
     for bound, lenders in ((1.0, 5), (1000.0 * MAX_WEIGHT, 100), (3.7e9, 7), (0.01, 1000)):

@@ -20,13 +20,23 @@ from flwr.clientapp import ClientApp
 from scipy import stats
 
 from clients import secagg as lender_side
+from fedcredit.inprocess_grid import InProcessGrid
 from federation.audit_trail.canonical import canonical
 from federation.audit_trail.keys import public_hex, sign
-from fedcredit.inprocess_grid import InProcessGrid
 from federation.messages import ARRAYS, CONFIG, MASKED, METRICS, SECAGG, numpy_arrays
 from federation.registry import Registry, load_registry
-from federation.secagg import (MAX_WEIGHT, MODULUS, SecAggError, SecAggLender, keys_body, roster_body, signed,
-                               survivors_body, unmask_body, weighted_quantizer)
+from federation.secagg import (
+    MAX_WEIGHT,
+    MODULUS,
+    SecAggError,
+    SecAggLender,
+    keys_body,
+    roster_body,
+    signed,
+    survivors_body,
+    unmask_body,
+    weighted_quantizer,
+)
 from server.secure_rounds import SecureRound
 
 RUN, RND, BOUND, DIM = "run-trust", 1, 10.0, 6
@@ -47,7 +57,9 @@ def _federation(tmp_path, lenders: int) -> Federation:
     """Identity keys for the coordinator and each lender, and the registry file every lender pins."""
     identities = {i: Ed25519PrivateKey.generate() for i in range(lenders)}
     coordinator = Ed25519PrivateKey.generate()
-    Registry(public_hex(coordinator), {i: public_hex(k) for i, k in identities.items()}).write(tmp_path / "registry.json")
+    Registry(public_hex(coordinator), {i: public_hex(k) for i, k in identities.items()}).write(
+        tmp_path / "registry.json"
+    )
     return Federation(load_registry(tmp_path / "registry.json"), coordinator, identities)
 
 
@@ -73,6 +85,7 @@ def _weighted_mean(updates, records, lenders) -> np.ndarray:
 
 # ---- the honest path: SecureRound and the lender's functions on an in-process Grid -----------------------------
 
+
 def _lender_app(fed: Federation, updates, records, fails: dict[str, set[int]]) -> ClientApp:
     """A lender ClientApp that does only secure aggregation (its "training" returns a fixed update)."""
     app = ClientApp()
@@ -86,24 +99,32 @@ def _lender_app(fed: Federation, updates, records, fails: dict[str, set[int]]) -
             if lender in fails.get(name, set()):
                 raise ConnectionError(f"lender {lender} lost its connection at {name}")
             return Message(RecordDict({SECAGG: call(msg.content[SECAGG], context, lender)}), reply_to=msg)
+
         return handler
 
-    app.query("secagg_keys")(step("keys", lambda r, c, i: lender_side.advertise(c, RND, RUN, i, fed.identities[i],
-                                                                                 fed.registry_of(i), r)))
+    app.query("secagg_keys")(
+        step("keys", lambda r, c, i: lender_side.advertise(c, RND, RUN, i, fed.identities[i], fed.registry_of(i), r))
+    )
     app.query("secagg_shares")(step("shares", lambda r, c, i: lender_side.share(c, RND, RUN, i, fed.registry_of(i), r)))
-    app.query("secagg_confirm")(step("confirm", lambda r, c, i: lender_side.confirm(c, RND, RUN, i, fed.identities[i],
-                                                                                     fed.registry_of(i), r)))
-    app.query("secagg_unmask")(step("unmask", lambda r, c, i: lender_side.reveal(c, RND, RUN, i, fed.registry_of(i), r)))
+    app.query("secagg_confirm")(
+        step("confirm", lambda r, c, i: lender_side.confirm(c, RND, RUN, i, fed.identities[i], fed.registry_of(i), r))
+    )
+    app.query("secagg_unmask")(
+        step("unmask", lambda r, c, i: lender_side.reveal(c, RND, RUN, i, fed.registry_of(i), r))
+    )
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         lender = who(context)
         if lender in fails.get("train", set()):
             raise ConnectionError(f"lender {lender} lost its connection while training")
-        masked = lender_side.masked_update(context, RND, RUN, lender, msg.content[SECAGG], updates[lender], BOUND,
-                                           records[lender])
-        return Message(RecordDict({ARRAYS: ArrayRecord({MASKED: Array(masked)}),
-                                   METRICS: MetricRecord({"lender-id": lender})}), reply_to=msg)
+        masked = lender_side.masked_update(
+            context, RND, RUN, lender, msg.content[SECAGG], updates[lender], BOUND, records[lender]
+        )
+        return Message(
+            RecordDict({ARRAYS: ArrayRecord({MASKED: Array(masked)}), METRICS: MetricRecord({"lender-id": lender})}),
+            reply_to=msg,
+        )
 
     return app
 
@@ -112,10 +133,17 @@ def _secure_round(fed, lenders, updates, records, fails=None, cheat=None, regist
     """One round through SecureRound: (the round, its replies to train, the new model and weight sum or the error)."""
     grid = InProcessGrid(_lender_app(fed, updates, records, fails or {}), lenders)
     global_arrays = ArrayRecord({name: Array(np.full(value.shape, 0.5)) for name, value in updates[0].items()})
-    train = [Message(RecordDict({ARRAYS: global_arrays, CONFIG: ConfigRecord({"server-round": RND})}),
-                     dst_node_id=node, message_type="train") for node in grid.get_node_ids()]
-    secure = SecureRound(grid, RND, ConfigRecord({"server-round": RND}), BOUND, lambda node: node - 1000, RUN,
-                         fed.coordinator, registry)
+    train = [
+        Message(
+            RecordDict({ARRAYS: global_arrays, CONFIG: ConfigRecord({"server-round": RND})}),
+            dst_node_id=node,
+            message_type="train",
+        )
+        for node in grid.get_node_ids()
+    ]
+    secure = SecureRound(
+        grid, RND, ConfigRecord({"server-round": RND}), BOUND, lambda node: node - 1000, RUN, fed.coordinator, registry
+    )
     try:
         messages = secure.prepare(train)
     except SecAggError as exc:
@@ -131,9 +159,16 @@ def _secure_round(fed, lenders, updates, records, fails=None, cheat=None, regist
     return secure, replies, result
 
 
-@pytest.mark.parametrize("lenders, fails", [
-    (3, {}), (3, {"train": {1}}), (5, {}), (5, {"train": {3}}), (5, {"keys": {2}}),
-])
+@pytest.mark.parametrize(
+    "lenders, fails",
+    [
+        (3, {}),
+        (3, {"train": {1}}),
+        (5, {}),
+        (5, {"train": {3}}),
+        (5, {"keys": {2}}),
+    ],
+)
 def test_the_coordinator_gets_the_weighted_mean_of_the_survivors(tmp_path, lenders, fails):
     fed = _federation(tmp_path, lenders)
     updates = _updates(lenders)
@@ -164,6 +199,7 @@ def test_what_the_coordinator_receives_from_one_lender_looks_uniform(tmp_path):
 
 
 # ---- the weight attack ----------------------------------------------------------------------------------------
+
 
 def test_a_coordinator_chosen_weight_is_refused_and_the_result_is_never_the_victims_update(tmp_path):
     fed = _federation(tmp_path, 3)
@@ -196,14 +232,23 @@ def test_a_lender_refuses_a_weight_above_max_weight_or_below_one(tmp_path):
 
 # ---- a coordinator driving the lender's functions directly: the attacks ---------------------------------------
 
+
 class Coordinator:
     """Drives the lender's functions for one round; each step's request can be changed to cheat."""
 
-    def __init__(self, fed: Federation, participants: list[int], threshold: int | None = None,
-                 key: Ed25519PrivateKey | None = None, rnd: int = RND, run: str = RUN) -> None:
+    def __init__(
+        self,
+        fed: Federation,
+        participants: list[int],
+        threshold: int | None = None,
+        key: Ed25519PrivateKey | None = None,
+        rnd: int = RND,
+        run: str = RUN,
+    ) -> None:
         self.fed, self.participants = fed, participants
-        self.contexts = {i: Context(run_id=1, node_id=i, node_config={}, state=RecordDict(), run_config={})
-                         for i in fed.identities}
+        self.contexts = {
+            i: Context(run_id=1, node_id=i, node_config={}, state=RecordDict(), run_config={}) for i in fed.identities
+        }
         threshold = len(participants) // 2 + 1 if threshold is None else threshold
         self.roster = signed(key or fed.coordinator, roster_body(run, rnd, participants, threshold))
         self.keys: dict[int, ConfigRecord] = {}
@@ -216,20 +261,30 @@ class Coordinator:
     def advertise(self, lender: int, position: int | None = None, **changes) -> ConfigRecord:
         position = self.participants.index(lender) if position is None else position
         request = ConfigRecord({**self.fields(), "position": position, **changes})
-        self.keys[lender] = lender_side.advertise(self.contexts[lender], RND, RUN, lender, self.fed.identities[lender],
-                                                  self.fed.registry, request)
+        self.keys[lender] = lender_side.advertise(
+            self.contexts[lender], RND, RUN, lender, self.fed.identities[lender], self.fed.registry, request
+        )
         return self.keys[lender]
 
     def shares_request(self, keys: dict[int, dict] | None = None, roster=None) -> ConfigRecord:
         keys = keys or self.keys
-        column = {name: [bytes(keys[i][name]) if i in keys else b"" for i in self.participants]
-                  for name in ("mask-key", "channel-key", "signature")}
-        return ConfigRecord({**self.fields(roster), "mask-keys": column["mask-key"],
-                             "channel-keys": column["channel-key"], "key-signatures": column["signature"]})
+        column = {
+            name: [bytes(keys[i][name]) if i in keys else b"" for i in self.participants]
+            for name in ("mask-key", "channel-key", "signature")
+        }
+        return ConfigRecord(
+            {
+                **self.fields(roster),
+                "mask-keys": column["mask-key"],
+                "channel-keys": column["channel-key"],
+                "key-signatures": column["signature"],
+            }
+        )
 
     def share(self, lender: int, request: ConfigRecord | None = None) -> list[bytes]:
-        record = lender_side.share(self.contexts[lender], RND, RUN, lender, self.fed.registry,
-                                   request or self.shares_request())
+        record = lender_side.share(
+            self.contexts[lender], RND, RUN, lender, self.fed.registry, request or self.shares_request()
+        )
         self.sealed[lender] = list(record["sealed"])
         return self.sealed[lender]
 
@@ -242,8 +297,14 @@ class Coordinator:
 
     def train(self, lender: int, records: int = 100, roster=None, **changes) -> np.ndarray:
         p = self.participants.index(lender)
-        request = ConfigRecord({**self.fields(roster), "active": list(range(len(self.participants))),
-                                "sealed": [bytes(self.sealed[j][p]) for j in self.participants], **changes})
+        request = ConfigRecord(
+            {
+                **self.fields(roster),
+                "active": list(range(len(self.participants))),
+                "sealed": [bytes(self.sealed[j][p]) for j in self.participants],
+                **changes,
+            }
+        )
         update = {"w": np.full(DIM, float(lender + 1))}
         return lender_side.masked_update(self.contexts[lender], RND, RUN, lender, request, update, BOUND, records)
 
@@ -253,8 +314,9 @@ class Coordinator:
 
     def confirm(self, lender: int, survivors, dropped, **kwargs) -> bytes:
         request = ConfigRecord(self.unmask_fields(survivors, dropped, **kwargs))
-        record = lender_side.confirm(self.contexts[lender], RND, RUN, lender, self.fed.identities[lender],
-                                     self.fed.registry, request)
+        record = lender_side.confirm(
+            self.contexts[lender], RND, RUN, lender, self.fed.identities[lender], self.fed.registry, request
+        )
         return bytes(record["signature"])
 
     def reveal(self, lender: int, survivors, dropped, confirmations: list[bytes], **kwargs) -> ConfigRecord:
@@ -279,13 +341,19 @@ def test_sybil_lenders_with_coordinator_made_keys_are_refused_by_name(tmp_path):
     for p in (1, 2):
         sybil = SecAggLender(p, 3, 2)
         body = keys_body(RUN, RND, p, p, sybil.public_key, sybil.channel_public_key)
-        keys[p] = {"mask-key": sybil.public_key, "channel-key": sybil.channel_public_key,
-                   "signature": bytes.fromhex(sign(fed.coordinator, canonical(body)))}
-    with pytest.raises(SecAggError, match=r"^the secure-aggregation keys of lender 1 \(position 1\) are not signed "
-                                          r"by its registered key$"):
+        keys[p] = {
+            "mask-key": sybil.public_key,
+            "channel-key": sybil.channel_public_key,
+            "signature": bytes.fromhex(sign(fed.coordinator, canonical(body))),
+        }
+    with pytest.raises(
+        SecAggError,
+        match=r"^the secure-aggregation keys of lender 1 \(position 1\) are not signed "
+        r"by its registered key$",
+    ):
         coordinator.share(0, coordinator.shares_request(keys))
     keys[1] = {**keys[1], "signature": b""}  # unsigned keys: the same refusal
-    with pytest.raises(SecAggError, match="keys of lender 1 .* not signed by its registered key"):
+    with pytest.raises(SecAggError, match=r"keys of lender 1 .* not signed by its registered key"):
         coordinator.share(0, coordinator.shares_request(keys))
 
 
@@ -300,24 +368,39 @@ def test_a_lenders_keys_replayed_under_another_position_are_refused(tmp_path):
         coordinator.share(0, coordinator.shares_request(keys))
 
 
-@pytest.mark.parametrize("participants, threshold, signer, run, rnd, message", [
-    ([0, 1, 7], 2, "coordinator", RUN, RND, "the roster names lender 7, which is not in the key registry"),
-    ([0, 1], 2, "coordinator", RUN, RND, "the roster names 2 lenders; secure aggregation needs at least 3"),
-    ([0, 1, 2], 1, "coordinator", RUN, RND, r"threshold must be more than half the lenders .*\(2\.\.3\), got 1"),
-    ([0, 1, 2], 4, "coordinator", RUN, RND, r"threshold must be more than half the lenders .*\(2\.\.3\), got 4"),
-    ([0, 1, 2], 2, "unsigned", RUN, RND, "^the roster is not signed by the coordinator$"),
-    ([0, 1, 2], 2, "forger", RUN, RND, r"the roster is not signed by the coordinator's registered key"),
-    ([0, 1, 2], 2, "lender 1", RUN, RND, r"the roster is not signed by the coordinator's registered key"),
-    ([0, 1, 1, 2], 3, "coordinator", RUN, RND, "the roster names lender 1 more than once"),
-    ([0, 1, 2], 2, "coordinator", "another run", RND, "the roster is for run 'another run' round 1, not run"),
-    ([0, 1, 2], 2, "coordinator", RUN, RND + 1, "the roster is for run 'run-trust' round 2, not run 'run-trust' round 1"),
-    ([1, 2, 3], 2, "coordinator", RUN, RND, r"the roster does not name this lender \(0\)"),
-])
-def test_a_roster_that_breaks_a_rule_is_refused_with_its_own_reason(tmp_path, participants, threshold, signer, run,
-                                                                      rnd, message):
+@pytest.mark.parametrize(
+    "participants, threshold, signer, run, rnd, message",
+    [
+        ([0, 1, 7], 2, "coordinator", RUN, RND, "the roster names lender 7, which is not in the key registry"),
+        ([0, 1], 2, "coordinator", RUN, RND, "the roster names 2 lenders; secure aggregation needs at least 3"),
+        ([0, 1, 2], 1, "coordinator", RUN, RND, r"threshold must be more than half the lenders .*\(2\.\.3\), got 1"),
+        ([0, 1, 2], 4, "coordinator", RUN, RND, r"threshold must be more than half the lenders .*\(2\.\.3\), got 4"),
+        ([0, 1, 2], 2, "unsigned", RUN, RND, "^the roster is not signed by the coordinator$"),
+        ([0, 1, 2], 2, "forger", RUN, RND, r"the roster is not signed by the coordinator's registered key"),
+        ([0, 1, 2], 2, "lender 1", RUN, RND, r"the roster is not signed by the coordinator's registered key"),
+        ([0, 1, 1, 2], 3, "coordinator", RUN, RND, "the roster names lender 1 more than once"),
+        ([0, 1, 2], 2, "coordinator", "another run", RND, "the roster is for run 'another run' round 1, not run"),
+        (
+            [0, 1, 2],
+            2,
+            "coordinator",
+            RUN,
+            RND + 1,
+            "the roster is for run 'run-trust' round 2, not run 'run-trust' round 1",
+        ),
+        ([1, 2, 3], 2, "coordinator", RUN, RND, r"the roster does not name this lender \(0\)"),
+    ],
+)
+def test_a_roster_that_breaks_a_rule_is_refused_with_its_own_reason(
+    tmp_path, participants, threshold, signer, run, rnd, message
+):
     fed = _federation(tmp_path, 4)
-    key = {"coordinator": fed.coordinator, "forger": Ed25519PrivateKey.generate(), "unsigned": fed.coordinator,
-           "lender 1": fed.identities[1]}[signer]
+    key = {
+        "coordinator": fed.coordinator,
+        "forger": Ed25519PrivateKey.generate(),
+        "unsigned": fed.coordinator,
+        "lender 1": fed.identities[1],
+    }[signer]
     coordinator = Coordinator(fed, participants, threshold=threshold, key=key, rnd=rnd, run=run)
     if signer == "unsigned":
         coordinator.roster = {**coordinator.roster, "signature": ""}
@@ -335,8 +418,9 @@ def test_a_lender_placed_at_another_position_refuses(tmp_path):
 def test_a_lender_without_a_pinned_registry_refuses(tmp_path):
     coordinator = Coordinator(_federation(tmp_path, 3), [0, 1, 2])
     coordinator.fed = Federation(None, coordinator.fed.coordinator, coordinator.fed.identities)
-    with pytest.raises(SecAggError, match="^secure aggregation needs the federation's key registry pinned in this "
-                                          "lender's policy$"):
+    with pytest.raises(
+        SecAggError, match=r"^secure aggregation needs the federation's key registry pinned in this lender's policy$"
+    ):
         coordinator.advertise(0)
 
 
@@ -368,13 +452,16 @@ def test_a_changed_roster_in_a_later_step_is_refused(tmp_path, step):
         call()
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"active": [0, 1, 2, 2]}, "one that advertised no keys to this lender, or one twice"),
-    ({"active": [0, 1]}, None),  # fewer than all, still >= t: allowed
-    ({"active": [0]}, r"1 lenders shared keys; at least 2 are needed"),
-    ({"active": [1, 2]}, r"\(or this lender is not one\)"),
-    ({"sealed": [b"", b"", b""]}, "lacks the shares some lender that shared sealed for this lender"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"active": [0, 1, 2, 2]}, "one that advertised no keys to this lender, or one twice"),
+        ({"active": [0, 1]}, None),  # fewer than all, still >= t: allowed
+        ({"active": [0]}, r"1 lenders shared keys; at least 2 are needed"),
+        ({"active": [1, 2]}, r"\(or this lender is not one\)"),
+        ({"sealed": [b"", b"", b""]}, "lacks the shares some lender that shared sealed for this lender"),
+    ],
+)
 def test_the_train_request_is_checked_against_what_the_lender_saw(tmp_path, changes, message):
     coordinator = Coordinator(_federation(tmp_path, 3), [0, 1, 2])
     coordinator.through_shares()
@@ -404,15 +491,19 @@ def test_a_lender_that_did_not_see_a_lender_advertise_refuses_to_mask_against_it
 
 # ---- the unmasking request and the consistency round ---------------------------------------------------------
 
-@pytest.mark.parametrize("survivors, dropped, key, message", [
-    ([0, 1, 2], [], "unsigned", "^the unmasking request is not signed by the coordinator$"),
-    ([0, 1, 2], [], "forger", "the unmasking request is not signed by the coordinator's registered key"),
-    ([0, 1, 2], [2], "coordinator", r"asked for both masks of lender 2 \(a survivor and dropped\)"),
-    ([0, 1], [], "coordinator", "does not split the lenders that shared into survivors and dropped"),
-    ([0, 1], [2, 3], "coordinator", "names a lender twice or a lender outside the roster"),
-    ([0], [1, 2], "coordinator", "1 survivors; at least 2 are needed to unmask"),
-    ([1, 2], [0], "coordinator", r"does not count this lender \(0\) among the survivors"),
-])
+
+@pytest.mark.parametrize(
+    "survivors, dropped, key, message",
+    [
+        ([0, 1, 2], [], "unsigned", "^the unmasking request is not signed by the coordinator$"),
+        ([0, 1, 2], [], "forger", "the unmasking request is not signed by the coordinator's registered key"),
+        ([0, 1, 2], [2], "coordinator", r"asked for both masks of lender 2 \(a survivor and dropped\)"),
+        ([0, 1], [], "coordinator", "does not split the lenders that shared into survivors and dropped"),
+        ([0, 1], [2, 3], "coordinator", "names a lender twice or a lender outside the roster"),
+        ([0], [1, 2], "coordinator", "1 survivors; at least 2 are needed to unmask"),
+        ([1, 2], [0], "coordinator", r"does not count this lender \(0\) among the survivors"),
+    ],
+)
 def test_an_unmasking_request_that_breaks_a_rule_is_refused(tmp_path, survivors, dropped, key, message):
     coordinator = _after_training(tmp_path)
     signer = {"coordinator": None, "forger": Ed25519PrivateKey.generate(), "unsigned": None}[key]
@@ -420,10 +511,25 @@ def test_an_unmasking_request_that_breaks_a_rule_is_refused(tmp_path, survivors,
     if key == "unsigned":
         fields["unmask-signature"] = ""
     confirmations = [b"\x00" * 64] * len(survivors)
-    for call in (lambda: lender_side.confirm(coordinator.contexts[0], RND, RUN, 0, coordinator.fed.identities[0],
-                                             coordinator.fed.registry, ConfigRecord(fields)),
-                 lambda: lender_side.reveal(coordinator.contexts[0], RND, RUN, 0, coordinator.fed.registry,
-                                            ConfigRecord({**fields, "confirmations": confirmations}))):
+    for call in (
+        lambda: lender_side.confirm(
+            coordinator.contexts[0],
+            RND,
+            RUN,
+            0,
+            coordinator.fed.identities[0],
+            coordinator.fed.registry,
+            ConfigRecord(fields),
+        ),
+        lambda: lender_side.reveal(
+            coordinator.contexts[0],
+            RND,
+            RUN,
+            0,
+            coordinator.fed.registry,
+            ConfigRecord({**fields, "confirmations": confirmations}),
+        ),
+    ):
         with pytest.raises(SecAggError, match=message):
             call()
 
@@ -460,19 +566,23 @@ def test_different_survivor_sets_for_different_lenders_never_give_both_masks_of_
 
 
 @pytest.mark.parametrize("coordinator_checks", [True, False])
-def test_one_lender_whose_keys_do_not_verify_is_left_out_by_a_coordinator_with_the_registry(tmp_path,
-                                                                                           coordinator_checks):
+def test_one_lender_whose_keys_do_not_verify_is_left_out_by_a_coordinator_with_the_registry(
+    tmp_path, coordinator_checks
+):
     # Lender 4 signs with a key other than its registered one (it pinned a registry that names that key): every
     # honest lender would refuse the round over it, unless the coordinator leaves it out first.
     fed = _federation(tmp_path, 5)
     other_key = Ed25519PrivateKey.generate()
     fed.identities[4] = other_key
     fed.pinned[4] = Registry(fed.registry.coordinator, {**fed.registry.lenders, 4: public_hex(other_key)})
-    secure, _, result = _secure_round(fed, 5, _updates(5), RECORDS, registry=fed.registry if coordinator_checks else None)
+    secure, _, result = _secure_round(
+        fed, 5, _updates(5), RECORDS, registry=fed.registry if coordinator_checks else None
+    )
     if coordinator_checks:
         assert secure.dropped == {4: "secure aggregation: its keys are not signed by its registered key"}
         assert result[1] == sum(RECORDS[:4])
     else:
         assert "only 1 lenders shared their keys; secure aggregation needs at least 3 of 5" in str(result)
-        assert all("keys of lender 4 (position 4) are not signed by its registered key" in secure.dropped[i]
-                   for i in range(4))
+        assert all(
+            "keys of lender 4 (position 4) are not signed by its registered key" in secure.dropped[i] for i in range(4)
+        )

@@ -12,12 +12,12 @@ import torch
 from scipy import stats
 
 from clients import secagg as lender_side
+from fedcredit.runner import run
 from federation.audit_trail import ledger as L
 from federation.audit_trail.verify import verify_run
 from federation.config import RunConfig
 from federation.errors import ConfigError
 from federation.messages import MASKED, numpy_arrays
-from fedcredit.runner import run
 from federation.secagg import MODULUS
 
 BASE = RunConfig(records=4000, lenders=5, rounds=3, engine="inprocess", seed=2)
@@ -42,8 +42,9 @@ def _max_difference(a, b):
 
 def _pair(tmp_path, **changes):
     plain = run(SEEDED.replace(output_dir=str(tmp_path / "plain"), **changes), on_round=lambda s: None)
-    secure = run(SEEDED.replace(output_dir=str(tmp_path / "secure"), secure_aggregation=True, **changes),
-                 on_round=lambda s: None)
+    secure = run(
+        SEEDED.replace(output_dir=str(tmp_path / "secure"), secure_aggregation=True, **changes), on_round=lambda s: None
+    )
     _verified(plain)
     _verified(secure)
     return plain, secure
@@ -61,7 +62,9 @@ def test_secure_run_gives_the_plain_fedavg_model_and_says_so(tmp_path):
     updates = [e["body"] for e in _entries(secure) if e["type"] == L.LENDER_UPDATE]
     assert len(updates) == 15 and all(list(u["shapes"]) == [MASKED] for u in updates)  # nobody sent a model in clear
     aggregates = [e["body"] for e in _entries(secure) if e["type"] == L.AGGREGATE]
-    records = {e["body"]["lender"]: e["body"]["train_records"] for e in _entries(secure) if e["type"] == L.LENDER_MANIFEST}
+    records = {
+        e["body"]["lender"]: e["body"]["train_records"] for e in _entries(secure) if e["type"] == L.LENDER_MANIFEST
+    }
     assert all(a["secure_aggregation"] and len(a["lenders"]) == 5 for a in aggregates)
     assert all(a["weight_sum"] == sum(records.values()) for a in aggregates)  # the lenders' own signed counts
     assert len([e for e in _entries(secure) if e["type"] == L.SECAGG_ROSTER]) == 3
@@ -113,7 +116,9 @@ def test_below_the_threshold_the_round_fails_with_a_clear_reason(tmp_path):
     out = run(cfg, on_round=lambda s: None)
     aggregates = [e["body"] for e in _entries(out) if e["type"] == L.AGGREGATE]
     assert aggregates[0]["skipped"] and aggregates[0]["lenders"] == []
-    assert "only 1 lenders sent their masked update; secure aggregation needs at least 2 of 3" in aggregates[0]["reason"]
+    assert (
+        "only 1 lenders sent their masked update; secure aggregation needs at least 2 of 3" in aggregates[0]["reason"]
+    )
     assert not aggregates[1].get("skipped") and len(aggregates[1]["lenders"]) == 2
     assert json.loads((out / "config.json").read_text())["rounds-completed"] == 3  # the failed round still counts
     # the survivor of round 1 trained and sent a masked update: that release is counted although it was never used
@@ -126,14 +131,17 @@ def test_below_the_threshold_the_round_fails_with_a_clear_reason(tmp_path):
     _verified(out)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"strategy": "fedmedian"}, "needs each update"),
-    ({"dp_level": "lender"}, "dp-level 'lender'"),
-    ({"lenders": 1}, "at least 3 lenders"),
-    ({"lenders": 2}, "at least 3 lenders"),
-    ({"lenders": 5, "lenders_per_round": 2}, "at least 3 lenders"),
-    ({"max_update_norm": 0.0}, "max-update-norm"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"strategy": "fedmedian"}, "needs each update"),
+        ({"dp_level": "lender"}, "dp-level 'lender'"),
+        ({"lenders": 1}, "at least 3 lenders"),
+        ({"lenders": 2}, "at least 3 lenders"),
+        ({"lenders": 5, "lenders_per_round": 2}, "at least 3 lenders"),
+        ({"max_update_norm": 0.0}, "max-update-norm"),
+    ],
+)
 def test_secure_aggregation_refuses_what_it_cannot_protect(changes, message):
     with pytest.raises(ConfigError, match=message):
         RunConfig(secure_aggregation=True, **changes).validated()

@@ -1,5 +1,6 @@
 """The privacy report's epsilon chart: same bytes for the same input, valid self-contained SVG, readable."""
 
+import itertools
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from federation.audit_trail.svg_chart import PLOT_BOTTOM, PLOT_TOP, PLOT_RIGHT, epsilon_chart
+from federation.audit_trail.svg_chart import PLOT_BOTTOM, PLOT_RIGHT, PLOT_TOP, epsilon_chart
 
 NS = {"svg": "http://www.w3.org/2000/svg"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,9 +41,14 @@ def vertices(line: ET.Element) -> list[tuple[float, float]]:
 
 
 # Ten lenders, five rounds: 0, 2 and 5-9 share one curve, lender 3 declined round 3 (same epsilon again).
-TEN = [(str(i), cumulative(0.598, 5)) if i in (0, 2, 5, 6, 7, 8, 9) else
-       (str(i), [(1, 0.4), (2, 0.8), (3, 0.8), (4, 1.2), (5, 1.6)]) if i == 3 else
-       (str(i), cumulative(0.2 + 0.05 * i, 5)) for i in range(10)]
+TEN = [
+    (str(i), cumulative(0.598, 5))
+    if i in (0, 2, 5, 6, 7, 8, 9)
+    else (str(i), [(1, 0.4), (2, 0.8), (3, 0.8), (4, 1.2), (5, 1.6)])
+    if i == 3
+    else (str(i), cumulative(0.2 + 0.05 * i, 5))
+    for i in range(10)
+]
 
 
 def test_the_same_input_gives_the_same_string():
@@ -51,17 +57,21 @@ def test_the_same_input_gives_the_same_string():
 
 def test_the_bytes_do_not_depend_on_hash_seed_or_process():
     # a set or dict iterated in hash order would show up as a difference between two seeds
-    script = ("import sys; from federation.audit_trail.svg_chart import epsilon_chart; "
-              "s = [(str(i), [(r, 0.1 * (i % 7) * r) for r in range(1, 6)]) for i in range(40)]; "
-              "sys.stdout.write(epsilon_chart(s, [3.0, 1.5, 3.0, 2.5], rounds=5))")
+    script = (
+        "import sys; from federation.audit_trail.svg_chart import epsilon_chart; "
+        "s = [(str(i), [(r, 0.1 * (i % 7) * r) for r in range(1, 6)]) for i in range(40)]; "
+        "sys.stdout.write(epsilon_chart(s, [3.0, 1.5, 3.0, 2.5], rounds=5))"
+    )
     outputs = []
     for seed in ("1", "2"):
         env = dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=str(ROOT))
-        outputs.append(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                                      check=True).stdout)
+        outputs.append(
+            subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+        )
     assert outputs[0] == outputs[1]
-    assert outputs[0] == epsilon_chart([(str(i), [(r, 0.1 * (i % 7) * r) for r in range(1, 6)]) for i in range(40)],
-                                       [3.0, 1.5, 3.0, 2.5], rounds=5)
+    assert outputs[0] == epsilon_chart(
+        [(str(i), [(r, 0.1 * (i % 7) * r) for r in range(1, 6)]) for i in range(40)], [3.0, 1.5, 3.0, 2.5], rounds=5
+    )
 
 
 def test_small_chart_has_its_lines_ticks_from_zero_and_the_budget_at_its_scale():
@@ -82,7 +92,7 @@ def test_small_chart_has_its_lines_ticks_from_zero_and_the_budget_at_its_scale()
     first, *_, last = vertices(polylines(root)[1])
     assert first[1] == PLOT_BOTTOM
     assert last[1] == pytest.approx(PLOT_BOTTOM - (PLOT_BOTTOM - PLOT_TOP) * 2.99 / 4, abs=0.01)
-    assert '<path' not in svg
+    assert "<path" not in svg
 
 
 def test_output_is_xml_with_no_script_and_no_outside_reference():
@@ -103,16 +113,18 @@ def test_every_line_and_point_has_a_title_with_its_values():
     (line,) = polylines(root)
     assert line.find("svg:title", NS).text == "lender 0: epsilon round 1: 0.25, round 2: 0.5"
     points = root.findall(".//svg:g[@class='series']/svg:circle", NS)
-    assert [p.find("svg:title", NS).text for p in points] == ["lender 0, round 1: epsilon 0.25",
-                                                              "lender 0, round 2: epsilon 0.5"]
+    assert [p.find("svg:title", NS).text for p in points] == [
+        "lender 0, round 1: epsilon 0.25",
+        "lender 0, round 2: epsilon 0.5",
+    ]
 
 
 def test_labels_and_title_are_escaped():
-    svg = epsilon_chart([("<b>&co\"", [(1, 0.5)])], [1.0], rounds=1, title="A & <B>")
+    svg = epsilon_chart([('<b>&co"', [(1, 0.5)])], [1.0], rounds=1, title="A & <B>")
     assert "<b>" not in svg and "<B>" not in svg and "&co" not in svg.replace("&amp;co", "")
     root = parse(svg)
     assert root.find("svg:title", NS).text == "A & <B>"
-    assert "lender <b>&co\"" in legend_texts(root)
+    assert 'lender <b>&co"' in legend_texts(root)
 
 
 def test_identical_curves_are_one_line_and_the_legend_names_their_lenders():
@@ -144,8 +156,12 @@ def test_a_thousand_lenders_give_a_bounded_legend_with_the_extremes_named():
     svg = epsilon_chart(series, [3.0], rounds=20)
     root = parse(svg)
     highest, lowest = max(range(1000), key=lambda i: (i * 37) % 1000), min(range(1000), key=lambda i: (i * 37) % 1000)
-    assert legend_texts(root) == [f"highest: lender {highest}", f"lowest: lender {lowest}",
-                                  "thin grey: the other 998 lenders (998 distinct curves)", "budget"]
+    assert legend_texts(root) == [
+        f"highest: lender {highest}",
+        f"lowest: lender {lowest}",
+        "thin grey: the other 998 lenders (998 distinct curves)",
+        "budget",
+    ]
     assert len(polylines(root)) == 1000
     thin = root.find(".//svg:g[@class='thin']", NS)
     assert len(thin.findall(".//svg:polyline", NS)) == 998
@@ -163,7 +179,7 @@ def test_a_thousand_identical_lenders_are_one_line():
 
 def test_long_lender_lists_are_cut_in_the_legend_but_whole_in_the_hover():
     evens = [(str(i), cumulative(0.5, 2)) for i in range(0, 200, 2)]
-    root = parse(epsilon_chart(evens + [("1", cumulative(0.2, 2))], [3.0], rounds=2))
+    root = parse(epsilon_chart([*evens, ("1", cumulative(0.2, 2))], [3.0], rounds=2))
     shown = legend_texts(root)[0]
     assert len(shown) <= 96 and shown.startswith("lenders 0, 2, 4,") and "(100 in all)" in shown
     assert polylines(root)[0].find("svg:title", NS).text.startswith("lenders " + ", ".join(map(str, range(0, 200, 2))))
@@ -176,7 +192,7 @@ def test_no_releases_gives_a_chart_that_says_so(series):
     assert polylines(root) == []
     assert "no privacy releases" in [t.text for t in root.iter(f"{{{NS['svg']}}}text")]
     assert "no privacy releases" in root.get("aria-label") and "no privacy releases" in root.find("svg:desc", NS).text
-    assert [t.text for t in texts(root, "ytick")][0] == "0"
+    assert next(t.text for t in texts(root, "ytick")) == "0"
 
 
 def test_one_round_with_epsilon_exactly_at_the_budget_stays_below_the_top():
@@ -239,16 +255,19 @@ def test_close_budgets_keep_readable_labels_and_the_highest_is_always_labelled()
     labels = texts(root, "budget-label")
     assert labels[-1].text == "budget 3.02" and "budget 1" in [t.text for t in labels]
     ys = sorted(float(t.get("y")) for t in labels)
-    assert all(b - a >= 12 for a, b in zip(ys, ys[1:]))
+    assert all(b - a >= 12 for a, b in itertools.pairwise(ys))
 
 
-@pytest.mark.parametrize("series, budgets, rounds", [
-    ([("0", [(1, -0.1)])], [3.0], 2),
-    ([("0", [(1, float("nan"))])], [3.0], 2),
-    ([("0", [(3, 0.1)])], [3.0], 2),
-    ([("0", [(1, 0.1), (1, 0.2)])], [3.0], 2),
-    ([("0", [(1, 0.1)])], [float("inf")], 2),
-])
+@pytest.mark.parametrize(
+    "series, budgets, rounds",
+    [
+        ([("0", [(1, -0.1)])], [3.0], 2),
+        ([("0", [(1, float("nan"))])], [3.0], 2),
+        ([("0", [(3, 0.1)])], [3.0], 2),
+        ([("0", [(1, 0.1), (1, 0.2)])], [3.0], 2),
+        ([("0", [(1, 0.1)])], [float("inf")], 2),
+    ],
+)
 def test_impossible_input_is_refused(series, budgets, rounds):
     with pytest.raises(ValueError):
         epsilon_chart(series, budgets, rounds=rounds)

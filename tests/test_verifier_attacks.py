@@ -11,12 +11,12 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
+from fedcredit.cli import app
+from fedcredit.runner import run
 from federation.audit_trail import ledger as L
 from federation.audit_trail.report import build_report
 from federation.audit_trail.verify import VerificationFailed, verify_run
-from fedcredit.cli import app
 from federation.config import RunConfig
-from fedcredit.runner import run
 from tests.forge import Forger, entries_of, restate_privacy
 
 CFG = RunConfig(records=3000, lenders=3, rounds=3, epsilon=3.0, engine="inprocess")
@@ -65,6 +65,7 @@ def _without_last_round(entries):
 
 # ---- no trust anchor -----------------------------------------------------------------------------
 
+
 def test_fresh_keys_for_everyone_and_edited_events_are_not_a_pass(folder):
     entries = entries_of(folder)
     for e in entries:  # lender 0 "spent" a third: its events now claim three times the noise
@@ -80,8 +81,9 @@ def test_fresh_keys_for_everyone_and_edited_events_are_not_a_pass(folder):
             e["body"]["epsilon"] = epsilon(events, e["body"]["delta"])
         if e["type"] == L.LENDER_FINAL and e["body"]["lender"] == 0:
             both = epsilons(events, e["body"]["delta"])
-            e["body"].update(epsilon=both["rdp"], epsilon_rdp=both["rdp"], epsilon_prv=both["prv"],
-                             lifetime_epsilon=both["rdp"])
+            e["body"].update(
+                epsilon=both["rdp"], epsilon_rdp=both["rdp"], epsilon_prv=both["prv"], lifetime_epsilon=both["rdp"]
+            )
     Forger(folder).with_fresh_keys([0, 1, 2]).write(restate_privacy(entries))
     result = verify_run(folder)  # consistent with its own keys...
     assert not result.pinned and result.exit_code == 3  # ...which it says: not a pass
@@ -105,6 +107,7 @@ def test_removing_every_trace_of_a_lender_fails_with_or_without_the_registry(fol
 
 # ---- omissions and replays, with the real coordinator key ------------------------------------------
 
+
 def test_dropping_the_last_round_fails_against_the_lenders_own_count(folder):
     Forger(folder).write(_without_last_round(entries_of(folder)))
     _fails(folder, "completeness", contains="counts 3 releases")
@@ -119,9 +122,15 @@ def test_dropping_the_last_round_and_the_lenders_final_statements_fails(folder):
 def test_a_release_recorded_as_a_dropout_fails(folder):
     entries = entries_of(folder)
     start, end = _attempt_slices(entries)[1]
-    i = next(i for i in range(start, end) if entries[i]["type"] == L.LENDER_UPDATE and entries[i]["body"]["lender"] == 0)
-    entries[i] = {**entries[i], "type": L.UPDATE_REJECTED, "signer": "coordinator",
-                  "body": {"round": 2, "lender": 0, "reason": "no reply (the lender failed or timed out)"}}
+    i = next(
+        i for i in range(start, end) if entries[i]["type"] == L.LENDER_UPDATE and entries[i]["body"]["lender"] == 0
+    )
+    entries[i] = {
+        **entries[i],
+        "type": L.UPDATE_REJECTED,
+        "signer": "coordinator",
+        "body": {"round": 2, "lender": 0, "reason": "no reply (the lender failed or timed out)"},
+    }
     agg = next(e for e in entries[start:end] if e["type"] == L.AGGREGATE)
     agg["body"]["lenders"] = [1, 2]
     Forger(folder).write(restate_privacy(entries))
@@ -148,8 +157,11 @@ def test_a_lender_the_roster_does_not_name_fails(folder):
 def test_an_answer_missing_for_a_rostered_lender_fails(folder):
     entries = entries_of(folder)
     start, end = _attempt_slices(entries)[2]
-    entries = [e for i, e in enumerate(entries) if not (start <= i < end and e["type"] == L.LENDER_UPDATE
-                                                        and e["body"]["lender"] == 1)]
+    entries = [
+        e
+        for i, e in enumerate(entries)
+        if not (start <= i < end and e["type"] == L.LENDER_UPDATE and e["body"]["lender"] == 1)
+    ]
     Forger(folder).write(entries)
     _fails(folder, "roster", contains="lender 1 was asked in round 3")
 
@@ -173,28 +185,40 @@ def test_an_update_re_signed_with_delta_0_4_fails(folder):
 
 # ---- the report's content ------------------------------------------------------------------------
 
+
 def _lie(report, change):
     report = json.loads(json.dumps(report))
     change(report)
     return report
 
 
-@pytest.mark.parametrize("change", [
-    lambda r: r["summary"].__setitem__(0, "All 3 lenders stayed within epsilon 1 at delta 1.0e-05 or less."),
-    lambda r: [d.__setitem__("budget", 1.0) for d in r["lender_details"]],
-    lambda r: r["lender_details"][0]["fields_refused"].append({"name": "wechat", "category": "non_credit", "reason": "x"}),
-    lambda r: r["lender_details"][1].__setitem__("records_without_consent", 999),
-    lambda r: r["privacy"].__setitem__("noise_sources", ["os.urandom"]),
-    lambda r: r["privacy"].__setitem__("secure_aggregation", True),
-    lambda r: r["coverage"].__setitem__("outside", []),
-], ids=["summary", "budgets", "refused field", "consent", "noise source", "secure aggregation", "coverage"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda r: r["summary"].__setitem__(0, "All 3 lenders stayed within epsilon 1 at delta 1.0e-05 or less."),
+        lambda r: [d.__setitem__("budget", 1.0) for d in r["lender_details"]],
+        lambda r: r["lender_details"][0]["fields_refused"].append(
+            {"name": "wechat", "category": "non_credit", "reason": "x"}
+        ),
+        lambda r: r["lender_details"][1].__setitem__("records_without_consent", 999),
+        lambda r: r["privacy"].__setitem__("noise_sources", ["os.urandom"]),
+        lambda r: r["privacy"].__setitem__("secure_aggregation", True),
+        lambda r: r["coverage"].__setitem__("outside", []),
+    ],
+    ids=["summary", "budgets", "refused field", "consent", "noise source", "secure aggregation", "coverage"],
+)
 def test_a_re_signed_report_that_says_other_than_the_ledger_fails(folder, change):
     Forger(folder).sign_report(_lie(build_report(entries_of(folder)), change))
     _fails(folder, "report")
 
 
-@pytest.mark.parametrize("edit", [("within epsilon 3", "within epsilon 0.5"),
-                                  ("<th>Secure aggregation</th><td>off", "<th>Secure aggregation</th><td>on")])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        ("within epsilon 3", "within epsilon 0.5"),
+        ("<th>Secure aggregation</th><td>off", "<th>Secure aggregation</th><td>on"),
+    ],
+)
 def test_an_edited_report_page_fails(folder, edit):
     page = folder / "report.html"
     text = page.read_text()
@@ -208,14 +232,20 @@ def _first_line_changed(data: bytes) -> bytes:
     return "".join(lines[:-1]).encode() if len(lines) > 2 else data + b" "
 
 
-@pytest.mark.parametrize("name, change", [
-    ("privacy.json", lambda b: b.replace(b'"epsilon": 2.9', b'"epsilon": 0.9', 1)),
-    ("epsilon.csv", _first_line_changed),
-    ("privacy_events.jsonl", _first_line_changed),
-    ("manifests/lender_001.json", lambda b: b.replace(b'"records_without_consent": ', b'"records_without_consent": 1', 1)),
-    ("metrics.csv", _first_line_changed),
-    ("config.json", lambda b: b.replace(b'"run-epsilon": 3.0', b'"run-epsilon": 1.0')),
-])
+@pytest.mark.parametrize(
+    "name, change",
+    [
+        ("privacy.json", lambda b: b.replace(b'"epsilon": 2.9', b'"epsilon": 0.9', 1)),
+        ("epsilon.csv", _first_line_changed),
+        ("privacy_events.jsonl", _first_line_changed),
+        (
+            "manifests/lender_001.json",
+            lambda b: b.replace(b'"records_without_consent": ', b'"records_without_consent": 1', 1),
+        ),
+        ("metrics.csv", _first_line_changed),
+        ("config.json", lambda b: b.replace(b'"run-epsilon": 3.0', b'"run-epsilon": 1.0')),
+    ],
+)
 def test_a_derived_file_rewritten_and_re_hashed_by_the_coordinator_fails(folder, name, change):
     changed = change((folder / name).read_bytes())
     assert changed != (folder / name).read_bytes()
@@ -236,12 +266,27 @@ def test_an_override_travels_in_the_signed_manifest_verifies_and_is_flagged(tmp_
 
     frame = synthetic.generate_market(4000, 3, 0).rename(columns={"num_credit_lines": "credit_union_lines"})
     frame.to_csv(tmp_path / "loans.csv", index=False)
-    card = (CARDS_DIR / "synthetic.toml").read_text().replace(
-        "[columns.num_credit_lines]\n", "[columns.credit_union_lines]\noverride = \"credit-union accounts, not "
-        "trade-union membership\"\n")
+    card = (
+        (CARDS_DIR / "synthetic.toml")
+        .read_text()
+        .replace(
+            "[columns.num_credit_lines]\n",
+            '[columns.credit_union_lines]\noverride = "credit-union accounts, not trade-union membership"\n',
+        )
+    )
     (tmp_path / "loans.toml").write_text(card)
-    out = run(RunConfig(dataset="csv", csv_path=str(tmp_path / "loans.csv"), card_path=str(tmp_path / "loans.toml"),
-                        lenders=3, rounds=1, engine="inprocess", output_dir=str(tmp_path / "run")), on_round=lambda s: None)
+    out = run(
+        RunConfig(
+            dataset="csv",
+            csv_path=str(tmp_path / "loans.csv"),
+            card_path=str(tmp_path / "loans.toml"),
+            lenders=3,
+            rounds=1,
+            engine="inprocess",
+            output_dir=str(tmp_path / "run"),
+        ),
+        on_round=lambda s: None,
+    )
     manifest = next(e["body"] for e in entries_of(out) if e["type"] == L.LENDER_MANIFEST)
     used = {f["name"]: f for f in manifest["fields_used"]}
     assert used["credit_union_lines"]["override"].startswith("credit-union accounts")
@@ -250,8 +295,20 @@ def test_an_override_travels_in_the_signed_manifest_verifies_and_is_flagged(tmp_
     assert any(s.startswith("Flagged: 1 field(s)") and "credit_union_lines" in s for s in report["summary"])
     assert "override: credit-union accounts" in (out / "report.html").read_text()
     # without its written reason the same card is refused before anything runs
-    (tmp_path / "bare.toml").write_text(card.replace('override = "credit-union accounts, not trade-union membership"\n', ""))
+    (tmp_path / "bare.toml").write_text(
+        card.replace('override = "credit-union accounts, not trade-union membership"\n', "")
+    )
     with pytest.raises(Exception, match="union"):
-        run(RunConfig(dataset="csv", csv_path=str(tmp_path / "loans.csv"), card_path=str(tmp_path / "bare.toml"),
-                      lenders=3, rounds=1, engine="inprocess", output_dir=str(tmp_path / "bare")), on_round=lambda s: None)
+        run(
+            RunConfig(
+                dataset="csv",
+                csv_path=str(tmp_path / "loans.csv"),
+                card_path=str(tmp_path / "bare.toml"),
+                lenders=3,
+                rounds=1,
+                engine="inprocess",
+                output_dir=str(tmp_path / "bare"),
+            ),
+            on_round=lambda s: None,
+        )
     assert not (tmp_path / "bare").exists() and not (tmp_path / "bare-lenders").exists()

@@ -25,18 +25,38 @@ def measure(records: int, repeats: int, model_name: str, features: int = 23, bat
     y = (x[:, 0] + rng.normal(size=records) > 0.8).astype(np.float32)
 
     def plain():
-        train_local(build_model(model_name, features, 32, seed=0), x, y, epochs=1, batch_size=batch_size,
-                    learning_rate=0.1, seed=0)
+        train_local(
+            build_model(model_name, features, 32, seed=0),
+            x,
+            y,
+            epochs=1,
+            batch_size=batch_size,
+            learning_rate=0.1,
+            seed=0,
+        )
 
     def private():
-        train_local(build_model(model_name, features, 32, seed=0), x, y, epochs=1, batch_size=batch_size,
-                    learning_rate=0.1, seed=0, dp=DPSettings(1.0, 1.0, SecureRandomness()))
+        train_local(
+            build_model(model_name, features, 32, seed=0),
+            x,
+            y,
+            epochs=1,
+            batch_size=batch_size,
+            learning_rate=0.1,
+            seed=0,
+            dp=DPSettings(1.0, 1.0, SecureRandomness()),
+        )
 
     plain(), private()  # warm up (imports, first-call costs)
     t_plain, _ = timed(plain, repeats)
     t_dp, _ = timed(private, repeats)
-    return {"model": model_name, "records": records, "plain_rps": records / t_plain, "dp_rps": records / t_dp,
-            "ratio": t_plain / t_dp}
+    return {
+        "model": model_name,
+        "records": records,
+        "plain_rps": records / t_plain,
+        "dp_rps": records / t_dp,
+        "ratio": t_plain / t_dp,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

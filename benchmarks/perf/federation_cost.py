@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from benchmarks.perf.common import machine, quiet, timed
 from federation.config import RunConfig
 from federation.data import load_lender
@@ -36,19 +35,30 @@ def sequential(cfg: RunConfig) -> None:
     for d in lenders:
         n = len(d.y_train)
         steps = cfg.local_epochs * steps_per_epoch(n, cfg.batch_size)
-        sigmas.append(calibrate_noise(cfg.epsilon, default_delta(n), sample_rate(n, cfg.batch_size), cfg.rounds * steps))
+        sigmas.append(
+            calibrate_noise(cfg.epsilon, default_delta(n), sample_rate(n, cfg.batch_size), cfg.rounds * steps)
+        )
     for rnd in range(1, cfg.rounds + 1):
         updates, weights = [], []
         for i, d in enumerate(lenders):
             model = build_model(cfg.model, len(d.features), cfg.hidden)
             set_arrays(model, get_arrays(global_model))
-            train_local(model, d.x_train, d.y_train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
-                        learning_rate=cfg.learning_rate, seed=cfg.seed + i + rnd,
-                        dp=DPSettings(sigmas[i], cfg.clip_norm, SecureRandomness()) if cfg.dp else None)
+            train_local(
+                model,
+                d.x_train,
+                d.y_train,
+                epochs=cfg.local_epochs,
+                batch_size=cfg.batch_size,
+                learning_rate=cfg.learning_rate,
+                seed=cfg.seed + i + rnd,
+                dp=DPSettings(sigmas[i], cfg.clip_norm, SecureRandomness()) if cfg.dp else None,
+            )
             updates.append(get_arrays(model))
             weights.append(len(d.y_train))
         total = sum(weights)
-        set_arrays(global_model, {k: sum(w * u[k] for w, u in zip(weights, updates)) / total for k in updates[0]})
+        set_arrays(
+            global_model, {k: sum(w * u[k] for w, u in zip(weights, updates, strict=False)) / total for k in updates[0]}
+        )
         for d in lenders:
             credit_metrics(d.y_test, predict_proba(global_model, d.x_test))
 
@@ -73,7 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     sequential(cfg), flower(cfg, "inprocess")  # warm caches and imports
     t_seq, _ = timed(lambda: sequential(cfg), args.repeats)
     t_fl, _ = timed(lambda: flower(cfg, "inprocess"), args.repeats)
-    print(f"machine: {machine()}; {cfg.lenders} lenders, {cfg.records} records, {cfg.rounds} rounds, DP epsilon {cfg.epsilon:g}", end="\n\n")
+    print(
+        f"machine: {machine()}; {cfg.lenders} lenders, {cfg.records} records, {cfg.rounds} rounds, DP epsilon {cfg.epsilon:g}",
+        end="\n\n",
+    )
     print("| path | seconds (median) | ratio to sequential |")
     print("|---|---:|---:|")
     print(f"| sequential, no Flower | {t_seq:.2f} | 1.00x |")

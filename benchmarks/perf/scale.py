@@ -24,21 +24,35 @@ from benchmarks.perf.common import machine, peak_rss_mb, quiet
 
 def one(lenders: int, per_round: int, rounds: int, records_per_lender: int) -> dict:
     quiet()
-    from federation.config import RunConfig
     from fedcredit.runner import run
+    from federation.config import RunConfig
 
     per_round = min(per_round, lenders)
-    cfg = RunConfig(records=lenders * records_per_lender, lenders=lenders, lenders_per_round=per_round if per_round < lenders else 0,
-                    rounds=rounds, engine="inprocess", epsilon=3.0, delta=1e-5)  # explicit: the market's smallest lenders are too small for the default rule
+    cfg = RunConfig(
+        records=lenders * records_per_lender,
+        lenders=lenders,
+        lenders_per_round=per_round if per_round < lenders else 0,
+        rounds=rounds,
+        engine="inprocess",
+        epsilon=3.0,
+        delta=1e-5,
+    )  # explicit: the market's smallest lenders are too small for the default rule
     round_seconds: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         run(cfg.replace(output_dir=str(Path(tmp) / "run")), on_round=lambda s: round_seconds.append(s.seconds))
         total = time.perf_counter() - start
     rounds_sorted = sorted(round_seconds)
-    return {"lenders": lenders, "sampled": per_round, "borrowers": cfg.records, "rounds": rounds,
-            "seconds_per_round_median": rounds_sorted[len(rounds_sorted) // 2], "total_seconds": total,
-            "setup_seconds": total - sum(round_seconds), "peak_rss_mb": peak_rss_mb()}
+    return {
+        "lenders": lenders,
+        "sampled": per_round,
+        "borrowers": cfg.records,
+        "rounds": rounds,
+        "seconds_per_round_median": rounds_sorted[len(rounds_sorted) // 2],
+        "total_seconds": total,
+        "setup_seconds": total - sum(round_seconds),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,16 +66,37 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         print(json.dumps(one(args.one, args.per_round, args.rounds, args.records_per_lender)))
         return
-    print(f"machine: {machine()}; {args.records_per_lender} borrowers per lender, DP epsilon 3, {args.rounds} rounds", end="\n\n")
+    print(
+        f"machine: {machine()}; {args.records_per_lender} borrowers per lender, DP epsilon 3, {args.rounds} rounds",
+        end="\n\n",
+    )
     print("| lenders | sampled per round | borrowers | seconds per round (median) | setup seconds | peak RSS (MB) |")
     print("|---:|---:|---:|---:|---:|---:|")
     for size in [int(s) for s in args.sizes.split(",")]:
-        out = subprocess.run([sys.executable, "-m", "benchmarks.perf.scale", "--one", str(size), "--per-round",
-                              str(args.per_round), "--rounds", str(args.rounds), "--records-per-lender",
-                              str(args.records_per_lender)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.perf.scale",
+                "--one",
+                str(size),
+                "--per-round",
+                str(args.per_round),
+                "--rounds",
+                str(args.rounds),
+                "--records-per-lender",
+                str(args.records_per_lender),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {r['lenders']} | {r['sampled']} | {r['borrowers']:,} | {r['seconds_per_round_median']:.2f} | "
-              f"{r['setup_seconds']:.1f} | {r['peak_rss_mb']:.0f} |", flush=True)
+        print(
+            f"| {r['lenders']} | {r['sampled']} | {r['borrowers']:,} | {r['seconds_per_round_median']:.2f} | "
+            f"{r['setup_seconds']:.1f} | {r['peak_rss_mb']:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

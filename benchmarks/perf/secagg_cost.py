@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     quiet()
-    base = RunConfig(records=args.records, lenders=args.lenders, rounds=args.rounds, model=args.model, engine="inprocess")
+    base = RunConfig(
+        records=args.records, lenders=args.lenders, rounds=args.rounds, model=args.model, engine="inprocess"
+    )
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         round_seconds(base.replace(rounds=1), Path(tmp) / "warm")
@@ -49,16 +51,18 @@ def main(argv: list[str] | None = None) -> str:
                 seconds += got
             results[secure] = (statistics.median(seconds), sent)
     (plain, plain_bytes), (secure, secure_bytes) = results[False], results[True]
-    table = "\n".join([
-        f"Machine: {machine()}. Command: python -m benchmarks.perf.secagg_cost --lenders {args.lenders} "
-        f"--records {args.records} --rounds {args.rounds} --model {args.model} --repeats {args.repeats}",
-        "",
-        "| setting | seconds per round (median) | update bytes sent by lenders per round (ledger; keys and shares not counted) |",
-        "|---|---|---|",
-        f"| plain FedAvg | {plain:.3f} | {plain_bytes:,} |",
-        f"| secure aggregation | {secure:.3f} | {secure_bytes:,} |",
-        f"| ratio | {secure / plain:.2f}x | {secure_bytes / plain_bytes:.2f}x |",
-    ])
+    table = "\n".join(
+        [
+            f"Machine: {machine()}. Command: python -m benchmarks.perf.secagg_cost --lenders {args.lenders} "
+            f"--records {args.records} --rounds {args.rounds} --model {args.model} --repeats {args.repeats}",
+            "",
+            "| setting | seconds per round (median) | update bytes sent by lenders per round (ledger; keys and shares not counted) |",
+            "|---|---|---|",
+            f"| plain FedAvg | {plain:.3f} | {plain_bytes:,} |",
+            f"| secure aggregation | {secure:.3f} | {secure_bytes:,} |",
+            f"| ratio | {secure / plain:.2f}x | {secure_bytes / plain_bytes:.2f}x |",
+        ]
+    )
     print(table)
     return table
 

@@ -18,63 +18,221 @@ from flwr.app import ConfigRecord
 
 from federation.audit_trail.canonical import arrays_bytes, arrays_hash, arrays_shapes, canonical
 from federation.audit_trail.keys import public_hex, sign
-from federation.audit_trail.ledger import LENDER_EVALUATION, LENDER_FINAL, LENDER_MANIFEST, LENDER_REFUSAL, LENDER_UPDATE
+from federation.audit_trail.ledger import (
+    LENDER_EVALUATION,
+    LENDER_FINAL,
+    LENDER_MANIFEST,
+    LENDER_REFUSAL,
+    LENDER_UPDATE,
+)
 
-MANIFEST_FIELDS = ("dataset", "card", "card_sha256", "consent_checked", "records_total", "records_without_consent",
-                   "records_used", "train_records", "test_records", "fields_used", "fields_refused", "features",
-                   "encoding", "data_commitment", "policy")
+MANIFEST_FIELDS = (
+    "dataset",
+    "card",
+    "card_sha256",
+    "consent_checked",
+    "records_total",
+    "records_without_consent",
+    "records_used",
+    "train_records",
+    "test_records",
+    "fields_used",
+    "fields_refused",
+    "features",
+    "encoding",
+    "data_commitment",
+    "policy",
+)
 # The exact keys of each signed body: the message inspector refuses anything else, so no body can carry more
 # than it says (nothing row-shaped, no hidden statistic).
 BODY_KEYS = {
     LENDER_MANIFEST: {"type", "run", "lender", "public_key", *MANIFEST_FIELDS},
-    LENDER_UPDATE: {"type", "run", "lender", "round", "request", "release", "events", "epsilon", "delta", "budget",
-                    "accountant", "granularity", "noise", "bytes_sent", "shapes", "update_hash"},
-    LENDER_REFUSAL: {"type", "run", "lender", "round", "request", "limit", "requested", "allowed", "reason",
-                     "epsilon_spent", "budget", "delta", "accountant"},
-    LENDER_EVALUATION: {"type", "run", "lender", "round", "model_hash", "num_examples", "auc", "ks", "gini", "brier",
-                        "loss"},
-    LENDER_FINAL: {"type", "run", "lender", "releases", "refusals", "evaluations", "epsilon", "epsilon_rdp",
-                   "epsilon_prv", "delta", "accountant", "lifetime_epsilon", "lifetime_runs"},
+    LENDER_UPDATE: {
+        "type",
+        "run",
+        "lender",
+        "round",
+        "request",
+        "release",
+        "events",
+        "epsilon",
+        "delta",
+        "budget",
+        "accountant",
+        "granularity",
+        "noise",
+        "bytes_sent",
+        "shapes",
+        "update_hash",
+    },
+    LENDER_REFUSAL: {
+        "type",
+        "run",
+        "lender",
+        "round",
+        "request",
+        "limit",
+        "requested",
+        "allowed",
+        "reason",
+        "epsilon_spent",
+        "budget",
+        "delta",
+        "accountant",
+    },
+    LENDER_EVALUATION: {
+        "type",
+        "run",
+        "lender",
+        "round",
+        "model_hash",
+        "num_examples",
+        "auc",
+        "ks",
+        "gini",
+        "brier",
+        "loss",
+    },
+    LENDER_FINAL: {
+        "type",
+        "run",
+        "lender",
+        "releases",
+        "refusals",
+        "evaluations",
+        "epsilon",
+        "epsilon_rdp",
+        "epsilon_prv",
+        "delta",
+        "accountant",
+        "lifetime_epsilon",
+        "lifetime_runs",
+    },
 }
 
 
 def manifest_body(run: str, lender: int, public_key: str, manifest: Mapping) -> dict:
-    return {"type": LENDER_MANIFEST, "run": run, "lender": lender, "public_key": public_key,
-            **{k: manifest[k] for k in MANIFEST_FIELDS}}
+    return {
+        "type": LENDER_MANIFEST,
+        "run": run,
+        "lender": lender,
+        "public_key": public_key,
+        **{k: manifest[k] for k in MANIFEST_FIELDS},
+    }
 
 
-def update_body(run: str, lender: int, rnd: int, arrays: Mapping[str, np.ndarray], *, request: str, release: int,
-                events: list[dict], epsilon: float | None, delta: float | None, budget: float | None, accountant: str,
-                granularity: str | None, noise: str | None) -> dict:
-    return {"type": LENDER_UPDATE, "run": run, "lender": lender, "round": rnd, "request": request, "release": release,
-            "events": events, "epsilon": epsilon, "delta": delta, "budget": budget, "accountant": accountant,
-            "granularity": granularity, "noise": noise, "bytes_sent": arrays_bytes(arrays),
-            "shapes": arrays_shapes(arrays), "update_hash": arrays_hash(arrays)}
+def update_body(
+    run: str,
+    lender: int,
+    rnd: int,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    request: str,
+    release: int,
+    events: list[dict],
+    epsilon: float | None,
+    delta: float | None,
+    budget: float | None,
+    accountant: str,
+    granularity: str | None,
+    noise: str | None,
+) -> dict:
+    return {
+        "type": LENDER_UPDATE,
+        "run": run,
+        "lender": lender,
+        "round": rnd,
+        "request": request,
+        "release": release,
+        "events": events,
+        "epsilon": epsilon,
+        "delta": delta,
+        "budget": budget,
+        "accountant": accountant,
+        "granularity": granularity,
+        "noise": noise,
+        "bytes_sent": arrays_bytes(arrays),
+        "shapes": arrays_shapes(arrays),
+        "update_hash": arrays_hash(arrays),
+    }
 
 
-def refusal_body(run: str, lender: int, rnd: int, *, request: str, limit: str, requested: Any, allowed: Any,
-                 reason: str, epsilon_spent: float | None, budget: float | None, delta: float | None,
-                 accountant: str) -> dict:
-    return {"type": LENDER_REFUSAL, "run": run, "lender": lender, "round": rnd, "request": request, "limit": limit,
-            "requested": requested, "allowed": allowed, "reason": reason, "epsilon_spent": epsilon_spent,
-            "budget": budget, "delta": delta, "accountant": accountant}
+def refusal_body(
+    run: str,
+    lender: int,
+    rnd: int,
+    *,
+    request: str,
+    limit: str,
+    requested: Any,
+    allowed: Any,
+    reason: str,
+    epsilon_spent: float | None,
+    budget: float | None,
+    delta: float | None,
+    accountant: str,
+) -> dict:
+    return {
+        "type": LENDER_REFUSAL,
+        "run": run,
+        "lender": lender,
+        "round": rnd,
+        "request": request,
+        "limit": limit,
+        "requested": requested,
+        "allowed": allowed,
+        "reason": reason,
+        "epsilon_spent": epsilon_spent,
+        "budget": budget,
+        "delta": delta,
+        "accountant": accountant,
+    }
 
 
 def evaluation_body(run: str, lender: int, rnd: int, model_hash: str, num_examples: int, scores: Mapping) -> dict:
-    return {"type": LENDER_EVALUATION, "run": run, "lender": lender, "round": rnd, "model_hash": model_hash,
-            "num_examples": num_examples, **{k: _finite(scores.get(k)) for k in ("auc", "ks", "gini", "brier", "loss")}}
+    return {
+        "type": LENDER_EVALUATION,
+        "run": run,
+        "lender": lender,
+        "round": rnd,
+        "model_hash": model_hash,
+        "num_examples": num_examples,
+        **{k: _finite(scores.get(k)) for k in ("auc", "ks", "gini", "brier", "loss")},
+    }
 
 
-def final_body(run: str, lender: int, *, releases: int, refusals: int, evaluations: int, epsilons: dict,
-               delta: float | None, accountant: str, lifetime_epsilon: float | None, lifetime_runs: int) -> dict:
+def final_body(
+    run: str,
+    lender: int,
+    *,
+    releases: int,
+    refusals: int,
+    evaluations: int,
+    epsilons: dict,
+    delta: float | None,
+    accountant: str,
+    lifetime_epsilon: float | None,
+    lifetime_runs: int,
+) -> dict:
     """The lender's own count of everything it signed in the run (releases, refusals, evaluations: none can be left
     out of the ledger unnoticed) and its epsilon under both accountants. `lifetime_*`: what it has spent over every
     run made with its folder (a coordinator that splits its questions over several runs shows up here, where one
     run's ledger alone cannot show it)."""
-    return {"type": LENDER_FINAL, "run": run, "lender": lender, "releases": releases, "refusals": refusals,
-            "evaluations": evaluations, "epsilon": epsilons.get(accountant), "epsilon_rdp": epsilons.get("rdp"),
-            "epsilon_prv": epsilons.get("prv"), "delta": delta, "accountant": accountant,
-            "lifetime_epsilon": lifetime_epsilon, "lifetime_runs": lifetime_runs}
+    return {
+        "type": LENDER_FINAL,
+        "run": run,
+        "lender": lender,
+        "releases": releases,
+        "refusals": refusals,
+        "evaluations": evaluations,
+        "epsilon": epsilons.get(accountant),
+        "epsilon_rdp": epsilons.get("rdp"),
+        "epsilon_prv": epsilons.get("prv"),
+        "delta": delta,
+        "accountant": accountant,
+        "lifetime_epsilon": lifetime_epsilon,
+        "lifetime_runs": lifetime_runs,
+    }
 
 
 def signed_record(key: Ed25519PrivateKey, body: dict, with_public_key: bool = False) -> ConfigRecord:

@@ -57,7 +57,9 @@ def decode_arrays(encoded: dict[str, str]) -> dict[str, np.ndarray]:
 
 def save(folder: Path, key: bytes, run_id: str, state: dict) -> None:
     nonce = os.urandom(12)
-    write_atomically(folder / FILE_NAME, nonce + AESGCM(key).encrypt(nonce, json.dumps(state).encode(), run_id.encode()))
+    write_atomically(
+        folder / FILE_NAME, nonce + AESGCM(key).encrypt(nonce, json.dumps(state).encode(), run_id.encode())
+    )
 
 
 def load(folder: Path, key: bytes, run_id: str) -> dict:

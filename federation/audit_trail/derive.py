@@ -42,13 +42,20 @@ def run_files(view: RunView, finish: dict) -> dict[str, bytes]:
         "epsilon.csv": csv_text(EPSILON_COLUMNS, epsilon_rows(view, cfg)),
         "privacy_events.jsonl": "".join(json.dumps(e, sort_keys=True) + "\n" for e in privacy_events(view)),
         "privacy.json": json_text(finish.get("privacy", {})),
-        "model.json": json_text({"model": cfg.model, "hidden": cfg.hidden,
-                                 "features": view.manifests[0]["features"] if 0 in view.manifests else []}),
+        "model.json": json_text(
+            {
+                "model": cfg.model,
+                "hidden": cfg.hidden,
+                "features": view.manifests[0]["features"] if 0 in view.manifests else [],
+            }
+        ),
         "rounds.jsonl": "".join(json.dumps(r, sort_keys=True) + "\n" for r in round_summaries(view)),
         f"keys/{COORDINATOR}.pub": view.started["coordinator_public_key"] + "\n",
     }
     for lender, body in sorted(view.manifests.items()):
-        files[f"manifests/{lender_name(lender)}.json"] = json_text({"lender": lender, **{k: body[k] for k in MANIFEST_FIELDS}})
+        files[f"manifests/{lender_name(lender)}.json"] = json_text(
+            {"lender": lender, **{k: body[k] for k in MANIFEST_FIELDS}}
+        )
         files[f"keys/{lender_name(lender)}.pub"] = body["public_key"] + "\n"
     return {name: text.encode() for name, text in files.items()}
 
@@ -69,11 +76,24 @@ def metrics_rows(view: RunView) -> list[dict]:
     rows = []
     for attempt in view.complete_rounds():
         per_lender = sorted((e["body"] for e in attempt.of_type(L.LENDER_EVALUATION)), key=lambda b: b["lender"])
-        rows += [{"round": attempt.round, "lender": b["lender"], "num_examples": b["num_examples"],
-                  **{k: _cell(b.get(k)) for k in METRICS}} for b in per_lender]
+        rows += [
+            {
+                "round": attempt.round,
+                "lender": b["lender"],
+                "num_examples": b["num_examples"],
+                **{k: _cell(b.get(k)) for k in METRICS},
+            }
+            for b in per_lender
+        ]
         weights = [b["num_examples"] for b in per_lender]
-        rows.append({"round": attempt.round, "lender": "global", "num_examples": sum(weights),
-                     **{k: _cell(weighted_mean([b.get(k) for b in per_lender], weights)) for k in METRICS}})
+        rows.append(
+            {
+                "round": attempt.round,
+                "lender": "global",
+                "num_examples": sum(weights),
+                **{k: _cell(weighted_mean([b.get(k) for b in per_lender], weights)) for k in METRICS},
+            }
+        )
     return rows
 
 
@@ -85,10 +105,21 @@ def epsilon_rows(view: RunView, cfg: RunConfig) -> list[dict]:
         if cfg.dp and cfg.dp_level == "lender":
             agg = attempt.aggregate or {}
             event = agg.get("noise_event") or {}
-            rows.append({"lender": "federation", "round": attempt.round, "epsilon": agg.get("epsilon"),
-                         "delta": agg.get("delta"), "sigma": event.get("noise_multiplier"),
-                         "sample_rate": event.get("sample_rate"), "steps": event.get("steps"), "budget": cfg.epsilon,
-                         "declined": 0, "granularity": "lender", "sampled": len(attempt.roster)})
+            rows.append(
+                {
+                    "lender": "federation",
+                    "round": attempt.round,
+                    "epsilon": agg.get("epsilon"),
+                    "delta": agg.get("delta"),
+                    "sigma": event.get("noise_multiplier"),
+                    "sample_rate": event.get("sample_rate"),
+                    "steps": event.get("steps"),
+                    "budget": cfg.epsilon,
+                    "declined": 0,
+                    "granularity": "lender",
+                    "sampled": len(attempt.roster),
+                }
+            )
             continue
         if not cfg.dp:
             continue
@@ -96,12 +127,21 @@ def epsilon_rows(view: RunView, cfg: RunConfig) -> list[dict]:
         for body in sorted(answers, key=lambda b: b["lender"]):
             declined = body["type"] == L.LENDER_REFUSAL
             event = (body.get("events") or [{}])[0] if not declined else {}
-            rows.append({"lender": body["lender"], "round": attempt.round,
-                         "epsilon": body.get("epsilon_spent") if declined else body.get("epsilon"),
-                         "delta": body.get("delta"), "sigma": event.get("noise_multiplier", ""),
-                         "sample_rate": event.get("sample_rate", ""), "steps": event.get("steps", 0),
-                         "budget": body.get("budget"), "declined": int(declined), "granularity": "record",
-                         "sampled": ""})
+            rows.append(
+                {
+                    "lender": body["lender"],
+                    "round": attempt.round,
+                    "epsilon": body.get("epsilon_spent") if declined else body.get("epsilon"),
+                    "delta": body.get("delta"),
+                    "sigma": event.get("noise_multiplier", ""),
+                    "sample_rate": event.get("sample_rate", ""),
+                    "steps": event.get("steps", 0),
+                    "budget": body.get("budget"),
+                    "declined": int(declined),
+                    "granularity": "record",
+                    "sampled": "",
+                }
+            )
     return rows
 
 
@@ -121,15 +161,25 @@ def round_summaries(view: RunView) -> list[dict]:
     for attempt in view.complete_rounds():
         answers = [e["body"] for e in attempt.entries if e["type"] in (L.LENDER_UPDATE, L.LENDER_REFUSAL)]
         eps = [b.get("epsilon") for b in answers if b["type"] == L.LENDER_UPDATE and b.get("epsilon") is not None]
-        eps += [b.get("epsilon_spent") for b in answers if b["type"] == L.LENDER_REFUSAL and b.get("epsilon_spent") is not None]
+        eps += [
+            b.get("epsilon_spent")
+            for b in answers
+            if b["type"] == L.LENDER_REFUSAL and b.get("epsilon_spent") is not None
+        ]
         agg = attempt.aggregate or {}
         if agg.get("epsilon") is not None:
             eps.append(agg["epsilon"])
         glob = next((r for r in metrics if r["round"] == attempt.round and r["lender"] == "global"), {})
-        out.append({"round": attempt.round, "trained": sum(b["type"] == L.LENDER_UPDATE for b in answers),
-                    "declined": sum(b["type"] == L.LENDER_REFUSAL for b in answers),
-                    "global_metrics": {k: glob.get(k) if glob.get(k) != "" else None for k in METRICS},
-                    "max_epsilon": max(eps) if eps else 0.0, "seconds": attempt.finished["body"]["seconds"]})
+        out.append(
+            {
+                "round": attempt.round,
+                "trained": sum(b["type"] == L.LENDER_UPDATE for b in answers),
+                "declined": sum(b["type"] == L.LENDER_REFUSAL for b in answers),
+                "global_metrics": {k: glob.get(k) if glob.get(k) != "" else None for k in METRICS},
+                "max_epsilon": max(eps) if eps else 0.0,
+                "seconds": attempt.finished["body"]["seconds"],
+            }
+        )
     return out
 
 

@@ -33,7 +33,9 @@ def keys_dir_for(output_dir: str, keys_dir: str = "") -> Path:
     if keys_dir:
         return Path(keys_dir)
     if not output_dir:
-        raise ConfigError("no keys folder: the run has neither keys-dir nor output-dir (the coordinator sets output-dir)")
+        raise ConfigError(
+            "no keys folder: the run has neither keys-dir nor output-dir (the coordinator sets output-dir)"
+        )
     return Path(f"{Path(output_dir).resolve()}-keys")
 
 
@@ -59,8 +61,10 @@ def load_or_create(folder: Path, name: str) -> Ed25519PrivateKey:
             raise ConfigError(f"{path} is not an Ed25519 private key")
         return key
     key = Ed25519PrivateKey.generate()
-    write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    write_private(
+        path,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
     return key
 
 

@@ -30,15 +30,30 @@ ROUND_STARTED = "round_started"  # the round's roster: the lenders the coordinat
 SECAGG_ROSTER = "secagg_roster"  # secure aggregation: the roster and threshold every lender checked, as it was signed
 LENDER_UPDATE = "lender_update"
 LENDER_REFUSAL = "lender_refusal"  # a lender declined before any release, naming the limit
-UPDATE_REJECTED = "update_rejected"  # a lender left out of a round: it failed, did not reply, or its update was rejected
+UPDATE_REJECTED = (
+    "update_rejected"  # a lender left out of a round: it failed, did not reply, or its update was rejected
+)
 AGGREGATE = "aggregate"
 LENDER_EVALUATION = "lender_evaluation"  # a lender's scores of the round's model on its own test records
 ROUND_FINISHED = "round_finished"
 RUN_RESUMED = "run_resumed"  # a coordinator restarted from its last checkpoint after a crash
 LENDER_FINAL = "lender_final"  # a lender's own count of its releases in this run (after which it trains no more)
 RUN_FINISHED = "run_finished"
-ENTRY_TYPES = (RUN_STARTED, LENDER_MANIFEST, ROUND_STARTED, SECAGG_ROSTER, LENDER_UPDATE, LENDER_REFUSAL,
-               UPDATE_REJECTED, AGGREGATE, LENDER_EVALUATION, ROUND_FINISHED, RUN_RESUMED, LENDER_FINAL, RUN_FINISHED)
+ENTRY_TYPES = (
+    RUN_STARTED,
+    LENDER_MANIFEST,
+    ROUND_STARTED,
+    SECAGG_ROSTER,
+    LENDER_UPDATE,
+    LENDER_REFUSAL,
+    UPDATE_REJECTED,
+    AGGREGATE,
+    LENDER_EVALUATION,
+    ROUND_FINISHED,
+    RUN_RESUMED,
+    LENDER_FINAL,
+    RUN_FINISHED,
+)
 LENDER_SIGNED = (LENDER_MANIFEST, LENDER_UPDATE, LENDER_REFUSAL, LENDER_EVALUATION, LENDER_FINAL)
 
 
@@ -76,8 +91,14 @@ class Ledger:
     def _entry(self, kind: str, signer: str, body: dict[str, Any]) -> dict[str, Any]:
         if kind not in ENTRY_TYPES:
             raise ValueError(f"unknown ledger entry type {kind}")
-        entry = {"seq": self.seq, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "type": kind,
-                 "signer": signer, "body": body, "prev": self.head}
+        entry = {
+            "seq": self.seq,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "type": kind,
+            "signer": signer,
+            "body": body,
+            "prev": self.head,
+        }
         entry["hash"] = entry_hash(entry)
         return entry
 

@@ -56,8 +56,11 @@ class RunView:
             elif kind == L.ROUND_STARTED:
                 current = Attempt(body.get("round"), entry)
                 self.attempts.append(current)
-            elif kind in (L.RUN_RESUMED, L.RUN_FINISHED) or (kind == L.LENDER_FINAL) or (
-                    kind == L.UPDATE_REJECTED and body.get("round") is None):
+            elif (
+                kind in (L.RUN_RESUMED, L.RUN_FINISHED)
+                or (kind == L.LENDER_FINAL)
+                or (kind == L.UPDATE_REJECTED and body.get("round") is None)
+            ):
                 current = None
                 if kind == L.LENDER_FINAL:
                     self.finals.setdefault(body.get("lender"), body)
@@ -95,7 +98,7 @@ class RunView:
 
 def weighted_mean(values: list, weights: list) -> float | None:
     """The test-size-weighted mean over the lenders where a score is defined (None where none is)."""
-    pairs = [(v, w) for v, w in zip(values, weights) if v is not None and not math.isnan(v) and w > 0]
+    pairs = [(v, w) for v, w in zip(values, weights, strict=False) if v is not None and not math.isnan(v) and w > 0]
     if not pairs:
         return None
     return float(sum(v * w for v, w in pairs) / sum(w for _, w in pairs))
@@ -112,12 +115,12 @@ def stop_reason(stop: dict, epsilon: float | None = None) -> str:
     raise ValueError(f"unknown stop {stop!r}")
 
 
-def evaluators(attempt: "Attempt", lenders: int, lenders_per_round: int) -> list[int]:
+def evaluators(attempt: Attempt, lenders: int, lenders_per_round: int) -> list[int]:
     """Who must score a finished round's model: every lender, or the round's roster when lenders are drawn."""
     return sorted(attempt.roster) if lenders_per_round else list(range(lenders))
 
 
-def global_scores(attempt: "Attempt") -> dict:
+def global_scores(attempt: Attempt) -> dict:
     """The test-size-weighted mean of the lenders' signed scores of a round's model."""
     from federation.metrics import METRICS
 

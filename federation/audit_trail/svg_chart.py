@@ -20,6 +20,7 @@ legend stays a few rows long even at 1,000 lenders. The legend sits below the pl
 from __future__ import annotations
 
 import html
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -90,8 +91,13 @@ class _Frame:
 LegendEntry = tuple[_Style | None, str, str]  # (swatch, text as shown, full text for hover)
 
 
-def epsilon_chart(series: list[tuple[str, list[tuple[int, float]]]], budgets: list[float], *, rounds: int,
-                  title: str = "Privacy spent per lender (cumulative epsilon)") -> str:
+def epsilon_chart(
+    series: list[tuple[str, list[tuple[int, float]]]],
+    budgets: list[float],
+    *,
+    rounds: int,
+    title: str = "Privacy spent per lender (cumulative epsilon)",
+) -> str:
     """Inline `<svg>` of cumulative epsilon per lender over rounds 0..rounds, with dashed budget lines.
 
     `series` is (lender, [(round, epsilon), ...]) per lender in display order; the lender is its name as shown
@@ -111,13 +117,16 @@ def epsilon_chart(series: list[tuple[str, list[tuple[int, float]]]], budgets: li
     step, intervals = _nice_scale(peak if peak > 0 else 1.0)
     ticks = [(float(step * i), "0" if i == 0 else f"{step * i:f}") for i in range(intervals + 1)]
     # the y tick labels decide the left margin, so that 0.00025 does not run into the axis label
-    frame = _Frame(max(PLOT_LEFT, 36 + 7 * max(len(label) for _, label in ticks)), max(rounds, 1),
-                   float(step * intervals))
+    frame = _Frame(
+        max(PLOT_LEFT, 36 + 7 * max(len(label) for _, label in ticks)), max(rounds, 1), float(step * intervals)
+    )
 
     if not curves:
         back: list[str] = []
-        front = [f'<text x="{_c((frame.left + PLOT_RIGHT) / 2)}" y="{_c((PLOT_TOP + PLOT_BOTTOM) / 2)}" '
-                 f'text-anchor="middle" font-size="14" fill="{INK}">no privacy releases</text>']
+        front = [
+            f'<text x="{_c((frame.left + PLOT_RIGHT) / 2)}" y="{_c((PLOT_TOP + PLOT_BOTTOM) / 2)}" '
+            f'text-anchor="middle" font-size="14" fill="{INK}">no privacy releases</text>'
+        ]
         legend: list[LegendEntry] = []
     elif len(curves) <= MAX_STYLED_CURVES:
         back, front, legend = [], *_styled(curves, frame)
@@ -133,14 +142,25 @@ def epsilon_chart(series: list[tuple[str, list[tuple[int, float]]]], budgets: li
     summary = _summary(len(series), rounds, curves, silent, lines)
     legend_svg, legend_height = _legend(legend, CHART_HEIGHT)
     height = CHART_HEIGHT + legend_height
-    head = (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" '
-            f'height="{height}" role="img" aria-label="{_esc(title)}: {_esc(summary[0])}" '
-            f'font-family="sans-serif" font-size="12" style="max-width:100%;height:auto">')
+    head = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" '
+        f'height="{height}" role="img" aria-label="{_esc(title)}: {_esc(summary[0])}" '
+        f'font-family="sans-serif" font-size="12" style="max-width:100%;height:auto">'
+    )
     # budgets above the grey mass of thin lines (else they vanish under it), below the lines a reader follows
-    parts = [head, f"<title>{_esc(title)}</title>", f"<desc>{_esc(' '.join(summary))}</desc>",
-             f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#FFFFFF"/>',
-             f'<text x="{_c(frame.left)}" y="24" font-size="15" font-weight="bold" fill="{INK}">{_esc(title)}</text>',
-             _axes(ticks, rounds, frame), *back, _budget_lines(lines, frame), *front, legend_svg, "</svg>"]
+    parts = [
+        head,
+        f"<title>{_esc(title)}</title>",
+        f"<desc>{_esc(' '.join(summary))}</desc>",
+        f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#FFFFFF"/>',
+        f'<text x="{_c(frame.left)}" y="24" font-size="15" font-weight="bold" fill="{INK}">{_esc(title)}</text>',
+        _axes(ticks, rounds, frame),
+        *back,
+        _budget_lines(lines, frame),
+        *front,
+        legend_svg,
+        "</svg>",
+    ]
     return "\n".join(p for p in parts if p) + "\n"
 
 
@@ -163,16 +183,25 @@ def _thin_with_extremes(curves: list[_Curve], frame: _Frame) -> tuple[list[str],
         highlights.append((lowest, _Style(PALETTE[0], "", "square"), "lowest"))
     thin = _Style(THIN_COLOUR, "", "", width="0.7")
     others = [c for c in curves if c is not highest and c is not lowest]
-    back = ['<g class="thin" stroke-opacity="0.35">',
-            *(_line(curve, thin, frame, marked=False, values=False) for curve in others), "</g>"]
+    back = [
+        '<g class="thin" stroke-opacity="0.35">',
+        *(_line(curve, thin, frame, marked=False, values=False) for curve in others),
+        "</g>",
+    ]
     front = [_line(curve, style, frame, marked=True) for curve, style, _ in reversed(highlights)]  # highest on top
     legend: list[LegendEntry] = [
-        (style, f"{word}: {_who(curve.lenders, LEGEND_WIDE_CHARS - 9)}",
-         f"{word}: {_who(curve.lenders)}, epsilon {_value(curve.final)} after round {curve.points[-1][0]}")
-        for curve, style, word in highlights]
+        (
+            style,
+            f"{word}: {_who(curve.lenders, LEGEND_WIDE_CHARS - 9)}",
+            f"{word}: {_who(curve.lenders)}, epsilon {_value(curve.final)} after round {curve.points[-1][0]}",
+        )
+        for curve, style, word in highlights
+    ]
     if others:
-        text = f"thin grey: the other {_count(sum(len(c.lenders) for c in others), 'lender')} " \
-               f"({len(others)} distinct curves)"
+        text = (
+            f"thin grey: the other {_count(sum(len(c.lenders) for c in others), 'lender')} "
+            f"({len(others)} distinct curves)"
+        )
         legend.append((thin, text, text))
     return back, front, legend
 
@@ -189,10 +218,10 @@ def _check_value(value: float, what: str) -> float:
 
 def _check_points(label: str, points: list[tuple[int, float]], rounds: int) -> Points:
     checked = sorted((int(r), _check_value(e, f"epsilon of lender {label}")) for r, e in points)
-    for (r, _), (following, _) in zip(checked, checked[1:]):
+    for (r, _), (following, _) in itertools.pairwise(checked):
         if r == following:
             raise ValueError(f"lender {label}: round {r} given twice")
-    if checked and not (0 <= checked[0][0] and checked[-1][0] <= rounds):
+    if checked and not (checked[0][0] >= 0 and checked[-1][0] <= rounds):
         raise ValueError(f"lender {label}: rounds must lie in 0..{rounds}, got {checked[0][0]}..{checked[-1][0]}")
     return checked
 
@@ -248,21 +277,28 @@ def _axes(ticks: list[tuple[float, str]], rounds: int, frame: _Frame) -> str:
     out = ['<g class="axes">']
     for index, (value, label) in enumerate(ticks):
         y = frame.y(value)
-        out.append(f'<line class="ygrid" x1="{left}" y1="{_c(y)}" x2="{right}" y2="{_c(y)}" '
-                   f'stroke="{INK if index == 0 else GRID}" stroke-width="1"/>')
-        out.append(f'<text class="ytick" x="{_c(frame.left - 6)}" y="{_c(y + 4)}" text-anchor="end" '
-                   f'fill="{INK}">{label}</text>')
+        out.append(
+            f'<line class="ygrid" x1="{left}" y1="{_c(y)}" x2="{right}" y2="{_c(y)}" '
+            f'stroke="{INK if index == 0 else GRID}" stroke-width="1"/>'
+        )
+        out.append(
+            f'<text class="ytick" x="{_c(frame.left - 6)}" y="{_c(y + 4)}" text-anchor="end" '
+            f'fill="{INK}">{label}</text>'
+        )
     for r in range(0, frame.x_span + 1, _x_step(rounds)):
         x = _c(frame.x(r))
         out.append(f'<line x1="{x}" y1="{PLOT_BOTTOM}" x2="{x}" y2="{PLOT_BOTTOM + 4}" stroke="{INK}"/>')
-        out.append(f'<text class="xtick" x="{x}" y="{PLOT_BOTTOM + 17}" text-anchor="middle" '
-                   f'fill="{INK}">{r}</text>')
+        out.append(f'<text class="xtick" x="{x}" y="{PLOT_BOTTOM + 17}" text-anchor="middle" fill="{INK}">{r}</text>')
     out.append(f'<line x1="{left}" y1="{PLOT_TOP}" x2="{left}" y2="{PLOT_BOTTOM}" stroke="{INK}"/>')
-    out.append(f'<text x="{_c((frame.left + PLOT_RIGHT) / 2)}" y="{PLOT_BOTTOM + 36}" text-anchor="middle" '
-               f'fill="{INK}">round</text>')
+    out.append(
+        f'<text x="{_c((frame.left + PLOT_RIGHT) / 2)}" y="{PLOT_BOTTOM + 36}" text-anchor="middle" '
+        f'fill="{INK}">round</text>'
+    )
     middle = _c((PLOT_TOP + PLOT_BOTTOM) / 2)
-    out.append(f'<text x="18" y="{middle}" text-anchor="middle" transform="rotate(-90 18 {middle})" '
-               f'fill="{INK}">epsilon spent</text>')
+    out.append(
+        f'<text x="18" y="{middle}" text-anchor="middle" transform="rotate(-90 18 {middle})" '
+        f'fill="{INK}">epsilon spent</text>'
+    )
     out.append("</g>")
     return "\n".join(out)
 
@@ -273,12 +309,16 @@ def _budget_lines(budgets: list[float], frame: _Frame) -> str:
     out = ['<g class="budgets">']
     for budget in budgets:
         y = _c(frame.y(budget))
-        out.append(f'<line class="budget" x1="{_c(frame.left)}" y1="{y}" x2="{_c(PLOT_RIGHT)}" y2="{y}" '
-                   f'stroke="{BUDGET_COLOUR}" stroke-width="1.2" stroke-dasharray="{BUDGET_DASH}">'
-                   f'<title>budget {_value(budget)}</title></line>')
+        out.append(
+            f'<line class="budget" x1="{_c(frame.left)}" y1="{y}" x2="{_c(PLOT_RIGHT)}" y2="{y}" '
+            f'stroke="{BUDGET_COLOUR}" stroke-width="1.2" stroke-dasharray="{BUDGET_DASH}">'
+            f"<title>budget {_value(budget)}</title></line>"
+        )
     for budget, label_y in _budget_label_places(budgets, frame):
-        out.append(f'<text class="budget-label" x="{_c(PLOT_RIGHT + 6)}" y="{_c(label_y)}" fill="{INK}">'
-                   f'budget {_value(budget)}</text>')
+        out.append(
+            f'<text class="budget-label" x="{_c(PLOT_RIGHT + 6)}" y="{_c(label_y)}" fill="{INK}">'
+            f"budget {_value(budget)}</text>"
+        )
     out.append("</g>")
     return "\n".join(out)
 
@@ -332,9 +372,11 @@ def _line(curve: _Curve, style: _Style, frame: _Frame, *, marked: bool, values: 
         tip = f"{who}: epsilon {_value(curve.final)} after round {curve.points[-1][0]}"
     coordinates = " ".join(f"{_c(frame.x(r))},{_c(frame.y(e))}" for r, e in _vertices(curve.points))
     dash = f' stroke-dasharray="{style.dash}"' if style.dash else ""
-    out = ['<g class="series">',
-           f'<polyline points="{coordinates}" fill="none" stroke="{style.colour}" stroke-width="{style.width}"'
-           f'{dash} stroke-linejoin="round"><title>{_esc(tip)}</title></polyline>']
+    out = [
+        '<g class="series">',
+        f'<polyline points="{coordinates}" fill="none" stroke="{style.colour}" stroke-width="{style.width}"'
+        f'{dash} stroke-linejoin="round"><title>{_esc(tip)}</title></polyline>',
+    ]
     if marked and style.marker and len(curve.points) <= MAX_MARKED_POINTS:
         short = _who(curve.lenders, LEGEND_WIDE_CHARS)
         for r, e in curve.points:
@@ -368,8 +410,10 @@ def _legend(entries: list[LegendEntry], top: int) -> tuple[str, int]:
         out.append(f'<g class="legend-entry"><title>{_esc(full)}</title>')
         if style is not None:
             dash = f' stroke-dasharray="{style.dash}"' if style.dash else ""
-            out.append(f'<line x1="{x}" y1="{y}" x2="{x + 30}" y2="{y}" stroke="{style.colour}" '
-                       f'stroke-width="{style.width}"{dash}/>')
+            out.append(
+                f'<line x1="{x}" y1="{y}" x2="{x + 30}" y2="{y}" stroke="{style.colour}" '
+                f'stroke-width="{style.width}"{dash}/>'
+            )
             if style.marker:
                 out.append(_marker(style, x + 15, y))
         out.append(f'<text x="{x + 38}" y="{y + 4}" fill="{INK}">{_esc(text)}</text>')
@@ -391,11 +435,16 @@ def _summary(lenders: int, rounds: int, curves: list[_Curve], silent: list[str],
     over = " (above every budget)" if budgets and highest > budgets[-1] else ""
     sentences = [f"{head}; highest epsilon {_short(highest)} against {_budgets_text(budgets)}{over}."]
     if len(curves) > MAX_STYLED_CURVES:
-        sentences.append(f"{len(curves)} distinct curves, too many to tell apart: drawn thin in grey, with the "
-                         f"highest and the lowest final epsilon highlighted.")
+        sentences.append(
+            f"{len(curves)} distinct curves, too many to tell apart: drawn thin in grey, with the "
+            f"highest and the lowest final epsilon highlighted."
+        )
     else:
-        sentences.extend(f"{_capital(_who(c.lenders, LEGEND_WIDE_CHARS))} spent identically, drawn as one line."
-                         for c in curves if len(c.lenders) > 1)
+        sentences.extend(
+            f"{_capital(_who(c.lenders, LEGEND_WIDE_CHARS))} spent identically, drawn as one line."
+            for c in curves
+            if len(c.lenders) > 1
+        )
     if silent:
         sentences.append(f"{_capital(_who(silent, LEGEND_WIDE_CHARS))}: no privacy releases.")
     return sentences
@@ -415,8 +464,10 @@ def _who(lenders: list[str], limit: int | None = None, *, identical: bool = Fals
     """'lender 3', or 'lenders 0, 2, 5-9' (consecutive integer names as ranges), cut to `limit` characters."""
     if len(lenders) == 1:
         return f"lender {lenders[0]}"
-    parts = [run[0] if len(run) == 1 else f"{run[0]}, {run[1]}" if len(run) == 2 else f"{run[0]}-{run[-1]}"
-             for run in _runs(lenders)]
+    parts = [
+        run[0] if len(run) == 1 else f"{run[0]}, {run[1]}" if len(run) == 2 else f"{run[0]}-{run[-1]}"
+        for run in _runs(lenders)
+    ]
     suffix = " (identical)" if identical else ""
     text = "lenders " + ", ".join(parts) + suffix
     if limit is None or len(text) <= limit:
@@ -424,7 +475,7 @@ def _who(lenders: list[str], limit: int | None = None, *, identical: bool = Fals
     tail = f", ... ({len(lenders)} in all){suffix}"
     kept: list[str] = []
     for part in parts:
-        if len("lenders " + ", ".join(kept + [part]) + tail) > limit:
+        if len("lenders " + ", ".join([*kept, part]) + tail) > limit:
             break
         kept.append(part)
     return "lenders " + ", ".join(kept) + tail

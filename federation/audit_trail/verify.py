@@ -95,15 +95,20 @@ class VerifiedRun:
 
     def summary(self) -> str:
         eps = ", ".join(f"{k} {v:.3f}" for k, v in self.epsilons.items()) or "no DP"
-        first = ("verified: every signer is the one the registry names" if self.pinned else
-                 "NOT PINNED: the run folder is consistent, but no registry was given, so its own keys were trusted "
-                 "(anyone can make such a folder); verify again with --registry")
-        lines = [first,
-                 f"{self.entries} ledger entries, chain intact, every signature valid; {self.lenders} lenders, every "
-                 f"round and release accounted for; no prohibited field used; epsilon recomputed with dp_accounting "
-                 f"({self.accountant}): {eps}, each within budget and equal to the reported value; every file "
-                 f"re-derived from the ledger; report bound to ledger head {self.head[:16]}...",
-                 "keys relied on: " + ", ".join(f"{who} {fp}" for who, fp in self.fingerprints.items())]
+        first = (
+            "verified: every signer is the one the registry names"
+            if self.pinned
+            else "NOT PINNED: the run folder is consistent, but no registry was given, so its own keys were trusted "
+            "(anyone can make such a folder); verify again with --registry"
+        )
+        lines = [
+            first,
+            f"{self.entries} ledger entries, chain intact, every signature valid; {self.lenders} lenders, every "
+            f"round and release accounted for; no prohibited field used; epsilon recomputed with dp_accounting "
+            f"({self.accountant}): {eps}, each within budget and equal to the reported value; every file "
+            f"re-derived from the ledger; report bound to ledger head {self.head[:16]}...",
+            "keys relied on: " + ", ".join(f"{who} {fp}" for who, fp in self.fingerprints.items()),
+        ]
         if self.not_private:
             lines.insert(1, "NOT PRIVATE: this run used seeded, reproducible noise (a test or benchmark run)")
         if self.unverified:
@@ -125,6 +130,7 @@ def _describe(entry: dict) -> str:
 
 
 # ---- 1-2. keys and chain ----------------------------------------------------------------------
+
 
 def _read_ledger(run_dir: Path) -> list[dict]:
     path = run_dir / "ledger.jsonl"
@@ -192,8 +198,13 @@ def _keys(entries: list[dict], registry: Registry | None) -> tuple[object, dict[
         lenders[lender] = _public(key, _describe(entry), f"lender {lender}")
     fingerprints = {"coordinator": fingerprint(claimed if registry is None else registry.coordinator)}
     for lender in sorted(lenders):
-        fingerprints[f"lender {lender}"] = fingerprint(next(e["body"]["public_key"] for e in entries
-                                                            if e["type"] == L.LENDER_MANIFEST and e["body"]["lender"] == lender))
+        fingerprints[f"lender {lender}"] = fingerprint(
+            next(
+                e["body"]["public_key"]
+                for e in entries
+                if e["type"] == L.LENDER_MANIFEST and e["body"]["lender"] == lender
+            )
+        )
     return coordinator, lenders, fingerprints
 
 
@@ -202,37 +213,55 @@ def _count(value: object) -> bool:
 
 
 def _number(value: object, none: bool = True) -> bool:
-    return (value is None and none) or (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                        and math.isfinite(value))
+    return (value is None and none) or (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    )
 
 
 def body_type_problem(body: dict) -> str | None:
     """What a lender may sign, field by field: counts are counts, scores numbers, names short plain strings.
     (A lender could otherwise put markup or anything else where a number is read.)"""
     kind = body["type"]
-    counts = {L.LENDER_MANIFEST: ("records_total", "records_without_consent", "records_used", "train_records",
-                                  "test_records"),
-              L.LENDER_UPDATE: ("round", "release", "bytes_sent"), L.LENDER_REFUSAL: ("round",),
-              L.LENDER_EVALUATION: ("round", "num_examples"),
-              L.LENDER_FINAL: ("releases", "refusals", "evaluations", "lifetime_runs")}[kind]
+    counts = {
+        L.LENDER_MANIFEST: (
+            "records_total",
+            "records_without_consent",
+            "records_used",
+            "train_records",
+            "test_records",
+        ),
+        L.LENDER_UPDATE: ("round", "release", "bytes_sent"),
+        L.LENDER_REFUSAL: ("round",),
+        L.LENDER_EVALUATION: ("round", "num_examples"),
+        L.LENDER_FINAL: ("releases", "refusals", "evaluations", "lifetime_runs"),
+    }[kind]
     bad = [k for k in counts if not _count(body.get(k))]
     if bad:
         return f"'{bad[0]}' must be a whole number"
-    numbers = {L.LENDER_UPDATE: ("epsilon", "delta", "budget"), L.LENDER_REFUSAL: ("epsilon_spent", "budget", "delta"),
-               L.LENDER_EVALUATION: ("auc", "ks", "gini", "brier", "loss"),
-               L.LENDER_FINAL: ("epsilon", "epsilon_rdp", "epsilon_prv", "delta", "lifetime_epsilon")}.get(kind, ())
+    numbers = {
+        L.LENDER_UPDATE: ("epsilon", "delta", "budget"),
+        L.LENDER_REFUSAL: ("epsilon_spent", "budget", "delta"),
+        L.LENDER_EVALUATION: ("auc", "ks", "gini", "brier", "loss"),
+        L.LENDER_FINAL: ("epsilon", "epsilon_rdp", "epsilon_prv", "delta", "lifetime_epsilon"),
+    }.get(kind, ())
     bad = [k for k in numbers if not _number(body.get(k))]
     if bad:
         return f"'{bad[0]}' must be a number"
     if kind == L.LENDER_UPDATE:
         shapes = body.get("shapes")
-        if not isinstance(shapes, dict) or not all(isinstance(k, str) and isinstance(v, list) and all(_count(d) for d in v)
-                                                   for k, v in shapes.items()):
+        if not isinstance(shapes, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(_count(d) for d in v) for k, v in shapes.items()
+        ):
             return "'shapes' must map array names to lists of dimensions"
     if kind == L.LENDER_MANIFEST:
         fields = [*body.get("fields_used", []), *body.get("fields_refused", [])]
-        texts = [body.get("card"), body.get("dataset"), body.get("encoding"), *body.get("features", []),
-                 *[v for f in fields if isinstance(f, dict) for v in f.values()]]
+        texts = [
+            body.get("card"),
+            body.get("dataset"),
+            body.get("encoding"),
+            *body.get("features", []),
+            *[v for f in fields if isinstance(f, dict) for v in f.values()],
+        ]
         if not all(isinstance(f, dict) for f in fields) or not all(isinstance(t, str) for t in texts):
             return "field descriptions and names must be plain strings"
         if not isinstance(body.get("consent_checked"), bool) or not isinstance(body.get("policy"), dict):
@@ -294,6 +323,7 @@ def _check_chain(entries: list[dict], coordinator, lenders: dict[int, object]) -
 
 # ---- 3. completeness --------------------------------------------------------------------------
 
+
 def _check_structure(view: RunView, cfg: RunConfig) -> None:
     entries = view.entries
     first_round = next((i for i, e in enumerate(entries) if e["type"] == L.ROUND_STARTED), len(entries))
@@ -311,8 +341,11 @@ def _check_structure(view: RunView, cfg: RunConfig) -> None:
                 _fail(_describe(entry), "policy", violation)
     missing = sorted(set(range(cfg.lenders)) - seen_manifest)
     if missing:
-        _fail("ledger", "manifests", f"the configuration names {cfg.lenders} lenders, but lender {missing[0]} signed no "
-                                     "manifest")
+        _fail(
+            "ledger",
+            "manifests",
+            f"the configuration names {cfg.lenders} lenders, but lender {missing[0]} signed no manifest",
+        )
     if entries[-1]["type"] != L.RUN_FINISHED or sum(e["type"] == L.RUN_FINISHED for e in entries) != 1:
         _fail(_describe(entries[-1]), "finished", "the ledger must end with exactly one run_finished")
     _check_attempts(view, cfg)
@@ -333,17 +366,31 @@ def _check_attempts(view: RunView, cfg: RunConfig) -> None:
         roster = attempt.roster
         if len(set(roster)) != len(roster) or not all(isinstance(x, int) and 0 <= x < cfg.lenders for x in roster):
             _fail(where, "roster", "a roster names distinct lenders of the configuration")
-        if not cfg.dp_level == "lender" or not cfg.dp:
+        if cfg.dp_level != "lender" or not cfg.dp:
             wanted = cfg.lenders_per_round or cfg.lenders
             if len(roster) != wanted:
                 _fail(where, "roster", f"{len(roster)} lenders asked; the configuration asks {wanted} a round")
         outcome: dict[int, list[str]] = {}
         for entry in attempt.entries:
             body = entry["body"]
-            if entry["type"] in (L.LENDER_UPDATE, L.LENDER_REFUSAL, L.LENDER_EVALUATION, L.UPDATE_REJECTED,
-                                 L.AGGREGATE, L.SECAGG_ROSTER, L.ROUND_FINISHED) and body.get("round") != attempt.round:
-                _fail(_describe(entry), "round", f"it names round {body.get('round')} but stands in round "
-                                                 f"{attempt.round} of the ledger")
+            if (
+                entry["type"]
+                in (
+                    L.LENDER_UPDATE,
+                    L.LENDER_REFUSAL,
+                    L.LENDER_EVALUATION,
+                    L.UPDATE_REJECTED,
+                    L.AGGREGATE,
+                    L.SECAGG_ROSTER,
+                    L.ROUND_FINISHED,
+                )
+                and body.get("round") != attempt.round
+            ):
+                _fail(
+                    _describe(entry),
+                    "round",
+                    f"it names round {body.get('round')} but stands in round {attempt.round} of the ledger",
+                )
             if entry["type"] == L.UPDATE_REJECTED and body.get("stage") == "evaluate":
                 continue  # an evaluation that failed: counted with the evaluations below
             if entry["type"] in (L.LENDER_UPDATE, L.LENDER_REFUSAL, L.UPDATE_REJECTED):
@@ -360,8 +407,12 @@ def _check_attempts(view: RunView, cfg: RunConfig) -> None:
         if complete:
             silent = sorted(set(roster) - set(outcome))
             if silent:
-                _fail(where, "roster", f"lender {silent[0]} was asked in round {attempt.round}, but the ledger holds "
-                                       "no update, signed refusal or recorded dropout of it")
+                _fail(
+                    where,
+                    "roster",
+                    f"lender {silent[0]} was asked in round {attempt.round}, but the ledger holds "
+                    "no update, signed refusal or recorded dropout of it",
+                )
             aggregates = attempt.of_type(L.AGGREGATE)
             if len(aggregates) != 1:
                 _fail(where, "aggregate", f"round {attempt.round} has {len(aggregates)} aggregates, not one")
@@ -373,11 +424,17 @@ def _check_attempts(view: RunView, cfg: RunConfig) -> None:
                 if evaluation["body"]["model_hash"] != agg.get("model_hash"):
                     _fail(_describe(evaluation), "evaluation", "the lender scored another model than the round's")
             scored = [e["body"]["lender"] for e in attempt.of_type(L.LENDER_EVALUATION)]
-            scored += [e["body"]["lender"] for e in attempt.of_type(L.UPDATE_REJECTED) if e["body"].get("stage") == "evaluate"]
+            scored += [
+                e["body"]["lender"] for e in attempt.of_type(L.UPDATE_REJECTED) if e["body"].get("stage") == "evaluate"
+            ]
             wanted = evaluators(attempt, cfg.lenders, cfg.lenders_per_round)
             if sorted(scored) != wanted:
-                _fail(where, "evaluation", f"round {attempt.round} holds scores (or recorded failures) from lenders "
-                                           f"{sorted(scored)}; every one of {wanted} must score the round's model")
+                _fail(
+                    where,
+                    "evaluation",
+                    f"round {attempt.round} holds scores (or recorded failures) from lenders "
+                    f"{sorted(scored)}; every one of {wanted} must score the round's model",
+                )
             expected += 1
         elif not (index in resumed_after or index == len(attempts) - 1):
             _fail(where, "rounds", f"round {attempt.round} never finished and the run did not resume after it")
@@ -388,8 +445,12 @@ def _check_attempts(view: RunView, cfg: RunConfig) -> None:
     if complete and any(not _same(claimed_scores.get(k), v) for k, v in expected_scores.items()):
         _fail("run_finished", "evaluation", "its final scores are not the mean of the lenders' signed scores")
     if (view.finished or {}).get("rounds_completed") != len(view.complete_rounds()):
-        _fail("run_finished", "rounds", f"it claims {(view.finished or {}).get('rounds_completed')} rounds completed; "
-                                        f"the ledger holds {len(view.complete_rounds())}")
+        _fail(
+            "run_finished",
+            "rounds",
+            f"it claims {(view.finished or {}).get('rounds_completed')} rounds completed; "
+            f"the ledger holds {len(view.complete_rounds())}",
+        )
 
 
 def _same(a: object, b: object) -> bool:
@@ -429,20 +490,35 @@ def _check_releases(view: RunView, cfg: RunConfig) -> None:
         releases = view.releases(lender)
         for number, body in enumerate(releases, start=1):
             if body.get("release") != number:
-                _fail(f"lender {lender}'s releases", "completeness", f"release {number} of lender {lender} is numbered "
-                      f"{body.get('release')}: the ledger leaves out a release the lender made")
+                _fail(
+                    f"lender {lender}'s releases",
+                    "completeness",
+                    f"release {number} of lender {lender} is numbered "
+                    f"{body.get('release')}: the ledger leaves out a release the lender made",
+                )
         final = view.finals.get(lender)
         if final is None:
-            _fail(f"lender {lender}", "completeness", f"lender {lender} signed no final statement: its releases cannot "
-                                                      "be shown complete")
+            _fail(
+                f"lender {lender}",
+                "completeness",
+                f"lender {lender} signed no final statement: its releases cannot be shown complete",
+            )
         if final["releases"] != len(releases):
-            _fail(f"lender {lender}'s final statement", "completeness", f"the lender counts {final['releases']} releases "
-                                                                        f"in this run; the ledger holds {len(releases)}")
+            _fail(
+                f"lender {lender}'s final statement",
+                "completeness",
+                f"the lender counts {final['releases']} releases in this run; the ledger holds {len(releases)}",
+            )
         for kind, name in ((L.LENDER_REFUSAL, "refusals"), (L.LENDER_EVALUATION, "evaluations")):
-            held = {canonical(e["body"]) for e in view.entries if e["type"] == kind and e["body"].get("lender") == lender}
+            held = {
+                canonical(e["body"]) for e in view.entries if e["type"] == kind and e["body"].get("lender") == lender
+            }
             if final[name] != len(held):
-                _fail(f"lender {lender}'s final statement", "completeness", f"the lender counts {final[name]} {name} "
-                      f"in this run; the ledger holds {len(held)}")
+                _fail(
+                    f"lender {lender}'s final statement",
+                    "completeness",
+                    f"the lender counts {final[name]} {name} in this run; the ledger holds {len(held)}",
+                )
 
 
 def _check_stop(view: RunView, cfg: RunConfig) -> None:
@@ -462,34 +538,58 @@ def _check_stop(view: RunView, cfg: RunConfig) -> None:
         _fail("run_finished", "stop", f"{done} of {cfg.rounds} rounds ran and no reason the ledger supports says why")
     if stop.get("kind") == "refused":
         last = view.attempts[-1] if view.attempts else None
-        if last is None or last.round != done + 1 or last.finished is not None or last.roster != list(range(cfg.lenders)):
-            _fail("run_finished", "stop", f"the run says no lender trained in round {done + 1}, but the ledger holds no "
-                                          "such round")
-        answers = {e["body"]["lender"]: e["type"] for e in last.entries if e["type"] in
-                   (L.LENDER_UPDATE, L.LENDER_REFUSAL, L.UPDATE_REJECTED)}
+        if (
+            last is None
+            or last.round != done + 1
+            or last.finished is not None
+            or last.roster != list(range(cfg.lenders))
+        ):
+            _fail(
+                "run_finished",
+                "stop",
+                f"the run says no lender trained in round {done + 1}, but the ledger holds no such round",
+            )
+        answers = {
+            e["body"]["lender"]: e["type"]
+            for e in last.entries
+            if e["type"] in (L.LENDER_UPDATE, L.LENDER_REFUSAL, L.UPDATE_REJECTED)
+        }
         if answers != {lender: L.LENDER_REFUSAL for lender in last.roster}:
-            _fail("run_finished", "stop", f"the run says every lender declined round {done + 1}; not every lender asked "
-                                          "signed a refusal")
+            _fail(
+                "run_finished",
+                "stop",
+                f"the run says every lender declined round {done + 1}; not every lender asked signed a refusal",
+            )
     elif stop.get("kind") == "lender_level_budget" and cfg.dp and cfg.dp_level == "lender":
         events = _lender_level_events(view)
         delta = cfg.delta or default_delta(cfg.lenders)
         nxt = PrivacyEvent.from_dict({**events[-1].to_dict(), "round": done + 1}) if events else None
-        if nxt is None or dpaccounting.epsilon(events + [nxt], delta, _accountant(cfg)) <= cfg.epsilon * (1 - TOLERANCE):
-            _fail("run_finished", "stop", f"the run says round {done + 1} would exceed the federation's budget; the "
-                                          "recorded noise says it would not")
+        if nxt is None or dpaccounting.epsilon([*events, nxt], delta, _accountant(cfg)) <= cfg.epsilon * (
+            1 - TOLERANCE
+        ):
+            _fail(
+                "run_finished",
+                "stop",
+                f"the run says round {done + 1} would exceed the federation's budget; the "
+                "recorded noise says it would not",
+            )
     else:
         _fail("run_finished", "stop", f"unknown stop {stop!r}")
 
 
 # ---- 4. privacy -------------------------------------------------------------------------------
 
+
 def _accountant(cfg: RunConfig) -> str:
     return "rdp" if cfg.accountant == "rdp" else "pld"  # dp_accounting's counterpart of Opacus' PRV
 
 
 def _lender_level_events(view: RunView) -> list[PrivacyEvent]:
-    return [PrivacyEvent.from_dict(a.aggregate["noise_event"]) for a in view.complete_rounds()
-            if a.aggregate and a.aggregate.get("noise_event")]
+    return [
+        PrivacyEvent.from_dict(a.aggregate["noise_event"])
+        for a in view.complete_rounds()
+        if a.aggregate and a.aggregate.get("noise_event")
+    ]
 
 
 def _compare(where: str, who: str, recomputed: float, claimed, budget: float | None) -> None:
@@ -519,11 +619,18 @@ def _check_privacy(view: RunView, cfg: RunConfig) -> dict[str, float]:
         delta = effective_delta(cfg.delta, policy.get("delta", 0.0), records)
         budget = cfg.budget_for(lender)
         if view.releases(lender) and budget > policy.get("max_epsilon", math.inf):  # asking more is no release
-            _fail(f"lender {lender}", "policy", f"lender {lender} released under budget {budget}, above its own "
-                                                f"maximum {policy.get('max_epsilon')}")
+            _fail(
+                f"lender {lender}",
+                "policy",
+                f"lender {lender} released under budget {budget}, above its own maximum {policy.get('max_epsilon')}",
+            )
         if not 0 < delta <= min(1 / records, MAX_DELTA):
-            _fail(f"lender {lender}", "delta", f"delta {delta:.3g} gives lender {lender} (n = {records}) no meaningful "
-                                               f"guarantee: it must be below 1/n and at most {MAX_DELTA:g}")
+            _fail(
+                f"lender {lender}",
+                "delta",
+                f"delta {delta:.3g} gives lender {lender} (n = {records}) no meaningful "
+                f"guarantee: it must be below 1/n and at most {MAX_DELTA:g}",
+            )
         events: list[PrivacyEvent] = []
         counted: set[bytes] = set()
         noise = SEEDED_SOURCE if cfg.reproducible_noise_not_private else SECURE_SOURCE
@@ -536,8 +643,12 @@ def _check_privacy(view: RunView, cfg: RunConfig) -> dict[str, float]:
                 if body.get("budget") != budget:
                     _fail(where, "budget", f"states budget {body.get('budget')}, the run gave {budget}")
                 if body.get("delta") != delta:
-                    _fail(where, "delta", f"accounts at delta {body.get('delta')}; lender {lender}'s signed policy and "
-                                          f"record count ({records}) give {delta:.6g}")
+                    _fail(
+                        where,
+                        "delta",
+                        f"accounts at delta {body.get('delta')}; lender {lender}'s signed policy and "
+                        f"record count ({records}) give {delta:.6g}",
+                    )
                 if entry["type"] == L.LENDER_UPDATE:
                     if body.get("noise") != noise:
                         _fail(where, "noise", f"noise source {body.get('noise')!r}, the run's is {noise!r}")
@@ -559,31 +670,55 @@ def _check_privacy(view: RunView, cfg: RunConfig) -> dict[str, float]:
         eps = dpaccounting.epsilon(events, delta, accountant) if events else 0.0
         _compare(f"lender {lender}'s final statement", f"lender {lender}", eps, final.get("epsilon") or 0.0, budget)
         lifetime = final.get("lifetime_epsilon")
-        if not isinstance(lifetime, (int, float)) or lifetime < eps * (1 - TOLERANCE) - 1e-9 or \
-                lifetime > policy.get("max_epsilon", math.inf) * (1 + TOLERANCE):
-            _fail(f"lender {lender}'s final statement", "budget", f"its epsilon over every run with its folder, "
-                  f"{lifetime}, is below this run's {eps:.4f} or above its own maximum {policy.get('max_epsilon')}")
+        if (
+            not isinstance(lifetime, (int, float))
+            or lifetime < eps * (1 - TOLERANCE) - 1e-9
+            or lifetime > policy.get("max_epsilon", math.inf) * (1 + TOLERANCE)
+        ):
+            _fail(
+                f"lender {lender}'s final statement",
+                "budget",
+                f"its epsilon over every run with its folder, "
+                f"{lifetime}, is below this run's {eps:.4f} or above its own maximum {policy.get('max_epsilon')}",
+            )
         unit = (summary.get("units") or {}).get(str(lender)) or {}
         _check_unit(f"privacy summary of lender {lender}", unit, events, delta, budget, cfg)
         # What the report shows must be what the lender signed, exactly (not within the 1% the accountants differ by),
         # and the mechanism of its last release.
         last = view.releases(lender)[-1:] or [{}]
         event = (last[0].get("events") or [{}])[0]
-        shown = {"epsilon": final.get("epsilon"), "epsilon_rdp": final.get("epsilon_rdp"),
-                 "epsilon_prv": final.get("epsilon_prv"), "noise_multiplier": event.get("noise_multiplier"),
-                 "sample_rate": event.get("sample_rate"), "clip_norm": cfg.clip_norm, "noise": last[0].get("noise")}
+        shown = {
+            "epsilon": final.get("epsilon"),
+            "epsilon_rdp": final.get("epsilon_rdp"),
+            "epsilon_prv": final.get("epsilon_prv"),
+            "noise_multiplier": event.get("noise_multiplier"),
+            "sample_rate": event.get("sample_rate"),
+            "clip_norm": cfg.clip_norm,
+            "noise": last[0].get("noise"),
+        }
         for name, value in shown.items():
-            close = (name.startswith("epsilon") and _number(value, none=False) and _number(unit.get(name), none=False)
-                     and math.isclose(unit[name], value, rel_tol=1e-9))  # PRV's last digit differs between processes
+            close = (
+                name.startswith("epsilon")
+                and _number(value, none=False)
+                and _number(unit.get(name), none=False)
+                and math.isclose(unit[name], value, rel_tol=1e-9)
+            )  # PRV's last digit differs between processes
             if unit.get(name) != value and not close:
-                _fail(f"privacy summary of lender {lender}", "privacy summary", f"'{name}' is {unit.get(name)!r}; the "
-                      f"lender signed {value!r}")
+                _fail(
+                    f"privacy summary of lender {lender}",
+                    "privacy summary",
+                    f"'{name}' is {unit.get(name)!r}; the lender signed {value!r}",
+                )
         for name, other in (("epsilon_rdp", "rdp"), ("epsilon_prv", "pld")):
             recomputed = dpaccounting.epsilon(events, delta, other) if events else 0.0
-            if not _number(final.get(name), none=False) or not math.isclose(final[name], recomputed, rel_tol=TOLERANCE,
-                                                                             abs_tol=1e-9):
-                _fail(f"lender {lender}'s final statement", "epsilon", f"{name} {final.get(name)} differs from the "
-                      f"recomputed {recomputed:.4f}")
+            if not _number(final.get(name), none=False) or not math.isclose(
+                final[name], recomputed, rel_tol=TOLERANCE, abs_tol=1e-9
+            ):
+                _fail(
+                    f"lender {lender}'s final statement",
+                    "epsilon",
+                    f"{name} {final.get(name)} differs from the recomputed {recomputed:.4f}",
+                )
         out[str(lender)] = eps
     return out
 
@@ -594,13 +729,21 @@ def _check_event(where: str, event: PrivacyEvent, lender: int, rnd: int, cfg: Ru
     if not 0 < event.sample_rate <= 1 or event.steps < 1 or not event.noise_multiplier > 0:
         _fail(where, "privacy events", "the event's sampling rate, steps or noise are out of range")
     if event.noise_multiplier < policy.get("min_noise_multiplier", 0) * (1 - 1e-12):
-        _fail(where, "policy", f"noise multiplier {event.noise_multiplier:.4g} is below the lender's own floor "
-                               f"{policy.get('min_noise_multiplier')}")
+        _fail(
+            where,
+            "policy",
+            f"noise multiplier {event.noise_multiplier:.4g} is below the lender's own floor "
+            f"{policy.get('min_noise_multiplier')}",
+        )
     if event.clip_norm != cfg.clip_norm or event.clip_norm > policy.get("max_clip_norm", math.inf):
-        _fail(where, "policy", f"clip norm {event.clip_norm} is not the run's {cfg.clip_norm} within the lender's limit")
+        _fail(
+            where, "policy", f"clip norm {event.clip_norm} is not the run's {cfg.clip_norm} within the lender's limit"
+        )
 
 
-def _check_unit(where: str, unit: dict, events: list[PrivacyEvent], delta: float, budget: float, cfg: RunConfig) -> None:
+def _check_unit(
+    where: str, unit: dict, events: list[PrivacyEvent], delta: float, budget: float, cfg: RunConfig
+) -> None:
     """The coordinator's privacy summary (privacy.json, the report) against the recomputation."""
     rdp = dpaccounting.epsilon(events, delta, "rdp") if events else 0.0
     pld = dpaccounting.epsilon(events, delta, "pld") if events else 0.0
@@ -632,8 +775,11 @@ def _check_lender_level(view: RunView, cfg: RunConfig, summary: dict, accountant
         agg = attempt.aggregate or {}
         event = agg.get("noise_event")
         if not event or event.get("granularity") != "lender" or event.get("sample_rate") != cfg.lender_sample_rate:
-            _fail(_describe(attempt.started), "privacy events", "a lender-level round must record its noise event at the "
-                                                                "run's sampling rate")
+            _fail(
+                _describe(attempt.started),
+                "privacy events",
+                "a lender-level round must record its noise event at the run's sampling rate",
+            )
         if agg.get("delta") != delta:
             _fail(_describe(attempt.started), "delta", f"delta {agg.get('delta')} is not the run's {delta:.6g}")
     unit = (summary.get("units") or {}).get("federation") or {}
@@ -645,21 +791,31 @@ def _check_lender_level(view: RunView, cfg: RunConfig, summary: dict, accountant
         rounds = sum(lender in a.roster for a in view.complete_rounds())
         known[str(lender)] = _known_sampling(sigma, rounds, delta, accountant) if events else 0.0
         claimed = (unit.get("epsilon_known_sampling") or {}).get(str(lender))
-        if not isinstance(claimed, (int, float)) or not math.isclose(claimed, known[str(lender)], rel_tol=TOLERANCE,
-                                                                      abs_tol=1e-9):
-            _fail("privacy summary of the federation", "epsilon", f"lender {lender}'s epsilon against a reader of the "
-                  f"ledger is {claimed}; its {rounds} sampled rounds give {known[str(lender)]:.4f}")
+        if not isinstance(claimed, (int, float)) or not math.isclose(
+            claimed, known[str(lender)], rel_tol=TOLERANCE, abs_tol=1e-9
+        ):
+            _fail(
+                "privacy summary of the federation",
+                "epsilon",
+                f"lender {lender}'s epsilon against a reader of the "
+                f"ledger is {claimed}; its {rounds} sampled rounds give {known[str(lender)]:.4f}",
+            )
     top = max(known.values(), default=0.0)
     claimed_top = unit.get("epsilon_known_sampling_max")
     if not _number(claimed_top, none=False) or not math.isclose(claimed_top, top, rel_tol=TOLERANCE, abs_tol=1e-9):
-        _fail("privacy summary of the federation", "epsilon", f"the most any lender spent against a reader of the "
-              f"ledger is stated as {claimed_top}; the lenders' own figures give {top:.4f}")
+        _fail(
+            "privacy summary of the federation",
+            "epsilon",
+            f"the most any lender spent against a reader of the "
+            f"ledger is stated as {claimed_top}; the lenders' own figures give {top:.4f}",
+        )
     if unit.get("epsilon") != unit.get("epsilon_rdp" if cfg.accountant == "rdp" else "epsilon_prv"):
         _fail("privacy summary of the federation", "privacy summary", "its epsilon is not its enforcing accountant's")
     return {"federation": eps, "federation, sampling known (max)": top}
 
 
 # ---- 5. model and secure aggregation -------------------------------------------------------------
+
 
 def _check_model(run_dir: Path, view: RunView) -> str:
     finish = view.finished or {}
@@ -679,8 +835,10 @@ def _check_model(run_dir: Path, view: RunView) -> str:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError):
         _fail("model.pt", "model", "the model file is not a torch archive")
-    members = re.compile(r"[^/]+/(data\.pkl|version|byteorder|\.format_version|\.storage_alignment|"
-                         r"\.data/serialization_id|\.data/version|data/\d+)")
+    members = re.compile(
+        r"[^/]+/(data\.pkl|version|byteorder|\.format_version|\.storage_alignment|"
+        r"\.data/serialization_id|\.data/version|data/\d+)"
+    )
     if not all(members.fullmatch(n) for n in names) or len({n.split("/")[0] for n in names}) != 1:
         _fail("model.pt", "model", "the model file holds more than a saved state dict")
     import torch
@@ -688,7 +846,7 @@ def _check_model(run_dir: Path, view: RunView) -> str:
     try:
         state = torch.load(path, weights_only=True)
         actual = arrays_hash({k: v.numpy() for k, v in state.items()})
-    except Exception as exc:  # noqa: BLE001  (any unreadable model file is a failed check)
+    except Exception as exc:
         _fail("model.pt", "model", f"cannot read the model file ({exc.__class__.__name__})")
     if actual != model_hash:
         _fail("model.pt", "model", "the model file's arrays differ from the ledger's final model hash")
@@ -706,9 +864,16 @@ def _check_secure_aggregation(view: RunView, cfg: RunConfig, coordinator) -> Non
         for entry in attempt.of_type(L.LENDER_UPDATE):
             masked = list(entry["body"].get("shapes", {})) == [MASKED]
             if masked is not cfg.secure_aggregation:
-                _fail(_describe(entry), "secure aggregation", "the update was sent " + (
-                    "in the clear although secure aggregation was on" if cfg.secure_aggregation else
-                    "masked although secure aggregation was off"))
+                _fail(
+                    _describe(entry),
+                    "secure aggregation",
+                    "the update was sent "
+                    + (
+                        "in the clear although secure aggregation was on"
+                        if cfg.secure_aggregation
+                        else "masked although secure aggregation was off"
+                    ),
+                )
         rosters = attempt.of_type(L.SECAGG_ROSTER)
         if not cfg.secure_aggregation:
             if rosters:
@@ -718,51 +883,92 @@ def _check_secure_aggregation(view: RunView, cfg: RunConfig, coordinator) -> Non
         if attempt.finished is None or agg is None or agg.get("skipped"):
             continue
         if len(rosters) != 1:
-            _fail(_describe(attempt.started), "secure aggregation", "an aggregated secure round records one signed roster")
+            _fail(
+                _describe(attempt.started), "secure aggregation", "an aggregated secure round records one signed roster"
+            )
         signed = rosters[0]["body"]
         try:
             body = json.loads(str(signed.get("body", "")))
         except json.JSONDecodeError:
             body = None
-        if not isinstance(body, dict) or not verify_signature(coordinator, str(signed.get("signature", "")),
-                                                              str(signed.get("body", "")).encode()):
-            _fail(_describe(rosters[0]), "secure aggregation", "the roster the lenders checked is not signed by the "
-                                                               "coordinator")
+        if not isinstance(body, dict) or not verify_signature(
+            coordinator, str(signed.get("signature", "")), str(signed.get("body", "")).encode()
+        ):
+            _fail(
+                _describe(rosters[0]),
+                "secure aggregation",
+                "the roster the lenders checked is not signed by the coordinator",
+            )
         participants = body.get("participants", [])
-        if (body.get("run") != view.started["run"] or body.get("round") != attempt.round
-                or not set(participants) <= set(attempt.roster)):
+        if (
+            body.get("run") != view.started["run"]
+            or body.get("round") != attempt.round
+            or not set(participants) <= set(attempt.roster)
+        ):
             _fail(_describe(rosters[0]), "secure aggregation", "the signed roster names another run, round or lenders")
         threshold = body.get("threshold", 0)
         if not (len(participants) // 2 < threshold <= len(participants)):
-            _fail(_describe(rosters[0]), "secure aggregation", f"threshold {threshold} of {len(participants)} is not "
-                                                               "more than half")
+            _fail(
+                _describe(rosters[0]),
+                "secure aggregation",
+                f"threshold {threshold} of {len(participants)} is not more than half",
+            )
         unmask = agg.get("unmask") or {}
         try:
             request = json.loads(str(unmask.get("body", "")))
         except json.JSONDecodeError:
             request = None
-        if not isinstance(request, dict) or not verify_signature(coordinator, str(unmask.get("signature", "")),
-                                                                 str(unmask.get("body", "")).encode()):
-            _fail(_describe(attempt.started), "secure aggregation", "the unmasking request is not signed by the "
-                                                                    "coordinator")
+        if not isinstance(request, dict) or not verify_signature(
+            coordinator, str(unmask.get("signature", "")), str(unmask.get("body", "")).encode()
+        ):
+            _fail(
+                _describe(attempt.started),
+                "secure aggregation",
+                "the unmasking request is not signed by the coordinator",
+            )
         survivors, dropped = request.get("survivors", []), request.get("dropped", [])
-        if (request.get("run"), request.get("round")) != (view.started["run"], attempt.round) or \
-                sorted(agg.get("lenders", [])) != sorted(survivors):
-            _fail(_describe(attempt.started), "secure aggregation", f"the aggregate names lenders "
-                  f"{sorted(agg.get('lenders', []))}; the signed unmasking request's survivors are {sorted(survivors)}")
+        if (request.get("run"), request.get("round")) != (view.started["run"], attempt.round) or sorted(
+            agg.get("lenders", [])
+        ) != sorted(survivors):
+            _fail(
+                _describe(attempt.started),
+                "secure aggregation",
+                f"the aggregate names lenders "
+                f"{sorted(agg.get('lenders', []))}; the signed unmasking request's survivors are {sorted(survivors)}",
+            )
         confirmations = agg.get("confirmations") or {}
-        registry = Registry(view.started["coordinator_public_key"],
-                            {lender: view.manifests[lender]["public_key"] for lender in view.manifests})
-        valid = sum(confirmation_verifies(registry, view.started["run"], attempt.round, survivors, dropped, int(lender),
-                                          bytes.fromhex(sig) if _hex(sig) else b"")
-                    for lender, sig in confirmations.items() if str(lender).isdigit() and int(lender) in survivors)
+        registry = Registry(
+            view.started["coordinator_public_key"],
+            {lender: view.manifests[lender]["public_key"] for lender in view.manifests},
+        )
+        valid = sum(
+            confirmation_verifies(
+                registry,
+                view.started["run"],
+                attempt.round,
+                survivors,
+                dropped,
+                int(lender),
+                bytes.fromhex(sig) if _hex(sig) else b"",
+            )
+            for lender, sig in confirmations.items()
+            if str(lender).isdigit() and int(lender) in survivors
+        )
         if valid < threshold or len(confirmations) != valid:
-            _fail(_describe(attempt.started), "secure aggregation", f"{valid} valid survivor confirmations of "
-                  f"{len(confirmations)} recorded; at least {threshold}, and only valid ones, are needed")
+            _fail(
+                _describe(attempt.started),
+                "secure aggregation",
+                f"{valid} valid survivor confirmations of "
+                f"{len(confirmations)} recorded; at least {threshold}, and only valid ones, are needed",
+            )
         weights = sum(int(view.manifests[lender]["train_records"]) for lender in agg.get("lenders", []))
         if agg.get("weight_sum") != weights:
-            _fail(_describe(attempt.started), "secure aggregation", f"the unmasked weight sum {agg.get('weight_sum')} is "
-                  f"not the aggregated lenders' signed record counts ({weights})")
+            _fail(
+                _describe(attempt.started),
+                "secure aggregation",
+                f"the unmasked weight sum {agg.get('weight_sum')} is "
+                f"not the aggregated lenders' signed record counts ({weights})",
+            )
 
 
 # ---- 6-7. files and report --------------------------------------------------------------------
@@ -821,8 +1027,11 @@ def _check_files(run_dir: Path, view: RunView) -> list[str]:
         if name in UNVERIFIED_FILES:
             unverified.append(name)
             continue
-        _fail(name, "files", "this file is not part of a run folder (a finished run holds only the files its ledger "
-                             "derives)")
+        _fail(
+            name,
+            "files",
+            "this file is not part of a run folder (a finished run holds only the files its ledger derives)",
+        )
     for name, data in expected.items():
         path = run_dir / name
         if not path.is_file():
@@ -859,8 +1068,11 @@ def _check_report(run_dir: Path, entries: list[dict], report: dict) -> None:
     expected = json.loads(report_bytes({**build_report(entries), "signature": report["signature"]}))
     for key in sorted(set(expected) | set(report)):
         if report.get(key) != expected.get(key):
-            _fail("report.json", "report", f"'{key}' says {_short(report.get(key))}; the ledger says "
-                                           f"{_short(expected.get(key))}")
+            _fail(
+                "report.json",
+                "report",
+                f"'{key}' says {_short(report.get(key))}; the ledger says {_short(expected.get(key))}",
+            )
     page = run_dir / "report.html"
     if not page.is_file():
         _fail("report.html", "files", "the page is missing")
@@ -881,7 +1093,7 @@ def verify_run(run_dir: str | Path, registry: str | Path | Registry | None = Non
         registry = load_registry(registry)
     entries = _read_ledger(run_dir)
     coordinator, lenders, fingerprints = _keys(entries, registry)
-    run_id, cfg = _check_chain(entries, coordinator, lenders)
+    _run_id, cfg = _check_chain(entries, coordinator, lenders)
     if registry is not None:
         unregistered = [lender for lender in range(cfg.lenders) if registry.lender_key(lender) is None]
         if unregistered:
@@ -898,6 +1110,15 @@ def verify_run(run_dir: str | Path, registry: str | Path | Registry | None = Non
     unverified = _check_files(run_dir, view)
     _check_report(run_dir, entries, report)
     absent = sorted(set(registry.lenders) - set(range(cfg.lenders))) if registry is not None else []
-    return VerifiedRun(len(entries), len(view.manifests), epsilons, cfg.accountant if cfg.dp else "-",
-                       entries[-1]["hash"], registry is not None, fingerprints=fingerprints, unverified=unverified,
-                       absent=absent, not_private=cfg.dp and cfg.reproducible_noise_not_private)
+    return VerifiedRun(
+        len(entries),
+        len(view.manifests),
+        epsilons,
+        cfg.accountant if cfg.dp else "-",
+        entries[-1]["hash"],
+        registry is not None,
+        fingerprints=fingerprints,
+        unverified=unverified,
+        absent=absent,
+        not_private=cfg.dp and cfg.reproducible_noise_not_private,
+    )

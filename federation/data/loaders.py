@@ -19,10 +19,17 @@ TAIWAN_FATE_HOST = ["LIMIT_BAL", "SEX", "EDUCATION", "MARRIAGE", "AGE", "PAY_0",
 TAIWAN_FATE_GUEST = ["PAY_6"] + [f"BILL_AMT{k}" for k in range(1, 7)] + [f"PAY_AMT{k}" for k in range(1, 7)]
 # FATE's anonymized x0..x9 of Give Me Some Credit, as inferred in the card's description.
 GMSC_FATE_NAMES = {
-    "x0": "NumberOfOpenCreditLinesAndLoans", "x1": "NumberOfTime30-59DaysPastDueNotWorse",
-    "x2": "NumberRealEstateLoansOrLines", "x3": "NumberOfTime60-89DaysPastDueNotWorse",
-    "x4": "NumberOfDependents", "x5": "RevolvingUtilizationOfUnsecuredLines", "x6": "age",
-    "x7": "NumberOfTimes90DaysLate", "x8": "DebtRatio", "x9": "MonthlyIncome", "y": "SeriousDlqin2yrs",
+    "x0": "NumberOfOpenCreditLinesAndLoans",
+    "x1": "NumberOfTime30-59DaysPastDueNotWorse",
+    "x2": "NumberRealEstateLoansOrLines",
+    "x3": "NumberOfTime60-89DaysPastDueNotWorse",
+    "x4": "NumberOfDependents",
+    "x5": "RevolvingUtilizationOfUnsecuredLines",
+    "x6": "age",
+    "x7": "NumberOfTimes90DaysLate",
+    "x8": "DebtRatio",
+    "x9": "MonthlyIncome",
+    "y": "SeriousDlqin2yrs",
 }
 
 
@@ -59,11 +66,15 @@ def load_taiwan(cfg: RunConfig) -> tuple[pd.DataFrame, DatasetCard]:
         g, h = read_csv(guest), read_csv(host)
         _require(g, ["id", "y"] + [f"x{k}" for k in range(13)], guest)
         _require(h, ["id"] + [f"x{k}" for k in range(10)], host)
-        g = g.rename(columns={"id": "ID", "y": TAIWAN_UCI_LABEL, **{f"x{k}": n for k, n in enumerate(TAIWAN_FATE_GUEST)}})
+        g = g.rename(
+            columns={"id": "ID", "y": TAIWAN_UCI_LABEL, **{f"x{k}": n for k, n in enumerate(TAIWAN_FATE_GUEST)}}
+        )
         h = h.rename(columns={"id": "ID", **{f"x{k}": n for k, n in enumerate(TAIWAN_FATE_HOST)}})
         frame = h.merge(g, on="ID", how="inner", validate="one_to_one")
         if len(frame) != len(g):
-            raise DataError(f"{guest.name} and {host.name} do not share the same ids ({len(frame)} of {len(g)} matched)")
+            raise DataError(
+                f"{guest.name} and {host.name} do not share the same ids ({len(frame)} of {len(g)} matched)"
+            )
         return frame.sort_values("ID", kind="stable").reset_index(drop=True), builtin_card("taiwan_default_fate")
     for candidate in sorted(folder.iterdir()):
         if candidate.suffix.lower() in (".xls", ".xlsx"):
@@ -78,7 +89,9 @@ def load_taiwan(cfg: RunConfig) -> tuple[pd.DataFrame, DatasetCard]:
         if "Y" in frame.columns and TAIWAN_UCI_LABEL not in frame.columns and "LIMIT_BAL" in frame.columns:
             frame = frame.rename(columns={"Y": TAIWAN_UCI_LABEL})
         return frame, builtin_card("taiwan_default")
-    raise DataError(f"no Taiwan default data in {folder} (expected FATE's default_credit_hetero_*.csv or the UCI original)")
+    raise DataError(
+        f"no Taiwan default data in {folder} (expected FATE's default_credit_hetero_*.csv or the UCI original)"
+    )
 
 
 def load_give_me_some_credit(cfg: RunConfig) -> tuple[pd.DataFrame, DatasetCard]:

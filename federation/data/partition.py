@@ -12,8 +12,8 @@ and identical everywhere for the same seed.
 
 from __future__ import annotations
 
-import numpy as np
 import datasets
+import numpy as np
 from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner, SizePartitioner
 from sklearn.model_selection import train_test_split
@@ -37,12 +37,15 @@ def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     return np.sort(pool), np.sort(held)
 
 
-def partition(labels: np.ndarray, lenders: int, method: str, alpha: float, seed: int,
-              lender_ids: np.ndarray | None = None) -> list[np.ndarray]:
+def partition(
+    labels: np.ndarray, lenders: int, method: str, alpha: float, seed: int, lender_ids: np.ndarray | None = None
+) -> list[np.ndarray]:
     """Row indices of each lender's records (indices into `labels`)."""
     n = len(labels)
     if lenders * MIN_LENDER_RECORDS > n:
-        raise DataError(f"{lenders} lenders need at least {lenders * MIN_LENDER_RECORDS} records ({MIN_LENDER_RECORDS} each); the data have {n}")
+        raise DataError(
+            f"{lenders} lenders need at least {lenders * MIN_LENDER_RECORDS} records ({MIN_LENDER_RECORDS} each); the data have {n}"
+        )
     columns = {"row": np.arange(n), "label": labels.astype(np.int64)}
     if method == "natural":
         if lender_ids is None:
@@ -56,8 +59,13 @@ def partition(labels: np.ndarray, lenders: int, method: str, alpha: float, seed:
         partitioner = IidPartitioner(num_partitions=lenders)
     elif method == "dirichlet":
         partitioner = DirichletPartitioner(
-            num_partitions=lenders, partition_by="label", alpha=alpha,
-            min_partition_size=MIN_LENDER_RECORDS, self_balancing=False, shuffle=True, seed=seed,
+            num_partitions=lenders,
+            partition_by="label",
+            alpha=alpha,
+            min_partition_size=MIN_LENDER_RECORDS,
+            self_balancing=False,
+            shuffle=True,
+            seed=seed,
         )
     elif method == "quantity":
         partitioner = SizePartitioner(partition_sizes=_quantity_sizes(n, lenders, alpha, seed))
@@ -70,7 +78,9 @@ def partition(labels: np.ndarray, lenders: int, method: str, alpha: float, seed:
     try:
         parts = [np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64) for i in range(lenders)]
     except ValueError as exc:
-        raise DataError(f"cannot split {n} records into {lenders} lenders by '{method}' (alpha {alpha}): {exc}") from None
+        raise DataError(
+            f"cannot split {n} records into {lenders} lenders by '{method}' (alpha {alpha}): {exc}"
+        ) from None
     if method == "natural":
         # NaturalIdPartitioner numbers lenders in its own order: order them by lender id instead.
         parts.sort(key=lambda rows: lender_ids[rows[0]] if len(rows) else 0)

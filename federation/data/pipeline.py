@@ -45,9 +45,18 @@ class DataSummary:
 def _data_key(cfg: RunConfig) -> RunConfig:
     """Only the options that change which records a lender holds (the cache key)."""
     return RunConfig(
-        dataset=cfg.dataset, data_dir=cfg.resolved_data_dir(), csv_path=cfg.csv_path, card_path=cfg.card_path,
-        records=cfg.records, lenders=cfg.lenders, partition=cfg.partition, alpha=cfg.alpha,
-        holdout_fraction=cfg.holdout_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed, dp=False,
+        dataset=cfg.dataset,
+        data_dir=cfg.resolved_data_dir(),
+        csv_path=cfg.csv_path,
+        card_path=cfg.card_path,
+        records=cfg.records,
+        lenders=cfg.lenders,
+        partition=cfg.partition,
+        alpha=cfg.alpha,
+        holdout_fraction=cfg.holdout_fraction,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.seed,
+        dp=False,
     )
 
 
@@ -123,8 +132,8 @@ def load_lender(cfg: RunConfig, lender: int, canaries: tuple[np.ndarray, np.ndar
         "records_total": result.records_total,
         "records_without_consent": result.records_without_consent,
         "records_used": result.records_used,
-        "train_records": int(len(train)),
-        "test_records": int(len(test)),
+        "train_records": len(train),
+        "test_records": len(test),
         "fields_used": result.fields_used,
         "fields_refused": result.fields_refused,
         "features": names,
@@ -137,7 +146,9 @@ def load_lender(cfg: RunConfig, lender: int, canaries: tuple[np.ndarray, np.ndar
     if canaries is not None:
         cx, cy = canaries
         if cx.ndim != 2 or cx.shape[1] != x.shape[1] or len(cx) != len(cy):
-            raise DataError(f"the audit canaries have shape {cx.shape}; lender {lender}'s records have {x.shape[1]} features")
+            raise DataError(
+                f"the audit canaries have shape {cx.shape}; lender {lender}'s records have {x.shape[1]} features"
+            )
         x_train = np.concatenate([x_train, cx.astype(x_train.dtype)])
         y_train = np.concatenate([y_train, cy.astype(y_train.dtype)])
     return LenderData(lender, x_train, y_train, x[test], y[test], names, manifest)

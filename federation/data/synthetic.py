@@ -15,7 +15,7 @@ without making the market, and 1,000,000 borrowers for 1,000 lenders take second
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -101,13 +101,27 @@ def _borrowers(rng: np.random.Generator, kind: LenderType, n: int) -> dict[str, 
     eating = np.clip(rng.poisson(1 + 3 * young + income / 8000), 0, 40)
     consent = rng.random(n) < 0.95
     return {
-        "age": age, "gender": gender, "ethnicity": ethnicity, "marital_status": marital,
-        "social_media_hours_per_day": social, "online_shopping_orders_per_month": shopping,
-        "books_read_per_year": reading, "meals_out_per_week": eating,
-        "months_on_file": file_months, "num_credit_lines": lines, "delinquencies_24m": delinq,
-        "max_days_past_due": dpd, "revolving_utilization": utilization.round(3), "inquiries_6m": inquiries,
-        "monthly_income": income, "debt_to_income": dti.round(3), "employment_years": employment,
-        "home_ownership": home, "assets_value": assets, "loan_amount": loan, "loan_term_months": term,
+        "age": age,
+        "gender": gender,
+        "ethnicity": ethnicity,
+        "marital_status": marital,
+        "social_media_hours_per_day": social,
+        "online_shopping_orders_per_month": shopping,
+        "books_read_per_year": reading,
+        "meals_out_per_week": eating,
+        "months_on_file": file_months,
+        "num_credit_lines": lines,
+        "delinquencies_24m": delinq,
+        "max_days_past_due": dpd,
+        "revolving_utilization": utilization.round(3),
+        "inquiries_6m": inquiries,
+        "monthly_income": income,
+        "debt_to_income": dti.round(3),
+        "employment_years": employment,
+        "home_ownership": home,
+        "assets_value": assets,
+        "loan_amount": loan,
+        "loan_term_months": term,
         "consent": consent,
     }
 
@@ -130,7 +144,7 @@ def _risk_score(b: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarra
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _intercept(type_index: int) -> float:
     """Intercept that gives the lender type its base default rate (bisection on a fixed sample)."""
     kind = LENDER_TYPES[type_index]

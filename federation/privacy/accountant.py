@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 from opacus.accountants import RDPAccountant, create_accountant
@@ -69,8 +69,11 @@ def epsilon(events: Iterable[PrivacyEvent], delta: float, accountant: str = "rdp
 def _rdp_one_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     """RDP of one subsampled Gaussian step at Opacus' orders. RDP composes by adding, so a lender's
     curve is sum(steps x this): each new round costs an addition, not a new series evaluation."""
-    return np.asarray(rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
-                                               orders=RDPAccountant.DEFAULT_ALPHAS))
+    return np.asarray(
+        rdp_analysis.compute_rdp(
+            q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS
+        )
+    )
 
 
 @lru_cache(maxsize=4096)
@@ -86,7 +89,7 @@ def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accoun
     # Opacus' PRV takes log(0) at the edge of its grid when q is large; the result is still finite.
     with np.errstate(divide="ignore"):
         eps = float(acc.get_epsilon(delta=delta, eps_error=0.01))
-        if 0.01 > PRV_RELATIVE_ERROR * eps:
+        if PRV_RELATIVE_ERROR * eps < 0.01:
             eps = float(acc.get_epsilon(delta=delta, eps_error=max(PRV_RELATIVE_ERROR * eps, 1e-4)))
     return eps
 
@@ -98,8 +101,14 @@ def epsilons(events: Iterable[PrivacyEvent], delta: float) -> dict[str, float]:
 
 
 @lru_cache(maxsize=1024)
-def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp",
-                    guess: float | None = None) -> float:
+def calibrate_noise(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str = "rdp",
+    guess: float | None = None,
+) -> float:
     """Smallest sigma (to tolerance) whose epsilon after `steps` steps is at most the target.
 
     Opacus' get_noise_multiplier bisects (15-20 accountant evaluations); Brent's method on log sigma
@@ -111,7 +120,7 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
     event = lambda sigma: [PrivacyEvent(0, 0, sigma, sample_rate, steps, 1.0)]  # noqa: E731
     aim = target_epsilon * (1 - CALIBRATION_TOLERANCE / 2)
 
-    @lru_cache(maxsize=None)
+    @cache
     def gap(log_sigma: float) -> float:
         return epsilon(event(math.exp(log_sigma)), delta, accountant) - aim
 

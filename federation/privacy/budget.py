@@ -27,17 +27,29 @@ class PrivacyBudget:
         return epsilon(self.events, self.delta, self.accountant)
 
     def admits(self, planned: PrivacyEvent) -> bool:
-        return epsilon(self.events + [planned], self.delta, self.accountant) <= self.budget
+        return epsilon([*self.events, planned], self.delta, self.accountant) <= self.budget
 
     def record(self, event: PrivacyEvent) -> None:
         self.events.append(event)
 
     def to_json(self) -> str:
-        return json.dumps({"budget": self.budget, "delta": self.delta, "accountant": self.accountant,
-                           "sigma": self.sigma, "events": [e.to_dict() for e in self.events]})
+        return json.dumps(
+            {
+                "budget": self.budget,
+                "delta": self.delta,
+                "accountant": self.accountant,
+                "sigma": self.sigma,
+                "events": [e.to_dict() for e in self.events],
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> PrivacyBudget:
         raw = json.loads(text)
-        return cls(raw["budget"], raw["delta"], raw["accountant"],
-                   [PrivacyEvent.from_dict(e) for e in raw["events"]], raw["sigma"])
+        return cls(
+            raw["budget"],
+            raw["delta"],
+            raw["accountant"],
+            [PrivacyEvent.from_dict(e) for e in raw["events"]],
+            raw["sigma"],
+        )

@@ -11,9 +11,8 @@ import logging
 from collections.abc import Iterable
 from functools import lru_cache
 
-import numpy as np
-
 import dp_accounting
+import numpy as np
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
 from opacus.accountants.rdp import RDPAccountant as OpacusRDP
@@ -65,10 +64,11 @@ def epsilon(events: Iterable[PrivacyEvent], delta: float, accountant: str = "rdp
 @lru_cache(maxsize=1024)
 def _rdp_one_step(sigma: float, q: float) -> np.ndarray:
     # dp_accounting's own per-order analysis of the Poisson-subsampled Gaussian (the function its RdpAccountant calls).
-    return np.asarray(rdp_lib._compute_rdp_poisson_subsampled_gaussian(q, sigma, RDP_ORDERS))  # noqa: SLF001
+    return np.asarray(rdp_lib._compute_rdp_poisson_subsampled_gaussian(q, sigma, RDP_ORDERS))
 
 
 @lru_cache(maxsize=256)
 def _pld_one_step(sigma: float, q: float):
-    return pld_lib.from_gaussian_mechanism(standard_deviation=sigma, sampling_prob=q,
-                                           value_discretization_interval=PLD_DISCRETIZATION)
+    return pld_lib.from_gaussian_mechanism(
+        standard_deviation=sigma, sampling_prob=q, value_discretization_interval=PLD_DISCRETIZATION
+    )

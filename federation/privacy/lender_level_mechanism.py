@@ -20,8 +20,11 @@ State = Mapping[str, torch.Tensor]
 
 def update_norm(new: Mapping, old: Mapping) -> float:
     """L2 norm of new - old over all arrays together (torch tensors or numpy arrays)."""
-    return float(np.sqrt(sum(((np.asarray(new[k], dtype=np.float64) - np.asarray(old[k], dtype=np.float64)) ** 2).sum()
-                             for k in old)))
+    return float(
+        np.sqrt(
+            sum(((np.asarray(new[k], dtype=np.float64) - np.asarray(old[k], dtype=np.float64)) ** 2).sum() for k in old)
+        )
+    )
 
 
 def clip_update(new: State, old: State, clip_norm: float) -> dict[str, torch.Tensor]:
@@ -33,8 +36,14 @@ def clip_update(new: State, old: State, clip_norm: float) -> dict[str, torch.Ten
     return {k: (old[k].double() + scale * (new[k].double() - old[k].double())).to(old[k].dtype) for k in old}
 
 
-def noised_mean_update(global_state: State, updates: Sequence[State], clip_norm: float, noise_multiplier: float,
-                       expected_count: float, normal: Callable[[torch.Size], torch.Tensor]) -> dict[str, torch.Tensor]:
+def noised_mean_update(
+    global_state: State,
+    updates: Sequence[State],
+    clip_norm: float,
+    noise_multiplier: float,
+    expected_count: float,
+    normal: Callable[[torch.Size], torch.Tensor],
+) -> dict[str, torch.Tensor]:
     """The new global model: global + (sum of clipped deltas + Gaussian noise) / expected_count.
 
     `updates` are the lenders' models (already clipped by them; clipped again here so a lender that

@@ -76,9 +76,12 @@ def check_delta(records: int, delta: float, who: str, *, unit: str = "training r
             raise ConfigError(
                 f"{who} has {records} {unit}: at its delta {delta:.3g} (the default rule 1/N^1.1, N = n rounded up "
                 f"to a power of two) the guarantee is not meaningful; {who} needs at least {min_records_for()} {unit} "
-                f"(delta at most {MAX_DELTA:g}), or set a delta of at most {MAX_DELTA:g}")
-        raise ConfigError(f"{who} has {records} {unit}: at delta {delta:.3g} the guarantee is not meaningful; "
-                          f"use a delta of at most {MAX_DELTA:g}")
+                f"(delta at most {MAX_DELTA:g}), or set a delta of at most {MAX_DELTA:g}"
+            )
+        raise ConfigError(
+            f"{who} has {records} {unit}: at delta {delta:.3g} the guarantee is not meaningful; "
+            f"use a delta of at most {MAX_DELTA:g}"
+        )
 
 
 def check_epsilon(value: float, what: str) -> None:
@@ -87,6 +90,8 @@ def check_epsilon(value: float, what: str) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ConfigError(f"{what} must be a positive finite number, got {value}")
     if value > MAX_EPSILON:
-        raise ConfigError(f"{what} {value:g} is above {MAX_EPSILON:g}, the largest fedcredit accepts: such a guarantee "
-                          f"bounds nothing, and its PRV accounting would take minutes and gigabytes (use at most "
-                          f"{MAX_EPSILON:g}, or no DP)")
+        raise ConfigError(
+            f"{what} {value:g} is above {MAX_EPSILON:g}, the largest fedcredit accepts: such a guarantee "
+            f"bounds nothing, and its PRV accounting would take minutes and gigabytes (use at most "
+            f"{MAX_EPSILON:g}, or no DP)"
+        )

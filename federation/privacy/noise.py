@@ -26,7 +26,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
-SECURE_SOURCE = "ChaCha20 keystream keyed from os.urandom on the side that adds the noise (Opacus secure-mode summation)"
+SECURE_SOURCE = (
+    "ChaCha20 keystream keyed from os.urandom on the side that adds the noise (Opacus secure-mode summation)"
+)
 SEEDED_SOURCE = "seeded from the run seed: NOT PRIVATE (reproducible noise, for tests and benchmarks only)"
 
 

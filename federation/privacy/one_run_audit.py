@@ -105,6 +105,6 @@ def guess_counts(scores: np.ndarray, included: np.ndarray, k_positive: int, k_ne
     if k_positive + k_negative > len(scores):
         raise ValueError(f"{k_positive + k_negative} guesses for {len(scores)} canaries")
     order = np.argsort(-scores, kind="stable")
-    positive, negative = order[:k_positive], order[len(order) - k_negative:] if k_negative else order[:0]
+    positive, negative = order[:k_positive], order[len(order) - k_negative :] if k_negative else order[:0]
     correct = int(included[positive].sum()) + int((~included[negative]).sum())
     return k_positive + k_negative, correct

@@ -29,26 +29,34 @@ class Mechanism:
         return self.steps_per_round * self.rounds
 
     def events(self, sigma: float) -> list[PrivacyEvent]:
-        return [PrivacyEvent(0, r, sigma, self.sample_rate, self.steps_per_round, 1.0, granularity=self.granularity)
-                for r in range(1, self.rounds + 1)]
+        return [
+            PrivacyEvent(0, r, sigma, self.sample_rate, self.steps_per_round, 1.0, granularity=self.granularity)
+            for r in range(1, self.rounds + 1)
+        ]
 
 
 def record_level(records: int, batch_size: int, local_epochs: int, rounds: int, delta: float = 0.0) -> Mechanism:
-    return Mechanism(sample_rate(records, batch_size), local_epochs * steps_per_epoch(records, batch_size), rounds,
-                     delta or default_delta(records))
+    return Mechanism(
+        sample_rate(records, batch_size),
+        local_epochs * steps_per_epoch(records, batch_size),
+        rounds,
+        delta or default_delta(records),
+    )
 
 
 def lender_level(lenders: int, lender_sample_rate: float, rounds: int, delta: float = 0.0) -> Mechanism:
     return Mechanism(lender_sample_rate, 1, rounds, delta or default_delta(lenders), "lender")
 
 
-def plan(mech: Mechanism, targets: list[float], sigmas: list[float], accountants: list[str],
-         calibrate_with: str = "rdp") -> list[dict]:
+def plan(
+    mech: Mechanism, targets: list[float], sigmas: list[float], accountants: list[str], calibrate_with: str = "rdp"
+) -> list[dict]:
     """One row per target epsilon (sigma calibrated with `calibrate_with`) and per given sigma."""
     rows, found = [], []  # found: (log epsilon, log sigma) of targets already calibrated
     for target in targets:
-        sigma = calibrate_noise(target, mech.delta, mech.sample_rate, mech.total_steps, calibrate_with,
-                                guess=_interpolate(found, target))
+        sigma = calibrate_noise(
+            target, mech.delta, mech.sample_rate, mech.total_steps, calibrate_with, guess=_interpolate(found, target)
+        )
         found.append((math.log(target), math.log(sigma)))
         rows.append(_row("target", target, sigma, mech, accountants))
     for sigma in sigmas:
@@ -70,8 +78,14 @@ def _interpolate(found: list[tuple[float, float]], target: float) -> float | Non
 
 def _row(kind: str, target: float | None, sigma: float, mech: Mechanism, accountants: list[str]) -> dict:
     events = mech.events(sigma)
-    row = {"given": kind, "target_epsilon": target, "noise_multiplier": sigma, "sample_rate": mech.sample_rate,
-           "steps": mech.total_steps, "delta": mech.delta}
+    row = {
+        "given": kind,
+        "target_epsilon": target,
+        "noise_multiplier": sigma,
+        "sample_rate": mech.sample_rate,
+        "steps": mech.total_steps,
+        "delta": mech.delta,
+    }
     for name in accountants:
         row[f"epsilon_{name}"] = epsilon(events, mech.delta, name)
     return row
