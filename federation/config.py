@@ -25,6 +25,9 @@ ACCOUNTANTS = ("rdp", "prv")
 DP_LEVELS = ("record", "lender")
 ENGINES = ("simulation", "inprocess")
 DATA_DIR_ENV = "FEDCREDIT_DATA_DIR"
+# Fields that choose how `fedcredit run` launches the apps, not what they do: absent from the Flower app config
+# (`[tool.flwr.app.config]` in pyproject.toml holds every other key, with its default), never sent with `flwr run`.
+LAUNCHER_ONLY = ("engine",)
 
 
 def default_data_dir() -> str:
