@@ -11,6 +11,7 @@ Results are appended to results.csv after every cell, and a rerun skips the cell
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import statistics
 import tempfile
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,9 +88,9 @@ def grid(
     return cells
 
 
-def config_for(cell: Cell, data_dir: str = "", overrides: dict | None = None) -> RunConfig:
+def config_for(cell: Cell, data_dir: str = "", overrides: dict[str, Any] | None = None) -> RunConfig:
     c = CONSTANTS[cell.dataset]
-    values = dict(
+    cfg = RunConfig(
         dataset=cell.dataset,
         data_dir=data_dir,
         lenders=c.lenders,
@@ -107,8 +109,7 @@ def config_for(cell: Cell, data_dir: str = "", overrides: dict | None = None) ->
         epsilon=cell.epsilon if math.isfinite(cell.epsilon) else 3.0,
         engine="inprocess",
     )
-    values.update(overrides or {})
-    return RunConfig(**values).validated()
+    return dataclasses.replace(cfg, **(overrides or {})).validated()
 
 
 def _scores(model, x, y) -> dict:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from federation.config import RunConfig
+from federation.config import DATASETS, MODELS, PARTITIONS, RunConfig
 from federation.data import load_holdout, load_lender
 from federation.metrics import credit_metrics
 from federation.model import build_model, predict_proba, set_arrays
@@ -96,16 +96,16 @@ def federated_run(cfg: RunConfig) -> tuple[dict, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="taiwan_default")
+    parser.add_argument("--dataset", default="taiwan_default", choices=DATASETS)
     parser.add_argument("--data-dir", default="")
     parser.add_argument("--lenders", type=int, default=10)
-    parser.add_argument("--partition", default="dirichlet")
+    parser.add_argument("--partition", default="dirichlet", choices=PARTITIONS)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=0.5)
-    parser.add_argument("--model", default="logreg")
+    parser.add_argument("--model", default="logreg", choices=MODELS)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epsilons", default="inf,1,3,8")
     parser.add_argument("--out", required=True, help="output path without extension (.csv and .md are written)")

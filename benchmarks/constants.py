@@ -8,6 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from federation.config import DATASETS
+from federation.config import PARTITIONS as PARTITION_NAMES
+
+# The benchmark covers every built-in dataset (bring-your-own csv has no reference numbers to compare with).
+BENCH_DATASETS = tuple(name for name in DATASETS if name != "csv")
+# How a real dataset is split into lenders ('natural' needs the lender column only the synthetic market has).
+SPLITS = tuple(name for name in PARTITION_NAMES if name != "natural")
+
 
 @dataclass(frozen=True)
 class DatasetConstants:
@@ -21,7 +29,7 @@ class DatasetConstants:
     records: int = 20000  # synthetic only
 
 
-CONSTANTS = {
+CONSTANTS = {  # one entry per BENCH_DATASETS name (tests/test_options.py checks it)
     "synthetic": DatasetConstants(lenders=5, batch_size=64, learning_rate=0.1),
     # Taiwan: chosen on Dirichlet(0.5), seeds 0-1: of 6 optimiser settings (batch 128/256/512, learning rate
     # 0.1-1.0, 10 or 20 rounds x 1 epoch, 5 rounds x 2 epochs) 5 x 2 gave the best FedAvg with and without DP;

@@ -5,26 +5,27 @@ from __future__ import annotations
 import json
 import logging
 import math
+import operator
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.constants import BENCH_DATASETS
 from federation.config import (
     ACCOUNTANTS,
     DATASETS,
     DP_LEVELS,
-    MODELS,
-    PARTITIONS,
-    STRATEGIES,
     RunConfig,
     parse_epsilon_overrides,
 )
-from federation.errors import FedCreditError
+from federation.errors import ConfigError, FedCreditError
 
 # No pretty tracebacks with local variables: an unexpected failure must never print a key that was in scope.
 app = typer.Typer(
@@ -38,18 +39,48 @@ console = Console()
 err = Console(stderr=True)
 
 
+DEFAULTS = RunConfig()
+
+
+class Listed(click.Choice):
+    """Shows a choice field's values in --help and offers them to shell completion. It lets any value through:
+    RunConfig.validated() is the one check (an error line naming the value and the choices, exit 2)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return value
+
+
+def _option(name: str, *flags: str, help: str | None = None, default: Any = None, shared: bool = False) -> Any:
+    """The typer option of RunConfig field `name`: its default, help text and choices come from the field
+    (`help` and `default` where a command means something else by it; `shared`: no default, for an Annotated
+    option whose default each command's signature gives)."""
+    choices = RunConfig.choices_for(name)
+    return typer.Option(
+        ... if shared else RunConfig.field_of(name).default if default is None else default,
+        *flags,
+        help=help or RunConfig.help_for(name),
+        click_type=Listed(choices) if choices else None,
+    )
+
+
 # Options that run, sweep and audit share, declared once.
-DatasetOption = Annotated[str, typer.Option(help=f"One of: {', '.join(DATASETS)}.")]
-DataDirOption = Annotated[
-    str, typer.Option(help="Folder holding the real datasets (default $FEDCREDIT_DATA_DIR, else ../shared/datasets).")
-]
-LendersOption = Annotated[int, typer.Option(help="Number of lenders.")]
-PartitionOption = Annotated[str, typer.Option(help=f"How records are split into lenders: {', '.join(PARTITIONS)}.")]
-AlphaOption = Annotated[float, typer.Option(help="Dirichlet concentration for dirichlet (label) and quantity skew.")]
-RoundsOption = Annotated[int, typer.Option(help="Federated rounds.")]
+DatasetOption = Annotated[str, _option("dataset", shared=True)]
+DataDirOption = Annotated[str, _option("data_dir", shared=True)]
+LendersOption = Annotated[int, _option("lenders", shared=True)]
+PartitionOption = Annotated[str, _option("partition", shared=True)]
+AlphaOption = Annotated[float, _option("alpha", shared=True)]
+RoundsOption = Annotated[int, _option("rounds", shared=True)]
 SettingsOption = Annotated[
     list[str], typer.Option("--set", help="Any other run option as KEY=VALUE (e.g. --set batch-size=128).")
 ]
+
+# The `run` options whose value is not the field's own: `--no-dp` turns dp off, `--budget` is parsed into
+# epsilon_overrides. Every other `run` option is named after the RunConfig field it sets.
+RUN_CONVERTED: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "no_dp": ("dp", operator.not_),
+    "budget": ("epsilon_overrides", parse_epsilon_overrides),
+}
+RUN_NOT_FIELDS = ("resume", "settings")  # `run` options that are no RunConfig field
 
 
 @app.callback()
@@ -57,7 +88,7 @@ def _commands() -> None:
     """Privacy-preserving federated credit scoring: lenders train one model, raw data never pooled."""
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
@@ -68,73 +99,77 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
     return value
 
 
+def run_field(param: str) -> str:
+    """The RunConfig field a `run` option sets (each sets exactly one)."""
+    return RUN_CONVERTED[param][0] if param in RUN_CONVERTED else param
+
+
+def _run_config(ctx: click.Context) -> RunConfig:
+    """The RunConfig of `fedcredit run`'s options: each explicit option sets its field, --set KEY=VALUE any other."""
+    values: dict[str, Any] = {}
+    flags: dict[str, str] = {}
+    for param in ctx.command.params:
+        if param.name is None or param.name in RUN_NOT_FIELDS:
+            continue
+        value = ctx.params[param.name]
+        name = run_field(param.name)
+        values[name] = RUN_CONVERTED[param.name][1](value) if param.name in RUN_CONVERTED else value
+        flags[name] = param.opts[0]
+    settings = _settings(ctx.params["settings"])
+    for key in settings:
+        if key.replace("-", "_") in flags:
+            raise ConfigError(f"--set {key}: use {flags[key.replace('-', '_')]} (the option of its own)")
+    cfg = RunConfig(**values)
+    return RunConfig.from_record({**cfg.to_record(), **settings}) if settings else cfg.validated()
+
+
 @app.command()
 def run(
-    dataset: DatasetOption = "synthetic",
-    data_dir: DataDirOption = "",
-    csv: str = typer.Option("", "--csv", help="Your own data: a CSV file (with --dataset csv)."),
-    card: str = typer.Option("", "--card", help="Your own data: its dataset card, TOML or JSON (with --dataset csv)."),
-    records: int = typer.Option(20000, help="Borrowers in the synthetic market."),
-    lenders: LendersOption = 5,
-    lenders_per_round: int = typer.Option(0, help="Lenders drawn per round (0: all), for federations of many lenders."),
-    partition: PartitionOption = "natural",
-    alpha: AlphaOption = 0.5,
-    rounds: RoundsOption = 5,
-    local_epochs: int = typer.Option(1, help="Local epochs per round."),
-    batch_size: int = typer.Option(64, help="Expected batch size (Poisson sampling rate = 1/ceil(n/B))."),
-    learning_rate: float = typer.Option(0.5, help="Local SGD learning rate."),
-    model: str = typer.Option("logreg", help=f"Model: {', '.join(MODELS)}."),
-    strategy: str = typer.Option("fedavg", help=f"Aggregation: {', '.join(STRATEGIES)}."),
-    proximal_mu: float = typer.Option(0.01, help="FedProx proximal weight."),
-    trim_fraction: float = typer.Option(0.2, help="FedTrimmedAvg: fraction cut at each end, per coordinate."),
-    max_update_norm: float = typer.Option(
-        1000.0, help="Reject an update farther than this (L2) from the global model; 0: no bound."
+    ctx: typer.Context,
+    dataset: str = _option("dataset"),
+    data_dir: str = _option("data_dir"),
+    csv_path: str = _option("csv_path", "--csv"),
+    card_path: str = _option("card_path", "--card"),
+    records: int = _option("records"),
+    lenders: int = _option("lenders"),
+    lenders_per_round: int = _option("lenders_per_round"),
+    partition: str = _option("partition"),
+    alpha: float = _option("alpha"),
+    rounds: int = _option("rounds"),
+    local_epochs: int = _option("local_epochs"),
+    batch_size: int = _option("batch_size"),
+    learning_rate: float = _option("learning_rate"),
+    model: str = _option("model"),
+    strategy: str = _option("strategy"),
+    proximal_mu: float = _option("proximal_mu"),
+    trim_fraction: float = _option("trim_fraction"),
+    max_update_norm: float = _option("max_update_norm"),
+    fail_rate: float = _option("fail_rate"),
+    epsilon: float = _option("epsilon"),
+    no_dp: bool = _option("dp", "--no-dp", help="Train without differential privacy.", default=False),
+    delta: float = _option("delta"),
+    clip_norm: float = _option("clip_norm"),
+    accountant: str = _option("accountant"),
+    noise_multiplier: float = _option("noise_multiplier"),
+    dp_level: str = _option("dp_level"),
+    lender_sample_rate: float = _option("lender_sample_rate"),
+    reproducible_noise_not_private: bool = _option(
+        "reproducible_noise_not_private", "--reproducible-noise-not-private"
     ),
-    fail_rate: float = typer.Option(0.0, help="Fault injection: each lender fails a round with this probability."),
-    epsilon: float = typer.Option(3.0, help="Each lender's epsilon budget (the calibration target)."),
-    no_dp: bool = typer.Option(False, "--no-dp", help="Train without differential privacy."),
-    delta: float = typer.Option(
-        0.0, help="DP delta; 0 means 1/N^1.1 per lender, N = its n records rounded up to a power of two."
-    ),
-    clip_norm: float = typer.Option(1.0, help="Per-example gradient clipping norm."),
-    accountant: str = typer.Option("rdp", help=f"Privacy accountant: {', '.join(ACCOUNTANTS)}."),
-    noise_multiplier: float = typer.Option(
-        0.0,
-        help="Fixed noise multiplier sigma; 0 calibrates sigma to the budget. "
-        "With a fixed sigma a lender trains until its next round would exceed its budget.",
-    ),
-    dp_level: str = typer.Option(
-        "record",
-        help=f"DP granularity: {', '.join(DP_LEVELS)} (lender: clipped updates, "
-        "noise added to the aggregate, Poisson-sampled lenders).",
-    ),
-    lender_sample_rate: float = typer.Option(
-        1.0, help="With --dp-level lender: probability each lender takes part in a round."
-    ),
-    reproducible_noise_not_private: bool = typer.Option(
-        False,
-        "--reproducible-noise-not-private",
-        help="Seeded DP noise and batch sampling, for tests and benchmarks "
-        "that must repeat exactly: NOT private (anyone with the seed can subtract the noise). Default: each lender "
-        "draws its noise from a CSPRNG of its own.",
-    ),
-    secure_aggregation: bool = typer.Option(
-        False,
-        "--secure-aggregation",
-        help="Lenders send only pairwise-masked "
-        "updates; the coordinator learns their sum (FedAvg, FedProx; record-level DP).",
-    ),
-    budget: str = typer.Option("", help="Per-lender budgets overriding --epsilon, e.g. '0:1,3:8'."),
-    seed: int = typer.Option(0, help="Seed: same inputs and seed give the same numbers."),
-    output_dir: str = typer.Option("", help="Run folder (default: a new folder under runs/)."),
-    keys_dir: str = typer.Option(
-        "",
-        help="Folder for the private signing keys (default RUN-keys beside the run folder; "
-        "existing keys there are reused).",
-    ),
-    engine: str = typer.Option(
-        "simulation", help="simulation (Flower's Ray runtime) or inprocess (same apps, no Ray)."
-    ),
+    secure_aggregation: bool = _option("secure_aggregation", "--secure-aggregation"),
+    budget: str = _option("epsilon_overrides", "--budget", default=""),
+    seed: int = _option("seed"),
+    output_dir: str = _option("output_dir"),
+    keys_dir: str = _option("keys_dir"),
+    engine: str = _option("engine"),
+    settings: Annotated[
+        list[str],
+        typer.Option(
+            "--set",
+            help="A run configuration key without an option of its own, as KEY=VALUE (e.g. --set hidden=64, "
+            "--set server-learning-rate=0.05); the keys are those of pyproject.toml's Flower app config.",
+        ),
+    ] = [],
     resume: Path | None = typer.Option(
         None,
         help="Finish the killed run whose folder was RUN_DIR, from its last "
@@ -158,49 +193,8 @@ def run(
             _fail(str(cause) if isinstance(cause, FedCreditError) else f"run failed: {exc}")
         _print_summary(path)
         return
-    _choice(dataset, DATASETS, "dataset")
-    _choice(partition, PARTITIONS, "partition")
-    _choice(model, MODELS, "model")
-    _choice(strategy, STRATEGIES, "strategy")
-    _choice(accountant, ACCOUNTANTS, "accountant")
-    _choice(dp_level, DP_LEVELS, "dp-level")
     try:
-        cfg = RunConfig(
-            dataset=dataset,
-            data_dir=data_dir,
-            csv_path=csv,
-            card_path=card,
-            records=records,
-            lenders=lenders,
-            lenders_per_round=lenders_per_round,
-            partition=partition,
-            alpha=alpha,
-            rounds=rounds,
-            local_epochs=local_epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            model=model,
-            strategy=strategy,
-            proximal_mu=proximal_mu,
-            dp=not no_dp,
-            trim_fraction=trim_fraction,
-            max_update_norm=max_update_norm,
-            fail_rate=fail_rate,
-            epsilon=epsilon,
-            delta=delta,
-            clip_norm=clip_norm,
-            accountant=accountant,
-            noise_multiplier=noise_multiplier,
-            dp_level=dp_level,
-            lender_sample_rate=lender_sample_rate,
-            reproducible_noise_not_private=reproducible_noise_not_private,
-            seed=seed,
-            secure_aggregation=secure_aggregation,
-            output_dir=output_dir,
-            keys_dir=keys_dir,
-            engine=engine,
-            epsilon_overrides=parse_epsilon_overrides(budget),
-        ).validated()
+        cfg = _run_config(ctx)
         from fedcredit.runner import run as run_federation
 
         _quiet_libraries()
@@ -235,9 +229,9 @@ def _floats(text: str, option: str) -> list[float]:
 @app.command()
 def plan(
     records: int = typer.Option(None, help="Training records per lender (record-level DP)."),
-    batch_size: int = typer.Option(64, help="Expected batch size (sample rate q = 1/ceil(n/B))."),
-    local_epochs: int = typer.Option(1, help="Local epochs per round."),
-    rounds: int = typer.Option(5, help="Federated rounds."),
+    batch_size: int = _option("batch_size", help="Expected batch size (sample rate q = 1/ceil(n/B))."),
+    local_epochs: int = _option("local_epochs"),
+    rounds: int = _option("rounds"),
     delta: float = typer.Option(
         0.0, help="DP delta; 0 means 1/N^1.1, N = records (or lenders at lender level) rounded up to a power of two."
     ),
@@ -249,7 +243,7 @@ def plan(
     ),
     accountant: str = typer.Option("rdp,prv", help="Accountants to report, comma-separated (rdp, prv)."),
     calibrate_with: str = typer.Option("rdp", help="Accountant used to calibrate sigma to a target."),
-    dp_level: str = typer.Option("record", help="record or lender."),
+    dp_level: str = _option("dp_level", help="DP granularity."),
     lenders: int = typer.Option(None, help="Number of lenders (lender-level DP)."),
     lender_sample_rate: float = typer.Option(
         1.0, help="Lender-level DP: probability each lender takes part in a round."
@@ -308,8 +302,8 @@ def plan(
     for name in accountants:
         table.add_column(f"epsilon ({name})", justify="right")
     for row in rows:
-        target = f"{row['target_epsilon']:g}" if row["target_epsilon"] is not None else "-"
-        table.add_row(target, f"{row['noise_multiplier']:.4f}", *[f"{row[f'epsilon_{n}']:.4f}" for n in accountants])
+        shown = f"{row['target_epsilon']:g}" if row["target_epsilon"] is not None else "-"
+        table.add_row(shown, f"{row['noise_multiplier']:.4f}", *[f"{row[f'epsilon_{n}']:.4f}" for n in accountants])
     console.print(table)
 
 
@@ -348,12 +342,12 @@ def _config_with(base: RunConfig, settings: list[str]) -> RunConfig:
 
 @app.command()
 def sweep(
-    dataset: DatasetOption = "synthetic",
-    data_dir: DataDirOption = "",
-    lenders: LendersOption = 5,
-    partition: PartitionOption = "natural",
-    alpha: AlphaOption = 0.5,
-    rounds: RoundsOption = 5,
+    dataset: DatasetOption = DEFAULTS.dataset,
+    data_dir: DataDirOption = DEFAULTS.data_dir,
+    lenders: LendersOption = DEFAULTS.lenders,
+    partition: PartitionOption = DEFAULTS.partition,
+    alpha: AlphaOption = DEFAULTS.alpha,
+    rounds: RoundsOption = DEFAULTS.rounds,
     epsilons: str = typer.Option("0.5,1,2,4,8,inf", help="Epsilons per lender, comma-separated; inf = no DP."),
     seeds: str = typer.Option("0,1,2", help="Seeds, comma-separated."),
     settings: SettingsOption = [],
@@ -409,16 +403,16 @@ def sweep(
 
 @app.command()
 def deploy(
-    dataset: DatasetOption = "synthetic",
-    data_dir: DataDirOption = "",
+    dataset: DatasetOption = DEFAULTS.dataset,
+    data_dir: DataDirOption = DEFAULTS.data_dir,
     lenders: LendersOption = 3,
-    partition: PartitionOption = "natural",
+    partition: PartitionOption = DEFAULTS.partition,
     rounds: RoundsOption = 2,
-    records: int = typer.Option(20000, help="Synthetic market size (borrowers)."),
-    secure_aggregation: bool = typer.Option(False, "--secure-aggregation", help="Pairwise-masked updates."),
-    seed: int = typer.Option(0, help="Seed: the same as a simulated run with this seed gives the same numbers."),
+    records: int = _option("records"),
+    secure_aggregation: bool = _option("secure_aggregation", "--secure-aggregation"),
+    seed: int = _option("seed", help="Seed: the same as a simulated run with this seed gives the same numbers."),
     settings: SettingsOption = [],
-    output_dir: str = typer.Option("", help="Run folder (default: a new folder under runs/)."),
+    output_dir: str = _option("output_dir"),
     deploy_dir: str = typer.Option(
         "",
         help="Folder for certificates, SuperNode keys, Flower's home and the process "
@@ -480,12 +474,12 @@ def deploy(
 
 @app.command()
 def audit(
-    dataset: DatasetOption = "synthetic",
-    data_dir: DataDirOption = "",
-    lenders: LendersOption = 5,
-    partition: PartitionOption = "natural",
-    rounds: RoundsOption = 5,
-    epsilon: float = typer.Option(3.0, help="Each lender's epsilon budget (the claim under audit)."),
+    dataset: DatasetOption = DEFAULTS.dataset,
+    data_dir: DataDirOption = DEFAULTS.data_dir,
+    lenders: LendersOption = DEFAULTS.lenders,
+    partition: PartitionOption = DEFAULTS.partition,
+    rounds: RoundsOption = DEFAULTS.rounds,
+    epsilon: float = _option("epsilon", help="Each lender's epsilon budget (the claim under audit)."),
     no_dp: bool = typer.Option(False, "--no-dp", help="Audit a non-private run (the bound should then exceed 0)."),
     lender: int = typer.Option(0, help="The lender whose data receives the canaries."),
     canaries: int = typer.Option(
@@ -497,7 +491,7 @@ def audit(
         0, help="Guesses fixed before training, half 'member' and half 'non-member' (0: sized with the canaries)."
     ),
     confidence: float = typer.Option(0.95, help="Confidence of the epsilon lower bound."),
-    seed: int = typer.Option(0, help="Seed (also draws the canaries)."),
+    seed: int = _option("seed", help="Seed (also draws the canaries)."),
     settings: SettingsOption = [],
     output_dir: str = typer.Option("", help="Run folder (audit.json is written into it)."),
 ) -> None:
@@ -659,7 +653,7 @@ def lender_init(
     max_epsilon: float = typer.Option(
         ..., help="The most epsilon this lender spends, over every run with this folder."
     ),
-    dataset: str = typer.Option("csv", help=f"The lender's data: one of {', '.join(DATASETS)}."),
+    dataset: str = _option("dataset", help="The lender's data.", default="csv"),
     csv: str = typer.Option("", "--csv", help="Its records (with --dataset csv)."),
     card: str = typer.Option("", "--card", help="Its dataset card (with --dataset csv)."),
     data_dir: str = typer.Option("", help="Folder of a built-in dataset."),
@@ -774,9 +768,11 @@ def coordinator_init(
     """Make the coordinator's folder: its signing key, TLS certificates for its address and names, a connection."""
     from server.superlink_host import CoordinatorHost
 
-    brought = (cert, key, ca) if cert or key or ca else None
-    if brought and not all(brought):
-        _fail("--cert, --key and --ca go together")
+    brought = None
+    if cert or key or ca:
+        if cert is None or key is None or ca is None:
+            _fail("--cert, --key and --ca go together")
+        brought = (cert, key, ca)
     try:
         published = CoordinatorHost(folder).init(address, name, brought)
     except FedCreditError as exc:
@@ -838,10 +834,10 @@ def coordinator_run(
     folder: CoordinatorDirOption,
     lenders: LendersOption = 3,
     rounds: RoundsOption = 2,
-    dataset: DatasetOption = "synthetic",
-    partition: PartitionOption = "natural",
+    dataset: DatasetOption = DEFAULTS.dataset,
+    partition: PartitionOption = DEFAULTS.partition,
     settings: SettingsOption = [],
-    output_dir: str = typer.Option("", help="Run folder (default: a new folder under runs/)."),
+    output_dir: str = _option("output_dir"),
 ) -> None:
     """Run the federation on the started SuperLink with `flwr run`; exits non-zero when no round ran."""
     from federation.runfolder import default_run_dir
@@ -909,7 +905,9 @@ def registry_build(
 @app.command()
 def bench(
     output_dir: str = typer.Option(..., help="Folder for results.csv, the PNG plots and RESULTS.md (a rerun resumes)."),
-    datasets: str = typer.Option("", help="Comma-separated datasets (default: all five; --quick: synthetic)."),
+    datasets: str = typer.Option(
+        "", help=f"Comma-separated datasets (default: {', '.join(BENCH_DATASETS)}; --quick: synthetic)."
+    ),
     seeds: str = typer.Option("", help="Comma-separated seeds (default 0,1,2; --quick: 0)."),
     methods: str = typer.Option("", help="Comma-separated from pooled, local, fedavg, fedprox, fedadam (default all)."),
     epsilons: str = typer.Option("", help="Comma-separated epsilons per lender, inf = no DP (default inf,1,3,8)."),
@@ -925,12 +923,12 @@ def bench(
 ) -> None:
     """The federated credit benchmark: pooled vs local-only vs FedAvg/FedProx/FedAdam, with and without DP."""
     from benchmarks import bench as grid_bench
-    from benchmarks.constants import CONSTANTS, EPSILONS, METHODS, PARTITIONS
+    from benchmarks.constants import EPSILONS, METHODS, PARTITIONS, SPLITS
 
-    names = [d.strip() for d in datasets.split(",") if d.strip()] or (["synthetic"] if quick else list(CONSTANTS))
+    names = [d.strip() for d in datasets.split(",") if d.strip()] or (["synthetic"] if quick else list(BENCH_DATASETS))
     for name in names:
-        if name not in CONSTANTS:
-            _fail(f"unknown dataset '{name}' (choose from {', '.join(CONSTANTS)})")
+        if name not in BENCH_DATASETS:
+            _fail(f"unknown dataset '{name}' (choose from {', '.join(BENCH_DATASETS)})")
     method_list = [m.strip() for m in methods.split(",") if m.strip()] or (
         ["pooled", "local", "fedavg"] if quick else list(METHODS)
     )
@@ -952,7 +950,7 @@ def bench(
         parsed = []
         for item in partitions.split(","):
             name, _, alpha_text = item.strip().partition(":")
-            if name not in ("iid", "dirichlet", "quantity"):
+            if name not in SPLITS:
                 _fail(f"unknown partition '{name}' (choose from iid, dirichlet:ALPHA, quantity:ALPHA)")
             try:
                 parsed.append((name, float(alpha_text) if alpha_text else 0.5))

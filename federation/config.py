@@ -23,7 +23,11 @@ MODELS = ("logreg", "mlp")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg")
 ACCOUNTANTS = ("rdp", "prv")
 DP_LEVELS = ("record", "lender")
+ENGINES = ("simulation", "inprocess")
 DATA_DIR_ENV = "FEDCREDIT_DATA_DIR"
+# Fields that choose how `fedcredit run` launches the apps, not what they do: absent from the Flower app config
+# (`[tool.flwr.app.config]` in pyproject.toml holds every other key, with its default), never sent with `flwr run`.
+LAUNCHER_ONLY = ("engine",)
 
 
 def default_data_dir() -> str:
@@ -31,62 +35,116 @@ def default_data_dir() -> str:
     return os.environ.get(DATA_DIR_ENV) or str(Path("..", "shared", "datasets"))
 
 
+def _option(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
+    """A RunConfig field with its user-facing help (and allowed values): what `fedcredit run --help` shows."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that determines a run. Same config and seed give the same numbers."""
+    """Everything that determines a run. Same config and seed give the same numbers.
 
-    dataset: str = "synthetic"
-    data_dir: str = ""
-    csv_path: str = ""  # bring-your-own data: CSV file (dataset="csv")
-    card_path: str = ""  # bring-your-own data: dataset card (TOML or JSON)
-    records: int = 20000  # synthetic market size (borrowers)
-    lenders: int = 5
-    lenders_per_round: int = (
-        0  # 0: every lender every round; k: Flower samples k lenders per round (train and evaluate)
+    Each field carries its help text and, for a choice, the allowed values (`help_for`, `choices_for`): the CLI
+    builds its options from them, and `validated` is the one place values are checked.
+    """
+
+    dataset: str = _option("synthetic", "The data: one of the built-in datasets, or csv (your own).", DATASETS)
+    data_dir: str = _option(
+        "", "Folder holding the real datasets (default $FEDCREDIT_DATA_DIR, else ../shared/datasets)."
     )
-    partition: str = "natural"
-    alpha: float = 0.5  # Dirichlet concentration (label or quantity skew)
-    holdout_fraction: float = 0.2  # pooled held-out test, kept aside for benchmarks only
-    test_fraction: float = 0.2  # each lender's own test split
-    rounds: int = 5
-    local_epochs: int = 1
-    batch_size: int = 64
-    learning_rate: float = 0.5
-    model: str = "logreg"
-    hidden: int = 32
-    strategy: str = "fedavg"
-    proximal_mu: float = 0.01
-    server_learning_rate: float = 0.1  # FedAdam eta
-    trim_fraction: float = 0.2  # FedTrimmedAvg: fraction cut at each end, per coordinate
-    max_update_norm: float = 1000.0  # an update farther than this (L2) from the global model is rejected; 0: no bound
-    fail_rate: float = 0.0  # fault injection (tests, benchmarks): each lender fails a round with this probability
-    dp: bool = True
-    epsilon: float = 3.0  # each lender's budget (and calibration target)
-    delta: float = 0.0  # 0: per lender 1/N^1.1, N = its training records rounded up to a power of two
-    clip_norm: float = 1.0
-    accountant: str = "rdp"
-    noise_multiplier: float = (
-        0.0  # 0: calibrate sigma to the budget; > 0: use this sigma, spend until the budget stops the lender
+    csv_path: str = _option("", "Your own data: a CSV file (with --dataset csv).")
+    card_path: str = _option("", "Your own data: its dataset card, TOML or JSON (with --dataset csv).")
+    records: int = _option(20000, "Borrowers in the synthetic market.")
+    lenders: int = _option(5, "Number of lenders.")
+    lenders_per_round: int = _option(
+        0, "Lenders drawn per round (0: all), for federations of many lenders (train and evaluate)."
     )
-    dp_level: str = "record"  # record: DP-SGD inside each lender; lender: clipped updates, noise on the aggregate
-    lender_sample_rate: float = 1.0  # lender-level DP: each lender takes part in a round with this probability
-    # Seeded DP noise and batch masks, for tests and benchmarks that must be reproducible: NOT private (anyone with
-    # the seed can subtract the noise). Each lender's own policy must allow it too. Default: a CSPRNG per lender.
-    reproducible_noise_not_private: bool = False
-    secure_aggregation: bool = False  # pairwise-masked updates: the coordinator sees only their sum (FedAvg, FedProx)
-    seed: int = 0
-    output_dir: str = ""
-    keys_dir: str = ""  # private signing keys (default: <output-dir>-keys, beside the run folder, never in it)
-    engine: str = "simulation"  # simulation (Flower's Ray runtime) or inprocess
-    epsilon_overrides: tuple[tuple[int, float], ...] = field(default=())  # per-lender budgets
-    # SHA-256 of the dataset card the coordinator expects every lender to use ("": it takes the lenders' own, which
-    # must all agree). A lender whose card differs declines; it never takes a card from the coordinator.
-    card_sha256: str = ""
+    partition: str = _option("natural", "How records are split into lenders.", PARTITIONS)
+    alpha: float = _option(0.5, "Dirichlet concentration for dirichlet (label) and quantity skew.")
+    holdout_fraction: float = _option(0.2, "Pooled held-out test fraction, kept aside for benchmarks only.")
+    test_fraction: float = _option(0.2, "Each lender's own test split.")
+    rounds: int = _option(5, "Federated rounds.")
+    local_epochs: int = _option(1, "Local epochs per round.")
+    batch_size: int = _option(64, "Expected batch size (Poisson sampling rate = 1/ceil(n/B)).")
+    learning_rate: float = _option(0.5, "Local SGD learning rate.")
+    model: str = _option("logreg", "Model.", MODELS)
+    hidden: int = _option(32, "Hidden units of the mlp model.")
+    strategy: str = _option("fedavg", "Aggregation.", STRATEGIES)
+    proximal_mu: float = _option(0.01, "FedProx proximal weight.")
+    server_learning_rate: float = _option(0.1, "FedAdam server learning rate (eta).")
+    trim_fraction: float = _option(0.2, "FedTrimmedAvg: fraction cut at each end, per coordinate.")
+    max_update_norm: float = _option(
+        1000.0, "Reject an update farther than this (L2) from the global model; 0: no bound."
+    )
+    fail_rate: float = _option(
+        0.0, "Fault injection (tests, benchmarks): each lender fails a round with this probability."
+    )
+    dp: bool = _option(True, "Train with differential privacy (off: --no-dp).")
+    epsilon: float = _option(3.0, "Each lender's epsilon budget (the calibration target).")
+    delta: float = _option(0.0, "DP delta; 0 means 1/N^1.1 per lender, N = its n records rounded up to a power of two.")
+    clip_norm: float = _option(1.0, "Per-example gradient clipping norm.")
+    accountant: str = _option("rdp", "Privacy accountant.", ACCOUNTANTS)
+    noise_multiplier: float = _option(
+        0.0,
+        "Fixed noise multiplier sigma; 0 calibrates sigma to the budget. "
+        "With a fixed sigma a lender trains until its next round would exceed its budget.",
+    )
+    dp_level: str = _option(
+        "record",
+        "DP granularity (record: DP-SGD inside each lender; lender: clipped updates, "
+        "noise added to the aggregate, Poisson-sampled lenders).",
+        DP_LEVELS,
+    )
+    lender_sample_rate: float = _option(1.0, "With --dp-level lender: probability each lender takes part in a round.")
+    reproducible_noise_not_private: bool = _option(
+        False,
+        "Seeded DP noise and batch sampling, for tests and benchmarks that must repeat exactly: NOT private (anyone "
+        "with the seed can subtract the noise; each lender's own policy must allow it too). Default: each lender "
+        "draws its noise from a CSPRNG of its own.",
+    )
+    secure_aggregation: bool = _option(
+        False,
+        "Lenders send only pairwise-masked updates; the coordinator learns their sum (FedAvg, FedProx; "
+        "record-level DP).",
+    )
+    seed: int = _option(0, "Seed: same inputs and seed give the same numbers.")
+    output_dir: str = _option("", "Run folder (default: a new folder under runs/).")
+    keys_dir: str = _option(
+        "",
+        "Folder for the private signing keys (default RUN-keys beside the run folder, never in it; "
+        "existing keys there are reused).",
+    )
+    engine: str = _option("simulation", "simulation (Flower's Ray runtime) or inprocess (same apps, no Ray).", ENGINES)
+    epsilon_overrides: tuple[tuple[int, float], ...] = _option(
+        (), "Per-lender budgets overriding epsilon, e.g. '0:1,3:8'."
+    )
+    card_sha256: str = _option(
+        "",
+        "SHA-256 of the dataset card the coordinator expects every lender to use (empty: it takes the lenders' own, "
+        "which must all agree). A lender whose card differs declines; it never takes a card from the coordinator.",
+    )
 
     # ---- conversion -------------------------------------------------------------------------
     @classmethod
     def keys(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+    @classmethod
+    def field_of(cls, name: str) -> dataclasses.Field[Any]:
+        """The field `name` (underscored or hyphenated); unknown names are a ConfigError."""
+        for f in fields(cls):
+            if f.name == name.replace("-", "_"):
+                return f
+        raise ConfigError(f"unknown configuration key '{name}'")
+
+    @classmethod
+    def help_for(cls, name: str) -> str:
+        return str(cls.field_of(name).metadata["help"])
+
+    @classmethod
+    def choices_for(cls, name: str) -> tuple[str, ...]:
+        """The allowed values of a choice field (empty for any other field)."""
+        return tuple(cls.field_of(name).metadata["choices"])
 
     def to_record(self) -> dict[str, Any]:
         """Flat, hyphenated, Flower-friendly values (str, int, float, bool)."""
@@ -133,21 +191,11 @@ class RunConfig:
             if not condition:
                 raise ConfigError(message)
 
-        need(self.dataset in DATASETS, f"unknown dataset '{self.dataset}' (choose from {', '.join(DATASETS)})")
-        need(
-            self.partition in PARTITIONS, f"unknown partition '{self.partition}' (choose from {', '.join(PARTITIONS)})"
-        )
-        need(self.model in MODELS, f"unknown model '{self.model}' (choose from {', '.join(MODELS)})")
-        need(self.strategy in STRATEGIES, f"unknown strategy '{self.strategy}' (choose from {', '.join(STRATEGIES)})")
-        need(
-            self.accountant in ACCOUNTANTS,
-            f"unknown accountant '{self.accountant}' (choose from {', '.join(ACCOUNTANTS)})",
-        )
-        need(self.dp_level in DP_LEVELS, f"unknown dp-level '{self.dp_level}' (choose from {', '.join(DP_LEVELS)})")
-        need(
-            self.engine in ("simulation", "inprocess"),
-            f"unknown engine '{self.engine}' (choose from simulation, inprocess)",
-        )
+        for f in fields(self):  # the choice fields: one of the values in their metadata
+            allowed = f.metadata["choices"]
+            value = getattr(self, f.name)
+            name = f.name.replace("_", "-")
+            need(not allowed or value in allowed, f"unknown {name} '{value}' (choose from {', '.join(allowed)})")
         need(self.lenders >= 1, f"lenders must be at least 1, got {self.lenders}")
         need(
             0 <= self.lenders_per_round <= self.lenders,
@@ -262,8 +310,8 @@ def parse_epsilon_overrides(text: str) -> tuple[tuple[int, float], ...]:
     out: dict[int, float] = {}
     for item in text.split(","):
         try:
-            lender, eps = item.split(":")
-            lender, eps = int(lender), float(eps)
+            lender_text, eps_text = item.split(":")
+            lender, eps = int(lender_text), float(eps_text)
         except ValueError:
             raise ConfigError(f"per-lender budget '{item}' is not LENDER:EPSILON") from None
         if lender in out:  # the later one would silently win: refuse instead of guessing which was meant

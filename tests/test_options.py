@@ -1,0 +1,168 @@
+"""Options from one source: RunConfig's fields define the `fedcredit run` options, the Flower app config in
+pyproject.toml and the dataset names every other list is checked against."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from benchmarks.constants import BENCH_DATASETS, CONSTANTS, SPLITS
+from fedcredit import cli
+from federation.card import builtin_card
+from federation.config import DATASETS, LAUNCHER_ONLY, PARTITIONS, RunConfig
+from federation.data.loaders import LOADERS
+from federation.errors import ConfigError
+
+runner = CliRunner()
+FIELDS = [f.name for f in dataclasses.fields(RunConfig)]
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def _run_params() -> list[click.Parameter]:
+    command = typer.main.get_command(cli.app)
+    assert isinstance(command, click.Group)
+    params = command.commands["run"].params
+    return [p for p in params if p.name not in cli.RUN_NOT_FIELDS and p.name != "help"]
+
+
+def _field_value(param: click.Parameter, value: Any) -> Any:
+    """What the option's value becomes in RunConfig."""
+    assert param.name is not None
+    return cli.RUN_CONVERTED[param.name][1](value) if param.name in cli.RUN_CONVERTED else value
+
+
+def _captured_config(monkeypatch, args: list[str]) -> RunConfig:
+    """The RunConfig `fedcredit run ARGS` hands the engine (not validated, never run)."""
+    import fedcredit.runner
+
+    seen: list[RunConfig] = []
+
+    def engine(cfg: RunConfig, **_: Any) -> Path:
+        seen.append(cfg)
+        raise ConfigError("captured")
+
+    monkeypatch.setattr(fedcredit.runner, "run", engine)
+    monkeypatch.setattr(RunConfig, "validated", lambda self: self)  # each option alone, whatever the others say
+    result = runner.invoke(cli.app, ["run", *args])
+    assert result.exit_code == 2 and "captured" in result.output, result.output
+    return seen[0]
+
+
+def _changed(cfg: RunConfig) -> dict[str, Any]:
+    default = RunConfig()
+    return {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(cfg)
+        if getattr(cfg, f.name) != getattr(default, f.name)
+    }
+
+
+def _other_value(param: click.Parameter) -> tuple[list[str], Any]:
+    """Command-line words giving `param` a value other than its default, and that value."""
+    if isinstance(param, click.Option) and param.is_flag:
+        return [param.opts[0]], not param.default
+    if isinstance(param.type, click.Choice):
+        value: Any = next(c for c in param.type.choices if c != param.default)
+    elif param.name == "budget":
+        value = "0:2"
+    elif isinstance(param.default, int):
+        value = param.default + 1
+    elif isinstance(param.default, float):
+        value = param.default + 0.25
+    else:
+        value = "elsewhere"
+    return [param.opts[0], str(value)], value
+
+
+def test_each_run_option_names_one_field_and_no_two_the_same():
+    fields = [cli.run_field(p.name or "") for p in _run_params()]
+    assert set(fields) <= set(FIELDS), set(fields) - set(FIELDS)
+    assert len(fields) == len(set(fields)), sorted(f for f in fields if fields.count(f) > 1)
+
+
+@pytest.mark.parametrize("param", _run_params(), ids=lambda p: p.opts[0])
+def test_each_run_option_sets_exactly_its_field(monkeypatch, param):
+    words, value = _other_value(param)
+    cfg = _captured_config(monkeypatch, words)
+    assert _changed(cfg) == {cli.run_field(param.name): _field_value(param, value)}
+
+
+def test_run_option_defaults_are_runconfig_defaults():
+    default = RunConfig()
+    for param in _run_params():
+        name = cli.run_field(param.name or "")
+        assert _field_value(param, param.default) == getattr(default, name), param.opts[0]
+
+
+def test_run_option_help_and_choices_come_from_runconfig():
+    for param in _run_params():
+        name = cli.run_field(param.name or "")
+        choices = RunConfig.choices_for(name)
+        shown = tuple(param.type.choices) if isinstance(param.type, click.Choice) else ()
+        assert shown == choices, param.opts[0]
+        if param.name not in cli.RUN_CONVERTED:
+            assert isinstance(param, click.Option) and param.help == RunConfig.help_for(name), param.opts[0]
+
+
+def test_every_field_has_help():
+    for name in FIELDS:
+        assert RunConfig.help_for(name).strip(), name
+
+
+def _set_value(name: str) -> tuple[str, Any]:
+    default = RunConfig.field_of(name).default
+    if isinstance(default, bool):
+        return str(not default).lower(), not default
+    if isinstance(default, int):
+        return str(default + 1), default + 1
+    if isinstance(default, float):
+        return str(default + 0.25), default + 0.25
+    if isinstance(default, tuple):
+        return "0:2", ((0, 2.0),)
+    return "ab" * 32, "ab" * 32
+
+
+def test_every_field_without_an_option_is_reachable_with_set(monkeypatch):
+    explicit = {cli.run_field(p.name or "") for p in _run_params()}
+    rest = [name for name in FIELDS if name not in explicit]
+    assert rest, "every field has an option: --set would then have nothing left to set"
+    for name in rest:
+        text, value = _set_value(name)
+        cfg = _captured_config(monkeypatch, ["--set", f"{name.replace('_', '-')}={text}"])
+        assert _changed(cfg) == {name: value}, name
+
+
+def test_set_refuses_a_key_that_has_an_option(tmp_path):
+    result = runner.invoke(cli.app, ["run", "--output-dir", str(tmp_path / "run"), "--set", "rounds=3"])
+    assert result.exit_code == 2
+    assert [line for line in result.output.splitlines() if line.startswith("error:")] == [
+        "error: --set rounds: use --rounds (the option of its own)"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
+def test_pyproject_flower_app_config_is_runconfig_defaults():
+    table = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
+    launcher_only = {name.replace("_", "-") for name in LAUNCHER_ONLY}
+    record = {k: v for k, v in RunConfig().to_record().items() if k not in launcher_only}
+    assert list(table) == list(record)  # same keys, same order as the fields
+    for key, value in record.items():
+        assert table[key] == value and type(table[key]) is type(value), key
+    assert RunConfig.from_record(table) == RunConfig()
+
+
+def test_one_list_of_datasets():
+    assert set(DATASETS) == {"synthetic", *LOADERS}  # synthetic is generated, every other one loaded
+    for name in DATASETS:
+        if name != "csv":
+            assert builtin_card(name).name, name  # a built-in dataset has its card
+    assert tuple(d for d in DATASETS if d != "csv") == BENCH_DATASETS
+    assert set(CONSTANTS) == set(BENCH_DATASETS)
+    assert set(SPLITS) == set(PARTITIONS) - {"natural"}
