@@ -330,7 +330,10 @@ def salvage_train_reply(msg: Message) -> dict | None:
     try:
         metrics = _check_metrics(msg.content[METRICS], TRAIN_METRICS, "salvage")
         attestation = _check_attestation(msg.content, "salvage") if ATTESTATION in msg.content else None
-        arrays = numpy_arrays(msg.content[ARRAYS]) if ARRAYS in msg.content else {}  # type: ignore[arg-type]
+        # Only an ArrayRecord is read as arrays: any other record under 'arrays' (which the inspector rejected)
+        # salvages no arrays, where reading it as one raised an AttributeError out of the coordinator's screening.
+        array_content = msg.content.get(ARRAYS)
+        arrays = numpy_arrays(array_content) if isinstance(array_content, ArrayRecord) else {}
     except (ReplyRejected, TypeError, ValueError):
         return None
     return {"metrics": metrics, "arrays": arrays, "attestation": attestation}
