@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import dp_round, secagg
@@ -19,7 +19,16 @@ from clients.session import Session
 from federation.audit_trail.attest import MANIFEST_FIELDS, evaluation_body, final_body, manifest_body
 from federation.audit_trail.canonical import arrays_hash
 from federation.lender_policy import effective_delta
-from federation.messages import ARRAYS, ATTESTATION, MANIFEST, METRICS, SECAGG, manifest_to_record, numpy_arrays
+from federation.messages import (
+    ARRAYS,
+    ATTESTATION,
+    MANIFEST,
+    METRICS,
+    SECAGG,
+    array_record,
+    manifest_to_record,
+    numpy_arrays,
+)
 from federation.metrics import credit_metrics
 from federation.model import build_model, predict_proba
 from federation.privacy.accountant import epsilon, epsilons
@@ -62,7 +71,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     epsilon, so a coordinator must not be able to ask for them on model after model it crafted."""
     s = Session(msg, context)
     data, cfg = s.data, s.request
-    digest = s.digest(arrays_hash(numpy_arrays(msg.content[ARRAYS])))
+    arrays = array_record(msg.content, ARRAYS)
+    digest = s.digest(arrays_hash(numpy_arrays(arrays)))
     with s.home.spent() as spent:
         account = spent["runs"].setdefault(s.run, {"releases": 0, "events": [], "sigma": None, "closed": False})
         asked = account.setdefault("evaluated", {})
@@ -73,12 +83,15 @@ def evaluate(msg: Message, context: Context) -> Message:
             )
         asked[str(s.round)] = digest
     model = build_model(cfg.model, len(data.features), cfg.hidden)
-    model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict())
+    model.load_state_dict(arrays.to_torch_state_dict())
     scores = credit_metrics(data.y_test, predict_proba(model, data.x_test))
-    metrics = {"lender-id": s.lender, "server-round": s.round, "num-examples": len(data.y_test), **scores}
-    body = evaluation_body(
-        s.run, s.lender, s.round, arrays_hash(numpy_arrays(msg.content[ARRAYS])), len(data.y_test), scores
-    )
+    metrics: dict[str, MetricRecordValues] = {
+        "lender-id": s.lender,
+        "server-round": s.round,
+        "num-examples": len(data.y_test),
+        **scores,
+    }
+    body = evaluation_body(s.run, s.lender, s.round, arrays_hash(numpy_arrays(arrays)), len(data.y_test), scores)
     return Message(RecordDict({METRICS: MetricRecord(metrics), ATTESTATION: s.sign(body)}), reply_to=msg)
 
 
@@ -101,8 +114,12 @@ def final(msg: Message, context: Context) -> Message:
         )
     record_level = cfg.dp and cfg.dp_level == "record"
     delta = effective_delta(cfg.delta, s.policy.delta, s.own_records) if cfg.dp else None
-    both = epsilons(events, delta) if record_level and events else ({"rdp": 0.0, "prv": 0.0} if record_level else {})
-    lifetime = epsilon(every, delta, cfg.accountant) if record_level else None
+    both: dict[str, float] = {}
+    lifetime = None
+    if record_level:
+        record_delta = dp_round.required(delta, "delta")
+        both = epsilons(events, record_delta) if events else {"rdp": 0.0, "prv": 0.0}
+        lifetime = epsilon(every, record_delta, cfg.accountant)
     body = final_body(
         s.run,
         s.lender,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, MetricRecordValues, RecordDict
 
 from clients.session import Session
 from federation.audit_trail import checkpoint
@@ -30,7 +30,7 @@ from federation.audit_trail.attest import refusal_body, update_body
 from federation.audit_trail.canonical import arrays_hash
 from federation.errors import ConfigError
 from federation.lender_policy import effective_delta
-from federation.messages import ARRAYS, ATTESTATION, MASKED, METRICS, SECAGG, numpy_arrays
+from federation.messages import ARRAYS, ATTESTATION, MASKED, METRICS, SECAGG, array_record, numpy_arrays
 from federation.model import build_model
 from federation.policy import label_problem
 from federation.privacy.accountant import calibrate_noise, default_delta, epsilon, sample_rate, steps_per_epoch
@@ -48,6 +48,14 @@ class Refusal:
     requested: Any
     allowed: Any
     reason: str
+
+
+def required(value: float | None, what: str) -> float:
+    """A record-level DP quantity (its budget, delta, epsilon): a record-level round always has each, so None
+    here is a bug in the lender's round, raised as one rather than signed or sent."""
+    if value is None:
+        raise RuntimeError(f"record-level DP without its {what}: a bug in the lender's round")
+    return value
 
 
 def applied_noise_multiplier(recorded: float) -> float:
@@ -182,7 +190,7 @@ def train(session: Session) -> Message:
     if cfg.fail_rate and np.random.default_rng([cfg.seed, s.lender, s.round, 0xFA11]).random() < cfg.fail_rate:
         # Fault injection: this lender crashes before doing anything this round (nothing is released).
         raise RuntimeError(f"injected failure of lender {s.lender} in round {s.round}")
-    incoming = numpy_arrays(s.msg.content[ARRAYS])
+    incoming = numpy_arrays(array_record(s.msg.content, ARRAYS))
     digest = s.digest(arrays_hash(incoming))
     if not cfg.secure_aggregation:  # a masked update is masked afresh each round: never resent
         sent = s.home.sent_reply(s.run, s.round, digest)
@@ -208,10 +216,12 @@ def train(session: Session) -> Message:
                 or calibrate_noise(budget, delta, q, cfg.rounds * steps, cfg.accountant)
             )
             planned = PrivacyEvent(s.lender, s.round, float(sigma), q, steps, cfg.clip_norm)
-            refusal = _budget_refusal(s, spent, run_events, planned, budget, delta, cfg.accountant)
+            refusal = _budget_refusal(
+                s, spent, run_events, planned, required(budget, "budget"), required(delta, "delta"), cfg.accountant
+            )
             account["sigma"] = float(sigma)
         if refusal is not None:
-            spent_now = epsilon(run_events, delta, cfg.accountant) if record_level else None
+            spent_now = epsilon(run_events, required(delta, "delta"), cfg.accountant) if record_level else None
             account.setdefault("refused", {})[digest] = refusal.limit
             return _refuse(s, refusal, digest, spent_now, budget, delta)
         if cfg.secure_aggregation:  # masks once a round, under the lock (two concurrent requests must not both mask)
@@ -230,18 +240,23 @@ def train(session: Session) -> Message:
             run_events.append(planned)
         release = account["releases"]
         arrays = _train_once(s, planned)
-    eps = epsilon(run_events, delta, cfg.accountant) if record_level else None
-    metrics = {"lender-id": s.lender, "server-round": s.round, "num-examples": s.own_records, "declined": 0}
-    if planned is not None:
+    eps = epsilon(run_events, required(delta, "delta"), cfg.accountant) if record_level else None
+    metrics: dict[str, MetricRecordValues] = {
+        "lender-id": s.lender,
+        "server-round": s.round,
+        "num-examples": s.own_records,
+        "declined": 0,
+    }
+    if planned is not None:  # record-level DP
         metrics.update(
             {
-                "epsilon": eps,
-                "delta": delta,
+                "epsilon": required(eps, "epsilon"),
+                "delta": required(delta, "delta"),
                 "noise-multiplier": planned.noise_multiplier,
                 "sample-rate": planned.sample_rate,
                 "steps": planned.steps,
                 "clip-norm": cfg.clip_norm,
-                "epsilon-budget": budget,
+                "epsilon-budget": required(budget, "budget"),
             }
         )
     body = update_body(
@@ -322,7 +337,7 @@ def _train_once(s: Session, planned: PrivacyEvent | None) -> ArrayRecord:
     """One local training from the received model; returns what leaves the lender (model, or masked update)."""
     cfg, data = s.request, s.data
     model = build_model(cfg.model, len(data.features), cfg.hidden)
-    model.load_state_dict(s.msg.content[ARRAYS].to_torch_state_dict())
+    model.load_state_dict(array_record(s.msg.content, ARRAYS).to_torch_state_dict())
     received = {k: v.detach().clone() for k, v in model.state_dict().items()}
     dp = None
     if planned is not None:
@@ -356,7 +371,14 @@ def _train_once(s: Session, planned: PrivacyEvent | None) -> ArrayRecord:
 
         update = {k: v.detach().numpy() - received[k].numpy() for k, v in model.state_dict().items()}
         masked = secagg.masked_update(
-            s.context, s.round, s.run, s.lender, s.msg.content[SECAGG], update, cfg.max_update_norm, s.own_records
+            s.context,
+            s.round,
+            s.run,
+            s.lender,
+            secagg.request_record(s.msg.content, SECAGG),
+            update,
+            cfg.max_update_norm,
+            s.own_records,
         )
         return ArrayRecord({MASKED: Array(masked)})
     return ArrayRecord(model.state_dict())
@@ -379,7 +401,12 @@ def _refuse(
         delta=delta,
         accountant=s.request.accountant,
     )
-    metrics = {"lender-id": s.lender, "server-round": s.round, "num-examples": s.own_records, "declined": 1}
+    metrics: dict[str, MetricRecordValues] = {
+        "lender-id": s.lender,
+        "server-round": s.round,
+        "num-examples": s.own_records,
+        "declined": 1,
+    }
     return Message(RecordDict({METRICS: MetricRecord(metrics), ATTESTATION: s.sign(body)}), reply_to=s.msg)
 
 

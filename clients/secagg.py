@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ConfigRecord, Context
+from flwr.app import ConfigRecord, Context, RecordDict
 
 from federation.audit_trail.canonical import canonical
 from federation.audit_trail.keys import public_hex, sign
@@ -66,6 +66,52 @@ def _fields(request: ConfigRecord, step: str) -> None:
         raise SecAggError(f"the {step} request holds unexpected fields {extra} or lacks {missing}")
 
 
+def request_record(content: RecordDict, key: str) -> ConfigRecord:
+    """The ConfigRecord `key` of the coordinator's message: a request of any other record kind is a refusal."""
+    record = content[key]
+    if not isinstance(record, ConfigRecord):
+        raise SecAggError(
+            f"the secure-aggregation request '{key}' must be a ConfigRecord, not a {type(record).__name__}"
+        )
+    return record
+
+
+# Typed reads of a request's fields and of this lender's own state: a value of another type is a refusal, never
+# coerced (an int() of a coordinator's float or string, or bytes() of an int, which is that many zero bytes).
+def _int(record: ConfigRecord, key: str) -> int:
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SecAggError(f"'{key}' must be a whole number, not {type(value).__name__}")
+    return value
+
+
+def _ints(record: ConfigRecord, key: str) -> list[int]:
+    value = record[key]
+    if not isinstance(value, list):
+        raise SecAggError(f"'{key}' must be a list of whole numbers, not {type(value).__name__}")
+    items = [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
+    if len(items) != len(value):
+        raise SecAggError(f"'{key}' must be a list of whole numbers")
+    return items
+
+
+def _bytes(record: ConfigRecord, key: str) -> bytes:
+    value = record[key]
+    if not isinstance(value, bytes):
+        raise SecAggError(f"'{key}' must be bytes, not {type(value).__name__}")
+    return value
+
+
+def _bytes_list(record: ConfigRecord, key: str) -> list[bytes]:
+    value = record[key]
+    if not isinstance(value, list):
+        raise SecAggError(f"'{key}' must be a list of byte strings, not {type(value).__name__}")
+    items = [v for v in value if isinstance(v, bytes)]
+    if len(items) != len(value):
+        raise SecAggError(f"'{key}' must be a list of byte strings")
+    return items
+
+
 def _registry(registry: Registry | None) -> Registry:
     if registry is None:
         raise SecAggError(NO_REGISTRY)
@@ -75,8 +121,13 @@ def _registry(registry: Registry | None) -> Registry:
 def _state(context: Context, rnd: int, run_id: str, lender: int, request: ConfigRecord, step: str) -> ConfigRecord:
     """This round's state, once the request has exactly its fields and the roster checked in step 1."""
     _fields(request, step)
-    state = context.state.get(STATE) if STATE in context.state else None
-    if state is None or int(state["round"]) != rnd or state["run"] != run_id or int(state["lender"]) != lender:
+    state = context.state.get(STATE)
+    if (
+        not isinstance(state, ConfigRecord)
+        or _int(state, "round") != rnd
+        or state["run"] != run_id
+        or _int(state, "lender") != lender
+    ):
         raise SecAggError(
             f"no secure-aggregation state for run {run_id!r} round {rnd}: the keys step did not happen on this lender"
         )
@@ -86,7 +137,7 @@ def _state(context: Context, rnd: int, run_id: str, lender: int, request: Config
 
 
 def _roster(state: ConfigRecord) -> Roster:
-    return Roster(tuple(int(p) for p in state["participants"]), int(state["threshold"]))
+    return Roster(tuple(_ints(state, "participants")), _int(state, "threshold"))
 
 
 def advertise(
@@ -105,7 +156,7 @@ def advertise(
     if registry.lender_key(lender) != public_hex(identity_key):
         raise SecAggError(f"this lender's identity key is not the one the key registry names for lender {lender}")
     roster = check_roster(request["roster"], request["roster-signature"], registry, run_id, rnd)
-    position = int(request["position"])
+    position = _int(request, "position")
     if lender not in roster.participants:
         raise SecAggError(f"the roster does not name this lender ({lender})")
     if roster.participants.index(lender) != position:
@@ -140,7 +191,11 @@ def share(
     registry = _registry(registry)
     state = _state(context, rnd, run_id, lender, request, "shares")
     me, roster = SecAggLender.from_state(state), _roster(state)
-    keys = [list(request["mask-keys"]), list(request["channel-keys"]), list(request["key-signatures"])]
+    keys = [
+        _bytes_list(request, "mask-keys"),
+        _bytes_list(request, "channel-keys"),
+        _bytes_list(request, "key-signatures"),
+    ]
     if any(len(column) != roster.size for column in keys):
         raise SecAggError(f"expected keys and signatures for the roster's {roster.size} lenders")
     mask_keys, channel_keys, signatures = keys
@@ -206,8 +261,8 @@ def masked_update(
         )
     if not (np.isfinite(bound) and bound > 0):
         raise SecAggError(f"secure aggregation needs a positive max-update-norm, got {bound}")
-    active, sealed = [int(p) for p in request["active"]], list(request["sealed"])
-    advertised = {int(p) for p in state["advertised"]}
+    active, sealed = _ints(request, "active"), _bytes_list(request, "sealed")
+    advertised = set(_ints(state, "advertised"))
     if len(set(active)) != len(active) or not set(active) <= advertised:
         raise SecAggError(
             "the lenders said to have shared include one that advertised no keys to this lender, or one twice"
@@ -225,7 +280,7 @@ def masked_update(
     if norm > bound:
         vector = vector * (bound / norm)
     weighted = np.append(int(records) * vector, float(records))
-    mask_keys = list(state["mask-keys"])
+    mask_keys = _bytes_list(state, "mask-keys")
     masked = me.masked(
         weighted_quantizer(bound, roster.size).encode(weighted), {p: bytes(mask_keys[p]) for p in active}
     )
@@ -242,7 +297,7 @@ def _unmasking(
         raise SecAggError("this lender sent no masked update this round: there is nothing to unmask")
     roster = _roster(state)
     survivors, dropped = check_unmask(request["unmask"], request["unmask-signature"], registry, run_id, rnd, roster)
-    shared = {roster.participants[int(p)] for p in state["active"]}
+    shared = {roster.participants[p] for p in _ints(state, "active")}
     if set(survivors) | set(dropped) != shared:
         raise SecAggError("the unmasking request does not split the lenders that shared into survivors and dropped")
     if lender not in survivors:
@@ -284,7 +339,7 @@ def reveal(
     survivors, dropped = _unmasking(state, registry, run_id, rnd, lender, request)
     if state.get("confirmed") != request["unmask"]:
         raise SecAggError("this lender did not confirm this survivor set: it reveals only for the set it signed")
-    roster, confirmations = _roster(state), list(request["confirmations"])
+    roster, confirmations = _roster(state), _bytes_list(request, "confirmations")
     signed_by = count_confirmations(registry, run_id, rnd, survivors, dropped, [bytes(c) for c in confirmations])
     if signed_by < roster.threshold:
         raise SecAggError(
@@ -294,13 +349,13 @@ def reveal(
     me = SecAggLender.from_state(state)
     state["revealed"] = True
     context.state[STATE] = state
-    sealed_in, channel_keys = list(state["sealed-in"]), list(state["channel-keys"])
+    sealed_in, channel_keys = _bytes_list(state, "sealed-in"), _bytes_list(state, "channel-keys")
     context_bytes = aead_context(run_id, rnd)
 
-    def shares_of(other: int) -> dict:
+    def shares_of(other: int) -> dict[str, tuple[int, bytes, bytes]]:
         p = roster.participants.index(other)
         if p == me.index:
-            return split_shares(bytes(state["own-shares"]))
+            return split_shares(_bytes(state, "own-shares"))
         return me.open_shares(p, bytes(sealed_in[p]), bytes(channel_keys[p]), context_bytes)
 
     return ConfigRecord(

@@ -25,7 +25,7 @@ from federation.config import RunConfig
 from federation.data import LenderData, load_lender
 from federation.errors import ConfigError, DataError
 from federation.lender_policy import DATA_KEYS, FILE_NAME, LenderPolicy
-from federation.messages import CONFIG, run_config_from
+from federation.messages import CONFIG, config_int, config_record, run_config_from
 
 LENDERS_DIR_ENV = "FEDCREDIT_LENDERS_DIR"
 DEMO_MAX_EPSILON = 10.0  # the default policy of a lender nobody configured (a plain `flwr run .`)
@@ -73,10 +73,10 @@ class Session:
 
     def __init__(self, msg: Message, context: Context) -> None:
         self.msg, self.context = msg, context
-        self.config: ConfigRecord = msg.content[CONFIG]
+        self.config: ConfigRecord = config_record(msg.content, CONFIG)
         self.request = run_config_from(self.config)
         self.run = config_hash(self.request.to_record())
-        self.round = int(self.config.get("server-round", 0))
+        self.round = config_int(self.config, "server-round") if "server-round" in self.config else 0
         self.home = LenderHome(lender_folder(context, self.request))
         self.policy = self.home.policy
         self.lender = self.policy.lender

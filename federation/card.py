@@ -265,7 +265,7 @@ def _parse_column(where: str, name: str, spec: dict) -> Column:
         **col_kwargs,
         bounds=(lo, hi),
         transform=transform,
-        affine=tuple(float(a) for a in affine) if affine else None,
+        affine=(float(affine[0]), float(affine[1])) if affine else None,  # [offset, scale], checked above
         bins=tuple(float(b) for b in bins),
         missing=missing,
     )

@@ -8,13 +8,15 @@ error unless the card asks for an indicator (numeric) or the all-zero "unknown" 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
 from federation.card import Column, DatasetCard
 from federation.errors import DataError
 
-_TRANSFORMS = {
+_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "identity": lambda x: x,
     "log1p": lambda x: np.sign(x) * np.log1p(np.abs(x)),
     "asinh": np.arcsinh,

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Message, MetricRecord, RecordDict
 
 from federation.audit_trail.attest import BODY_KEYS
 from federation.config import RunConfig
@@ -90,6 +90,46 @@ def numpy_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
+def array_record(content: RecordDict, key: str) -> ArrayRecord:
+    """The ArrayRecord `key` of a message's content; a TypeError naming it when it is another kind of record."""
+    record = content[key]
+    if not isinstance(record, ArrayRecord):
+        raise TypeError(f"the message's '{key}' must be an ArrayRecord, not a {type(record).__name__}")
+    return record
+
+
+def config_record(content: RecordDict, key: str) -> ConfigRecord:
+    """The ConfigRecord `key` of a message's content; a TypeError naming it when it is another kind of record."""
+    record = content[key]
+    if not isinstance(record, ConfigRecord):
+        raise TypeError(f"the message's '{key}' must be a ConfigRecord, not a {type(record).__name__}")
+    return record
+
+
+def config_int(record: ConfigRecord, key: str) -> int:
+    """An int (or bool) value of a ConfigRecord, as an int; a TypeError naming it when it is anything else."""
+    value = record[key]
+    if not isinstance(value, int):
+        raise TypeError(f"'{key}' must be a whole number, not {type(value).__name__}")
+    return int(value)
+
+
+def config_str(record: ConfigRecord, key: str) -> str:
+    """A str value of a ConfigRecord; a TypeError naming it when it is anything else."""
+    value = record[key]
+    if not isinstance(value, str):
+        raise TypeError(f"'{key}' must be a string, not {type(value).__name__}")
+    return value
+
+
+def config_strs(record: ConfigRecord, key: str) -> list[str]:
+    """A list of str of a ConfigRecord; a TypeError naming it when it is anything else."""
+    value = record[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"'{key}' must be a list of strings")
+    return [str(v) for v in value]
+
+
 def run_config_record(cfg: RunConfig) -> ConfigRecord:
     return ConfigRecord(cfg.to_record())
 
@@ -102,7 +142,7 @@ def run_config_from(record: Mapping) -> RunConfig:
 
 def manifest_to_record(lender: int, manifest: dict) -> ConfigRecord:
     """The manifest as it travels (`manifest` holds the MANIFEST_FIELDS of federation.audit_trail.attest)."""
-    record = {
+    record: dict[str, ConfigRecordValues] = {
         "lender-id": int(lender),
         "records-total": int(manifest["records_total"]),
         "records-without-consent": int(manifest["records_without_consent"]),
@@ -130,28 +170,30 @@ def manifest_from_record(record: ConfigRecord) -> dict:
             raise ValueError(f"a field description holds {sorted(value) if isinstance(value, dict) else value!r}")
         return value
 
+    # inspect_reply checked every value's type first (MANIFEST_SCALARS, MANIFEST_LISTS); the readers say so again.
     return {
-        "lender": int(record["lender-id"]),
-        "dataset": record["dataset"],
-        "card": record["card"],
-        "card_sha256": record["card-sha256"],
+        "lender": config_int(record, "lender-id"),
+        "dataset": config_str(record, "dataset"),
+        "card": config_str(record, "card"),
+        "card_sha256": config_str(record, "card-sha256"),
         "consent_checked": bool(record["consent-checked"]),
-        "records_total": int(record["records-total"]),
-        "records_without_consent": int(record["records-without-consent"]),
-        "records_used": int(record["records-used"]),
-        "train_records": int(record["train-records"]),
-        "test_records": int(record["test-records"]),
-        "fields_used": [field(s, {"name", "category", "override"}) for s in record["fields-used"]],
-        "fields_refused": [field(s, {"name", "category", "reason"}) for s in record["fields-refused"]],
-        "features": list(record["features"]),
-        "data_commitment": record["data-commitment"],
-        "encoding": record["encoding"],
-        "policy": json.loads(record["policy"]),
+        "records_total": config_int(record, "records-total"),
+        "records_without_consent": config_int(record, "records-without-consent"),
+        "records_used": config_int(record, "records-used"),
+        "train_records": config_int(record, "train-records"),
+        "test_records": config_int(record, "test-records"),
+        "fields_used": [field(s, {"name", "category", "override"}) for s in config_strs(record, "fields-used")],
+        "fields_refused": [field(s, {"name", "category", "reason"}) for s in config_strs(record, "fields-refused")],
+        "features": config_strs(record, "features"),
+        "data_commitment": config_str(record, "data-commitment"),
+        "encoding": config_str(record, "encoding"),
+        "policy": json.loads(config_str(record, "policy")),
     }
 
 
-def _check_metrics(record: MetricRecord, allowed: set[str], where: str) -> dict[str, float]:
-    out = {}
+def _check_metrics(record: Mapping[str, object], allowed: set[str], where: str) -> dict[str, float]:
+    """The record's metrics when each is an allowed scalar (any record kind is checked, value by value)."""
+    out: dict[str, float] = {}
     for key, value in record.items():
         if key not in allowed:
             raise ReplyRejected(f"{where}: metric '{key}' is not an allowed aggregate scalar")
@@ -161,7 +203,7 @@ def _check_metrics(record: MetricRecord, allowed: set[str], where: str) -> dict[
     return out
 
 
-def _check_attestation(content, where: str) -> dict:
+def _check_attestation(content: RecordDict, where: str) -> dict:
     record = content[ATTESTATION]
     if not isinstance(record, ConfigRecord) or not {"body", "signature"} <= set(record.keys()) <= {
         "body",
@@ -171,10 +213,11 @@ def _check_attestation(content, where: str) -> dict:
         raise ReplyRejected(
             f"{where}: '{ATTESTATION}' must be a ConfigRecord with body, signature and optionally public-key"
         )
-    if not all(isinstance(v, str) for v in record.values()) or len(record["body"]) > MAX_ATTESTATION:
+    text = record["body"]
+    if not all(isinstance(v, str) for v in record.values()) or not isinstance(text, str) or len(text) > MAX_ATTESTATION:
         raise ReplyRejected(f"{where}: attestation fields must be short strings")
     try:
-        body = json.loads(record["body"])
+        body = json.loads(text)
     except json.JSONDecodeError:
         raise ReplyRejected(f"{where}: attestation body is not JSON") from None
     if not isinstance(body, dict) or body.get("type") not in BODY_KEYS:
@@ -184,7 +227,7 @@ def _check_attestation(content, where: str) -> dict:
     return {"body": body, "signature": record["signature"], "public_key": record.get("public-key")}
 
 
-def _check_secagg(content, allowed: set[str], where: str) -> dict:
+def _check_secagg(content: RecordDict, allowed: set[str], where: str) -> dict:
     if set(content.keys()) != {SECAGG} or not isinstance(content[SECAGG], ConfigRecord):
         raise ReplyRejected(f"{where}: a secure-aggregation reply holds exactly one ConfigRecord '{SECAGG}'")
     record = content[SECAGG]
@@ -212,11 +255,11 @@ def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] |
     content = msg.content
     attestation = _check_attestation(content, where) if ATTESTATION in content else None
     if kind == QUERY_MANIFEST:
-        if set(content.keys()) - {ATTESTATION} != {MANIFEST} or not isinstance(content[MANIFEST], ConfigRecord):
+        record = content.get(MANIFEST)
+        if set(content.keys()) - {ATTESTATION} != {MANIFEST} or not isinstance(record, ConfigRecord):
             raise ReplyRejected(
                 f"{where}: a manifest reply holds exactly one ConfigRecord '{MANIFEST}' and its attestation"
             )
-        record = content[MANIFEST]
         allowed = set(MANIFEST_SCALARS) | set(MANIFEST_LISTS)
         for key, value in record.items():
             if key not in allowed:
@@ -233,7 +276,7 @@ def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] |
         missing = allowed - set(record.keys())
         if missing:
             raise ReplyRejected(f"{where}: manifest lacks '{sorted(missing)[0]}'")
-        if len(record["policy"]) > MAX_POLICY:
+        if len(config_str(record, "policy")) > MAX_POLICY:
             raise ReplyRejected(f"{where}: the manifest's policy is longer than {MAX_POLICY} characters")
         try:
             manifest = manifest_from_record(record)
@@ -251,14 +294,16 @@ def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] |
     allowed_records = {METRICS, ARRAYS, ATTESTATION} if kind == "train" else {METRICS, ATTESTATION}
     if not set(content.keys()) <= allowed_records or METRICS not in content:
         raise ReplyRejected(f"{where}: holds {sorted(content.keys())}; allowed {sorted(allowed_records)}")
-    if not isinstance(content[METRICS], MetricRecord):
+    metric_record = content[METRICS]
+    if not isinstance(metric_record, MetricRecord):
         raise ReplyRejected(f"{where}: '{METRICS}' must be a MetricRecord")
-    metrics = _check_metrics(content[METRICS], TRAIN_METRICS if kind == "train" else EVALUATE_METRICS, where)
+    metrics = _check_metrics(metric_record, TRAIN_METRICS if kind == "train" else EVALUATE_METRICS, where)
     out: dict = {"metrics": metrics, "attestation": attestation}
     if kind == "train" and not metrics.get("declined"):
-        if ARRAYS not in content or not isinstance(content[ARRAYS], ArrayRecord):
+        array_content = content.get(ARRAYS)
+        if not isinstance(array_content, ArrayRecord):
             raise ReplyRejected(f"{where}: a training reply must hold the model arrays")
-        arrays = numpy_arrays(content[ARRAYS])
+        arrays = numpy_arrays(array_content)
         if expected_shapes is not None:
             if set(arrays) != set(expected_shapes):
                 raise ReplyRejected(
@@ -285,7 +330,10 @@ def salvage_train_reply(msg: Message) -> dict | None:
     try:
         metrics = _check_metrics(msg.content[METRICS], TRAIN_METRICS, "salvage")
         attestation = _check_attestation(msg.content, "salvage") if ATTESTATION in msg.content else None
-        arrays = numpy_arrays(msg.content[ARRAYS]) if ARRAYS in msg.content else {}
+        # Only an ArrayRecord is read as arrays: any other record under 'arrays' (which the inspector rejected)
+        # salvages no arrays, where reading it as one raised an AttributeError out of the coordinator's screening.
+        array_content = msg.content.get(ARRAYS)
+        arrays = numpy_arrays(array_content) if isinstance(array_content, ArrayRecord) else {}
     except (ReplyRejected, TypeError, ValueError):
         return None
     return {"metrics": metrics, "arrays": arrays, "attestation": attestation}

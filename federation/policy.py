@@ -315,6 +315,8 @@ def check_labels(frame: pd.DataFrame, card: DatasetCard) -> None:
     for records, where in ((frame, ""), (frame.loc[consent_mask(frame, card)], " among the consented records")):
         if records.empty:
             consent = card.role("consent")
+            if consent is None:  # public data (no consent column): there are no records at all
+                raise DataError("the data hold no records; nothing can train")
             raise DataError(
                 f"no record has consent (column '{consent.name}' never holds "
                 f"{', '.join(map(repr, consent.consented))}); nothing can train"

@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Literal
 
 METRICS_COLUMNS = ["round", "lender", "num_examples", "auc", "ks", "gini", "brier", "loss", "train_loss"]
 EPSILON_COLUMNS = [
@@ -41,7 +42,7 @@ def write_atomically(path: str | Path, data: bytes | str) -> None:
     os.replace(tmp, path)
 
 
-def csv_text(columns: list[str], rows: list[dict], extrasaction: str = "raise") -> str:
+def csv_text(columns: list[str], rows: list[dict], extrasaction: Literal["raise", "ignore"] = "raise") -> str:
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction=extrasaction)
     writer.writeheader()

@@ -278,7 +278,9 @@ class SecAggLender:
                 sealed[j] = nonce + aead.encrypt(nonce, plain, data)
         return sealed, own
 
-    def open_shares(self, sender: int, sealed: bytes, sender_channel_key: bytes, context: bytes) -> dict[str, tuple]:
+    def open_shares(
+        self, sender: int, sealed: bytes, sender_channel_key: bytes, context: bytes
+    ) -> dict[str, tuple[int, bytes, bytes]]:
         """The shares `sender` sealed for this lender; fails loudly if they were altered or misrouted."""
         aead, data = _channel(self._channel_key, sender_channel_key, sender, self.index, context)
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,6 +110,7 @@ def train_local(
     generator = torch.Generator().manual_seed(seed)
     global_params = [p.detach().clone() for p in model.parameters()]
     train_model = model
+    close_hooks: Callable[[], None] | None = None
     if dp is None:
         criterion = nn.BCEWithLogitsLoss()
         optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=0.9)
@@ -123,6 +125,10 @@ def train_local(
         # Opacus' per-example gradients (GradSampleModule) and DP optimizer (clip, noise), as
         # PrivacyEngine.make_private builds them; only the data loader is ours (see _batches).
         train_model = GradSampleModule(model, loss_reduction="sum")
+        # Private Opacus API, checked against opacus 1.6.0: GradSampleModule._close() detaches its hooks and the
+        # attributes it put on the parameters. 1.6's public cleanup() does the same, but pyproject allows
+        # opacus 1.5, which may lack it.
+        close_hooks = train_model._close
         optimizer = dp.randomness.dp_optimizer(
             base,
             noise_multiplier=dp.noise_multiplier,
@@ -145,6 +151,6 @@ def train_local(
                 with torch.no_grad():
                     for p, g in zip(model.parameters(), global_params, strict=False):
                         p.sub_(learning_rate * proximal_mu * (p - g))
-    if dp is not None:
-        train_model._close()  # detach Opacus hooks so the plain model can be reused
+    if close_hooks is not None:
+        close_hooks()  # detach Opacus hooks so the plain model can be reused
     return TrainResult(steps=steps)

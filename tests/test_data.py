@@ -294,3 +294,24 @@ def test_a_lender_without_consented_records_is_refused(tmp_path):
 )
 def test_label_problem(y, expected):
     assert label_problem(y) == expected
+
+
+def test_no_records_under_a_card_without_consent_column_is_a_data_error():
+    """Found by the type checker: with no consent column (public data) and no records, check_labels read the name
+    of the missing consent column and raised an AttributeError instead of saying there is nothing to train on."""
+    import pandas as pd
+
+    from federation.card import parse_card
+    from federation.policy import check_labels
+
+    card = parse_card(
+        {
+            "name": "public",
+            "columns": {
+                "income": {"category": "capacity", "bounds": [0, 100]},
+                "defaulted": {"category": "label", "positive": 1},
+            },
+        }
+    )
+    with pytest.raises(DataError, match="the data hold no records; nothing can train"):
+        check_labels(pd.DataFrame({"income": [], "defaulted": []}), card)

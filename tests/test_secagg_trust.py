@@ -472,6 +472,39 @@ def test_the_train_request_is_checked_against_what_the_lender_saw(tmp_path, chan
             coordinator.train(0, **changes)
 
 
+@pytest.mark.parametrize(
+    "step, changes, message",
+    [
+        ("keys", {"position": 0.0}, "'position' must be a whole number, not float"),
+        ("keys", {"position": True}, "'position' must be a whole number, not bool"),
+        ("shares", {"mask-keys": b"\x00" * 3}, "'mask-keys' must be a list of byte strings, not bytes"),
+        ("shares", {"key-signatures": ["a", "b", "c"]}, "'key-signatures' must be a list of byte strings"),
+        ("train", {"active": ["0", "1", "2"]}, "'active' must be a list of whole numbers"),
+        ("train", {"active": "012"}, "'active' must be a list of whole numbers, not str"),
+        ("train", {"sealed": [68, 68, 68]}, "'sealed' must be a list of byte strings"),
+    ],
+)
+def test_a_request_field_of_another_type_is_refused_never_coerced(tmp_path, step, changes, message):
+    """A float or bool position, a string of digits for the active lenders, ints where sealed shares go (bytes(68)
+    is 68 zero bytes): refused by name, where int() and bytes() once coerced them."""
+    coordinator = Coordinator(_federation(tmp_path, 3), [0, 1, 2])
+    if step == "keys":
+        call = lambda: coordinator.advertise(0, **changes)  # noqa: E731
+    else:
+        for lender in coordinator.participants:
+            coordinator.advertise(lender)
+        if step == "shares":
+            request = ConfigRecord({**coordinator.shares_request(), **changes})
+            call = lambda: coordinator.share(0, request)  # noqa: E731
+        else:
+            request = coordinator.shares_request()
+            for lender in coordinator.participants:
+                coordinator.share(lender, request)
+            call = lambda: coordinator.train(0, **changes)  # noqa: E731
+    with pytest.raises(SecAggError, match=message):
+        call()
+
+
 def test_a_lender_masks_only_once_a_round(tmp_path):
     coordinator = _after_training(tmp_path)
     with pytest.raises(SecAggError, match="already sent its masked update this round"):

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.perf.common import machine, quiet, timed
 from federation.config import RunConfig
 from federation.data import load_lender
@@ -57,7 +59,8 @@ def sequential(cfg: RunConfig) -> None:
             weights.append(len(d.y_train))
         total = sum(weights)
         set_arrays(
-            global_model, {k: sum(w * u[k] for w, u in zip(weights, updates, strict=False)) / total for k in updates[0]}
+            global_model,
+            {k: np.asarray(sum(w * u[k] for w, u in zip(weights, updates, strict=False)) / total) for k in updates[0]},
         )
         for d in lenders:
             credit_metrics(d.y_test, predict_proba(global_model, d.x_test))
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     quiet()
     cfg = RunConfig(records=args.records, lenders=args.lenders, rounds=args.rounds)
-    sequential(cfg), flower(cfg, "inprocess")  # warm caches and imports
+    sequential(cfg)  # warm caches and imports
+    flower(cfg, "inprocess")
     t_seq, _ = timed(lambda: sequential(cfg), args.repeats)
     t_fl, _ = timed(lambda: flower(cfg, "inprocess"), args.repeats)
     print(

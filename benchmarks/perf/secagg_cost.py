@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> str:
                 got, sent = round_seconds(base.replace(secure_aggregation=secure), Path(tmp) / f"{secure}-{repeat}")
                 seconds += got
             results[secure] = (statistics.median(seconds), sent)
-    (plain, plain_bytes), (secure, secure_bytes) = results[False], results[True]
+    (plain, plain_bytes), (secured, secure_bytes) = results[False], results[True]
     table = "\n".join(
         [
             f"Machine: {machine()}. Command: python -m benchmarks.perf.secagg_cost --lenders {args.lenders} "
@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> str:
             "| setting | seconds per round (median) | update bytes sent by lenders per round (ledger; keys and shares not counted) |",
             "|---|---|---|",
             f"| plain FedAvg | {plain:.3f} | {plain_bytes:,} |",
-            f"| secure aggregation | {secure:.3f} | {secure_bytes:,} |",
-            f"| ratio | {secure / plain:.2f}x | {secure_bytes / plain_bytes:.2f}x |",
+            f"| secure aggregation | {secured:.3f} | {secure_bytes:,} |",
+            f"| ratio | {secured / plain:.2f}x | {secure_bytes / plain_bytes:.2f}x |",
         ]
     )
     print(table)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, ConfigRecordValues
 
 from federation.audit_trail.canonical import arrays_bytes, arrays_hash, arrays_shapes, canonical
 from federation.audit_trail.keys import public_hex, sign
@@ -237,7 +237,7 @@ def final_body(
 
 def signed_record(key: Ed25519PrivateKey, body: dict, with_public_key: bool = False) -> ConfigRecord:
     data = canonical(body)
-    record = {"body": data.decode(), "signature": sign(key, data)}
+    record: dict[str, ConfigRecordValues] = {"body": data.decode(), "signature": sign(key, data)}
     if with_public_key:
         record["public-key"] = public_hex(key)
     return ConfigRecord(record)

@@ -170,6 +170,9 @@ def round_summaries(view: RunView) -> list[dict]:
         if agg.get("epsilon") is not None:
             eps.append(agg["epsilon"])
         glob = next((r for r in metrics if r["round"] == attempt.round and r["lender"] == "global"), {})
+        finished = attempt.finished
+        if finished is None:  # cannot happen: complete_rounds() holds finished rounds only
+            raise ValueError(f"round {attempt.round} is not finished")
         out.append(
             {
                 "round": attempt.round,
@@ -177,7 +180,7 @@ def round_summaries(view: RunView) -> list[dict]:
                 "declined": sum(b["type"] == L.LENDER_REFUSAL for b in answers),
                 "global_metrics": {k: glob.get(k) if glob.get(k) != "" else None for k in METRICS},
                 "max_epsilon": max(eps) if eps else 0.0,
-                "seconds": attempt.finished["body"]["seconds"],
+                "seconds": finished["body"]["seconds"],
             }
         )
     return out

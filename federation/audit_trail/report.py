@@ -143,7 +143,7 @@ def _lender_details(view: RunView, lender: int, unit: dict) -> dict:
         }
         for rnd, e in answers
     ]
-    last = next(
+    last: dict = next(
         (
             e["body"]
             for e in (finished[-1].of_type(L.LENDER_EVALUATION) if finished else [])

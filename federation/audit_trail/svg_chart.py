@@ -166,7 +166,8 @@ def epsilon_chart(
 
 def _styled(curves: list[_Curve], frame: _Frame) -> tuple[list[str], list[LegendEntry]]:
     """Each curve in its own (colour, dash, marker) style, with its own legend entry."""
-    svg, legend = [], []
+    svg: list[str] = []
+    legend: list[LegendEntry] = []
     for index, curve in enumerate(curves):
         style = _style(index)
         svg.append(_line(curve, style, frame, marked=True))

@@ -34,6 +34,9 @@ import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn, TypeGuard
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from federation.audit_trail import ledger as L
 from federation.audit_trail.attest import BODY_KEYS
@@ -118,12 +121,14 @@ class VerifiedRun:
         return "\n".join(lines)
 
 
-def _fail(where: str, check: str, message: str) -> None:
+def _fail(where: str, check: str, message: str) -> NoReturn:
     raise VerificationFailed(where, check, message)
 
 
 def _describe(entry: dict) -> str:
-    body = entry.get("body") if isinstance(entry.get("body"), dict) else {}
+    body = entry.get("body")
+    if not isinstance(body, dict):
+        body = {}
     who = f" of lender {body['lender']}" if isinstance(body.get("lender"), int) else ""
     rnd = f", round {body['round']}" if body.get("round") is not None else ""
     return f"ledger entry {entry.get('seq')} ({entry.get('type')}{who}{rnd})"
@@ -164,14 +169,16 @@ def _read_ledger(run_dir: Path) -> list[dict]:
     return entries
 
 
-def _public(text: object, where: str, who: str):
+def _public(text: object, where: str, who: str) -> Ed25519PublicKey:
     try:
         return public_from_hex(str(text))
     except ValueError:
         _fail(where, "key format", f"{who}'s public key is not an Ed25519 key")
 
 
-def _keys(entries: list[dict], registry: Registry | None) -> tuple[object, dict[int, object], dict[str, str]]:
+def _keys(
+    entries: list[dict], registry: Registry | None
+) -> tuple[Ed25519PublicKey, dict[int, Ed25519PublicKey], dict[str, str]]:
     """The coordinator's key and each lender's: the registry's, or (unpinned) the ledger's own."""
     first = entries[0]
     if first["type"] != L.RUN_STARTED:
@@ -183,7 +190,7 @@ def _keys(entries: list[dict], registry: Registry | None) -> tuple[object, dict[
         coordinator = _public(registry.coordinator, "registry", "the coordinator")
     else:
         coordinator = _public(claimed, _describe(first), "the coordinator")
-    lenders: dict[int, object] = {}
+    lenders: dict[int, Ed25519PublicKey] = {}
     for entry in entries:
         if entry["type"] != L.LENDER_MANIFEST:
             continue
@@ -216,6 +223,11 @@ def _number(value: object, none: bool = True) -> bool:
     return (value is None and none) or (
         isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     )
+
+
+def _finite(value: object) -> TypeGuard[int | float]:
+    """A finite number, not None (`_number(value, none=False)`, for the type checker)."""
+    return _number(value, none=False)
 
 
 def body_type_problem(body: dict) -> str | None:
@@ -269,7 +281,9 @@ def body_type_problem(body: dict) -> str | None:
     return None
 
 
-def _check_chain(entries: list[dict], coordinator, lenders: dict[int, object]) -> tuple[str, RunConfig]:
+def _check_chain(
+    entries: list[dict], coordinator: Ed25519PublicKey, lenders: dict[int, Ed25519PublicKey]
+) -> tuple[str, RunConfig]:
     prev = L.GENESIS
     run_id, cfg = None, None
     for index, entry in enumerate(entries):
@@ -318,6 +332,8 @@ def _check_chain(entries: list[dict], coordinator, lenders: dict[int, object]) -
         elif entry["type"] == L.RUN_STARTED:
             _fail(where, "run", "a ledger has one run_started entry")
         prev = entry["hash"]
+    if run_id is None or cfg is None:  # cannot happen: _read_ledger refuses an empty ledger
+        _fail("ledger.jsonl", "format", "the ledger is empty")
     return run_id, cfg
 
 
@@ -427,22 +443,22 @@ def _check_attempts(view: RunView, cfg: RunConfig) -> None:
             scored += [
                 e["body"]["lender"] for e in attempt.of_type(L.UPDATE_REJECTED) if e["body"].get("stage") == "evaluate"
             ]
-            wanted = evaluators(attempt, cfg.lenders, cfg.lenders_per_round)
-            if sorted(scored) != wanted:
+            scorers = evaluators(attempt, cfg.lenders, cfg.lenders_per_round)
+            if sorted(scored) != scorers:
                 _fail(
                     where,
                     "evaluation",
                     f"round {attempt.round} holds scores (or recorded failures) from lenders "
-                    f"{sorted(scored)}; every one of {wanted} must score the round's model",
+                    f"{sorted(scored)}; every one of {scorers} must score the round's model",
                 )
             expected += 1
         elif not (index in resumed_after or index == len(attempts) - 1):
             _fail(where, "rounds", f"round {attempt.round} never finished and the run did not resume after it")
     finish = view.finished or {}
-    complete = view.complete_rounds()
-    expected_scores = global_scores(complete[-1]) if complete else {}
+    completed = view.complete_rounds()
+    expected_scores = global_scores(completed[-1]) if completed else {}
     claimed_scores = finish.get("final_metrics") or {}
-    if complete and any(not _same(claimed_scores.get(k), v) for k, v in expected_scores.items()):
+    if completed and any(not _same(claimed_scores.get(k), v) for k, v in expected_scores.items()):
         _fail("run_finished", "evaluation", "its final scores are not the mean of the lenders' signed scores")
     if (view.finished or {}).get("rounds_completed") != len(view.complete_rounds()):
         _fail(
@@ -456,7 +472,9 @@ def _check_attempts(view: RunView, cfg: RunConfig) -> None:
 def _same(a: object, b: object) -> bool:
     if a is None or b is None:
         return a is b
-    return isinstance(a, (int, float)) and math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
+    return (
+        isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
+    )
 
 
 def _resumes(view: RunView) -> set[int]:
@@ -472,7 +490,8 @@ def _resumes(view: RunView) -> set[int]:
 
 def _check_replays(view: RunView) -> None:
     """A lender body appears once, except a reply resent unchanged to a coordinator that resumed, in the same round."""
-    resumes, where_seen = _resumes(view), {}
+    resumes = _resumes(view)
+    where_seen: dict[bytes, int] = {}  # canonical lender body -> the attempt it first stands in
     for index, attempt in enumerate(view.attempts):
         for entry in attempt.entries:
             if entry["type"] not in L.LENDER_SIGNED:
@@ -802,7 +821,7 @@ def _check_lender_level(view: RunView, cfg: RunConfig, summary: dict, accountant
             )
     top = max(known.values(), default=0.0)
     claimed_top = unit.get("epsilon_known_sampling_max")
-    if not _number(claimed_top, none=False) or not math.isclose(claimed_top, top, rel_tol=TOLERANCE, abs_tol=1e-9):
+    if not _finite(claimed_top) or not math.isclose(claimed_top, top, rel_tol=TOLERANCE, abs_tol=1e-9):
         _fail(
             "privacy summary of the federation",
             "epsilon",
@@ -850,7 +869,7 @@ def _check_model(run_dir: Path, view: RunView) -> str:
         _fail("model.pt", "model", f"cannot read the model file ({exc.__class__.__name__})")
     if actual != model_hash:
         _fail("model.pt", "model", "the model file's arrays differ from the ledger's final model hash")
-    return model_hash
+    return actual  # equal to the ledger's model_hash
 
 
 def _hex(text: object) -> bool:

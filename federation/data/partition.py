@@ -81,7 +81,7 @@ def partition(
         raise DataError(
             f"cannot split {n} records into {lenders} lenders by '{method}' (alpha {alpha}): {exc}"
         ) from None
-    if method == "natural":
+    if method == "natural" and lender_ids is not None:  # (a natural partition always has them: checked above)
         # NaturalIdPartitioner numbers lenders in its own order: order them by lender id instead.
         parts.sort(key=lambda rows: lender_ids[rows[0]] if len(rows) else 0)
     return [np.sort(p) for p in parts]

@@ -80,12 +80,12 @@ def _assignment(key: RunConfig) -> tuple[list[np.ndarray], np.ndarray]:
         if lender_col is None:
             raise DataError(f"partition 'natural' needs a lender column; card '{card.name}' declares none")
         ids = frame[lender_col.name].to_numpy()
-        lenders, held = [], []
+        lenders, held_out = [], []
         for i, lender_rows in enumerate(part.partition(labels, key.lenders, "natural", key.alpha, key.seed, ids)):
             keep, out = part.holdout_split(labels[lender_rows], key.holdout_fraction, key.seed + i)
             lenders.append(lender_rows[keep])
-            held.append(lender_rows[out])
-        return lenders, np.sort(np.concatenate(held))
+            held_out.append(lender_rows[out])
+        return lenders, np.sort(np.concatenate(held_out))
     pool, held = part.holdout_split(labels, key.holdout_fraction, key.seed)
     parts = part.partition(labels[pool], key.lenders, key.partition, key.alpha, key.seed)
     return [pool[p] for p in parts], held

@@ -24,6 +24,9 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from opacus.optimizers import DPOptimizer
+
+# Private Opacus API, checked against opacus 1.6.0: SecureDPOptimizer.add_noise replaces DPOptimizer.add_noise and
+# must keep its bookkeeping (the flags that stop a gradient being noised twice), which only these helpers set.
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
 SECURE_SOURCE = (

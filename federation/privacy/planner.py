@@ -52,7 +52,8 @@ def plan(
     mech: Mechanism, targets: list[float], sigmas: list[float], accountants: list[str], calibrate_with: str = "rdp"
 ) -> list[dict]:
     """One row per target epsilon (sigma calibrated with `calibrate_with`) and per given sigma."""
-    rows, found = [], []  # found: (log epsilon, log sigma) of targets already calibrated
+    rows: list[dict] = []
+    found: list[tuple[float, float]] = []  # (log epsilon, log sigma) of targets already calibrated
     for target in targets:
         sigma = calibrate_noise(
             target, mech.delta, mech.sample_rate, mech.total_steps, calibrate_with, guess=_interpolate(found, target)
