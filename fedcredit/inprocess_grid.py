@@ -14,6 +14,11 @@ from collections.abc import Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+
+# Flower internals, checked against flwr 1.42.0 (pyproject allows >=1.41,<2; tests/test_federation.py runs this
+# engine against Flower's own simulation runtime and fails if they drift apart). Flower has no public in-process
+# Grid: the wire format (serde), the Run record and the task identity that stamps messages are what its own
+# simulation runtime uses to do the same.
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
@@ -68,6 +73,7 @@ class InProcessGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         replies = []
         for msg in messages:
+            # Metadata a SuperLink assigns on receipt; Message has no public setter for them (flwr 1.42.0).
             msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
             msg.metadata.__dict__["_run_id"] = self._run.run_id
             msg.metadata.__dict__["_created_at"] = time.time()
