@@ -16,14 +16,27 @@ Poisson sampling (server/lender_dp.py).
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Strategy
 
 from federation.config import RunConfig
 
 
+class _Sampling(TypedDict):
+    """The arguments every Flower strategy takes for how many lenders a round asks."""
+
+    fraction_train: float
+    fraction_evaluate: float
+    min_train_nodes: int
+    min_evaluate_nodes: int
+    min_available_nodes: int
+
+
 def make_strategy(cfg: RunConfig) -> Strategy:
+    """The run's Flower strategy."""
     k = cfg.lenders_per_round or cfg.lenders
-    common = dict(
+    common = _Sampling(
         fraction_train=k / cfg.lenders,
         fraction_evaluate=k / cfg.lenders,
         min_train_nodes=k,
