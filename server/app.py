@@ -12,7 +12,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from federation.config import RunConfig
-from server.loop import RoundSummary, run_federation
+from server.loop import run_federation
+from server.run_record import RoundSummary
 
 
 def progress_line(summary: RoundSummary) -> str:

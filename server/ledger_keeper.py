@@ -13,6 +13,8 @@ import json
 import subprocess
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from federation import __version__
 from federation.audit_trail import ledger as L
 from federation.audit_trail.attest import MANIFEST_FIELDS
@@ -55,7 +57,7 @@ class LedgerKeeper:
         self.folder = folder
         self.run = config_hash(cfg.to_record())
         self.key = load_or_create(keys_dir_for(cfg.output_dir, cfg.keys_dir), COORDINATOR)
-        self.public_keys: dict[int, object] = {}
+        self.public_keys: dict[int, Ed25519PublicKey] = {}
         self.ledger = L.Ledger(folder.path("ledger.jsonl"), self.key)
         self.ledger.append_coordinator(
             L.RUN_STARTED,
@@ -96,7 +98,11 @@ class LedgerKeeper:
     def head(self) -> str:
         return self.ledger.head
 
-    def _check(self, lender: int, attestation: dict | None, kinds: tuple[str, ...], rnd: int | None = None) -> dict:
+    def _check(
+        self, lender: int, attestation: dict | None, kinds: tuple[str, ...], rnd: int | None = None
+    ) -> tuple[dict, dict]:
+        """The attestation's body, once it is of one of `kinds`, for this run, lender and round, and signed by the
+        lender's key; and the attestation itself (never None by then)."""
         what = " or ".join(kinds)
         if attestation is None:
             raise AttestationRejected(f"lender {lender} sent no signed {what}")
@@ -113,12 +119,12 @@ class LedgerKeeper:
         public = self.public_keys.get(lender) or public_from_hex(attestation.get("public_key") or "")
         if not verify_signature(public, attestation["signature"], canonical(body)):
             raise AttestationRejected(f"{where}: the signature does not verify under the lender's key")
-        return body
+        return body, attestation
 
     def manifest(self, lender: int, manifest: dict, attestation: dict | None, append: bool = True) -> None:
         """Check a lender's signed manifest and register its key; on resume (append False) the key must be the one
         it registered before."""
-        body = self._check(lender, attestation, (L.LENDER_MANIFEST,))
+        body, attestation = self._check(lender, attestation, (L.LENDER_MANIFEST,))
         if not append:
             if lender not in self.public_keys or public_hex(self.public_keys[lender]) != body.get("public_key"):
                 raise AttestationRejected(f"lender {lender} came back with another key than the one it registered")
@@ -140,10 +146,10 @@ class LedgerKeeper:
     def reply(self, rnd: int, lender: int, plain: dict) -> dict:
         """A training reply: an update attestation, or a refusal when the lender declined. Returns the body."""
         if plain["metrics"].get("declined"):
-            body = self._check(lender, plain.get("attestation"), (L.LENDER_REFUSAL,), rnd)
+            body, _ = self._check(lender, plain.get("attestation"), (L.LENDER_REFUSAL,), rnd)
             self.ledger.append_lender(L.LENDER_REFUSAL, lender, body, plain["attestation"]["signature"])
             return body
-        body = self._check(lender, plain.get("attestation"), (L.LENDER_UPDATE,), rnd)
+        body, _ = self._check(lender, plain.get("attestation"), (L.LENDER_UPDATE,), rnd)
         arrays = plain["arrays"]
         if body.get("update_hash") != arrays_hash(arrays) or body.get("bytes_sent") != arrays_bytes(arrays):
             raise AttestationRejected(f"lender {lender}'s update in round {rnd} differs from the one it signed")
@@ -167,7 +173,7 @@ class LedgerKeeper:
         )
 
     def evaluation(self, rnd: int, lender: int, attestation: dict | None, model_hash: str) -> dict:
-        body = self._check(lender, attestation, (L.LENDER_EVALUATION,), rnd)
+        body, attestation = self._check(lender, attestation, (L.LENDER_EVALUATION,), rnd)
         if body.get("model_hash") != model_hash:
             raise AttestationRejected(f"lender {lender} evaluated another model than round {rnd}'s")
         self.ledger.append_lender(L.LENDER_EVALUATION, lender, body, attestation["signature"])
@@ -177,7 +183,7 @@ class LedgerKeeper:
         self.ledger.append_coordinator(L.ROUND_FINISHED, {"round": rnd, "seconds": round(seconds, 3)})
 
     def final(self, lender: int, attestation: dict | None) -> dict:
-        body = self._check(lender, attestation, (L.LENDER_FINAL,))
+        body, attestation = self._check(lender, attestation, (L.LENDER_FINAL,))
         self.ledger.append_lender(L.LENDER_FINAL, lender, body, attestation["signature"])
         return body
 

@@ -205,18 +205,43 @@ class SecureRound:
         dropped (its pairwise masks are removed, its update never is)."""
         current = numpy_arrays(global_arrays)
         length = sum(array.size for array in current.values()) + 1  # the update, then the record count
+        masked = self._masked_vectors(accepted, length)
+        survivors = sorted(masked)
+        dropped = sorted(set(self.active) - set(survivors))
+        self._enough(len(survivors), "sent their masked update")
+        answers = self._unmasking_shares(survivors, dropped)
+        seed_shares = {
+            s: [unpack_share(bytes(a["seed-shares"][i])) for a in answers.values()] for i, s in enumerate(survivors)
+        }
+        key_shares = {
+            d: [unpack_share(bytes(a["key-shares"][i])) for a in answers.values()] for i, d in enumerate(dropped)
+        }
+        total = unmask_sum(masked, {p: self.mask_keys[p] for p in self.active}, self.threshold, seed_shares, key_shares)
+        update, weight_sum = self._decode(total, current, len(survivors))
+        new = ArrayRecord(
+            {
+                name: Array((current[name].astype(np.float64) + update[name]).astype(current[name].dtype))
+                for name in global_arrays
+            }
+        )
+        return new, weight_sum
+
+    def _masked_vectors(self, accepted: list[Message], length: int) -> dict[int, np.ndarray]:
+        """The masked vector of each active lender whose reply holds one of the right kind, by position."""
         position = {node: p for p, node in enumerate(self.nodes)}
         masked = {}
         for msg in accepted:
             p = position[msg.metadata.src_node_id]
-            vector = numpy_arrays(msg.content["arrays"]).get(MASKED)
+            vector = numpy_arrays(msg.content.array_records["arrays"]).get(MASKED)
             if p not in self.active or vector is None or vector.dtype != np.uint64 or vector.shape != (length,):
                 self._drop(p, f"secure aggregation: the training reply holds no masked uint64 vector of {length}")
                 continue
             masked[p] = vector
-        survivors = sorted(masked)
-        dropped = sorted(set(self.active) - set(survivors))
-        self._enough(len(survivors), "sent their masked update")
+        return masked
+
+    def _unmasking_shares(self, survivors: list[int], dropped: list[int]) -> dict[int, dict]:
+        """Step 4, the signed survivor set and each survivor's confirmation of it, then step 5: the answers (by
+        position) that hold a seed share for every survivor and a key share for every dropped lender."""
         survivor_ids, dropped_ids = [self.participants[p] for p in survivors], [self.participants[p] for p in dropped]
         self.unmask_request = signed(self.key, unmask_body(self.run_id, self.rnd, survivor_ids, dropped_ids))
         request = {
@@ -252,27 +277,19 @@ class SecureRound:
             if len(a["seed-shares"]) == len(survivors) and len(a["key-shares"]) == len(dropped)
         }
         self._enough(len(answers), "answered the unmasking step")
-        seed_shares = {
-            s: [unpack_share(bytes(a["seed-shares"][i])) for a in answers.values()] for i, s in enumerate(survivors)
-        }
-        key_shares = {
-            d: [unpack_share(bytes(a["key-shares"][i])) for a in answers.values()] for i, d in enumerate(dropped)
-        }
-        total = unmask_sum(masked, {p: self.mask_keys[p] for p in self.active}, self.threshold, seed_shares, key_shares)
+        return answers
+
+    def _decode(
+        self, total: np.ndarray, current: dict[str, np.ndarray], survivors: int
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """The mean update by array name and the survivors' record count, from the unmasked quantized sum."""
         quantizer = weighted_quantizer(self.bound, len(self.nodes))
         decoded = quantizer.decode_sum(total)
         weight_sum = round(float(decoded[-1]))
         # n_i are whole numbers: a sum that is not one means some vector was malformed (or a share was wrong).
-        if weight_sum < 1 or abs(decoded[-1] - weight_sum) > quantizer.max_sum_error(len(survivors)):
+        if weight_sum < 1 or abs(decoded[-1] - weight_sum) > quantizer.max_sum_error(survivors):
             raise SecAggError(
                 f"round {self.rnd}: the unmasked record count {decoded[-1]:.6f} is not a positive whole "
                 f"number: a lender sent a malformed masked vector"
             )
-        update = unflatten(decoded[:-1] / weight_sum, current)
-        new = ArrayRecord(
-            {
-                name: Array((current[name].astype(np.float64) + update[name]).astype(current[name].dtype))
-                for name in global_arrays
-            }
-        )
-        return new, weight_sum
+        return unflatten(decoded[:-1] / weight_sum, current), weight_sum

@@ -10,20 +10,36 @@
   lenders sending arbitrary updates.
 By default every lender takes part in every round. `lenders-per-round k` lets Flower draw k lenders a
 round (a fixed-size sample, for scale): record-level accounting then simply counts the rounds each
-lender really trained, and claims no amplification from this sampling; lender-level DP does its own
-Poisson sampling (server/lender_dp.py).
+lender really trained, and claims no amplification from this sampling; lender-level DP wraps the strategy and
+does its own Poisson sampling (server/lender_level_dp.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypedDict
+
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Strategy
 
 from federation.config import RunConfig
+from server.coordinator_strategy import CoordinatorStrategy
+from server.lender_level_dp import LenderLevelDPStrategy
+
+
+class _Sampling(TypedDict):
+    """The arguments every Flower strategy takes for how many lenders a round asks."""
+
+    fraction_train: float
+    fraction_evaluate: float
+    min_train_nodes: int
+    min_evaluate_nodes: int
+    min_available_nodes: int
 
 
 def make_strategy(cfg: RunConfig) -> Strategy:
+    """The run's Flower strategy."""
     k = cfg.lenders_per_round or cfg.lenders
-    common = dict(
+    common = _Sampling(
         fraction_train=k / cfg.lenders,
         fraction_evaluate=k / cfg.lenders,
         min_train_nodes=k,
@@ -41,3 +57,12 @@ def make_strategy(cfg: RunConfig) -> Strategy:
     if cfg.strategy == "fedtrimmedavg":
         return FedTrimmedAvg(**common, beta=cfg.trim_fraction)
     raise ValueError(f"unknown strategy '{cfg.strategy}'")
+
+
+def coordinator_strategy(cfg: RunConfig, lender_of_node: Mapping[int, int]) -> CoordinatorStrategy:
+    """The strategy the round driver uses, chosen once for the run: the Flower strategy wrapped for lender-level
+    DP, or passed through (no DP, or record-level DP, whose noise the lenders add)."""
+    strategy = make_strategy(cfg)
+    if cfg.dp and cfg.dp_level == "lender":
+        return LenderLevelDPStrategy(cfg, strategy, lender_of_node)
+    return CoordinatorStrategy(cfg, strategy, lender_of_node)

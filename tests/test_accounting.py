@@ -187,7 +187,9 @@ def test_privacy_summary_states_accountant_both_epsilons_and_noise_source(dp_run
 
 
 def test_server_rejects_a_lender_whose_epsilon_claim_does_not_match_its_events():
-    from server.loop import RunFailed, RunRecord, _account
+    from server.errors import RunFailed
+    from server.release_accounting import account_release
+    from server.run_record import RunRecord
 
     cfg = RunConfig(lenders=1)
     record = RunRecord(manifests={0: {"train_records": 1000, "policy": {"delta": 0.0}}})
@@ -206,12 +208,12 @@ def test_server_rejects_a_lender_whose_epsilon_claim_does_not_match_its_events()
             "epsilon": claim,
         }
 
-    _account(record, cfg, 0, 1, update(1, 1, honest))
+    account_release(record, cfg, 0, 1, update(1, 1, honest))
     assert len(record.releases[0]) == 1
     with pytest.raises(RunFailed, match="lender 0 claims epsilon"):
-        _account(record, cfg, 0, 2, update(2, 2, honest))  # two rounds spent, one claimed
+        account_release(record, cfg, 0, 2, update(2, 2, honest))  # two rounds spent, one claimed
     with pytest.raises(RunFailed, match="numbers its release 5"):
-        _account(record, cfg, 0, 2, update(2, 5, honest))  # releases 2-4 kept from the coordinator's count
+        account_release(record, cfg, 0, 2, update(2, 5, honest))  # releases 2-4 kept from the coordinator's count
 
 
 # ---- lender-level DP -----------------------------------------------------------------------------
@@ -240,11 +242,11 @@ def test_noised_mean_uses_the_fixed_expected_count_and_reclips():
 
 
 def test_lender_level_sampling_is_poisson_not_fixed_size():
-    from server.lender_dp import LenderLevelDP
+    from server.lender_level_dp import LenderLevelDPStrategy
+    from server.strategies import make_strategy
 
-    dp = LenderLevelDP(
-        RunConfig(lenders=50, dp_level="lender", lender_sample_rate=0.2, epsilon=5.0, delta=1e-3, rounds=5)
-    )
+    cfg = RunConfig(lenders=50, dp_level="lender", lender_sample_rate=0.2, epsilon=5.0, delta=1e-3, rounds=5)
+    dp = LenderLevelDPStrategy(cfg, make_strategy(cfg), lender_of_node={})
     sizes = [len(dp.sample(list(range(50)))) for _ in range(400)]
     assert len(set(sizes)) > 5  # varies from round to round
     assert np.mean(sizes) == pytest.approx(10, rel=0.1)

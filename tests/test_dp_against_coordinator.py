@@ -355,7 +355,8 @@ def test_the_lender_adds_the_noise_it_records(tmp_path, monkeypatch):
 
 
 def test_lender_level_noise_and_denominator_are_the_recorded_ones():
-    from server.lender_dp import LenderLevelDP
+    from server.lender_level_dp import LenderLevelDPStrategy
+    from server.strategies import make_strategy
 
     cfg = RunConfig(
         records=20000,
@@ -368,11 +369,11 @@ def test_lender_level_noise_and_denominator_are_the_recorded_ones():
         epsilon=8.0,
         delta=1e-3,
     )
-    dp = LenderLevelDP(cfg)
+    dp = LenderLevelDPStrategy(cfg, make_strategy(cfg), lender_of_node={})
     global_state = {"w": torch.zeros(20000)}
     arrays = ArrayRecord(global_state)
     # noise alone (every update equals the global model): sd = sigma * C / (q N)
-    new = dp.aggregate(1, arrays, [ArrayRecord({"w": torch.zeros(20000)}) for _ in range(7)])
+    new = dp.noised_aggregate(1, arrays, [ArrayRecord({"w": torch.zeros(20000)}) for _ in range(7)])
     event = dp.budget.events[-1]
     assert float(new.to_torch_state_dict()["w"].std()) == pytest.approx(
         event.noise_multiplier * event.clip_norm / (event.sample_rate * cfg.lenders), rel=0.05
@@ -380,7 +381,7 @@ def test_lender_level_noise_and_denominator_are_the_recorded_ones():
     # no noise: the sum of the clipped updates over the fixed q N, never over the lenders really sampled
     dp.budget.sigma = 0.0
     updates = [ArrayRecord({"w": torch.full((20000,), 0.001)}) for _ in range(7)]
-    new = dp.aggregate(2, arrays, updates).to_torch_state_dict()["w"]
+    new = dp.noised_aggregate(2, arrays, updates).to_torch_state_dict()["w"]
     assert float(new.mean()) == pytest.approx(7 * 0.001 / (0.1 * 100), rel=1e-4)
     # and each lender is sampled with the recorded probability
     sampled = sum(len(dp.sample(list(range(100)))) for _ in range(200))

@@ -125,7 +125,7 @@ def test_an_unexpected_failure_prints_no_local_variables(tmp_path, monkeypatch):
         checkpoint_key = b"\x13" * 32  # noqa: F841  (a secret in scope when it fails)
         raise ZeroDivisionError("unexpected")
 
-    monkeypatch.setattr(loop, "_collect_finals", broken)
+    monkeypatch.setattr(loop, "collect_finals", broken)
     result = CliRunner().invoke(
         app,
         [

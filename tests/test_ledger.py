@@ -384,7 +384,7 @@ def test_runs_with_refusals_and_lender_level_dp_verify(tmp_path):
 
 def test_coordinator_refuses_an_update_that_differs_from_what_the_lender_signed(tmp_path, monkeypatch):
     import clients.dp_round as dp_round
-    from server.loop import RunFailed
+    from server.errors import RunFailed
 
     honest = dp_round.update_body
 

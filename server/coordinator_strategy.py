@@ -1,0 +1,159 @@
+"""The strategy the round driver uses: Flower's aggregation strategy as it is, for runs without DP or with
+record-level DP (whose noise each lender adds in its own DP-SGD), and the interface its lender-level DP wrapper
+(server/lender_level_dp.py) keeps.
+
+As Flower's DifferentialPrivacyServerSideFixedClipping wraps any strategy, the run chooses its strategy once
+(`server.strategies.coordinator_strategy`) and the round driver never asks which one it has: the strategy decides
+which lenders a round asks (`configure_train`), whether a round may start at all (`stop_before`), what the lenders
+are told of the mechanism (`mechanism`), how the screened updates are combined (`aggregate_train`) and how the
+run's privacy is stated at the end (`privacy_summary`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from federation.audit_trail.run_view import RunView
+from federation.config import RunConfig
+from federation.privacy.accountant import epsilons
+from federation.secagg import SecAggError
+from server.errors import RunFailed
+from server.release_accounting import lender_delta
+from server.run_record import RunRecord
+from server.secure_rounds import SecureRound
+
+log = logging.getLogger("fedcredit.server")
+
+
+@dataclass
+class RoundAggregate:
+    """A round's aggregate as the ledger records it."""
+
+    arrays: ArrayRecord  # the global model after the round (the previous one when the round is skipped)
+    lenders: list[int]  # the lenders whose update it holds
+    how: dict  # how it was made
+    late: dict[int, str] = field(default_factory=dict)  # lenders whose update the aggregation could not use, and why
+
+
+class CoordinatorStrategy:
+    """Flower's strategy, passed through: it draws the lenders and averages their updates (or secure aggregation
+    sums them); no noise is added here."""
+
+    # The state after a round is the model and the random module's: a run can resume from its checkpoint.
+    keeps_checkpoints = True
+
+    def __init__(self, cfg: RunConfig, strategy: Strategy, lender_of_node: Mapping[int, int]) -> None:
+        self.cfg = cfg
+        self.strategy = strategy
+        self.lender_of_node = lender_of_node
+
+    def stop_before(self, rnd: int) -> dict:
+        """Why the run must stop before round `rnd` ({"kind", "round", "reason"}), or {} to go on."""
+        return {}
+
+    def configure_train(self, rnd: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
+        """The round's training messages, one per lender asked."""
+        return list(self.strategy.configure_train(rnd, arrays, config, grid))
+
+    def asks_every_lender(self) -> bool:
+        """Whether each round asks the whole federation: only then do declines from all it asked end the run
+        (lenders drawn that decline say nothing about the others)."""
+        return not self.cfg.lenders_per_round
+
+    def mechanism(self) -> dict:
+        """What the coordinator asks for this round (each lender checks it against its own policy)."""
+        cfg = self.cfg
+        if not cfg.dp:
+            return {"dp": False}
+        return {
+            "dp": True,
+            "granularity": cfg.dp_level,
+            "accountant": cfg.accountant,
+            "clip_norm": cfg.clip_norm,
+            "noise_multiplier": cfg.noise_multiplier or None,
+            "delta": cfg.delta or None,
+            "reproducible_noise_not_private": cfg.reproducible_noise_not_private,
+        }
+
+    def aggregate_train(
+        self, rnd: int, arrays: ArrayRecord, trained: list[Message], secure: SecureRound | None, setup_failure: str
+    ) -> RoundAggregate:
+        """The round's new global model from the screened updates; the previous one (skipped, with the reason)
+        when there is none to make."""
+        new_arrays, why_not, weights = (
+            (None, setup_failure, None) if setup_failure else self._combine(rnd, arrays, trained, secure)
+        )
+        how: dict = {"strategy": self.cfg.strategy, "secure_aggregation": self.cfg.secure_aggregation}
+        aggregated = [self.lender_of_node[m.metadata.src_node_id] for m in trained]
+        late: dict[int, str] = {}
+        if secure is not None:
+            if secure.unmask_request:
+                how["unmask"] = secure.unmask_request
+                how["confirmations"] = {str(k): v for k, v in sorted(secure.confirmations.items())}
+            # sent an update the unmasking could not use
+            late = {lender: why for lender, why in secure.dropped.items() if lender in aggregated}
+            aggregated = [lender for lender in aggregated if lender not in late]
+        if weights is not None:
+            how["weight_sum"] = weights
+        if new_arrays is None:
+            # The global model stays as it was; the round still counts, is evaluated and checkpointed.
+            log.warning("round %d: the model is unchanged: %s", rnd, why_not)
+            return RoundAggregate(arrays, [], {**how, "skipped": True, "reason": why_not}, late)
+        return RoundAggregate(new_arrays, aggregated, how, late)
+
+    def _combine(
+        self, rnd: int, arrays: ArrayRecord, trained: list[Message], secure: SecureRound | None
+    ) -> tuple[ArrayRecord | None, str, int | None]:
+        """The new global model, "" and (secure aggregation) the unmasked weight sum; or None and why there is
+        none."""
+        if not trained:
+            return None, "no usable update (every lender failed, was rejected or declined)", None
+        if secure:
+            try:
+                new, weights = secure.aggregate(arrays, trained)
+                return new, "", weights
+            except SecAggError as exc:
+                return None, str(exc), None
+        new_arrays, _ = self.strategy.aggregate_train(rnd, trained)
+        if new_arrays is None:
+            raise RunFailed(f"round {rnd}: aggregation produced no model")
+        return new_arrays, "", None
+
+    def epsilon_spent(self, record: RunRecord) -> float:
+        """The largest epsilon any lender has spent so far (by its latest release)."""
+        return max(
+            (b["epsilon"] for bodies in record.releases.values() for b in bodies[-1:] if b.get("epsilon") is not None),
+            default=0.0,
+        )
+
+    def privacy_summary(self, record: RunRecord, view: RunView) -> dict:
+        """Per lender: final epsilon under both of Opacus' accountants."""
+        cfg = self.cfg
+        if not cfg.dp:
+            return {"dp": False}
+        units: dict[str, dict] = {}
+        for lender in range(cfg.lenders):
+            bodies = record.releases.get(lender, [])
+            events = record.events(lender)
+            delta = lender_delta(cfg, record.manifests[lender])
+            both = epsilons(events, delta) if events else {"rdp": 0.0, "prv": 0.0}
+            units[str(lender)] = {
+                "budget": cfg.budget_for(lender),
+                "delta": delta,
+                "epsilon": both[cfg.accountant],
+                "epsilon_rdp": both["rdp"],
+                "epsilon_prv": both["prv"],
+                "rounds_released": len(events),
+                "steps": sum(e.steps for e in events),
+                "noise_multiplier": events[-1].noise_multiplier if events else None,
+                "sample_rate": events[-1].sample_rate if events else None,
+                "clip_norm": cfg.clip_norm,
+                "noise": bodies[-1].get("noise") if bodies else None,
+            }
+        return {"dp": True, "granularity": cfg.dp_level, "accountant": cfg.accountant, "units": units}
