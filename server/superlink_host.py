@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from federation.audit_trail.keys import COORDINATOR, load_or_create, public_hex
-from federation.config import RunConfig
+from federation.config import LAUNCHER_ONLY, RunConfig
 from federation.deploy_pki import check_brought_tls, make_tls
 from federation.processes import DeploymentError, ProcessGroup, flower_env, free_port, parse_address, tool
 from federation.registry import fingerprint
@@ -204,7 +204,7 @@ class CoordinatorHost:
         signing key is its own folder's (`keys-dir`)."""
         output = Path(cfg.output_dir).resolve()
         cfg = cfg.replace(output_dir=str(output), keys_dir=str(self.folder / "keys"))
-        overrides = {k: v for k, v in cfg.to_record().items() if k != "engine"}
+        overrides = {k: v for k, v in cfg.to_record().items() if k not in LAUNCHER_ONLY}  # not app config keys
         run_config = " ".join(f"{k}={toml_value(v)}" for k, v in overrides.items())
         done = self.flwr("run", str(PROJECT), CONNECTION, "--run-config", run_config, "--stream", timeout=timeout)
         (self.folder / "logs" / "flwr-run.log").write_text(done.stdout + done.stderr)
