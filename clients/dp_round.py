@@ -186,10 +186,9 @@ def request_refusal(session: Session) -> Refusal | None:
 
 
 def train(session: Session) -> Message:
+    """One training request: resend what was sent, or refuse with the limit, or pay for one release and train."""
     s, cfg = session, session.request
-    if cfg.fail_rate and np.random.default_rng([cfg.seed, s.lender, s.round, 0xFA11]).random() < cfg.fail_rate:
-        # Fault injection: this lender crashes before doing anything this round (nothing is released).
-        raise RuntimeError(f"injected failure of lender {s.lender} in round {s.round}")
+    _injected_failure(s)
     incoming = numpy_arrays(array_record(s.msg.content, ARRAYS))
     digest = s.digest(arrays_hash(incoming))
     if not cfg.secure_aggregation:  # a masked update is masked afresh each round: never resent
@@ -207,31 +206,16 @@ def train(session: Session) -> Message:
             refusal = Refusal("closed", None, None, "this lender already signed its final statement for this run")
         planned = None
         if refusal is None and record_level:
-            n = len(s.data.y_train)
-            q, steps = sample_rate(n, cfg.batch_size), cfg.local_epochs * steps_per_epoch(n, cfg.batch_size)
-            # Calibrated once for the whole run (rounds x local steps), never per round; or fixed by the request.
-            sigma = (
-                account["sigma"]
-                or cfg.noise_multiplier
-                or calibrate_noise(budget, delta, q, cfg.rounds * steps, cfg.accountant)
-            )
-            planned = PrivacyEvent(s.lender, s.round, float(sigma), q, steps, cfg.clip_norm)
+            planned = _planned_event(s, account, required(budget, "budget"), required(delta, "delta"))
             refusal = _budget_refusal(
                 s, spent, run_events, planned, required(budget, "budget"), required(delta, "delta"), cfg.accountant
             )
-            account["sigma"] = float(sigma)
         if refusal is not None:
             spent_now = epsilon(run_events, required(delta, "delta"), cfg.accountant) if record_level else None
             account.setdefault("refused", {})[digest] = refusal.limit
             return _refuse(s, refusal, digest, spent_now, budget, delta)
-        if cfg.secure_aggregation:  # masks once a round, under the lock (two concurrent requests must not both mask)
-            done = account.setdefault("secagg", {}).setdefault(str(s.round), {})
-            if "masked" in done:
-                raise SecAggError(
-                    f"lender {s.lender} already masked an update in round {s.round}: the same masks on "
-                    "another update would reveal the difference"
-                )
-            done["masked"] = True
+        if cfg.secure_aggregation:
+            _mask_once_this_round(s, account)
         # Counted before training: whatever leaves the lender from here on (an update, or even an error whose
         # occurrence could depend on the noisy result) has been paid for. The state is saved even if training fails.
         account["releases"] += 1
@@ -241,6 +225,58 @@ def train(session: Session) -> Message:
         release = account["releases"]
         arrays = _train_once(s, planned)
     eps = epsilon(run_events, required(delta, "delta"), cfg.accountant) if record_level else None
+    return _release_reply(s, arrays, digest, release, planned, eps, budget, delta)
+
+
+def _injected_failure(s: Session) -> None:
+    """Fault injection (tests, benchmarks): this lender crashes before doing anything this round (nothing is
+    released), with the probability the request's fail-rate gives."""
+    cfg = s.request
+    if cfg.fail_rate and np.random.default_rng([cfg.seed, s.lender, s.round, 0xFA11]).random() < cfg.fail_rate:
+        raise RuntimeError(f"injected failure of lender {s.lender} in round {s.round}")
+
+
+def _planned_event(s: Session, account: dict, budget: float, delta: float) -> PrivacyEvent:
+    """The DP-SGD event this round would be. Sigma is calibrated once for the whole run (rounds x local steps),
+    never per round, or fixed by the request; it is kept in the lender's account for the rounds that follow."""
+    cfg = s.request
+    n = len(s.data.y_train)
+    q, steps = sample_rate(n, cfg.batch_size), cfg.local_epochs * steps_per_epoch(n, cfg.batch_size)
+    sigma = (
+        account["sigma"]
+        or cfg.noise_multiplier
+        or calibrate_noise(budget, delta, q, cfg.rounds * steps, cfg.accountant)
+    )
+    account["sigma"] = float(sigma)
+    return PrivacyEvent(s.lender, s.round, float(sigma), q, steps, cfg.clip_norm)
+
+
+def _mask_once_this_round(s: Session, account: dict) -> None:
+    """Masks once a round, under the lock: two concurrent requests must not both mask (the same masks on two
+    updates would reveal their difference)."""
+    done = account.setdefault("secagg", {}).setdefault(str(s.round), {})
+    if "masked" in done:
+        raise SecAggError(
+            f"lender {s.lender} already masked an update in round {s.round}: the same masks on "
+            "another update would reveal the difference"
+        )
+    done["masked"] = True
+
+
+def _release_reply(
+    s: Session,
+    arrays: ArrayRecord,
+    digest: str,
+    release: int,
+    planned: PrivacyEvent | None,
+    eps: float | None,
+    budget: float | None,
+    delta: float | None,
+) -> Message:
+    """The reply for one release: the arrays, scalar metrics, and the signed update (numbered: the lender's
+    `release`-th); kept byte for byte so that the same request again gets the same reply."""
+    cfg = s.request
+    record_level = planned is not None
     metrics: dict[str, MetricRecordValues] = {
         "lender-id": s.lender,
         "server-round": s.round,
@@ -276,16 +312,8 @@ def train(session: Session) -> Message:
     )
     attestation = s.sign(body)
     if not cfg.secure_aggregation:
-        s.home.save_sent_reply(
-            s.run,
-            s.round,
-            digest,
-            {
-                "arrays": checkpoint.encode_arrays(numpy_arrays(arrays)),
-                "metrics": metrics,
-                "attestation": dict(attestation),
-            },
-        )
+        saved = {"arrays": checkpoint.encode_arrays(numpy_arrays(arrays)), "metrics": metrics}
+        s.home.save_sent_reply(s.run, s.round, digest, {**saved, "attestation": dict(attestation)})
     return Message(
         RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics), ATTESTATION: attestation}), reply_to=s.msg
     )
