@@ -7,7 +7,6 @@ import logging
 import math
 import operator
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -1003,7 +1002,6 @@ def _quiet_libraries() -> None:
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.WARNING)
     flwr_logger.propagate = False
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def _print_summary(path: Path) -> None:

@@ -19,9 +19,12 @@ Engines:
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,20 +181,45 @@ def _run_engine(cfg: RunConfig, parties: Parties, on_round: Callable | None, res
         )
         server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
         return
-    import logging
-
     from flwr.simulation import run_simulation
 
     os.environ[LENDERS_DIR_ENV] = str(parties.lenders)  # Ray's workers inherit it: each lender finds its own folder
     try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=cfg.lenders,
-            backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"logging_level": logging.ERROR, "log_to_driver": True},
-            },
-        )
+        with _quiet_simulation():
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=cfg.lenders,
+                backend_config={
+                    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                    "init_args": {"logging_level": logging.ERROR, "log_to_driver": True},
+                },
+            )
     finally:
         os.environ.pop(LENDERS_DIR_ENV, None)
+
+
+class _DropRunSimulationDeprecation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`run_simulation` function is deprecated" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_simulation() -> Iterator[None]:
+    """Silence, while the simulation engine runs, the two library warnings the user can do nothing about:
+    Flower's deprecation of run_simulation (fedcredit calls it; README says what the engine is for and that
+    `flwr run` is the supported way to a Flower runtime), and Ray's notice that a future Ray will stop hiding GPUs
+    from workers asked for num_gpus=0 (fedcredit asks for none and trains on the CPU)."""
+    flwr_logger = logging.getLogger("flwr")
+    dropped = _DropRunSimulationDeprecation()
+    flwr_logger.addFilter(dropped)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore",
+                message="Tip: In future versions of Ray, Ray will no longer override accelerator",
+                category=FutureWarning,
+            )
+            yield
+    finally:
+        flwr_logger.removeFilter(dropped)
