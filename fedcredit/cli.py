@@ -92,6 +92,12 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
+def _interrupted(what: str) -> NoReturn:
+    """Ctrl-C: one line, exit code 130 (128 + SIGINT), as a shell reports it."""
+    err.print(f"interrupted: {what}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=130)
+
+
 def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
     if value not in allowed:
         _fail(f"unknown {option} '{value}' (choose from {', '.join(allowed)})")
@@ -185,6 +191,8 @@ def run(
             _quiet_libraries()
             console.print(f"fedcredit: resuming {resume}", highlight=False)
             path = run_federation(cfg, resume=True)
+        except KeyboardInterrupt:
+            _interrupted("the unfinished run is kept, to be resumed again")
         except FedCreditError as exc:
             _fail(str(exc))
         except RuntimeError as exc:
@@ -209,6 +217,8 @@ def run(
             highlight=False,
         )
         path = run_federation(cfg)
+    except KeyboardInterrupt:  # fedcredit.runner.run has removed the staging folder, the keys and the lenders' folders
+        _interrupted("nothing was written")
     except FedCreditError as exc:
         _fail(str(exc))
     except RuntimeError as exc:  # Flower wraps errors raised in the ServerApp thread
