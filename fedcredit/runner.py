@@ -223,6 +223,8 @@ def _run_simulation(cfg: RunConfig, parties: Parties, server_app, client_app, le
         # Ctrl-C: the ServerApp's thread stops at its next wait; Flower's runtime, interrupted, terminates its actors
         # and shuts Ray down, which leaves the actors that were training running, no longer our children: the
         # processes Ray started are listed now, and those still running afterwards are stopped below, by id.
+        if stop.is_set():  # a second Ctrl-C while the first one's cleanup runs: let it finish (seconds)
+            return
         stop.set()
         ray_processes[:] = [p for p in psutil.Process().children(recursive=True) if p.pid not in ours_before]
         raise KeyboardInterrupt
