@@ -9,6 +9,7 @@ arrays and aggregate scalars only.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 
 from flwr.app import Context, Message, MetricRecord, MetricRecordValues, RecordDict
@@ -37,6 +38,9 @@ from federation.secagg import SecAggError
 from federation.training import set_torch_threads
 
 set_torch_threads()  # a lender's ClientApp process trains: one thread (why: federation/training.py)
+# Opacus installs a root log handler when imported, which would print each of Flower's log lines a second time in
+# the lender's process (the coordinator's CLI does the same for its own: fedcredit/cli.py, _quiet_libraries).
+logging.getLogger("flwr").propagate = False
 app = ClientApp()
 
 

@@ -7,7 +7,6 @@ import logging
 import math
 import operator
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -91,6 +90,12 @@ def _commands() -> None:
 def _fail(message: str) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def _interrupted(what: str) -> NoReturn:
+    """Ctrl-C: one line, exit code 130 (128 + SIGINT), as a shell reports it."""
+    err.print(f"interrupted: {what}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=130)
 
 
 def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
@@ -186,6 +191,8 @@ def run(
             _quiet_libraries()
             console.print(f"fedcredit: resuming {resume}", highlight=False)
             path = run_federation(cfg, resume=True)
+        except KeyboardInterrupt:
+            _interrupted("the unfinished run is kept, to be resumed again")
         except FedCreditError as exc:
             _fail(str(exc))
         except RuntimeError as exc:
@@ -210,6 +217,8 @@ def run(
             highlight=False,
         )
         path = run_federation(cfg)
+    except KeyboardInterrupt:  # fedcredit.runner.run has removed the staging folder, the keys and the lenders' folders
+        _interrupted("nothing was written")
     except FedCreditError as exc:
         _fail(str(exc))
     except RuntimeError as exc:  # Flower wraps errors raised in the ServerApp thread
@@ -1003,7 +1012,6 @@ def _quiet_libraries() -> None:
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.WARNING)
     flwr_logger.propagate = False
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def _print_summary(path: Path) -> None:

@@ -13,19 +13,30 @@ Each party's secrets stay in its own folder, beside the run folder and never in 
 Engines:
 - "simulation": Flower's simulation runtime (Ray), one virtual SuperNode per lender; each finds its folder through
   $FEDCREDIT_LENDERS_DIR (set here, before Ray starts);
-- "inprocess": the same apps on an in-process Grid (fedcredit/inprocess_grid.py): no engine start cost; each lender's
-  node config names its folder.
+- "inprocess" (the default): the same apps on an in-process Grid (fedcredit/inprocess_grid.py): no engine start
+  cost; each lender's node config names its folder.
+
+Ctrl-C: the KeyboardInterrupt reaches run_federation's cleanup (the staging folder, new keys) and run()'s (the
+lenders' folders, the registry, the keys) on either engine; on the simulation engine, where the ServerApp runs in a
+thread of Flower's and the interrupt reaches only the main thread, a stop event ends that thread (its Grid raises
+at its next wait: fedcredit/stoppable_grid.py) and the processes Ray started are stopped by id.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-from collections.abc import Callable
+import signal
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from federation.config import RunConfig
 from federation.errors import ConfigError
@@ -178,20 +189,106 @@ def _run_engine(cfg: RunConfig, parties: Parties, on_round: Callable | None, res
         )
         server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
         return
-    import logging
+    _run_simulation(cfg, parties, server_app, client_app, LENDERS_DIR_ENV)
 
+
+def _run_simulation(cfg: RunConfig, parties: Parties, server_app, client_app, lenders_dir_env: str) -> None:
+    """The apps on Flower's Ray simulation runtime. Ctrl-C (SIGINT) stops the ServerApp's thread, so that its
+    cleanup runs, and every process Ray started, before the KeyboardInterrupt goes on."""
+    from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
-    os.environ[LENDERS_DIR_ENV] = str(parties.lenders)  # Ray's workers inherit it: each lender finds its own folder
+    from fedcredit.stoppable_grid import StoppableGrid, Stopped
+
+    stop = threading.Event()
+    server_threads: list[threading.Thread] = []
+    outer = ServerApp()
+
+    @outer.main()
+    def main(grid: Grid, context) -> None:
+        server_threads.append(threading.current_thread())
+        with suppress(Stopped):  # the main thread was interrupted and raises KeyboardInterrupt: nothing to add here
+            server_app(StoppableGrid(grid, stop), context)
+
+    os.environ[lenders_dir_env] = str(parties.lenders)  # Ray's workers inherit it: each lender finds its own folder
+    # Flower's log in the lenders' Ray workers, also inherited: errors only. Its warnings there are about its own
+    # machinery (each actor says "Manually terminating ClientAppActor" as Flower ends it), nothing a user can act on.
+    own_log_level = "FLWR_LOG_LEVEL" not in os.environ
+    if own_log_level:
+        os.environ["FLWR_LOG_LEVEL"] = "ERROR"
+    ray_processes: list[psutil.Process] = []
+    ours_before = {p.pid for p in psutil.Process().children(recursive=True)}  # not Ray's: never stopped here
+
+    def interrupt(signum: int, frame: object) -> None:
+        # Ctrl-C: the ServerApp's thread stops at its next wait; Flower's runtime, interrupted, terminates its actors
+        # and shuts Ray down, which leaves the actors that were training running, no longer our children: the
+        # processes Ray started are listed now, and those still running afterwards are stopped below, by id.
+        if stop.is_set():  # a second Ctrl-C while the first one's cleanup runs: let it finish (seconds)
+            return
+        stop.set()
+        ray_processes[:] = [p for p in psutil.Process().children(recursive=True) if p.pid not in ours_before]
+        raise KeyboardInterrupt
+
+    previous = (
+        signal.signal(signal.SIGINT, interrupt) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=cfg.lenders,
-            backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"logging_level": logging.ERROR, "log_to_driver": True},
-            },
-        )
+        with _quiet_simulation():
+            run_simulation(
+                server_app=outer,
+                client_app=client_app,
+                num_supernodes=cfg.lenders,
+                backend_config={
+                    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                    "init_args": {"logging_level": logging.ERROR, "log_to_driver": True},
+                },
+            )
+    except BaseException:
+        stop.set()  # the ServerApp's thread raises Stopped at its next wait, and its cleanup removes what it made
+        for thread in server_threads:
+            thread.join(timeout=STOP_WAIT_S)
+        _kill(ray_processes, wait_s=STOP_WAIT_S)  # none unless interrupted: else Flower has shut Ray down
+        raise
     finally:
-        os.environ.pop(LENDERS_DIR_ENV, None)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        os.environ.pop(lenders_dir_env, None)
+        if own_log_level:
+            os.environ.pop("FLWR_LOG_LEVEL", None)
+
+
+STOP_WAIT_S = 5.0  # how long an interrupted run waits for the ServerApp's thread to finish its step and clean up
+
+
+def _kill(processes: list[psutil.Process], wait_s: float) -> None:
+    """SIGKILL each process that still runs, by id, and wait for them."""
+    for process in processes:
+        with suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(processes, timeout=wait_s)
+
+
+class _DropRunSimulationDeprecation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`run_simulation` function is deprecated" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_simulation() -> Iterator[None]:
+    """Silence, while the simulation engine runs, the two library warnings the user can do nothing about:
+    Flower's deprecation of run_simulation (fedcredit calls it; README says what the engine is for and that
+    `flwr run` is the supported way to a Flower runtime), and Ray's notice that a future Ray will stop hiding GPUs
+    from workers asked for num_gpus=0 (fedcredit asks for none and trains on the CPU)."""
+    flwr_logger = logging.getLogger("flwr")
+    dropped = _DropRunSimulationDeprecation()
+    flwr_logger.addFilter(dropped)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore",
+                message="Tip: In future versions of Ray, Ray will no longer override accelerator",
+                category=FutureWarning,
+            )
+            yield
+    finally:
+        flwr_logger.removeFilter(dropped)

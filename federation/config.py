@@ -23,7 +23,7 @@ MODELS = ("logreg", "mlp")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg")
 ACCOUNTANTS = ("rdp", "prv")
 DP_LEVELS = ("record", "lender")
-ENGINES = ("simulation", "inprocess")
+ENGINES = ("inprocess", "simulation")
 DATA_DIR_ENV = "FEDCREDIT_DATA_DIR"
 # Fields that choose how `fedcredit run` launches the apps, not what they do: absent from the Flower app config
 # (`[tool.flwr.app.config]` in pyproject.toml holds every other key, with its default), never sent with `flwr run`.
@@ -114,7 +114,12 @@ class RunConfig:
         "Folder for the private signing keys (default RUN-keys beside the run folder, never in it; "
         "existing keys there are reused).",
     )
-    engine: str = _option("simulation", "simulation (Flower's Ray runtime) or inprocess (same apps, no Ray).", ENGINES)
+    engine: str = _option(
+        "inprocess",
+        "inprocess (the same ServerApp and ClientApp on an in-process Grid, through Flower's wire format: no engine "
+        "start) or simulation (Flower's Ray simulation runtime, for large simulations).",
+        ENGINES,
+    )
     epsilon_overrides: tuple[tuple[int, float], ...] = _option(
         (), "Per-lender budgets overriding epsilon, e.g. '0:1,3:8'."
     )

@@ -1,0 +1,82 @@
+"""Ctrl-C during a round of `fedcredit run`: the process stops within 10 s with one line and exit code 130, and
+leaves nothing behind: no run folder, no staging folder, no keys, no lenders' folders, no registry, and no process
+it started (Ray's raylet, gcs_server and workers on the simulation engine)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STOP_WITHIN_S = 10.0
+
+
+def _interrupt(tmp_path: Path, engine: str, start_within_s: float, group: bool = True) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    command = [sys.executable, "-m", "fedcredit", "run", "--engine", engine]
+    command += ["--records", "3000", "--lenders", "2", "--rounds", "200", "--output-dir", str(out)]
+    # A session (and so a process group) of its own, as a shell gives a foreground job: Ctrl-C goes to the group.
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    started: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + start_within_s
+        seen: list[str] = []
+        while not any(line.startswith("round 1:") for line in seen):
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert line is not None, "\n".join(seen)
+            seen.append(line)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        sent = time.monotonic()
+        # Ctrl-C in a terminal signals the whole foreground group (Ray's processes too); `kill -INT PID` only the run.
+        (os.killpg if group else os.kill)(proc.pid, signal.SIGINT)
+        proc.wait(timeout=STOP_WITHIN_S + 20)  # more, so that the assertion below says how long it took
+        took = time.monotonic() - sent
+        after = []
+        while (line := lines.get(timeout=5)) is not None:
+            after.append(line)
+        after = [line for line in after if not line.startswith("round ")]  # a round that finished as the key came
+        print(f"{engine}: stopped {took:.1f} s after SIGINT; {len(started)} child processes before")
+        assert took < STOP_WITHIN_S, f"stopped only after {took:.1f} s"
+        assert proc.returncode == 130, "\n".join(seen + after)
+        assert after == ["interrupted: nothing was written"], "\n".join(after)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], "left behind"
+        left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not left, f"left running: {[(p.pid, p.name()) for p in left]}"
+    finally:
+        for p in [*started, psutil.Process(proc.pid) if proc.poll() is None else None]:
+            if p is not None:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
+        proc.wait(timeout=30)
+
+
+def test_ctrl_c_on_the_inprocess_engine_stops_and_leaves_nothing(tmp_path):
+    _interrupt(tmp_path, "inprocess", start_within_s=120)
+
+
+@pytest.mark.simulation
+@pytest.mark.parametrize("group", [True, False], ids=["ctrl-c", "kill-int"])
+def test_ctrl_c_on_the_simulation_engine_stops_and_leaves_nothing(tmp_path, group):
+    _interrupt(tmp_path, "simulation", start_within_s=300, group=group)
