@@ -27,7 +27,7 @@ from opacus.optimizers import DPOptimizer
 
 # Private Opacus API, checked against opacus 1.6.0: SecureDPOptimizer.add_noise replaces DPOptimizer.add_noise and
 # must keep its bookkeeping (the flags that stop a gradient being noised twice), which only these helpers set.
-from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+from opacus.optimizers.optimizer import _check_processed_flag, _generate_noise, _mark_as_processed
 
 SECURE_SOURCE = (
     "ChaCha20 keystream keyed from os.urandom on the side that adds the noise (Opacus secure-mode summation)"
@@ -79,6 +79,10 @@ class SecureRandomness:
     def dp_optimizer(self, *args, **kwargs) -> DPOptimizer:
         return SecureDPOptimizer(*args, **kwargs, gaussian=self.stream)
 
+    def noised(self, std: float, sums: list[torch.Tensor]) -> list[torch.Tensor]:
+        """`sums` plus Gaussian noise of `std`, drawn as SecureDPOptimizer.add_noise draws it."""
+        return secure_noised(self.stream, std, sums)
+
 
 @dataclass
 class SeededRandomness:
@@ -99,6 +103,24 @@ class SeededRandomness:
     def dp_optimizer(self, *args, **kwargs) -> DPOptimizer:
         return DPOptimizer(*args, **kwargs, generator=self.generator)
 
+    def noised(self, std: float, sums: list[torch.Tensor]) -> list[torch.Tensor]:
+        """`sums` plus Gaussian noise of `std`, drawn exactly as Opacus' DPOptimizer.add_noise draws it with this
+        generator (secure_mode off): one torch.normal per tensor, in order, none at all when std is 0."""
+        return [s + _generate_noise(std=std, reference=s, generator=self.generator, secure_mode=False) for s in sums]
+
+
+def secure_noised(gaussian: ChaChaStream, std: float, sums: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`sums` plus N(0, std^2) noise from the ChaCha20 stream, summed as in Opacus' secure mode (4 draws / 2).
+
+    One draw for every tensor and all four summands: a keystream call per step, not 8 per parameter (the
+    per-call overhead was a fifth of a DP-SGD epoch for the logistic regression). Shared by SecureDPOptimizer
+    (the Opacus path) and federation/fast_dp_sgd.py (the closed-form path), so both draw the same way."""
+    sizes = [s.numel() for s in sums]
+    total = gaussian.normal((4, sum(sizes))).sum(dim=0) / 2  # N(0, 1), as Opacus' secure mode
+    return [
+        s + (std * chunk.reshape(s.shape)).to(s.dtype) for s, chunk in zip(sums, torch.split(total, sizes), strict=True)
+    ]
+
 
 class SecureDPOptimizer(DPOptimizer):
     """Opacus' DPOptimizer with its noise drawn from a ChaCha20 stream, summed as in Opacus' secure mode."""
@@ -109,12 +131,9 @@ class SecureDPOptimizer(DPOptimizer):
 
     def add_noise(self) -> None:
         std = self.noise_multiplier * self.max_grad_norm
-        sizes = [p.summed_grad.numel() for p in self.params]
-        # One draw for every parameter and all four summands: a keystream call per step, not 8 per parameter
-        # (the per-call overhead was a fifth of a DP-SGD epoch for the logistic regression).
-        total = self._gaussian.normal((4, sum(sizes))).sum(dim=0) / 2  # N(0, 1), as Opacus' secure mode
-        for p, chunk in zip(self.params, torch.split(total, sizes), strict=True):
+        for p in self.params:
             _check_processed_flag(p.summed_grad)
-            reference = p.summed_grad
-            p.grad = (reference + (std * chunk.reshape(reference.shape)).to(reference.dtype)).view_as(p)
+        noised = secure_noised(self._gaussian, std, [p.summed_grad for p in self.params])
+        for p, grad in zip(self.params, noised, strict=True):
+            p.grad = grad.view_as(p)
             _mark_as_processed(p.summed_grad)
