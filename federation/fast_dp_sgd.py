@@ -40,12 +40,11 @@ from torch import nn
 
 from federation.model import MLP, LogisticRegression
 
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
-
-def _linears(model: nn.Module) -> list[nn.Linear] | None:
+def linear_layers(model: nn.Module) -> list[nn.Linear] | None:
     """The model's linear layers in forward order (a ReLU between consecutive ones) if it is exactly a built-in
-    model (not a subclass, whose forward may differ) with every parameter trained, else None."""
+    model (not a subclass, whose forward may differ), every parameter trained and every layer with a bias, else
+    None: the models whose clipped sum this module computes."""
     if not all(p.requires_grad for p in model.parameters()):
         return None
     if isinstance(model, LogisticRegression) and type(model) is LogisticRegression:
@@ -54,20 +53,18 @@ def _linears(model: nn.Module) -> list[nn.Linear] | None:
         layers = [model.hidden, model.out]
     else:
         return None
-    linears = [layer for layer in layers if type(layer) is nn.Linear]
+    linears = [layer for layer in layers if type(layer) is nn.Linear and layer.bias is not None]
     return linears if len(linears) == len(layers) else None
 
 
 def supports(model: nn.Module) -> bool:
-    """Whether `clipped_sum` computes this model's clipped per-example gradient sum."""
-    linears = _linears(model)
-    return linears is not None and all(layer.bias is not None for layer in linears)
+    return linear_layers(model) is not None
 
 
-@torch.no_grad()
-def _inputs_and_deltas(
-    linears: list[nn.Linear], x: torch.Tensor, y: torch.Tensor
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+Layers = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _inputs_and_deltas(linears: list[nn.Linear], x: torch.Tensor, y: torch.Tensor) -> Layers:
     """(input, delta) per linear layer, in forward order: the layer's input rows and dL_i/d(its output)."""
     inputs, pres = [], []
     h = x
@@ -80,12 +77,12 @@ def _inputs_and_deltas(
     delta = torch.sigmoid(h) - y.unsqueeze(-1)  # (B, 1): d BCEWithLogits(sum) / d logit
     deltas = [delta]
     for k in range(len(linears) - 1, 0, -1):  # through layer k's weight, then ReLU' of layer k-1's output
-        delta = torch.where(pres[k - 1] > 0, delta @ linears[k].weight, torch.zeros((), dtype=delta.dtype))
+        delta = torch.where(pres[k - 1] > 0, delta @ linears[k].weight, 0.0)
         deltas.insert(0, delta)
     return list(zip(inputs, deltas, strict=True))
 
 
-def non_finite_examples(layers: list[tuple[torch.Tensor, torch.Tensor]], norm_sq: torch.Tensor) -> torch.Tensor:
+def non_finite_examples(layers: Layers, norm_sq: torch.Tensor) -> torch.Tensor:
     """The examples whose per-example gradient is not finite (they contribute zero; see the module docstring)."""
     bad = ~torch.isfinite(norm_sq)
     if len(norm_sq):
@@ -95,28 +92,50 @@ def non_finite_examples(layers: list[tuple[torch.Tensor, torch.Tensor]], norm_sq
     return bad
 
 
-def clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip_norm: float) -> list[torch.Tensor]:
-    """Sum over the batch of the per-example gradients of BCEWithLogits (reduction "sum"), each clipped to
-    `clip_norm` as Opacus clips it, non-finite ones zeroed; one tensor per parameter, in model.parameters() order."""
-    linears = _linears(model)
-    if linears is None or not supports(model):
-        raise ValueError(f"no closed-form per-example clipping for {type(model).__name__}")
-    layers = _inputs_and_deltas(linears, x, y)
-    norm_sq = torch.zeros(len(x), dtype=torch.float64)
-    for inputs, delta in layers:
-        norm_sq += delta.double().square().sum(1) * (inputs.double().square().sum(1) + 1.0)
+def _clipped_sum_float64(layers: Layers, clip_norm: float) -> list[torch.Tensor]:
+    """The careful path, for a batch with a non-finite or enormous per-example gradient: norms, factors and
+    products in float64, the non-finite examples' rows masked out of the products (0 * NaN is NaN)."""
+    norm_sq = sum(delta.double().square().sum(1) * (inputs.double().square().sum(1) + 1.0) for inputs, delta in layers)
+    assert isinstance(norm_sq, torch.Tensor)
     bad = non_finite_examples(layers, norm_sq)
-    clip = (clip_norm / (norm_sq.sqrt() + 1e-6)).clamp(max=1.0)
-    clip = torch.where(bad, torch.zeros((), dtype=clip.dtype), clip)
+    clip = torch.where(bad, 0.0, (clip_norm / (norm_sq.sqrt() + 1e-6)).clamp(max=1.0)).unsqueeze(1)
+    keep = ~bad.unsqueeze(1)
     sums: list[torch.Tensor] = []
-    any_bad = bool(bad.any())
     for inputs, delta in layers:
-        scaled = clip.unsqueeze(1) * delta.double()
-        x64 = inputs.double()
-        if any_bad:  # mask the rows, not just the factor: 0 * NaN is NaN
-            keep = ~bad.unsqueeze(1)
-            scaled = torch.where(keep, scaled, torch.zeros((), dtype=scaled.dtype))
-            x64 = torch.where(keep, x64, torch.zeros((), dtype=x64.dtype))
-        sums.append((scaled.T @ x64).float())  # weight: (out, in)
+        scaled = torch.where(keep, clip * delta.double(), 0.0)
+        sums.append((scaled.T @ torch.where(keep, inputs.double(), 0.0)).float())  # weight: (out, in)
         sums.append(scaled.sum(0).float())  # bias: (out,)
     return sums
+
+
+def clipped_sum_of_layers(linears: list[nn.Linear], x: torch.Tensor, y: torch.Tensor, clip_norm: float):
+    """`clipped_sum` for the layers `linear_layers` returned (what train_local calls once per step, under
+    torch.no_grad)."""
+    layers = _inputs_and_deltas(linears, x, y)
+    norm_sq = None
+    for inputs, delta in layers:
+        layer_sq = delta.square().sum(1) * (inputs.square().sum(1) + 1.0)
+        norm_sq = layer_sq if norm_sq is None else norm_sq + layer_sq
+    assert norm_sq is not None
+    if not bool(torch.isfinite(norm_sq).all()):
+        return _clipped_sum_float64(layers, clip_norm)
+    # Every float32 norm is finite: no entry of any per-example gradient overflows, and float32 is as exact as
+    # Opacus' own float32 norms and products.
+    clip = (clip_norm / (norm_sq.sqrt() + 1e-6)).clamp(max=1.0).unsqueeze(1)
+    sums: list[torch.Tensor] = []
+    for inputs, delta in layers:
+        scaled = clip * delta
+        sums.append(scaled.T @ inputs)  # weight: (out, in)
+        sums.append(scaled.sum(0))  # bias: (out,)
+    return sums
+
+
+def clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip_norm: float) -> list[torch.Tensor]:
+    """Sum over the batch of the per-example gradients of BCEWithLogits (reduction "sum"), each clipped to
+    `clip_norm` as Opacus clips it, non-finite ones zeroed; one float32 tensor per parameter, in
+    model.parameters() order."""
+    linears = linear_layers(model)
+    if linears is None:
+        raise ValueError(f"no closed-form per-example clipping for {type(model).__name__}")
+    with torch.no_grad():
+        return clipped_sum_of_layers(linears, x, y, clip_norm)

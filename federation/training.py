@@ -74,7 +74,9 @@ def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, dp: DPSettings |
         q = 1.0 / steps
         for _ in range(steps):
             mask = dp.randomness.poisson_mask(n, q)
-            yield x[mask], y[mask]
+            # the same rows in the same order as x[mask], y[mask], at a third of the cost (one nonzero, not two)
+            idx = torch.from_numpy(np.flatnonzero(mask.numpy()))
+            yield x[idx], y[idx]
     else:
         order = torch.randperm(n, generator=generator)
         for i in range(steps):
@@ -208,15 +210,17 @@ def _train_closed_form(
     xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
     params = list(model.parameters())
     global_params = [p.detach().clone() for p in params]
+    linears = fast_dp_sgd.linear_layers(model)
+    assert linears is not None
     expected_batch = len(xt) / steps_per_epoch(len(xt), batch_size)
     optimizer = torch.optim.SGD(params, lr=learning_rate / expected_batch, momentum=0.9)
     std = dp.noise_multiplier * dp.clip_norm  # as DPOptimizer.add_noise computes it
     model.train()
     steps = 0
-    for _ in range(epochs):
-        for xb, yb in _batches(xt, yt, batch_size, dp, torch.Generator()):
+    with torch.no_grad():  # no autograd at all: the gradients are the closed form's
+        for xb, yb in (batch for _ in range(epochs) for batch in _batches(xt, yt, batch_size, dp, torch.Generator())):
             optimizer.zero_grad(set_to_none=True)
-            sums = fast_dp_sgd.clipped_sum(model, xb, yb, dp.clip_norm)
+            sums = fast_dp_sgd.clipped_sum_of_layers(linears, xb, yb, dp.clip_norm)
             for p, grad in zip(params, dp.randomness.noised(std, sums), strict=True):
                 p.grad = grad.view_as(p)
             optimizer.step()

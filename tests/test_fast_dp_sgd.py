@@ -200,8 +200,8 @@ def test_a_seeded_run_gives_the_same_weights_on_both_paths(kind, noise_multiplie
 
 def test_auto_takes_the_closed_form_for_the_built_in_models_only(monkeypatch):
     calls = []
-    real = fast_dp_sgd.clipped_sum
-    monkeypatch.setattr(fast_dp_sgd, "clipped_sum", lambda *args: calls.append(1) or real(*args))
+    real = fast_dp_sgd.clipped_sum_of_layers
+    monkeypatch.setattr(fast_dp_sgd, "clipped_sum_of_layers", lambda *args: calls.append(1) or real(*args))
     x, y = _data(100)
     dp = DPSettings(1.0, 1.0, SeededRandomness(0))
     for kind in MODELS:
