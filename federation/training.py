@@ -219,10 +219,9 @@ def _train_closed_form(
     steps = 0
     with torch.no_grad():  # no autograd at all: the gradients are the closed form's
         for xb, yb in (batch for _ in range(epochs) for batch in _batches(xt, yt, batch_size, dp, torch.Generator())):
-            optimizer.zero_grad(set_to_none=True)
             sums = fast_dp_sgd.clipped_sum_of_layers(linears, xb, yb, dp.clip_norm)
             for p, grad in zip(params, dp.randomness.noised(std, sums), strict=True):
-                p.grad = grad.view_as(p)
+                p.grad = grad.view_as(p)  # replaces the last step's gradient: no zero_grad needed
             optimizer.step()
             steps += 1
             if proximal_mu > 0:

@@ -5,12 +5,13 @@
 Same data, model, batch size, epochs and learning rate; the only difference is DP-SGD (Poisson
 sampling, per-example clipping, Gaussian noise from the CSPRNG), with the clipped sum from Opacus' per-example
 gradients or from the closed form that train_local uses for the built-in models. Prints records per second and
-the ratios DP/plain (target >= 0.8x for the closed form), as medians over repeats in this one process.
+the ratios DP/plain (target >= 0.8x for the closed form), as medians over interleaved repeats in this one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import numpy as np
 
@@ -55,9 +56,12 @@ def measure(records: int, repeats: int, model_name: str, features: int = 23, bat
         private("closed-form")
 
     plain(), opacus(), closed_form()  # warm up (imports, first-call costs)
-    t_plain, _ = timed(plain, repeats)
-    t_opacus, _ = timed(opacus, repeats)
-    t_fast, _ = timed(closed_form, repeats)
+    # interleaved (plain, Opacus, closed form, plain, ...), so that other load on a shared machine falls on all three
+    times: dict[str, list[float]] = {"plain": [], "opacus": [], "fast": []}
+    for _ in range(repeats):
+        for key, fn in (("plain", plain), ("opacus", opacus), ("fast", closed_form)):
+            times[key].append(timed(fn, 1)[0])
+    t_plain, t_opacus, t_fast = (statistics.median(times[key]) for key in ("plain", "opacus", "fast"))
     return {
         "model": model_name,
         "records": records,

@@ -51,7 +51,8 @@ class ChaChaStream:
     def __init__(self) -> None:
         cipher = Cipher(algorithms.ChaCha20(os.urandom(32), os.urandom(16)), mode=None)
         self._stream = cipher.encryptor()
-        self._secure_normals = np.empty(0)
+        self._secure_normals = torch.empty(0, dtype=torch.float64)
+        self._secure_used = 0
         self._zeros = b""
 
     def bernoulli(self, count: int, q: float) -> np.ndarray:
@@ -68,8 +69,11 @@ class ChaChaStream:
     def uniform(self, count: int) -> np.ndarray:
         """`count` doubles in (0, 1), never 0 or 1 (53 random bits each)."""
         raw = self._stream.update(bytes(8 * count))  # keystream = ChaCha20 of zeros
-        bits = np.frombuffer(raw, dtype=np.uint64) >> np.uint64(11)
-        return (bits.astype(np.float64) + 0.5) / float(1 << 53)
+        # the same values as (bits + 0.5) / 2^53, at 2/3 of the cost: int64 -> float64 is vectorised, uint64 is not
+        u = (np.frombuffer(raw, dtype=np.uint64) >> np.uint64(11)).view(np.int64).astype(np.float64)
+        u += 0.5
+        u *= 2.0**-53
+        return u
 
     def normal(self, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
         count = max(1, math.prod(shape))
@@ -84,11 +88,12 @@ class ChaChaStream:
     def secure_normal(self, count: int) -> torch.Tensor:
         """`count` N(0, 1) doubles, each the sum of 4 normals divided by 2 (Opacus' secure mode against
         floating-point attacks), from chunks drawn ahead; no value is ever handed out twice."""
-        if len(self._secure_normals) < count:
-            fresh = self.normal((4, max(count, self.SECURE_NORMAL_CHUNK))).sum(dim=0).numpy() / 2
-            self._secure_normals = np.concatenate([self._secure_normals, fresh])
-        out, self._secure_normals = self._secure_normals[:count], self._secure_normals[count:]
-        return torch.from_numpy(out)
+        if len(self._secure_normals) - self._secure_used < count:
+            fresh = self.normal((4, max(count, self.SECURE_NORMAL_CHUNK))).sum(dim=0) / 2
+            self._secure_normals = torch.cat([self._secure_normals[self._secure_used :], fresh])
+            self._secure_used = 0
+        start, self._secure_used = self._secure_used, self._secure_used + count
+        return self._secure_normals[start : self._secure_used]
 
 
 class SecureRandomness:
@@ -150,8 +155,11 @@ def secure_noised(gaussian: ChaChaStream, std: float, sums: list[torch.Tensor]) 
     dtypes = {s.dtype for s in sums}
     if len(dtypes) == 1:  # rounded to the gradients' dtype once, not tensor by tensor (the same numbers)
         noise = noise.to(dtypes.pop())
-    chunks = torch.split(noise, sizes)
-    return [s + chunk.view(s.shape).to(s.dtype) for s, chunk in zip(sums, chunks, strict=True)]
+    noised, start = [], 0
+    for s, size in zip(sums, sizes, strict=True):
+        noised.append(s + noise[start : start + size].view(s.shape).to(s.dtype))
+        start += size
+    return noised
 
 
 class SecureDPOptimizer(DPOptimizer):
