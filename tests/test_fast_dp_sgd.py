@@ -239,3 +239,38 @@ def test_auto_takes_the_closed_form_for_the_built_in_models_only(monkeypatch):
             seed=0,
             dp=DPSettings(1.0, 1.0, SeededRandomness(0), per_sample="fast"),
         )
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_the_careful_float64_path_agrees_with_the_float32_one(kind):
+    x, y = _batch(kind, seed=4)
+    model = _model(kind)
+    linears = fast_dp_sgd.linear_layers(model)
+    with torch.no_grad():
+        layers = fast_dp_sgd._inputs_and_deltas(linears, x, y)
+        careful = fast_dp_sgd._clipped_sum_float64(layers, CLIP)
+    for a, b in zip(fast_dp_sgd.clipped_sum(model, x, y, CLIP), careful, strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_secure_normals_drawn_ahead_are_never_handed_out_twice(monkeypatch):
+    from federation.privacy.noise import ChaChaStream
+
+    monkeypatch.setattr(ChaChaStream, "SECURE_NORMAL_CHUNK", 5)
+    stream = ChaChaStream()
+    draws = [stream.secure_normal(count) for count in (3, 4, 7, 1, 5, 5, 2000)]
+    assert [len(d) for d in draws] == [3, 4, 7, 1, 5, 5, 2000]
+    values = torch.cat(draws)
+    assert len(set(values.tolist())) == len(values)  # continuous draws: a repeat would be a reuse
+    assert stats.kstest(values.numpy(), "norm").pvalue > 1e-3
+
+
+def test_the_poisson_rate_never_exceeds_q():
+    from federation.privacy.noise import ChaChaStream
+
+    stream = ChaChaStream()
+    assert stream.bernoulli(10, 1.0).all() and not stream.bernoulli(1000, 0.0).any()
+    q, n = 1 / 313, 2_000_000
+    drawn = int(stream.bernoulli(n, q).sum())
+    assert abs(drawn - n * q) < 5 * np.sqrt(n * q * (1 - q))
+    assert int(q * 2.0**32) / 2.0**32 <= q  # the threshold's rate
