@@ -33,7 +33,7 @@ functions of norm at most C, so the sensitivity and the accounting are the same.
 
 Cost (benchmarks/perf/dp_cost.py, 2 cores shared with other jobs, 20,000 records, batch 64, CSPRNG noise): the
 closed form ran at 0.73-0.98x plain training's throughput for the logistic regression and 0.66-0.76x for the
-MLP in two runs, Opacus at 0.20-0.24x in the same runs. Per step it is a few dozen small tensor operations, so
+MLP in three runs, Opacus at 0.20-0.26x in the same runs. Per step it is a few dozen small tensor operations, so
 the time goes to per-operation overhead; the Poisson mask (a 32-bit keystream word per record per step) and the
 secure-mode noise (4 normals per coordinate) are the other DP-only costs, made cheaper in
 federation/privacy/noise.py.
