@@ -127,7 +127,7 @@ def a1_lender(tmp_path_factory):
     return context, home, data, data.features.index("monthly_income")
 
 
-def _nan_releases(x, y, model_for, count: int) -> int:
+def _nan_releases(x, y, model_for, count: int, per_sample: str = "auto") -> int:
     from federation.privacy.noise import SecureRandomness
     from federation.training import DPSettings, train_local
 
@@ -142,13 +142,15 @@ def _nan_releases(x, y, model_for, count: int) -> int:
             batch_size=10**6,
             learning_rate=0.5,
             seed=0,
-            dp=DPSettings(1e6, 1.0, SecureRandomness()),
+            dp=DPSettings(1e6, 1.0, SecureRandomness(), per_sample=per_sample),
         )
         nan += not all(torch.isfinite(p).all() for p in model.parameters())
     return nan
 
 
-def test_a1_neighbouring_datasets_give_the_same_finite_answer_to_the_nan_probe(a1_lender, monkeypatch):
+@pytest.mark.parametrize("per_sample", ["closed-form", "opacus"])
+def test_a1_neighbouring_datasets_give_the_same_finite_answer_to_the_nan_probe(a1_lender, monkeypatch, per_sample):
+    import federation.fast_dp_sgd as fast_dp_sgd
     import federation.training as training
 
     _, _, data, j = a1_lender
@@ -162,12 +164,18 @@ def test_a1_neighbouring_datasets_give_the_same_finite_answer_to_the_nan_probe(a
         return _probe_model(len(data.features), j, (top + second) / 2)
 
     n = 5
-    assert _nan_releases(x, y, probe, n) == 0  # D: 0 of 5 releases NaN
-    assert _nan_releases(x[keep], y[keep], probe, n) == 0  # D': 0 of 5
-    # The probe is a real one: without the zeroing of non-finite per-example gradients, D answers NaN, D' does not.
-    monkeypatch.setattr(training, "zero_non_finite_examples", lambda parameters: None)
-    assert _nan_releases(x, y, probe, 1) == 1
-    assert _nan_releases(x[keep], y[keep], probe, 1) == 0
+    assert _nan_releases(x, y, probe, n, per_sample) == 0  # D: 0 of 5 releases NaN
+    assert _nan_releases(x[keep], y[keep], probe, n, per_sample) == 0  # D': 0 of 5
+    # The probe is a real one: without the zeroing of non-finite per-example gradients (on either DP-SGD path),
+    # D answers NaN, D' does not.
+    if per_sample == "opacus":
+        monkeypatch.setattr(training, "zero_non_finite_examples", lambda parameters: None)
+    else:
+        monkeypatch.setattr(
+            fast_dp_sgd, "non_finite_examples", lambda layers, norm_sq: torch.zeros_like(norm_sq, dtype=torch.bool)
+        )
+    assert _nan_releases(x, y, probe, 1, per_sample) == 1
+    assert _nan_releases(x[keep], y[keep], probe, 1, per_sample) == 0
 
 
 def test_a1_the_lender_refuses_the_crafted_model_with_limit_model_and_releases_nothing(a1_lender):

@@ -1,15 +1,17 @@
-"""DP cost: DP-SGD (Opacus) vs non-private training throughput on the default model, side by side.
+"""DP cost: DP-SGD (Opacus, and the closed form of federation/fast_dp_sgd.py) vs non-private training, side by side.
 
     python -m benchmarks.perf.dp_cost [--records 20000] [--repeats 5]
 
 Same data, model, batch size, epochs and learning rate; the only difference is DP-SGD (Poisson
-sampling, per-example clipping, Gaussian noise). Prints records per second and the ratio DP/plain
-(target >= 0.5x), as medians over repeats in this one process.
+sampling, per-example clipping, Gaussian noise from the CSPRNG), with the clipped sum from Opacus' per-example
+gradients or from the closed form that train_local uses for the built-in models. Prints records per second and
+the ratios DP/plain (target >= 0.8x for the closed form), as medians over interleaved repeats in this one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import numpy as np
 
@@ -35,7 +37,7 @@ def measure(records: int, repeats: int, model_name: str, features: int = 23, bat
             seed=0,
         )
 
-    def private():
+    def private(per_sample: str):
         train_local(
             build_model(model_name, features, 32, seed=0),
             x,
@@ -44,18 +46,30 @@ def measure(records: int, repeats: int, model_name: str, features: int = 23, bat
             batch_size=batch_size,
             learning_rate=0.1,
             seed=0,
-            dp=DPSettings(1.0, 1.0, SecureRandomness()),
+            dp=DPSettings(1.0, 1.0, SecureRandomness(), per_sample=per_sample),
         )
 
-    plain(), private()  # warm up (imports, first-call costs)
-    t_plain, _ = timed(plain, repeats)
-    t_dp, _ = timed(private, repeats)
+    def opacus():
+        private("opacus")
+
+    def closed_form():
+        private("closed-form")
+
+    plain(), opacus(), closed_form()  # warm up (imports, first-call costs)
+    # interleaved (plain, Opacus, closed form, plain, ...), so that other load on a shared machine falls on all three
+    times: dict[str, list[float]] = {"plain": [], "opacus": [], "fast": []}
+    for _ in range(repeats):
+        for key, fn in (("plain", plain), ("opacus", opacus), ("fast", closed_form)):
+            times[key].append(timed(fn, 1)[0])
+    t_plain, t_opacus, t_fast = (statistics.median(times[key]) for key in ("plain", "opacus", "fast"))
     return {
         "model": model_name,
         "records": records,
         "plain_rps": records / t_plain,
-        "dp_rps": records / t_dp,
-        "ratio": t_plain / t_dp,
+        "opacus_rps": records / t_opacus,
+        "fast_rps": records / t_fast,
+        "opacus_ratio": t_plain / t_opacus,
+        "fast_ratio": t_plain / t_fast,
     }
 
 
@@ -66,11 +80,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     quiet()
     print(f"machine: {machine()}", end="\n\n")
-    print("| model | records | plain records/s | DP-SGD records/s | DP / plain throughput |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        "| model | records | plain records/s | DP-SGD Opacus records/s | DP-SGD closed form records/s "
+        "| Opacus / plain | closed form / plain |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in ("logreg", "mlp"):
         r = measure(args.records, args.repeats, name)
-        print(f"| {r['model']} | {r['records']} | {r['plain_rps']:,.0f} | {r['dp_rps']:,.0f} | {r['ratio']:.2f}x |")
+        print(
+            f"| {r['model']} | {r['records']} | {r['plain_rps']:,.0f} | {r['opacus_rps']:,.0f} | {r['fast_rps']:,.0f} "
+            f"| {r['opacus_ratio']:.2f}x | {r['fast_ratio']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":
