@@ -315,3 +315,46 @@ def test_no_records_under_a_card_without_consent_column_is_a_data_error():
     )
     with pytest.raises(DataError, match="the data hold no records; nothing can train"):
         check_labels(pd.DataFrame({"income": [], "defaulted": []}), card)
+
+
+def _sklearn_holdout_split(labels, fraction, seed):
+    """The split as it was made with sklearn's train_test_split (the reference the numpy split must equal)."""
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(labels))
+    if len(labels) < 2:
+        return index, index[:0]
+    stratify = labels if np.bincount(labels.astype(int), minlength=2).min() >= 2 else None
+    try:
+        pool, held = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)
+    except ValueError:
+        pool, held = train_test_split(index, test_size=fraction, random_state=seed)
+    return np.sort(pool), np.sort(held)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 7, 10, 11, 20, 33, 100, 257, 1000, 4096])
+@pytest.mark.parametrize("rate", [0.0, 0.02, 0.1, 0.5])
+@pytest.mark.parametrize("fraction", [0.1, 0.2, 0.25, 0.5])
+def test_holdout_split_equals_sklearn_train_test_split(n, rate, fraction):
+    from federation.data.partition import holdout_split
+
+    for seed in (0, 1, 7, 1000 + n):
+        labels = (np.random.default_rng([n, seed]).random(n) < rate).astype(np.float32)
+        if rate and n >= 4:
+            labels[:2] = 1.0  # some splits stratified, some (one positive) not
+        if n == 5:
+            labels[:] = [1, 0, 1, 0, 0]
+        got = holdout_split(labels, fraction, seed)
+        want = _sklearn_holdout_split(labels, fraction, seed)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_holdout_split_refuses_an_empty_training_split_like_sklearn():
+    from federation.data.partition import holdout_split
+
+    labels = np.array([0.0, 1.0])
+    with pytest.raises(ValueError):
+        _sklearn_holdout_split(labels, 0.6, 0)
+    with pytest.raises(ValueError):
+        holdout_split(labels, 0.6, 0)
