@@ -358,3 +358,63 @@ def test_holdout_split_refuses_an_empty_training_split_like_sklearn():
         _sklearn_holdout_split(labels, 0.6, 0)
     with pytest.raises(ValueError):
         holdout_split(labels, 0.6, 0)
+
+
+# ---- each lender loaded once a process ---------------------------------------------------------------------
+
+
+def test_a_run_loads_each_lenders_data_exactly_once(tmp_path, monkeypatch):
+    """Validation, the manifests and 3 rounds of 3 lenders: each lender's records are made and encoded once."""
+    from collections import Counter, OrderedDict
+
+    from fedcredit.runner import run
+    from federation.data import pipeline
+
+    monkeypatch.setattr(pipeline, "_LOADED", OrderedDict())  # nothing left from another test's run
+    loads: Counter = Counter()
+    real = pipeline._load_own
+
+    def counted(key, lender):
+        loads[lender] += 1
+        return real(key, lender)
+
+    monkeypatch.setattr(pipeline, "_load_own", counted)
+    cfg = RunConfig(records=1500, lenders=3, rounds=3, epsilon=3.0, engine="inprocess", output_dir=str(tmp_path / "r"))
+    run(cfg, on_round=lambda s: None)
+    assert loads == Counter({0: 1, 1: 1, 2: 1})
+
+
+def test_the_lender_cache_never_hands_one_lender_anothers_records():
+    from federation.data import pipeline
+
+    cfg = RunConfig(records=3000, lenders=3, partition="iid", seed=5)
+    first = [load_lender(cfg, i) for i in range(3)]
+    again = [load_lender(cfg, i) for i in (2, 0, 1)]  # cached, asked in another order
+    fresh = [pipeline._load_own(pipeline._data_key(cfg), i) for i in range(3)]  # made anew, uncached
+    for i, data in enumerate(first):
+        for other in (again[(i + 1) % 3], fresh[i]):
+            assert other.lender == data.lender == data.manifest["lender"] == i
+            np.testing.assert_array_equal(other.x_train, data.x_train)
+            np.testing.assert_array_equal(other.y_test, data.y_test)
+            assert other.manifest == data.manifest
+    digests = {d.manifest["records_digest"] for d in first}
+    assert len(digests) == 3  # three lenders, three sets of records
+    # Another data configuration (another seed, another test fraction) is another entry, never this one's.
+    for changed in (cfg.replace(seed=6), cfg.replace(test_fraction=0.3)):
+        other = load_lender(changed, 0)
+        assert other.manifest["records_digest"] != first[0].manifest["records_digest"] or len(other.y_test) != len(
+            first[0].y_test
+        )
+    # A caller that edits its manifest edits its own copy.
+    first[0].manifest["lender"] = 99
+    assert load_lender(cfg, 0).manifest["lender"] == 0
+
+
+def test_canaries_join_only_the_asking_lenders_copy():
+    cfg = RunConfig(records=3000, lenders=3, partition="iid", seed=5)
+    plain = load_lender(cfg, 1)
+    x = np.zeros((4, plain.x_train.shape[1]), dtype=np.float32)
+    with_canaries = load_lender(cfg, 1, (x, np.ones(4, dtype=np.float32)))
+    assert len(with_canaries.y_train) == len(plain.y_train) + 4
+    assert len(load_lender(cfg, 1).y_train) == len(plain.y_train)
+    assert with_canaries.manifest["train_records"] == plain.manifest["train_records"]
