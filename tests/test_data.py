@@ -374,9 +374,9 @@ def test_a_run_loads_each_lenders_data_exactly_once(tmp_path, monkeypatch):
     loads: Counter = Counter()
     real = pipeline._load_own
 
-    def counted(key, lender):
+    def counted(key, lender, frame=None):
         loads[lender] += 1
-        return real(key, lender)
+        return real(key, lender, frame)
 
     monkeypatch.setattr(pipeline, "_load_own", counted)
     cfg = RunConfig(records=1500, lenders=3, rounds=3, epsilon=3.0, engine="inprocess", output_dir=str(tmp_path / "r"))
@@ -418,3 +418,14 @@ def test_canaries_join_only_the_asking_lenders_copy():
     assert len(with_canaries.y_train) == len(plain.y_train) + 4
     assert len(load_lender(cfg, 1).y_train) == len(plain.y_train)
     assert with_canaries.manifest["train_records"] == plain.manifest["train_records"]
+
+
+def test_describe_counts_the_holdout_load_holdout_returns():
+    from federation.data import pipeline
+
+    for cfg in (RunConfig(records=4000, lenders=7, seed=3), RunConfig(records=4000, lenders=7, partition="iid")):
+        pipeline._LOADED.clear()
+        summary = describe(cfg)
+        assert summary.holdout == len(load_holdout(cfg)[1]) > 0
+        assert summary.lender_records == [len(load_lender(cfg, i).y_train) for i in range(7)]
+        assert describe(cfg) == summary  # the same whether the lenders were cached or not
