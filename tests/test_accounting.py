@@ -357,6 +357,7 @@ def test_a_reproducible_run_says_it_is_not_private_everywhere(tmp_path):
     assert checked.exit_code == 0 and checked.output.splitlines()[1].startswith("NOT PRIVATE"), checked.output
 
 
+@pytest.mark.filterwarnings("ignore:Optimal order")
 def test_remembered_opacus_rdp_gives_the_same_floats_as_opacus():
     """Opacus' one-order RDP is remembered by its exact arguments (federation/privacy/accountant.py): every
     accountant, Opacus' PRV included, gets bit for bit what Opacus computes afresh."""
