@@ -28,6 +28,7 @@ import json
 import math
 import tomllib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +137,10 @@ def load_card(path: str | Path) -> DatasetCard:
     return parse_card(raw, source_path=str(path))
 
 
+@lru_cache(maxsize=64)
 def builtin_card(name: str) -> DatasetCard:
-    """One of the cards shipped with fedcredit (federation/cards/NAME.toml)."""
+    """One of the cards shipped with fedcredit (federation/cards/NAME.toml), read once a process (a card is
+    frozen; each of 1,000 synthetic lenders asked for it again)."""
     return load_card(CARDS_DIR / f"{name}.toml")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -183,10 +184,13 @@ def name_parts(name: str) -> list[str]:
     return [p for p in re.split(r"[\W_]+", spaced.lower()) if p]
 
 
+@lru_cache(maxsize=4096)
 def prohibited_mark(name: str) -> tuple[str, str] | None:
     """(kind, lexicon entry) when a column name marks a prohibited kind of data, else None.
 
     The first marked word part wins; at one position the longest entry ('phone model' over 'phone').
+    A pure function of the name and the fixed lexicon, remembered: each lender's policy checks its card's
+    names again (1,000 lenders, 13 names each, were a fifth of a run's setup).
     """
     words = [_FORMS.get(p, set()) for p in name_parts(name)]
     for i in range(len(words)):

@@ -355,3 +355,24 @@ def test_a_reproducible_run_says_it_is_not_private_everywhere(tmp_path):
     assert "NOT PRIVATE" in (folder / "report.html").read_text()
     checked = CliRunner().invoke(app, ["verify", str(folder), "--registry", f"{folder}-registry.json"])
     assert checked.exit_code == 0 and checked.output.splitlines()[1].startswith("NOT PRIVATE"), checked.output
+
+
+@pytest.mark.filterwarnings("ignore:Optimal order")
+def test_remembered_opacus_rdp_gives_the_same_floats_as_opacus():
+    """Opacus' one-order RDP is remembered by its exact arguments (federation/privacy/accountant.py): every
+    accountant, Opacus' PRV included, gets bit for bit what Opacus computes afresh."""
+    from opacus.accountants import PRVAccountant, RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    fresh = rdp_analysis._compute_rdp.__wrapped__
+    for sigma, q in [(0.9, 0.01), (1.37, 0.05), (4.0, 1.0)]:
+        for alpha in RDPAccountant.DEFAULT_ALPHAS:
+            assert rdp_analysis._compute_rdp(q, sigma, alpha) == fresh(q, sigma, alpha)
+            assert rdp_analysis._compute_rdp(q, sigma, alpha) == fresh(q, sigma, alpha)  # the remembered one
+    events = [PrivacyEvent(0, 1, 1.37, 0.05, 40, 1.0), PrivacyEvent(0, 2, 0.9, 0.01, 20, 1.0)]
+    rdp = RDPAccountant()
+    rdp.history = [(1.37, 0.05, 40), (0.9, 0.01, 20)]
+    prv = PRVAccountant()
+    prv.history = [(0.9, 0.01, 20), (1.37, 0.05, 40)]
+    assert epsilon(events, 1e-5, "rdp") == rdp.get_epsilon(1e-5)
+    assert epsilon(events, 1e-5, "prv") == pytest.approx(prv.get_epsilon(1e-5, eps_error=0.01), abs=0.011)

@@ -315,3 +315,117 @@ def test_no_records_under_a_card_without_consent_column_is_a_data_error():
     )
     with pytest.raises(DataError, match="the data hold no records; nothing can train"):
         check_labels(pd.DataFrame({"income": [], "defaulted": []}), card)
+
+
+def _sklearn_holdout_split(labels, fraction, seed):
+    """The split as it was made with sklearn's train_test_split (the reference the numpy split must equal)."""
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(labels))
+    if len(labels) < 2:
+        return index, index[:0]
+    stratify = labels if np.bincount(labels.astype(int), minlength=2).min() >= 2 else None
+    try:
+        pool, held = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)
+    except ValueError:
+        pool, held = train_test_split(index, test_size=fraction, random_state=seed)
+    return np.sort(pool), np.sort(held)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 7, 10, 11, 20, 33, 100, 257, 1000, 4096])
+@pytest.mark.parametrize("rate", [0.0, 0.02, 0.1, 0.5])
+@pytest.mark.parametrize("fraction", [0.1, 0.2, 0.25, 0.5])
+def test_holdout_split_equals_sklearn_train_test_split(n, rate, fraction):
+    from federation.data.partition import holdout_split
+
+    for seed in (0, 1, 7, 1000 + n):
+        labels = (np.random.default_rng([n, seed]).random(n) < rate).astype(np.float32)
+        if rate and n >= 4:
+            labels[:2] = 1.0  # some splits stratified, some (one positive) not
+        if n == 5:
+            labels[:] = [1, 0, 1, 0, 0]
+        got = holdout_split(labels, fraction, seed)
+        want = _sklearn_holdout_split(labels, fraction, seed)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_holdout_split_refuses_an_empty_training_split_like_sklearn():
+    from federation.data.partition import holdout_split
+
+    labels = np.array([0.0, 1.0])
+    with pytest.raises(ValueError):
+        _sklearn_holdout_split(labels, 0.6, 0)
+    with pytest.raises(ValueError):
+        holdout_split(labels, 0.6, 0)
+
+
+# ---- each lender loaded once a process ---------------------------------------------------------------------
+
+
+def test_a_run_loads_each_lenders_data_exactly_once(tmp_path, monkeypatch):
+    """Validation, the manifests and 3 rounds of 3 lenders: each lender's records are made and encoded once."""
+    from collections import Counter, OrderedDict
+
+    from fedcredit.runner import run
+    from federation.data import pipeline
+
+    monkeypatch.setattr(pipeline, "_LOADED", OrderedDict())  # nothing left from another test's run
+    loads: Counter = Counter()
+    real = pipeline._load_own
+
+    def counted(key, lender, frame=None):
+        loads[lender] += 1
+        return real(key, lender, frame)
+
+    monkeypatch.setattr(pipeline, "_load_own", counted)
+    cfg = RunConfig(records=1500, lenders=3, rounds=3, epsilon=3.0, engine="inprocess", output_dir=str(tmp_path / "r"))
+    run(cfg, on_round=lambda s: None)
+    assert loads == Counter({0: 1, 1: 1, 2: 1})
+
+
+def test_the_lender_cache_never_hands_one_lender_anothers_records():
+    from federation.data import pipeline
+
+    cfg = RunConfig(records=3000, lenders=3, partition="iid", seed=5)
+    first = [load_lender(cfg, i) for i in range(3)]
+    again = [load_lender(cfg, i) for i in (2, 0, 1)]  # cached, asked in another order
+    fresh = [pipeline._load_own(pipeline._data_key(cfg), i) for i in range(3)]  # made anew, uncached
+    for i, data in enumerate(first):
+        for other in (again[(i + 1) % 3], fresh[i]):
+            assert other.lender == data.lender == data.manifest["lender"] == i
+            np.testing.assert_array_equal(other.x_train, data.x_train)
+            np.testing.assert_array_equal(other.y_test, data.y_test)
+            assert other.manifest == data.manifest
+    digests = {d.manifest["records_digest"] for d in first}
+    assert len(digests) == 3  # three lenders, three sets of records
+    # Another data configuration (another seed, another test fraction) is another entry, never this one's.
+    for changed in (cfg.replace(seed=6), cfg.replace(test_fraction=0.3)):
+        other = load_lender(changed, 0)
+        assert other.manifest["records_digest"] != first[0].manifest["records_digest"] or len(other.y_test) != len(
+            first[0].y_test
+        )
+    # A caller that edits its manifest edits its own copy.
+    first[0].manifest["lender"] = 99
+    assert load_lender(cfg, 0).manifest["lender"] == 0
+
+
+def test_canaries_join_only_the_asking_lenders_copy():
+    cfg = RunConfig(records=3000, lenders=3, partition="iid", seed=5)
+    plain = load_lender(cfg, 1)
+    x = np.zeros((4, plain.x_train.shape[1]), dtype=np.float32)
+    with_canaries = load_lender(cfg, 1, (x, np.ones(4, dtype=np.float32)))
+    assert len(with_canaries.y_train) == len(plain.y_train) + 4
+    assert len(load_lender(cfg, 1).y_train) == len(plain.y_train)
+    assert with_canaries.manifest["train_records"] == plain.manifest["train_records"]
+
+
+def test_describe_counts_the_holdout_load_holdout_returns():
+    from federation.data import pipeline
+
+    for cfg in (RunConfig(records=4000, lenders=7, seed=3), RunConfig(records=4000, lenders=7, partition="iid")):
+        pipeline._LOADED.clear()
+        summary = describe(cfg)
+        assert summary.holdout == len(load_holdout(cfg)[1]) > 0
+        assert summary.lender_records == [len(load_lender(cfg, i).y_train) for i in range(7)]
+        assert describe(cfg) == summary  # the same whether the lenders were cached or not

@@ -86,8 +86,10 @@ class RunView:
         for attempt in self.attempts:
             for entry in attempt.of_type(L.LENDER_UPDATE):
                 body = entry["body"]
+                if body.get("lender") != lender:  # (before the canonical form: asked once for every lender)
+                    continue
                 key = canonical(body)
-                if body.get("lender") == lender and key not in seen:
+                if key not in seen:
                     seen.add(key)
                     out.append(body)
         return out

@@ -12,11 +12,12 @@ and identical everywhere for the same seed.
 
 from __future__ import annotations
 
+import math
+
 import datasets
 import numpy as np
 from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner, SizePartitioner
-from sklearn.model_selection import train_test_split
 
 from federation.errors import DataError
 
@@ -25,16 +26,76 @@ datasets.disable_progress_bars()  # partitioning is bookkeeping, not a task wort
 
 
 def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(pool, holdout) row indices; stratified by label where both classes can be split."""
+    """(pool, holdout) row indices; stratified by label where both classes can be split.
+
+    The same indices as sklearn's `train_test_split(arange(n), test_size=fraction, random_state=seed,
+    stratify=...)` (falling back to the plain shuffle where stratifying fails), computed with numpy alone:
+    sklearn's input validation cost more than the split itself, once per lender (tests/test_data.py checks
+    the two agree)."""
     index = np.arange(len(labels))
     if len(labels) < 2:
         return index, index[:0]
-    stratify = labels if np.bincount(labels.astype(int), minlength=2).min() >= 2 else None
-    try:
-        pool, held = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)
-    except ValueError:  # too few records to stratify at this fraction
-        pool, held = train_test_split(index, test_size=fraction, random_state=seed)
+    if np.bincount(labels.astype(int), minlength=2).min() >= 2:
+        try:
+            pool, held = _stratified_shuffle_split(labels, fraction, seed)
+        except ValueError:  # too few records to stratify at this fraction
+            pool, held = _shuffle_split(len(labels), fraction, seed)
+    else:
+        pool, held = _shuffle_split(len(labels), fraction, seed)
     return np.sort(pool), np.sort(held)
+
+
+def _split_sizes(n: int, fraction: float) -> tuple[int, int]:
+    """(n_train, n_test) as sklearn's train_test_split sizes a float test_size."""
+    n_test = math.ceil(fraction * n)
+    n_train = n - n_test
+    if n_train == 0:
+        raise ValueError(f"with {n} records and test fraction {fraction} the training split would be empty")
+    return n_train, n_test
+
+
+def _shuffle_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's ShuffleSplit (one split): one permutation, test first."""
+    n_train, n_test = _split_sizes(n, fraction)
+    permutation = np.random.RandomState(seed).permutation(n)
+    return permutation[n_test : n_test + n_train], permutation[:n_test]
+
+
+def _stratified_shuffle_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's StratifiedShuffleSplit (one split), the same draws from the same RandomState, unsorted."""
+    n_train, n_test = _split_sizes(len(labels), fraction)
+    classes, y_indices, class_counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if class_counts.min() < 2 or n_train < len(classes) or n_test < len(classes):
+        raise ValueError("too few records of some class to stratify")
+    class_indices = np.split(np.argsort(y_indices, kind="stable"), np.cumsum(class_counts)[:-1])
+    rng = np.random.RandomState(seed)
+    n_i = _approximate_mode(class_counts, n_train, rng)
+    t_i = _approximate_mode(class_counts - n_i, n_test, rng)
+    train, test = [], []
+    for i in range(len(classes)):
+        rows = class_indices[i].take(rng.permutation(class_counts[i]), mode="clip")
+        train.append(rows[: n_i[i]])
+        test.append(rows[n_i[i] : n_i[i] + t_i[i]])
+    # (sklearn then permutes each side once more: the order only, which the caller sorts away)
+    return np.concatenate(train), np.concatenate(test)
+
+
+def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """sklearn.utils.extmath._approximate_mode: per-class draws, ties broken at random."""
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need_to_add = int(n_draws - floored.sum())
+    if need_to_add > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (inds,) = np.where(remainder == value)
+            add_now = min(len(inds), need_to_add)
+            inds = rng.choice(inds, size=add_now, replace=False)
+            floored[inds] += 1
+            need_to_add -= add_now
+            if need_to_add == 0:
+                break
+    return floored.astype(int)
 
 
 def partition(

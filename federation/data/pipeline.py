@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -94,14 +97,20 @@ def _assignment(key: RunConfig) -> tuple[list[np.ndarray], np.ndarray]:
 def _lender_frame(key: RunConfig, lender: int) -> tuple[pd.DataFrame, DatasetCard]:
     """A lender's raw records. Synthetic natural lenders are generated alone, not from the market."""
     if key.dataset == "synthetic" and key.partition == "natural":
-        sizes = synthetic.lender_sizes(key.records, key.lenders, key.seed)
-        frame = synthetic.generate_lender(key.seed, lender, int(sizes[lender]))
-        card = builtin_card("synthetic")
-        keep, _ = part.holdout_split(labels_of(frame, card), key.holdout_fraction, key.seed + lender)
+        frame, card, keep, _ = _synthetic_natural(key, lender)
         return frame.iloc[keep], card
     frame, card = _raw(key)
     rows, _ = _assignment(key)
     return frame.iloc[rows[lender]], card
+
+
+def _synthetic_natural(key: RunConfig, lender: int) -> tuple[pd.DataFrame, DatasetCard, np.ndarray, np.ndarray]:
+    """A synthetic natural lender's records generated alone, and its (kept, held-out) rows."""
+    sizes = synthetic.lender_sizes(key.records, key.lenders, key.seed)
+    frame = synthetic.generate_lender(key.seed, lender, int(sizes[lender]))
+    card = builtin_card("synthetic")
+    keep, out = part.holdout_split(labels_of(frame, card), key.holdout_fraction, key.seed + lender)
+    return frame, card, keep, out
 
 
 def card_sha256(card: DatasetCard) -> str:
@@ -109,23 +118,67 @@ def card_sha256(card: DatasetCard) -> str:
     return hashlib.sha256(Path(card.path).read_bytes()).hexdigest()
 
 
+# Each lender's records, loaded and encoded once per process and data configuration: a run's validation
+# (describe), the lender's manifest and every round it is sampled in reuse them (tests/test_data.py). Keyed by the
+# data configuration (every option that changes which records a lender holds, `_data_key`) and then by the lender
+# id, so one lender is never handed another's records; the lenders of the last few configurations are kept, all of
+# a configuration's lenders together (a federation of 1,000 lenders is loaded once, not once a round).
+_LOADED: OrderedDict[RunConfig, dict[int, LenderData]] = OrderedDict()
+_LOADED_CONFIGS = 2
+_LOADED_LOCK = threading.Lock()
+
+
 def load_lender(cfg: RunConfig, lender: int, canaries: tuple[np.ndarray, np.ndarray] | None = None) -> LenderData:
     """What lender `lender` holds, after its policy: consented records, credit columns, encoded.
 
     `canaries` (x, y): the records an auditor gave this lender to train on as well (federation.privacy.one_run_audit); they
-    are added to the training split only, and the manifest's counts are of the lender's own records."""
+    are added to the training split only, and the manifest's counts are of the lender's own records.
+
+    The lender's own records are loaded once per process for the same data configuration (see _LOADED); each call
+    gets its own manifest (a copy), and the arrays are shared: read them, never write to them."""
     if not 0 <= lender < cfg.lenders:
         raise DataError(f"lender {lender} does not exist (lenders are 0..{cfg.lenders - 1})")
-    key = _data_key(cfg)
-    raw, card = _lender_frame(key, lender)
+    own = _own(_data_key(cfg), lender)
+    x_train, y_train = own.x_train, own.y_train
+    if canaries is not None:
+        cx, cy = canaries
+        if cx.ndim != 2 or cx.shape[1] != x_train.shape[1] or len(cx) != len(cy):
+            raise DataError(
+                f"the audit canaries have shape {cx.shape}; lender {lender}'s records have {x_train.shape[1]} features"
+            )
+        x_train = np.concatenate([x_train, cx.astype(x_train.dtype)])
+        y_train = np.concatenate([y_train, cy.astype(y_train.dtype)])
+    return LenderData(lender, x_train, y_train, own.x_test, own.y_test, list(own.features), copy.deepcopy(own.manifest))
+
+
+def _own(key: RunConfig, lender: int, frame: tuple[pd.DataFrame, DatasetCard] | None = None) -> LenderData:
+    """Lender `lender`'s own records under the data configuration `key`, from the cache or loaded into it.
+    `frame`: the lender's raw records where the caller has them already (used only if not cached)."""
+    with _LOADED_LOCK:
+        own = _LOADED.get(key, {}).get(lender)
+        if key in _LOADED:
+            _LOADED.move_to_end(key)
+    if own is None:
+        own = _load_own(key, lender, frame)
+        with _LOADED_LOCK:
+            _LOADED.setdefault(key, {})[lender] = own
+            _LOADED.move_to_end(key)
+            while len(_LOADED) > _LOADED_CONFIGS:
+                _LOADED.popitem(last=False)
+    return own
+
+
+def _load_own(key: RunConfig, lender: int, frame: tuple[pd.DataFrame, DatasetCard] | None = None) -> LenderData:
+    """Lender `lender`'s own records under the data configuration `key` (uncached: see load_lender)."""
+    raw, card = frame or _lender_frame(key, lender)
     result = apply_policy(raw, card)
     x = encode(result.features, card)
     y = result.labels
-    train, test = part.train_test_rows(y, cfg.test_fraction, cfg.seed + 1000 + lender)
+    train, test = part.train_test_rows(y, key.test_fraction, key.seed + 1000 + lender)
     names = feature_names(card, list(result.features.columns))
     manifest = {
         "lender": lender,
-        "dataset": cfg.dataset,
+        "dataset": key.dataset,
         "card": card.name,
         "card_sha256": card_sha256(card),
         "consent_checked": card.role("consent") is not None,
@@ -142,16 +195,7 @@ def load_lender(cfg: RunConfig, lender: int, canaries: tuple[np.ndarray, np.ndar
         "records_digest": _data_hash(result.features, y),
         "encoding": "public bounds and categories from the dataset card (no pooled statistics)",
     }
-    x_train, y_train = x[train], y[train]
-    if canaries is not None:
-        cx, cy = canaries
-        if cx.ndim != 2 or cx.shape[1] != x.shape[1] or len(cx) != len(cy):
-            raise DataError(
-                f"the audit canaries have shape {cx.shape}; lender {lender}'s records have {x.shape[1]} features"
-            )
-        x_train = np.concatenate([x_train, cx.astype(x_train.dtype)])
-        y_train = np.concatenate([y_train, cy.astype(y_train.dtype)])
-    return LenderData(lender, x_train, y_train, x[test], y[test], names, manifest)
+    return LenderData(lender, x[train], y[train], x[test], y[test], names, manifest)
 
 
 def load_holdout(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -159,11 +203,8 @@ def load_holdout(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
     key = _data_key(cfg)
     if key.dataset == "synthetic" and key.partition == "natural":
         parts = []
-        sizes = synthetic.lender_sizes(key.records, key.lenders, key.seed)
         for lender in range(key.lenders):
-            frame = synthetic.generate_lender(key.seed, lender, int(sizes[lender]))
-            card = builtin_card("synthetic")
-            _, out = part.holdout_split(labels_of(frame, card), key.holdout_fraction, key.seed + lender)
+            frame, card, _, out = _synthetic_natural(key, lender)
             parts.append(frame.iloc[out])
         frame = pd.concat(parts)
     else:
@@ -185,17 +226,25 @@ def describe(cfg: RunConfig) -> DataSummary:
         frame, card = _raw(key)
         check_labels(frame, card)
         total = len(frame)
-    holdout_x, _ = load_holdout(cfg)
     counts, features = [], None
+    holdout = 0
+    natural = key.dataset == "synthetic" and key.partition == "natural"
+    if not natural:
+        holdout = len(load_holdout(cfg)[1])
     for lender in range(cfg.lenders):
-        data = load_lender(cfg, lender)
+        frame = None
+        if natural:  # each lender generated once: its held-out records counted, its own records loaded (cached)
+            raw, card, keep, out = _synthetic_natural(key, lender)
+            holdout += len(apply_policy(raw.iloc[out], card).labels)
+            frame = (raw.iloc[keep], card)
+        data = _own(key, lender, frame)
         counts.append(len(data.y_train))
         features = data.features
         # A lender whose records hold one class declines its rounds instead (label-skewed partitions
         # produce such lenders); a lender with no records at all is an error in the input.
         if len(data.y_train) == 0:
             raise DataError(f"lender {lender} cannot train: {label_problem(data.y_train)}")
-    return DataSummary(cfg.dataset, card.name, total, len(holdout_x), counts, features or [], card_sha256(card))
+    return DataSummary(cfg.dataset, card.name, total, holdout, counts, list(features or []), card_sha256(card))
 
 
 def _data_hash(features: pd.DataFrame, labels: np.ndarray) -> str:

@@ -56,6 +56,12 @@ def lender_type(lender: int) -> LenderType:
 
 def lender_sizes(records: int, lenders: int, seed: int) -> np.ndarray:
     """Borrowers per lender: type weight times a lognormal draw, summing exactly to `records`."""
+    return _lender_sizes(records, lenders, seed).copy()
+
+
+@cache
+def _lender_sizes(records: int, lenders: int, seed: int) -> np.ndarray:
+    """(lender_sizes, computed once a process: each lender generated alone asks for all the sizes)"""
     if lenders * MIN_LENDER_SIZE > records:
         raise ConfigError(
             f"{records} synthetic records cannot give {lenders} lenders at least {MIN_LENDER_SIZE} borrowers each; "
