@@ -91,12 +91,17 @@ def test_the_default_audit_can_refute_the_claim_it_audits():
 AUDIT = RunConfig(records=2000, lenders=2, rounds=5, local_epochs=5, model="mlp", hidden=64, engine="inprocess")
 
 
-def test_non_private_run_leaks_a_bound_above_zero(tmp_path):
+def test_non_private_run_is_guessed_far_better_than_chance(tmp_path):
+    # Which canaries went in is drawn from the auditor's CSPRNG, so this audit is random: at 100 canaries and 20
+    # guesses a non-private run gave 13-18 correct guesses (chance: 10) and a bound above zero in 8 of 10 audits
+    # (measured on this machine), so "bound > 0" alone would fail one run in five. What must hold every time: the
+    # guesses are far better than chance, the membership AUC is well above 0.5, and the bound is never negative.
     result = audit(AUDIT.replace(dp=False, output_dir=str(tmp_path / "nodp")), canaries=100, guesses=20)
     assert result["largest_refutable"] > 1.6  # 20 guesses: about log(20 / 3)
-    assert result["epsilon_lower_bound"] > 0
+    assert result["correct"] > 10  # P(at most 10 of 20) is about 0.3% at the measured accuracy of about 0.8
+    assert result["epsilon_lower_bound"] >= 0
     assert math.isinf(result["epsilon_claimed"])
-    assert result["mia_auc_canaries"] > 0.6
+    assert result["mia_auc_canaries"] > 0.55  # measured 0.64-0.85
     saved = json.loads((tmp_path / "nodp" / "audit.json").read_text())
     assert saved["correct"] == result["correct"] and saved["epsilon_claimed"] is None
 
