@@ -274,3 +274,21 @@ def test_the_poisson_rate_never_exceeds_q():
     drawn = int(stream.bernoulli(n, q).sum())
     assert abs(drawn - n * q) < 5 * np.sqrt(n * q * (1 - q))
     assert int(q * 2.0**32) / 2.0**32 <= q  # the threshold's rate
+
+
+@pytest.mark.parametrize("clip", [1e-6, 1e-5, 1e-4])
+def test_a_tiny_delta_with_a_huge_input_is_still_clipped_as_opacus_clips_it(clip):
+    # The red team's case: logit -52 with label 0 gives delta = sigmoid(-52) ~ 2.6e-23, whose float32 square is 0;
+    # an input row of norm ~1.7e19 makes the true gradient norm ~4.4e-4. With norms in float32 the example escaped
+    # clipping (443 C at C = 1e-6); it must contribute at most C, as under Opacus.
+    model = build_model("logreg", 4)
+    with torch.no_grad():
+        model.linear.weight.zero_()
+        model.linear.bias.fill_(-52.0)
+    x = torch.tensor([[1.7e19, 0.0, 0.0, 0.0]])
+    y = torch.zeros(1)
+    fast = fast_dp_sgd.clipped_sum(model, x, y, clip)
+    contribution = torch.sqrt(sum(t.double().square().sum() for t in fast))
+    assert contribution <= clip * (1 + 1e-4)
+    reference = _opacus_clipped_sum(model, x, y, clip)
+    assert torch.sqrt(sum(t.double().square().sum() for t in reference)) <= clip * (1 + 1e-4)
