@@ -27,6 +27,8 @@ warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
 # default orders), and Opacus' PRV accountant recomputes it, uncached, for the mechanisms calibration has just
 # evaluated (to size its domain). Remembering it by its exact arguments returns the very same floats to every
 # caller, Opacus' accountants included, once per distinct (q, sigma, order) in a process.
+# A private Opacus function, checked against opacus 1.6.0 (pyproject allows >=1.5,<1.7); tests/test_accounting.py
+# compares the memoised values with Opacus' own bit for bit.
 if not hasattr(rdp_analysis._compute_rdp, "cache_info"):
     rdp_analysis._compute_rdp = lru_cache(maxsize=1 << 17)(rdp_analysis._compute_rdp)
 
