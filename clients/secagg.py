@@ -85,14 +85,19 @@ def _int(record: ConfigRecord, key: str) -> int:
     return value
 
 
-def _ints(record: ConfigRecord, key: str) -> list[int]:
+def _list_of(record: ConfigRecord, key: str, kind: type, what: str) -> list:
+    """A list value whose every item is a `kind` (a bool is never taken for an int)."""
     value = record[key]
     if not isinstance(value, list):
-        raise SecAggError(f"'{key}' must be a list of whole numbers, not {type(value).__name__}")
-    items = [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
+        raise SecAggError(f"'{key}' must be a list of {what}, not {type(value).__name__}")
+    items = [v for v in value if isinstance(v, kind) and not isinstance(v, bool)]
     if len(items) != len(value):
-        raise SecAggError(f"'{key}' must be a list of whole numbers")
+        raise SecAggError(f"'{key}' must be a list of {what}")
     return items
+
+
+def _ints(record: ConfigRecord, key: str) -> list[int]:
+    return _list_of(record, key, int, "whole numbers")
 
 
 def _bytes(record: ConfigRecord, key: str) -> bytes:
@@ -103,13 +108,7 @@ def _bytes(record: ConfigRecord, key: str) -> bytes:
 
 
 def _bytes_list(record: ConfigRecord, key: str) -> list[bytes]:
-    value = record[key]
-    if not isinstance(value, list):
-        raise SecAggError(f"'{key}' must be a list of byte strings, not {type(value).__name__}")
-    items = [v for v in value if isinstance(v, bytes)]
-    if len(items) != len(value):
-        raise SecAggError(f"'{key}' must be a list of byte strings")
-    return items
+    return _list_of(record, key, bytes, "byte strings")
 
 
 def _registry(registry: Registry | None) -> Registry:
