@@ -9,6 +9,7 @@ can rebuild the run from the ledger alone.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 from pathlib import Path
@@ -52,6 +53,11 @@ def code_version() -> str:
     return f"fedcredit {__version__}" + (f" (git {commit})" if commit else "")
 
 
+def flwr_version() -> str:
+    """The Flower release the run's ServerApp and ClientApps ran on (the report names it beside fedcredit's)."""
+    return importlib.metadata.version("flwr")
+
+
 class LedgerKeeper:
     def __init__(self, folder, cfg: RunConfig) -> None:
         self.folder = folder
@@ -65,6 +71,7 @@ class LedgerKeeper:
                 "run": self.run,
                 "config": cfg.to_record(),
                 "code_version": code_version(),
+                "flwr_version": flwr_version(),
                 "lenders": cfg.lenders,
                 "coordinator_public_key": public_hex(self.key),
                 "data_dir": cfg.resolved_data_dir(),

@@ -12,9 +12,11 @@ generic sans-serif family, which changes how it looks on a screen, never the byt
 
 What keeps it readable: the y axis starts at 0 and ends a little above both the budgets and the highest epsilon;
 lenders whose curves are identical (common: same noise, same rounds) are drawn as one line whose legend entry
-names them all; up to 20 distinct curves get distinct (colour, dash, marker) styles from the colour-blind-safe
-Okabe-Ito palette; beyond that the curves are drawn thin in grey with the highest and lowest highlighted, so the
-legend stays a few rows long even at 1,000 lenders. The legend sits below the plotting area, never over data.
+names them all; up to 6 distinct curves get distinct (colour, dash, marker) styles from the colour-blind-safe
+Okabe-Ito palette; beyond that (10 lenders calibrated to one budget end on top of each other) the chart shows the
+range over lenders as a band, the median lender as a line and the lender with the highest final epsilon, so it
+reads the same at 10, 100 or 1,000 lenders and the legend stays three rows long. The legend sits below the
+plotting area, never over data.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ LEGEND_ROW = 18
 LEGEND_COLUMN_CHARS = 44  # what fits in half the width at 12 px
 LEGEND_WIDE_CHARS = 96
 
-MAX_STYLED_CURVES = 20  # beyond this, distinct styles stop being distinguishable: thin grey instead
+# Beyond this many distinct curves, lines that end near one budget lie on top of each other (10 lenders calibrated
+# to epsilon 3 did): the chart shows their range, median and highest instead (see _band).
+MAX_STYLED_CURVES = 6
 MAX_MARKED_POINTS = 60  # beyond this, markers would touch: the line's own <title> holds the values
 
 # Okabe & Ito (2008), without the yellow, which is unreadable as a thin line on white.
@@ -48,7 +52,7 @@ DASHES = ("", "9 3 2 3", "2 3")
 MARKERS = ("circle", "square", "triangle")
 BUDGET_DASH = "6 4"
 BUDGET_COLOUR = "#777777"
-THIN_COLOUR = "#9A9A9A"
+BAND_COLOUR = PALETTE[5]
 INK = "#222222"
 GRID = "#E4E4E4"
 
@@ -131,7 +135,7 @@ def epsilon_chart(
     elif len(curves) <= MAX_STYLED_CURVES:
         back, front, legend = [], *_styled(curves, frame)
     else:
-        back, front, legend = _thin_with_extremes(curves, frame)
+        back, front, legend = _band(curves, frame)
     if lines:
         text = "budget" if len(lines) == 1 else _budgets_text(lines)
         legend.append((_Style(BUDGET_COLOUR, BUDGET_DASH, "", width="1.2"), text, f"{_budgets_text(lines)} (dashed)"))
@@ -147,7 +151,7 @@ def epsilon_chart(
         f'height="{height}" role="img" aria-label="{_esc(title)}: {_esc(summary[0])}" '
         f'font-family="sans-serif" font-size="12" style="max-width:100%;height:auto">'
     )
-    # budgets above the grey mass of thin lines (else they vanish under it), below the lines a reader follows
+    # budgets above the shaded band (else they vanish under it), below the lines a reader follows
     parts = [
         head,
         f"<title>{_esc(title)}</title>",
@@ -175,36 +179,60 @@ def _styled(curves: list[_Curve], frame: _Frame) -> tuple[list[str], list[Legend
     return svg, legend
 
 
-def _thin_with_extremes(curves: list[_Curve], frame: _Frame) -> tuple[list[str], list[str], list[LegendEntry]]:
-    """Too many curves to style apart: all thin grey, the highest and lowest final epsilon in colour on top."""
-    highest = max(curves, key=lambda c: c.final)  # max/min keep the first of equals: input order decides
-    lowest = min(curves, key=lambda c: c.final)
-    highlights = [(highest, _Style(PALETTE[1], "", "circle"), "highest")]
-    if lowest is not highest:  # every curve ends equal: one highlight says it all
-        highlights.append((lowest, _Style(PALETTE[0], "", "square"), "lowest"))
-    thin = _Style(THIN_COLOUR, "", "", width="0.7")
-    others = [c for c in curves if c is not highest and c is not lowest]
+def _band(curves: list[_Curve], frame: _Frame) -> tuple[list[str], list[str], list[LegendEntry]]:
+    """Too many curves to tell apart: the range over lenders as a shaded band, the median lender's epsilon as a
+    line, and the lender with the highest final epsilon (the least protected) in colour on top.
+
+    Counted per lender, not per curve: lenders with identical curves weigh as many as they are.
+    """
+    lenders = sum(len(c.lenders) for c in curves)
+    last = max(c.points[-1][0] for c in curves)  # a run that stopped early ends its band there too
+    spread = [_spread(curves, r) for r in range(last + 1)]
+    upper = [f"{_c(frame.x(r))},{_c(frame.y(high))}" for r, (_, _, high) in enumerate(spread)]
+    lower = [f"{_c(frame.x(r))},{_c(frame.y(low))}" for r, (low, _, _) in reversed(list(enumerate(spread)))]
+    band_tip = f"range over the {lenders} lenders: " + ", ".join(
+        f"round {r}: {_value(low)} to {_value(high)}" for r, (low, _, high) in enumerate(spread) if r > 0
+    )
     back = [
-        '<g class="thin" stroke-opacity="0.35">',
-        *(_line(curve, thin, frame, marked=False, values=False) for curve in others),
-        "</g>",
+        f'<polygon class="band" points="{" ".join(upper + lower)}" fill="{BAND_COLOUR}" fill-opacity="0.35" '
+        f'stroke="{BAND_COLOUR}" stroke-width="0.8"><title>{_esc(band_tip)}</title></polygon>'
     ]
-    front = [_line(curve, style, frame, marked=True) for curve, style, _ in reversed(highlights)]  # highest on top
+    median = _Curve([(r, middle) for r, (_, middle, _) in enumerate(spread)], ["median"])
+    median_style = _Style(PALETTE[0], "", "")
+    median_tip = "median lender: epsilon " + ", ".join(f"round {r}: {_value(e)}" for r, e in median.points if r > 0)
+    highest = max(curves, key=lambda c: c.final)  # max keeps the first of equals: input order decides
+    top_style = _Style(PALETTE[1], "", "circle")
+    front = [
+        _line(median, median_style, frame, marked=False, tip=median_tip, cls="median"),
+        _line(highest, top_style, frame, marked=True),
+    ]
     legend: list[LegendEntry] = [
         (
-            style,
-            f"{word}: {_who(curve.lenders, LEGEND_WIDE_CHARS - 9)}",
-            f"{word}: {_who(curve.lenders)}, epsilon {_value(curve.final)} after round {curve.points[-1][0]}",
-        )
-        for curve, style, word in highlights
+            _Style(BAND_COLOUR, "", "band"),
+            f"range over the {lenders} lenders (lowest to highest)",
+            band_tip,
+        ),
+        (median_style, "median lender", median_tip),
+        (
+            top_style,
+            f"highest: {_who(highest.lenders, LEGEND_WIDE_CHARS - 9)}",
+            f"highest: {_who(highest.lenders)}, epsilon {_value(highest.final)} after round {highest.points[-1][0]}",
+        ),
     ]
-    if others:
-        text = (
-            f"thin grey: the other {_count(sum(len(c.lenders) for c in others), 'lender')} "
-            f"({len(others)} distinct curves)"
-        )
-        legend.append((thin, text, text))
     return back, front, legend
+
+
+def _spread(curves: list[_Curve], round_: int) -> tuple[float, float, float]:
+    """(lowest, median, highest) epsilon over lenders after `round_`: a lender that spent nothing in a round (or
+    no more after its last release) keeps its epsilon, as its line stays flat. IEEE + and / only."""
+    values = sorted(v for c in curves for v in [_at(c.points, round_)] * len(c.lenders))
+    half = len(values) // 2
+    middle = values[half] if len(values) % 2 else (values[half - 1] + values[half]) / 2
+    return values[0], middle, values[-1]
+
+
+def _at(points: Points, round_: int) -> float:
+    return next((e for r, e in reversed(points) if r <= round_), 0.0)
 
 
 # ---- input ---------------------------------------------------------------------------------------------
@@ -360,21 +388,18 @@ def _vertices(points: Points) -> list[tuple[int, float]]:
     return vertices
 
 
-def _line(curve: _Curve, style: _Style, frame: _Frame, *, marked: bool, values: bool = True) -> str:
-    """The curve's polyline, titled with its lenders and values, and a titled marker per point if `marked`.
-
-    `values=False` titles it with the final epsilon only: for a thousand thin lines, every value of every line
-    would make the page megabytes long, and report.json has them anyway.
-    """
+def _line(
+    curve: _Curve, style: _Style, frame: _Frame, *, marked: bool, tip: str | None = None, cls: str = "series"
+) -> str:
+    """The curve's polyline, titled with its lenders and values (or `tip`), and a titled marker per point if
+    `marked`."""
     who = _who(curve.lenders)
-    if values:
+    if tip is None:
         tip = f"{who}: epsilon " + ", ".join(f"round {r}: {_value(e)}" for r, e in curve.points)
-    else:
-        tip = f"{who}: epsilon {_value(curve.final)} after round {curve.points[-1][0]}"
     coordinates = " ".join(f"{_c(frame.x(r))},{_c(frame.y(e))}" for r, e in _vertices(curve.points))
     dash = f' stroke-dasharray="{style.dash}"' if style.dash else ""
     out = [
-        '<g class="series">',
+        f'<g class="{cls}">',
         f'<polyline points="{coordinates}" fill="none" stroke="{style.colour}" stroke-width="{style.width}"'
         f'{dash} stroke-linejoin="round"><title>{_esc(tip)}</title></polyline>',
     ]
@@ -409,7 +434,12 @@ def _legend(entries: list[LegendEntry], top: int) -> tuple[str, int]:
         x = margin + (index % columns) * column_width
         y = top + (index // columns) * LEGEND_ROW
         out.append(f'<g class="legend-entry"><title>{_esc(full)}</title>')
-        if style is not None:
+        if style is not None and style.marker == "band":
+            out.append(
+                f'<rect x="{x}" y="{y - 5}" width="30" height="10" fill="{style.colour}" fill-opacity="0.35" '
+                f'stroke="{style.colour}" stroke-width="0.8"/>'
+            )
+        elif style is not None:
             dash = f' stroke-dasharray="{style.dash}"' if style.dash else ""
             out.append(
                 f'<line x1="{x}" y1="{y}" x2="{x + 30}" y2="{y}" stroke="{style.colour}" '
@@ -437,8 +467,8 @@ def _summary(lenders: int, rounds: int, curves: list[_Curve], silent: list[str],
     sentences = [f"{head}; highest epsilon {_short(highest)} against {_budgets_text(budgets)}{over}."]
     if len(curves) > MAX_STYLED_CURVES:
         sentences.append(
-            f"{len(curves)} distinct curves, too many to tell apart: drawn thin in grey, with the "
-            f"highest and the lowest final epsilon highlighted."
+            f"{len(curves)} distinct curves, too many to tell apart: drawn as the range over lenders (lowest to "
+            f"highest at each round), the median lender and the lender with the highest final epsilon."
         )
     else:
         sentences.extend(

@@ -65,6 +65,7 @@ TOLERANCE = 0.01
 ENTRY_KEYS = {"seq", "time", "type", "signer", "body", "prev", "hash", "signature"}
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 CODE_VERSION = re.compile(r"fedcredit [0-9][0-9A-Za-z.+-]*( \(git [0-9a-f]{40}\))?")
+FLWR_VERSION = re.compile(r"[0-9][0-9A-Za-z.+-]*")  # a release number as packaging writes it: no free text
 
 # Exit codes of `fedcredit verify` (documented in the README).
 EXIT_VERIFIED = 0  # every check passed and every key was pinned by the registry
@@ -323,6 +324,8 @@ def _check_chain(
             run_id = body.get("run")
             if not isinstance(body.get("code_version"), str) or not CODE_VERSION.fullmatch(body["code_version"]):
                 _fail(where, "format", "the code version is 'fedcredit VERSION (git COMMIT)', nothing else")
+            if not isinstance(body.get("flwr_version"), str) or not FLWR_VERSION.fullmatch(body["flwr_version"]):
+                _fail(where, "format", "the Flower version is a release number (such as 1.42.0), nothing else")
             if config_hash(body.get("config", {})) != run_id:
                 _fail(where, "config hash", "the recorded configuration does not hash to the run id")
             try:
