@@ -152,7 +152,7 @@ def plots(rows: list[dict], output_dir: Path) -> list[Path]:
     written = []
     for dataset in sorted({r["dataset"] for r in rows}):
         partitions = sorted({r["partition"] for r in rows if r["dataset"] == dataset})
-        fig, axes = plt.subplots(1, len(partitions), figsize=(4.2 * len(partitions), 3.6), squeeze=False)
+        fig, axes = plt.subplots(1, len(partitions), figsize=(4.2 * len(partitions), 4.2), squeeze=False)
         for ax, partition in zip(axes[0], partitions, strict=False):
             for i, method in enumerate(FED):
                 points = [
@@ -175,9 +175,11 @@ def plots(rows: list[dict], output_dir: Path) -> list[Path]:
             ax.set_title(partition, fontsize=10)
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("AUC, pooled held-out test")
-        axes[0][0].legend(fontsize=7)
+        # one legend for every panel, below them: inside a panel it covered the curves in the middle
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
         fig.suptitle(dataset)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.02 + 0.045 * -(-len(labels) // 3), 1, 1))
         path = output_dir / f"auc_{dataset}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -491,6 +491,11 @@ def _budgets_text(budgets: list[float]) -> str:
     return f"{len(budgets)} budgets from {_value(budgets[0])} to {_value(budgets[-1])}"
 
 
+def lender_names(lenders: list[str], limit: int | None = None) -> str:
+    """'lender 3', or 'lenders 0, 2, 5-9', cut to `limit` characters: how the report names groups of lenders too."""
+    return _who(lenders, limit)
+
+
 def _who(lenders: list[str], limit: int | None = None, *, identical: bool = False) -> str:
     """'lender 3', or 'lenders 0, 2, 5-9' (consecutive integer names as ranges), cut to `limit` characters."""
     if len(lenders) == 1:
