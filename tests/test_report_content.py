@@ -301,6 +301,72 @@ def test_no_dp_says_so_instead_of_a_table_of_n_a():
     assert "This run used no differential privacy, so it makes no such promise." in text_of(page, "explain")
 
 
+def test_lender_level_shows_the_federations_mechanism_once_and_each_lenders_ledger_reader_epsilon():
+    report = report_of(3)
+    known = {"0": 2.528, "1": 0.0, "2": 4.789}
+    report["privacy"].update(
+        granularity="lender",
+        neighbouring="add or remove one lender",
+        federation={
+            "budget": 3.0,
+            "delta": 1e-4,
+            "epsilon": 2.992,
+            "epsilon_rdp": 2.992,
+            "epsilon_prv": 2.2,
+            "noise_multiplier": 1.542,
+            "sample_rate": 0.5,
+            "steps": 3,
+            "clip_norm": 1.0,
+            "epsilon_known_sampling": known,
+            "epsilon_known_sampling_max": 4.789,
+        },
+    )
+    for d in report["lender_details"]:
+        d.update(
+            epsilon=None,
+            epsilon_rdp=None,
+            epsilon_prv=None,
+            budget=None,
+            noise_multiplier=None,
+            sample_rate=None,
+            steps=None,
+            clip_norm=None,
+            noise=None,
+            epsilon_by_round=[],
+            lifetime_epsilon=None,
+        )
+    report["summary"] = summary_sentences(report)
+    page = render_html(report)
+    assert text_of(page, "guarantee") == "epsilon 2.992"
+    assert "against a reader of the ledger, who sees which lenders were drawn, up to epsilon 4.789" in text_of(
+        page, "facts"
+    )
+    rows = table_rows(page, "parameters")
+    assert rows[1] == [
+        "the federation (each lender as a whole)",
+        "2.992",
+        "3.000",
+        "1.00e-04",
+        "1.542",
+        "0.5 (of lenders, per round)",
+        "3 rounds",
+        "1.000",
+        "0.750 (mean)",
+        "0.392 (mean)",
+    ]
+    for row, lender_id in zip(rows[2:], "012", strict=True):
+        assert row == [
+            f"lender {lender_id}",
+            f"{known[lender_id]:.3f}",
+            "n/a: lender-level DP: the mechanism is the federation's (row above)",
+            "0.750",
+            "0.390",
+        ]
+    assert page.count('colspan="6"') == 3  # one cell spanning the six mechanism columns: the rows stay aligned
+    assert "The PRV value is for comparison only: epsilon 2.200 for the federation." in text_of(page, "explain")
+    assert "that lender's borrowers" in text_of(page, "explain")
+
+
 def test_a_hundred_lenders_give_a_readable_chart_and_a_table_row_each():
     report = report_of(100)
     page = render_html(report)

@@ -410,6 +410,12 @@ def _one_in(delta: float) -> str:
     return f"1 in {int(float(f'{1 / delta:.2g}')):,}" if delta > 0 else "0"
 
 
+def _expanded(delta: float) -> str:
+    """The delta as written (3 significant digits) with its zeros spelled out: 4.96e-05 as 0.0000496."""
+    written = delta_text(delta)
+    return f"{float(written):.{max(0, 2 - int(written.split('e')[1]))}f}"
+
+
 def _date(created: str) -> str:
     """The ledger's 2026-12-01T17:20:24Z (a form the verifier checks) as 2026-12-01 17:20:24 UTC."""
     return html.escape(created.replace("T", " ").replace("Z", " UTC"))
@@ -441,7 +447,7 @@ def guarantee(report: dict) -> dict | None:
         return None
     return {
         "epsilon": max(d["epsilon"] for d in spent),
-        "delta": max(d["delta"] for d in spent if d["delta"] is not None),
+        "delta": max((d["delta"] for d in spent if d["delta"] is not None), default=None),
         "budget": max((d["budget"] for d in spent if d["budget"] is not None), default=None),
     }
 
@@ -491,6 +497,12 @@ def _facts(report: dict) -> str:
             f"{who} ({e(str(p['accountant'] or '-')).upper()} accountant, which enforced the budgets"
             + (f"; budget {_fmt(g['budget'])}" if g["budget"] is not None else "")
             + ")"
+            + (
+                f"; against a reader of the ledger, who sees which lenders were drawn, up to epsilon "
+                f"{_eps((p['federation'] or {}).get('epsilon_known_sampling_max'))} for one lender"
+                if p["granularity"] == "lender"
+                else ""
+            )
             + (" <b>NOT PRIVATE</b>: seeded noise" if p["not_private"] else "")
         )
     rounds = f"{_t(report['rounds_completed'])} of {_t(report['rounds'])} rounds"
@@ -509,14 +521,17 @@ def _explain(report: dict) -> str:
     """The plain-language box: what epsilon, delta, the accountants, AUC and KS mean, with this run's values."""
     p = report["privacy"]
     g = guarantee(report)
-    one = "one lender's whole data set" if p["granularity"] == "lender" else "one borrower's record"
+    lender_level = p["granularity"] == "lender"
+    one = "one lender's whole data set" if lender_level else "one borrower's record"
+    whom = "that lender's borrowers" if lender_level else "that borrower"
+    single = "a single lender" if lender_level else "a single borrower"
     here_eps = (
         f" This run: epsilon {_eps(g['epsilon'])}, so at most {_times(g['epsilon'])} times."
         if g is not None and g["epsilon"] is not None
         else " This run used no differential privacy, so it makes no such promise."
     )
     here_delta = (
-        f" This run: {_delta(g['delta'])}, that is {g['delta']:.7f}, about {_one_in(g['delta'])}."
+        f" This run: {_delta(g['delta'])}, that is {_expanded(g['delta'])}, about {_one_in(g['delta'])}."
         if g is not None and g["delta"]
         else ""
     )
@@ -529,19 +544,31 @@ def _explain(report: dict) -> str:
     ks = f" This model: {u['global_ks']:.3f}." if u["global_ks"] is not None else ""
     enforcing = html.escape(str(p["accountant"] or "rdp")).upper()
     other = _other_accountant(p["accountant"]).upper()
+    fed = p["federation"] or {}
+    rule = (
+        ""
+        if lender_level
+        else " Each lender keeps it below one over its number of records, so it cannot amount to giving up one "
+        "borrower in each lender's data."
+    )
+    enforcer = "the federation" if lender_level else "the lenders"
+    compare = (
+        f"epsilon {_eps(fed.get('epsilon_' + other.lower()))} for the federation"
+        if lender_level
+        else "it is in each lender's details"
+    )
     return f"""<section id="explain"><h2>What the numbers mean</h2>
 <dl>
 <dt>epsilon: how much privacy is lost</dt><dd>Differential privacy promises that anything the run released is almost as
-likely with {one} as without it, so nobody can tell much from the release about that borrower. Epsilon bounds the
+likely with {one} as without it, so nobody can tell much from the release about {whom}. Epsilon bounds the
 "almost": no outcome becomes more than e<sup>epsilon</sup> times more likely. At epsilon 1 that factor is at most
-{_times(1.0)}; at epsilon 8 it is {_times(8.0)}, which promises little about a single borrower. Smaller is stronger:
+{_times(1.0)}; at epsilon 8 it is {_times(8.0)}, which promises little about {single}. Smaller is stronger:
 below 1 is strong protection, 1 to 3 is typical of deployed systems, 8 or more is weak.{here_eps}</dd>
-<dt>delta: the chance the promise fails</dt><dd>The small probability that the epsilon bound does not hold. Each lender
-keeps it below one over its number of records, so it cannot amount to giving up one borrower in each lender's data.
+<dt>delta: the chance the promise fails</dt><dd>The small probability that the epsilon bound does not hold.{rule}
 Deltas are written like 4.96e-05, which means 0.0000496.{here_delta}</dd>
 <dt>RDP and PRV: two accountants</dt><dd>Two ways of adding up the privacy spent over many training steps; both
-give valid upper bounds. The guarantee on this page is the {enforcing} one: the lenders enforced their budgets with
-it. The {other} value, for comparison only, is in each lender's details.</dd>
+give valid upper bounds. The guarantee on this page is the {enforcing} one: {enforcer} enforced the budgets with
+it. The {other} value is for comparison only: {compare}.</dd>
 <dt>AUC: how well the model ranks</dt><dd>Pick one borrower who defaulted and one who repaid: AUC is the chance the
 model gives the defaulter the higher risk. 0.5 is a coin toss, 1 is perfect.{auc}</dd>
 <dt>KS: how well the scores separate</dt><dd>The largest gap, over every score cut-off, between the share of
@@ -567,7 +594,8 @@ def _parameters(report: dict) -> str:
             "<tr><th>the federation (each lender as a whole)</th>"
             f"<td>{_eps(fed.get('epsilon'))}</td><td>{_fmt(fed.get('budget'))}</td><td>{_delta(fed.get('delta'))}</td>"
             f"<td>{_fmt(fed.get('noise_multiplier'))}</td><td>{_rate(fed.get('sample_rate'))} (of lenders, per round)</td>"
-            f"<td>{_t(fed.get('steps'))} rounds</td><td>{_fmt(fed.get('clip_norm'))}</td><td></td><td></td></tr>"
+            f"<td>{_t(fed.get('steps'))} rounds</td><td>{_fmt(fed.get('clip_norm'))}</td>"
+            f"<td>{_score(report['utility']['global_auc'])}</td><td>{_score(report['utility']['global_ks'])}</td></tr>"
         )
     for d in report["lender_details"]:
         cells = _lender_mechanism(report, d)
@@ -598,15 +626,18 @@ def _parameters(report: dict) -> str:
 </tbody></table>"""
 
 
+def _score(value: float | None) -> str:
+    """The federation's AUC or KS: the test-size-weighted mean of the lenders' scores."""
+    return f"{value:.3f} (mean)" if value is not None else _na("no lender could score the final model")
+
+
 def _lender_mechanism(report: dict, d: dict) -> str:
     """The six privacy cells of a lender's row, each value or the reason it is missing."""
     p = report["privacy"]
     if p["granularity"] == "lender":
         known = ((p["federation"] or {}).get("epsilon_known_sampling") or {}).get(str(d["lender"]))
-        same = "the federation's (row above)"
-        return f"<td>{_eps(known) if known is not None else _na('not in the ledger')}</td>" + "".join(
-            f"<td>{_na(same)}</td>" for _ in range(5)
-        )
+        same = _na("lender-level DP: the mechanism is the federation's (row above)")
+        return f'<td>{_eps(known) if known is not None else _na("not in the ledger")}</td><td colspan="6">{same}</td>'
     missing = "it released no update" if not d["releases"] else "not recorded"
     values = [
         (_eps(d["epsilon"]), d["epsilon"]),
@@ -653,8 +684,8 @@ def _fields_matrix(report: dict) -> str:
     for name, info in about.items():
         cells = []
         for column in columns:
-            state = status[column[0]].get(name)
-            cells.append(f'<td class="{state}">{state}</td>' if state else '<td class="absent">not in its data</td>')
+            found = status[column[0]].get(name)
+            cells.append(f'<td class="{found}">{found}</td>' if found else '<td class="absent">not in its data</td>')
         rows.append(
             f"<tr><th>{e(name)}</th><td>{e(' / '.join(info['categories']))}</td>{''.join(cells)}"
             f"<td>{e('; '.join(info['notes']))}</td></tr>"
@@ -764,6 +795,8 @@ table {{ border-collapse: collapse; width: 100%; margin: 0.5em 0 1.5em; }}
 th, td {{ text-align: left; vertical-align: top; border-bottom: 1px solid #ddd; padding: 0.3em 0.5em; }}
 th {{ width: 30%; font-weight: 600; }}
 table.grid th, table.grid td {{ width: auto; font-size: 0.92em; }}
+table.grid td {{ white-space: nowrap; }}
+table.grid td .na, table.grid td[colspan] {{ white-space: normal; }}
 table.grid thead th {{ vertical-align: bottom; border-bottom: 2px solid #999; }}
 td.used {{ background: #e3f2e3; }}
 td.refused {{ background: #f8e0e0; font-weight: 600; }}
