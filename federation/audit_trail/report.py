@@ -120,7 +120,9 @@ def _cards(view: RunView) -> list[dict]:
     cards: dict[tuple[str, str], list[int]] = {}
     for lender in sorted(view.manifests):
         m = view.manifests[lender]
-        cards.setdefault((m["card"], m["card_sha256"]), []).append(lender)
+        cards.setdefault((str(m["card"]), str(m["card_sha256"])), []).append(
+            lender
+        )  # str: sortable, whatever was signed
     return [{"name": name, "sha256": sha, "lenders": who} for (name, sha), who in sorted(cards.items())]
 
 
@@ -670,9 +672,9 @@ def _fields_matrix(report: dict) -> str:
         status[d["lender"]] = {}
         for state, fields in (("refused", d["fields_refused"]), ("used", d["fields_used"])):  # refused first
             for f in fields:
-                status[d["lender"]][f["name"]] = state
-                seen = about.setdefault(f["name"], {"categories": [], "notes": []})
-                for key, value in (("categories", f["category"]), ("notes", _field_note(f))):
+                status[d["lender"]][str(f["name"])] = state
+                seen = about.setdefault(str(f["name"]), {"categories": [], "notes": []})
+                for key, value in (("categories", str(f["category"])), ("notes", _field_note(f))):
                     if value and value not in seen[key]:
                         seen[key].append(value)
     groups: dict[tuple, list[int]] = {}
