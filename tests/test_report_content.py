@@ -164,6 +164,10 @@ def test_consent_is_stated_as_it_was_checked(unchecked, expected):
     report["summary"] = summary_sentences(report)
     page = render_html(report)
     assert expected in text_of(page, "consent")
+    if not unchecked:
+        assert "33 records without consent were left out before training." in report["summary"]
+    if len(unchecked) == 1:
+        assert any(s.startswith("Consent was not checked for 1 of 3 lenders") for s in report["summary"])
     if unchecked:
         # never "0 records without consent were left out", which reads as "everyone consented"
         assert not any(s.startswith("0 records without consent") for s in report["summary"])

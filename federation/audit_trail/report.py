@@ -310,12 +310,12 @@ def summary_sentences(report: dict) -> list[str]:
         out.append(
             f"Consent was not checked for {len(unchecked)} of {n} lenders: the dataset has no consent field in "
             f"their card; the others left out "
-            f"{sum(d['records_without_consent'] for d in lenders if d['consent_checked'])} records without consent "
+            f"{sum(d['records_without_consent'] for d in lenders if d['consent_checked']):,} records without consent "
             "before training."
         )
     else:
         out.append(
-            f"{sum(d['records_without_consent'] for d in lenders)} records without consent were left out before "
+            f"{sum(d['records_without_consent'] for d in lenders):,} records without consent were left out before "
             "training."
         )
     sent = sum(d["bytes_sent"] for d in lenders)
