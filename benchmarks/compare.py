@@ -27,7 +27,7 @@ import numpy as np
 from federation.config import DATASETS, MODELS, PARTITIONS, RunConfig
 from federation.data import load_holdout, load_lender
 from federation.metrics import credit_metrics
-from federation.model import build_model, predict_proba, set_arrays
+from federation.model import build_model, model_for, predict_proba, set_arrays
 from federation.training import train_local
 
 COLUMNS = ["dataset", "partition", "method", "epsilon", "seed", "auc", "ks", "gini", "brier", "seconds"]
@@ -87,7 +87,7 @@ def federated_run(cfg: RunConfig) -> tuple[dict, dict]:
         state = torch.load(path / "model.pt")
         privacy = json.loads((path / "privacy.json").read_text())
         n_features = len(load_lender(cfg, 0).features)
-        model = build_model(cfg.model, n_features, cfg.hidden)
+        model = model_for(cfg, n_features)
         set_arrays(model, {k: v.numpy() for k, v in state.items()})
         shutil.rmtree(path, ignore_errors=True)
     hx, hy = load_holdout(cfg)

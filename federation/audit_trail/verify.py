@@ -47,6 +47,7 @@ from federation.audit_trail.report import build_report, render_html, report_byte
 from federation.audit_trail.run_view import RunView, evaluators, global_scores, stop_reason
 from federation.config import RunConfig
 from federation.errors import FedCreditError
+from federation.gbdt_release import release_clip_norm
 from federation.lender_policy import effective_delta
 from federation.policy import used_field_violation
 from federation.privacy import dpaccounting
@@ -712,7 +713,7 @@ def _check_privacy(view: RunView, cfg: RunConfig) -> dict[str, float]:
             "epsilon_prv": final.get("epsilon_prv"),
             "noise_multiplier": event.get("noise_multiplier"),
             "sample_rate": event.get("sample_rate"),
-            "clip_norm": cfg.clip_norm,
+            "clip_norm": release_clip_norm(cfg),
             "noise": last[0].get("noise"),
         }
         for name, value in shown.items():
@@ -754,10 +755,12 @@ def _check_event(where: str, event: PrivacyEvent, lender: int, rnd: int, cfg: Ru
             f"noise multiplier {event.noise_multiplier:.4g} is below the lender's own floor "
             f"{policy.get('min_noise_multiplier')}",
         )
-    if event.clip_norm != cfg.clip_norm or event.clip_norm > policy.get("max_clip_norm", math.inf):
-        _fail(
-            where, "policy", f"clip norm {event.clip_norm} is not the run's {cfg.clip_norm} within the lender's limit"
-        )
+    if cfg.model == "gbdt" and (event.sample_rate != 1.0 or event.steps != 1):
+        # a gbdt round releases the leaf sums over every record once (federation/gbdt_release.py)
+        _fail(where, "privacy events", "a gbdt release is one Gaussian release over every record (rate 1, 1 step)")
+    clip = release_clip_norm(cfg)  # gbdt: the sensitivity of the leaf sums
+    if event.clip_norm != clip or event.clip_norm > policy.get("max_clip_norm", math.inf):
+        _fail(where, "policy", f"clip norm {event.clip_norm} is not the run's {clip} within the lender's limit")
 
 
 def _check_unit(
