@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from federation.config import RunConfig
+from federation.gbdt import accounting
 from federation.gbdt.binning import bin_features
 from federation.gbdt.leaf_sums import gradients, l2_sensitivity, leaf_sums, noised
 from federation.gbdt.trees import Ensemble
-from federation.privacy.accountant import calibrate_noise
 from federation.privacy.events import PrivacyEvent
 from federation.tree_model import ensemble_of, round_trees
 
@@ -40,11 +40,11 @@ def leaf_sums_shape(cfg: RunConfig) -> tuple[int, int, int]:
 
 def calibrated_noise(cfg: RunConfig, budget: float, delta: float) -> float:
     """The noise multiplier that spends `budget` over the run's rounds (one unsampled release each)."""
-    return calibrate_noise(budget, delta, 1.0, cfg.rounds, cfg.accountant)
+    return accounting.calibrate_noise(budget, delta, cfg.rounds, cfg.accountant)
 
 
 def round_event(cfg: RunConfig, lender: int, rnd: int, sigma: float) -> PrivacyEvent:
-    return PrivacyEvent(lender, rnd, float(sigma), 1.0, 1, release_clip_norm(cfg))
+    return accounting.round_event(lender, rnd, sigma, cfg.gbdt_trees_per_round)
 
 
 def exact_leaf_sums(

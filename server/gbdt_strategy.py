@@ -8,7 +8,9 @@ features, the public bins and its own generator: federation.gbdt.structure, no r
 privacy), sends the ensemble with those structures to the lenders, and receives from each its noisy leaf sums
 (each lender adds Gaussian noise of its own to its own sums, clients/dp_round.py). It sums them in lender order
 and sets each leaf to the clipped, shrunk Newton step -G / (H + lambda): post-processing of the noisy sums. The
-coordinator never sees a record, an exact sum, or a lender's noise.
+coordinator never sees a record, an exact sum, or a lender's noise. Each aggregate records the round's structures and
+the lenders' released sums, from which the verifier rebuilds every round's model (federation/audit_trail/
+gbdt_ledger.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from federation.audit_trail.gbdt_ledger import round_record
 from federation.config import RunConfig
 from federation.gbdt.newton import leaf_values
 from federation.gbdt.structure import random_trees
@@ -46,6 +49,7 @@ class GbdtStrategy(CoordinatorStrategy):
         # The structures are public and need no secrecy: seeded, so the same seed grows the same shapes.
         self.rng = np.random.default_rng(cfg.seed)
         self.asked: dict[int, dict[str, np.ndarray]] = {}  # each round's model with its new trees' structure
+        self.recorded: dict[int, dict] = {}  # what each round's aggregate records of its trees
 
     def reply_shapes(self, model_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
         return {LEAF_SUMS: leaf_sums_shape(self.cfg)}
@@ -67,8 +71,12 @@ class GbdtStrategy(CoordinatorStrategy):
             return None, "no usable update (every lender failed, was rejected or declined)", None
         cfg = self.cfg
         total = np.zeros(leaf_sums_shape(cfg), dtype=np.float64)
+        released: dict[int, np.ndarray] = {}
         for msg in trained:  # in lender order: the same sums in any runtime
-            total = total + numpy_arrays(msg.content.array_records[ARRAYS])[LEAF_SUMS]
+            sums = numpy_arrays(msg.content.array_records[ARRAYS])[LEAF_SUMS]
+            released[self.lender_of_node[msg.metadata.src_node_id]] = sums
+            total = total + sums
+        self.recorded[rnd] = round_record(rnd, cfg, self.asked[rnd], released)
         model = {k: v.copy() for k, v in self.asked[rnd].items()}
         rows = round_trees(cfg, rnd)
         model["values"][rows] = leaf_values(
@@ -81,5 +89,6 @@ class GbdtStrategy(CoordinatorStrategy):
         self, rnd: int, arrays: ArrayRecord, trained: list[Message], secure: SecureRound | None, setup_failure: str
     ) -> RoundAggregate:
         result = super().aggregate_train(rnd, arrays, trained, secure, setup_failure)
-        result.how["trees"] = [round_trees(self.cfg, rnd).start, round_trees(self.cfg, rnd).stop]
+        if not result.how.get("skipped"):  # the ledger can rebuild the round's trees (audit_trail/gbdt_ledger.py)
+            result.how["gbdt"] = self.recorded.pop(rnd)
         return result

@@ -27,7 +27,7 @@ from federation.gbdt.binning import bin_features
 from federation.gbdt.boosting import simulate
 from federation.gbdt.structure import random_trees
 from federation.gbdt_release import LEAF_SUMS, exact_leaf_sums
-from federation.model import model_for
+from federation.model import Scorecard, model_for, predict_proba
 from federation.privacy.accountant import epsilon
 from federation.privacy.events import PrivacyEvent
 from federation.privacy.noise import SeededRandomness
@@ -111,6 +111,9 @@ def test_a_noise_free_run_through_flower_grows_exactly_the_reference_ensemble(tm
     with torch.no_grad():
         logit = model(torch.as_tensor(x, dtype=torch.float32)).numpy()
     assert np.allclose(logit, reference.predict_logit(bin_features(x, cfg.gbdt_bins)), rtol=0, atol=1e-12)
+    card = Scorecard()  # probability of default to points, as for the other models
+    points = card.score(predict_proba(model, x))
+    assert np.allclose(points, card.score(reference.predict_proba(bin_features(x, cfg.gbdt_bins))), atol=1e-9)
 
 
 def test_a_gbdt_run_writes_report_and_model_and_verifies(dp_run):
@@ -274,3 +277,26 @@ def test_budgets_stop_the_boosting_before_an_overrun(tmp_path):
 def test_what_gbdt_does_not_combine_with_is_one_clear_line(change, words):
     with pytest.raises(ConfigError, match=words):
         GBDT.replace(**change)
+
+
+def test_a_coordinator_that_sets_other_leaf_values_than_the_sums_give_is_caught(tmp_path, monkeypatch):
+    """The coordinator runs the federation honestly except that it doubles the leaf values of every round (the
+    lenders score and sign whatever model it sends): the ledger's own leaf sums give another model."""
+    import server.gbdt_strategy as strategy
+
+    honest = strategy.leaf_values
+    monkeypatch.setattr(strategy, "leaf_values", lambda *args: 2 * honest(*args))
+    folder = run(GBDT.replace(rounds=2, output_dir=str(tmp_path / "run")), on_round=_quiet)
+    _fails(folder, "model", "round 1's model is not the one")
+
+
+def test_the_ensemble_in_model_json_is_the_model_file_and_a_forged_leaf_sum_is_caught(copy_of):
+    described = json.loads((copy_of / "model.json").read_text())["ensemble"]
+    arrays = _model_arrays(copy_of)
+    assert len(described["trees"]) == int(arrays["grown"][0])
+    assert [t["values"] for t in described["trees"]] == arrays["values"][: len(described["trees"])].tolist()
+    entries = entries_of(copy_of)
+    agg = next(e for e in entries if e["type"] == L.AGGREGATE)
+    agg["body"]["gbdt"]["released"]["0"][0][0][0] += 1.0  # one leaf sum of lender 0, as if it had sent it
+    Forger(copy_of).write(entries)
+    _fails(copy_of, "model", "lender 0's recorded leaf sums are not the ones it signed")

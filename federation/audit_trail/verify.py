@@ -875,6 +875,19 @@ def _check_model(run_dir: Path, view: RunView) -> str:
     return actual  # equal to the ledger's model_hash
 
 
+def _check_gbdt(view: RunView, cfg: RunConfig) -> None:
+    """A gbdt run's every round's model, rebuilt from the structures and the lenders' signed leaf sums in its
+    aggregates (federation/audit_trail/gbdt_ledger.py), must be the model the round recorded."""
+    if cfg.model != "gbdt":
+        return
+    from federation.audit_trail.gbdt_ledger import LedgerModelMismatch, rederived_arrays
+
+    try:
+        rederived_arrays(view, cfg)
+    except LedgerModelMismatch as exc:
+        _fail("aggregate", "model", str(exc))
+
+
 def _hex(text: object) -> bool:
     return isinstance(text, str) and bool(re.fullmatch(r"(?:[0-9a-f]{2})+", text))
 
@@ -1128,6 +1141,7 @@ def verify_run(run_dir: str | Path, registry: str | Path | Registry | None = Non
     _check_structure(view, cfg)
     epsilons = _check_privacy(view, cfg)
     _check_model(run_dir, view)
+    _check_gbdt(view, cfg)
     _check_secure_aggregation(view, cfg, coordinator)
     unverified = _check_files(run_dir, view)
     _check_report(run_dir, entries, report)
