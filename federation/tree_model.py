@@ -76,6 +76,20 @@ def build_tree_model(cfg: RunConfig, n_features: int) -> TreeEnsembleModel:
     return TreeEnsembleModel(n_features, tree_count(cfg), cfg.gbdt_depth, cfg.gbdt_bins, cfg.gbdt_learning_rate)
 
 
+def tree_model_of(cfg: RunConfig, ensemble: Ensemble) -> TreeEnsembleModel:
+    """The run's model holding `ensemble` (at most the run's number of trees): e.g. a pooled, noise-free one."""
+    model = build_tree_model(cfg, ensemble.n_features)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for i, tree in enumerate(ensemble.trees):
+        state["features"][i] = torch.as_tensor(tree.features)
+        state["thresholds"][i] = torch.as_tensor(tree.thresholds)
+        state["values"][i] = torch.as_tensor(tree.values)
+    state["base_score"][0] = ensemble.base_score
+    state["grown"][0] = len(ensemble.trees)
+    model.load_state_dict(state)
+    return model
+
+
 def ensemble_of(
     arrays: Mapping[str, np.ndarray], n_features: int, n_bins: int, learning_rate: float, trees: int | None = None
 ) -> Ensemble:

@@ -300,3 +300,45 @@ def test_the_ensemble_in_model_json_is_the_model_file_and_a_forged_leaf_sum_is_c
     agg["body"]["gbdt"]["released"]["0"][0][0][0] += 1.0  # one leaf sum of lender 0, as if it had sent it
     Forger(copy_of).write(entries)
     _fails(copy_of, "model", "lender 0's recorded leaf sums are not the ones it signed")
+
+
+# ---- the planner ---------------------------------------------------------------------------------------------
+
+
+def test_plan_model_gbdt_gives_the_noise_a_lender_of_the_run_calibrated(dp_run):
+    """`fedcredit plan --model gbdt` describes the run's mechanism: R unsampled Gaussian releases. Its sigma is the
+    one each lender of the run calibrated, and its epsilon is dp_accounting's Gaussian mechanism composed R times."""
+    import dp_accounting
+
+    unit = json.loads((dp_run / "privacy.json").read_text())["units"]["0"]
+    records = json.loads((dp_run / "manifests" / "lender_000.json").read_text())["train_records"]
+    options = ["--records", str(records), "--rounds", "3", "--delta", repr(unit["delta"]), "--epsilon", "3"]
+    result = CliRunner().invoke(app, ["plan", "--model", "gbdt", *options, "--json"])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.output)
+    assert row["noise_multiplier"] == unit["noise_multiplier"] and (row["sample_rate"], row["steps"]) == (1.0, 3)
+    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant.compose(dp_accounting.GaussianDpEvent(row["noise_multiplier"]), 3)
+    assert row["epsilon_rdp"] == pytest.approx(accountant.get_epsilon(unit["delta"]), rel=0.01)
+    refused = CliRunner().invoke(app, ["plan", "--model", "gbdt", "--dp-level", "lender", "--lenders", "9"])
+    assert refused.exit_code == 2 and "dp-level 'record'" in refused.output
+
+
+# ---- the benchmark -------------------------------------------------------------------------------------------
+
+
+def test_a_quick_gbdt_bench_runs_the_pooled_limit_and_a_private_federated_cell(tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", "--quick", "--methods", "pooled,fedavg", "--epsilons", "3", "--output-dir", str(out)]
+    args += ["--set", "model=gbdt", "--set", "lenders=3", "--set", "rounds=4"]  # 4 rounds of 10 trees of depth 4
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    import csv
+
+    with (out / "results.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["lender"] == "pooled"]
+    by_method = {r["method"]: r for r in rows}
+    assert set(by_method) == {"pooled", "fedavg"}
+    assert float(by_method["pooled"]["auc"]) > 0.65  # the noise-free pooled ensemble learns the synthetic market
+    assert 0 < float(by_method["fedavg"]["epsilon_spent"]) <= 3.0
+    assert 0.0 <= float(by_method["fedavg"]["auc"]) <= 1.0
