@@ -679,7 +679,10 @@ def lender_init(
     data_dir: str = typer.Option("", help="Folder of a built-in dataset."),
     delta: float = typer.Option(0.0, help="Its delta; 0: 1/N^1.1 on its own training records."),
     min_noise_multiplier: float = typer.Option(0.3, help="Never train with less noise than this."),
-    max_clip_norm: float = typer.Option(10.0, help="Never clip at a larger norm than this."),
+    max_clip_norm: float = typer.Option(
+        10.0,
+        help="Never clip at a larger norm than this (gbdt: the sensitivity sqrt(trees per round) of its leaf sums).",
+    ),
     no_dp_allowed: bool = typer.Option(False, "--allow-no-dp", help="Also take part in runs without DP."),
     registry: str = typer.Option("", help="The federation's key registry to pin (needed for secure aggregation)."),
 ) -> None:
