@@ -25,11 +25,11 @@ from federation.gbdt.trees import Ensemble, Tree
 class GbdtParams:
     """Defaults: the setting benchmarks/results/gbdt_tuning.md chose on Taiwan validation data."""
 
-    n_bins: int = 32
+    n_bins: int = 8
     depth: int = 4
-    trees_per_round: int = 10
-    rounds: int = 20
-    reg_lambda: float = 10.0
+    trees_per_round: int = 5
+    rounds: int = 50
+    reg_lambda: float = 1.0
     learning_rate: float = 0.1
     leaf_clip: float = 1.0
     noise_multiplier: float = 0.0  # z, relative to the sensitivity sqrt(trees_per_round); 0: no noise
