@@ -330,7 +330,7 @@ def test_plan_model_gbdt_gives_the_noise_a_lender_of_the_run_calibrated(dp_run):
 def test_a_quick_gbdt_bench_runs_the_pooled_limit_and_a_private_federated_cell(tmp_path):
     out = tmp_path / "bench"
     args = ["bench", "--quick", "--methods", "pooled,fedavg", "--epsilons", "3", "--output-dir", str(out)]
-    args += ["--set", "model=gbdt", "--set", "lenders=3", "--set", "rounds=4"]  # 4 rounds of 10 trees of depth 4
+    args += ["--set", "model=gbdt", "--set", "lenders=3", "--set", "rounds=8"]  # 8 rounds of 5 trees of depth 4
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     import csv
