@@ -342,3 +342,14 @@ def test_a_quick_gbdt_bench_runs_the_pooled_limit_and_a_private_federated_cell(t
     assert float(by_method["pooled"]["auc"]) > 0.65  # the noise-free pooled ensemble learns the synthetic market
     assert 0 < float(by_method["fedavg"]["epsilon_spent"]) <= 3.0
     assert 0.0 <= float(by_method["fedavg"]["auc"]) <= 1.0
+
+
+def test_a_recorded_structure_other_than_the_one_the_lenders_were_sent_is_caught(copy_of):
+    """Each lender signs the digest of the request it answered: the ledger cannot claim the sums were for other
+    trees than the ones the lenders computed them on."""
+    entries = entries_of(copy_of)
+    agg = next(e for e in entries if e["type"] == L.AGGREGATE)
+    record = agg["body"]["gbdt"]
+    record["thresholds"][0][0] = (record["thresholds"][0][0] + 1) % (GBDT.gbdt_bins - 1)
+    Forger(copy_of).write(entries)
+    _fails(copy_of, "model", "signed a request for another model than the round's recorded structure gives")

@@ -6,15 +6,18 @@ to the ledger reveals nothing the coordinator did not already see. From them any
 model: each lender's sums must hash to the update it signed, their sum in lender order gives the Newton leaf values
 (federation.gbdt.newton), and the result must hash to the round's recorded model. So a coordinator cannot set a
 leaf value, add a tree, or leave a lender's sums out of (or add unsigned sums to) the model without the verifier
-seeing it; model.json (the ensemble, federation/audit_trail/derive.py) comes from here.
+seeing it. Each lender also signs the digest of the request it answered (the model it computed its sums on), so
+the structure recorded must be the one the lenders were sent. model.json (the ensemble, federation/audit_trail/derive.py) comes from here.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from federation.audit_trail import ledger as L
-from federation.audit_trail.canonical import arrays_hash
+from federation.audit_trail.canonical import arrays_hash, canonical
 from federation.audit_trail.run_view import RunView
 from federation.config import RunConfig
 from federation.gbdt.newton import leaf_values
@@ -49,7 +52,15 @@ def rederived_arrays(view: RunView, cfg: RunConfig) -> dict[str, np.ndarray]:
             continue
         rnd = attempt.round
         if not agg.get("skipped"):
-            model = _grow(model, rnd, agg, cfg, _signed_hashes(attempt.of_type(L.LENDER_UPDATE)))
+            sent = _asked(model, rnd, agg, cfg)
+            digest = _request_digest(view, rnd, sent)
+            for entry in attempt.of_type(L.LENDER_UPDATE) + attempt.of_type(L.LENDER_REFUSAL):
+                if entry["body"].get("request") != digest:
+                    raise LedgerModelMismatch(
+                        f"round {rnd}: lender {entry['body'].get('lender')} signed a request for another model "
+                        "than the round's recorded structure gives"
+                    )
+            model = _grow(sent, rnd, agg, cfg, _signed_hashes(attempt.of_type(L.LENDER_UPDATE)))
         if arrays_hash(model) != agg.get("model_hash"):
             raise LedgerModelMismatch(f"round {rnd}'s model is not the one its recorded structure and leaf sums give")
     try:
@@ -64,17 +75,40 @@ def rederived_ensemble(view: RunView, cfg: RunConfig) -> Ensemble:
     return ensemble_of(rederived_arrays(view, cfg), n_features, cfg.gbdt_bins, cfg.gbdt_learning_rate)
 
 
+def _request_digest(view: RunView, rnd: int, sent: dict[str, np.ndarray]) -> str:
+    """The digest each lender signs of the request it answered (clients/session.py, Session.digest): the run,
+    the round, the model sent and the configuration. From the ledger: the model the round's structure gives."""
+    config = {**view.config, "server-round": rnd}
+    request = {"run": view.started["run"], "round": rnd, "input": arrays_hash(sent), "config": config}
+    return hashlib.sha256(canonical(request)).hexdigest()
+
+
 def _signed_hashes(updates: list[dict]) -> dict[int, str]:
     return {e["body"].get("lender"): e["body"].get("update_hash") for e in updates}
 
 
-def _grow(model: dict[str, np.ndarray], rnd: int, agg: dict, cfg: RunConfig, signed: dict) -> dict[str, np.ndarray]:
+def _asked(model: dict[str, np.ndarray], rnd: int, agg: dict, cfg: RunConfig) -> dict[str, np.ndarray]:
+    """The model round `rnd` sent: the previous one with the round's recorded tree structures."""
     record = agg.get("gbdt")
     rows = round_trees(cfg, rnd)
     if not isinstance(record, dict) or record.get("trees") != [rows.start, rows.stop]:
         raise LedgerModelMismatch(f"round {rnd}'s aggregate does not record its trees {rows.start}..{rows.stop - 1}")
+    try:
+        features = np.asarray(record.get("features"), dtype=np.int64)
+        thresholds = np.asarray(record.get("thresholds"), dtype=np.int64)
+        sent = {k: v.copy() for k, v in model.items()}
+        sent["features"][rows] = features.reshape(sent["features"][rows].shape)
+        sent["thresholds"][rows] = thresholds.reshape(sent["thresholds"][rows].shape)
+    except (TypeError, ValueError):
+        raise LedgerModelMismatch(f"round {rnd}'s recorded tree structure is malformed") from None
+    return sent
+
+
+def _grow(sent: dict[str, np.ndarray], rnd: int, agg: dict, cfg: RunConfig, signed: dict) -> dict[str, np.ndarray]:
+    """The round's model: the sent one with the Newton leaf values of the summed recorded leaf sums."""
+    rows = round_trees(cfg, rnd)
     lenders = agg.get("lenders") or []
-    released = record.get("released")
+    released = agg["gbdt"].get("released")
     if not isinstance(released, dict) or sorted(released) != sorted(str(x) for x in lenders):
         raise LedgerModelMismatch(f"round {rnd}'s aggregate records leaf sums of other lenders than it aggregates")
     shape = leaf_sums_shape(cfg)
@@ -87,14 +121,7 @@ def _grow(model: dict[str, np.ndarray], rnd: int, agg: dict, cfg: RunConfig, sig
         if sums.shape != shape or arrays_hash({LEAF_SUMS: sums}) != signed.get(lender):
             raise LedgerModelMismatch(f"round {rnd}: lender {lender}'s recorded leaf sums are not the ones it signed")
         total = total + sums
-    nodes = model["features"].shape[1]
-    try:
-        features = np.asarray(record.get("features"), dtype=np.int64).reshape(cfg.gbdt_trees_per_round, nodes)
-        thresholds = np.asarray(record.get("thresholds"), dtype=np.int64).reshape(features.shape)
-    except (TypeError, ValueError):
-        raise LedgerModelMismatch(f"round {rnd}'s recorded tree structure is malformed") from None
-    grown = {k: v.copy() for k, v in model.items()}
-    grown["features"][rows], grown["thresholds"][rows] = features, thresholds
+    grown = {k: v.copy() for k, v in sent.items()}
     grown["values"][rows] = leaf_values(
         total[..., 0], total[..., 1], cfg.gbdt_lambda, cfg.gbdt_learning_rate, cfg.gbdt_leaf_clip
     )
