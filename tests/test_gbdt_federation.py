@@ -129,6 +129,8 @@ def test_a_gbdt_run_writes_report_and_model_and_verifies(dp_run):
     for unit in privacy["units"].values():
         assert unit["epsilon"] <= 3.0 and unit["rounds_released"] == 3
     assert int(_model_arrays(dp_run)["grown"][0]) == 6
+    summary = " ".join(json.loads((dp_run / "report.json").read_text())["summary"])
+    assert "gradient-boosted trees" in summary and "each lender added the full noise itself" in summary
 
 
 # ---- a coordinator rewriting the ledger ------------------------------------------------------------------
