@@ -26,15 +26,17 @@ from sklearn.metrics import roc_auc_score
 
 from benchmarks.bench import Cell, config_for
 from federation.data import load_holdout, load_lender
-from federation.gbdt.accounting import calibrate_noise
+from federation.gbdt.accounting import calibrate_noise, split_budget
 from federation.gbdt.binning import bin_features
-from federation.gbdt.boosting import GbdtParams, lender_sums, set_leaves, simulate
-from federation.gbdt.leaf_sums import gradients, noise_share, noised
+from federation.gbdt.boosting import GbdtParams, set_leaves, simulate
+from federation.gbdt.leaf_sums import gradients, leaf_sums, noise_share, noised
 from federation.gbdt.trees import Ensemble, Tree
 from federation.privacy.accountant import default_delta
 
 RESULTS = Path(__file__).parent / "results" / "gbdt_tuning.md"
 COMMAND = "python -m benchmarks.gbdt_tuning --data-dir ../shared/datasets"
+
+COUNT_SHARE = 0.1  # of the budget, for the optional count release (split_candidates = "noisy_quantiles")
 
 Data = tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]  # lenders (x, y), eval x, eval y
 
@@ -61,14 +63,17 @@ def load(data_dir: str, seed: int, validation: bool) -> tuple[Data, float]:
 
 
 def gbdt_auc(data: Data, delta: float, params: GbdtParams, epsilon: float, secure: bool, seed: int) -> float:
-    """Pooled AUC of the federated boosting (totally random trees) at `epsilon` per lender (inf: no noise)."""
+    """Pooled AUC of the federated boosting at `epsilon` per lender (inf: no noise); with noisy-quantile split
+    candidates the count release takes COUNT_SHARE of the budget."""
     lenders, ex, ey = data
     binned = [(bin_features(x, params.n_bins), y) for x, y in lenders]
     noise = math.isfinite(epsilon)
-    z = calibrate_noise(epsilon, delta, params.rounds) if noise else 0.0
+    z, zc = calibrate_noise(epsilon, delta, params.rounds) if noise else 0.0, 0.0
+    if noise and params.split_candidates == "noisy_quantiles":
+        zc, z = split_budget(epsilon, delta, params.rounds, COUNT_SHARE)
     model = simulate(
         binned,
-        dataclasses.replace(params, noise_multiplier=z),
+        dataclasses.replace(params, noise_multiplier=z, count_noise_multiplier=zc),
         np.random.default_rng(seed),
         noise=noise,
         secure_split=secure,
@@ -77,53 +82,70 @@ def gbdt_auc(data: Data, delta: float, params: GbdtParams, epsilon: float, secur
     return float(roc_auc_score(ey, model.predict_logit(bin_features(ex, params.n_bins))))
 
 
-def prior_split_auc(
-    data: Data, delta: float, params: GbdtParams, epsilon: float, secure: bool, seed: int, candidates: int, share=0.1
+def _budget_split(epsilon: float, delta: float, rounds: int, share: float) -> tuple[float, float]:
+    """(z of one extra release, z of each round) spending `share` of the budget on the extra release: Gaussian
+    releases compose in sum 1 / z^2 (exactly, under RDP and PLD), so z1 (one release worth the budget) splits as
+    z_extra = z1 / sqrt(share) and z_round = z1 sqrt(rounds / (1 - share))."""
+    z1 = calibrate_noise(epsilon, delta, 1)
+    return z1 / math.sqrt(share), z1 * math.sqrt(rounds / (1 - share))
+
+
+def _feature_sums(xb: np.ndarray, values: np.ndarray, n_bins: int) -> np.ndarray:
+    """[F, B, k]: per feature and bin, the sums of `values` [n, k] (a record is in one bin of every feature, so the
+    L2 sensitivity is sqrt(F) times a record's norm)."""
+    F = xb.shape[1]
+    flat = (xb.astype(np.int64) + n_bins * np.arange(F)).ravel()
+    cols = [np.bincount(flat, np.repeat(v, F), F * n_bins) for v in values.T]
+    return np.stack(cols, -1).reshape(F, n_bins, values.shape[1])
+
+
+def alternative_auc(
+    data: Data, delta: float, params: GbdtParams, epsilon: float, seed: int, kind: str, knob: float, share=0.1
 ) -> float:
-    """The measured alternative to totally random structures: one noisy histogram of (G, H) per feature and bin at
-    the starting model (sensitivity sqrt(features): a record is in one bin of every feature), spending `share` of
-    the budget (Gaussian releases compose in 1 / z^2, so z_hist = z_1 / sqrt(share) and the rounds get the rest);
-    the coordinator ranks every (feature, threshold) by its noisy root split gain and draws each node's split
-    uniformly among the top `candidates`. It lost (benchmarks/results/gbdt_tuning.md), so it stays here."""
+    """Measured alternatives that lost, kept here (noisy-quantile thresholds, which can win, are in the core):
+    - "topk": one noisy (G, H) histogram per feature and bin at the starting model, `share` of the budget; each node's
+      split drawn uniformly among the `knob` best (feature, threshold) by noisy root gain (noisy-histogram split
+      selection, done once);
+    - "gradclip": no extra release; g clipped to [-knob, knob], which lowers the sensitivity to
+      sqrt(T max(min(|g|, c)^2 + h^2)) (maximum taken numerically over p)."""
     lenders, ex, ey = data
-    B = params.n_bins
+    B, k = params.n_bins, len(lenders)
     binned = [(bin_features(x, B), y) for x, y in lenders]
     F = binned[0][0].shape[1]
-    noise = math.isfinite(epsilon)
-    z1 = calibrate_noise(epsilon, delta, 1) if noise else 0.0  # one Gaussian release worth the whole budget
-    z_hist, z_round = z1 / math.sqrt(share), z1 * math.sqrt(params.rounds / (1 - share))
-    k = len(binned)
     normal = np.random.default_rng(seed + 1000).standard_normal
-    total = np.zeros((F, B, 2))
-    for xb, y in binned:
-        g, h = gradients(y, np.zeros(len(y)))
-        flat = (xb.astype(np.int64) + B * np.arange(F)).ravel()
-        sums = np.stack(
-            [np.bincount(flat, np.repeat(g, F), F * B), np.bincount(flat, np.repeat(h, F), F * B)], -1
-        ).reshape(F, B, 2)
-        total += noised(sums, noise_share(z_hist, k) if secure else z_hist, math.sqrt(F), normal) if noise else sums
-    left = np.cumsum(total, axis=1)[:, :-1]
-    right = total.sum(axis=1, keepdims=True) - left
-    lam = 100.0
-    gain = left[..., 0] ** 2 / (np.maximum(left[..., 1], 0) + lam) + right[..., 0] ** 2 / (
-        np.maximum(right[..., 1], 0) + lam
-    )
-    top = np.argsort(gain.ravel())[::-1][:candidates]
     rng = np.random.default_rng(seed)
+    z_extra, z_round = _budget_split(epsilon, delta, params.rounds, share)
+    sensitivity = math.sqrt(params.trees_per_round)
+    clip = math.inf
+    pairs = np.arange(F * (B - 1))  # candidate (feature, threshold) pairs, as f * (B - 1) + t
+    if kind == "topk":
+        total = np.zeros((F, B, 2))
+        for xb, y in binned:
+            g, h = gradients(y, np.zeros(len(y)))
+            total += noised(_feature_sums(xb, np.stack([g, h], 1), B), noise_share(z_extra, k), math.sqrt(F), normal)
+        left = np.cumsum(total, axis=1)[:, :-1]
+        right = total.sum(axis=1, keepdims=True) - left
+        gain = left[..., 0] ** 2 / (np.maximum(left[..., 1], 0) + 100.0)
+        gain += right[..., 0] ** 2 / (np.maximum(right[..., 1], 0) + 100.0)
+        pairs = np.argsort(gain.ravel())[::-1][: int(knob)]
+    else:
+        z_round = calibrate_noise(epsilon, delta, params.rounds)
+        clip = knob
+        p = np.linspace(0, 1, 200_001)
+        sensitivity *= math.sqrt(max((np.minimum(np.abs(p - y), clip) ** 2 + (p * (1 - p)) ** 2).max() for y in (0, 1)))
     model = Ensemble(0.0, params.learning_rate, F, B)
     logits = [np.zeros(len(y)) for _, y in binned]
-    z_each = noise_share(z_round, k) if secure else z_round
-    sensitivity = math.sqrt(params.trees_per_round)
+    nodes = 2**params.depth - 1
     for _ in range(params.rounds):
-        trees = []
-        for _ in range(params.trees_per_round):
-            pick = top[rng.integers(0, len(top), 2**params.depth - 1)]
-            trees.append(Tree(pick // (B - 1), pick % (B - 1), np.zeros(2**params.depth)))
-        summed = np.zeros((len(trees), 2**params.depth, 2))
+        picks = [pairs[rng.integers(0, len(pairs), nodes)] for _ in range(params.trees_per_round)]
+        trees = [Tree(pick // (B - 1), pick % (B - 1), np.zeros(nodes + 1)) for pick in picks]
+        summed = np.zeros((len(trees), nodes + 1, 2))
         leaves = []
         for (xb, y), logit in zip(binned, logits, strict=True):
-            sums, idx = lender_sums(trees, xb, y, logit)
-            summed += noised(sums, z_each, sensitivity, normal) if noise else sums
+            idx = np.stack([t.leaf_index(xb) for t in trees], axis=1)
+            g, h = gradients(y, logit)
+            sums = leaf_sums(idx, np.clip(g, -clip, clip), h, nodes + 1)
+            summed += noised(sums, noise_share(z_round, k), sensitivity, normal)
             leaves.append(idx)
         trees = set_leaves(trees, summed, params)
         values = np.stack([t.values for t in trees])
@@ -131,6 +153,14 @@ def prior_split_auc(
             logit += values[np.arange(len(trees)), idx].sum(axis=1)
         model = model.with_trees(trees)
     return float(roc_auc_score(ey, model.predict_logit(bin_features(ex, B))))
+
+
+ALTERNATIVES = [  # (kind, knob, n_bins)
+    ("topk", 50, None),
+    ("topk", 200, None),
+    ("gradclip", 0.5, None),
+    ("gradclip", 0.3, None),
+]
 
 
 HGB_GRID = [
@@ -160,12 +190,16 @@ OPTIONS: dict[str, list] = {
     "reg_lambda": [1.0, 10.0, 50.0, 200.0],
     "leaf_clip": [0.25, 0.5, 1.0, 2.0],
     "n_bins": [8, 16, 32, 64],
+    # totally random over all public thresholds, or among those a noisy count release finds usable (finer bins)
+    "structure": [("all", None), ("noisy_quantiles", 16), ("noisy_quantiles", 32), ("noisy_quantiles", 64)],
 }
 
 
 def _apply(params: GbdtParams, field: str, value) -> GbdtParams:
     if field == "batch":
         return dataclasses.replace(params, trees_per_round=value[0], rounds=value[1])
+    if field == "structure":
+        return dataclasses.replace(params, split_candidates=value[0], n_bins=value[1] or params.n_bins)
     return dataclasses.replace(params, **{field: value})
 
 
@@ -173,6 +207,11 @@ def _label(params: GbdtParams) -> str:
     return (
         f"depth {params.depth}, {params.trees_per_round} trees x {params.rounds} rounds, lr {params.learning_rate:g}, "
         f"lambda {params.reg_lambda:g}, clip {params.leaf_clip:g}, {params.n_bins} bins"
+        + (
+            f", noisy-quantile thresholds (>= {params.min_fraction:g} a side)"
+            if params.split_candidates != "all"
+            else ""
+        )
     )
 
 
@@ -204,10 +243,17 @@ def main() -> None:
             print(log[-1], flush=True)
         choice = max(tried, key=lambda v: tried[v])
         best, best_score = _apply(best, field, choice), tried[choice]
+    alt_seeds = (0, 1)
     prior = {
-        k: statistics.mean(prior_split_auc(val, val_delta, best, eps, True, 0, k) for eps in (1.0, 3.0))
-        for k in (50, 200, 400)
+        "the chosen setting": [gbdt_auc(val, val_delta, best, eps, True, s) for eps in (1.0, 3.0) for s in alt_seeds]
     }
+    for kind, knob, bins in ALTERNATIVES:
+        params = dataclasses.replace(best, n_bins=bins or best.n_bins)
+        label = f"{kind} {knob:g}, {params.n_bins} bins"
+        prior[label] = [
+            alternative_auc(val, val_delta, params, eps, s, kind, knob) for eps in (1.0, 3.0) for s in alt_seeds
+        ]
+        print(label, [round(v, 4) for v in prior[label]], flush=True)
     hgb_val = {i: hgb_auc(val, s, 0) for i, s in enumerate(HGB_GRID)}
     hgb_best = HGB_GRID[max(hgb_val, key=lambda i: hgb_val[i])]
 
@@ -219,11 +265,11 @@ def main() -> None:
             for secure in (True, False) if math.isfinite(eps) else (True,):
                 test.setdefault(f"{eps}-{secure}", []).append(gbdt_auc(data, delta, best, eps, secure, seed))
         print(f"seed {seed}: { ({k: round(v[-1], 4) for k, v in test.items()}) }", flush=True)
-    write(Path(args.out), best, log, prior, hgb_best, hgb_val, test, time.time() - started)
+    write(Path(args.out), best, log, prior, hgb_best, hgb_val, test, time.time() - started, delta)
 
 
-def write(out, best, log, prior, hgb_best, hgb_val, test, seconds) -> None:
-    z = {eps: calibrate_noise(eps, default_delta(19195 // 10), best.rounds) for eps in (1.0, 3.0)}
+def write(out, best, log, prior, hgb_best, hgb_val, test, seconds, delta) -> None:
+    z = {eps: calibrate_noise(eps, delta, best.rounds) for eps in (1.0, 3.0)}
     lines = [
         "# DP federated GBDT on Taiwan: tuning and result",
         "",
@@ -246,23 +292,32 @@ def write(out, best, log, prior, hgb_best, hgb_val, test, seconds) -> None:
         f"| {_spread(test['1.0-False'])} | {_spread(test['3.0-False'])} | |",
         f"| scikit-learn HistGradientBoosting, pooled, not private | | | | {_spread(test['hgb'])} |",
         "",
-        f"Targets: epsilon 1 >= 0.770, epsilon 3 >= 0.775. Noise multiplier z for {best.rounds} rounds (a lender of",
-        f"1,919 records): {z[1.0]:.2f} at epsilon 1, {z[3.0]:.2f} at epsilon 3; under secure split each lender adds",
-        "z / sqrt(10) and the sum carries z.",
+        f"Targets: epsilon 1 >= 0.770, epsilon 3 >= 0.775. Noise multiplier z for {best.rounds} rounds at the strictest",
+        f"lender delta of seed {len(test['hgb']) - 1} ({delta:.3g}): {z[1.0]:.2f} at epsilon 1, {z[3.0]:.2f} at epsilon 3; under",
+        "secure split each lender adds z / sqrt(10) and the sum carries z.",
         f"HistGradientBoosting chosen on the same validation slice among {len(hgb_val)} settings: {hgb_best}.",
         "",
         "## What was tried (validation AUC, mean of epsilon 1 and 3, secure split, seed 0)",
+        "",
+        "Coordinate search from the start setting: each choice in turn, the best kept. noisy_quantiles: thresholds",
+        f"among those with >= 5% of the records on each side by a noisy count release ({COUNT_SHARE:.0%} of the budget).",
         "",
         "| choice | setting | validation AUC |",
         "|---|---|---:|",
         *log,
         "",
-        "Noisy-histogram split selection (one noisy (G, H) histogram per feature and bin at the start, 10% of the",
-        "budget, each node's split drawn among the top-k noisy root gains), at the chosen setting:",
+        "## Alternatives to totally random trees (benchmarks/gbdt_tuning.py `alternative_auc`), at the chosen setting",
         "",
-        "| candidates k | validation AUC |",
-        "|---:|---:|",
-        *(f"| {k} | {v:.4f} |" for k, v in prior.items()),
+        "Validation AUC, mean over seeds 0-1, secure split (topk: one noisy (G, H) histogram per feature and bin at",
+        "the start, 10% of the budget, each node's split drawn among the k best noisy root gains; gradclip: gradients",
+        "clipped to [-c, c] for a smaller sensitivity, no extra release).",
+        "",
+        "| structure | epsilon 1 | epsilon 3 | mean |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {k} | {statistics.mean(v[:2]):.4f} | {statistics.mean(v[2:]):.4f} | {statistics.mean(v):.4f} |"
+            for k, v in prior.items()
+        ),
         "",
     ]
     Path(out).write_text("\n".join(lines))

@@ -1,5 +1,6 @@
 """The DP federated GBDT core (federation/gbdt): binning, trees, leaf sums, sensitivity, noise, Newton, accounting."""
 
+import dataclasses
 import itertools
 import math
 import subprocess
@@ -12,7 +13,7 @@ from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 from sklearn.metrics import log_loss, roc_auc_score
 
-from federation.gbdt.accounting import calibrate_noise, round_event
+from federation.gbdt.accounting import calibrate_noise, count_event, round_event, split_budget
 from federation.gbdt.binning import bin_features, public_bin_edges
 from federation.gbdt.boosting import GbdtParams, lender_sums, round_trees, simulate
 from federation.gbdt.leaf_sums import (
@@ -23,6 +24,7 @@ from federation.gbdt.leaf_sums import (
     noised,
 )
 from federation.gbdt.newton import leaf_values
+from federation.gbdt.split_candidates import count_sensitivity, feature_counts, usable_splits
 from federation.gbdt.structure import random_trees
 from federation.gbdt.trees import Ensemble, Tree
 from federation.privacy import accountant, dpaccounting
@@ -257,3 +259,65 @@ def test_the_algorithm_core_imports_numpy_only():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_count_release_sensitivity_is_sqrt_features_by_brute_force():
+    rng = np.random.default_rng(11)
+    Xb, _ = _data(rng, 40, features=7, bins=8)
+    full = feature_counts(Xb, 8)
+    assert full.sum() == 40 * 7
+    for i in range(len(Xb)):
+        neighbour = feature_counts(np.delete(Xb, i, axis=0), 8)
+        assert np.linalg.norm(full - neighbour) == pytest.approx(count_sensitivity(7))
+    assert feature_counts(Xb[:0], 8).shape == (7, 8)
+
+
+def test_usable_splits_keep_thresholds_with_enough_records_on_each_side():
+    counts = np.array([[0.0, 50, 50, 0], [100, 0, 0, -3], [-5, 0, 0, 0]])  # B = 4: thresholds 0..2
+    kept = usable_splits(counts, 0.1)
+    assert kept.tolist() == [1]  # feature 0, threshold 1: 50 / 50; feature 1 has everything left of every threshold
+    assert usable_splits(np.zeros((2, 4)), 0.1).tolist() == list(range(6))  # nothing usable: every pair
+    trees = random_trees(np.random.default_rng(0), 20, 3, 3, 4, candidates=kept)
+    assert all((t.features == 0).all() and (t.thresholds == 1).all() for t in trees)
+    with pytest.raises(ValueError, match="candidates"):
+        random_trees(np.random.default_rng(0), 1, 3, 3, 4, candidates=np.array([9]))
+
+
+def test_the_count_release_and_the_rounds_compose_to_the_target_epsilon():
+    delta, rounds = 2e-4, 30
+    for eps in (1.0, 3.0):
+        z_counts, z_round = split_budget(eps, delta, rounds, share=0.1)
+        events = [count_event(0, z_counts, 49), *(round_event(0, r, z_round, 5) for r in range(1, rounds + 1))]
+        assert accountant.epsilon(events, delta, "rdp") <= eps
+        assert accountant.epsilon(events, delta, "rdp") == pytest.approx(eps, rel=0.01)
+        assert dpaccounting.epsilon(events, delta, "pld") == pytest.approx(
+            dpaccounting.epsilon([round_event(0, 1, calibrate_noise(eps, delta, 1), 5)], delta, "pld"), rel=0.01
+        )
+    with pytest.raises(ValueError, match="share"):
+        split_budget(1.0, delta, rounds, share=1.0)
+
+
+def test_without_noise_noisy_quantile_candidates_are_the_pooled_ones():
+    rng = np.random.default_rng(12)
+    Xb, y = _data(rng, 600, bins=32)
+    params = GbdtParams(n_bins=32, depth=3, trees_per_round=3, rounds=3, split_candidates="noisy_quantiles")
+    split = simulate([(Xb[:250], y[:250]), (Xb[250:], y[250:])], params, np.random.default_rng(2), noise=False)
+    pooled = simulate([(Xb, y)], params, np.random.default_rng(2), noise=False)
+    np.testing.assert_allclose(split.predict_logit(Xb), pooled.predict_logit(Xb), rtol=1e-12, atol=1e-12)
+    usable = set(usable_splits(feature_counts(Xb, 32), params.min_fraction).tolist())
+    assert all(
+        int(f) * 31 + int(t) in usable
+        for tree in split.trees
+        for f, t in zip(tree.features, tree.thresholds, strict=True)
+    )
+    noisy = simulate(
+        [(Xb, y)],
+        dataclasses.replace(params, noise_multiplier=5.0, count_noise_multiplier=5.0),
+        np.random.default_rng(2),
+        noise=True,
+        secure_split=True,
+        normal=np.random.default_rng(3).standard_normal,
+    )
+    assert np.isfinite(noisy.predict_logit(Xb)).all()
+    with pytest.raises(ValueError, match="split_candidates"):
+        GbdtParams(split_candidates="best").validated()

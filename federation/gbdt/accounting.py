@@ -12,7 +12,10 @@ post-processing of earlier releases, so adaptive composition of the rounds is al
 
 from __future__ import annotations
 
+import math
+
 from federation.gbdt.leaf_sums import l2_sensitivity
+from federation.gbdt.split_candidates import count_sensitivity
 from federation.privacy import accountant
 from federation.privacy.events import PrivacyEvent
 
@@ -37,3 +40,31 @@ def calibrate_noise(epsilon: float, delta: float, rounds: int, accountant_name: 
     if rounds < 1:
         raise ValueError(f"need at least one round, got {rounds}")
     return accountant.calibrate_noise(epsilon, delta, 1.0, int(rounds), accountant_name)
+
+
+def count_event(lender: int, noise_multiplier: float, n_features: int) -> PrivacyEvent:
+    """The event of the optional count release (federation/gbdt/split_candidates.py), recorded as round 0."""
+    return PrivacyEvent(
+        lender=lender,
+        round=0,
+        noise_multiplier=float(noise_multiplier),
+        sample_rate=1.0,
+        steps=1,
+        clip_norm=count_sensitivity(n_features),
+        mechanism="gaussian",
+        sampling="poisson",  # rate 1.0: no subsampling
+    )
+
+
+def split_budget(
+    epsilon: float, delta: float, rounds: int, share: float, accountant_name: str = "rdp"
+) -> tuple[float, float]:
+    """(z of the count release, z of every round) when the count release takes `share` of the budget.
+
+    Gaussian releases at rate 1 compose in the sum of 1 / z^2 (RDP alpha / (2 z^2) adds up; the privacy loss
+    distributions of Gaussians convolve to a Gaussian), so with z1 the noise of one release worth the whole budget,
+    1 / z_counts^2 + rounds / z_round^2 = 1 / z1^2: the composition spends exactly what z1 alone would."""
+    if not 0 < share < 1:
+        raise ValueError(f"the count release's share of the budget must be in (0, 1), got {share}")
+    z1 = calibrate_noise(epsilon, delta, 1, accountant_name)
+    return z1 / math.sqrt(share), z1 * math.sqrt(rounds / (1 - share))

@@ -17,6 +17,7 @@ import numpy as np
 
 from federation.gbdt.leaf_sums import gradients, l2_sensitivity, leaf_sums, noise_share, noised
 from federation.gbdt.newton import leaf_values
+from federation.gbdt.split_candidates import count_sensitivity, feature_counts, usable_splits
 from federation.gbdt.structure import random_trees
 from federation.gbdt.trees import Ensemble, Tree
 
@@ -34,18 +35,27 @@ class GbdtParams:
     leaf_clip: float = 1.0
     noise_multiplier: float = 0.0  # z, relative to the sensitivity sqrt(trees_per_round); 0: no noise
     base_score: float = 0.0  # the starting logit: public (a data-dependent one would cost budget)
+    # "all": totally random over every public (feature, threshold); "noisy_quantiles": among the thresholds a noisy
+    # count release finds with at least min_fraction of the records on each side (split_candidates.py)
+    split_candidates: str = "all"
+    min_fraction: float = 0.05
+    count_noise_multiplier: float = 0.0  # z of the count release (accounting.split_budget); 0: no noise
 
     def validated(self) -> GbdtParams:
         if not (self.rounds >= 1 and self.trees_per_round >= 1):
             raise ValueError(f"need rounds >= 1 and trees_per_round >= 1, got {self.rounds} and {self.trees_per_round}")
+        if self.split_candidates not in ("all", "noisy_quantiles"):
+            raise ValueError(f"split_candidates must be 'all' or 'noisy_quantiles', got {self.split_candidates!r}")
         if not (self.reg_lambda > 0 and self.learning_rate > 0 and self.leaf_clip > 0 and self.noise_multiplier >= 0):
             raise ValueError("reg_lambda, learning_rate and leaf_clip must be > 0 and noise_multiplier >= 0")
         return self
 
 
-def round_trees(rng: np.random.Generator, params: GbdtParams, n_features: int) -> list[Tree]:
+def round_trees(
+    rng: np.random.Generator, params: GbdtParams, n_features: int, candidates: np.ndarray | None = None
+) -> list[Tree]:
     """The coordinator's structures for one round (the same calls, in the same order, as `simulate` makes)."""
-    return random_trees(rng, params.trees_per_round, params.depth, n_features, params.n_bins)
+    return random_trees(rng, params.trees_per_round, params.depth, n_features, params.n_bins, candidates)
 
 
 def lender_sums(trees: list[Tree], Xb: np.ndarray, y: np.ndarray, logit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +80,8 @@ def simulate(
     normal: Callable[[int], object] | None = None,
 ) -> Ensemble:
     """Federated boosting over `lenders` (binned records, labels), in process. `rng` draws only the structures;
-    with `noise`, each lender adds N(0, (z S)^2) to its sums (z / sqrt(k) each under `secure_split`), the normals
+    with `noise`, each lender adds N(0, (z S)^2) to its sums (z / sqrt(k) each under `secure_split`; the same for the
+    optional count release before round 1, at params.count_noise_multiplier), the normals
     from `normal` (default: a fresh unseeded numpy generator; pass a seeded one for a reproducible benchmark, never
     in a private run)."""
     params = params.validated()
@@ -81,10 +92,18 @@ def simulate(
         normal = np.random.default_rng().standard_normal
     z = noise_share(params.noise_multiplier, len(lenders)) if secure_split else params.noise_multiplier
     sensitivity = l2_sensitivity(params.trees_per_round)
+    candidates = None
+    if params.split_candidates == "noisy_quantiles":
+        zc = noise_share(params.count_noise_multiplier, len(lenders)) if secure_split else params.count_noise_multiplier
+        counts = np.zeros((n_features, params.n_bins))
+        for Xb, _ in lenders:
+            own = feature_counts(Xb, params.n_bins)
+            counts += noised(own, zc, count_sensitivity(n_features), normal) if noise and normal is not None else own
+        candidates = usable_splits(counts, params.min_fraction)
     model = Ensemble(params.base_score, params.learning_rate, n_features, params.n_bins)
     logits = [np.full(len(y), params.base_score) for _, y in lenders]
     for _ in range(params.rounds):
-        trees = round_trees(rng, params, n_features)
+        trees = round_trees(rng, params, n_features, candidates)
         total = np.zeros((len(trees), trees[0].n_leaves, 2))
         leaves = []
         for (Xb, y), logit in zip(lenders, logits, strict=True):

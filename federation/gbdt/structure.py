@@ -20,17 +20,35 @@ from federation.gbdt.binning import public_bin_edges
 from federation.gbdt.trees import Tree
 
 
-def random_trees(rng: np.random.Generator, n_trees: int, depth: int, n_features: int, n_bins: int) -> list[Tree]:
-    """`n_trees` totally random trees of depth `depth` (leaf values 0, to be set from the round's sums)."""
+def random_trees(
+    rng: np.random.Generator,
+    n_trees: int,
+    depth: int,
+    n_features: int,
+    n_bins: int,
+    candidates: np.ndarray | None = None,
+) -> list[Tree]:
+    """`n_trees` totally random trees of depth `depth` (leaf values 0, to be set from the round's sums).
+
+    `candidates`: draw each node's (feature, threshold) uniformly among these pairs, coded feature * (n_bins - 1) +
+    threshold (federation/gbdt/split_candidates.py, from an accounted release); None: every pair."""
     public_bin_edges(n_bins)  # validates n_bins
     if not 1 <= depth <= 16:
         raise ValueError(f"tree depth must be between 1 and 16, got {depth}")
+    if candidates is not None and (
+        len(candidates) == 0 or np.min(candidates) < 0 or np.max(candidates) >= n_features * (n_bins - 1)
+    ):
+        raise ValueError(f"split candidates must be a non-empty subset of 0..{n_features * (n_bins - 1) - 1}")
     if n_trees < 1 or n_features < 1:
         raise ValueError(f"need at least one tree and one feature, got {n_trees} trees and {n_features} features")
     nodes = 2**depth - 1
     trees = []
     for _ in range(n_trees):
-        features = rng.integers(0, n_features, size=nodes)
-        thresholds = rng.integers(0, n_bins - 1, size=nodes)  # right when bin > t: t in 0..n_bins - 2
+        if candidates is None:
+            features = rng.integers(0, n_features, size=nodes)
+            thresholds = rng.integers(0, n_bins - 1, size=nodes)  # right when bin > t: t in 0..n_bins - 2
+        else:
+            pick = np.asarray(candidates)[rng.integers(0, len(candidates), size=nodes)]
+            features, thresholds = pick // (n_bins - 1), pick % (n_bins - 1)
         trees.append(Tree(features.astype(np.int64), thresholds.astype(np.int64), np.zeros(nodes + 1)))
     return trees
