@@ -28,7 +28,7 @@ from benchmarks.constants import CONSTANTS, EPSILONS, METHODS, PARTITIONS
 from federation.config import RunConfig
 from federation.data import load_holdout, load_lender
 from federation.metrics import credit_metrics
-from federation.model import build_model, predict_proba
+from federation.model import model_for, predict_proba
 from federation.runfolder import csv_text, write_atomically
 
 COLUMNS = [
@@ -140,7 +140,7 @@ def run_cell(cell: Cell, cfg: RunConfig) -> list[dict]:
 
         with tempfile.TemporaryDirectory() as tmp:
             folder = run(cfg.replace(output_dir=str(Path(tmp) / "run")), on_round=lambda s: None)
-            model = build_model(cfg.model, len(lenders[0].features), cfg.hidden)
+            model = model_for(cfg, len(lenders[0].features))
             model.load_state_dict(torch.load(folder / "model.pt"))
             privacy = json.loads((folder / "privacy.json").read_text())
         if privacy.get("dp"):

@@ -27,7 +27,7 @@ import numpy as np
 from federation.config import DATASETS, MODELS, PARTITIONS, RunConfig
 from federation.data import load_holdout, load_lender
 from federation.metrics import credit_metrics
-from federation.model import build_model, predict_proba, set_arrays
+from federation.model import build_model, model_for, predict_proba, set_arrays
 from federation.training import train_local
 
 COLUMNS = ["dataset", "partition", "method", "epsilon", "seed", "auc", "ks", "gini", "brier", "seconds"]
@@ -35,7 +35,10 @@ COLUMNS = ["dataset", "partition", "method", "epsilon", "seed", "auc", "ks", "gi
 
 def train_alone(cfg: RunConfig, x: np.ndarray, y: np.ndarray, seed: int):
     """One model trained without federation or privacy for rounds x local epochs: the same budget of
-    local steps as one federated run (pooled training, or one lender on its own)."""
+    local steps as one federated run (pooled training, or one lender on its own). For gbdt: the same boosting
+    (rounds, trees, depth, bins, leaf values) without noise, as one party (federation.gbdt's simulate)."""
+    if cfg.model == "gbdt":
+        return _boosted_alone(cfg, x, y, seed)
     model = build_model(cfg.model, x.shape[1], cfg.hidden, seed=cfg.seed)
     train_local(
         model,
@@ -47,6 +50,16 @@ def train_alone(cfg: RunConfig, x: np.ndarray, y: np.ndarray, seed: int):
         seed=seed,
     )
     return model
+
+
+def _boosted_alone(cfg: RunConfig, x: np.ndarray, y: np.ndarray, seed: int):
+    from federation.gbdt.binning import bin_features
+    from federation.gbdt.boosting import simulate
+    from federation.tree_model import gbdt_params, tree_model_of
+
+    binned = bin_features(x, cfg.gbdt_bins)
+    ensemble = simulate([(binned, y)], gbdt_params(cfg), np.random.default_rng(seed), noise=False)
+    return tree_model_of(cfg, ensemble)
 
 
 def pooled(cfg: RunConfig) -> dict:
@@ -87,7 +100,7 @@ def federated_run(cfg: RunConfig) -> tuple[dict, dict]:
         state = torch.load(path / "model.pt")
         privacy = json.loads((path / "privacy.json").read_text())
         n_features = len(load_lender(cfg, 0).features)
-        model = build_model(cfg.model, n_features, cfg.hidden)
+        model = model_for(cfg, n_features)
         set_arrays(model, {k: v.numpy() for k, v in state.items()})
         shutil.rmtree(path, ignore_errors=True)
     hx, hy = load_holdout(cfg)

@@ -31,7 +31,7 @@ from federation.messages import (
     numpy_arrays,
 )
 from federation.metrics import credit_metrics
-from federation.model import build_model, predict_proba
+from federation.model import model_for, predict_proba
 from federation.privacy.accountant import epsilon, epsilons
 from federation.privacy.events import PrivacyEvent
 from federation.secagg import SecAggError
@@ -86,7 +86,7 @@ def evaluate(msg: Message, context: Context) -> Message:
                 "already scored, or is not a round of this run"
             )
         asked[str(s.round)] = digest
-    model = build_model(cfg.model, len(data.features), cfg.hidden)
+    model = model_for(cfg, len(data.features))
     model.load_state_dict(arrays.to_torch_state_dict())
     scores = credit_metrics(data.y_test, predict_proba(model, data.x_test))
     metrics: dict[str, MetricRecordValues] = {

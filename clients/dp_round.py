@@ -10,6 +10,9 @@ refusal naming the limit when it falls outside:
   `max_clip_norm`; a training split that can train a credit model;
 - the release itself: epsilon of this run's releases and this one within the requested budget, and epsilon of
   every release ever made with this folder (all runs) within `max_epsilon`.
+A gbdt round (`--model gbdt`) is the same release path: instead of DP-SGD the lender sums the gradients and hessians
+of its records per leaf of the round's new trees and adds Gaussian noise of its own (federation/gbdt_release.py);
+the same checks, with the leaf sums' sensitivity in place of the clip norm, come first.
 Every release is counted: each time the lender trains and sends, one event and one release number. A request
 repeated exactly (a coordinator that crashed and resumed) gets the reply already sent, byte for byte, which
 reveals nothing new; any other request is a new release.
@@ -29,9 +32,17 @@ from federation.audit_trail import checkpoint
 from federation.audit_trail.attest import refusal_body, update_body
 from federation.audit_trail.canonical import arrays_hash
 from federation.errors import ConfigError
+from federation.gbdt_release import (
+    LEAF_SUMS,
+    calibrated_noise,
+    exact_leaf_sums,
+    release_clip_norm,
+    released,
+    round_event,
+)
 from federation.lender_policy import effective_delta
 from federation.messages import ARRAYS, ATTESTATION, MASKED, METRICS, SECAGG, array_record, numpy_arrays
-from federation.model import build_model
+from federation.model import build_model, model_for
 from federation.policy import label_problem
 from federation.privacy.accountant import calibrate_noise, default_delta, epsilon, sample_rate, steps_per_epoch
 from federation.privacy.events import PrivacyEvent
@@ -40,6 +51,7 @@ from federation.privacy.limits import MAX_DELTA, check_delta
 from federation.privacy.noise import SecureRandomness, SeededRandomness, noise_source
 from federation.secagg import SecAggError
 from federation.training import DPSettings, train_local
+from federation.tree_model import ensemble_of, tree_count
 
 
 @dataclass(frozen=True)
@@ -74,9 +86,7 @@ MAX_MODEL_MAGNITUDE = 1e6
 def model_refusal(session: Session, incoming: dict[str, np.ndarray]) -> Refusal | None:
     """The incoming model must be the run's model, finite and of bounded magnitude."""
     cfg, data = session.request, session.data
-    expected = {
-        k: tuple(v.shape) for k, v in build_model(cfg.model, len(data.features), cfg.hidden).state_dict().items()
-    }
+    expected = {k: tuple(v.shape) for k, v in model_for(cfg, len(data.features)).state_dict().items()}
     shapes = {k: tuple(np.shape(v)) for k, v in incoming.items()}
     if shapes != expected:
         return Refusal("model", str(shapes), str(expected), "the model sent is not the run's model")
@@ -89,6 +99,11 @@ def model_refusal(session: Session, incoming: dict[str, np.ndarray]) -> Refusal 
             f"the model sent holds a weight of magnitude {peak:.3g}; "
             f"this lender trains only from finite weights of magnitude at most {MAX_MODEL_MAGNITUDE:g}",
         )
+    if cfg.model == "gbdt":  # every tree it holds must be a tree over its features and the run's bins
+        try:
+            ensemble_of(incoming, len(data.features), cfg.gbdt_bins, cfg.gbdt_learning_rate, trees=tree_count(cfg))
+        except ValueError as exc:
+            return Refusal("model", None, None, f"the model sent is not a valid ensemble: {exc}")
     return None
 
 
@@ -165,12 +180,14 @@ def request_refusal(session: Session) -> Refusal | None:
                 f"the requested noise multiplier {cfg.noise_multiplier:g} is below this lender's floor "
                 f"{policy.min_noise_multiplier:g}",
             )
-        if cfg.clip_norm > policy.max_clip_norm:
+        clip = release_clip_norm(cfg)  # gbdt: the sensitivity of its leaf sums
+        if clip > policy.max_clip_norm:
             return Refusal(
                 "max_clip_norm",
-                cfg.clip_norm,
+                clip,
                 policy.max_clip_norm,
-                f"the requested clip norm {cfg.clip_norm:g} is above this lender's maximum {policy.max_clip_norm:g}",
+                f"the requested {'sensitivity' if cfg.model == 'gbdt' else 'clip norm'} {clip:g} is above this "
+                f"lender's maximum {policy.max_clip_norm:g}",
             )
     if cfg.reproducible_noise_not_private and cfg.dp and not policy.allow_reproducible_noise:
         return Refusal(
@@ -240,6 +257,10 @@ def _planned_event(s: Session, account: dict, budget: float, delta: float) -> Pr
     """The DP-SGD event this round would be. Sigma is calibrated once for the whole run (rounds x local steps),
     never per round, or fixed by the request; it is kept in the lender's account for the rounds that follow."""
     cfg = s.request
+    if cfg.model == "gbdt":  # one unsampled Gaussian release a round (federation/gbdt_release.py)
+        sigma = account["sigma"] or cfg.noise_multiplier or calibrated_noise(cfg, budget, delta)
+        account["sigma"] = float(sigma)
+        return round_event(cfg, s.lender, s.round, sigma)
     n = len(s.data.y_train)
     q, steps = sample_rate(n, cfg.batch_size), cfg.local_epochs * steps_per_epoch(n, cfg.batch_size)
     sigma = (
@@ -291,7 +312,7 @@ def _release_reply(
                 "noise-multiplier": planned.noise_multiplier,
                 "sample-rate": planned.sample_rate,
                 "steps": planned.steps,
-                "clip-norm": cfg.clip_norm,
+                "clip-norm": release_clip_norm(cfg),
                 "epsilon-budget": required(budget, "budget"),
             }
         )
@@ -364,17 +385,14 @@ def _budget_refusal(
 def _train_once(s: Session, planned: PrivacyEvent | None) -> ArrayRecord:
     """One local training from the received model; returns what leaves the lender (model, or masked update)."""
     cfg, data = s.request, s.data
+    if cfg.model == "gbdt":
+        return _leaf_sums_once(s, planned)
     model = build_model(cfg.model, len(data.features), cfg.hidden)
     model.load_state_dict(array_record(s.msg.content, ARRAYS).to_torch_state_dict())
     received = {k: v.detach().clone() for k, v in model.state_dict().items()}
     dp = None
     if planned is not None:
-        randomness = (
-            SeededRandomness((cfg.seed * 1_000_003 + s.lender * 1009 + s.round) % 2**31)
-            if cfg.reproducible_noise_not_private
-            else SecureRandomness()
-        )
-        dp = DPSettings(applied_noise_multiplier(planned.noise_multiplier), cfg.clip_norm, randomness)
+        dp = DPSettings(applied_noise_multiplier(planned.noise_multiplier), cfg.clip_norm, _randomness(s))
     # Only under FedProx: the run config always carries proximal-mu, so its presence alone means nothing.
     mu = cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0
     result = train_local(
@@ -410,6 +428,30 @@ def _train_once(s: Session, planned: PrivacyEvent | None) -> ArrayRecord:
         )
         return ArrayRecord({MASKED: Array(masked)})
     return ArrayRecord(model.state_dict())
+
+
+def _leaf_sums_once(s: Session, planned: PrivacyEvent | None) -> ArrayRecord:
+    """One gbdt release: the leaf sums of the round's trees over the lender's records, plus its own noise."""
+    cfg, data = s.request, s.data
+    incoming = numpy_arrays(array_record(s.msg.content, ARRAYS))
+    sums = exact_leaf_sums(cfg, incoming, len(data.features), s.round, data.x_train, data.y_train)
+    if planned is None:
+        return ArrayRecord({LEAF_SUMS: Array(sums)})
+    randomness = _randomness(s)
+    if isinstance(randomness, SeededRandomness):
+        normal = lambda count: randomness.normal((count,)).numpy()  # noqa: E731
+    else:
+        normal = lambda count: randomness.stream.secure_normal(count).numpy()  # noqa: E731
+    noisy = released(cfg, sums, applied_noise_multiplier(planned.noise_multiplier), normal)
+    return ArrayRecord({LEAF_SUMS: Array(noisy)})
+
+
+def _randomness(s: Session) -> SeededRandomness | SecureRandomness:
+    """The lender's own CSPRNG; seeded (NOT private) only where the run asked for it and the policy allowed it."""
+    cfg = s.request
+    if cfg.reproducible_noise_not_private:
+        return SeededRandomness((cfg.seed * 1_000_003 + s.lender * 1009 + s.round) % 2**31)
+    return SecureRandomness()
 
 
 def _refuse(

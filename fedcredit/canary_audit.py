@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from federation.config import RunConfig
 from federation.data import load_lender
 from federation.errors import ConfigError
-from federation.model import build_model
+from federation.model import model_for
 from federation.privacy.accountant import default_delta
 from federation.privacy.one_run_audit import (
     audit_size,
@@ -34,9 +34,9 @@ from federation.runfolder import write_atomically
 
 def per_record_loss(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        logits = model(torch.as_tensor(x, dtype=torch.float32))
+        logits = model(torch.as_tensor(x, dtype=torch.float32)).to(torch.float64)  # gbdt's logits are float64
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, torch.as_tensor(y, dtype=torch.float32), reduction="none"
+            logits, torch.as_tensor(y, dtype=torch.float64), reduction="none"
         )
     return loss.numpy()
 
@@ -70,7 +70,7 @@ def audit(
     drawn = make_canaries(len(natural.features), canaries)
     folder = run(cfg, on_round=on_round or (lambda s: None), canaries={lender: drawn.inserted})
     info = json.loads((folder / "model.json").read_text())
-    model = build_model(info["model"], len(info["features"]), info["hidden"])
+    model = model_for(cfg, len(info["features"]))
     model.load_state_dict(torch.load(folder / "model.pt"))
     model.eval()
 

@@ -21,6 +21,7 @@ from federation.config import (
     ACCOUNTANTS,
     DATASETS,
     DP_LEVELS,
+    MODELS,
     RunConfig,
     parse_epsilon_overrides,
 )
@@ -257,6 +258,11 @@ def plan(
     lender_sample_rate: float = typer.Option(
         1.0, help="Lender-level DP: probability each lender takes part in a round."
     ),
+    model: str = _option(
+        "model",
+        help="The model: logreg and mlp train with DP-SGD (records, batch size, epochs); gbdt releases its leaf "
+        "sums once a round over every record (rate 1, one step a round; batch size and epochs do not apply).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
 ) -> None:
     """Plan a privacy budget: noise multiplier for each target epsilon, and epsilon for each sigma."""
@@ -264,6 +270,9 @@ def plan(
     from federation.privacy.limits import check_delta, check_epsilon
 
     _choice(dp_level, DP_LEVELS, "dp-level")
+    _choice(model, MODELS, "model")
+    if model == "gbdt" and dp_level != "record":
+        _fail("model gbdt protects records (each lender noises its own leaf sums); plan it with dp-level 'record'")
     accountants = [a.strip() for a in accountant.split(",") if a.strip()]
     for name in [*accountants, calibrate_with]:
         _choice(name, ACCOUNTANTS, "accountant")
@@ -291,7 +300,9 @@ def plan(
             check_epsilon(target, "target epsilon")
     except FedCreditError as exc:
         _fail(str(exc))
-    if dp_level == "record":
+    if model == "gbdt":
+        mech = planner.boosting(records, rounds, delta)
+    elif dp_level == "record":
         mech = planner.record_level(records, batch_size, local_epochs, rounds, delta)
     else:
         mech = planner.lender_level(lenders, lender_sample_rate, rounds, delta)
@@ -303,7 +314,7 @@ def plan(
         console.print_json(json.dumps(rows))
         return
     table = Table(
-        title=f"{dp_level}-level DP: q={mech.sample_rate:.5g}, {mech.total_steps} steps "
+        title=f"{dp_level}-level DP{' (gbdt leaf sums)' if model == 'gbdt' else ''}: q={mech.sample_rate:.5g}, {mech.total_steps} steps "
         f"({mech.steps_per_round} per round x {mech.rounds} rounds), delta={mech.delta:.3g}"
     )
     table.add_column("target epsilon", justify="right")
@@ -668,7 +679,10 @@ def lender_init(
     data_dir: str = typer.Option("", help="Folder of a built-in dataset."),
     delta: float = typer.Option(0.0, help="Its delta; 0: 1/N^1.1 on its own training records."),
     min_noise_multiplier: float = typer.Option(0.3, help="Never train with less noise than this."),
-    max_clip_norm: float = typer.Option(10.0, help="Never clip at a larger norm than this."),
+    max_clip_norm: float = typer.Option(
+        10.0,
+        help="Never clip at a larger norm than this (gbdt: the sensitivity sqrt(trees per round) of its leaf sums).",
+    ),
     no_dp_allowed: bool = typer.Option(False, "--allow-no-dp", help="Also take part in runs without DP."),
     registry: str = typer.Option("", help="The federation's key registry to pin (needed for secure aggregation)."),
 ) -> None:

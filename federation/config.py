@@ -16,10 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from federation.errors import ConfigError
+from federation.gbdt.boosting import GbdtParams
+
+_GBDT = (
+    GbdtParams()
+)  # the gbdt defaults: the setting federation/gbdt's tuning chose (benchmarks/results/gbdt_tuning.md)
 
 DATASETS = ("synthetic", "taiwan_default", "give_me_some_credit", "german_credit", "spanish_credit", "csv")
 PARTITIONS = ("natural", "iid", "dirichlet", "quantity")
-MODELS = ("logreg", "mlp")
+MODELS = ("logreg", "mlp", "gbdt")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg")
 ACCOUNTANTS = ("rdp", "prv")
 DP_LEVELS = ("record", "lender")
@@ -69,6 +74,23 @@ class RunConfig:
     learning_rate: float = _option(0.5, "Local SGD learning rate.")
     model: str = _option("logreg", "Model.", MODELS)
     hidden: int = _option(32, "Hidden units of the mlp model.")
+    # gbdt: DP federated gradient boosting (federation/gbdt/). Each round grows gbdt-trees-per-round trees of a
+    # public random structure; --rounds is the number of boosting rounds, --noise-multiplier / --epsilon its noise.
+    gbdt_trees_per_round: int = _option(
+        _GBDT.trees_per_round,
+        "gbdt: trees grown per round against the same residuals (one release of all their leaf sums).",
+    )
+    gbdt_depth: int = _option(_GBDT.depth, "gbdt: depth of every tree (2**depth leaves).")
+    gbdt_bins: int = _option(
+        _GBDT.n_bins, "gbdt: equal-width bins over the public encoded range [-1, 1] (the split candidates)."
+    )
+    gbdt_learning_rate: float = _option(_GBDT.learning_rate, "gbdt: shrinkage applied to every leaf value.")
+    gbdt_lambda: float = _option(
+        _GBDT.reg_lambda, "gbdt: L2 regularisation of the Newton leaf value -G / (H + lambda)."
+    )
+    gbdt_leaf_clip: float = _option(
+        _GBDT.leaf_clip, "gbdt: leaf values clipped to [-leaf-clip, leaf-clip] before shrinkage."
+    )
     strategy: str = _option("fedavg", "Aggregation.", STRATEGIES)
     proximal_mu: float = _option(0.01, "FedProx proximal weight.")
     server_learning_rate: float = _option(0.1, "FedAdam server learning rate (eta).")
@@ -229,6 +251,8 @@ class RunConfig:
             _finite_positive(self.server_learning_rate),
             f"server-learning-rate must be positive, got {self.server_learning_rate}",
         )
+        if self.model == "gbdt":
+            self._check_gbdt(need)
         if self.secure_aggregation:
             need(
                 self.strategy in ("fedavg", "fedprox"),
@@ -306,6 +330,33 @@ class RunConfig:
                 f"partition 'natural' needs a lender column; dataset '{self.dataset}' has none (use iid, dirichlet or quantity)",
             )
         return self
+
+    def _check_gbdt(self, need: Any) -> None:
+        """The gbdt options, and the run options gbdt does not combine with (one clear line each)."""
+        from federation.gbdt.binning import MAX_BINS
+
+        need(
+            self.gbdt_trees_per_round >= 1, f"gbdt-trees-per-round must be at least 1, got {self.gbdt_trees_per_round}"
+        )
+        need(1 <= self.gbdt_depth <= 10, f"gbdt-depth must be between 1 and 10, got {self.gbdt_depth}")
+        need(2 <= self.gbdt_bins <= MAX_BINS, f"gbdt-bins must be between 2 and {MAX_BINS}, got {self.gbdt_bins}")
+        for name in ("gbdt_learning_rate", "gbdt_lambda", "gbdt_leaf_clip"):
+            value = getattr(self, name)
+            need(_finite_positive(value), f"{name.replace('_', '-')} must be a positive number, got {value}")
+        need(
+            self.strategy == "fedavg",
+            f"model gbdt sums the lenders' noisy leaf sums; strategy '{self.strategy}' combines model updates "
+            "(use fedavg, the default)",
+        )
+        need(
+            not self.secure_aggregation,
+            "model gbdt does not run under secure aggregation yet (each lender adds the full noise to its own "
+            "leaf sums); leave out --secure-aggregation",
+        )
+        need(
+            not (self.dp and self.dp_level == "lender"),
+            "model gbdt protects records (each lender noises its own leaf sums); use dp-level 'record'",
+        )
 
 
 def parse_epsilon_overrides(text: str) -> tuple[tuple[int, float], ...]:

@@ -180,6 +180,8 @@ def load_policy(folder: str | Path) -> LenderPolicy:
 def for_simulated_lender(cfg: RunConfig, lender: int, registry: str = "", audit_canaries: str = "") -> LenderPolicy:
     """The policy a simulated lender would write for itself, from the command-line options: its budget, the
     run's delta rule, clip norm and noise floor, and the share of the dataset it holds."""
+    from federation.gbdt_release import release_clip_norm
+
     record = cfg.to_record()
     data = {key: record[key] for key in DATA_KEYS}
     data["data-dir"] = cfg.resolved_data_dir() if cfg.dataset != "synthetic" else cfg.data_dir
@@ -189,7 +191,7 @@ def for_simulated_lender(cfg: RunConfig, lender: int, registry: str = "", audit_
         max_epsilon=cfg.budget_for(lender),
         delta=cfg.delta,
         min_noise_multiplier=floor,
-        max_clip_norm=cfg.clip_norm,
+        max_clip_norm=release_clip_norm(cfg),  # gbdt: the sensitivity of its leaf sums
         require_dp=cfg.dp,
         allow_lender_level=cfg.dp and cfg.dp_level == "lender",
         allow_reproducible_noise=cfg.reproducible_noise_not_private,

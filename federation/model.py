@@ -1,13 +1,18 @@
-"""Credit models (logistic regression, a small MLP) and points-to-double-the-odds scorecard scaling."""
+"""Credit models (logistic regression, a small MLP, the gbdt ensemble's carrier) and points-to-double-the-odds
+scorecard scaling."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from federation.config import RunConfig
 
 
 class LogisticRegression(nn.Module):
@@ -42,6 +47,16 @@ def build_model(kind: str, n_features: int, hidden: int = 32, seed: int = 0) -> 
     if kind == "mlp":
         return MLP(n_features, hidden)
     raise ValueError(f"unknown model '{kind}'")
+
+
+def model_for(cfg: RunConfig, n_features: int, seed: int = 0) -> nn.Module:
+    """The run's model: a network (`build_model`) or, for gbdt, the ensemble's arrays (federation/tree_model.py),
+    all zero before the first round."""
+    if cfg.model == "gbdt":
+        from federation.tree_model import build_tree_model
+
+        return build_tree_model(cfg, n_features)
+    return build_model(cfg.model, n_features, cfg.hidden, seed)
 
 
 def get_arrays(model: nn.Module) -> dict[str, np.ndarray]:

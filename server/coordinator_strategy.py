@@ -21,6 +21,7 @@ from flwr.serverapp.strategy import Strategy
 
 from federation.audit_trail.run_view import RunView
 from federation.config import RunConfig
+from federation.gbdt_release import release_clip_norm
 from federation.privacy.accountant import epsilons
 from federation.secagg import SecAggError
 from server.errors import RunFailed
@@ -53,6 +54,10 @@ class CoordinatorStrategy:
         self.strategy = strategy
         self.lender_of_node = lender_of_node
 
+    def reply_shapes(self, model_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """The arrays a plain training reply must hold: the model's (a gbdt reply holds leaf sums instead)."""
+        return dict(model_shapes)
+
     def stop_before(self, rnd: int) -> dict:
         """Why the run must stop before round `rnd` ({"kind", "round", "reason"}), or {} to go on."""
         return {}
@@ -75,7 +80,7 @@ class CoordinatorStrategy:
             "dp": True,
             "granularity": cfg.dp_level,
             "accountant": cfg.accountant,
-            "clip_norm": cfg.clip_norm,
+            "clip_norm": release_clip_norm(cfg),
             "noise_multiplier": cfg.noise_multiplier or None,
             "delta": cfg.delta or None,
             "reproducible_noise_not_private": cfg.reproducible_noise_not_private,
@@ -153,7 +158,7 @@ class CoordinatorStrategy:
                 "steps": sum(e.steps for e in events),
                 "noise_multiplier": events[-1].noise_multiplier if events else None,
                 "sample_rate": events[-1].sample_rate if events else None,
-                "clip_norm": cfg.clip_norm,
+                "clip_norm": release_clip_norm(cfg),
                 "noise": bodies[-1].get("noise") if bodies else None,
             }
         return {"dp": True, "granularity": cfg.dp_level, "accountant": cfg.accountant, "units": units}

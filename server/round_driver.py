@@ -25,7 +25,7 @@ from federation.audit_trail.canonical import arrays_hash
 from federation.audit_trail.run_view import RunView, stop_reason
 from federation.config import RunConfig
 from federation.messages import MASKED, numpy_arrays, run_config_record
-from federation.model import array_shapes, build_model
+from federation.model import array_shapes, model_for
 from federation.runfolder import RunFolder
 from federation.secagg import SecAggError
 from server import checkpoints
@@ -108,9 +108,9 @@ def _enrol(
         keeper.manifest(lender, manifest, attestation, append=not resumed)
     view = RunView(keeper.entries())
     record.manifests = dict(view.manifests)
-    model = build_model(cfg.model, len(record.manifests[0]["features"]), cfg.hidden, seed=cfg.seed)
+    model = model_for(cfg, len(record.manifests[0]["features"]), seed=cfg.seed)
     lender_of_node = {node: lender for node, (lender, _, _) in by_node.items()}
-    strategy = coordinator_strategy(cfg, lender_of_node)
+    strategy = coordinator_strategy(cfg, lender_of_node, len(record.manifests[0]["features"]))
     fed = Federation(grid, cfg, keeper, lender_of_node, strategy, run_config_record(cfg), array_shapes(model))
     return fed, model, view
 
@@ -129,7 +129,7 @@ def _play_round(
     fed.keeper.round_started(rnd, roster, fed.strategy.mechanism())
     secure, messages, setup_failure, left_out = _open_secure_round(fed, rnd, messages)
     replies = ask(fed.grid, messages) if messages else []
-    shapes = fed.masked_shape() if secure else fed.shapes
+    shapes = fed.masked_shape() if secure else fed.strategy.reply_shapes(fed.shapes)
     checked, rejected = screen_train_replies(replies, shapes, arrays, fed.cfg, fed.sender)
     rejected += unanswered({fed.addressee(m) for m in messages}, checked, rejected, fed.sender)
     rejected += left_out

@@ -40,8 +40,9 @@ def screen_train_replies(
         except ReplyRejected as exc:
             rejected.append((lender, str(exc), salvage_train_reply(msg)))
             continue
-        # A masked update (secure aggregation) is screened by its lender: the coordinator cannot see it.
-        if "arrays" in plain and cfg.max_update_norm and not cfg.secure_aggregation:
+        # A masked update (secure aggregation) is screened by its lender: the coordinator cannot see it; a gbdt
+        # reply holds leaf sums, not a model (its leaf values are clipped instead).
+        if "arrays" in plain and cfg.max_update_norm and not cfg.secure_aggregation and cfg.model != "gbdt":
             norm = update_norm(plain["arrays"], global_np)
             if not norm <= cfg.max_update_norm:
                 rejected.append(

@@ -11,7 +11,8 @@
 By default every lender takes part in every round. `lenders-per-round k` lets Flower draw k lenders a
 round (a fixed-size sample, for scale): record-level accounting then simply counts the rounds each
 lender really trained, and claims no amplification from this sampling; lender-level DP wraps the strategy and
-does its own Poisson sampling (server/lender_level_dp.py).
+does its own Poisson sampling (server/lender_level_dp.py). `--model gbdt` has a strategy of its own
+(server/gbdt_strategy.py, Maddock et al. CCS 2022).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrim
 
 from federation.config import RunConfig
 from server.coordinator_strategy import CoordinatorStrategy
+from server.gbdt_strategy import GbdtStrategy
 from server.lender_level_dp import LenderLevelDPStrategy
 
 
@@ -59,10 +61,13 @@ def make_strategy(cfg: RunConfig) -> Strategy:
     raise ValueError(f"unknown strategy '{cfg.strategy}'")
 
 
-def coordinator_strategy(cfg: RunConfig, lender_of_node: Mapping[int, int]) -> CoordinatorStrategy:
-    """The strategy the round driver uses, chosen once for the run: the Flower strategy wrapped for lender-level
-    DP, or passed through (no DP, or record-level DP, whose noise the lenders add)."""
+def coordinator_strategy(cfg: RunConfig, lender_of_node: Mapping[int, int], n_features: int = 0) -> CoordinatorStrategy:
+    """The strategy the round driver uses, chosen once for the run: gradient boosting (`--model gbdt`, which
+    grows trees instead of averaging models), the Flower strategy wrapped for lender-level DP, or passed through
+    (no DP, or record-level DP, whose noise the lenders add)."""
     strategy = make_strategy(cfg)
+    if cfg.model == "gbdt":
+        return GbdtStrategy(cfg, strategy, lender_of_node, n_features)
     if cfg.dp and cfg.dp_level == "lender":
         return LenderLevelDPStrategy(cfg, strategy, lender_of_node)
     return CoordinatorStrategy(cfg, strategy, lender_of_node)

@@ -33,6 +33,23 @@ def json_text(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
+def _model_description(view: RunView, cfg: RunConfig) -> dict:
+    """The model: its kind and features; for gbdt the whole ensemble, rebuilt from the ledger."""
+    described = {
+        "model": cfg.model,
+        "hidden": cfg.hidden,
+        "features": view.manifests[0]["features"] if 0 in view.manifests else [],
+    }
+    if cfg.model == "gbdt":
+        from federation.audit_trail.gbdt_ledger import LedgerModelMismatch, rederived_ensemble
+
+        try:
+            described["ensemble"] = rederived_ensemble(view, cfg).to_dict()
+        except LedgerModelMismatch:  # a ledger whose records give no model: the verifier says where, first
+            described["ensemble"] = None
+    return described
+
+
 def run_files(view: RunView, finish: dict) -> dict[str, bytes]:
     """File name (relative to the run folder) -> exact bytes."""
     cfg = RunConfig.from_record(view.config)
@@ -42,13 +59,7 @@ def run_files(view: RunView, finish: dict) -> dict[str, bytes]:
         "epsilon.csv": csv_text(EPSILON_COLUMNS, epsilon_rows(view, cfg)),
         "privacy_events.jsonl": "".join(json.dumps(e, sort_keys=True) + "\n" for e in privacy_events(view)),
         "privacy.json": json_text(finish.get("privacy", {})),
-        "model.json": json_text(
-            {
-                "model": cfg.model,
-                "hidden": cfg.hidden,
-                "features": view.manifests[0]["features"] if 0 in view.manifests else [],
-            }
-        ),
+        "model.json": json_text(_model_description(view, cfg)),
         "rounds.jsonl": "".join(json.dumps(r, sort_keys=True) + "\n" for r in round_summaries(view)),
         f"keys/{COORDINATOR}.pub": view.started["coordinator_public_key"] + "\n",
     }

@@ -319,16 +319,32 @@ def summary_sentences(report: dict) -> list[str]:
             "training."
         )
     sent = sum(d["bytes_sent"] for d in lenders)
-    out.append(
-        f"0 raw records left any lender: lenders sent only model parameters ({sent:,} bytes in all) and summary scores."
-    )
+    if report["model"] == "gbdt":
+        out.append(
+            f"0 raw records left any lender: the model is gradient-boosted trees, and each round every lender sent "
+            f"only the gradient and hessian sums of its records per leaf of the round's trees, "
+            f"{'with noise of its own' if p['dp'] else 'without noise'} ({sent:,} bytes in all), and summary scores. The tree structures were drawn by the coordinator from "
+            "public information only (they cost no privacy)."
+        )
+    else:
+        out.append(
+            f"0 raw records left any lender: lenders sent only model parameters ({sent:,} bytes in all) and summary "
+            "scores."
+        )
     if p["secure_aggregation"]:
         out.append(
             "Secure aggregation was on: each lender sent its update masked, and the coordinator learned only "
             "the sum of the lenders' updates, never one lender's."
         )
     else:
-        out.append("Secure aggregation was off: the coordinator saw each lender's model update.")
+        out.append(
+            "Secure aggregation was off: the coordinator saw each lender's "
+            + (
+                "noisy leaf sums: each lender added the full noise itself, so its epsilon holds whoever colludes."
+                if report["model"] == "gbdt"
+                else "model update."
+            )
+        )
     if report["utility"]["global_auc"] is not None:
         out.append(
             f"The shared model reached AUC {report['utility']['global_auc']:.3f} on the lenders' own test records."

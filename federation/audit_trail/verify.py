@@ -47,6 +47,7 @@ from federation.audit_trail.report import build_report, render_html, report_byte
 from federation.audit_trail.run_view import RunView, evaluators, global_scores, stop_reason
 from federation.config import RunConfig
 from federation.errors import FedCreditError
+from federation.gbdt_release import release_clip_norm
 from federation.lender_policy import effective_delta
 from federation.policy import used_field_violation
 from federation.privacy import dpaccounting
@@ -715,7 +716,7 @@ def _check_privacy(view: RunView, cfg: RunConfig) -> dict[str, float]:
             "epsilon_prv": final.get("epsilon_prv"),
             "noise_multiplier": event.get("noise_multiplier"),
             "sample_rate": event.get("sample_rate"),
-            "clip_norm": cfg.clip_norm,
+            "clip_norm": release_clip_norm(cfg),
             "noise": last[0].get("noise"),
         }
         for name, value in shown.items():
@@ -757,10 +758,12 @@ def _check_event(where: str, event: PrivacyEvent, lender: int, rnd: int, cfg: Ru
             f"noise multiplier {event.noise_multiplier:.4g} is below the lender's own floor "
             f"{policy.get('min_noise_multiplier')}",
         )
-    if event.clip_norm != cfg.clip_norm or event.clip_norm > policy.get("max_clip_norm", math.inf):
-        _fail(
-            where, "policy", f"clip norm {event.clip_norm} is not the run's {cfg.clip_norm} within the lender's limit"
-        )
+    if cfg.model == "gbdt" and (event.sample_rate != 1.0 or event.steps != 1):
+        # a gbdt round releases the leaf sums over every record once (federation/gbdt_release.py)
+        _fail(where, "privacy events", "a gbdt release is one Gaussian release over every record (rate 1, 1 step)")
+    clip = release_clip_norm(cfg)  # gbdt: the sensitivity of the leaf sums
+    if event.clip_norm != clip or event.clip_norm > policy.get("max_clip_norm", math.inf):
+        _fail(where, "policy", f"clip norm {event.clip_norm} is not the run's {clip} within the lender's limit")
 
 
 def _check_unit(
@@ -873,6 +876,19 @@ def _check_model(run_dir: Path, view: RunView) -> str:
     if actual != model_hash:
         _fail("model.pt", "model", "the model file's arrays differ from the ledger's final model hash")
     return actual  # equal to the ledger's model_hash
+
+
+def _check_gbdt(view: RunView, cfg: RunConfig) -> None:
+    """A gbdt run's every round's model, rebuilt from the structures and the lenders' signed leaf sums in its
+    aggregates (federation/audit_trail/gbdt_ledger.py), must be the model the round recorded."""
+    if cfg.model != "gbdt":
+        return
+    from federation.audit_trail.gbdt_ledger import LedgerModelMismatch, rederived_arrays
+
+    try:
+        rederived_arrays(view, cfg)
+    except LedgerModelMismatch as exc:
+        _fail("aggregate", "model", str(exc))
 
 
 def _hex(text: object) -> bool:
@@ -1128,6 +1144,7 @@ def verify_run(run_dir: str | Path, registry: str | Path | Registry | None = Non
     _check_structure(view, cfg)
     epsilons = _check_privacy(view, cfg)
     _check_model(run_dir, view)
+    _check_gbdt(view, cfg)
     _check_secure_aggregation(view, cfg, coordinator)
     unverified = _check_files(run_dir, view)
     _check_report(run_dir, entries, report)

@@ -1,7 +1,8 @@
 """Choose budgets before training: noise multiplier for a target epsilon, and epsilon for a sigma.
 
 Uses the same event description and accountants as a run, so a plan made here is exactly what a run
-with the same records, batch size, epochs and rounds will spend (record level), or what the
+with the same records, batch size, epochs and rounds will spend (record level; for gbdt the records and rounds), or
+what the
 coordinator will spend with Poisson-sampled lenders (lender level).
 """
 
@@ -42,6 +43,12 @@ def record_level(records: int, batch_size: int, local_epochs: int, rounds: int, 
         rounds,
         delta or default_delta(records),
     )
+
+
+def boosting(records: int, rounds: int, delta: float = 0.0) -> Mechanism:
+    """`--model gbdt`: each round releases a lender's leaf sums once, over all its records (rate 1, one step;
+    federation/gbdt/accounting.py). The noise multiplier is relative to the sums' sensitivity."""
+    return Mechanism(1.0, 1, rounds, delta or default_delta(records))
 
 
 def lender_level(lenders: int, lender_sample_rate: float, rounds: int, delta: float = 0.0) -> Mechanism:

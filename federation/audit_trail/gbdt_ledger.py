@@ -1,0 +1,129 @@
+"""A gbdt run's model, re-derived from its ledger alone.
+
+Each aggregate of a gbdt round records the round's tree structures and every aggregated lender's released (noisy)
+leaf sums, exactly as received. Those sums are the lender's DP release (what the epsilon covers), so writing them
+to the ledger reveals nothing the coordinator did not already see. From them anyone can rebuild every round's
+model: each lender's sums must hash to the update it signed, their sum in lender order gives the Newton leaf values
+(federation.gbdt.newton), and the result must hash to the round's recorded model. So a coordinator cannot set a
+leaf value, add a tree, or leave a lender's sums out of (or add unsigned sums to) the model without the verifier
+seeing it. Each lender also signs the digest of the request it answered (the model it computed its sums on), so
+the structure recorded must be the one the lenders were sent. model.json (the ensemble, federation/audit_trail/derive.py) comes from here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from federation.audit_trail import ledger as L
+from federation.audit_trail.canonical import arrays_hash, canonical
+from federation.audit_trail.run_view import RunView
+from federation.config import RunConfig
+from federation.gbdt.newton import leaf_values
+from federation.gbdt.trees import Ensemble
+from federation.gbdt_release import LEAF_SUMS, leaf_sums_shape
+from federation.tree_model import build_tree_model, ensemble_of, round_trees
+
+
+class LedgerModelMismatch(ValueError):
+    """The ledger's gbdt records do not give the model it names (the message says where and what)."""
+
+
+def round_record(rnd: int, cfg: RunConfig, model: dict[str, np.ndarray], released: dict[int, np.ndarray]) -> dict:
+    """What the aggregate of gbdt round `rnd` records: its trees' rows and structure, and each lender's sums."""
+    rows = round_trees(cfg, rnd)
+    return {
+        "trees": [rows.start, rows.stop],
+        "features": model["features"][rows].tolist(),
+        "thresholds": model["thresholds"][rows].tolist(),
+        "released": {str(lender): sums.tolist() for lender, sums in sorted(released.items())},
+    }
+
+
+def rederived_arrays(view: RunView, cfg: RunConfig) -> dict[str, np.ndarray]:
+    """The final model's arrays, rebuilt round by round from the ledger; each round's must hash to its recorded
+    model. Raises LedgerModelMismatch naming the first round that does not."""
+    n_features = len(view.manifests[0]["features"]) if 0 in view.manifests else 0
+    model = {k: v.numpy().copy() for k, v in build_tree_model(cfg, n_features).state_dict().items()}
+    for attempt in view.complete_rounds():
+        agg = attempt.aggregate
+        if agg is None:
+            continue
+        rnd = attempt.round
+        if not agg.get("skipped"):
+            sent = _asked(model, rnd, agg, cfg)
+            digest = _request_digest(view, rnd, sent)
+            for entry in attempt.of_type(L.LENDER_UPDATE) + attempt.of_type(L.LENDER_REFUSAL):
+                if entry["body"].get("request") != digest:
+                    raise LedgerModelMismatch(
+                        f"round {rnd}: lender {entry['body'].get('lender')} signed a request for another model "
+                        "than the round's recorded structure gives"
+                    )
+            model = _grow(sent, rnd, agg, cfg, _signed_hashes(attempt.of_type(L.LENDER_UPDATE)))
+        if arrays_hash(model) != agg.get("model_hash"):
+            raise LedgerModelMismatch(f"round {rnd}'s model is not the one its recorded structure and leaf sums give")
+    try:
+        ensemble_of(model, n_features, cfg.gbdt_bins, cfg.gbdt_learning_rate, trees=len(model["values"]))
+    except ValueError as exc:
+        raise LedgerModelMismatch(f"the recorded trees are not a valid ensemble: {exc}") from None
+    return model
+
+
+def rederived_ensemble(view: RunView, cfg: RunConfig) -> Ensemble:
+    n_features = len(view.manifests[0]["features"]) if 0 in view.manifests else 0
+    return ensemble_of(rederived_arrays(view, cfg), n_features, cfg.gbdt_bins, cfg.gbdt_learning_rate)
+
+
+def _request_digest(view: RunView, rnd: int, sent: dict[str, np.ndarray]) -> str:
+    """The digest each lender signs of the request it answered (clients/session.py, Session.digest): the run,
+    the round, the model sent and the configuration. From the ledger: the model the round's structure gives."""
+    config = {**view.config, "server-round": rnd}
+    request = {"run": view.started["run"], "round": rnd, "input": arrays_hash(sent), "config": config}
+    return hashlib.sha256(canonical(request)).hexdigest()
+
+
+def _signed_hashes(updates: list[dict]) -> dict[int, str]:
+    return {e["body"].get("lender"): e["body"].get("update_hash") for e in updates}
+
+
+def _asked(model: dict[str, np.ndarray], rnd: int, agg: dict, cfg: RunConfig) -> dict[str, np.ndarray]:
+    """The model round `rnd` sent: the previous one with the round's recorded tree structures."""
+    record = agg.get("gbdt")
+    rows = round_trees(cfg, rnd)
+    if not isinstance(record, dict) or record.get("trees") != [rows.start, rows.stop]:
+        raise LedgerModelMismatch(f"round {rnd}'s aggregate does not record its trees {rows.start}..{rows.stop - 1}")
+    try:
+        features = np.asarray(record.get("features"), dtype=np.int64)
+        thresholds = np.asarray(record.get("thresholds"), dtype=np.int64)
+        sent = {k: v.copy() for k, v in model.items()}
+        sent["features"][rows] = features.reshape(sent["features"][rows].shape)
+        sent["thresholds"][rows] = thresholds.reshape(sent["thresholds"][rows].shape)
+    except (TypeError, ValueError):
+        raise LedgerModelMismatch(f"round {rnd}'s recorded tree structure is malformed") from None
+    return sent
+
+
+def _grow(sent: dict[str, np.ndarray], rnd: int, agg: dict, cfg: RunConfig, signed: dict) -> dict[str, np.ndarray]:
+    """The round's model: the sent one with the Newton leaf values of the summed recorded leaf sums."""
+    rows = round_trees(cfg, rnd)
+    lenders = agg.get("lenders") or []
+    released = agg["gbdt"].get("released")
+    if not isinstance(released, dict) or sorted(released) != sorted(str(x) for x in lenders):
+        raise LedgerModelMismatch(f"round {rnd}'s aggregate records leaf sums of other lenders than it aggregates")
+    shape = leaf_sums_shape(cfg)
+    total = np.zeros(shape, dtype=np.float64)
+    for lender in lenders:  # in the order the coordinator summed them
+        try:
+            sums = np.asarray(released[str(lender)], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise LedgerModelMismatch(f"round {rnd}: lender {lender}'s recorded leaf sums are not numbers") from None
+        if sums.shape != shape or arrays_hash({LEAF_SUMS: sums}) != signed.get(lender):
+            raise LedgerModelMismatch(f"round {rnd}: lender {lender}'s recorded leaf sums are not the ones it signed")
+        total = total + sums
+    grown = {k: v.copy() for k, v in sent.items()}
+    grown["values"][rows] = leaf_values(
+        total[..., 0], total[..., 1], cfg.gbdt_lambda, cfg.gbdt_learning_rate, cfg.gbdt_leaf_clip
+    )
+    grown["grown"] = np.array([rows.stop], dtype=np.int64)
+    return grown

@@ -1,0 +1,94 @@
+"""DP federated gradient boosting as the coordinator's strategy (`--model gbdt`), after Maddock, Cormode, Wang,
+Maple and Jha, "Federated Boosted Decision Trees with Differential Privacy", ACM CCS 2022 (arXiv:2210.02910):
+totally random tree structures, Newton leaf values from noisy gradient and hessian sums, leaf clipping, shrinkage
+and batched boosting (several trees a round against the same residuals).
+
+Each round the coordinator draws the structure of the round's trees from public information only (the number of
+features, the public bins and its own generator: federation.gbdt.structure, no record involved, so it costs no
+privacy), sends the ensemble with those structures to the lenders, and receives from each its noisy leaf sums
+(each lender adds Gaussian noise of its own to its own sums, clients/dp_round.py). It sums them in lender order
+and sets each leaf to the clipped, shrunk Newton step -G / (H + lambda): post-processing of the noisy sums. The
+coordinator never sees a record, an exact sum, or a lender's noise. Each aggregate records the round's structures and
+the lenders' released sums, from which the verifier rebuilds every round's model (federation/audit_trail/
+gbdt_ledger.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from federation.audit_trail.gbdt_ledger import round_record
+from federation.config import RunConfig
+from federation.gbdt.newton import leaf_values
+from federation.gbdt.structure import random_trees
+from federation.gbdt_release import LEAF_SUMS, leaf_sums_shape
+from federation.messages import ARRAYS, numpy_arrays
+from federation.tree_model import round_trees
+from server.coordinator_strategy import CoordinatorStrategy, RoundAggregate
+from server.secure_rounds import SecureRound
+
+
+def _record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+class GbdtStrategy(CoordinatorStrategy):
+    """Grows the round's trees: random public structure out, noisy leaf sums in, Newton leaf values."""
+
+    # The structure generator's state is not checkpointed: a gbdt run cannot resume.
+    keeps_checkpoints = False
+
+    def __init__(self, cfg: RunConfig, strategy: Strategy, lender_of_node: Mapping[int, int], n_features: int) -> None:
+        super().__init__(cfg, strategy, lender_of_node)
+        self.n_features = n_features
+        # The structures are public and need no secrecy: seeded, so the same seed grows the same shapes.
+        self.rng = np.random.default_rng(cfg.seed)
+        self.asked: dict[int, dict[str, np.ndarray]] = {}  # each round's model with its new trees' structure
+        self.recorded: dict[int, dict] = {}  # what each round's aggregate records of its trees
+
+    def reply_shapes(self, model_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        return {LEAF_SUMS: leaf_sums_shape(self.cfg)}
+
+    def configure_train(self, rnd: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
+        cfg = self.cfg
+        trees = random_trees(self.rng, cfg.gbdt_trees_per_round, cfg.gbdt_depth, self.n_features, cfg.gbdt_bins)
+        model = {k: v.copy() for k, v in numpy_arrays(arrays).items()}
+        rows = round_trees(cfg, rnd)
+        model["features"][rows] = np.stack([t.features for t in trees])
+        model["thresholds"][rows] = np.stack([t.thresholds for t in trees])
+        self.asked[rnd] = model
+        return super().configure_train(rnd, _record(model), config, grid)
+
+    def _combine(
+        self, rnd: int, arrays: ArrayRecord, trained: list[Message], secure: SecureRound | None
+    ) -> tuple[ArrayRecord | None, str, int | None]:
+        if not trained:
+            return None, "no usable update (every lender failed, was rejected or declined)", None
+        cfg = self.cfg
+        total = np.zeros(leaf_sums_shape(cfg), dtype=np.float64)
+        released: dict[int, np.ndarray] = {}
+        for msg in trained:  # in lender order: the same sums in any runtime
+            sums = numpy_arrays(msg.content.array_records[ARRAYS])[LEAF_SUMS]
+            released[self.lender_of_node[msg.metadata.src_node_id]] = sums
+            total = total + sums
+        self.recorded[rnd] = round_record(rnd, cfg, self.asked[rnd], released)
+        model = {k: v.copy() for k, v in self.asked[rnd].items()}
+        rows = round_trees(cfg, rnd)
+        model["values"][rows] = leaf_values(
+            total[..., 0], total[..., 1], cfg.gbdt_lambda, cfg.gbdt_learning_rate, cfg.gbdt_leaf_clip
+        )
+        model["grown"] = np.array([rows.stop], dtype=np.int64)
+        return _record(model), "", None
+
+    def aggregate_train(
+        self, rnd: int, arrays: ArrayRecord, trained: list[Message], secure: SecureRound | None, setup_failure: str
+    ) -> RoundAggregate:
+        result = super().aggregate_train(rnd, arrays, trained, secure, setup_failure)
+        if not result.how.get("skipped"):  # the ledger can rebuild the round's trees (audit_trail/gbdt_ledger.py)
+            result.how["gbdt"] = self.recorded.pop(rnd)
+        return result
