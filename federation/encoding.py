@@ -70,11 +70,12 @@ def data_row(label: object) -> str:
     return f"data row {int(label) + 1}" if isinstance(label, (int, np.integer)) else f"row {label!r}"
 
 
-def bad_rows(mask: np.ndarray, index: pd.Index) -> str:
-    """'first at data row N, K rows in all' for the records `mask` marks (K = 1: 'at data row N')."""
+def bad_rows(mask: np.ndarray, index: pd.Index, count: bool = True) -> str:
+    """'first at data row N, K rows in all' for the records `mask` marks (K = 1: 'at data row N'; `count` False:
+    without the count, for a message that gives it already)."""
     rows = np.flatnonzero(mask)
     first = data_row(index[int(rows[0])])
-    return f"at {first}" if len(rows) == 1 else f"first at {first}, {len(rows)} rows in all"
+    return f"at {first}" if len(rows) == 1 else f"first at {first}" + (f", {len(rows)} rows in all" if count else "")
 
 
 def _encode_column(series: pd.Series, col: Column) -> tuple[np.ndarray, Clipped | None]:
@@ -88,7 +89,7 @@ def _encode_column(series: pd.Series, col: Column) -> tuple[np.ndarray, Clipped 
     missing = ~np.isfinite(values)
     if missing.any() and col.missing != "indicator":
         raise DataError(
-            f"column '{col.name}' has {int(missing.sum())} NaN/missing value(s) ({bad_rows(missing, series.index)}); "
+            f"column '{col.name}' has {int(missing.sum())} NaN/missing value(s) ({bad_rows(missing, series.index, count=False)}); "
             'clean the data or set missing = "indicator" in the card'
         )
     if col.affine is not None:
@@ -118,7 +119,7 @@ def _encode_categorical(series: pd.Series, col: Column) -> np.ndarray:
     missing = series.isna().to_numpy()
     if missing.any() and col.missing != "unknown":
         raise DataError(
-            f"column '{col.name}' has {int(missing.sum())} missing value(s) ({bad_rows(missing, series.index)}); "
+            f"column '{col.name}' has {int(missing.sum())} missing value(s) ({bad_rows(missing, series.index, count=False)}); "
             'set missing = "unknown" in the card to encode them as unknown'
         )
     as_text = series.astype(str).to_numpy()

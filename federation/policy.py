@@ -175,12 +175,14 @@ OUTCOME_HINTS: tuple[str, ...] = (
 
 
 def outcome_hint(name: str) -> str | None:
-    """The OUTCOME_HINTS entry a column name matches on consecutive word parts (plurals too), else None."""
+    """The OUTCOME_HINTS entry a column name matches on consecutive word parts (plurals too), else None; the first
+    matched word part wins, and at one position the longest entry."""
     parts = name_parts(name)
-    for entry in OUTCOME_HINTS:
-        words = entry.split()
-        for i in range(len(parts) - len(words) + 1):
-            if all(parts[i + k] in _word_forms(w) for k, w in enumerate(words)):
+    entries = sorted(OUTCOME_HINTS, key=lambda e: -len(e.split()))
+    for i in range(len(parts)):
+        for entry in entries:
+            words = entry.split()
+            if len(words) <= len(parts) - i and all(parts[i + k] in _word_forms(w) for k, w in enumerate(words)):
                 return entry
     return None
 
@@ -350,7 +352,7 @@ def labels_of(frame: pd.DataFrame, card: DatasetCard) -> np.ndarray:
     if values.isna().any():
         missing = values.isna().to_numpy()
         raise DataError(
-            f"label column '{col.name}' has {int(missing.sum())} missing value(s) ({bad_rows(missing, values.index)})"
+            f"label column '{col.name}' has {int(missing.sum())} missing value(s) ({bad_rows(missing, values.index, False)})"
         )
     y = _label_is(values, col.positives, col.name)
     if col.negative:
