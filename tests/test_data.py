@@ -535,3 +535,19 @@ def test_the_manifests_clip_counts_carry_counts_only(tmp_path):
         ({"income": 3}, "'values_clipped' must be a list of counts"),
     ):
         assert (body_type_problem({**body, "values_clipped": bad}) or "").startswith(problem), bad
+
+
+def test_a_card_edited_between_two_runs_of_one_process_is_read_again(tmp_path):
+    """The caches are keyed by the files' paths: a card (or CSV) changed since is read again, not served stale."""
+    import os
+
+    cfg = _clip_data(tmp_path, [1000 * (i % 150) for i in range(300)])
+    first = describe(cfg)
+    assert first.values_clipped["income"].above > 0
+    card = tmp_path / "card.toml"
+    card.write_text(CLIP_CARD.replace("bounds = [0, 100000]", "bounds = [0, 200000]"))
+    stat = card.stat()
+    os.utime(card, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later edit, whatever the clock's grain
+    again = describe(cfg)
+    assert again.values_clipped["income"].above == 0 and again.card_sha256 != first.card_sha256
+    assert load_lender(cfg, 0).manifest["card_sha256"] == again.card_sha256

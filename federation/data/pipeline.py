@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import os
 import sys
 import threading
 from collections import OrderedDict
@@ -100,6 +101,33 @@ def _data_key(cfg: RunConfig) -> RunConfig:
     )
 
 
+# The stat of a user's CSV and card when their records were last read, per data configuration: a card edited (or a
+# file replaced) in the same process, between two runs of the Python API or of a sweep, is read again, never served
+# stale from the caches below, which are keyed by the paths alone.
+_STAMPS: dict[RunConfig, tuple] = {}
+
+
+def _stat(path: str) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None  # the loader says the file is not there
+    return info.st_mtime_ns, info.st_size, info.st_ino
+
+
+def _refresh(key: RunConfig) -> None:
+    """Forget what was read from a user's files when either changed since (see _STAMPS)."""
+    if key.dataset != "csv":
+        return
+    stamp = (_stat(key.csv_path), _stat(key.card_path))
+    with _LOADED_LOCK:
+        if _STAMPS.get(key, stamp) != stamp:
+            _raw.cache_clear()
+            _assignment.cache_clear()
+            _LOADED.pop(key, None)
+        _STAMPS[key] = stamp
+
+
 @lru_cache(maxsize=4)
 def _raw(key: RunConfig) -> tuple[pd.DataFrame, DatasetCard]:
     if key.dataset == "synthetic":
@@ -175,7 +203,9 @@ def load_lender(cfg: RunConfig, lender: int, canaries: tuple[np.ndarray, np.ndar
     gets its own manifest (a copy), and the arrays are shared: read them, never write to them."""
     if not 0 <= lender < cfg.lenders:
         raise DataError(f"lender {lender} does not exist (lenders are 0..{cfg.lenders - 1})")
-    own = _own(_data_key(cfg), lender)
+    key = _data_key(cfg)
+    _refresh(key)
+    own = _own(key, lender)
     x_train, y_train = own.x_train, own.y_train
     if canaries is not None:
         cx, cy = canaries
@@ -261,6 +291,7 @@ def describe(cfg: RunConfig) -> DataSummary:
     bad record of the file and how many there are (not the first of whichever lender's share is loaded first). Each
     column's values clipped to the card's bounds are counted and logged, one warning line per column."""
     key = _data_key(cfg)
+    _refresh(key)
     clipped: dict[str, Clipped] = {}
     if key.dataset == "synthetic":
         sizes = synthetic.lender_sizes(key.records, key.lenders, key.seed)
