@@ -55,7 +55,7 @@ LABEL_NAMES = (
 DEFAULT_WORDS = ("charged off", "default", "late", "bad", "delinquent", "written off", "chargeoff", "write off")
 # Words in a label's values that mean the outcome is not known yet ('Current', 'In Grace Period', 'Issued').
 UNKNOWN_WORDS = ("current", "issued", "grace", "pending", "open")
-CONSENTED_VALUES = ("yes", "y", "true", "1", "consented", "given", "granted")
+CONSENTED_VALUES = ("yes", "y", "true", "1", "1.0", "consented", "given", "granted")
 IDENTITY_WORDS = (
     "name",
     "email",
@@ -140,7 +140,8 @@ def _has_word(value: Any, words: tuple[str, ...]) -> bool:
 def _label(series: pd.Series) -> ColumnDraft:
     counted = sorted(series.value_counts(dropna=True).items(), key=lambda vn: (-vn[1], str(vn[0])))
     values = [_label_value(v) for v, _ in counted]
-    seen = ", ".join(f"{v!r} ({n:,})" for v, (_, n) in zip(values, counted, strict=True))
+    seen = ", ".join(f"{v!r} ({n:,})" for v, (_, n) in zip(values[:MAX_CATEGORIES], counted, strict=False))
+    seen += f", ... ({len(values):,} values)" if len(values) > MAX_CATEGORIES else ""
     draft = ColumnDraft(str(series.name), {"category": "label"}, [f"# values seen (records): {seen}"])
     if series.isna().any():
         draft.comments.append(f"# {int(series.isna().sum()):,} records have no label: a run refuses them")
