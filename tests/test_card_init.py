@@ -239,3 +239,18 @@ def test_card_init_then_run_round_trip(tmp_path):
     manifests = [json.loads(p.read_text()) for p in sorted((out2 / "manifests").glob("lender_*.json"))]
     per_lender = [next(c for c in m["values_clipped"] if c["name"] == "income")["above"] for m in manifests]
     assert sum(per_lender) <= consented_sentinels  # the pooled holdout holds the rest
+
+
+def test_every_lexicon_entry_is_pre_classified_as_its_kind():
+    """The skeleton refuses every name the policy's lexicon marks, as the kind the lexicon gives (tests/test_lexicon.py
+    checks the lexicon itself)."""
+    import pandas as pd
+
+    from federation.card_skeleton import draft
+    from federation.policy import LEXICON
+
+    names = {f"{entry.replace(' ', '_')}_score": kind for kind, entries in LEXICON.items() for entry in entries}
+    frame = pd.DataFrame({**{name: [1.0, 2.0, 3.0] for name in names}, "defaulted": [0, 1, 0]})
+    category = {c.name: c.spec["category"] for c in draft(frame)}
+    assert {name: category[name] for name in names} == names
+    assert category["defaulted"] == "label"
