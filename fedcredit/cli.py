@@ -1092,6 +1092,47 @@ def _fmt(value: str | None) -> str:
     return "n/a" if math.isnan(v) else f"{v:.4f}"
 
 
+# ---- fedcredit card: dataset cards for your own data ---------------------------------------------------------------
+
+card_app = typer.Typer(no_args_is_help=True, help="Dataset cards: a skeleton card for your own CSV, to review.")
+app.add_typer(card_app, name="card")
+
+
+@card_app.command("init")
+def card_init(
+    csv: Annotated[Path, typer.Argument(help="Your CSV file (a header line, one record per line).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where to write the card (default: the CSV's path with .toml).")
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", help="The label column (default: guessed from the names).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing card file.")] = False,
+) -> None:
+    """Write a skeleton dataset card for CSV: every column typed and classified, each guess marked for review."""
+    from federation.card import CREDIT_CATEGORIES, PROHIBITED_CATEGORIES, ROLE_CATEGORIES
+    from federation.card_skeleton import write_skeleton
+
+    try:
+        skeleton = write_skeleton(csv, out, label, force)
+    except FedCreditError as exc:
+        _fail(str(exc))
+    console.print(
+        f"wrote a skeleton card for {csv.name}: {len(skeleton.columns)} columns, "
+        f"{skeleton.count(CREDIT_CATEGORIES)} to train on, {skeleton.count(PROHIBITED_CATEGORIES)} refused, "
+        f"{skeleton.count(ROLE_CATEGORIES)} roles:",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(str(skeleton.path), highlight=False, soft_wrap=True)
+    console.print(
+        f"{skeleton.to_review} columns carry a review line: a run refuses the card until each is checked and its "
+        "line deleted (bounds must be public, not this file's minimum and maximum).",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def main() -> None:
     from federation.training import set_torch_threads
 

@@ -19,6 +19,16 @@ transforms and category lists, never statistics computed on pooled data (that wo
     [columns.defaulted]
     category = "label"
     positive = 1
+    [columns.loan_status]               # or a label of several values: each one listed as a default or not
+    category = "label"
+    positive = ["Charged Off", "Default"]
+    negative = ["Fully Paid"]
+    [columns.recoveries]
+    category = "leaks_outcome"          # known only after the outcome: refused, with its reason
+
+A column may carry `review = "what to check"` (`fedcredit card init` writes one wherever it guessed from the data,
+e.g. bounds that are the file's own minimum and maximum): such a card is refused until every review line is
+deleted, because a card's bounds are signed as public, and bounds read from the records are a statistic of them.
 """
 
 from __future__ import annotations
@@ -36,9 +46,10 @@ from federation.errors import CardError
 
 # Categories the policy may use for training (the guideline's credit information).
 CREDIT_CATEGORIES = ("credit_history", "capacity", "collateral", "loan_terms")
-# Categories that never reach training: the guideline bans sensitive and non-credit data, and
-# identity fields are not features.
-PROHIBITED_CATEGORIES = ("sensitive", "non_credit", "identity")
+# Categories that never reach training: the guideline bans sensitive and non-credit data, identity fields are
+# not features, and a column known only after the credit decision (the decision itself, repayments and
+# recoveries after origination) leaks the outcome into the model.
+PROHIBITED_CATEGORIES = ("sensitive", "non_credit", "identity", "leaks_outcome")
 # Columns with a role other than feature.
 ROLE_CATEGORIES = ("label", "consent", "lender", "record_id")
 CATEGORIES = CREDIT_CATEGORIES + PROHIBITED_CATEGORIES + ROLE_CATEGORIES
@@ -60,12 +71,18 @@ class Column:
     bins: tuple[float, ...] = ()
     categories: tuple[str, ...] = ()
     missing: str = "error"  # error | indicator (numeric) | unknown (categorical)
-    positive: Any = None  # label only: the value that means default
+    positive: Any = None  # label only: the value that means default, or a tuple of the values that do
+    negative: tuple[Any, ...] = ()  # label only: the values that mean no default (then every value is one or other)
     consented: tuple[Any, ...] = ()  # consent only: values that mean consent given
     reason: str = ""
     # credit columns only: the written reason a lexicon-marked name is credit data all the same
     # (e.g. 'credit_union_member'); federation.policy checks the name is marked, the manifest records it
     override: str = ""
+
+    @property
+    def positives(self) -> tuple[Any, ...]:
+        """The label values that mean default (one or several)."""
+        return self.positive if isinstance(self.positive, tuple) else (self.positive,)
 
     @property
     def is_feature_candidate(self) -> bool:
@@ -148,6 +165,14 @@ def parse_card(raw: dict, source_path: str = "") -> DatasetCard:
     where = source_path or "card"
     if not isinstance(raw, dict) or not isinstance(raw.get("columns"), dict) or not raw["columns"]:
         raise CardError(f"{where}: a card needs a [columns] table with one entry per column")
+    # A skeleton's guesses (fedcredit card init) are refused before anything else is read from them.
+    review = [name for name, spec in raw["columns"].items() if isinstance(spec, dict) and "review" in spec]
+    if review:
+        first = " ".join(str(raw["columns"][review[0]]["review"]).split())
+        raise CardError(
+            f"{where}: {len(review)} column(s) still marked for review (first: '{review[0]}': {first}); "
+            "check each and delete its review line"
+        )
     columns = []
     for name, spec in raw["columns"].items():
         if not isinstance(spec, dict):
@@ -190,6 +215,7 @@ _KNOWN_KEYS = {
     "reason",
     "description",
     "override",
+    "negative",
 }
 
 
@@ -210,6 +236,27 @@ def _parse_override(where: str, name: str, category: str, spec: dict) -> str:
     return reason.strip()
 
 
+def _label_values(where: str, name: str, key: str, value: Any) -> tuple[Any, ...]:
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, (str, int, float)) for v in values):
+        raise CardError(f"{where}: label column '{name}': {key} must be a value or a non-empty list of values")
+    if len({str(v) for v in values}) != len(values):
+        raise CardError(f"{where}: label column '{name}' lists a value twice in {key}")
+    return tuple(values)
+
+
+def _parse_label_values(where: str, name: str, spec: dict) -> dict[str, Any]:
+    """A label's positive value(s) (default) and, optionally, its negative ones (no default)."""
+    if spec.get("positive") is None:
+        return {"positive": None}  # parse_card says what is missing
+    positive = _label_values(where, name, "positive", spec["positive"])
+    negative = _label_values(where, name, "negative", spec["negative"]) if "negative" in spec else ()
+    both = sorted({str(v) for v in positive} & {str(v) for v in negative})
+    if both:
+        raise CardError(f"{where}: label column '{name}' lists {both[0]!r} as positive and as negative")
+    return {"positive": positive if isinstance(spec["positive"], list) else positive[0], "negative": negative}
+
+
 def _parse_column(where: str, name: str, spec: dict) -> Column:
     unknown = set(spec) - _KNOWN_KEYS
     if unknown:
@@ -225,8 +272,7 @@ def _parse_column(where: str, name: str, spec: dict) -> Column:
         "override": _parse_override(where, name, category, spec),
     }
     if category == "label":
-        col_kwargs["positive"] = spec.get("positive")
-        return Column(**col_kwargs)
+        return Column(**col_kwargs, **_parse_label_values(where, name, spec))
     if category == "consent":
         consented = spec.get("consented", [])
         col_kwargs["consented"] = tuple(consented if isinstance(consented, list) else [consented])

@@ -4,11 +4,20 @@ numeric: optional affine (undo a published standardization), a fixed monotone tr
 (identity, log1p, asinh), then scaled to [-1, 1] by the public bounds and clipped; or one-hot by
 public bin thresholds. Categorical: one-hot over the card's categories. Missing values are an
 error unless the card asks for an indicator (numeric) or the all-zero "unknown" code (categorical).
+
+Values outside a column's bounds are clipped, and counted (`encode_counting`): a sentinel such as 999999
+clipped without a word looks like a real maximum, so the lender's manifest and the run's warnings say how
+many values each column lost to its bounds.
+
+Errors name the first bad record as a data row counted from 1 (the first record after the header: line N + 1
+of a CSV file with one line per record), from the frame's index, which is the record's position in the whole
+dataset (a lender's subset keeps the positions of the file), and how many records are bad.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,41 +36,74 @@ def feature_names(card: DatasetCard, columns: list[str]) -> list[str]:
     return [name for c in columns for name in card.column(c).feature_names()]
 
 
+class Clipped(NamedTuple):
+    """How many of a column's values lay below and above its bounds, and were clipped to them."""
+
+    below: int
+    above: int
+
+    @property
+    def total(self) -> int:
+        return self.below + self.above
+
+
 def encode(features: pd.DataFrame, card: DatasetCard) -> np.ndarray:
     """Encode the credit columns of `features` (in order) into a float32 matrix."""
-    blocks = [_encode_column(features[name], card.column(name)) for name in features.columns]
+    return encode_counting(features, card)[0]
+
+
+def encode_counting(features: pd.DataFrame, card: DatasetCard) -> tuple[np.ndarray, dict[str, Clipped]]:
+    """`encode`, and for each column scaled by its bounds (numeric, not binned) the values clipped to them."""
+    blocks, clipped = [], {}
+    for name in features.columns:
+        block, clips = _encode_column(features[name], card.column(name))
+        blocks.append(block)
+        if clips is not None:
+            clipped[name] = clips
     if not blocks:
-        return np.zeros((len(features), 0), dtype=np.float32)
-    return np.concatenate(blocks, axis=1).astype(np.float32)
+        return np.zeros((len(features), 0), dtype=np.float32), clipped
+    return np.concatenate(blocks, axis=1).astype(np.float32), clipped
 
 
-def _first_row(mask: np.ndarray, series: pd.Series) -> str:
-    return str(series.index[int(np.flatnonzero(mask)[0])])
+def data_row(label: object) -> str:
+    """A record's place for an error message: its data row counted from 1 (see the module docstring)."""
+    return f"data row {int(label) + 1}" if isinstance(label, (int, np.integer)) else f"row {label!r}"
 
 
-def _encode_column(series: pd.Series, col: Column) -> np.ndarray:
+def bad_rows(mask: np.ndarray, index: pd.Index, count: bool = True) -> str:
+    """'first at data row N, K rows in all' for the records `mask` marks (K = 1: 'at data row N'; `count` False:
+    without the count, for a message that gives it already)."""
+    rows = np.flatnonzero(mask)
+    first = data_row(index[int(rows[0])])
+    return f"at {first}" if len(rows) == 1 else f"first at {first}" + (f", {len(rows)} rows in all" if count else "")
+
+
+def _encode_column(series: pd.Series, col: Column) -> tuple[np.ndarray, Clipped | None]:
     if col.type == "categorical":
-        return _encode_categorical(series, col)
+        return _encode_categorical(series, col), None
     values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
     not_numeric = np.isnan(values) & series.notna().to_numpy()
     if not_numeric.any():
         bad = series.to_numpy()[np.flatnonzero(not_numeric)[0]]
-        raise DataError(f"column '{col.name}' has non-numeric value {bad!r} (row {_first_row(not_numeric, series)})")
+        raise DataError(f"column '{col.name}' has non-numeric value {bad!r} ({bad_rows(not_numeric, series.index)})")
     missing = ~np.isfinite(values)
     if missing.any() and col.missing != "indicator":
         raise DataError(
-            f"column '{col.name}' has {int(missing.sum())} NaN/missing value(s) (first at row {_first_row(missing, series)}); "
+            f"column '{col.name}' has {int(missing.sum())} NaN/missing value(s) ({bad_rows(missing, series.index, count=False)}); "
             'clean the data or set missing = "indicator" in the card'
         )
     if col.affine is not None:
         offset, scale = col.affine
         values = values * scale + offset
+    clipped = None
     if col.bins:
         codes = np.digitize(np.where(missing, col.bins[0] - 1, values), col.bins)
         out = np.eye(len(col.bins) + 1, dtype=np.float32)[codes]
         out[missing] = 0.0
     else:
         lo, hi = col.bounds  # type: ignore[misc]
+        present = values[~missing]  # compared before the transform: it is monotone, and this is exact
+        clipped = Clipped(int((present < lo).sum()), int((present > hi).sum()))
         f = _TRANSFORMS[col.transform]
         t_lo, t_hi = f(np.array(lo)), f(np.array(hi))
         scaled = 2.0 * (f(np.where(missing, lo, values)) - t_lo) / (t_hi - t_lo) - 1.0
@@ -70,14 +112,14 @@ def _encode_column(series: pd.Series, col: Column) -> np.ndarray:
         out = scaled[:, None].astype(np.float32)
     if col.missing == "indicator":
         out = np.concatenate([out, missing[:, None].astype(np.float32)], axis=1)
-    return out
+    return out, clipped
 
 
 def _encode_categorical(series: pd.Series, col: Column) -> np.ndarray:
     missing = series.isna().to_numpy()
     if missing.any() and col.missing != "unknown":
         raise DataError(
-            f"column '{col.name}' has {int(missing.sum())} missing value(s) (first at row {_first_row(missing, series)}); "
+            f"column '{col.name}' has {int(missing.sum())} missing value(s) ({bad_rows(missing, series.index, count=False)}); "
             'set missing = "unknown" in the card to encode them as unknown'
         )
     as_text = series.astype(str).to_numpy()
@@ -86,7 +128,7 @@ def _encode_categorical(series: pd.Series, col: Column) -> np.ndarray:
     if unknown.any():
         bad = as_text[np.flatnonzero(unknown)[0]]
         raise DataError(
-            f"column '{col.name}' has value {bad!r} not among the card's categories (row {_first_row(unknown, series)})"
+            f"column '{col.name}' has value {bad!r} not among the card's categories ({bad_rows(unknown, series.index)})"
         )
     out = np.zeros((len(series), len(col.categories)), dtype=np.float32)
     rows = np.flatnonzero(codes >= 0)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Message, MetricRecord, RecordDict
 
-from federation.audit_trail.attest import BODY_KEYS
+from federation.audit_trail.attest import BODY_KEYS, clip_count
 from federation.config import RunConfig
 
 ARRAYS = "arrays"
@@ -77,7 +77,7 @@ MANIFEST_SCALARS = {
     "policy": str,
 }
 MAX_POLICY = 4_000  # characters: the lender's limits as JSON, never data
-MANIFEST_LISTS = ("fields-used", "fields-refused", "features")
+MANIFEST_LISTS = ("fields-used", "fields-refused", "features", "values-clipped")
 MAX_MANIFEST_LIST = 10_000  # column names, never records
 
 
@@ -159,6 +159,7 @@ def manifest_to_record(lender: int, manifest: dict) -> ConfigRecord:
         "fields-used": [json.dumps(f, sort_keys=True) for f in manifest["fields_used"]],
         "fields-refused": [json.dumps(f, sort_keys=True) for f in manifest["fields_refused"]],
         "features": list(manifest["features"]),
+        "values-clipped": [json.dumps(c, sort_keys=True) for c in manifest["values_clipped"]],
     }
     return ConfigRecord(record)
 
@@ -185,6 +186,7 @@ def manifest_from_record(record: ConfigRecord) -> dict:
         "fields_used": [field(s, {"name", "category", "override"}) for s in config_strs(record, "fields-used")],
         "fields_refused": [field(s, {"name", "category", "reason"}) for s in config_strs(record, "fields-refused")],
         "features": config_strs(record, "features"),
+        "values_clipped": [clip_count(json.loads(s)) for s in config_strs(record, "values-clipped")],
         "data_commitment": config_str(record, "data-commitment"),
         "encoding": config_str(record, "encoding"),
         "policy": json.loads(config_str(record, "policy")),

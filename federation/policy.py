@@ -3,7 +3,7 @@
 A lender applies it to its own records before anything else:
 1. records without consent are dropped first;
 2. only credit categories (credit history, capacity, collateral, loan terms) are used; sensitive,
-   non-credit and identity columns are refused, each with its reason;
+   non-credit, identity and outcome-leaking columns are refused, each with its reason;
 3. a card that declares a column whose name the lexicon marks (gender, ethnicity, social media, ...) as
    credit data is a PolicyViolation, never a warning, unless the column gives a written override reason
    (e.g. 'credit_union_member'), which the lender's signed manifest then records.
@@ -19,13 +19,16 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from federation.card import CREDIT_CATEGORIES, PROHIBITED_CATEGORIES, DatasetCard
+from federation.card import CREDIT_CATEGORIES, PROHIBITED_CATEGORIES, Column, DatasetCard
+from federation.encoding import bad_rows
 from federation.errors import CardError, DataError, PolicyViolation
 
 REFUSAL_REASONS = {
     "sensitive": "sensitive personal data (guideline: never used in credit evaluation)",
     "non_credit": "non-credit data such as shopping, reading, eating or social-media habits (guideline: not credit information)",
     "identity": "identity field (not a credit feature; excessive use of personal data)",
+    "leaks_outcome": "known only after the credit decision or its outcome (the decision itself, repayments or "
+    "recoveries after origination): a model trained on it predicts the outcome from the outcome",
 }
 
 # The lexicon of names that mark a prohibited kind of data. A column whose name carries one of these
@@ -141,6 +144,49 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "phone",
     ),
 }
+# Names that suggest a column recorded after the credit decision (Lending Club's recoveries and total_rec_prncp,
+# HMDA's action_taken and denial_reason, ...). Not enforced: whether a column leaks the outcome depends on when it
+# was recorded, which no name proves ('last_payment' is history in a bureau file and outcome in a loan book). Only
+# `fedcredit card init` reads them, to pre-classify a column as leaks_outcome for its user to review; a card decides.
+OUTCOME_HINTS: tuple[str, ...] = (
+    "action taken",
+    "denial",
+    "decision",
+    "approved",
+    "approval",
+    "outcome",
+    "recoveries",
+    "recovery",
+    "chargeoff",
+    "charged off",
+    "writeoff",
+    "written off",
+    "collection",
+    "settlement",
+    "hardship",
+    "total rec",
+    "rec prncp",
+    "out prncp",
+    "last pymnt",
+    "next pymnt",
+    "total pymnt",
+    "funded amnt",
+)
+
+
+def outcome_hint(name: str) -> str | None:
+    """The OUTCOME_HINTS entry a column name matches on consecutive word parts (plurals too), else None; the first
+    matched word part wins, and at one position the longest entry."""
+    parts = name_parts(name)
+    entries = sorted(OUTCOME_HINTS, key=lambda e: -len(e.split()))
+    for i in range(len(parts)):
+        for entry in entries:
+            words = entry.split()
+            if len(words) <= len(parts) - i and all(parts[i + k] in _word_forms(w) for k, w in enumerate(words)):
+                return entry
+    return None
+
+
 # Irregular plurals of lexicon words (regular ones are derived: -s, -es, -y -> -ies).
 _IRREGULAR_PLURALS = {"man": ("men",), "woman": ("women",)}
 
@@ -283,37 +329,69 @@ def consent_mask(frame: pd.DataFrame, card: DatasetCard) -> np.ndarray:
     return values.astype(str).str.lower().isin(allowed).to_numpy()
 
 
-def labels_of(frame: pd.DataFrame, card: DatasetCard) -> np.ndarray:
-    col = card.label
-    values = frame[col.name]
-    if values.isna().any():
-        row = int(np.flatnonzero(values.isna().to_numpy())[0])
-        raise DataError(f"label column '{col.name}' has a missing value (row {row})")
-    positive = col.positive
-    if isinstance(positive, (int, float)) and not isinstance(positive, bool):
+def _label_is(values: pd.Series, wanted: tuple, col_name: str) -> np.ndarray:
+    """Where the label holds one of `wanted`: compared as numbers when every wanted value is a number (1 matches
+    '1.0'), else as text, exactly ('Bad' is not 'bad')."""
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in wanted):
         numeric = pd.to_numeric(values, errors="coerce")
         if numeric.isna().any():
             bad = values[numeric.isna()].iloc[0]
-            raise DataError(f"label column '{col.name}' has non-numeric value {bad!r}")
-        y = numeric.to_numpy(dtype=float) == float(positive)
+            raise DataError(
+                f"label column '{col_name}' has non-numeric value {bad!r} "
+                f"({bad_rows(numeric.isna().to_numpy(), values.index)}); the card's label values are numbers"
+            )
+        return numeric.isin([float(v) for v in wanted]).to_numpy()
+    return values.astype(str).isin([str(v) for v in wanted]).to_numpy()
+
+
+def labels_of(frame: pd.DataFrame, card: DatasetCard) -> np.ndarray:
+    """1 where the label holds a positive (default) value. With a `negative` list every value must be listed as
+    one or the other; without one the label must be binary."""
+    col = card.label
+    values = frame[col.name]
+    if values.isna().any():
+        missing = values.isna().to_numpy()
+        raise DataError(
+            f"label column '{col.name}' has {int(missing.sum())} missing value(s) ({bad_rows(missing, values.index, False)})"
+        )
+    y = _label_is(values, col.positives, col.name)
+    if col.negative:
+        unlisted = ~(y | _label_is(values, col.negative, col.name))
+        if unlisted.any():
+            bad = values[unlisted].iloc[0]
+            raise DataError(
+                f"label column '{col.name}' has value {bad!r}, listed neither as positive nor as negative in the "
+                f"card ({bad_rows(unlisted, values.index)}); list it, or leave out the records whose outcome is not known"
+            )
     else:
-        y = (values.astype(str) == str(positive)).to_numpy()
-    distinct = values.nunique()
-    if distinct > 2:
-        raise DataError(f"label column '{col.name}' has {distinct} distinct values; a credit label is binary")
+        distinct = values.nunique()
+        if distinct > 2:
+            raise DataError(
+                f"label column '{col.name}' has {distinct} distinct values ({_values_seen(values)}); a credit label "
+                "is binary: list the default values as positive = [...] and the others as negative = [...]"
+            )
     return y.astype(np.float32)
 
 
-def _values_seen(values: pd.Series) -> str:
-    return ", ".join(repr(v) for v in sorted(pd.unique(values.dropna()).tolist(), key=str))
+def _values_seen(values: pd.Series, limit: int = 12) -> str:
+    seen = sorted(pd.unique(values.dropna()).tolist(), key=str)
+    shown = ", ".join(repr(v) for v in seen[:limit])
+    return shown + (f", ... ({len(seen)} in all)" if len(seen) > limit else "")
+
+
+def _positive_text(col: Column) -> str:
+    if isinstance(col.positive, tuple) and len(col.positive) > 1:
+        return f"positive values {', '.join(map(repr, col.positive))} never occur"
+    return f"positive value {col.positives[0]!r} never occurs"
 
 
 def check_labels(frame: pd.DataFrame, card: DatasetCard) -> None:
-    """The data's labels can train a credit model: both classes occur, and so does the card's positive value,
-    in all records and in the consented ones (the only ones used).
+    """The data's labels can train a credit model: both classes occur, and so does each of the card's positive
+    values, in all records and in the consented ones (the only ones used).
 
     Without this a one-class label trains a DP round (spending privacy budget) and only then fails
-    when the run's metrics are undefined.
+    when the run's metrics are undefined. A listed positive value that never occurs is refused too: it is most
+    often a misspelling ('Charged off' for 'Charged Off'), which would turn those defaults into non-defaults.
     """
     col = card.label
     for records, where in ((frame, ""), (frame.loc[consent_mask(frame, card)], " among the consented records")):
@@ -330,15 +408,22 @@ def check_labels(frame: pd.DataFrame, card: DatasetCard) -> None:
         seen = _values_seen(values)
         if not y.any() and values.nunique() > 1:
             raise DataError(
-                f"the card's positive value {col.positive!r} never occurs in label column '{col.name}'"
-                f"{where} (values seen: {seen})"
+                f"the card's {_positive_text(col)} in label column '{col.name}'{where} (values seen: {seen})"
             )
         if not y.any() or y.all():
-            absent = "" if y.any() else f"; the card's positive value {col.positive!r} never occurs"
+            absent = "" if y.any() else f"; the card's {_positive_text(col)}"
             raise DataError(
                 f"label column '{col.name}' has one class only{where} (values seen: {seen}){absent}; "
                 f"a credit model needs both defaults and non-defaults"
             )
+        if not where:  # each listed value, in the whole data (a lender's share may lack a rare one)
+            for value in (*col.positives, *col.negative):
+                if not _label_is(values, (value,), col.name).any():
+                    kind = "positive" if value in col.positives else "negative"
+                    raise DataError(
+                        f"the card's {kind} value {value!r} never occurs in label column '{col.name}' "
+                        f"(values seen: {seen}); correct it or remove it from the card"
+                    )
 
 
 def label_problem(y_train: np.ndarray) -> str | None:

@@ -156,3 +156,191 @@ def test_unknown_category_is_an_error():
     card = parse_card(_card({"home": {"category": "collateral", "type": "categorical", "categories": ["own"]}}))
     with pytest.raises(DataError, match="'castle' not among"):
         encode(pd.DataFrame({"home": ["own", "castle"]}), card)
+
+
+# ---- labels with several positive values -------------------------------------------------------------------------
+
+LOAN_STATUS = {
+    "category": "label",
+    "positive": ["Charged Off", "Default", "Late (31-120 days)"],
+    "negative": ["Fully Paid"],
+}
+
+
+def test_several_positive_values_each_mean_default():
+    from federation.policy import labels_of
+
+    card = parse_card({"name": "lc", "columns": {"loan_status": LOAN_STATUS}})
+    assert card.label.positives == ("Charged Off", "Default", "Late (31-120 days)")
+    frame = pd.DataFrame({"loan_status": ["Fully Paid", "Charged Off", "Default", "Late (31-120 days)", "Fully Paid"]})
+    np.testing.assert_array_equal(labels_of(frame, card), [0, 1, 1, 1, 0])
+    # numbers too: 2 and 3 are defaults, 0 and 1 are not (compared as numbers: '3.0' is 3)
+    numeric = parse_card({"name": "n", "columns": {"y": {"category": "label", "positive": [2, 3], "negative": [0, 1]}}})
+    np.testing.assert_array_equal(labels_of(pd.DataFrame({"y": ["0", "3.0", "1", "2"]}), numeric), [0, 1, 0, 1])
+
+
+def test_a_label_value_listed_neither_positive_nor_negative_is_an_error_naming_its_first_row():
+    from federation.policy import labels_of
+
+    card = parse_card({"name": "lc", "columns": {"loan_status": LOAN_STATUS}})
+    # a lender's share of the file: its index is the records' places in the file (data rows 4, 8, 13, 21)
+    frame = pd.DataFrame({"loan_status": ["Fully Paid", "Current", "Default", "Current"]}, index=[3, 7, 12, 20])
+    with pytest.raises(DataError) as err:
+        labels_of(frame, card)
+    assert str(err.value) == (
+        "label column 'loan_status' has value 'Current', listed neither as positive nor as negative in the card "
+        "(first at data row 8, 2 rows in all); list it, or leave out the records whose outcome is not known"
+    )
+
+
+def test_a_label_of_more_than_two_values_needs_the_negative_list():
+    from federation.policy import labels_of
+
+    card = parse_card({"name": "lc", "columns": {"s": {"category": "label", "positive": ["Charged Off", "Default"]}}})
+    with pytest.raises(DataError, match=r"has 3 distinct values \('Charged Off', 'Current', 'Default'\); .* negative"):
+        labels_of(pd.DataFrame({"s": ["Charged Off", "Current", "Default"]}), card)
+
+
+@pytest.mark.parametrize(
+    "label,message",
+    [
+        (
+            {"positive": ["Default"], "negative": ["Default", "Fully Paid"]},
+            "lists 'Default' as positive and as negative",
+        ),
+        ({"positive": []}, "positive must be a value or a non-empty list"),
+        ({"positive": ["Default", "Default"]}, "lists a value twice in positive"),
+        ({"positive": [{"a": 1}]}, "positive must be a value or a non-empty list"),
+    ],
+)
+def test_malformed_label_values_are_card_errors(label, message):
+    with pytest.raises(CardError, match=message):
+        parse_card({"name": "lc", "columns": {"s": {"category": "label", **label}}})
+
+
+def test_a_listed_label_value_that_never_occurs_is_refused_as_a_likely_misspelling():
+    from federation.policy import check_labels
+
+    card = parse_card(
+        {
+            "name": "lc",
+            "columns": {"s": {"category": "label", "positive": ["Charged off", "Default"], "negative": ["Fully Paid"]}},
+        }
+    )
+    frame = pd.DataFrame({"s": ["Default", "Fully Paid", "Fully Paid", "Default"]})
+    with pytest.raises(DataError) as err:
+        check_labels(frame, card)
+    assert str(err.value) == (
+        "the card's positive value 'Charged off' never occurs in label column 's' (values seen: 'Default', "
+        "'Fully Paid'); correct it or remove it from the card"
+    )
+
+
+# ---- outcome-leaking columns ---------------------------------------------------------------------------------------
+
+
+def test_an_outcome_leaking_column_is_refused_with_its_reason():
+    card = parse_card(
+        _card(
+            {
+                "income": {"category": "capacity", "bounds": [0, 100]},
+                "recoveries": {"category": "leaks_outcome"},
+                "action_taken": {"category": "leaks_outcome", "reason": "HMDA: the lender's decision itself"},
+            }
+        )
+    )
+    frame = pd.DataFrame({"y": [0, 1], "income": [1, 2], "recoveries": [0.0, 250.0], "action_taken": [1, 3]})
+    result = apply_policy(frame, card)
+    assert list(result.features.columns) == ["income"]
+    refused = {f["name"]: f for f in result.fields_refused}
+    assert refused["recoveries"]["category"] == "leaks_outcome"
+    assert refused["recoveries"]["reason"].startswith("known only after the credit decision or its outcome")
+    assert refused["action_taken"]["reason"] == "HMDA: the lender's decision itself"
+
+
+def test_an_override_cannot_make_an_outcome_leaking_column_credit_data():
+    with pytest.raises(CardError, match="has an override but category 'leaks_outcome'"):
+        parse_card(_card({"recoveries": {"category": "leaks_outcome", "override": "it is fine"}}))
+
+
+@pytest.mark.parametrize(
+    "name,hint",
+    [
+        ("recoveries", "recoveries"),
+        ("collection_recovery_fee", "collection"),
+        ("total_rec_prncp", "total rec"),
+        ("last_pymnt_amnt", "last pymnt"),
+        ("action_taken", "action taken"),
+        ("denial_reason_1", "denial"),
+        ("debt_settlement_flag", "settlement"),
+        ("months_on_book", None),
+        ("PAY_AMT1", None),
+        ("actionable_items", None),  # whole word parts only
+    ],
+)
+def test_outcome_hints_match_word_parts(name, hint):
+    from federation.policy import outcome_hint
+
+    assert outcome_hint(name) == hint
+
+
+# ---- values clipped to the bounds, and where errors are ---------------------------------------------------------------
+
+
+def test_values_clipped_to_the_bounds_are_counted_per_column():
+    from federation.encoding import Clipped, encode_counting
+
+    card = parse_card(
+        _card(
+            {
+                "income": {"category": "capacity", "bounds": [0, 1000], "transform": "log1p", "missing": "indicator"},
+                "z": {"category": "capacity", "bounds": [0, 10], "affine": [5, 2]},  # raw = 2 z + 5
+                "dpd": {"category": "credit_history", "bounds": [0, 180], "bins": [30]},
+                "home": {"category": "collateral", "type": "categorical", "categories": ["own", "rent"]},
+            }
+        )
+    )
+    frame = pd.DataFrame(
+        {
+            "income": [-5, 0, 1000, 999999.375, np.nan, 1001],
+            "z": [-3, -2.5, 0, 2.5, 3, 2.4],  # raw -1, 0, 5, 10, 11, 9.8
+            "dpd": [0, 500, -1, 10, 20, 30],
+            "home": ["own"] * 6,
+        }
+    )
+    x, clipped = encode_counting(frame, card)
+    assert clipped == {"income": Clipped(below=1, above=2), "z": Clipped(below=1, above=1)}  # bins, categories: none
+    np.testing.assert_array_equal(x, encode(frame, card))
+    assert np.abs(x).max() <= 1
+
+
+def test_encoding_errors_name_the_first_bad_data_row_and_how_many():
+    card = parse_card(
+        _card(
+            {
+                "income": {"category": "capacity", "bounds": [0, 100]},
+                "home": {"category": "collateral", "type": "categorical", "categories": ["own"]},
+            }
+        )
+    )
+    share = pd.DataFrame({"income": ["1", "x", "2", "y"], "home": ["own"] * 4}, index=[0, 4, 9, 11])
+    with pytest.raises(DataError) as err:
+        encode(share, card)
+    assert str(err.value) == "column 'income' has non-numeric value 'x' (first at data row 5, 2 rows in all)"
+    one = pd.DataFrame({"income": [1, np.nan], "home": ["own", "own"]}, index=[0, 6])
+    with pytest.raises(DataError, match=r"has 1 NaN/missing value\(s\) \(at data row 7\)"):
+        encode(one, card)
+    castle = pd.DataFrame({"income": [1, 2], "home": ["castle", "own"]})
+    with pytest.raises(DataError, match=r"'castle' not among the card's categories \(at data row 1\)"):
+        encode(castle, card)
+
+
+def test_a_card_with_a_review_line_is_refused_in_every_format(tmp_path):
+    from federation.card import load_card
+
+    spec = {"name": "t", "columns": {"y": {"category": "label", "positive": 1, "review": "check it"}}}
+    (tmp_path / "card.json").write_text(__import__("json").dumps(spec))
+    (tmp_path / "card.toml").write_text('[columns.y]\ncategory = "label"\npositive = 1\nreview = "check it"\n')
+    for path in (tmp_path / "card.json", tmp_path / "card.toml"):
+        with pytest.raises(CardError, match=r"1 column\(s\) still marked for review \(first: 'y': check it\)"):
+            load_card(path)

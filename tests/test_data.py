@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -429,3 +431,123 @@ def test_describe_counts_the_holdout_load_holdout_returns():
         assert summary.holdout == len(load_holdout(cfg)[1]) > 0
         assert summary.lender_records == [len(load_lender(cfg, i).y_train) for i in range(7)]
         assert describe(cfg) == summary  # the same whether the lenders were cached or not
+
+
+# ---- errors name the file's first bad record; values clipped to the bounds are counted and warned of ---------------
+
+CLIP_CARD = """
+name = "clip"
+[columns.income]
+category = "capacity"
+bounds = [0, 100000]
+[columns.months]
+category = "credit_history"
+bounds = [0, 600]
+[columns.defaulted]
+category = "label"
+positive = 1
+"""
+
+
+def _clip_data(tmp_path, incomes, months=None) -> RunConfig:
+    tmp_path.mkdir(exist_ok=True)
+    months = months or [i % 600 for i in range(len(incomes))]
+    rows = ["income,months,defaulted"] + [
+        f"{x},{m},{i % 3 == 0:d}" for i, (x, m) in enumerate(zip(incomes, months, strict=True))
+    ]
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "card.toml").write_text(CLIP_CARD)
+    return RunConfig(
+        dataset="csv",
+        csv_path=str(tmp_path / "data.csv"),
+        card_path=str(tmp_path / "card.toml"),
+        partition="iid",
+        lenders=3,
+        seed=2,
+    )
+
+
+def test_an_error_names_the_first_bad_record_of_the_file_however_the_records_are_shared(tmp_path):
+    """Every record bad, the first one included: the error names data row 1 and all of them, not the first bad
+    record of whichever lender's share (or of the pooled holdout) happened to be encoded first (issue 15: 'row 9')."""
+    cfg = _clip_data(tmp_path, ["unknown"] * 300)
+    assert _one_line_data_error(cfg) == (
+        "column 'income' has non-numeric value 'unknown' (first at data row 1, 300 rows in all)"
+    )
+    incomes = [str(1000 + i) for i in range(300)]
+    incomes[0] = incomes[241] = ""
+    message = _one_line_data_error(_clip_data(tmp_path / "nan", incomes))
+    assert message.startswith("column 'income' has 2 NaN/missing value(s) (first at data row 1); ")
+
+
+def test_values_clipped_are_counted_in_each_manifest_and_warned_of_once_per_column(tmp_path, capsys):
+    from federation.data import pipeline
+    from federation.encoding import Clipped
+
+    incomes = [999999.375 if i % 25 == 4 else -1 if i % 60 == 0 else 1000 * (i % 90) for i in range(300)]
+    cfg = _clip_data(tmp_path, incomes)
+    summary = describe(cfg)
+    above, below = sum(i % 25 == 4 for i in range(300)), sum(i % 60 == 0 for i in range(300))
+    assert summary.values_clipped == {"income": Clipped(below, above), "months": Clipped(0, 0)}
+    assert summary.clip_records == 300
+    expected = (
+        f"column 'income': {above + below} of 300 values lay outside the card's bounds [0, 100000] and were clipped "
+        f"to them ({below} below, {above} above)"
+    )
+    assert summary.warnings == (expected,)  # one line for the column, none for the column that lost nothing
+    assert capsys.readouterr().err.splitlines() == [f"warning: {expected}"]
+    # each lender's manifest counts its own records' values: those of the lenders and the holdout add up to the file's
+    manifests = [load_lender(cfg, i).manifest for i in range(3)]
+    for m in manifests:
+        assert [c["name"] for c in m["values_clipped"]] == ["income", "months"]
+    lent = sum(next(c["above"] for c in m["values_clipped"] if c["name"] == "income") for m in manifests)
+    raw, _ = pipeline._raw(pipeline._data_key(cfg))
+    _, held = pipeline._assignment(pipeline._data_key(cfg))
+    assert lent + int((raw["income"].iloc[held] > 100000).sum()) == above
+
+
+def test_the_manifests_clip_counts_carry_counts_only(tmp_path):
+    """A manifest's values_clipped is counts of used columns: the message inspector and the verifier refuse a count
+    that carries anything else (a record's value), a negative count, a column not used, or more values than records."""
+    from flwr.app import ConfigRecord
+
+    from federation.audit_trail.verify import body_type_problem
+    from federation.messages import manifest_from_record, manifest_to_record
+
+    manifest = load_lender(_clip_data(tmp_path, [1000 * (i % 120) for i in range(300)]), 0).manifest
+    manifest.pop("records_digest")
+    manifest.update(data_commitment="00" * 32, policy={"lender": 0})
+    record = manifest_to_record(0, manifest)
+    assert manifest_from_record(record)["values_clipped"] == manifest["values_clipped"]
+    good = manifest["values_clipped"][0]
+    for bad in ({**good, "value": 117000}, {**good, "above": -1}, {**good, "above": True}, {"name": 5, "below": 0}):
+        tampered = ConfigRecord({**dict(record), "values-clipped": [json.dumps(bad)]})
+        with pytest.raises(ValueError, match="a clipped-values count holds"):
+            manifest_from_record(tampered)
+    body = {"type": "lender_manifest", "run": "r", "lender": 0, "public_key": "k", **manifest}
+    assert body_type_problem(body) is None
+    records = manifest["records_used"]
+    for bad, problem in (
+        ([{**good, "value": 117000}], "'values_clipped': a clipped-values count holds"),
+        ([{**good, "name": "gender"}], "'values_clipped' must count each used field at most once"),
+        ([good, good], "'values_clipped' must count each used field at most once"),
+        ([{**good, "below": records, "above": 1}], "'values_clipped' counts more values than the records used"),
+        ({"income": 3}, "'values_clipped' must be a list of counts"),
+    ):
+        assert (body_type_problem({**body, "values_clipped": bad}) or "").startswith(problem), bad
+
+
+def test_a_card_edited_between_two_runs_of_one_process_is_read_again(tmp_path):
+    """The caches are keyed by the files' paths: a card (or CSV) changed since is read again, not served stale."""
+    import os
+
+    cfg = _clip_data(tmp_path, [1000 * (i % 150) for i in range(300)])
+    first = describe(cfg)
+    assert first.values_clipped["income"].above > 0
+    card = tmp_path / "card.toml"
+    card.write_text(CLIP_CARD.replace("bounds = [0, 100000]", "bounds = [0, 200000]"))
+    stat = card.stat()
+    os.utime(card, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later edit, whatever the clock's grain
+    again = describe(cfg)
+    assert again.values_clipped["income"].above == 0 and again.card_sha256 != first.card_sha256
+    assert load_lender(cfg, 0).manifest["card_sha256"] == again.card_sha256

@@ -39,6 +39,7 @@ MANIFEST_FIELDS = (
     "fields_used",
     "fields_refused",
     "features",
+    "values_clipped",
     "encoding",
     "data_commitment",
     "policy",
@@ -109,6 +110,21 @@ BODY_KEYS = {
         "lifetime_runs",
     },
 }
+
+
+def clip_count(value: object) -> dict:
+    """A manifest's `values_clipped` entry, {"name": column, "below": count, "above": count}; a ValueError when it
+    is anything else (a lender could otherwise sign a row's values where counts are read)."""
+    if (
+        not isinstance(value, dict)
+        or set(value) != {"name", "below", "above"}
+        or not isinstance(value["name"], str)
+        or not all(
+            isinstance(value[k], int) and not isinstance(value[k], bool) and value[k] >= 0 for k in ("below", "above")
+        )
+    ):
+        raise ValueError(f"a clipped-values count holds {value!r}")
+    return value
 
 
 def manifest_body(run: str, lender: int, public_key: str, manifest: Mapping) -> dict:

@@ -39,7 +39,7 @@ from typing import NoReturn, TypeGuard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from federation.audit_trail import ledger as L
-from federation.audit_trail.attest import BODY_KEYS
+from federation.audit_trail.attest import BODY_KEYS, clip_count
 from federation.audit_trail.canonical import arrays_hash, canonical, config_hash
 from federation.audit_trail.derive import NOT_DERIVED, UNVERIFIED_FILES, run_files
 from federation.audit_trail.keys import COORDINATOR, public_from_hex, signer_label, verify_signature
@@ -280,6 +280,25 @@ def body_type_problem(body: dict) -> str | None:
             return "field descriptions and names must be plain strings"
         if not isinstance(body.get("consent_checked"), bool) or not isinstance(body.get("policy"), dict):
             return "'consent_checked' must be true or false and 'policy' an object"
+        return _clip_counts_problem(body)
+    return None
+
+
+def _clip_counts_problem(manifest: dict) -> str | None:
+    """`values_clipped`: one count of each kind per used column at most, of no more values than records used."""
+    counts = manifest.get("values_clipped")
+    if not isinstance(counts, list):
+        return "'values_clipped' must be a list of counts"
+    try:
+        entries = [clip_count(c) for c in counts]
+    except ValueError as exc:
+        return f"'values_clipped': {exc}"
+    used = {f.get("name") for f in manifest.get("fields_used", []) if isinstance(f, dict)}
+    names = [e["name"] for e in entries]
+    if len(set(names)) != len(names) or not set(names) <= used:
+        return "'values_clipped' must count each used field at most once"
+    if any(e["below"] + e["above"] > manifest["records_used"] for e in entries):
+        return "'values_clipped' counts more values than the records used"
     return None
 
 

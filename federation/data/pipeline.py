@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
+import os
+import sys
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from federation.config import RunConfig
 from federation.data import partition as part
 from federation.data import synthetic
 from federation.data.loaders import LOADERS
-from federation.encoding import encode, feature_names
+from federation.encoding import Clipped, encode, encode_counting, feature_names
 from federation.errors import DataError
 from federation.policy import apply_policy, check_card, check_labels, check_schema, label_problem, labels_of
 
@@ -43,6 +46,41 @@ class DataSummary:
     lender_records: list[int]
     features: list[str]
     card_sha256: str = ""
+    # per column scaled by its bounds: the values clipped to them, over `clip_records` consented records (the whole
+    # dataset's, or the lenders' for the synthetic market, which is generated lender by lender), and the warnings
+    values_clipped: dict[str, Clipped] = field(default_factory=dict)
+    clip_records: int = 0
+    warnings: tuple[str, ...] = ()
+
+
+def clip_warnings(card: DatasetCard, clipped: dict[str, Clipped], records: int) -> tuple[str, ...]:
+    """One line per column that lost values to its bounds (a sentinel such as 999999 among them, often), never one
+    per value."""
+    return tuple(
+        f"column '{name}': {clips.total:,} of {records:,} values lay outside the card's bounds "
+        f"[{bounds[0]:g}, {bounds[1]:g}] and were clipped to them ({clips.below:,} below, {clips.above:,} above)"
+        for name, clips in clipped.items()
+        if clips.total and (bounds := card.column(name).bounds)
+    )
+
+
+# The data layer's warnings (values clipped to a card's bounds), one line each on stderr as "warning: ...";
+# a program that wants them elsewhere configures this logger.
+log = logging.getLogger("fedcredit.data")
+
+
+class _Stderr(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (a test's capture, a redirected stream)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+if not log.handlers:
+    _handler = _Stderr()
+    _handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    log.addHandler(_handler)
+    log.propagate = False  # not also through the root handler Opacus installs
 
 
 def _data_key(cfg: RunConfig) -> RunConfig:
@@ -61,6 +99,33 @@ def _data_key(cfg: RunConfig) -> RunConfig:
         seed=cfg.seed,
         dp=False,
     )
+
+
+# The stat of a user's CSV and card when their records were last read, per data configuration: a card edited (or a
+# file replaced) in the same process, between two runs of the Python API or of a sweep, is read again, never served
+# stale from the caches below, which are keyed by the paths alone.
+_STAMPS: dict[RunConfig, tuple] = {}
+
+
+def _stat(path: str) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None  # the loader says the file is not there
+    return info.st_mtime_ns, info.st_size, info.st_ino
+
+
+def _refresh(key: RunConfig) -> None:
+    """Forget what was read from a user's files when either changed since (see _STAMPS)."""
+    if key.dataset != "csv":
+        return
+    stamp = (_stat(key.csv_path), _stat(key.card_path))
+    with _LOADED_LOCK:
+        if _STAMPS.get(key, stamp) != stamp:
+            _raw.cache_clear()
+            _assignment.cache_clear()
+            _LOADED.pop(key, None)
+        _STAMPS[key] = stamp
 
 
 @lru_cache(maxsize=4)
@@ -138,7 +203,9 @@ def load_lender(cfg: RunConfig, lender: int, canaries: tuple[np.ndarray, np.ndar
     gets its own manifest (a copy), and the arrays are shared: read them, never write to them."""
     if not 0 <= lender < cfg.lenders:
         raise DataError(f"lender {lender} does not exist (lenders are 0..{cfg.lenders - 1})")
-    own = _own(_data_key(cfg), lender)
+    key = _data_key(cfg)
+    _refresh(key)
+    own = _own(key, lender)
     x_train, y_train = own.x_train, own.y_train
     if canaries is not None:
         cx, cy = canaries
@@ -172,7 +239,7 @@ def _load_own(key: RunConfig, lender: int, frame: tuple[pd.DataFrame, DatasetCar
     """Lender `lender`'s own records under the data configuration `key` (uncached: see load_lender)."""
     raw, card = frame or _lender_frame(key, lender)
     result = apply_policy(raw, card)
-    x = encode(result.features, card)
+    x, clipped = encode_counting(result.features, card)
     y = result.labels
     train, test = part.train_test_rows(y, key.test_fraction, key.seed + 1000 + lender)
     names = feature_names(card, list(result.features.columns))
@@ -190,6 +257,8 @@ def _load_own(key: RunConfig, lender: int, frame: tuple[pd.DataFrame, DatasetCar
         "fields_used": result.fields_used,
         "fields_refused": result.fields_refused,
         "features": names,
+        # Outside the epsilon, like the record counts: how many of its values each column lost to its bounds.
+        "values_clipped": [{"name": c, "below": n.below, "above": n.above} for c, n in clipped.items()],
         # Secret to the lender: a plain hash of the records would let anyone who guesses them test membership.
         # The lender signs only a keyed commitment to it (clients/home.py).
         "records_digest": _data_hash(result.features, y),
@@ -216,16 +285,26 @@ def load_holdout(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def describe(cfg: RunConfig) -> DataSummary:
-    """Validate the input as a whole (schema, card, policy, values, partition) before a run starts."""
+    """Validate the input as a whole (schema, card, policy, values, partition) before a run starts.
+
+    The values of a dataset read from a file are checked on the whole file first, so that an error names the first
+    bad record of the file and how many there are (not the first of whichever lender's share is loaded first). Each
+    column's values clipped to the card's bounds are counted and logged, one warning line per column."""
     key = _data_key(cfg)
+    _refresh(key)
+    clipped: dict[str, Clipped] = {}
     if key.dataset == "synthetic":
         sizes = synthetic.lender_sizes(key.records, key.lenders, key.seed)
         card = builtin_card("synthetic")
         total = int(sizes.sum())
+        clip_records = 0
     else:
         frame, card = _raw(key)
         check_labels(frame, card)
         total = len(frame)
+        whole = apply_policy(frame, card)
+        clipped = encode_counting(whole.features, card)[1]
+        clip_records = whole.records_used
     counts, features = [], None
     holdout = 0
     natural = key.dataset == "synthetic" and key.partition == "natural"
@@ -240,11 +319,30 @@ def describe(cfg: RunConfig) -> DataSummary:
         data = _own(key, lender, frame)
         counts.append(len(data.y_train))
         features = data.features
+        if key.dataset == "synthetic":  # the lenders' records are all there is to count
+            clip_records += data.manifest["records_used"]
+            for entry in data.manifest["values_clipped"]:
+                was = clipped.get(entry["name"], Clipped(0, 0))
+                clipped[entry["name"]] = Clipped(was.below + entry["below"], was.above + entry["above"])
         # A lender whose records hold one class declines its rounds instead (label-skewed partitions
         # produce such lenders); a lender with no records at all is an error in the input.
         if len(data.y_train) == 0:
             raise DataError(f"lender {lender} cannot train: {label_problem(data.y_train)}")
-    return DataSummary(cfg.dataset, card.name, total, holdout, counts, list(features or []), card_sha256(card))
+    warnings = clip_warnings(card, clipped, clip_records)
+    for line in warnings:
+        log.warning(line)
+    return DataSummary(
+        cfg.dataset,
+        card.name,
+        total,
+        holdout,
+        counts,
+        list(features or []),
+        card_sha256(card),
+        clipped,
+        clip_records,
+        warnings,
+    )
 
 
 def _data_hash(features: pd.DataFrame, labels: np.ndarray) -> str:
