@@ -234,6 +234,10 @@ def test_json_round_trip_is_exact_and_a_malformed_model_is_refused():
     raw["trees"][1]["values"] = raw["trees"][1]["values"][:-1]
     with pytest.raises(ValueError, match="full binary tree"):
         Ensemble.from_dict(raw)
+    with pytest.raises(ValueError, match="n_bins"):
+        Ensemble.from_dict({**model.to_dict(), "n_bins": 1})
+    with pytest.raises(ValueError, match="lacks"):
+        Ensemble.from_dict({k: v for k, v in model.to_dict().items() if k != "trees"})
     with pytest.raises(ValueError, match="not JSON"):
         Ensemble.from_json("{")
     with pytest.raises(ValueError, match="features"):
