@@ -150,6 +150,19 @@ def test_sensitivity_holds_by_brute_force_on_neighbouring_datasets():
             assert shift <= 1.0 + 1e-12
             worst = max(worst, shift)
     assert worst > 0.99  # the bound is tight: sqrt(T (1 + 1/16)) would over-noise
+    # a coordinator's crafted structure: every tree isolates a target record in its own leaf (its bins are known),
+    # and the model drives its logit far from its label: the target still moves the sums by at most sqrt(T)
+    Xb = np.zeros((30, 3), dtype=np.uint8)
+    Xb[0] = 7
+    y = np.zeros(30)
+    y[0] = 1
+    crafted = [Tree(np.array([0, 1, 2]), np.array([6, 6, 6]), np.zeros(4)) for _ in range(4)]
+    logit = np.full(30, -40.0)
+    full, idx = lender_sums(crafted, Xb, y, logit)
+    assert (idx[0] != idx[1:]).all()  # isolated in every tree
+    neighbour, _ = lender_sums(crafted, Xb[1:], y[1:], logit[1:])
+    assert np.linalg.norm(full - neighbour) <= l2_sensitivity(4)
+    assert np.linalg.norm(full - neighbour) == pytest.approx(l2_sensitivity(4), rel=1e-9)
     p = np.linspace(0, 1, 100001)
     assert (p**2 + (p * (1 - p)) ** 2).max() <= 1.0
     assert l2_sensitivity(9) == 3.0
@@ -234,6 +247,10 @@ def test_json_round_trip_is_exact_and_a_malformed_model_is_refused():
     raw["trees"][1]["values"] = raw["trees"][1]["values"][:-1]
     with pytest.raises(ValueError, match="full binary tree"):
         Ensemble.from_dict(raw)
+    with pytest.raises(ValueError, match="n_bins"):
+        Ensemble.from_dict({**model.to_dict(), "n_bins": 1})
+    with pytest.raises(ValueError, match="lacks"):
+        Ensemble.from_dict({k: v for k, v in model.to_dict().items() if k != "trees"})
     with pytest.raises(ValueError, match="not JSON"):
         Ensemble.from_json("{")
     with pytest.raises(ValueError, match="features"):

@@ -8,8 +8,8 @@ privacy: with the structure fixed before the round, a record's only influence on
 through the noised leaf sums, which are accounted (federation/gbdt/accounting.py). A coordinator that chooses
 structures maliciously (say one leaf isolating a value it suspects) gains nothing either: the sensitivity bound
 of the leaf sums holds for every structure, since each record falls in exactly one leaf per tree whatever the
-splits are. "Totally random" trees are what Maddock et al. (CCS 2022) found best at small epsilon, as
-batched boosting spends no budget on split selection (see benchmarks/results/gbdt_tuning.md for ours).
+splits are. Measured against split choices that spend budget (noisy root-gain candidates, noisy-quantile
+thresholds: benchmarks/results/gbdt_tuning.md), totally random trees won on validation data.
 """
 
 from __future__ import annotations

@@ -113,6 +113,8 @@ class Ensemble:
             raise ValueError(f"not a {FORMAT} model")
         try:
             n_features, n_bins = _whole(raw["n_features"], "n_features"), _whole(raw["n_bins"], "n_bins")
+            if not 2 <= n_bins <= 256:
+                raise ValueError(f"the model's n_bins must be between 2 and 256, got {n_bins}")
             base, rate = _real(raw["base_score"], "base_score"), _real(raw["learning_rate"], "learning_rate")
             trees = [_tree(t, i, n_features, n_bins) for i, t in enumerate(raw["trees"])]
         except KeyError as missing:
