@@ -51,6 +51,25 @@ def flower_environment(project_root: Path | None = None) -> None:
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 
+def quiet_flower(level: int = logging.WARNING) -> Callable[[], None]:
+    """Flower's log at `level` and printed once; returns the function that puts it back as it was.
+
+    Flower logs every message exchange at INFO, and Opacus installs a root handler that would print each of those
+    lines a second time: Flower's own handler keeps them, the root logger gets none."""
+    import flwr.common.logger  # noqa: F401  (Flower sets its logger to DEBUG when first imported)
+
+    flwr_logger = logging.getLogger("flwr")
+    before = (flwr_logger.level, flwr_logger.propagate)
+    flwr_logger.setLevel(level)
+    flwr_logger.propagate = False
+
+    def restore() -> None:
+        flwr_logger.setLevel(before[0])
+        flwr_logger.propagate = before[1]
+
+    return restore
+
+
 def validate(cfg: RunConfig):
     """Load every lender's data once, so bad input fails before anything is written or started; then check
     that each privacy unit's delta gives a meaningful guarantee (it depends on the unit's count)."""

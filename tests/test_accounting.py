@@ -139,7 +139,7 @@ def test_no_lender_ever_exceeds_its_budget_in_a_federated_run(tmp_path, lenders,
         assert epsilon(mine, delta) <= budget
         assert dpaccounting.epsilon(mine, delta, "rdp") <= budget * 1.01
         assert privacy["units"][str(lender)]["epsilon"] == pytest.approx(epsilon(mine, delta), rel=1e-9)
-        declined = eps_rows[(eps_rows.lender == str(lender)) & (eps_rows.declined == 1)]
+        declined = eps_rows[(eps_rows.lender == lender) & (eps_rows.declined == 1)]
         assert len(mine) + len(declined) <= rounds
     config = json.loads((folder / "config.json").read_text())
     if config["stopped-early"]:
