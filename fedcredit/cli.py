@@ -16,6 +16,7 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from benchmarks.constants import BENCH_DATASETS
+from benchmarks.constants import METHODS as BENCH_METHODS
 from federation.config import (
     ACCOUNTANTS,
     DATASETS,
@@ -460,7 +461,7 @@ def sweep(
         )
     except FedCreditError as exc:
         _fail(str(exc))
-    console.print(f"wrote {Path(output_dir) / 'frontier.csv'} and {Path(output_dir) / 'frontier.png'}", highlight=False)
+    _paths("wrote:", Path(output_dir) / "frontier.csv", Path(output_dir) / "frontier.png")
 
 
 @app.command()
@@ -612,7 +613,7 @@ def audit(
             f"show that epsilon {claimed:.3f} is too low (more canaries and guesses would be needed)",
             highlight=False,
         )
-    console.print(f"audit.json written to {result['run_folder']}", highlight=False)
+    _paths("wrote:", Path(result["run_folder"]) / "audit.json")
 
 
 @app.command()
@@ -709,7 +710,7 @@ def report(
         _fail(f"{path} is not a fedcredit report ({exc.__class__.__name__})")
     except FedCreditError as exc:
         _fail(str(exc))
-    console.print(f"{'wrote' if missing else 'verified'} {page}", highlight=False)
+    _paths("wrote:" if missing else "verified:", page)
 
 
 lender_app = typer.Typer(no_args_is_help=True, help="A lender's own commands, run on the lender's machine.")
@@ -773,11 +774,8 @@ def lender_init(
     from clients.join import supernode_key
 
     _, node_public = supernode_key(LenderHome(lender_dir))
-    console.print(
-        f"fingerprint {fingerprint(public)}  (send it to the regulator for the key registry: "
-        f"{lender_dir / 'identity.pub'})",
-        highlight=False,
-    )
+    console.print(f"fingerprint {fingerprint(public)}", highlight=False)
+    _paths("send the regulator, for the key registry, your public key:", lender_dir / "identity.pub")
     console.print(f"SuperNode key: {node_public}  (send it to the coordinator)", highlight=False)
 
 
@@ -855,7 +853,7 @@ def coordinator_init(
     console.print(
         f"coordinator at {published['address']} (certificate names: {', '.join(published['names'])})", highlight=False
     )
-    console.print(f"send lenders the CA certificate: {published['ca']}", highlight=False)
+    _paths("send lenders the CA certificate:", published["ca"])
     console.print(
         f"coordinator public key {published['coordinator_public_key']} fingerprint {published['fingerprint']} "
         "(send it to the regulator for the key registry)",
@@ -974,17 +972,23 @@ def registry_build(
     tmp.replace(output)
     for who, fp in checked.fingerprints().items():
         console.print(f"{who}: {fp}", highlight=False)
-    console.print(f"wrote {output}", highlight=False)
+    _paths("wrote:", output)
 
 
 @app.command()
 def bench(
     output_dir: str = typer.Option(..., help="Folder for results.csv, the PNG plots and RESULTS.md (a rerun resumes)."),
     datasets: str = typer.Option(
-        "", help=f"Comma-separated datasets (default: {', '.join(BENCH_DATASETS)}; --quick: synthetic)."
+        "",
+        help=f"Comma-separated datasets (default: {', '.join(BENCH_DATASETS)}; --quick: synthetic).",
+        shell_complete=_complete_list(BENCH_DATASETS),
     ),
     seeds: str = typer.Option("", help="Comma-separated seeds (default 0,1,2; --quick: 0)."),
-    methods: str = typer.Option("", help="Comma-separated from pooled, local, fedavg, fedprox, fedadam (default all)."),
+    methods: str = typer.Option(
+        "",
+        help=f"Comma-separated from {', '.join(BENCH_METHODS)} (default all).",
+        shell_complete=_complete_list(BENCH_METHODS),
+    ),
     epsilons: str = typer.Option("", help="Comma-separated epsilons per lender, inf = no DP (default inf,1,3,8)."),
     partitions: str = typer.Option(
         "",
@@ -1067,7 +1071,14 @@ def bench(
         )
     except (FedCreditError, ValueError) as exc:
         _fail(str(exc))
-    console.print(f"wrote {Path(output_dir) / 'results.csv'}", highlight=False)
+    _paths("wrote:", Path(output_dir) / "results.csv")
+
+
+def _paths(label: str, *paths: str | Path) -> None:
+    """A label, then each path on a line of its own, never folded at the terminal's width (copy it whole)."""
+    console.print(label, highlight=False)
+    for path in paths:
+        console.print(f"  {path}", highlight=False, soft_wrap=True, markup=False)
 
 
 def _quiet_libraries() -> None:
