@@ -282,6 +282,11 @@ def test_lender_level_run_accounts_every_round_at_lender_granularity(tmp_path):
     assert unit["epsilon_rdp"] == pytest.approx(dpaccounting.epsilon(ev, 1e-3, "rdp"), rel=0.01)
     assert unit["epsilon_prv"] == pytest.approx(dpaccounting.epsilon(ev, 1e-3, "pld"), rel=0.01)
     assert unit["epsilon"] <= 8.0
+    # epsilon.csv: the federation's rows, no lender's; they join the global rows of metrics.csv as pandas reads them
+    eps_rows = pd.read_csv(folder / "epsilon.csv")
+    assert set(eps_rows.scope) == {"federation"} and eps_rows.lender.isna().all()
+    merged = pd.read_csv(folder / "metrics.csv").merge(eps_rows, on=["lender", "round"])
+    assert list(merged.scope_x) == ["global"] * 4 and list(merged["round"]) == [1, 2, 3, 4]
     assert calibrate_noise(8.0, 1e-3, 0.5, 4) == pytest.approx(events[0]["noise_multiplier"])
 
 
