@@ -112,3 +112,10 @@ def test_verify_json_keeps_the_exit_codes(json_run, tmp_path):
     assert code == 1 and failed["verified"] is False and "metrics.csv" in failed["where"]
     code, usage = verify(str(tmp_path / "nowhere"))
     assert code == 2 and usage["verified"] is None and "no such run folder" in usage["error"]
+
+
+def test_run_json_that_fails_prints_nothing_on_stdout(tmp_path):
+    result = runner.invoke(cli.app, ["run", "--json", "--epsilon", "-1", "--output-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")], result.stderr
+    assert not (tmp_path / "run").exists()
