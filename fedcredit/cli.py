@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
-import operator
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +13,10 @@ import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
 
 from benchmarks.constants import BENCH_DATASETS
+from benchmarks.constants import METHODS as BENCH_METHODS
 from federation.config import (
     ACCOUNTANTS,
     DATASETS,
@@ -29,7 +29,6 @@ from federation.errors import ConfigError, FedCreditError
 
 # No pretty tracebacks with local variables: an unexpected failure must never print a key that was in scope.
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
@@ -50,9 +49,21 @@ class Listed(click.Choice):
         return value
 
 
+def _complete_list(choices: tuple[str, ...]) -> Callable[[click.Context, click.Parameter, str], list[str]]:
+    """Shell completion of a comma-separated list of `choices`: the next value, after those already typed."""
+
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+        done, _, last = incomplete.rpartition(",")
+        prefix = done + "," if done else ""
+        return [prefix + c for c in choices if c.startswith(last) and c not in done.split(",")]
+
+    return complete
+
+
 def _option(name: str, *flags: str, help: str | None = None, default: Any = None, shared: bool = False) -> Any:
-    """The typer option of RunConfig field `name`: its default, help text and choices come from the field
-    (`help` and `default` where a command means something else by it; `shared`: no default, for an Annotated
+    """The typer option of RunConfig field `name`, named after it (`--name-with-hyphens`: the run config key): its
+    default, help text, choices and help panel come from the field (`help` and `default` where a command means
+    something else by it; `flags` only for a flag pair `--x/--no-x`; `shared`: no default, for an Annotated
     option whose default each command's signature gives)."""
     choices = RunConfig.choices_for(name)
     return typer.Option(
@@ -60,6 +71,7 @@ def _option(name: str, *flags: str, help: str | None = None, default: Any = None
         *flags,
         help=help or RunConfig.help_for(name),
         click_type=Listed(choices) if choices else None,
+        rich_help_panel=RunConfig.group_for(name),
     )
 
 
@@ -71,20 +83,57 @@ PartitionOption = Annotated[str, _option("partition", shared=True)]
 AlphaOption = Annotated[float, _option("alpha", shared=True)]
 RoundsOption = Annotated[int, _option("rounds", shared=True)]
 SettingsOption = Annotated[
-    list[str], typer.Option("--set", help="Any other run option as KEY=VALUE (e.g. --set batch-size=128).")
+    list[str],
+    typer.Option(
+        "--set", help="Any other run option as KEY=VALUE (e.g. --set batch-size=128).", rich_help_panel="Other"
+    ),
 ]
 
-# The `run` options whose value is not the field's own: `--no-dp` turns dp off, `--budget` is parsed into
-# epsilon_overrides. Every other `run` option is named after the RunConfig field it sets.
-RUN_CONVERTED: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "no_dp": ("dp", operator.not_),
-    "budget": ("epsilon_overrides", parse_epsilon_overrides),
-}
-RUN_NOT_FIELDS = ("resume", "settings")  # `run` options that are no RunConfig field
+# The `run` options whose value is not the field's own: epsilon_overrides is parsed from its text ('0:1,3:8').
+# Every `run` option is named after the RunConfig field it sets (tests/test_options.py).
+RUN_CONVERTED: dict[str, Callable[[Any], Any]] = {"epsilon_overrides": parse_epsilon_overrides}
+RUN_NOT_FIELDS = ("resume", "settings", "json_out")  # `run` options that are no RunConfig field
+
+
+def renamed(aliases: dict[str, str]) -> type[TyperCommand]:
+    """A command that still takes the old names of its renamed options, hidden from --help: each is replaced by
+    its new name before parsing, with a note on stderr naming the new one. `aliases`: old flag -> new flag."""
+
+    class WithOldNames(TyperCommand):
+        old_names = aliases
+
+        def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+            words = []
+            for i, word in enumerate(args):
+                if word == "--":  # what follows is no option
+                    words += args[i:]
+                    break
+                flag, sep, value = word.partition("=")
+                if flag in aliases:
+                    err.print(f"note: {flag} is now {aliases[flag]} (the old name will go)", highlight=False)
+                    word = aliases[flag] + sep + value
+                words.append(word)
+            return super().parse_args(ctx, words)
+
+    return WithOldNames
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        from federation import __version__
+
+        typer.echo(f"fedcredit {__version__} (flwr {version('flwr')})")
+        raise typer.Exit()
 
 
 @app.callback()
-def _commands() -> None:
+def _commands(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print fedcredit's and Flower's versions and exit."
+    ),
+) -> None:
     """Privacy-preserving federated credit scoring: lenders train one model, raw data never pooled."""
 
 
@@ -105,11 +154,6 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
     return value
 
 
-def run_field(param: str) -> str:
-    """The RunConfig field a `run` option sets (each sets exactly one)."""
-    return RUN_CONVERTED[param][0] if param in RUN_CONVERTED else param
-
-
 def _run_config(ctx: click.Context) -> RunConfig:
     """The RunConfig of `fedcredit run`'s options: each explicit option sets its field, --set KEY=VALUE any other."""
     values: dict[str, Any] = {}
@@ -118,9 +162,8 @@ def _run_config(ctx: click.Context) -> RunConfig:
         if param.name is None or param.name in RUN_NOT_FIELDS:
             continue
         value = ctx.params[param.name]
-        name = run_field(param.name)
-        values[name] = RUN_CONVERTED[param.name][1](value) if param.name in RUN_CONVERTED else value
-        flags[name] = param.opts[0]
+        values[param.name] = RUN_CONVERTED[param.name](value) if param.name in RUN_CONVERTED else value
+        flags[param.name] = param.opts[0]
     settings = _settings(ctx.params["settings"])
     for key in settings:
         if key.replace("-", "_") in flags:
@@ -129,13 +172,16 @@ def _run_config(ctx: click.Context) -> RunConfig:
     return RunConfig.from_record({**cfg.to_record(), **settings}) if settings else cfg.validated()
 
 
-@app.command()
+RUN_OLD_NAMES = {"--budget": "--epsilon-overrides", "--csv": "--csv-path", "--card": "--card-path"}
+
+
+@app.command(cls=renamed(RUN_OLD_NAMES))
 def run(
     ctx: typer.Context,
     dataset: str = _option("dataset"),
     data_dir: str = _option("data_dir"),
-    csv_path: str = _option("csv_path", "--csv"),
-    card_path: str = _option("card_path", "--card"),
+    csv_path: str = _option("csv_path"),
+    card_path: str = _option("card_path"),
     records: int = _option("records"),
     lenders: int = _option("lenders"),
     lenders_per_round: int = _option("lenders_per_round"),
@@ -146,24 +192,28 @@ def run(
     batch_size: int = _option("batch_size"),
     learning_rate: float = _option("learning_rate"),
     model: str = _option("model"),
+    gbdt_trees_per_round: int = _option("gbdt_trees_per_round"),
+    gbdt_depth: int = _option("gbdt_depth"),
+    gbdt_bins: int = _option("gbdt_bins"),
+    gbdt_learning_rate: float = _option("gbdt_learning_rate"),
+    gbdt_lambda: float = _option("gbdt_lambda"),
+    gbdt_leaf_clip: float = _option("gbdt_leaf_clip"),
     strategy: str = _option("strategy"),
     proximal_mu: float = _option("proximal_mu"),
     trim_fraction: float = _option("trim_fraction"),
     max_update_norm: float = _option("max_update_norm"),
     fail_rate: float = _option("fail_rate"),
+    dp: bool = _option("dp", "--dp/--no-dp"),
     epsilon: float = _option("epsilon"),
-    no_dp: bool = _option("dp", "--no-dp", help="Train without differential privacy.", default=False),
+    epsilon_overrides: str = _option("epsilon_overrides", default=""),
     delta: float = _option("delta"),
     clip_norm: float = _option("clip_norm"),
     accountant: str = _option("accountant"),
     noise_multiplier: float = _option("noise_multiplier"),
     dp_level: str = _option("dp_level"),
     lender_sample_rate: float = _option("lender_sample_rate"),
-    reproducible_noise_not_private: bool = _option(
-        "reproducible_noise_not_private", "--reproducible-noise-not-private"
-    ),
-    secure_aggregation: bool = _option("secure_aggregation", "--secure-aggregation"),
-    budget: str = _option("epsilon_overrides", "--budget", default=""),
+    reproducible_noise_not_private: bool = _option("reproducible_noise_not_private"),
+    secure_aggregation: bool = _option("secure_aggregation"),
     seed: int = _option("seed"),
     output_dir: str = _option("output_dir"),
     keys_dir: str = _option("keys_dir"),
@@ -174,58 +224,62 @@ def run(
             "--set",
             help="A run configuration key without an option of its own, as KEY=VALUE (e.g. --set hidden=64, "
             "--set server-learning-rate=0.05); the keys are those of pyproject.toml's Flower app config.",
+            rich_help_panel="Other",
         ),
     ] = [],
     resume: Path | None = typer.Option(
         None,
         help="Finish the killed run whose folder was RUN_DIR, from its last "
         "checkpoint (its configuration comes from its ledger; other options are ignored).",
+        rich_help_panel="Other",
+    ),
+    json_out: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the run's summary as one JSON object on stdout (run folder, report, final metrics, one row "
+        "per lender); the progress lines go to stderr.",
+        rich_help_panel="Output",
     ),
 ) -> None:
     """Train a shared credit model across lenders with Flower and differential privacy."""
-    if resume is not None:
-        from fedcredit.runner import resume_config
-        from fedcredit.runner import run as run_federation
+    from fedcredit.runner import run as run_federation
+    from server.app import progress_line
 
-        try:
-            cfg = resume_config(resume)
-            _quiet_libraries()
-            console.print(f"fedcredit: resuming {resume}", highlight=False)
-            path = run_federation(cfg, resume=True)
-        except KeyboardInterrupt:
-            _interrupted("the unfinished run is kept, to be resumed again")
-        except FedCreditError as exc:
-            _fail(str(exc))
-        except RuntimeError as exc:
-            cause = exc.__cause__ or exc
-            _fail(str(cause) if isinstance(cause, FedCreditError) else f"run failed: {exc}")
-        _print_summary(path)
-        return
+    human = err if json_out else console  # with --json, stdout holds the JSON object alone
+
+    def on_round(summary) -> None:
+        human.print(progress_line(summary), highlight=False)
+
     try:
-        cfg = _run_config(ctx)
-        from fedcredit.runner import run as run_federation
+        if resume is not None:
+            from fedcredit.runner import resume_config
 
+            cfg = resume_config(resume)
+            human.print(f"fedcredit: resuming {resume}", highlight=False)
+        else:
+            cfg = _run_config(ctx)
+            privacy = (
+                f"DP epsilon {cfg.epsilon:g} per "
+                f"{'lender' if cfg.dp_level == 'record' else 'federation (lender-level)'}"
+                if cfg.dp
+                else "no DP"
+            )
+            human.print(
+                f"fedcredit: {cfg.lenders} lenders, {cfg.dataset} ({cfg.partition}), {cfg.rounds} rounds, "
+                f"{cfg.strategy}, {cfg.model}, {privacy}, engine {cfg.engine}"
+                + (", secure aggregation" if cfg.secure_aggregation else ""),
+                highlight=False,
+            )
         _quiet_libraries()
-        privacy = (
-            f"DP epsilon {cfg.epsilon:g} per {'lender' if cfg.dp_level == 'record' else 'federation (lender-level)'}"
-            if cfg.dp
-            else "no DP"
-        )
-        console.print(
-            f"fedcredit: {cfg.lenders} lenders, {cfg.dataset} ({cfg.partition}), {cfg.rounds} rounds, "
-            f"{cfg.strategy}, {cfg.model}, {privacy}, engine {cfg.engine}"
-            + (", secure aggregation" if cfg.secure_aggregation else ""),
-            highlight=False,
-        )
-        path = run_federation(cfg)
+        path = run_federation(cfg, on_round=on_round, resume=resume is not None)
     except KeyboardInterrupt:  # fedcredit.runner.run has removed the staging folder, the keys and the lenders' folders
-        _interrupted("nothing was written")
+        _interrupted("the unfinished run is kept, to be resumed again" if resume else "nothing was written")
     except FedCreditError as exc:
         _fail(str(exc))
     except RuntimeError as exc:  # Flower wraps errors raised in the ServerApp thread
         cause = exc.__cause__ or exc
         _fail(str(cause) if isinstance(cause, FedCreditError) else f"run failed: {exc}")
-    _print_summary(path)
+    _print_summary(path, json_out)
 
 
 def _floats(text: str, option: str) -> list[float]:
@@ -238,26 +292,32 @@ def _floats(text: str, option: str) -> list[float]:
 
 @app.command()
 def plan(
-    records: int = typer.Option(None, help="Training records per lender (record-level DP)."),
+    records_per_lender: int = typer.Option(None, help="Training records of each lender (record-level DP)."),
     batch_size: int = _option("batch_size", help="Expected batch size (sample rate q = 1/ceil(n/B))."),
     local_epochs: int = _option("local_epochs"),
     rounds: int = _option("rounds"),
-    delta: float = typer.Option(
-        0.0, help="DP delta; 0 means 1/N^1.1, N = records (or lenders at lender level) rounded up to a power of two."
+    delta: float = _option(
+        "delta",
+        help="DP delta; 0 means 1/N^1.1, N = records per lender (or lenders at lender level) rounded up to a "
+        "power of two.",
     ),
-    epsilon: str = typer.Option(
+    epsilons: str = typer.Option(
         "", help="Target epsilons, comma-separated (e.g. 0.5,1,2,4,8): prints the sigma for each."
     ),
-    sigma: str = typer.Option(
+    sigmas: str = typer.Option(
         "", help="Noise multipliers, comma-separated: prints the epsilon each gives (the reverse)."
     ),
-    accountant: str = typer.Option("rdp,prv", help="Accountants to report, comma-separated (rdp, prv)."),
-    calibrate_with: str = typer.Option("rdp", help="Accountant used to calibrate sigma to a target."),
-    dp_level: str = _option("dp_level", help="DP granularity."),
-    lenders: int = typer.Option(None, help="Number of lenders (lender-level DP)."),
-    lender_sample_rate: float = typer.Option(
-        1.0, help="Lender-level DP: probability each lender takes part in a round."
+    accountants: str = typer.Option(
+        "rdp,prv",
+        help=f"Accountants to report, comma-separated ({', '.join(ACCOUNTANTS)}).",
+        shell_complete=_complete_list(ACCOUNTANTS),
     ),
+    calibrate_with: str = typer.Option(
+        "rdp", help="Accountant used to calibrate sigma to a target.", click_type=Listed(ACCOUNTANTS)
+    ),
+    dp_level: str = _option("dp_level", help="DP granularity."),
+    lenders: int = typer.Option(None, help="Number of lenders (lender-level DP).", rich_help_panel="Federation"),
+    lender_sample_rate: float = _option("lender_sample_rate"),
     model: str = _option(
         "model",
         help="The model: logreg and mlp train with DP-SGD (records, batch size, epochs); gbdt releases its leaf "
@@ -273,21 +333,21 @@ def plan(
     _choice(model, MODELS, "model")
     if model == "gbdt" and dp_level != "record":
         _fail("model gbdt protects records (each lender noises its own leaf sums); plan it with dp-level 'record'")
-    accountants = [a.strip() for a in accountant.split(",") if a.strip()]
-    for name in [*accountants, calibrate_with]:
+    accountant_list = [a.strip() for a in accountants.split(",") if a.strip()]
+    for name in [*accountant_list, calibrate_with]:
         _choice(name, ACCOUNTANTS, "accountant")
-    targets, sigmas = _floats(epsilon, "--epsilon"), _floats(sigma, "--sigma")
-    if not targets and not sigmas:
-        _fail("give target epsilons (--epsilon 1,3,8) or noise multipliers (--sigma 0.8,1.2)")
+    targets, sigma_list = _floats(epsilons, "--epsilons"), _floats(sigmas, "--sigmas")
+    if not targets and not sigma_list:
+        _fail("give target epsilons (--epsilons 1,3,8) or noise multipliers (--sigmas 0.8,1.2)")
     for name, value, low in (("batch-size", batch_size, 1), ("local-epochs", local_epochs, 1), ("rounds", rounds, 1)):
         if value < low:
             _fail(f"{name} must be at least {low}, got {value}")
     if not 0 <= delta < 1:
         _fail(f"delta must be in [0, 1), got {delta}")
     if dp_level == "record":
-        if not records or records < 1:
-            _fail("record-level planning needs --records N (training records per lender)")
-        count, who, unit = records, "a lender", "training records"  # the privacy unit is a record
+        if not records_per_lender or records_per_lender < 1:
+            _fail("record-level planning needs --records-per-lender N (training records of each lender)")
+        count, who, unit = records_per_lender, "a lender", "training records"  # the privacy unit is a record
     else:
         if not lenders or lenders < 1:
             _fail("lender-level planning needs --lenders N")
@@ -301,17 +361,17 @@ def plan(
     except FedCreditError as exc:
         _fail(str(exc))
     if model == "gbdt":
-        mech = planner.boosting(records, rounds, delta)
+        mech = planner.boosting(records_per_lender, rounds, delta)
     elif dp_level == "record":
-        mech = planner.record_level(records, batch_size, local_epochs, rounds, delta)
+        mech = planner.record_level(records_per_lender, batch_size, local_epochs, rounds, delta)
     else:
         mech = planner.lender_level(lenders, lender_sample_rate, rounds, delta)
     try:
-        rows = planner.plan(mech, targets, sigmas, accountants, calibrate_with)
+        rows = planner.plan(mech, targets, sigma_list, accountant_list, calibrate_with)
     except ValueError as exc:
         _fail(str(exc))
     if json_out:
-        console.print_json(json.dumps(rows))
+        typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(
         title=f"{dp_level}-level DP{' (gbdt leaf sums)' if model == 'gbdt' else ''}: q={mech.sample_rate:.5g}, {mech.total_steps} steps "
@@ -319,11 +379,11 @@ def plan(
     )
     table.add_column("target epsilon", justify="right")
     table.add_column("noise multiplier", justify="right")
-    for name in accountants:
+    for name in accountant_list:
         table.add_column(f"epsilon ({name})", justify="right")
     for row in rows:
         shown = f"{row['target_epsilon']:g}" if row["target_epsilon"] is not None else "-"
-        table.add_row(shown, f"{row['noise_multiplier']:.4f}", *[f"{row[f'epsilon_{n}']:.4f}" for n in accountants])
+        table.add_row(shown, f"{row['noise_multiplier']:.4f}", *[f"{row[f'epsilon_{n}']:.4f}" for n in accountant_list])
     console.print(table)
 
 
@@ -418,7 +478,7 @@ def sweep(
         )
     except FedCreditError as exc:
         _fail(str(exc))
-    console.print(f"wrote {Path(output_dir) / 'frontier.csv'} and {Path(output_dir) / 'frontier.png'}", highlight=False)
+    _paths("wrote:", Path(output_dir) / "frontier.csv", Path(output_dir) / "frontier.png")
 
 
 @app.command()
@@ -500,7 +560,9 @@ def audit(
     partition: PartitionOption = DEFAULTS.partition,
     rounds: RoundsOption = DEFAULTS.rounds,
     epsilon: float = _option("epsilon", help="Each lender's epsilon budget (the claim under audit)."),
-    no_dp: bool = typer.Option(False, "--no-dp", help="Audit a non-private run (the bound should then exceed 0)."),
+    dp: bool = _option(
+        "dp", "--dp/--no-dp", help="Audit a private run (--no-dp: a non-private one, whose bound should exceed 0)."
+    ),
     lender: int = typer.Option(0, help="The lender whose data receives the canaries."),
     canaries: int = typer.Option(
         0,
@@ -528,7 +590,7 @@ def audit(
                 partition=partition,
                 rounds=rounds,
                 epsilon=epsilon,
-                dp=not no_dp,
+                dp=dp,
                 seed=seed,
                 output_dir=output_dir,
                 engine="inprocess",
@@ -568,7 +630,7 @@ def audit(
             f"show that epsilon {claimed:.3f} is too low (more canaries and guesses would be needed)",
             highlight=False,
         )
-    console.print(f"audit.json written to {result['run_folder']}", highlight=False)
+    _paths("wrote:", Path(result["run_folder"]) / "audit.json")
 
 
 @app.command()
@@ -579,33 +641,43 @@ def verify(
         help="The key registry (the coordinator's and each lender's public "
         "key, from what they published): every signer must be the registered one.",
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_out: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the result as one JSON object on stdout, whatever the outcome (same exit codes); its "
+        "'verified' is true, false (a check failed) or null (bad arguments).",
+    ),
 ) -> None:
     """Check a run folder: exit 0 verified against the registry, 1 a check failed, 2 bad arguments, 3 consistent but
     no registry given (the folder's own keys were trusted)."""
     from federation.audit_trail.verify import EXIT_FAILED, EXIT_USAGE, VerificationFailed, verify_run
 
-    if not run_dir.is_dir():
-        err.print(f"[bold red]error:[/] no such run folder: {run_dir}", highlight=False, soft_wrap=True)
+    def usage_error(message: str) -> NoReturn:
+        if json_out:
+            typer.echo(json.dumps({"verified": None, "exit_code": EXIT_USAGE, "error": message}))
+        else:
+            err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=EXIT_USAGE)
+
+    if not run_dir.is_dir():
+        usage_error(f"no such run folder: {run_dir}")
     try:
         result = verify_run(run_dir, registry)
     except VerificationFailed as exc:
         if json_out:
-            console.print_json(
-                json.dumps({"verified": False, "where": exc.where, "check": exc.check, "message": str(exc)})
-            )
+            failed = {"where": exc.where, "check": exc.check, "message": str(exc)}
+            typer.echo(json.dumps({"verified": False, "exit_code": EXIT_FAILED, **failed}, indent=2))
         else:
             err.print(f"[bold red]verification failed:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=EXIT_FAILED) from None
     except FedCreditError as exc:  # an unreadable registry, a bad argument
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=EXIT_USAGE) from None
+        usage_error(str(exc))
     if json_out:
-        console.print_json(
+        typer.echo(
             json.dumps(
                 {
                     "verified": True,
+                    "exit_code": result.exit_code,
                     "pinned": result.pinned,
                     "entries": result.entries,
                     "lenders": result.lenders,
@@ -614,7 +686,8 @@ def verify(
                     "not_private": result.not_private,
                     "unverified_files": result.unverified,
                     "ledger_head": result.head,
-                }
+                },
+                indent=2,
             )
         )
     else:
@@ -654,7 +727,7 @@ def report(
         _fail(f"{path} is not a fedcredit report ({exc.__class__.__name__})")
     except FedCreditError as exc:
         _fail(str(exc))
-    console.print(f"{'wrote' if missing else 'verified'} {page}", highlight=False)
+    _paths("wrote:" if missing else "verified:", page)
 
 
 lender_app = typer.Typer(no_args_is_help=True, help="A lender's own commands, run on the lender's machine.")
@@ -663,7 +736,7 @@ registry_app = typer.Typer(no_args_is_help=True, help="The key registry: the reg
 app.add_typer(registry_app, name="registry")
 
 
-@lender_app.command("init")
+@lender_app.command("init", cls=renamed({"--csv": "--csv-path", "--card": "--card-path"}))
 def lender_init(
     lender_dir: Path = typer.Option(
         ...,
@@ -674,9 +747,9 @@ def lender_init(
         ..., help="The most epsilon this lender spends, over every run with this folder."
     ),
     dataset: str = _option("dataset", help="The lender's data.", default="csv"),
-    csv: str = typer.Option("", "--csv", help="Its records (with --dataset csv)."),
-    card: str = typer.Option("", "--card", help="Its dataset card (with --dataset csv)."),
-    data_dir: str = typer.Option("", help="Folder of a built-in dataset."),
+    csv_path: str = _option("csv_path", help="Its records (with --dataset csv)."),
+    card_path: str = _option("card_path", help="Its dataset card (with --dataset csv)."),
+    data_dir: str = _option("data_dir", help="Folder of a built-in dataset."),
     delta: float = typer.Option(0.0, help="Its delta; 0: 1/N^1.1 on its own training records."),
     min_noise_multiplier: float = typer.Option(0.3, help="Never train with less noise than this."),
     max_clip_norm: float = typer.Option(
@@ -697,8 +770,8 @@ def lender_init(
     data = {
         "dataset": dataset,
         "data-dir": data_dir,
-        "csv-path": str(Path(csv).resolve()) if csv else "",
-        "card-path": str(Path(card).resolve()) if card else "",
+        "csv-path": str(Path(csv_path).resolve()) if csv_path else "",
+        "card-path": str(Path(card_path).resolve()) if card_path else "",
         "lenders": lender + 1,
         "partition": "iid",
     }
@@ -721,11 +794,8 @@ def lender_init(
     from clients.join import supernode_key
 
     _, node_public = supernode_key(LenderHome(lender_dir))
-    console.print(
-        f"fingerprint {fingerprint(public)}  (send it to the regulator for the key registry: "
-        f"{lender_dir / 'identity.pub'})",
-        highlight=False,
-    )
+    console.print(f"fingerprint {fingerprint(public)}", highlight=False)
+    _paths("send the regulator, for the key registry, your public key:", lender_dir / "identity.pub")
     console.print(f"SuperNode key: {node_public}  (send it to the coordinator)", highlight=False)
 
 
@@ -803,7 +873,7 @@ def coordinator_init(
     console.print(
         f"coordinator at {published['address']} (certificate names: {', '.join(published['names'])})", highlight=False
     )
-    console.print(f"send lenders the CA certificate: {published['ca']}", highlight=False)
+    _paths("send lenders the CA certificate:", published["ca"])
     console.print(
         f"coordinator public key {published['coordinator_public_key']} fingerprint {published['fingerprint']} "
         "(send it to the regulator for the key registry)",
@@ -922,17 +992,23 @@ def registry_build(
     tmp.replace(output)
     for who, fp in checked.fingerprints().items():
         console.print(f"{who}: {fp}", highlight=False)
-    console.print(f"wrote {output}", highlight=False)
+    _paths("wrote:", output)
 
 
 @app.command()
 def bench(
     output_dir: str = typer.Option(..., help="Folder for results.csv, the PNG plots and RESULTS.md (a rerun resumes)."),
     datasets: str = typer.Option(
-        "", help=f"Comma-separated datasets (default: {', '.join(BENCH_DATASETS)}; --quick: synthetic)."
+        "",
+        help=f"Comma-separated datasets (default: {', '.join(BENCH_DATASETS)}; --quick: synthetic).",
+        shell_complete=_complete_list(BENCH_DATASETS),
     ),
     seeds: str = typer.Option("", help="Comma-separated seeds (default 0,1,2; --quick: 0)."),
-    methods: str = typer.Option("", help="Comma-separated from pooled, local, fedavg, fedprox, fedadam (default all)."),
+    methods: str = typer.Option(
+        "",
+        help=f"Comma-separated from {', '.join(BENCH_METHODS)} (default all).",
+        shell_complete=_complete_list(BENCH_METHODS),
+    ),
     epsilons: str = typer.Option("", help="Comma-separated epsilons per lender, inf = no DP (default inf,1,3,8)."),
     partitions: str = typer.Option(
         "",
@@ -1015,81 +1091,33 @@ def bench(
         )
     except (FedCreditError, ValueError) as exc:
         _fail(str(exc))
-    console.print(f"wrote {Path(output_dir) / 'results.csv'}", highlight=False)
+    _paths("wrote:", Path(output_dir) / "results.csv")
+
+
+def _paths(label: str, *paths: str | Path) -> None:
+    """A label, then each path on a line of its own, never folded at the terminal's width (copy it whole)."""
+    console.print(label, highlight=False)
+    for path in paths:
+        console.print(f"  {path}", highlight=False, soft_wrap=True, markup=False)
 
 
 def _quiet_libraries() -> None:
-    # Flower logs every message exchange at INFO, and Opacus installs a root handler that would print
-    # each of those lines twice: the CLI shows its own progress line per round instead.
-    import flwr.common.logger  # noqa: F401  (Flower sets its logger to DEBUG when first imported)
+    """Flower's warnings only, once: the CLI shows its own progress line per round instead of its INFO lines."""
+    from fedcredit.runner import quiet_flower
 
-    flwr_logger = logging.getLogger("flwr")
-    flwr_logger.setLevel(logging.WARNING)
-    flwr_logger.propagate = False
+    quiet_flower()
 
 
-def _print_summary(path: Path) -> None:
-    from federation.runfolder import read_csv_rows
+def _print_summary(path: Path, json_out: bool = False) -> None:
+    """The run's summary: the per-lender table and its paths, or (json_out) one JSON object on stdout and nothing
+    else there."""
+    from federation.run_summary import print_summary, read_summary
 
-    config = json.loads((path / "config.json").read_text())
-    metrics = read_csv_rows(path / "metrics.csv")
-    privacy = json.loads((path / "privacy.json").read_text())
-    units = privacy.get("units", {})
-    last_round = max(int(r["round"]) for r in metrics) if metrics else 0
-    table = Table(title=f"Lenders after round {last_round}")
-    for column in (
-        "lender",
-        "records (train)",
-        "fields refused",
-        "without consent",
-        "AUC",
-        "KS",
-        "epsilon rdp | prv / budget",
-    ):
-        table.add_column(column, justify="right")
-    for manifest_path in sorted((path / "manifests").glob("lender_*.json")):
-        manifest = json.loads(manifest_path.read_text())
-        lender = manifest["lender"]
-        row = next((r for r in metrics if r["round"] == str(last_round) and r["lender"] == str(lender)), {})
-        unit = units.get(str(lender))
-        spent = _spent(unit) if unit else ("lender-level" if units else "no DP")
-        table.add_row(
-            str(lender),
-            str(manifest["train_records"]),
-            str(len(manifest["fields_refused"])),
-            str(manifest["records_without_consent"]),
-            _fmt(row.get("auc")),
-            _fmt(row.get("ks")),
-            spent,
-        )
-    glob = next((r for r in metrics if r["round"] == str(last_round) and r["lender"] == "global"), {})
-    table.add_row("global", "", "", "", _fmt(glob.get("auc")), _fmt(glob.get("ks")), "", style="bold")
-    console.print(table)
-    if "federation" in units:
-        console.print(f"lender-level epsilon spent / budget: {_spent(units['federation'])}", highlight=False)
-    if privacy.get("dp"):
-        sources = sorted({u.get("noise") for u in units.values() if u.get("noise")})
-        console.print(
-            f"budgets enforced with the {privacy['accountant'].upper()} accountant; noise: {'; '.join(sources) or '-'}",
-            highlight=False,
-        )
-    if config.get("stopped-early"):
-        console.print(f"stopped early: {config['stopped-early']}")
-    console.print(f"run folder: {path}", highlight=False)
-    registry = Path(f"{path}-registry.json")
-    check = f"fedcredit verify {path}" + (f" --registry {registry}" if registry.exists() else "")
-    console.print(f"privacy report: {path / 'report.html'}  (check it: {check})", highlight=False)
-
-
-def _spent(unit: dict) -> str:
-    return f"{unit['epsilon_rdp']:.3f} | {unit['epsilon_prv']:.3f} / {unit['budget']:g}"
-
-
-def _fmt(value: str | None) -> str:
-    if value in (None, ""):
-        return "-"
-    v = float(value)
-    return "n/a" if math.isnan(v) else f"{v:.4f}"
+    summary = read_summary(path)
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2, allow_nan=False))
+    else:
+        print_summary(summary, console)
 
 
 # ---- fedcredit card: dataset cards for your own data ---------------------------------------------------------------

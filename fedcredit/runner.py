@@ -51,6 +51,21 @@ def flower_environment(project_root: Path | None = None) -> None:
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 
+def quiet_flower(level: int = logging.WARNING) -> Callable[[], None]:
+    """Flower's log at `level`, each line printed once; returns the function that puts the level back.
+
+    Flower logs every message exchange at INFO, and Opacus installs a root handler that would print each of those
+    lines a second time: Flower's own handler keeps them, the root logger gets none (for good: clients/app.py
+    stops the propagation too, as soon as the ClientApp is imported)."""
+    import flwr.common.logger  # noqa: F401  (Flower sets its logger to DEBUG when first imported)
+
+    flwr_logger = logging.getLogger("flwr")
+    before = flwr_logger.level
+    flwr_logger.setLevel(level)
+    flwr_logger.propagate = False
+    return lambda: flwr_logger.setLevel(before)
+
+
 def validate(cfg: RunConfig):
     """Load every lender's data once, so bad input fails before anything is written or started; then check
     that each privacy unit's delta gives a meaningful guarantee (it depends on the unit's count)."""

@@ -169,6 +169,12 @@ class RunConfig:
         return str(cls.field_of(name).metadata["help"])
 
     @classmethod
+    def group_for(cls, name: str) -> str:
+        """The group of options field `name` belongs to (a panel of `fedcredit run --help`)."""
+        field_name = cls.field_of(name).name
+        return next(group for group, names in OPTION_GROUPS.items() if field_name in names)
+
+    @classmethod
     def choices_for(cls, name: str) -> tuple[str, ...]:
         """The allowed values of a choice field (empty for any other field)."""
         return tuple(cls.field_of(name).metadata["choices"])
@@ -374,6 +380,59 @@ def parse_epsilon_overrides(text: str) -> tuple[tuple[int, float], ...]:
             raise ConfigError(f"lender {lender} is given two budgets ({out[lender]:g} and {eps:g})")
         out[lender] = eps
     return tuple(sorted(out.items()))
+
+
+# Every field in one group: the panels of `fedcredit run --help`, in this order (tests/test_options.py checks that
+# each field is in exactly one).
+OPTION_GROUPS: dict[str, tuple[str, ...]] = {
+    "Data": (
+        "dataset",
+        "data_dir",
+        "csv_path",
+        "card_path",
+        "card_sha256",
+        "records",
+        "holdout_fraction",
+        "test_fraction",
+    ),
+    "Federation": (
+        "lenders",
+        "lenders_per_round",
+        "partition",
+        "alpha",
+        "rounds",
+        "strategy",
+        "proximal_mu",
+        "server_learning_rate",
+        "trim_fraction",
+        "seed",
+        "engine",
+    ),
+    "Model": ("model", "hidden", "local_epochs", "batch_size", "learning_rate"),
+    "Gradient boosting (--model gbdt)": (
+        "gbdt_trees_per_round",
+        "gbdt_depth",
+        "gbdt_bins",
+        "gbdt_learning_rate",
+        "gbdt_lambda",
+        "gbdt_leaf_clip",
+    ),
+    "Privacy": (
+        "dp",
+        "epsilon",
+        "epsilon_overrides",
+        "delta",
+        "clip_norm",
+        "accountant",
+        "noise_multiplier",
+        "dp_level",
+        "lender_sample_rate",
+        "reproducible_noise_not_private",
+    ),
+    "Secure aggregation": ("secure_aggregation",),
+    "Faults": ("max_update_norm", "fail_rate"),
+    "Output": ("output_dir", "keys_dir"),
+}
 
 
 def _finite_positive(value: float) -> bool:

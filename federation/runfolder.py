@@ -15,10 +15,15 @@ import time
 from pathlib import Path
 from typing import Literal
 
-METRICS_COLUMNS = ["round", "lender", "num_examples", "auc", "ks", "gini", "brier", "loss", "train_loss"]
+# Both CSVs key a row by (round, scope, lender): `lender` is always a lender's integer id, empty on the rows that
+# are about no single lender (scope `global`: the weighted mean over lenders; scope `federation`: lender-level DP),
+# so `pandas.merge(metrics, epsilon, on=["lender", "round"])` joins them as read (README, "The run folder").
+LENDER_SCOPE, GLOBAL_SCOPE, FEDERATION_SCOPE = "lender", "global", "federation"
+METRICS_COLUMNS = ["round", "scope", "lender", "num_examples", "auc", "ks", "gini", "brier", "loss"]
 EPSILON_COLUMNS = [
-    "lender",
     "round",
+    "scope",
+    "lender",
     "epsilon",
     "delta",
     "sigma",

@@ -139,7 +139,7 @@ def test_no_lender_ever_exceeds_its_budget_in_a_federated_run(tmp_path, lenders,
         assert epsilon(mine, delta) <= budget
         assert dpaccounting.epsilon(mine, delta, "rdp") <= budget * 1.01
         assert privacy["units"][str(lender)]["epsilon"] == pytest.approx(epsilon(mine, delta), rel=1e-9)
-        declined = eps_rows[(eps_rows.lender == str(lender)) & (eps_rows.declined == 1)]
+        declined = eps_rows[(eps_rows.lender == lender) & (eps_rows.declined == 1)]
         assert len(mine) + len(declined) <= rounds
     config = json.loads((folder / "config.json").read_text())
     if config["stopped-early"]:
@@ -282,6 +282,11 @@ def test_lender_level_run_accounts_every_round_at_lender_granularity(tmp_path):
     assert unit["epsilon_rdp"] == pytest.approx(dpaccounting.epsilon(ev, 1e-3, "rdp"), rel=0.01)
     assert unit["epsilon_prv"] == pytest.approx(dpaccounting.epsilon(ev, 1e-3, "pld"), rel=0.01)
     assert unit["epsilon"] <= 8.0
+    # epsilon.csv: the federation's rows, no lender's; they join the global rows of metrics.csv as pandas reads them
+    eps_rows = pd.read_csv(folder / "epsilon.csv")
+    assert set(eps_rows.scope) == {"federation"} and eps_rows.lender.isna().all()
+    merged = pd.read_csv(folder / "metrics.csv").merge(eps_rows, on=["lender", "round"])
+    assert list(merged.scope_x) == ["global"] * 4 and list(merged["round"]) == [1, 2, 3, 4]
     assert calibrate_noise(8.0, 1e-3, 0.5, 4) == pytest.approx(events[0]["noise_multiplier"])
 
 

@@ -40,9 +40,9 @@ def _csv(tmp_path, text: str, card: str = CARD) -> list[str]:
     return [
         "--dataset",
         "csv",
-        "--csv",
+        "--csv-path",
         str(tmp_path / "data.csv"),
-        "--card",
+        "--card-path",
         str(tmp_path / "card.toml"),
         "--partition",
         "iid",

@@ -114,7 +114,7 @@ def test_a_nan_update_is_rejected_before_aggregation(tmp_path, monkeypatch):
 
 def _final_auc(folder):
     metrics = pd.read_csv(folder / "metrics.csv")
-    return float(metrics[metrics.lender == "global"].auc.iloc[-1])
+    return float(metrics[metrics.scope == "global"].auc.iloc[-1])
 
 
 @pytest.mark.parametrize("strategy", ["fedmedian", "fedtrimmedavg"])

@@ -32,8 +32,10 @@ def test_run_folder_contents(small_run):
     assert config["dataset"] == "synthetic" and config["lenders"] == 3
     metrics = pd.read_csv(small_run / "metrics.csv")
     assert len(metrics) == 3 * (3 + 1)  # rounds x (lenders + global)
-    assert set(metrics.lender.astype(str)) == {"0", "1", "2", "global"}
-    assert metrics[metrics.lender == "global"].auc.iloc[-1] > 0.6  # learned: chance is 0.5
+    assert list(metrics.scope.unique()) == ["lender", "global"]
+    assert sorted(metrics[metrics.scope == "lender"].lender.unique()) == [0, 1, 2]
+    assert metrics[metrics.scope == "global"].lender.isna().all()
+    assert metrics[metrics.scope == "global"].auc.iloc[-1] > 0.6  # learned: chance is 0.5
     manifests = sorted((small_run / "manifests").glob("*.json"))
     assert len(manifests) == 3
     m = json.loads(manifests[0].read_text())
@@ -42,7 +44,8 @@ def test_run_folder_contents(small_run):
 
 def test_epsilon_csv_is_cumulative_accounting_of_all_steps(small_run):
     eps = pd.read_csv(small_run / "epsilon.csv")
-    assert list(eps.columns[:7]) == ["lender", "round", "epsilon", "delta", "sigma", "sample_rate", "steps"]
+    assert list(eps.columns[:8]) == ["round", "scope", "lender", "epsilon", "delta", "sigma", "sample_rate", "steps"]
+    assert set(eps.scope) == {"lender"} and eps.lender.dtype == "int64"
     assert len(eps) == 3 * 3
     for lender, rows in eps.groupby("lender"):
         rows = rows.sort_values("round")
@@ -163,7 +166,7 @@ def test_other_strategies_run(strategy, tmp_path):
         on_round=lambda s: None,
     )
     metrics = pd.read_csv(path / "metrics.csv")
-    assert metrics[metrics.lender == "global"].auc.iloc[-1] > 0.6
+    assert metrics[metrics.scope == "global"].auc.iloc[-1] > 0.6
     assert pd.read_csv(path / "epsilon.csv").empty  # no DP, no privacy events
 
 

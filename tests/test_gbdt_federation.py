@@ -61,7 +61,7 @@ def dp_run(tmp_path_factory):
     """`fedcredit run --model gbdt` on the command line: DP, each lender's own noise."""
     folder = tmp_path_factory.mktemp("gbdt") / "run"
     options = ["--model", "gbdt", "--records", "3000", "--lenders", "3", "--rounds", "3", "--epsilon", "3"]
-    options += ["--set", "gbdt-trees-per-round=2", "--set", "gbdt-depth=3", "--set", "gbdt-bins=16"]
+    options += ["--gbdt-trees-per-round", "2", "--gbdt-depth", "3", "--gbdt-bins", "16"]
     result = CliRunner().invoke(app, ["run", *options, "--output-dir", str(folder)])
     assert result.exit_code == 0, result.output
     return folder
@@ -314,7 +314,7 @@ def test_plan_model_gbdt_gives_the_noise_a_lender_of_the_run_calibrated(dp_run):
 
     unit = json.loads((dp_run / "privacy.json").read_text())["units"]["0"]
     records = json.loads((dp_run / "manifests" / "lender_000.json").read_text())["train_records"]
-    options = ["--records", str(records), "--rounds", "3", "--delta", repr(unit["delta"]), "--epsilon", "3"]
+    options = ["--records-per-lender", str(records), "--rounds", "3", "--delta", repr(unit["delta"]), "--epsilons", "3"]
     result = CliRunner().invoke(app, ["plan", "--model", "gbdt", *options, "--json"])
     assert result.exit_code == 0, result.output
     [row] = json.loads(result.output)

@@ -150,14 +150,14 @@ def test_an_epsilon_beyond_the_accountants_is_refused_before_anything_runs(tmp_p
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["--records", "40", "--epsilon", "1"], "a lender has 40 training records"),
+        (["--records-per-lender", "40", "--epsilons", "1"], "a lender has 40 training records"),
         (
-            ["--records", "1000", "--delta", "0.01", "--epsilon", "1"],
+            ["--records-per-lender", "1000", "--delta", "0.01", "--epsilons", "1"],
             "above 1/n for a lender (n = 1000 training records)",
         ),
-        (["--records", "1000", "--epsilon", "1,1e9"], "target epsilon 1e+09 is above 50"),
+        (["--records-per-lender", "1000", "--epsilons", "1,1e9"], "target epsilon 1e+09 is above 50"),
         (
-            ["--dp-level", "lender", "--lenders", "5", "--epsilon", "1"],
+            ["--dp-level", "lender", "--lenders", "5", "--epsilons", "1"],
             "the federation (lender-level DP) has 5 lenders",
         ),
     ],
@@ -177,11 +177,11 @@ def test_plan_accepts_a_lender_level_delta_set_by_hand():
             "5",
             "--delta",
             "1e-3",
-            "--epsilon",
+            "--epsilons",
             "1",
             "--rounds",
             "2",
-            "--accountant",
+            "--accountants",
             "rdp",
             "--json",
         ],

@@ -45,7 +45,19 @@ def test_lender_level_plan_counts_one_step_per_round():
 def test_plan_command_prints_a_table_over_several_targets():
     result = runner.invoke(
         app,
-        ["plan", "--records", "2400", "--rounds", "10", "--epsilon", "1,3,8", "--sigma", "1.0", "--accountant", "rdp"],
+        [
+            "plan",
+            "--records-per-lender",
+            "2400",
+            "--rounds",
+            "10",
+            "--epsilons",
+            "1,3,8",
+            "--sigmas",
+            "1.0",
+            "--accountants",
+            "rdp",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "noise multiplier" in result.output and "epsilon (rdp)" in result.output
@@ -53,7 +65,9 @@ def test_plan_command_prints_a_table_over_several_targets():
 
 
 def test_plan_command_json_rows():
-    result = runner.invoke(app, ["plan", "--records", "1000", "--epsilon", "2", "--accountant", "rdp", "--json"])
+    result = runner.invoke(
+        app, ["plan", "--records-per-lender", "1000", "--epsilons", "2", "--accountants", "rdp", "--json"]
+    )
     assert result.exit_code == 0, result.output
     [row] = json.loads(result.output)
     assert row["given"] == "target" and row["epsilon_rdp"] <= 2.0
@@ -62,12 +76,12 @@ def test_plan_command_json_rows():
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--records", "1000"], "give target epsilons"),
-        (["--epsilon", "1"], "needs --records"),
-        (["--records", "1000", "--epsilon", "one"], "comma-separated numbers"),
-        (["--records", "1000", "--epsilon", "1", "--accountant", "moments"], "unknown accountant"),
-        (["--dp-level", "lender", "--epsilon", "1"], "needs --lenders"),
-        (["--records", "1000", "--sigma", "-1"], "must be positive"),
+        (["--records-per-lender", "1000"], "give target epsilons"),
+        (["--epsilons", "1"], "needs --records-per-lender"),
+        (["--records-per-lender", "1000", "--epsilons", "one"], "comma-separated numbers"),
+        (["--records-per-lender", "1000", "--epsilons", "1", "--accountants", "moments"], "unknown accountant"),
+        (["--dp-level", "lender", "--epsilons", "1"], "needs --lenders"),
+        (["--records-per-lender", "1000", "--sigmas", "-1"], "must be positive"),
     ],
 )
 def test_plan_bad_input_is_a_clear_error(args, message):

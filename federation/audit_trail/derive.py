@@ -21,7 +21,14 @@ from federation.audit_trail.keys import COORDINATOR, lender_name
 from federation.audit_trail.run_view import RunView, weighted_mean
 from federation.config import RunConfig
 from federation.metrics import METRICS
-from federation.runfolder import EPSILON_COLUMNS, METRICS_COLUMNS, csv_text
+from federation.runfolder import (
+    EPSILON_COLUMNS,
+    FEDERATION_SCOPE,
+    GLOBAL_SCOPE,
+    LENDER_SCOPE,
+    METRICS_COLUMNS,
+    csv_text,
+)
 
 # Files a run folder may hold besides these: written after the run by another command, covered by nothing here
 # (the report lists them as derived and unverified).
@@ -90,6 +97,7 @@ def metrics_rows(view: RunView) -> list[dict]:
         rows += [
             {
                 "round": attempt.round,
+                "scope": LENDER_SCOPE,
                 "lender": b["lender"],
                 "num_examples": b["num_examples"],
                 **{k: _cell(b.get(k)) for k in METRICS},
@@ -100,7 +108,8 @@ def metrics_rows(view: RunView) -> list[dict]:
         rows.append(
             {
                 "round": attempt.round,
-                "lender": "global",
+                "scope": GLOBAL_SCOPE,
+                "lender": "",
                 "num_examples": sum(weights),
                 **{k: _cell(weighted_mean([b.get(k) for b in per_lender], weights)) for k in METRICS},
             }
@@ -118,8 +127,9 @@ def epsilon_rows(view: RunView, cfg: RunConfig) -> list[dict]:
             event = agg.get("noise_event") or {}
             rows.append(
                 {
-                    "lender": "federation",
                     "round": attempt.round,
+                    "scope": FEDERATION_SCOPE,
+                    "lender": "",
                     "epsilon": agg.get("epsilon"),
                     "delta": agg.get("delta"),
                     "sigma": event.get("noise_multiplier"),
@@ -140,8 +150,9 @@ def epsilon_rows(view: RunView, cfg: RunConfig) -> list[dict]:
             event = (body.get("events") or [{}])[0] if not declined else {}
             rows.append(
                 {
-                    "lender": body["lender"],
                     "round": attempt.round,
+                    "scope": LENDER_SCOPE,
+                    "lender": body["lender"],
                     "epsilon": body.get("epsilon_spent") if declined else body.get("epsilon"),
                     "delta": body.get("delta"),
                     "sigma": event.get("noise_multiplier", ""),
@@ -180,7 +191,7 @@ def round_summaries(view: RunView) -> list[dict]:
         agg = attempt.aggregate or {}
         if agg.get("epsilon") is not None:
             eps.append(agg["epsilon"])
-        glob = next((r for r in metrics if r["round"] == attempt.round and r["lender"] == "global"), {})
+        glob = next((r for r in metrics if r["round"] == attempt.round and r["scope"] == GLOBAL_SCOPE), {})
         finished = attempt.finished
         if finished is None:  # cannot happen: complete_rounds() holds finished rounds only
             raise ValueError(f"round {attempt.round} is not finished")
