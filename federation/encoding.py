@@ -8,13 +8,16 @@ error unless the card asks for an indicator (numeric) or the all-zero "unknown" 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
-from federation.card import Column, DatasetCard
+from federation.card import Column, DatasetCard, card_data
 from federation.errors import DataError
+
+SCHEME = "public bounds and categories from the dataset card (no pooled statistics)"
 
 _TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "identity": lambda x: x,
@@ -25,6 +28,22 @@ _TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 def feature_names(card: DatasetCard, columns: list[str]) -> list[str]:
     return [name for c in columns for name in card.column(c).feature_names()]
+
+
+def encoding_text(card: DatasetCard) -> str:
+    """How a lender encodes its records, as the JSON text its signed manifest carries: the scheme and the card as
+    data (federation.card.card_data). The run's model.json is derived from it, so that the model can score a new
+    applicant exactly as the lenders encoded their borrowers (federation/scoring.py)."""
+    return json.dumps({"scheme": SCHEME, "card": card_data(card)}, sort_keys=True, default=str)
+
+
+def encoding_of(text: str) -> str:
+    """`text` when it is an encoding_text (a JSON object of the scheme and the card's columns); a ValueError
+    otherwise. The coordinator's message inspector and the verifier both ask, so model.json can always be derived."""
+    value = json.loads(text)
+    if not isinstance(value, dict) or set(value) != {"scheme", "card"} or not isinstance(value["card"], dict):
+        raise ValueError("the encoding is not an object of the scheme and the card")
+    return text
 
 
 def encode(features: pd.DataFrame, card: DatasetCard) -> np.ndarray:

@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Message, Met
 
 from federation.audit_trail.attest import BODY_KEYS
 from federation.config import RunConfig
+from federation.encoding import encoding_of
 
 ARRAYS = "arrays"
 METRICS = "metrics"
@@ -77,6 +78,7 @@ MANIFEST_SCALARS = {
     "policy": str,
 }
 MAX_POLICY = 4_000  # characters: the lender's limits as JSON, never data
+MAX_ENCODING = 200_000  # characters: the card as data (column names, bounds, categories), never records
 MANIFEST_LISTS = ("fields-used", "fields-refused", "features")
 MAX_MANIFEST_LIST = 10_000  # column names, never records
 
@@ -186,7 +188,7 @@ def manifest_from_record(record: ConfigRecord) -> dict:
         "fields_refused": [field(s, {"name", "category", "reason"}) for s in config_strs(record, "fields-refused")],
         "features": config_strs(record, "features"),
         "data_commitment": config_str(record, "data-commitment"),
-        "encoding": config_str(record, "encoding"),
+        "encoding": encoding_of(config_str(record, "encoding")),
         "policy": json.loads(config_str(record, "policy")),
     }
 
@@ -278,6 +280,8 @@ def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] |
             raise ReplyRejected(f"{where}: manifest lacks '{sorted(missing)[0]}'")
         if len(config_str(record, "policy")) > MAX_POLICY:
             raise ReplyRejected(f"{where}: the manifest's policy is longer than {MAX_POLICY} characters")
+        if len(config_str(record, "encoding")) > MAX_ENCODING:
+            raise ReplyRejected(f"{where}: the manifest's encoding is longer than {MAX_ENCODING} characters")
         try:
             manifest = manifest_from_record(record)
         except (ValueError, TypeError) as exc:
