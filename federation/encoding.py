@@ -37,15 +37,6 @@ def encoding_text(card: DatasetCard) -> str:
     return json.dumps({"scheme": SCHEME, "card": card_data(card)}, sort_keys=True, default=str)
 
 
-def encoding_of(text: str) -> str:
-    """`text` when it is an encoding_text (a JSON object of the scheme and the card's columns); a ValueError
-    otherwise. The coordinator's message inspector and the verifier both ask, so model.json can always be derived."""
-    value = json.loads(text)
-    if not isinstance(value, dict) or set(value) != {"scheme", "card"} or not isinstance(value["card"], dict):
-        raise ValueError("the encoding is not an object of the scheme and the card")
-    return text
-
-
 def encode(features: pd.DataFrame, card: DatasetCard) -> np.ndarray:
     """Encode the credit columns of `features` (in order) into a float32 matrix."""
     blocks = [_encode_column(features[name], card.column(name)) for name in features.columns]

@@ -14,9 +14,8 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Message, MetricRecord, RecordDict
 
-from federation.audit_trail.attest import BODY_KEYS
+from federation.audit_trail.attest import BODY_KEYS, encoding_of
 from federation.config import RunConfig
-from federation.encoding import encoding_of
 
 ARRAYS = "arrays"
 METRICS = "metrics"

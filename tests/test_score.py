@@ -21,12 +21,13 @@ from typer.testing import CliRunner
 
 from fedcredit.cli import app
 from fedcredit.runner import run
+from federation.audit_trail.attest import encoding_of
 from federation.audit_trail.verify import VerificationFailed, verify_run
 from federation.card import CARDS_DIR, builtin_card, card_data, card_from_data
 from federation.config import RunConfig
 from federation.data import load_lender
 from federation.data.pipeline import _data_key, _lender_frame
-from federation.encoding import encode, encoding_of, encoding_text
+from federation.encoding import encode, encoding_text
 from federation.model import Scorecard, build_model, predict_proba
 from federation.policy import apply_policy
 from federation.scoring import CONTINUOUS_BINS, load_model, score_frame
@@ -281,6 +282,15 @@ def test_a_card_as_data_reads_back_as_the_same_card(name):
     text = encoding_text(card)
     assert encoding_of(text) == text
     assert card_from_data(json.loads(text)["card"], name).columns == card.columns
+
+
+@pytest.mark.parametrize(
+    "text", ["public bounds and categories", "[]", '{"scheme": "x"}', '{"scheme": "x", "card": 1}']
+)
+def test_a_manifest_encoding_that_is_not_the_card_as_data_is_refused(text):
+    # the coordinator's inspector and the verifier ask encoding_of, so model.json can always be derived
+    with pytest.raises(ValueError):
+        encoding_of(text)
 
 
 def test_a_model_kind_without_a_scorer_is_one_line(logreg, tmp_path):

@@ -40,14 +40,13 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from federation.audit_trail import ledger as L
-from federation.audit_trail.attest import BODY_KEYS
+from federation.audit_trail.attest import BODY_KEYS, encoding_of
 from federation.audit_trail.canonical import arrays_hash, canonical, config_hash
 from federation.audit_trail.derive import NOT_DERIVED, UNVERIFIED_FILES, run_files
 from federation.audit_trail.keys import COORDINATOR, public_from_hex, signer_label, verify_signature
 from federation.audit_trail.report import build_report, render_html, report_bytes, signed_part
 from federation.audit_trail.run_view import RunView, evaluators, global_scores, stop_reason
 from federation.config import RunConfig
-from federation.encoding import encoding_of
 from federation.errors import FedCreditError
 from federation.lender_policy import effective_delta
 from federation.policy import used_field_violation
