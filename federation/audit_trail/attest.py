@@ -113,8 +113,9 @@ BODY_KEYS = {
 
 
 def encoding_of(text: str) -> str:
-    """`text` when it is a federation.encoding.encoding_text (a JSON object of the scheme and the card's columns); a ValueError
-    otherwise. The coordinator's message inspector and the verifier both ask, so model.json can always be derived."""
+    """`text` when it is a federation.encoding.encoding_text (a JSON object of the scheme and the card's columns), a
+    ValueError otherwise. The coordinator's message inspector and the verifier both ask, so that model.json can
+    always be derived from a manifest that passed."""
     try:
         value = json.loads(text)
     except RecursionError:  # "[[[[..." from a hostile lender: a ValueError like any other malformed text
