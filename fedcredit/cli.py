@@ -1161,6 +1161,68 @@ def card_init(
     )
 
 
+# ---- score: new applicants with a finished run's model (federation/scoring.py) ------------------------------------
+
+
+@app.command()
+def score(
+    run_dir: Path = typer.Argument(..., help="The finished run folder: its model.json scores."),
+    csv_path: Path | None = typer.Option(None, "--csv", help="The applicants: a CSV with the card's credit columns."),
+    out: Path = typer.Option(Path("scores.csv"), "--out", help="Where the scores go (id, probability, points)."),
+    points_table: Path | None = typer.Option(
+        None, "--points-table", help="Also write the logistic scorecard's points per feature bin to this CSV."
+    ),
+    clip: bool = typer.Option(
+        False, "--clip", help="Clip values outside the card's public bounds, as training does (default: refuse them)."
+    ),
+    registry: Path | None = typer.Option(
+        None, help="Verify the run folder against this key registry before scoring (model.json included)."
+    ),
+) -> None:
+    """Score new applicants: the run's card, policy and encoding, then the probability of default and the
+    scorecard points of each consenting applicant. Nothing is written unless everything is."""
+    from federation import scoring
+    from federation.audit_trail.verify import VerificationFailed, verify_run
+    from federation.runfolder import write_atomically
+
+    if csv_path is None and points_table is None:
+        _fail("nothing to do: give --csv APPLICANTS.csv, --points-table OUT.csv, or both")
+    outputs: dict[Path, str] = {}
+    try:
+        if registry is not None:
+            verify_run(run_dir, registry)
+        model = scoring.load_model(run_dir)
+        if points_table is not None:
+            outputs[points_table] = scoring.points_csv(model)
+        scores = None
+        if csv_path is not None:
+            scores = scoring.score_frame(model, scoring.read_applicants(csv_path), clip=clip)
+            outputs[out] = scoring.scores_csv(scores)
+        for path in outputs:
+            if path.resolve().is_relative_to(run_dir.resolve()):
+                _fail(f"{path} is inside the run folder, which holds only the run's own files; write it elsewhere")
+            if not path.parent.is_dir():
+                _fail(f"folder {path.parent} does not exist (for {path})")
+    except VerificationFailed as exc:
+        _fail(f"the run folder does not verify, so it scores nothing: {exc}")
+    except FedCreditError as exc:
+        _fail(str(exc))
+    for path, text in outputs.items():
+        write_atomically(path, text)
+    if scores is not None:
+        if scores.dropped:
+            names = ", ".join(f"{d['name']} ({d['category']})" for d in scores.dropped)
+            console.print(f"dropped (the card refuses them, as in training): {names}", highlight=False, soft_wrap=True)
+        if scores.without_consent:
+            console.print(
+                f"not scored: {scores.without_consent} applicant(s) without consent", highlight=False, soft_wrap=True
+            )
+        console.print(f"scored {len(scores.ids)} applicant(s) with the {model.kind} model of card '{model.card.name}'")
+        console.print(f"scores: {out}", highlight=False)
+    if points_table is not None:
+        console.print(f"points table: {points_table}", highlight=False)
+
+
 def main() -> None:
     from federation.training import set_torch_threads
 

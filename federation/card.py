@@ -318,3 +318,46 @@ def _parse_column(where: str, name: str, spec: dict) -> Column:
         bins=tuple(float(b) for b in bins),
         missing=missing,
     )
+
+
+def card_data(card: DatasetCard) -> dict:
+    """The card as plain data (JSON), its columns in the card's order: what a model needs to encode a record the
+    way its lenders did (the encodings and public bounds of the credit columns, the roles, the refused columns).
+    `card_from_data` reads it back through the same checks as a card file."""
+    columns = []
+    for col in card.columns:
+        spec: dict[str, Any] = {"name": col.name, "category": col.category}
+        if col.category == "label":
+            spec["positive"] = col.positive
+        elif col.category == "consent":
+            spec["consented"] = list(col.consented)
+        elif col.category in CREDIT_CATEGORIES:
+            spec["type"] = col.type
+            spec["missing"] = col.missing
+            if col.type == "categorical":
+                spec["categories"] = list(col.categories)
+            else:
+                spec["bounds"] = list(col.bounds or ())
+                spec["transform"] = col.transform
+                if col.affine is not None:
+                    spec["affine"] = list(col.affine)
+                if col.bins:
+                    spec["bins"] = list(col.bins)
+        if col.reason:
+            spec["reason"] = col.reason
+        if col.override:
+            spec["override"] = col.override
+        columns.append(spec)
+    return {"name": card.name, "columns": columns}
+
+
+def card_from_data(data: object, where: str) -> DatasetCard:
+    """A card written by `card_data` (a list of columns, so that their order, which is the feature order, is kept)."""
+    if not isinstance(data, dict) or not isinstance(data.get("columns"), list):
+        raise CardError(f"{where}: the card must be an object with a list of columns")
+    columns: dict[str, dict] = {}
+    for spec in data["columns"]:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or spec["name"] in columns:
+            raise CardError(f"{where}: each column of the card needs a name of its own")
+        columns[spec["name"]] = {k: v for k, v in spec.items() if k != "name"}
+    return parse_card({"name": data.get("name", ""), "columns": columns}, source_path=where)

@@ -16,14 +16,17 @@ dataset (a lender's subset keeps the positions of the file), and how many record
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from federation.card import Column, DatasetCard
+from federation.card import Column, DatasetCard, card_data
 from federation.errors import DataError
+
+SCHEME = "public bounds and categories from the dataset card (no pooled statistics)"
 
 _TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "identity": lambda x: x,
@@ -45,6 +48,13 @@ class Clipped(NamedTuple):
     @property
     def total(self) -> int:
         return self.below + self.above
+
+
+def encoding_text(card: DatasetCard) -> str:
+    """How a lender encodes its records, as the JSON text its signed manifest carries: the scheme and the card as
+    data (federation.card.card_data). The run's model.json is derived from it, so that the model can score a new
+    applicant exactly as the lenders encoded their borrowers (federation/scoring.py)."""
+    return json.dumps({"scheme": SCHEME, "card": card_data(card)}, sort_keys=True, default=str)
 
 
 def encode(features: pd.DataFrame, card: DatasetCard) -> np.ndarray:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Message, MetricRecord, RecordDict
 
-from federation.audit_trail.attest import BODY_KEYS, clip_count
+from federation.audit_trail.attest import BODY_KEYS, clip_count, encoding_of
 from federation.config import RunConfig
 
 ARRAYS = "arrays"
@@ -77,6 +77,7 @@ MANIFEST_SCALARS = {
     "policy": str,
 }
 MAX_POLICY = 4_000  # characters: the lender's limits as JSON, never data
+MAX_ENCODING = 200_000  # characters: the card as data (column names, bounds, categories), never records
 MANIFEST_LISTS = ("fields-used", "fields-refused", "features", "values-clipped")
 MAX_MANIFEST_LIST = 10_000  # column names, never records
 
@@ -188,7 +189,7 @@ def manifest_from_record(record: ConfigRecord) -> dict:
         "features": config_strs(record, "features"),
         "values_clipped": [clip_count(json.loads(s)) for s in config_strs(record, "values-clipped")],
         "data_commitment": config_str(record, "data-commitment"),
-        "encoding": config_str(record, "encoding"),
+        "encoding": encoding_of(config_str(record, "encoding")),
         "policy": json.loads(config_str(record, "policy")),
     }
 
@@ -280,6 +281,8 @@ def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] |
             raise ReplyRejected(f"{where}: manifest lacks '{sorted(missing)[0]}'")
         if len(config_str(record, "policy")) > MAX_POLICY:
             raise ReplyRejected(f"{where}: the manifest's policy is longer than {MAX_POLICY} characters")
+        if len(config_str(record, "encoding")) > MAX_ENCODING:
+            raise ReplyRejected(f"{where}: the manifest's encoding is longer than {MAX_ENCODING} characters")
         try:
             manifest = manifest_from_record(record)
         except (ValueError, TypeError) as exc:

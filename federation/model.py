@@ -3,6 +3,7 @@ scorecard scaling."""
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -13,6 +14,9 @@ from torch import nn
 
 if TYPE_CHECKING:
     from federation.config import RunConfig
+
+# What a run folder's model.json is (federation/audit_trail/derive.py writes it, federation/scoring.py reads it).
+MODEL_FORMAT = "fedcredit-model/1"
 
 
 class LogisticRegression(nn.Module):
@@ -74,8 +78,12 @@ def array_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    """Probability of default, computed in float64 on a copy of the model: in float32 a record's probability moved
+    by ~1e-7 with the batch it was computed in (the matrix product's blocking), so one applicant scored alone did
+    not get the number the lenders' evaluation computed; in float64 the two agree to ~1e-15."""
     model.eval()
-    return torch.sigmoid(model(torch.as_tensor(x, dtype=torch.float32))).numpy().astype(np.float64)
+    double = copy.deepcopy(model).double()
+    return torch.sigmoid(double(torch.as_tensor(x, dtype=torch.float64))).numpy()
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,8 @@ def collect_manifests(grid: Grid, cfg: RunConfig, nodes: list[int]) -> Enrolment
     lenders = sorted(lender for lender, _, _ in out.values())
     if lenders != list(range(cfg.lenders)):
         raise RunFailed(f"lenders reported ids {lenders}; expected 0..{cfg.lenders - 1}")
-    for what in ("features", "card_sha256"):
+    described = {"features": "encoded feature list", "card_sha256": "dataset card", "encoding": "encoding"}
+    for what, words in described.items():  # one model needs one encoding (the verifier checks it again)
         if len({str(m[what]) for _, m, _ in out.values()}) != 1:
-            raise RunFailed(
-                f"lenders disagree on their {'encoded feature list' if what == 'features' else 'dataset card'}; "
-                "they must use the same dataset card"
-            )
+            raise RunFailed(f"lenders disagree on their {words}; they must use the same dataset card")
     return out

@@ -74,7 +74,7 @@ def write_outputs(
     torch.save(model.state_dict(), folder.path("model.pt"))
     view = RunView(keeper.entries())
     finish = _summary(folder, record, view, strategy)
-    files = run_files(view, finish)
+    files = run_files(view, finish, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
     for name, data in files.items():
         folder.path(name).write_bytes(data)
     finish["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}

@@ -9,6 +9,7 @@ keeps the count.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -125,6 +126,19 @@ def clip_count(value: object) -> dict:
     ):
         raise ValueError(f"a clipped-values count holds {value!r}")
     return value
+
+
+def encoding_of(text: str) -> str:
+    """`text` when it is a federation.encoding.encoding_text (a JSON object of the scheme and the card's columns), a
+    ValueError otherwise. The coordinator's message inspector and the verifier both ask, so that model.json can
+    always be derived from a manifest that passed."""
+    try:
+        value = json.loads(text)
+    except RecursionError:  # "[[[[..." from a hostile lender: a ValueError like any other malformed text
+        raise ValueError("the encoding is nested too deeply") from None
+    if not isinstance(value, dict) or set(value) != {"scheme", "card"} or not isinstance(value["card"], dict):
+        raise ValueError("the encoding is not an object of the scheme and the card")
+    return text
 
 
 def manifest_body(run: str, lender: int, public_key: str, manifest: Mapping) -> dict:

@@ -4,7 +4,9 @@ The coordinator writes the run folder with these functions, and the verifier cal
 compares the files byte for byte: a coordinator cannot write a config.json, metrics.csv, epsilon.csv,
 privacy_events.jsonl, privacy.json, manifest, model.json, rounds.jsonl or public key that says anything the
 signed ledger does not. (model.pt is not derived: its SHA-256 is in the signed `run_finished` entry; report.json
-is bound to the ledger head and report.html is rendered from it; see report.py.)
+is bound to the ledger head and report.html is rendered from it; see report.py.) model.json is derived from the
+ledger and the final model's arrays (the ones model.pt holds, whose hash the ledger names): everything scoring a new
+applicant needs (federation/scoring.py).
 
 `finish` is the body of the run_finished entry without its `files` (the hashes of these very files).
 """
@@ -12,7 +14,11 @@ is bound to the ledger head and report.html is rendered from it; see report.py.)
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from federation import __version__
 from federation.audit_trail import ledger as L
@@ -21,6 +27,7 @@ from federation.audit_trail.keys import COORDINATOR, lender_name
 from federation.audit_trail.run_view import RunView, weighted_mean
 from federation.config import RunConfig
 from federation.metrics import METRICS
+from federation.model import MODEL_FORMAT, Scorecard
 from federation.runfolder import (
     EPSILON_COLUMNS,
     FEDERATION_SCOPE,
@@ -40,25 +47,19 @@ def json_text(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
-def _model_description(view: RunView, cfg: RunConfig) -> dict:
-    """The model: its kind and features; for gbdt the whole ensemble, rebuilt from the ledger."""
-    described = {
-        "model": cfg.model,
-        "hidden": cfg.hidden,
-        "features": view.manifests[0]["features"] if 0 in view.manifests else [],
-    }
-    if cfg.model == "gbdt":
-        from federation.audit_trail.gbdt_ledger import LedgerModelMismatch, rederived_ensemble
+def _gbdt_ensemble(view: RunView, cfg: RunConfig) -> dict | None:
+    """A gbdt run's whole ensemble, rebuilt from the ledger (None where the ledger's records give no model: the
+    verifier says where, first)."""
+    from federation.audit_trail.gbdt_ledger import LedgerModelMismatch, rederived_ensemble
 
-        try:
-            described["ensemble"] = rederived_ensemble(view, cfg).to_dict()
-        except LedgerModelMismatch:  # a ledger whose records give no model: the verifier says where, first
-            described["ensemble"] = None
-    return described
+    try:
+        return rederived_ensemble(view, cfg).to_dict()
+    except LedgerModelMismatch:
+        return None
 
 
-def run_files(view: RunView, finish: dict) -> dict[str, bytes]:
-    """File name (relative to the run folder) -> exact bytes."""
+def run_files(view: RunView, finish: dict, model: Mapping[str, np.ndarray]) -> dict[str, bytes]:
+    """File name (relative to the run folder) -> exact bytes. `model`: the final model's arrays by name."""
     cfg = RunConfig.from_record(view.config)
     files = {
         "config.json": json_text(_config(view, cfg, finish)),
@@ -66,7 +67,7 @@ def run_files(view: RunView, finish: dict) -> dict[str, bytes]:
         "epsilon.csv": csv_text(EPSILON_COLUMNS, epsilon_rows(view, cfg)),
         "privacy_events.jsonl": "".join(json.dumps(e, sort_keys=True) + "\n" for e in privacy_events(view)),
         "privacy.json": json_text(finish.get("privacy", {})),
-        "model.json": json_text(_model_description(view, cfg)),
+        "model.json": json_text(model_description(view, cfg, finish, model)),
         "rounds.jsonl": "".join(json.dumps(r, sort_keys=True) + "\n" for r in round_summaries(view)),
         f"keys/{COORDINATOR}.pub": view.started["coordinator_public_key"] + "\n",
     }
@@ -76,6 +77,41 @@ def run_files(view: RunView, finish: dict) -> dict[str, bytes]:
         )
         files[f"keys/{lender_name(lender)}.pub"] = body["public_key"] + "\n"
     return {name: text.encode() for name, text in files.items()}
+
+
+def model_description(view: RunView, cfg: RunConfig, finish: dict, model: Mapping[str, np.ndarray]) -> dict:
+    """model.json: the model kind and its weights, the encoding every lender signed (the card as data, in lender 0's
+    manifest; the verifier checks every lender signed the same), the card's name and hash and the scorecard's
+    constants. Non-finite weights are written as null (JSON has no NaN); scoring refuses such a model."""
+    manifest = view.manifests.get(0, {})
+    encoding = json.loads(manifest["encoding"]) if manifest else {}
+    scorecard = Scorecard()
+    described = {
+        "format": MODEL_FORMAT,
+        "model": cfg.model,
+        "hidden": cfg.hidden,
+        "model_hash": finish.get("model_hash"),
+        "weights": {
+            name: {
+                "shape": list(array.shape),
+                "values": [
+                    v if math.isfinite(v) else None for v in np.asarray(array, dtype=np.float64).ravel().tolist()
+                ],
+            }
+            for name, array in sorted(model.items())
+        },
+        "dataset": manifest.get("dataset"),
+        "card": manifest.get("card"),
+        "card_sha256": manifest.get("card_sha256"),
+        "encoding": encoding,
+        "fields_used": manifest.get("fields_used", []),
+        "fields_refused": manifest.get("fields_refused", []),
+        "features": manifest.get("features", []),
+        "scorecard": {"base_score": scorecard.base_score, "base_odds": scorecard.base_odds, "pdo": scorecard.pdo},
+    }
+    if cfg.model == "gbdt":  # the trees as trees (the weights above are the same ensemble as fixed-shape arrays)
+        described["ensemble"] = _gbdt_ensemble(view, cfg)
+    return described
 
 
 def _config(view: RunView, cfg: RunConfig, finish: dict) -> dict:

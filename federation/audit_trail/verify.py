@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, TypeGuard
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from federation.audit_trail import ledger as L
-from federation.audit_trail.attest import BODY_KEYS, clip_count
+from federation.audit_trail.attest import BODY_KEYS, clip_count, encoding_of
 from federation.audit_trail.canonical import arrays_hash, canonical, config_hash
 from federation.audit_trail.derive import NOT_DERIVED, UNVERIFIED_FILES, run_files
 from federation.audit_trail.keys import COORDINATOR, public_from_hex, signer_label, verify_signature
@@ -280,6 +281,10 @@ def body_type_problem(body: dict) -> str | None:
             return "field descriptions and names must be plain strings"
         if not isinstance(body.get("consent_checked"), bool) or not isinstance(body.get("policy"), dict):
             return "'consent_checked' must be true or false and 'policy' an object"
+        try:
+            encoding_of(str(body.get("encoding")))
+        except ValueError:
+            return "'encoding' must be the JSON text of the scheme and the card"
         return _clip_counts_problem(body)
     return None
 
@@ -363,6 +368,22 @@ def _check_chain(
 # ---- 3. completeness --------------------------------------------------------------------------
 
 
+def _check_one_encoding(view: RunView) -> None:
+    """One model needs one encoding: every lender signed the card, the encoding and the feature list that lender 0
+    signed (model.json is derived from lender 0's manifest)."""
+    first = view.manifests.get(0)
+    if first is None:
+        return  # a missing manifest fails next
+    for lender, body in sorted(view.manifests.items()):
+        for key in ("card_sha256", "encoding", "features"):
+            if body.get(key) != first.get(key):
+                _fail(
+                    f"manifest of lender {lender}",
+                    "manifests",
+                    f"its {key} differs from lender 0's: the lenders did not encode their records the same way",
+                )
+
+
 def _check_structure(view: RunView, cfg: RunConfig) -> None:
     entries = view.entries
     first_round = next((i for i, e in enumerate(entries) if e["type"] == L.ROUND_STARTED), len(entries))
@@ -378,6 +399,7 @@ def _check_structure(view: RunView, cfg: RunConfig) -> None:
             violation = used_field_violation(used)
             if violation:
                 _fail(_describe(entry), "policy", violation)
+    _check_one_encoding(view)
     missing = sorted(set(range(cfg.lenders)) - seen_manifest)
     if missing:
         _fail(
@@ -861,7 +883,7 @@ def _check_lender_level(view: RunView, cfg: RunConfig, summary: dict, accountant
 # ---- 5. model and secure aggregation -------------------------------------------------------------
 
 
-def _check_model(run_dir: Path, view: RunView) -> str:
+def _check_model(run_dir: Path, view: RunView) -> dict[str, np.ndarray]:
     finish = view.finished or {}
     model_hash = finish.get("model_hash")
     complete = view.complete_rounds()
@@ -889,12 +911,13 @@ def _check_model(run_dir: Path, view: RunView) -> str:
 
     try:
         state = torch.load(path, weights_only=True)
-        actual = arrays_hash({k: v.numpy() for k, v in state.items()})
+        arrays = {k: v.numpy() for k, v in state.items()}
+        actual = arrays_hash(arrays)
     except Exception as exc:
         _fail("model.pt", "model", f"cannot read the model file ({exc.__class__.__name__})")
     if actual != model_hash:
         _fail("model.pt", "model", "the model file's arrays differ from the ledger's final model hash")
-    return actual  # equal to the ledger's model_hash
+    return arrays  # their hash is the ledger's model_hash
 
 
 def _check_gbdt(view: RunView, cfg: RunConfig) -> None:
@@ -1068,11 +1091,12 @@ def _check_file_hashes(run_dir: Path, view: RunView) -> None:
             _fail(name, "files", "its SHA-256 differs from the one in the signed final entry")
 
 
-def _check_files(run_dir: Path, view: RunView) -> list[str]:
-    """Every file re-derived from the ledger and compared byte for byte; a file outside a run folder fails."""
+def _check_files(run_dir: Path, view: RunView, model: dict[str, np.ndarray]) -> list[str]:
+    """Every file re-derived from the ledger (model.json also from the checked model arrays) and compared byte for
+    byte; a file outside a run folder fails."""
     finish = dict(view.finished or {})
     hashes = finish.pop("files", None)
-    expected = run_files(view, finish)
+    expected = run_files(view, finish, model)
     present = _folder_files(run_dir)
     unverified = []
     for name in present:
@@ -1162,10 +1186,10 @@ def verify_run(run_dir: str | Path, registry: str | Path | Registry | None = Non
         _check_file_hashes(run_dir, view)
     _check_structure(view, cfg)
     epsilons = _check_privacy(view, cfg)
-    _check_model(run_dir, view)
+    model = _check_model(run_dir, view)
     _check_gbdt(view, cfg)
     _check_secure_aggregation(view, cfg, coordinator)
-    unverified = _check_files(run_dir, view)
+    unverified = _check_files(run_dir, view, model)
     _check_report(run_dir, entries, report)
     absent = sorted(set(registry.lenders) - set(range(cfg.lenders))) if registry is not None else []
     return VerifiedRun(

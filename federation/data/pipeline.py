@@ -21,7 +21,7 @@ from federation.config import RunConfig
 from federation.data import partition as part
 from federation.data import synthetic
 from federation.data.loaders import LOADERS
-from federation.encoding import Clipped, encode, encode_counting, feature_names
+from federation.encoding import Clipped, encode, encode_counting, encoding_text, feature_names
 from federation.errors import DataError
 from federation.policy import apply_policy, check_card, check_labels, check_schema, label_problem, labels_of
 
@@ -262,7 +262,7 @@ def _load_own(key: RunConfig, lender: int, frame: tuple[pd.DataFrame, DatasetCar
         # Secret to the lender: a plain hash of the records would let anyone who guesses them test membership.
         # The lender signs only a keyed commitment to it (clients/home.py).
         "records_digest": _data_hash(result.features, y),
-        "encoding": "public bounds and categories from the dataset card (no pooled statistics)",
+        "encoding": encoding_text(card),
     }
     return LenderData(lender, x[train], y[train], x[test], y[test], names, manifest)
 
