@@ -473,11 +473,11 @@ def deploy(
         deployment = Deployment(folder, cfg.lenders, data_dir=cfg.data_dir, data_dirs=data_dirs)
         cfg = deployment.prepare(cfg)
         with deployment:
-            path = deployment.run(cfg)
+            # the ServerApp's output as it comes: its rounds, then the table and paths `fedcredit run` prints
+            path = deployment.run(cfg, on_line=typer.echo)
     except FedCreditError as exc:
         _fail(str(exc))
     rounds_seconds = [json.loads(line)["seconds"] for line in (path / "rounds.jsonl").read_text().splitlines()]
-    _print_summary(path)
     console.print(f"seconds per round in deployment: {', '.join(f'{s:.1f}' for s in rounds_seconds)}", highlight=False)
 
 

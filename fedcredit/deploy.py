@@ -15,6 +15,7 @@ stops each one by id when it ends, also on failure, when the secrets made for th
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,8 +95,9 @@ class Deployment:
                 if path != self.folder:
                     shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
-    def run(self, cfg: RunConfig, timeout: float = 900.0) -> Path:
-        output = self.host.run(cfg, timeout)
+    def run(self, cfg: RunConfig, timeout: float = 900.0, on_line: Callable[[str], None] | None = None) -> Path:
+        """`flwr run` on the started deployment; each line of the ServerApp's output to `on_line` as it comes."""
+        output = self.host.run(cfg, timeout, on_line)
         self.finished = True
         return output
 
