@@ -437,7 +437,7 @@ def deploy(
 ) -> None:
     """Run on Flower's deployment runtime on this machine: a SuperLink with TLS (run-local CA) and SuperNode
     authentication, one registered SuperNode per lender, then `flwr run`. Stops every process it started."""
-    from fedcredit.deploy import Deployment
+    from fedcredit.deploy import Deployment, LinePrinter
     from federation.runfolder import default_run_dir
 
     try:
@@ -474,7 +474,7 @@ def deploy(
         cfg = deployment.prepare(cfg)
         with deployment:
             # the ServerApp's output as it comes: its rounds, then the table and paths `fedcredit run` prints
-            path = deployment.run(cfg, on_line=typer.echo)
+            path = deployment.run(cfg, on_line=LinePrinter())
     except FedCreditError as exc:
         _fail(str(exc))
     rounds_seconds = [json.loads(line)["seconds"] for line in (path / "rounds.jsonl").read_text().splitlines()]

@@ -15,9 +15,11 @@ stops each one by id when it ends, also on failure, when the secrets made for th
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import psutil
 
@@ -26,7 +28,7 @@ from federation.config import RunConfig
 from federation.processes import DeploymentError, free_port
 from server.superlink_host import CoordinatorHost
 
-__all__ = ["Deployment", "DeploymentError"]
+__all__ = ["Deployment", "DeploymentError", "LinePrinter"]
 
 
 @dataclass
@@ -103,6 +105,25 @@ class Deployment:
 
     def process_tree(self) -> list[psutil.Process]:
         return [p for group in [self.host.group, *(n.group for n in self.nodes)] for p in group.tree()]
+
+
+class LinePrinter:
+    """Prints each line of the run's output on stdout as it comes. Once nobody reads stdout any more (`fedcredit
+    deploy | head`, a closed terminal pipe) it stops printing and the run goes on: its lines are in the log."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+        self.closed = False
+
+    def __call__(self, line: str) -> None:
+        if self.closed:
+            return
+        try:
+            stream = self.stream or sys.stdout
+            stream.write(line + "\n")
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # ValueError: the stream was closed
+            self.closed = True
 
 
 def _home(folder: Path):

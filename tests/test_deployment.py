@@ -292,3 +292,22 @@ def test_deploy_prints_each_line_of_the_run_as_it_comes(tmp_path, monkeypatch):
     )
     assert result.exit_code == 0, result.output
     assert "round 1: global AUC 0.7000" in result.output and "seconds per round in deployment: 40.0" in result.output
+
+
+def test_deploy_goes_on_when_nobody_reads_its_output_any_more():
+    from fedcredit.deploy import LinePrinter
+
+    class Closed:
+        writes = 0
+
+        def write(self, text):
+            Closed.writes += 1
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    printer = LinePrinter(Closed())
+    printer("round 1: ...")  # `fedcredit deploy | head -1` after head exited: no exception stops the run
+    printer("round 2: ...")
+    assert printer.closed and Closed.writes == 1

@@ -190,9 +190,9 @@ def test_flwr_run_with_fewer_supernodes_than_lenders_fails_in_one_line(local_flo
             "run",
             str(ROOT),
             "--run-config",
-            f"lenders=3 records=1200 rounds=1 output-dir='{output}'",
+            f"lenders=2 records=1200 rounds=1 output-dir='{output}'",
             "--federation-config",
-            "num-supernodes=2",
+            "num-supernodes=1",  # not Flower's default (2): the flag the failure line suggests sizes the federation
             "--stream",
         ],
         env=local_flower,
@@ -206,9 +206,9 @@ def test_flwr_run_with_fewer_supernodes_than_lenders_fails_in_one_line(local_flo
     failed = [line for line in log.splitlines() if "fedcredit: the run failed:" in line]
     assert len(failed) == 1, log
     assert failed[0].endswith(
-        "fedcredit: the run failed: the federation has 2 SuperNode(s) but the run has 3 lenders (one SuperNode per "
-        "lender): run with lenders=2 (--run-config 'lenders=2') or with 3 SuperNodes "
-        "(--federation-config 'num-supernodes=3')"
+        "fedcredit: the run failed: the federation has 1 SuperNode(s) but the run has 2 lenders (one SuperNode per "
+        "lender): run with lenders=1 (--run-config 'lenders=1') or with 2 SuperNodes "
+        "(--federation-config 'num-supernodes=2')"
     )
     assert "Traceback" not in log and "RunFailed" not in log
     assert not output.exists() and not Path(f"{output}-keys").exists()
@@ -225,4 +225,4 @@ def test_flwr_run_with_fewer_supernodes_than_lenders_fails_in_one_line(local_flo
     )
     (run,) = json.loads(listed.stdout)["runs"]
     assert run["status"] == "finished:failed"
-    assert "the federation has 2 SuperNode(s) but the run has 3 lenders" in run["status-details"]
+    assert "the federation has 1 SuperNode(s) but the run has 2 lenders" in run["status-details"]
