@@ -508,7 +508,7 @@ def deploy(
 ) -> None:
     """Run on Flower's deployment runtime on this machine: a SuperLink with TLS (run-local CA) and SuperNode
     authentication, one registered SuperNode per lender, then `flwr run`. Stops every process it started."""
-    from fedcredit.deploy import Deployment
+    from fedcredit.deploy import Deployment, LinePrinter
     from federation.runfolder import default_run_dir
 
     try:
@@ -544,11 +544,11 @@ def deploy(
         deployment = Deployment(folder, cfg.lenders, data_dir=cfg.data_dir, data_dirs=data_dirs)
         cfg = deployment.prepare(cfg)
         with deployment:
-            path = deployment.run(cfg)
+            # the ServerApp's output as it comes: its rounds, then the table and paths `fedcredit run` prints
+            path = deployment.run(cfg, on_line=LinePrinter())
     except FedCreditError as exc:
         _fail(str(exc))
     rounds_seconds = [json.loads(line)["seconds"] for line in (path / "rounds.jsonl").read_text().splitlines()]
-    _print_summary(path)
     console.print(f"seconds per round in deployment: {', '.join(f'{s:.1f}' for s in rounds_seconds)}", highlight=False)
 
 
@@ -947,10 +947,12 @@ def coordinator_run(
             ),
             settings,
         )
-        path = CoordinatorHost(folder).run(cfg)
+        from fedcredit.deploy import LinePrinter
+
+        # the ServerApp's output as it comes (its rounds, then the table and paths `fedcredit run` prints)
+        path = CoordinatorHost(folder).run(cfg, on_line=LinePrinter())
     except FedCreditError as exc:
         _fail(str(exc))
-    _print_summary(path)
     config = json.loads((path / "config.json").read_text())
     if not config.get("rounds-completed"):
         _fail(f"no round ran: {config.get('stopped-early') or 'see the report'}")

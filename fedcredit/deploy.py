@@ -15,8 +15,11 @@ stops each one by id when it ends, also on failure, when the secrets made for th
 from __future__ import annotations
 
 import shutil
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import psutil
 
@@ -25,7 +28,7 @@ from federation.config import RunConfig
 from federation.processes import DeploymentError, free_port
 from server.superlink_host import CoordinatorHost
 
-__all__ = ["Deployment", "DeploymentError"]
+__all__ = ["Deployment", "DeploymentError", "LinePrinter"]
 
 
 @dataclass
@@ -94,13 +97,33 @@ class Deployment:
                 if path != self.folder:
                     shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
-    def run(self, cfg: RunConfig, timeout: float = 900.0) -> Path:
-        output = self.host.run(cfg, timeout)
+    def run(self, cfg: RunConfig, timeout: float = 900.0, on_line: Callable[[str], None] | None = None) -> Path:
+        """`flwr run` on the started deployment; each line of the ServerApp's output to `on_line` as it comes."""
+        output = self.host.run(cfg, timeout, on_line)
         self.finished = True
         return output
 
     def process_tree(self) -> list[psutil.Process]:
         return [p for group in [self.host.group, *(n.group for n in self.nodes)] for p in group.tree()]
+
+
+class LinePrinter:
+    """Prints each line of the run's output on stdout as it comes. Once nobody reads stdout any more (`fedcredit
+    deploy | head`, a closed terminal pipe) it stops printing and the run goes on: its lines are in the log."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+        self.closed = False
+
+    def __call__(self, line: str) -> None:
+        if self.closed:
+            return
+        try:
+            stream = self.stream or sys.stdout
+            stream.write(line + "\n")
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # ValueError: the stream was closed
+            self.closed = True
 
 
 def _home(folder: Path):

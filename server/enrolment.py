@@ -9,6 +9,7 @@ import time
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.superlink.grid import InMemoryGrid
 
 from federation.config import RunConfig
 from federation.messages import CONFIG, QUERY_MANIFEST, run_config_record
@@ -19,11 +20,35 @@ from server.messaging import ask, inspect_all
 Enrolment = dict[int, tuple[int, dict, dict | None]]
 
 
-def wait_for_nodes(grid: Grid, count: int, timeout: float = 120.0) -> list[int]:
-    """One SuperNode per lender: wait for `count` of them, and refuse a federation of another size."""
-    deadline = time.time() + timeout
+def fixed_size(grid: Grid) -> bool:
+    """Whether every SuperNode of the federation is there from the start: Flower's simulation runtime (what
+    `flwr run .` starts locally) registers its `num-supernodes` nodes once, as the ServerApp starts; on the
+    deployment runtime SuperNodes connect whenever their operators start them."""
+    return isinstance(grid, InMemoryGrid)
+
+
+def wait_for_nodes(grid: Grid, count: int, timeout: float = 120.0, settle: float = 1.0) -> list[int]:
+    """One SuperNode per lender: wait for `count` of them, and refuse a federation of another size. A federation of
+    fixed size that holds too few fails as soon as its node count has not changed for `settle` seconds (the nodes
+    are registered in a loop beside the ServerApp's start), not after `timeout`: no SuperNode will join it. On the
+    deployment runtime, a wait longer than `settle` says how many are connected, each time that changes."""
+    start = time.time()
+    fixed = fixed_size(grid)
+    seen, since, said = -1, start, -1
     while len(nodes := sorted(grid.get_node_ids())) < count:
-        if time.time() > deadline:
+        now = time.time()
+        if len(nodes) != seen:
+            seen, since = len(nodes), now
+        if fixed and nodes and now - since >= settle:
+            raise RunFailed(
+                f"the federation has {len(nodes)} SuperNode(s) but the run has {count} lenders (one SuperNode per "
+                f"lender): run with lenders={len(nodes)} (--run-config 'lenders={len(nodes)}') or with "
+                f"{count} SuperNodes (--federation-config 'num-supernodes={count}')"
+            )
+        if not fixed and now - start >= settle and len(nodes) != said:  # the ServerApp's output: flwr run --stream
+            print(f"waiting for {count} SuperNodes, one per lender: {len(nodes)} connected", flush=True)
+            said = len(nodes)
+        if now > start + timeout:
             raise RunFailed(
                 f"only {len(nodes)} SuperNode(s) connected within {timeout:.0f} s, but the run has {count} lenders: "
                 f"set lenders={len(nodes)} (flwr run . --run-config 'lenders={len(nodes)}') or start {count} SuperNodes"

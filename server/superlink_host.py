@@ -18,14 +18,20 @@ arrives as a file the lender sent, its identity key goes to the regulator's regi
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import shutil
+import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.audit_trail.keys import COORDINATOR, load_or_create, public_hex
 from federation.config import LAUNCHER_ONLY, RunConfig
@@ -187,8 +193,6 @@ class CoordinatorHost:
         self.group.stop()
 
     def flwr(self, *args: str, timeout: float = 600.0):
-        import subprocess
-
         return subprocess.run(
             [tool("flwr"), *args],
             env=self.group.env,
@@ -199,19 +203,79 @@ class CoordinatorHost:
             check=False,
         )
 
-    def run(self, cfg: RunConfig, timeout: float = 900.0) -> Path:
+    def run(self, cfg: RunConfig, timeout: float = 900.0, on_line: Callable[[str], None] | None = None) -> Path:
         """`flwr run` the federation with `cfg` on this SuperLink; the run folder when it finished. The coordinator's
-        signing key is its own folder's (`keys-dir`)."""
+        signing key is its own folder's (`keys-dir`). Each line of the ServerApp's output (`flwr run --stream`: its
+        rounds as they complete, its warnings, its summary) goes to `on_line` as it comes, and to logs/flwr-run.log,
+        with any text of this folder's secret keys taken out first."""
         output = Path(cfg.output_dir).resolve()
         cfg = cfg.replace(output_dir=str(output), keys_dir=str(self.folder / "keys"))
         overrides = {k: v for k, v in cfg.to_record().items() if k not in LAUNCHER_ONLY}  # not app config keys
         run_config = " ".join(f"{k}={toml_value(v)}" for k, v in overrides.items())
-        done = self.flwr("run", str(PROJECT), CONNECTION, "--run-config", run_config, "--stream", timeout=timeout)
-        (self.folder / "logs" / "flwr-run.log").write_text(done.stdout + done.stderr)
+        command = [tool("flwr"), "run", str(PROJECT), CONNECTION, "--run-config", run_config, "--stream"]
+        log_path = self.folder / "logs" / "flwr-run.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        secrets = secret_fragments(self.folder)
+        lines: list[str] = []
+        # `flwr` prints the stream with print(): unbuffered, each line arrives when the ServerApp writes it
+        env = {**self.group.env, "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(
+            command, env=env, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        )
+        timed_out = threading.Event()
+
+        def expire() -> None:  # the stream ends when the process does
+            timed_out.set()
+            process.kill()
+
+        timer = threading.Timer(timeout, expire)
+        timer.start()
+        try:
+            with log_path.open("w") as log:
+                assert process.stdout is not None
+                for raw in process.stdout:
+                    line = redact(raw.rstrip("\n"), secrets)
+                    log.write(line + "\n")
+                    log.flush()
+                    lines.append(line)
+                    if on_line:
+                        on_line(line)
+            process.wait()
+        finally:
+            timer.cancel()
+            if process.poll() is None:  # interrupted (Ctrl-C) or failed while reading: stop it, by its id
+                process.kill()
+                process.wait()
         if not (output / "report.json").exists():
-            tail = " ".join((done.stdout + done.stderr).strip().split()[-60:])
-            raise DeploymentError(
-                f"the run did not finish (flwr run exited {done.returncode}; the log is "
-                f"{self.folder / 'logs' / 'flwr-run.log'}): {tail}"
-            )
+            # the ServerApp's own line when it failed (server/app.py), else the end of what it printed
+            failed = [line.split("fedcredit: ", 1)[1] for line in lines if "fedcredit: the run failed:" in line]
+            why = failed[-1] if failed else " ".join(" ".join(lines).split()[-60:])
+            ran = f"was stopped after {timeout:.0f} s" if timed_out.is_set() else f"exited {process.returncode}"
+            raise DeploymentError(f"the run did not finish (flwr run {ran}; the log is {log_path}): {why}")
         return output
+
+
+def secret_fragments(folder: Path) -> list[str]:
+    """The text by which a secret key of the coordinator's folder could show in printed output: each base64 line of
+    a PEM private key (its signing key, its TLS keys), the hex and base64 of the signing key's raw bytes and of its
+    raw checkpoint key."""
+    fragments: list[str] = []
+    for path in [*(folder / "keys").glob("*"), *(folder / "tls").glob("*/*.key")]:
+        if path.suffix == ".pub" or not path.is_file():
+            continue
+        data = path.read_bytes()
+        if data.startswith(b"-----BEGIN"):
+            fragments += [line for line in data.decode(errors="replace").splitlines() if not line.startswith("-----")]
+            with contextlib.suppress(ValueError, TypeError):
+                key = serialization.load_pem_private_key(data, password=None)
+                if isinstance(key, Ed25519PrivateKey):  # the signing key's 32 raw bytes, as they could be printed
+                    fragments += [key.private_bytes_raw().hex(), base64.b64encode(key.private_bytes_raw()).decode()]
+        else:
+            fragments += [data.hex(), base64.b64encode(data).decode()]
+    return [f for f in fragments if len(f) >= 16]
+
+
+def redact(line: str, fragments: list[str]) -> str:
+    for fragment in fragments:
+        line = line.replace(fragment, "[secret removed]")
+    return line

@@ -5,6 +5,8 @@ lender reads its records from its own folder (its node config's lender-dir), nev
 
 import os
 import stat
+import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -178,3 +180,134 @@ def test_deploy_command_refuses_a_bad_node_data_dir(tmp_path):
         )
         assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
         assert "deploying" not in result.output and not (tmp_path / "d").exists()
+
+
+FAKE_FLWR = """
+import sys, time
+from pathlib import Path
+
+args = sys.argv[1:]
+config = args[args.index("--run-config") + 1]
+output = Path(config.split('output-dir="', 1)[1].split('"', 1)[0])
+release, leak = Path(sys.argv[0] + ".release"), Path(sys.argv[0] + ".leak")
+print("round 1: global AUC 0.7000, max epsilon spent 1.000, 3 lenders trained (40.0 s)")  # no flush: like flwr's
+if leak.exists():
+    print("a line carrying a secret: " + leak.read_text())
+for _ in range(600):  # until the test has read round 1 (a hang guard: at most 60 s)
+    if release.exists():
+        break
+    time.sleep(0.1)
+else:
+    sys.exit(7)
+output.mkdir(parents=True)
+(output / "report.json").write_text("{}")
+print("round 2: global AUC 0.7100, max epsilon spent 2.000, 3 lenders trained (40.0 s)")
+"""
+
+
+def _fake_flwr(tmp_path, monkeypatch):
+    """`flwr run --stream` as the coordinator's host starts it, played by a script that prints round 1, then waits
+    until whoever reads its output has read that line before it finishes the run."""
+    import server.superlink_host as superlink_host
+
+    script = tmp_path / "flwr"
+    script.write_text(f"#!{sys.executable}\n" + FAKE_FLWR)
+    script.chmod(0o755)
+    real_tool = superlink_host.tool
+    monkeypatch.setattr(superlink_host, "tool", lambda name: str(script) if name == "flwr" else real_tool(name))
+    monkeypatch.setattr(superlink_host, "PROJECT", tmp_path)  # `flwr` runs in the project folder
+    return script
+
+
+def test_the_coordinators_host_streams_each_line_of_flwr_run_as_it_comes(tmp_path, monkeypatch):
+    from server.superlink_host import CoordinatorHost
+
+    script = _fake_flwr(tmp_path, monkeypatch)
+    host = CoordinatorHost(tmp_path / "coord")
+    host.init("127.0.0.1:9099")
+    seen = []
+
+    def on_line(line: str) -> None:
+        seen.append(line)
+        if line.startswith("round 1:"):  # read before the run finished: only now may it finish
+            assert not (tmp_path / "run" / "report.json").exists()
+            Path(f"{script}.release").write_text("")
+
+    assert host.run(RunConfig(output_dir=str(tmp_path / "run")), on_line=on_line) == tmp_path / "run"
+    assert [line.split(":")[0] for line in seen] == ["round 1", "round 2"]
+    assert (tmp_path / "coord" / "logs" / "flwr-run.log").read_text().splitlines() == seen
+
+
+def test_no_secret_key_of_the_coordinator_reaches_what_deploy_prints(tmp_path, monkeypatch):
+    from server.superlink_host import CoordinatorHost
+
+    script = _fake_flwr(tmp_path, monkeypatch)
+    host = CoordinatorHost(tmp_path / "coord")
+    host.init("127.0.0.1:9099")
+    keys = tmp_path / "coord" / "keys"
+    signing = (keys / "coordinator.key").read_text().splitlines()[1]  # the PEM body: the key itself
+    tls = (tmp_path / "coord" / "tls" / "public" / "server.key").read_text().splitlines()[1]
+    from federation.audit_trail import checkpoint
+
+    raw = checkpoint.load_or_create_key(keys).hex()
+    Path(f"{script}.leak").write_text(f"{signing} {tls} {raw}")
+    Path(f"{script}.release").write_text("")
+    seen: list[str] = []
+    host.run(RunConfig(output_dir=str(tmp_path / "run")), on_line=seen.append)
+    leaked = next(line for line in seen if line.startswith("a line carrying a secret"))
+    assert leaked.count("[secret removed]") == 3
+    printed = "\n".join(seen) + (tmp_path / "coord" / "logs" / "flwr-run.log").read_text()
+    assert signing not in printed and tls not in printed and raw not in printed
+
+
+def test_deploy_prints_each_line_of_the_run_as_it_comes(tmp_path, monkeypatch):
+    """The deploy command hands the run a printer (it prints each line as the run delivers it), not a buffer."""
+    from typer.testing import CliRunner
+
+    import fedcredit.deploy as deploy
+    from fedcredit.cli import app
+
+    class Started(Deployment):
+        def prepare(self, cfg):
+            return cfg
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def run(self, cfg, timeout=900.0, on_line=None):
+            on_line("round 1: global AUC 0.7000, max epsilon spent 1.000, 3 lenders trained (40.0 s)")
+            sys.stdout.flush()
+            assert b"round 1: global AUC" in sys.stdout.buffer.getvalue()  # printed already, the run goes on
+            output = Path(cfg.output_dir)
+            output.mkdir(parents=True)
+            (output / "rounds.jsonl").write_text('{"seconds": 40.0}\n')
+            return output
+
+    monkeypatch.setattr(deploy, "Deployment", Started)
+    result = CliRunner().invoke(
+        app, ["deploy", "--deploy-dir", str(tmp_path / "d"), "--output-dir", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "round 1: global AUC 0.7000" in result.output and "seconds per round in deployment: 40.0" in result.output
+
+
+def test_deploy_goes_on_when_nobody_reads_its_output_any_more():
+    from fedcredit.deploy import LinePrinter
+
+    class Closed:
+        writes = 0
+
+        def write(self, text):
+            Closed.writes += 1
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    printer = LinePrinter(Closed())
+    printer("round 1: ...")  # `fedcredit deploy | head -1` after head exited: no exception stops the run
+    printer("round 2: ...")
+    assert printer.closed and Closed.writes == 1
