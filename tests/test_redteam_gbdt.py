@@ -349,8 +349,9 @@ def test_different_structures_sent_to_different_lenders_are_caught(tmp_path, mon
     """The coordinator sends one lender other trees than the others (to single out its records), and records the
     structure the others got: that lender signed the digest of the model it was sent, which the ledger's structure
     does not give."""
-    import server.gbdt_strategy as strategy
     from flwr.app import Array, ArrayRecord
+
+    import server.gbdt_strategy as strategy
 
     honest = strategy.GbdtStrategy.configure_train
 
