@@ -196,6 +196,19 @@ def test_a_model_with_an_impossible_count_of_grown_trees_is_refused_before_any_r
     assert "grown" in body["reason"] and spent(home, GBDT)["releases"] == 0
 
 
+def test_a_gbdt_request_under_secure_aggregation_releases_nothing(tmp_path):
+    """gbdt does not run under secure aggregation (the noise-share split it would need protects no one against a
+    coordinator colluding with other lenders): a lender reads such a request as invalid, and nothing is computed,
+    charged or sent."""
+
+    from federation.errors import ConfigError
+
+    context, home = make_lender(tmp_path / "lender", GBDT, 0)
+    with pytest.raises(ConfigError, match="secure aggregation"):
+        lender_train(message(GBDT, 1, model=_model(GBDT, 1), **{"secure-aggregation": True}), context)
+    assert spent(home, GBDT)["releases"] == 0
+
+
 def test_the_lifetime_maximum_binds_across_gbdt_runs(tmp_path):
     """A coordinator starting a new run (another seed) to reset the budget: the lender composes every run's
     releases and refuses the one that would take it past its lifetime maximum."""
@@ -366,3 +379,15 @@ def test_different_structures_sent_to_different_lenders_are_caught(tmp_path, mon
     monkeypatch.setattr(strategy.GbdtStrategy, "configure_train", configure)
     folder = run(GBDT.replace(rounds=1, output_dir=str(tmp_path / "run")), on_round=_quiet)
     _fails(folder, "model", "signed a request for another model")
+
+
+def test_a_round_marked_skipped_whose_model_still_uses_its_sums_is_caught(copy_of):
+    """The coordinator keeps round 3's trees (grown from the lenders' sums) but records the round as skipped,
+    with no structures or sums, so that no one can check them: the lenders scored that model, so their signatures
+    agree with it, and only the rebuild from the ledger (a skipped round leaves the model as it was) disagrees."""
+    entries = entries_of(copy_of)
+    last = _aggregates(entries)[2]
+    del last["gbdt"]
+    last.update({"lenders": [], "skipped": True, "reason": "no usable update"})
+    Forger(copy_of).write(restate_privacy(entries))
+    _fails(copy_of, "model", "round 3's model is not the one")
