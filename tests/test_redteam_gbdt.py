@@ -320,7 +320,7 @@ def test_a_ledger_claiming_fewer_trees_per_round_than_released_is_caught(copy_of
     _fails(copy_of, "run", "names another run")  # every lender signed the run id of the configuration it got
 
 
-def test_an_edited_ensemble_in_model_json_or_model_pt_is_caught(copy_of):
+def test_an_edited_ensemble_in_model_json_is_caught(copy_of):
     model_json = json.loads((copy_of / "model.json").read_text())
     model_json["ensemble"]["trees"][0]["values"][0] += 0.5
     Forger(copy_of).write(entries_of(copy_of), tamper={"model.json": json.dumps(model_json).encode()})
