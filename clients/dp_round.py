@@ -99,9 +99,19 @@ def model_refusal(session: Session, incoming: dict[str, np.ndarray]) -> Refusal 
             f"the model sent holds a weight of magnitude {peak:.3g}; "
             f"this lender trains only from finite weights of magnitude at most {MAX_MODEL_MAGNITUDE:g}",
         )
-    if cfg.model == "gbdt":  # every tree it holds must be a tree over its features and the run's bins
-        try:
+    if cfg.model == "gbdt":
+        # The release is the sums of the round's rows of trees: a round outside 1..rounds names no rows (Python's
+        # slices would read a negative one as rows from the end), so it is refused here, before it is charged.
+        if not 1 <= session.round <= cfg.rounds:
+            return Refusal(
+                "round",
+                session.round,
+                cfg.rounds,
+                f"round {session.round} is not a round of this {cfg.rounds}-round run",
+            )
+        try:  # every tree it holds, and the count it says are grown, must be of a valid ensemble
             ensemble_of(incoming, len(data.features), cfg.gbdt_bins, cfg.gbdt_learning_rate, trees=tree_count(cfg))
+            ensemble_of(incoming, len(data.features), cfg.gbdt_bins, cfg.gbdt_learning_rate)
         except ValueError as exc:
             return Refusal("model", None, None, f"the model sent is not a valid ensemble: {exc}")
     return None
