@@ -56,13 +56,14 @@ class ScoringModel:
     card_sha256: str
     used: tuple[str, ...]  # the card's credit columns, in feature order
     scorecard: Scorecard
+    ensemble: dict | None = None  # gbdt: model.json's "ensemble" (federation.gbdt.trees.Ensemble as plain data)
 
 
 @dataclass(frozen=True)
 class Scores:
     """The applicants scored (those with consent), by id, and what the policy did to the file."""
 
-    id_column: str  # the card's record_id column when the file has it, else "row" (the file's data row, from 0)
+    id_column: str  # the card's record_id column when the file has it, else "row" (the file's data row, from 1)
     ids: list
     probability: np.ndarray  # of default
     score: np.ndarray  # scorecard points: higher is safer
@@ -123,6 +124,7 @@ def _read_model(info: dict, path: Path) -> ScoringModel:
         card_sha256=str(info["card_sha256"]),
         used=used,
         scorecard=Scorecard(float(constants["base_score"]), float(constants["base_odds"]), float(constants["pdo"])),
+        ensemble=info.get("ensemble") if kind == "gbdt" else None,
     )
 
 
@@ -139,11 +141,30 @@ def _torch_probability(model: ScoringModel, x: np.ndarray) -> np.ndarray:
     return predict_proba(net, x)
 
 
-# The one place a model kind is scored: its probability of default for encoded records. A new kind (gbdt) adds its
-# function here, reading its own entry of model.json's "weights".
+def _gbdt_probability(model: ScoringModel, x: np.ndarray) -> np.ndarray:
+    """The gbdt ensemble of model.json (rebuilt from the ledger by whoever wrote or verified the folder), on the
+    records binned by the same public bins the lenders used (federation.gbdt.binning)."""
+    from federation.gbdt.binning import bin_features
+    from federation.gbdt.trees import Ensemble
+
+    if not isinstance(model.ensemble, dict):
+        raise ConfigError("model.json holds no gbdt ensemble (its ledger gave no model); this run cannot score")
+    try:
+        ensemble = Ensemble.from_dict(model.ensemble)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"model.json's gbdt ensemble is malformed ({exc})") from None
+    if ensemble.n_features != len(model.features):
+        raise ConfigError(
+            f"model.json's gbdt ensemble splits {ensemble.n_features} features; its card encodes {len(model.features)}"
+        )
+    return np.asarray(ensemble.predict_proba(bin_features(x, ensemble.n_bins)), dtype=np.float64)
+
+
+# The one place a model kind is scored: its probability of default for encoded records.
 PREDICTORS: dict[str, Callable[[ScoringModel, np.ndarray], np.ndarray]] = {
     "logreg": _torch_probability,
     "mlp": _torch_probability,
+    "gbdt": _gbdt_probability,
 }
 
 
@@ -190,7 +211,7 @@ def score_frame(model: ScoringModel, frame: pd.DataFrame, clip: bool = False) ->
     if record_id is not None and record_id.name in applicants.columns:
         id_column, ids = record_id.name, applicants[record_id.name].tolist()
     else:
-        id_column, ids = "row", applicants.index.tolist()
+        id_column, ids = "row", [int(i) + 1 for i in applicants.index]  # the data row from 1, as in error messages
     return Scores(
         id_column,
         ids,

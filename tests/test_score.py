@@ -1,6 +1,6 @@
 """`fedcredit score`: new applicants scored from the run folder alone, as the lenders encoded their borrowers.
 
-Two small synthetic runs (logistic regression and MLP, one round each). The applicant file is lender 0's own raw
+Three small synthetic runs (logistic regression, MLP and gbdt, one round each). The applicant file is lender 0's own raw
 records (every column of the synthetic card: ids, consent, label, the refused fields); the training path is
 load_lender's encoding and the model.pt the run wrote.
 """
@@ -28,7 +28,7 @@ from federation.config import RunConfig
 from federation.data import load_lender
 from federation.data.pipeline import _data_key, _lender_frame
 from federation.encoding import encode, encoding_text
-from federation.model import Scorecard, build_model, predict_proba
+from federation.model import Scorecard, model_for, predict_proba
 from federation.policy import apply_policy
 from federation.scoring import CONTINUOUS_BINS, load_model, score_frame
 from tests.forge import Forger, entries_of
@@ -57,6 +57,11 @@ def mlp(tmp_path_factory):
     return _train(tmp_path_factory.mktemp("score-mlp"), "mlp")
 
 
+@pytest.fixture(scope="module")
+def gbdt(tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("score-gbdt"), "gbdt")
+
+
 def _score(folder: Path, applicants: Path, out: Path, *extra: str):
     result = runner.invoke(app, ["score", str(folder), "--csv", str(applicants), "--out", str(out), *extra])
     return result, result.output
@@ -67,7 +72,7 @@ def _read(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-@pytest.mark.parametrize("kind", ["logreg", "mlp"])
+@pytest.mark.parametrize("kind", ["logreg", "mlp", "gbdt"])
 def test_scores_equal_the_trained_models_probabilities_through_the_training_path(kind, request, tmp_path):
     folder, applicants = request.getfixturevalue(kind)
     result, output = _score(folder, applicants, tmp_path / "scores.csv")
@@ -77,7 +82,7 @@ def test_scores_equal_the_trained_models_probabilities_through_the_training_path
     cfg = CFG.replace(model=kind)
     data = load_lender(cfg, 0)  # the lender's records as training encoded them
     info = json.loads((folder / "model.json").read_text())
-    net = build_model(kind, len(info["features"]), info["hidden"])
+    net = model_for(cfg, len(info["features"]))  # gbdt: the ensemble's arrays, as the lenders scored with
     net.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
     # which borrower each training row is: the lender's consented records, encoded by the training functions
     raw = pd.read_csv(applicants)
@@ -298,9 +303,28 @@ def test_a_model_kind_without_a_scorer_is_one_line(logreg, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(folder, copy)
     info = json.loads((copy / "model.json").read_text())
-    (copy / "model.json").write_text(json.dumps({**info, "model": "gbdt"}))
+    (copy / "model.json").write_text(json.dumps({**info, "model": "xgboost"}))
     result, output = _score(copy, applicants, tmp_path / "s.csv")
-    assert result.exit_code == 2 and "model kind 'gbdt' has no scorer" in output
+    assert result.exit_code == 2 and "model kind 'xgboost' has no scorer" in output
+
+
+@pytest.mark.parametrize(
+    "ensemble, needle",
+    [
+        (None, "holds no gbdt ensemble"),
+        ({"trees": "oak"}, "gbdt ensemble is malformed"),
+    ],
+)
+def test_a_gbdt_model_without_a_readable_ensemble_is_one_line(gbdt, tmp_path, ensemble, needle):
+    folder, applicants = gbdt
+    copy = tmp_path / "run"
+    shutil.copytree(folder, copy)
+    info = json.loads((copy / "model.json").read_text())
+    assert isinstance(info["ensemble"], dict)  # the honest run's model.json holds its trees
+    (copy / "model.json").write_text(json.dumps({**info, "ensemble": ensemble}))
+    result, output = _score(copy, applicants, tmp_path / "s.csv")
+    assert result.exit_code == 2 and needle in output and "Traceback" not in output
+    assert not (tmp_path / "s.csv").exists()
 
 
 # ---- against the coordinator: model.json is checked by the verifier -----------------------------------------------
@@ -347,3 +371,14 @@ def test_an_honest_run_still_verifies_and_scores_with_the_registry(folder, logre
     result, output = _score(folder, logreg[1], tmp_path / "s.csv", "--registry", f"{folder}-registry.json")
     assert result.exit_code == 0, output
     assert card_data(load_model(folder).card)["name"] == "synthetic"
+
+
+def test_without_the_id_column_each_applicant_is_named_by_its_data_row_from_1(logreg, tmp_path):
+    """The `row` of scores.csv counts data rows from 1 after the header, as the error messages do."""
+    folder, applicants = logreg
+    frame = pd.read_csv(applicants)
+    frame.drop(columns=["borrower_id"]).to_csv(tmp_path / "no_ids.csv", index=False)
+    result, output = _score(folder, tmp_path / "no_ids.csv", tmp_path / "s.csv")
+    assert result.exit_code == 0, output
+    rows = [int(r["row"]) for r in _read(tmp_path / "s.csv")]
+    assert rows == [i + 1 for i in np.flatnonzero(frame["consent"].to_numpy())]
