@@ -17,6 +17,7 @@ from typer.core import TyperCommand
 
 from benchmarks.constants import BENCH_DATASETS
 from benchmarks.constants import METHODS as BENCH_METHODS
+from fedcredit.typer_compat import keep_argument_help
 from federation.config import (
     ACCOUNTANTS,
     DATASETS,
@@ -27,7 +28,9 @@ from federation.config import (
 )
 from federation.errors import ConfigError, FedCreditError
 
+keep_argument_help()  # argument help in --help (why: fedcredit/typer_compat.py)
 # No pretty tracebacks with local variables: an unexpected failure must never print a key that was in scope.
+
 app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,

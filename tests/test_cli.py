@@ -129,3 +129,17 @@ def test_an_error_is_one_line_however_long_the_path(tmp_path):
     assert result.exit_code == 2
     error_lines = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and error_lines[0].endswith("saw 4"), output
+
+
+@pytest.mark.parametrize(
+    "command, text",
+    [
+        (["verify"], "The run folder to check."),
+        (["score"], "The finished run folder"),
+        (["card", "init"], "Your CSV file"),
+    ],
+)
+def test_an_arguments_help_is_shown_in_help(command, text):
+    """typer 0.20 (Flower's pin) with click >= 8.3 lost every argument's help (fedcredit/typer_compat.py)."""
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and text in result.output
