@@ -57,10 +57,10 @@ def run_federation(
 
 def _resume(folder: RunFolder, cfg: RunConfig, checkpoint_key: bytes) -> tuple[LedgerKeeper, dict]:
     """The ledger keeper and the checkpointed state of the killed run in `folder`."""
-    if cfg.strategy == "fedadam" or (cfg.dp and cfg.dp_level == "lender"):
+    if cfg.strategy in ("fedadam", "fedyogi", "fedadagrad") or (cfg.dp and cfg.dp_level == "lender"):
         raise ConfigError(
             "resume supports FedAvg, FedProx, FedMedian and FedTrimmedAvg at record level "
-            "(FedAdam's moments and lender-level noise state are not checkpointed)"
+            "(FedAdam's, FedYogi's and FedAdagrad's moments and lender-level noise state are not checkpointed)"
         )
     keeper = LedgerKeeper.resume(folder, cfg)
     state = checkpoint.load(folder.staging, checkpoint_key, keeper.run)
