@@ -27,6 +27,16 @@ class DatasetConstants:
     local_epochs: int = 1
     clip_norm: float = 1.0  # DP-SGD per-example clipping norm (used by the private federated cells)
     records: int = 20000  # synthetic only
+    # The local optimizer (federation/training.py LocalOptimizer) and the mlp's width, for every neural method.
+    optimizer: str = "sgd"
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    hidden: int = 32
+    # scikit-learn HistGradientBoostingClassifier's parameters for the "hgb" method (the best pooled model).
+    hgb: tuple[tuple[str, float], ...] = (("learning_rate", 0.1), ("max_iter", 100))
+
+    def hgb_params(self) -> dict[str, float | int]:
+        return {k: int(v) if k in ("max_iter", "max_leaf_nodes", "min_samples_leaf") else v for k, v in self.hgb}
 
 
 CONSTANTS = {  # one entry per BENCH_DATASETS name (tests/test_options.py checks it)
@@ -45,5 +55,22 @@ PARTITIONS = {
     "synthetic": [("natural", 0.5)],
     "default": [("iid", 0.5), ("dirichlet", 0.5), ("dirichlet", 0.1), ("quantity", 0.5)],
 }
-METHODS = ("pooled", "local", "fedavg", "fedprox", "fedadam")
+# pooled: the same model as the federation, trained on all lenders' records (the same-family limit); hgb: scikit-learn's
+# HistGradientBoostingClassifier on the same records (the best pooled model: the limit of the headline); local: each
+# lender alone; then the federated methods (gbdt: the DP federated gradient boosting, where this build has it).
+NON_PRIVATE = ("pooled", "hgb", "local")
+FEDERATED = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "gbdt")
+METHODS = (*NON_PRIVATE, *FEDERATED)  # what --methods accepts
+DEFAULT_METHODS = ("pooled", "hgb", "local", "fedavg", "fedprox", "fedadam", "gbdt")
+
+
+def unavailable(method: str) -> str:
+    """Why `method` cannot run in this build ('' if it can): the gbdt cells wait for --model gbdt."""
+    from federation.config import MODELS
+
+    if method == "gbdt" and "gbdt" not in MODELS:
+        return "--model gbdt is not in this build (federation.config.MODELS); its cells are skipped"
+    return ""
+
+
 EPSILONS = (float("inf"), 1.0, 3.0, 8.0)

@@ -918,7 +918,11 @@ def bench(
         "", help=f"Comma-separated datasets (default: {', '.join(BENCH_DATASETS)}; --quick: synthetic)."
     ),
     seeds: str = typer.Option("", help="Comma-separated seeds (default 0,1,2; --quick: 0)."),
-    methods: str = typer.Option("", help="Comma-separated from pooled, local, fedavg, fedprox, fedadam (default all)."),
+    methods: str = typer.Option(
+        "",
+        help="Comma-separated from pooled, hgb, local, fedavg, fedprox, fedadam, fedyogi, fedadagrad, gbdt "
+        "(default all but fedyogi and fedadagrad).",
+    ),
     epsilons: str = typer.Option("", help="Comma-separated epsilons per lender, inf = no DP (default inf,1,3,8)."),
     partitions: str = typer.Option(
         "",
@@ -932,14 +936,14 @@ def bench(
 ) -> None:
     """The federated credit benchmark: pooled vs local-only vs FedAvg/FedProx/FedAdam, with and without DP."""
     from benchmarks import bench as grid_bench
-    from benchmarks.constants import EPSILONS, METHODS, PARTITIONS, SPLITS
+    from benchmarks.constants import DEFAULT_METHODS, EPSILONS, METHODS, PARTITIONS, SPLITS
 
     names = [d.strip() for d in datasets.split(",") if d.strip()] or (["synthetic"] if quick else list(BENCH_DATASETS))
     for name in names:
         if name not in BENCH_DATASETS:
             _fail(f"unknown dataset '{name}' (choose from {', '.join(BENCH_DATASETS)})")
     method_list = [m.strip() for m in methods.split(",") if m.strip()] or (
-        ["pooled", "local", "fedavg"] if quick else list(METHODS)
+        ["pooled", "local", "fedavg"] if quick else list(DEFAULT_METHODS)
     )
     for m in method_list:
         if m not in METHODS:
@@ -969,6 +973,10 @@ def bench(
     elif quick:
         chosen = {**PARTITIONS, "default": [("iid", 0.5)]}
     cells = grid_bench.grid(names, seed_list, method_list, eps, chosen)
+    if not cells:  # every method asked for is one this build cannot run
+        from benchmarks.constants import unavailable
+
+        _fail("; ".join(f"{m}: {unavailable(m)}" for m in method_list))
     command = _command(
         "bench",
         quick=quick,
@@ -998,6 +1006,7 @@ def bench(
             command,
             Path(results_md) if results_md else None,
             log=lambda line: console.print(line, highlight=False),
+            methods=method_list,
         )
     except (FedCreditError, ValueError) as exc:
         _fail(str(exc))
