@@ -113,11 +113,15 @@ def config_for(cell: Cell, data_dir: str = "", overrides: dict[str, Any] | None 
         records=c.records,
         seed=cell.seed,
         clip_norm=c.clip_norm,
+        delta=c.delta,
         strategy=cell.method if cell.method.startswith("fed") else "fedavg",
         dp=math.isfinite(cell.epsilon),
         epsilon=cell.epsilon if math.isfinite(cell.epsilon) else 3.0,
         engine="inprocess",
     )
+    if cell.method == "pooled":  # the best-trained pooled model of the federation's family (constants.py)
+        pooled: dict[str, Any] = dict(c.pooled)
+        cfg = dataclasses.replace(cfg, **pooled)
     return dataclasses.replace(cfg, **(overrides or {})).validated()
 
 

@@ -16,10 +16,13 @@ runner = CliRunner()
 def test_every_method_gets_the_same_budget_of_local_steps():
     cells = grid(["taiwan_default"], [0])
     configs = {c.method: config_for(c) for c in cells if math.isinf(c.epsilon)}
-    budget = {(cfg.rounds * cfg.local_epochs, cfg.batch_size, cfg.learning_rate, cfg.model) for cfg in configs.values()}
+    budget = {(cfg.rounds * cfg.local_epochs, cfg.batch_size, cfg.model) for cfg in configs.values()}
     assert len(budget) == 1
     c = CONSTANTS["taiwan_default"]
-    assert budget == {(c.rounds * c.local_epochs, c.batch_size, c.learning_rate, c.model)}
+    assert budget == {(c.rounds * c.local_epochs, c.batch_size, c.model)}
+    # The federation and local-only share the local optimizer; pooled takes its own searched settings, same family.
+    assert configs["local"].learning_rate == configs["fedavg"].learning_rate == c.learning_rate
+    assert all(getattr(configs["pooled"], k) == v for k, v in c.pooled)
 
 
 def test_full_grid_covers_the_protocol():
