@@ -55,7 +55,15 @@ def _hgb(learning_rate: float, max_leaf_nodes: int, min_samples_leaf: int, l2: f
 
 
 CONSTANTS = {  # one entry per BENCH_DATASETS name (tests/test_options.py checks it)
-    "synthetic": DatasetConstants(lenders=5, batch_size=64, learning_rate=0.1),
+    "synthetic": DatasetConstants(
+        lenders=5,
+        batch_size=64,
+        learning_rate=0.1,
+        model="mlp",
+        hidden=128,
+        pooled=(("optimizer", "adamw"), ("learning_rate", 0.003), ("lr_schedule", "cosine")),
+        hgb=_hgb(0.03, 7, 20, 0.0, 300),
+    ),
     # Taiwan: chosen on Dirichlet(0.5), seeds 0-1: of 6 optimiser settings (batch 128/256/512, learning rate
     # 0.1-1.0, 10 or 20 rounds x 1 epoch, 5 rounds x 2 epochs) 5 x 2 gave the best FedAvg with and without DP;
     # of clip norms 1, 2, 3, 5, 10, 2 gave the best FedAvg at epsilon 1 (3 was 0.0005 better at epsilon 3).

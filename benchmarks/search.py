@@ -192,6 +192,7 @@ def search(
     log=print,
     kinds: tuple[str, ...] = ("fed", "nn", "hgb"),
     noise_seeds: tuple[int, ...] = (0,),
+    only: tuple[tuple[str, str], ...] = (),
 ) -> list[dict]:
     from sklearn.metrics import roc_auc_score
 
@@ -204,6 +205,8 @@ def search(
             continue
         fed_cfg, fits, fx_val, fy_val = lender_validation_splits(dataset, data_dir)
         for candidate in grid:
+            if not all(f"{k}={v}" in _text(candidate).split() for k, v in only):
+                continue
             t = time.time()
             aucs = [  # mean over the noise seeds: one draw of DP noise decides little between close candidates
                 roc_auc_score(
@@ -228,8 +231,12 @@ def search(
     return rows
 
 
+def _text(candidate: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in candidate.items())
+
+
 def _row(dataset: str, kind: str, candidate: dict, auc: float, seconds: float, log) -> dict:
-    text = " ".join(f"{k}={v}" for k, v in candidate.items())
+    text = _text(candidate)
     log(f"{dataset} {kind} {text}: validation AUC {auc:.4f} ({seconds:.1f} s)")
     return {
         "dataset": dataset,
@@ -254,8 +261,10 @@ def markdown(rows: list[dict], command: str) -> str:
     lines = [
         f"Command: `{command}`",
         "",
-        f"Validation: a stratified {VALIDATION_FRACTION:.0%} of the pooled training records of the bench's split "
-        "(seed 0); candidates train on the rest for the dataset's rounds x local epochs. No test data is read.",
+        f"Validation (nn, hgb): a stratified {VALIDATION_FRACTION:.0%} of the pooled training records of the bench's "
+        "split (seed 0); candidates train on the rest for the dataset's rounds x local epochs. Validation (fed, fed2): "
+        f"{VALIDATION_FRACTION:.0%} of each lender's training records held back (stratified where it has both labels), "
+        f"pooled; the lenders train on the rest, simulated DP FedAvg at epsilon {FED_EPSILON:g}. No test data is read.",
         "",
         "| dataset | search | best candidate | validation AUC | candidates |",
         "|---|---|---|---:|---:|",
@@ -276,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default="")
     parser.add_argument("--searches", default="fed,nn,hgb", help="which searches, comma-separated (fed, nn, hgb)")
     parser.add_argument("--noise-seeds", default="0", help="fed, fed2: mean validation AUC over these DP noise seeds")
+    parser.add_argument("--only", default="", help="fed, fed2: only candidates with these KEY=VALUE, comma-separated")
     parser.add_argument("--out", required=True, help="output folder (search.csv and search.md)")
     args = parser.parse_args(argv)
     set_torch_threads()
@@ -294,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.data_dir,
                 kinds=tuple(args.searches.split(",")),
                 noise_seeds=tuple(int(x) for x in args.noise_seeds.split(",")),
+                only=tuple(tuple(item.split("=", 1)) for item in args.only.split(",") if item),  # type: ignore[misc],
             )
         )
         write_atomically(out / "search.csv", csv_text(COLUMNS, rows))
