@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.data_dir,
                 kinds=tuple(args.searches.split(",")),
                 noise_seeds=tuple(int(x) for x in args.noise_seeds.split(",")),
-                only=tuple(tuple(item.split("=", 1)) for item in args.only.split(",") if item),  # type: ignore[misc],
+                only=tuple((item.partition("=")[0], item.partition("=")[2]) for item in args.only.split(",") if item),
             )
         )
         write_atomically(out / "search.csv", csv_text(COLUMNS, rows))
