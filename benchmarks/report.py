@@ -166,8 +166,8 @@ def results_markdown(rows: list[dict], command: str, skipped: dict[str, str] | N
         "",
         "HGB: scikit-learn's HistGradientBoostingClassifier, tuned on a validation fifth of the pooled training "
         "records (benchmarks/search.py), trained on the same pooled training records as `pooled` and scored on the "
-        "same held-out test. Pooled: the federation's own model and optimizer, trained centrally for the same "
-        "rounds x local epochs.",
+        "same held-out test. Pooled: the federation's model family (logreg or mlp) trained centrally for the same "
+        "rounds x local epochs, with its own optimizer searched without DP (benchmarks/constants.py `pooled`).",
         "",
         *limits_table(rows),
         "",
