@@ -1,10 +1,13 @@
-"""`fedcredit bench`: pooled vs local-only vs FedAvg / FedProx / FedAdam, with and without DP, over
-datasets, partitions and seeds (after FLamby, NeurIPS 2022 datasets and benchmarks track).
+"""`fedcredit bench`: the best pooled model (scikit-learn histogram gradient boosting, "hgb": the limit), pooled
+training of the federation's own model ("pooled": the same-family limit), local-only, and the federated methods
+(FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad; gbdt where the build has it) with and without DP, over datasets,
+partitions and seeds (after FLamby, NeurIPS 2022 datasets and benchmarks track).
 
 Every method is scored on the pooled held-out test (no method trains on it; `lender` = "pooled") and
 on each lender's own test split (`lender` = its id). Local-only models are also scored on the pooled
 held-out test, one row per lender with `test_set` = "pooled". Pooled and local-only training are
-non-private (the limits); the federated strategies run at every privacy level (record level, per lender).
+non-private (the limits), and so is hgb, trained on exactly the records pooled training sees and scored on the same
+held-out and own test splits; the federated strategies run at every privacy level (record level, per lender).
 Results are appended to results.csv after every cell, and a rerun skips the cells already there.
 """
 
@@ -23,10 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.compare import train_alone
-from benchmarks.constants import CONSTANTS, EPSILONS, METHODS, PARTITIONS
+from benchmarks.compare import best_pooled_model, train_alone
+from benchmarks.constants import CONSTANTS, DEFAULT_METHODS, EPSILONS, NON_PRIVATE, PARTITIONS, unavailable
 from federation.config import RunConfig
 from federation.data import load_holdout, load_lender
+from federation.gbdt.boosting import GbdtParams
 from federation.metrics import credit_metrics
 from federation.model import model_for, predict_proba
 from federation.runfolder import csv_text, write_atomically
@@ -74,18 +78,24 @@ def _eps_text(eps: float) -> str:
 def grid(
     datasets: Iterable[str],
     seeds: Iterable[int],
-    methods: Iterable[str] = METHODS,
+    methods: Iterable[str] = DEFAULT_METHODS,
     epsilons: Iterable[float] = EPSILONS,
     partitions: dict | None = None,
 ) -> list[Cell]:
+    """The cells to run; a method this build cannot run (`unavailable`) has none (bench says why)."""
     cells = []
+    runnable = [m for m in methods if not unavailable(m)]
     for dataset in datasets:
         for partition, alpha in (partitions or PARTITIONS).get(dataset, (partitions or PARTITIONS)["default"]):
             for seed in seeds:
-                for method in methods:
-                    for eps in epsilons if method not in ("pooled", "local") else [math.inf]:
+                for method in runnable:
+                    for eps in epsilons if method not in NON_PRIVATE else [math.inf]:
                         cells.append(Cell(dataset, partition, alpha, method, eps, seed))
     return cells
+
+
+# gbdt boosts for the rounds its tuning chose (benchmarks/results/gbdt_tuning.md), not the DP-SGD models' rounds
+GBDT_ROUNDS = GbdtParams().rounds
 
 
 def config_for(cell: Cell, data_dir: str = "", overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -96,24 +106,44 @@ def config_for(cell: Cell, data_dir: str = "", overrides: dict[str, Any] | None 
         lenders=c.lenders,
         partition=cell.partition,
         alpha=cell.alpha,
-        rounds=c.rounds,
+        rounds=GBDT_ROUNDS if cell.method == "gbdt" else c.rounds,
         local_epochs=c.local_epochs,
         batch_size=c.batch_size,
         learning_rate=c.learning_rate,
-        model=c.model,
+        model="gbdt" if cell.method == "gbdt" else c.model,
+        hidden=c.hidden,
+        optimizer=c.optimizer,
+        lr_schedule=c.lr_schedule,
+        weight_decay=c.weight_decay,
         records=c.records,
         seed=cell.seed,
         clip_norm=c.clip_norm,
+        delta=c.delta,
         strategy=cell.method if cell.method.startswith("fed") else "fedavg",
         dp=math.isfinite(cell.epsilon),
         epsilon=cell.epsilon if math.isfinite(cell.epsilon) else 3.0,
         engine="inprocess",
     )
+    if cell.method == "pooled":  # the best-trained pooled model of the federation's family (constants.py)
+        pooled: dict[str, Any] = dict(c.pooled)
+        cfg = dataclasses.replace(cfg, **pooled)
     return dataclasses.replace(cfg, **(overrides or {})).validated()
 
 
 def _scores(model, x, y) -> dict:
-    return credit_metrics(y, predict_proba(model, x)) if len(y) else {k: math.nan for k in SCORES}
+    if not len(y):
+        return {k: math.nan for k in SCORES}
+    return credit_metrics(y, model.proba(x) if isinstance(model, _Boosted) else predict_proba(model, x))
+
+
+class _Boosted:
+    """A fitted scikit-learn classifier where `_scores` expects a model (probability of default)."""
+
+    def __init__(self, classifier) -> None:
+        self.classifier = classifier
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        return self.classifier.predict_proba(x)[:, 1]
 
 
 def run_cell(cell: Cell, cfg: RunConfig) -> list[dict]:
@@ -121,9 +151,12 @@ def run_cell(cell: Cell, cfg: RunConfig) -> list[dict]:
     lenders = [load_lender(cfg, i) for i in range(cfg.lenders)]
     hx, hy = load_holdout(cfg)
     rows, spent = [], ""
-    if cell.method == "pooled":
-        model = train_alone(
-            cfg, np.concatenate([d.x_train for d in lenders]), np.concatenate([d.y_train for d in lenders]), cfg.seed
+    if cell.method in ("pooled", "hgb"):
+        x, y = np.concatenate([d.x_train for d in lenders]), np.concatenate([d.y_train for d in lenders])
+        model = (
+            _Boosted(best_pooled_model(cell.dataset, x, y, cfg.seed))
+            if cell.method == "hgb"
+            else train_alone(cfg, x, y, cfg.seed)
         )
         models = [model] * len(lenders)
         rows.append({"lender": "pooled", "test_set": "pooled", "n": len(hy), **_scores(model, hx, hy)})
@@ -182,12 +215,18 @@ def bench(
     command: str = "",
     results_md: Path | None = None,
     log: Callable[[str], None] = print,
+    methods: Iterable[str] = DEFAULT_METHODS,
 ) -> list[dict]:
+    """Run the cells not yet in OUTPUT_DIR/results.csv, then write the plots and RESULTS.md. `methods`: the ones
+    asked for, so that those this build cannot run are named, with the reason, in the log and in RESULTS.md."""
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "results.csv"
     rows = read_results(path)
     done = {(r["dataset"], r["partition"], r["method"], r["epsilon"], r["seed"]) for r in rows}
     todo = [c for c in cells if c.key() not in done]
+    skipped = {m: unavailable(m) for m in methods if unavailable(m)}
+    for method, why in skipped.items():
+        log(f"skipped {method}: {why}")
     log(f"{len(cells)} cells, {len(cells) - len(todo)} already in {path}, {len(todo)} to run")
     for number, cell in enumerate(todo, start=1):
         start = time.time()
@@ -204,5 +243,5 @@ def bench(
     from benchmarks.report import plots, write_results_md
 
     plots(rows, output_dir)
-    write_results_md(rows, command, results_md or output_dir / "RESULTS.md")
+    write_results_md(rows, command, results_md or output_dir / "RESULTS.md", skipped)
     return rows

@@ -28,7 +28,7 @@ from federation.config import DATASETS, MODELS, PARTITIONS, RunConfig
 from federation.data import load_holdout, load_lender
 from federation.metrics import credit_metrics
 from federation.model import build_model, model_for, predict_proba, set_arrays
-from federation.training import train_local
+from federation.training import LocalOptimizer, train_local
 
 COLUMNS = ["dataset", "partition", "method", "epsilon", "seed", "auc", "ks", "gini", "brier", "seconds"]
 
@@ -48,6 +48,7 @@ def train_alone(cfg: RunConfig, x: np.ndarray, y: np.ndarray, seed: int):
         batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
         seed=seed,
+        optim=LocalOptimizer.of(cfg),
     )
     return model
 
@@ -70,6 +71,24 @@ def pooled(cfg: RunConfig) -> dict:
     )
     hx, hy = load_holdout(cfg)
     return credit_metrics(hy, predict_proba(model, hx))
+
+
+def best_pooled_model(dataset: str, x: np.ndarray, y: np.ndarray, seed: int):
+    """scikit-learn's HistGradientBoostingClassifier with the dataset's parameters searched on validation data
+    (benchmarks/search.py -> benchmarks/constants.py; scikit-learn's defaults for a dataset without constants),
+    fitted on (x, y): the best pooled non-private model, the limit the headline measures against."""
+    from benchmarks.constants import CONSTANTS
+    from benchmarks.search import hgb
+
+    return hgb(CONSTANTS[dataset].hgb_params() if dataset in CONSTANTS else {}, seed).fit(x, y)
+
+
+def best_pooled(cfg: RunConfig) -> dict:
+    """The best pooled model on all lenders' training records, scored on the pooled held-out test."""
+    parts = [load_lender(cfg, i) for i in range(cfg.lenders)]
+    x, y = np.concatenate([p.x_train for p in parts]), np.concatenate([p.y_train for p in parts])
+    hx, hy = load_holdout(cfg)
+    return credit_metrics(hy, best_pooled_model(cfg.dataset, x, y, cfg.seed).predict_proba(hx)[:, 1])
 
 
 def local_only(cfg: RunConfig) -> list[dict]:

@@ -7,7 +7,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-FED = ("fedavg", "fedprox", "fedadam")
+FED = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "gbdt")
 EPS_ORDER = ("1", "3", "8", "inf")
 
 
@@ -47,44 +47,83 @@ def summarize(rows: list[dict]) -> dict:
     return {"pooled": pooled_test, "own": own_test, "ks": ks}
 
 
-def headline(rows: list[dict]) -> list[str]:
+def _headline_partition(rows: list[dict], dataset: str) -> str:
+    partitions = sorted({r["partition"] for r in rows if r["dataset"] == dataset})
+    return "dirichlet(0.5)" if "dirichlet(0.5)" in partitions else partitions[0]
+
+
+def _auc(s: dict, key: tuple) -> float:
+    """Mean over seeds of the pooled-test AUC of one (dataset, partition, method, epsilon)."""
+    return _mean([_mean(v) for v in s["pooled"].get(key, {}).values()])
+
+
+def _gap(auc: float, limit: float) -> str:
+    return "-" if math.isnan(auc) or math.isnan(limit) else f"{auc - limit:+.4f}"
+
+
+def limits_table(rows: list[dict]) -> list[str]:
+    """Per dataset: the best pooled model (the limit), the same-family pooled model, and local-only training."""
     s = summarize(rows)
     lines = [
-        "| dataset | partition | pooled | local mean | local worst | "
-        + " | ".join(f"FedAvg eps {_eps_label(e)} (vs pooled)" for e in EPS_ORDER)
-        + " | lenders beating own local: "
-        + " / ".join(_eps_label(e) for e in EPS_ORDER)
-        + " |",
-        "|---|---|---:|---:|---:|" + "---:|" * len(EPS_ORDER) + "---|",
+        "| dataset | partition | best pooled: HGB (the limit) | pooled, same model as the federation | "
+        "local only, mean of lenders | local only, worst lender | seeds (HGB / pooled) |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
-    datasets = sorted({r["dataset"] for r in rows})
-    for dataset in datasets:
-        partitions = sorted({r["partition"] for r in rows if r["dataset"] == dataset})
-        partition = "dirichlet(0.5)" if "dirichlet(0.5)" in partitions else partitions[0]
-        pooled = _mean([_mean(v) for v in s["pooled"][(dataset, partition, "pooled", "inf")].values()])
-        local = s["pooled"][(dataset, partition, "local", "inf")]
+    for dataset in sorted({r["dataset"] for r in rows}):
+        partition = _headline_partition(rows, dataset)
+        hgb, pooled = (_auc(s, (dataset, partition, m, "inf")) for m in ("hgb", "pooled"))
+        local = s["pooled"].get((dataset, partition, "local", "inf"), {})
         local_mean = _mean([_mean(v) for v in local.values()])
         local_worst = _mean([min(v) for v in local.values() if v])
-        cells, shares = [], []
-        own_local = s["own"][(dataset, partition, "local", "inf")]
-        for e in EPS_ORDER:
-            fed = s["pooled"].get((dataset, partition, "fedavg", e), {})
-            auc = _mean([_mean(v) for v in fed.values()])
-            cells.append("-" if math.isnan(auc) else f"{auc:.4f} ({auc - pooled:+.4f})")
-            own_fed = s["own"].get((dataset, partition, "fedavg", e), {})
-            pairs = [
-                (own_fed[k], own_local[k])
-                for k in own_fed
-                if k in own_local and not math.isnan(own_fed[k]) and not math.isnan(own_local[k])
-            ]
-            shares.append(f"{sum(fed >= local for fed, local in pairs)}/{len(pairs)}" if pairs else "-")
+        seeds = " / ".join(str(len(s["pooled"].get((dataset, partition, m, "inf"), {}))) for m in ("hgb", "pooled"))
         lines.append(
-            f"| {dataset} | {partition} | {pooled:.4f} | {local_mean:.4f} | {local_worst:.4f} | "
-            + " | ".join(cells)
-            + " | "
-            + " / ".join(shares)
-            + " |"
+            f"| {dataset} | {partition} | {_num(hgb)} | {_num(pooled)} | {_num(local_mean)} | {_num(local_worst)} | "
+            f"{seeds} |"
         )
+    return lines
+
+
+def _num(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.4f}"
+
+
+def headline(rows: list[dict]) -> list[str]:
+    """Per dataset and federated method: AUC at each epsilon, its gap to the best pooled model (HGB) and to the
+    pooled model of the same family (pooled training of the same network; for gbdt, HGB itself), and how many
+    lenders score at least as well on their own test with the federated model as with their own local one."""
+    s = summarize(rows)
+    lines = [
+        "| dataset | method | "
+        + " | ".join(f"eps {_eps_label(e)}: AUC (vs limit / vs same family)" for e in EPS_ORDER)
+        + " | lenders beating own local: "
+        + " / ".join(_eps_label(e) for e in EPS_ORDER)
+        + " | seeds |",
+        "|---|---|" + "---:|" * len(EPS_ORDER) + "---|---|",
+    ]
+    for dataset in sorted({r["dataset"] for r in rows}):
+        partition = _headline_partition(rows, dataset)
+        limit = _auc(s, (dataset, partition, "hgb", "inf"))
+        own_local = s["own"].get((dataset, partition, "local", "inf"), {})
+        for method in FED:
+            keys = [(dataset, partition, method, e) for e in EPS_ORDER]
+            if not any(k in s["pooled"] for k in keys):
+                continue
+            family = limit if method == "gbdt" else _auc(s, (dataset, partition, "pooled", "inf"))
+            cells, shares = [], []
+            for key in keys:
+                auc = _auc(s, key)
+                cells.append("-" if math.isnan(auc) else f"{auc:.4f} ({_gap(auc, limit)} / {_gap(auc, family)})")
+                own_fed = s["own"].get(key, {})
+                pairs = [
+                    (own_fed[k], own_local[k])
+                    for k in own_fed
+                    if k in own_local and not math.isnan(own_fed[k]) and not math.isnan(own_local[k])
+                ]
+                shares.append(f"{sum(fed >= local for fed, local in pairs)}/{len(pairs)}" if pairs else "-")
+            seeds = max(len(s["pooled"].get(k, {})) for k in keys)
+            lines.append(
+                f"| {dataset} | {method} | " + " | ".join(cells) + " | " + " / ".join(shares) + f" | {seeds} |"
+            )
     return lines
 
 
@@ -95,7 +134,7 @@ def full_table(rows: list[dict]) -> list[str]:
         "mean AUC on lenders' own tests | seeds |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    order = {m: i for i, m in enumerate(("pooled", "local", *FED))}
+    order = {m: i for i, m in enumerate(("hgb", "pooled", "local", *FED))}
     for key in sorted(
         s["pooled"], key=lambda k: (k[0], k[1], order.get(k[2], 9), EPS_ORDER.index(k[3]) if k[3] in EPS_ORDER else 9)
     ):
@@ -108,17 +147,35 @@ def full_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def results_markdown(rows: list[dict], command: str) -> str:
+def results_markdown(rows: list[dict], command: str, skipped: dict[str, str] | None = None) -> str:
+    import flwr
+
     out = ["# fedcredit benchmark results", ""]
     if command:
         out += ["Produced by:", "", "```bash", command, "```", ""]
+    out += [f"Flower {flwr.__version__}, one torch thread.", ""]
+    out += [f"Skipped: {method}: {why}." for method, why in (skipped or {}).items()]
+    out += [""] if skipped else []
     out += [
         "Generated from results.csv (one row per dataset, partition, method, epsilon, seed and lender). "
         "Pooled test: the pooled held-out split no method trains on; own test: each lender's own test split. "
         "Local-only rows on the pooled test are per lender (mean and worst below). Pooled and local-only "
         "training are non-private; epsilon is per lender, record level.",
         "",
-        "## Headline (FedAvg)",
+        "## The limit: the best pooled model",
+        "",
+        "HGB: scikit-learn's HistGradientBoostingClassifier, tuned on a validation fifth of the pooled training "
+        "records (benchmarks/search.py), trained on the same pooled training records as `pooled` and scored on the "
+        "same held-out test. Pooled: the federation's model family (logreg or mlp) trained centrally for the same "
+        "rounds x local epochs, with its own optimizer searched without DP (benchmarks/constants.py `pooled`).",
+        "",
+        *limits_table(rows),
+        "",
+        "## Headline: every federated method against the limit",
+        "",
+        "Each cell: pooled-test AUC (mean over seeds), then its gap to the best pooled model (HGB) and to the pooled "
+        "model of the same family (the same network trained centrally; for gbdt, HGB). Epsilon per lender, record "
+        "level, no secure aggregation.",
         "",
         *headline(rows),
         "",
@@ -129,10 +186,10 @@ def results_markdown(rows: list[dict], command: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_results_md(rows: list[dict], command: str, path: Path) -> None:
+def write_results_md(rows: list[dict], command: str, path: Path, skipped: dict[str, str] | None = None) -> None:
     """RESULTS.md from the bench rows, followed by the performance results the perf scripts left in
     `results/perf_*.md` beside it (each with its own command and machine)."""
-    text = results_markdown(rows, command)
+    text = results_markdown(rows, command, skipped)
     perf = sorted((path.parent / "results").glob("perf_*.md"))
     if perf:
         text += "\n## Performance (benchmarks/perf)\n\n" + "\n".join(
@@ -162,13 +219,15 @@ def plots(rows: list[dict], output_dir: Path) -> list[Path]:
                 ]
                 if points:
                     ax.plot(*zip(*points, strict=False), "o-", color=f"C{i}", label=method)
-            for method, style, color in (("pooled", "--", "k"), ("local", "-.", "C3")):
+            for method, style, color in (("hgb", "-", "k"), ("pooled", "--", "k"), ("local", "-.", "C3")):
                 if (dataset, partition, method, "inf") in s["pooled"]:
                     ax.axhline(
                         _mean([_mean(v) for v in s["pooled"][(dataset, partition, method, "inf")].values()]),
                         ls=style,
                         color=color,
-                        label=f"{method} (no DP)" if method == "pooled" else "local-only mean",
+                        label={"hgb": "best pooled: HGB (no DP)", "pooled": "pooled, same model (no DP)"}.get(
+                            method, "local-only mean"
+                        ),
                     )
             ax.set_xticks(range(len(EPS_ORDER)), [_eps_label(e) for e in EPS_ORDER])
             ax.set_xlabel("epsilon per lender")

@@ -50,7 +50,7 @@ from federation.privacy.lender_level_mechanism import clip_update
 from federation.privacy.limits import MAX_DELTA, check_delta
 from federation.privacy.noise import SecureRandomness, SeededRandomness, noise_source
 from federation.secagg import SecAggError
-from federation.training import DPSettings, train_local
+from federation.training import DPSettings, LocalOptimizer, train_local
 from federation.tree_model import ensemble_of, tree_count
 
 
@@ -415,6 +415,7 @@ def _train_once(s: Session, planned: PrivacyEvent | None) -> ArrayRecord:
         seed=(cfg.seed * 1_000_003 + s.lender * 1009 + s.round) % 2**31,
         dp=dp,
         proximal_mu=mu,
+        optim=LocalOptimizer.of(cfg),
     )
     if planned is not None and result.steps != planned.steps:
         raise RuntimeError(f"lender {s.lender} took {result.steps} DP steps, {planned.steps} were admitted")

@@ -194,6 +194,9 @@ def run(
     local_epochs: int = _option("local_epochs"),
     batch_size: int = _option("batch_size"),
     learning_rate: float = _option("learning_rate"),
+    optimizer: str = _option("optimizer"),
+    weight_decay: float = _option("weight_decay"),
+    lr_schedule: str = _option("lr_schedule"),
     model: str = _option("model"),
     gbdt_trees_per_round: int = _option("gbdt_trees_per_round"),
     gbdt_depth: int = _option("gbdt_depth"),
@@ -1011,7 +1014,7 @@ def bench(
     seeds: str = typer.Option("", help="Comma-separated seeds (default 0,1,2; --quick: 0)."),
     methods: str = typer.Option(
         "",
-        help=f"Comma-separated from {', '.join(BENCH_METHODS)} (default all).",
+        help=f"Comma-separated from {', '.join(BENCH_METHODS)} (default all but fedyogi and fedadagrad).",
         shell_complete=_complete_list(BENCH_METHODS),
     ),
     epsilons: str = typer.Option("", help="Comma-separated epsilons per lender, inf = no DP (default inf,1,3,8)."),
@@ -1027,14 +1030,14 @@ def bench(
 ) -> None:
     """The federated credit benchmark: pooled vs local-only vs FedAvg/FedProx/FedAdam, with and without DP."""
     from benchmarks import bench as grid_bench
-    from benchmarks.constants import EPSILONS, METHODS, PARTITIONS, SPLITS
+    from benchmarks.constants import DEFAULT_METHODS, EPSILONS, METHODS, PARTITIONS, SPLITS
 
     names = [d.strip() for d in datasets.split(",") if d.strip()] or (["synthetic"] if quick else list(BENCH_DATASETS))
     for name in names:
         if name not in BENCH_DATASETS:
             _fail(f"unknown dataset '{name}' (choose from {', '.join(BENCH_DATASETS)})")
     method_list = [m.strip() for m in methods.split(",") if m.strip()] or (
-        ["pooled", "local", "fedavg"] if quick else list(METHODS)
+        ["pooled", "local", "fedavg"] if quick else list(DEFAULT_METHODS)
     )
     for m in method_list:
         if m not in METHODS:
@@ -1064,6 +1067,10 @@ def bench(
     elif quick:
         chosen = {**PARTITIONS, "default": [("iid", 0.5)]}
     cells = grid_bench.grid(names, seed_list, method_list, eps, chosen)
+    if not cells:  # every method asked for is one this build cannot run
+        from benchmarks.constants import unavailable
+
+        _fail("; ".join(f"{m}: {unavailable(m)}" for m in method_list))
     command = _command(
         "bench",
         quick=quick,
@@ -1093,6 +1100,7 @@ def bench(
             command,
             Path(results_md) if results_md else None,
             log=lambda line: console.print(line, highlight=False),
+            methods=method_list,
         )
     except (FedCreditError, ValueError) as exc:
         _fail(str(exc))
@@ -1172,7 +1180,7 @@ def card_init(
 @app.command()
 def score(
     run_dir: Path = typer.Argument(..., help="The finished run folder: its model.json scores."),
-    csv_path: Path | None = typer.Option(None, "--csv", help="The applicants: a CSV with the card's credit columns."),
+    applicants: Path | None = typer.Option(None, "--csv", help="The applicants: a CSV with the card's credit columns."),
     out: Path = typer.Option(Path("scores.csv"), "--out", help="Where the scores go (id, probability, points)."),
     points_table: Path | None = typer.Option(
         None, "--points-table", help="Also write the logistic scorecard's points per feature bin to this CSV."
@@ -1190,7 +1198,7 @@ def score(
     from federation.audit_trail.verify import VerificationFailed, verify_run
     from federation.runfolder import write_atomically
 
-    if csv_path is None and points_table is None:
+    if applicants is None and points_table is None:
         _fail("nothing to do: give --csv APPLICANTS.csv, --points-table OUT.csv, or both")
     outputs: dict[Path, str] = {}
     try:
@@ -1200,8 +1208,8 @@ def score(
         if points_table is not None:
             outputs[points_table] = scoring.points_csv(model)
         scores = None
-        if csv_path is not None:
-            scores = scoring.score_frame(model, scoring.read_applicants(csv_path), clip=clip)
+        if applicants is not None:
+            scores = scoring.score_frame(model, scoring.read_applicants(applicants), clip=clip)
             outputs[out] = scoring.scores_csv(scores)
         for path in outputs:
             if path.resolve().is_relative_to(run_dir.resolve()):

@@ -25,7 +25,10 @@ _GBDT = (
 DATASETS = ("synthetic", "taiwan_default", "give_me_some_credit", "german_credit", "spanish_credit", "csv")
 PARTITIONS = ("natural", "iid", "dirichlet", "quantity")
 MODELS = ("logreg", "mlp", "gbdt")
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedmedian", "fedtrimmedavg")
+# The lender's local step (federation/training.py LocalOptimizer; the same names there).
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine")
 ACCOUNTANTS = ("rdp", "prv")
 DP_LEVELS = ("record", "lender")
 ENGINES = ("inprocess", "simulation")
@@ -91,9 +94,16 @@ class RunConfig:
     gbdt_leaf_clip: float = _option(
         _GBDT.leaf_clip, "gbdt: leaf values clipped to [-leaf-clip, leaf-clip] before shrinkage."
     )
+    # ---- the lender's local optimizer (post-processing of the DP gradient: no effect on the accounting) ----
+    optimizer: str = _option("sgd", "Local optimizer (sgd: momentum 0.9; adamw: decoupled weight decay).", OPTIMIZERS)
+    weight_decay: float = _option(0.0, "Local weight decay (adamw: decoupled; sgd, adam: L2 on the gradient).")
+    lr_schedule: str = _option(
+        "constant", "Local learning-rate schedule (cosine: decays to 0 over each local training).", LR_SCHEDULES
+    )
+    # ----
     strategy: str = _option("fedavg", "Aggregation.", STRATEGIES)
     proximal_mu: float = _option(0.01, "FedProx proximal weight.")
-    server_learning_rate: float = _option(0.1, "FedAdam server learning rate (eta).")
+    server_learning_rate: float = _option(0.1, "FedAdam, FedYogi, FedAdagrad server learning rate (eta).")
     trim_fraction: float = _option(0.2, "FedTrimmedAvg: fraction cut at each end, per coordinate.")
     max_update_norm: float = _option(
         1000.0, "Reject an update farther than this (L2) from the global model; 0: no bound."
@@ -243,6 +253,10 @@ class RunConfig:
         need(0.0 < self.holdout_fraction < 1.0, f"holdout-fraction must be in (0, 1), got {self.holdout_fraction}")
         need(0.0 < self.test_fraction < 1.0, f"test-fraction must be in (0, 1), got {self.test_fraction}")
         need(self.hidden >= 1, f"hidden must be at least 1, got {self.hidden}")
+        need(
+            self.weight_decay >= 0 and math.isfinite(self.weight_decay),
+            f"weight-decay must be >= 0, got {self.weight_decay}",
+        )
         need(
             self.proximal_mu >= 0 and math.isfinite(self.proximal_mu),
             f"proximal-mu must be >= 0, got {self.proximal_mu}",
@@ -408,7 +422,16 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "seed",
         "engine",
     ),
-    "Model": ("model", "hidden", "local_epochs", "batch_size", "learning_rate"),
+    "Model": (
+        "model",
+        "hidden",
+        "local_epochs",
+        "batch_size",
+        "learning_rate",
+        "optimizer",
+        "weight_decay",
+        "lr_schedule",
+    ),
     "Gradient boosting (--model gbdt)": (
         "gbdt_trees_per_round",
         "gbdt_depth",

@@ -7,7 +7,9 @@ DPOptimizer; DPSettings.per_sample can ask for either. Accounting is not done he
 caller records a PrivacyEvent for the steps taken and recomputes epsilon from all events.
 FedProx's proximal pull towards the global model is applied after each optimizer step: it does not
 depend on the data, so it is post-processing of the DP release (Opacus' per-example gradients
-would not see a proximal term added to the loss).
+would not see a proximal term added to the loss). The optimizer that takes the step (LocalOptimizer: SGD with
+momentum, Adam or AdamW, a constant or cosine learning rate) is post-processing too: under DP it receives the
+same clipped, noised sum whichever it is, so the privacy accounting does not depend on it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from federation import fast_dp_sgd
+from federation.config import LR_SCHEDULES, OPTIMIZERS
 from federation.privacy.accountant import steps_per_epoch
 from federation.privacy.noise import SecureRandomness, SeededRandomness
 
@@ -44,6 +47,46 @@ class DPSettings:
 
 
 PER_SAMPLE = ("auto", "closed-form", "opacus")
+ADAM_EPS = 1e-8  # torch's default
+
+
+@dataclass(frozen=True)
+class LocalOptimizer:
+    """How the lender's local step is taken from the (DP or plain) gradient: never what the gradient is."""
+
+    name: str = "sgd"  # sgd: momentum 0.9 (the project's original step); adam; adamw (decoupled weight decay)
+    weight_decay: float = 0.0  # sgd and adam: L2 added to the gradient; adamw: decoupled
+    schedule: str = "constant"  # constant, or cosine decay to 0 over the steps of one train_local call
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {self.name!r}")
+        if self.schedule not in LR_SCHEDULES:
+            raise ValueError(f"learning-rate schedule must be one of {LR_SCHEDULES}, not {self.schedule!r}")
+
+    @classmethod
+    def of(cls, cfg) -> LocalOptimizer:
+        """The run configuration's choice (federation.config.RunConfig)."""
+        return cls(cfg.optimizer, cfg.weight_decay, cfg.lr_schedule)
+
+    def build(self, params, learning_rate: float, sum_over: float = 1.0) -> torch.optim.Optimizer:
+        """The torch optimizer for `params`. `sum_over`: the gradient it will receive is a sum over this many
+        records (DP-SGD: the expected batch), not a mean. SGD folds 1/sum_over into its learning rate (as before);
+        Adam's step m / (sqrt(v) + eps) is invariant to the gradient's scale except through eps, so eps is scaled
+        by sum_over instead, which makes the step exactly that of the mean gradient."""
+        if self.name == "sgd":
+            return torch.optim.SGD(
+                params, lr=learning_rate / sum_over, momentum=0.9, weight_decay=self.weight_decay * sum_over
+            )
+        kind = torch.optim.AdamW if self.name == "adamw" else torch.optim.Adam
+        # Adam's L2 weight decay is added to the summed gradient: scale it like the gradient (AdamW's is decoupled).
+        decay = self.weight_decay * (sum_over if self.name == "adam" else 1.0)
+        return kind(params, lr=learning_rate, eps=ADAM_EPS * sum_over, weight_decay=decay)
+
+    def scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int):
+        if self.schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+        return None
 
 
 def uses_closed_form(model: nn.Module, dp: DPSettings) -> bool:
@@ -127,6 +170,7 @@ def train_local(
     seed: int,
     dp: DPSettings | None = None,
     proximal_mu: float = 0.0,
+    optim: LocalOptimizer = LocalOptimizer(),
 ) -> TrainResult:
     # `seed` orders the plain (non-private) passes only; DP draws come from dp.randomness.
     if dp is not None and uses_closed_form(model, dp):
@@ -139,6 +183,7 @@ def train_local(
             learning_rate=learning_rate,
             dp=dp,
             proximal_mu=proximal_mu,
+            optim=optim,
         )
     xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
@@ -147,7 +192,7 @@ def train_local(
     close_hooks: Callable[[], None] | None = None
     if dp is None:
         criterion = nn.BCEWithLogitsLoss()
-        optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=0.9)
+        optimizer = base = optim.build(model.parameters(), learning_rate)
     else:
         from opacus import GradSampleModule
 
@@ -155,7 +200,7 @@ def train_local(
         # DP-SGD average (a Poisson batch's real size is itself private), and empty batches are valid.
         criterion = nn.BCEWithLogitsLoss(reduction="sum")
         expected_batch = len(xt) / steps_per_epoch(len(xt), batch_size)
-        base = torch.optim.SGD(model.parameters(), lr=learning_rate / expected_batch, momentum=0.9)
+        base = optim.build(model.parameters(), learning_rate, sum_over=expected_batch)
         # Opacus' per-example gradients (GradSampleModule) and DP optimizer (clip, noise), as
         # PrivacyEngine.make_private builds them; only the data loader is ours (see _batches).
         train_model = GradSampleModule(model, loss_reduction="sum")
@@ -170,6 +215,7 @@ def train_local(
             expected_batch_size=round(expected_batch),
             loss_reduction="sum",
         )
+    schedule = optim.scheduler(base, epochs * steps_per_epoch(len(xt), batch_size))
     train_model.train()
     steps = 0
     for _ in range(epochs):
@@ -181,6 +227,8 @@ def train_local(
                 zero_non_finite_examples(model.parameters())
             optimizer.step()
             steps += 1
+            if schedule is not None:
+                schedule.step()
             if proximal_mu > 0:
                 _proximal_pull(model, global_params, learning_rate * proximal_mu)
     if close_hooks is not None:
@@ -204,6 +252,7 @@ def _train_closed_form(
     learning_rate: float,
     dp: DPSettings,
     proximal_mu: float,
+    optim: LocalOptimizer,
 ) -> TrainResult:
     """DP-SGD as the Opacus path does it (same batches, loss, clipping, noise draws, optimizer and proximal pull),
     with the clipped sum from federation/fast_dp_sgd.py instead of Opacus' per-example gradients."""
@@ -213,7 +262,8 @@ def _train_closed_form(
     linears = fast_dp_sgd.linear_layers(model)
     assert linears is not None
     expected_batch = len(xt) / steps_per_epoch(len(xt), batch_size)
-    optimizer = torch.optim.SGD(params, lr=learning_rate / expected_batch, momentum=0.9)
+    optimizer = optim.build(params, learning_rate, sum_over=expected_batch)
+    schedule = optim.scheduler(optimizer, epochs * steps_per_epoch(len(xt), batch_size))
     std = dp.noise_multiplier * dp.clip_norm  # as DPOptimizer.add_noise computes it
     model.train()
     steps = 0
@@ -224,6 +274,8 @@ def _train_closed_form(
                 p.grad = grad.view_as(p)  # replaces the last step's gradient: no zero_grad needed
             optimizer.step()
             steps += 1
+            if schedule is not None:
+                schedule.step()
             if proximal_mu > 0:
                 _proximal_pull(model, global_params, learning_rate * proximal_mu)
     return TrainResult(steps=steps)

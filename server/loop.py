@@ -57,10 +57,15 @@ def run_federation(
 
 def _resume(folder: RunFolder, cfg: RunConfig, checkpoint_key: bytes) -> tuple[LedgerKeeper, dict]:
     """The ledger keeper and the checkpointed state of the killed run in `folder`."""
-    if cfg.strategy == "fedadam" or (cfg.dp and cfg.dp_level == "lender") or cfg.model == "gbdt":
+    if (
+        cfg.strategy in ("fedadam", "fedyogi", "fedadagrad")
+        or (cfg.dp and cfg.dp_level == "lender")
+        or cfg.model == "gbdt"
+    ):
         raise ConfigError(
             "resume supports FedAvg, FedProx, FedMedian and FedTrimmedAvg at record level, for logreg and mlp "
-            "(FedAdam's moments, lender-level noise state and gbdt's structure generator are not checkpointed)"
+            "(FedAdam's, FedYogi's and FedAdagrad's moments, lender-level noise state and gbdt's structure generator "
+            "are not checkpointed)"
         )
     keeper = LedgerKeeper.resume(folder, cfg)
     state = checkpoint.load(folder.staging, checkpoint_key, keeper.run)

@@ -1,10 +1,13 @@
-"""Aggregation strategies: Flower's own FedAvg, FedProx and FedAdam (Message API).
+"""Aggregation strategies: Flower's own FedAvg, FedProx, FedAdam, FedYogi and FedAdagrad (Message API).
 
 - FedAvg: McMahan et al. 2017, "Communication-efficient learning of deep networks from
   decentralized data" (arXiv:1602.05629).
 - FedProx: Li et al. 2020, "Federated optimization in heterogeneous networks" (arXiv:1812.06127);
   lenders apply the proximal term (federation/training.py).
-- FedAdam: Reddi et al. 2021, "Adaptive federated optimization" (arXiv:2003.00295).
+- FedAdam, FedYogi, FedAdagrad (server-side optimizers: the averaged update is a pseudo-gradient the
+  coordinator steps with Adam, Yogi or Adagrad at rate eta = server-learning-rate): Reddi et al. 2021,
+  "Adaptive federated optimization" (arXiv:2003.00295). They use only the aggregate, so they are
+  post-processing of the lenders' DP releases.
 - FedMedian and FedTrimmedAvg: Yin et al. 2018, "Byzantine-robust distributed learning: towards optimal
   statistical rates" (arXiv:1803.01498): coordinate-wise median / trimmed mean, robust to a minority of
   lenders sending arbitrary updates.
@@ -20,7 +23,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TypedDict
 
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Strategy
+from flwr.serverapp.strategy import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Strategy,
+)
 
 from federation.config import RunConfig
 from server.coordinator_strategy import CoordinatorStrategy
@@ -54,6 +66,10 @@ def make_strategy(cfg: RunConfig) -> Strategy:
         return FedProx(**common, proximal_mu=cfg.proximal_mu)
     if cfg.strategy == "fedadam":
         return FedAdam(**common, eta=cfg.server_learning_rate, eta_l=cfg.learning_rate)
+    if cfg.strategy == "fedyogi":
+        return FedYogi(**common, eta=cfg.server_learning_rate, eta_l=cfg.learning_rate)
+    if cfg.strategy == "fedadagrad":
+        return FedAdagrad(**common, eta=cfg.server_learning_rate, eta_l=cfg.learning_rate)
     if cfg.strategy == "fedmedian":
         return FedMedian(**common)
     if cfg.strategy == "fedtrimmedavg":

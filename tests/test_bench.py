@@ -3,6 +3,7 @@
 import csv
 import math
 
+import pytest
 from typer.testing import CliRunner
 
 from benchmarks.bench import COLUMNS, Cell, config_for, grid
@@ -14,11 +15,15 @@ runner = CliRunner()
 
 def test_every_method_gets_the_same_budget_of_local_steps():
     cells = grid(["taiwan_default"], [0])
-    configs = {c.method: config_for(c) for c in cells if math.isinf(c.epsilon)}
-    budget = {(cfg.rounds * cfg.local_epochs, cfg.batch_size, cfg.learning_rate, cfg.model) for cfg in configs.values()}
+    # gbdt boosts (rounds of trees, no local epochs) and hgb is scikit-learn's: neither has local steps
+    configs = {c.method: config_for(c) for c in cells if math.isinf(c.epsilon) and c.method not in ("gbdt", "hgb")}
+    budget = {(cfg.rounds * cfg.local_epochs, cfg.batch_size, cfg.model) for cfg in configs.values()}
     assert len(budget) == 1
     c = CONSTANTS["taiwan_default"]
-    assert budget == {(c.rounds * c.local_epochs, c.batch_size, c.learning_rate, c.model)}
+    assert budget == {(c.rounds * c.local_epochs, c.batch_size, c.model)}
+    # The federation and local-only share the local optimizer; pooled takes its own searched settings, same family.
+    assert configs["local"].learning_rate == configs["fedavg"].learning_rate == c.learning_rate
+    assert all(getattr(configs["pooled"], k) == v for k, v in c.pooled)
 
 
 def test_full_grid_covers_the_protocol():
@@ -92,3 +97,117 @@ def test_bench_bad_options_are_clear_errors(tmp_path):
 def test_cell_keys_match_csv_rows():
     cell = Cell("synthetic", "natural", 0.5, "fedavg", 3.0, 1)
     assert cell.key() == ("synthetic", "natural", "fedavg", "3", "1")
+
+
+def test_the_hgb_limit_is_fitted_and_scored_on_the_same_split_as_the_other_cells(monkeypatch):
+    """hgb (the headline's limit) must see exactly the records pooled training sees, and be scored on exactly the
+    held-out and own test records every other cell is scored on: same arrays, row for row."""
+    import numpy as np
+
+    from benchmarks import bench as bench_module
+
+    fitted, scored = {}, {}
+    real_scores, real_hgb, real_alone = bench_module._scores, bench_module.best_pooled_model, bench_module.train_alone
+    method = {"now": ""}
+
+    def scores(model, x, y):
+        scored.setdefault(method["now"], []).append((x.copy(), y.copy()))
+        return real_scores(model, x, y)
+
+    def hgb(dataset, x, y, seed):
+        fitted["hgb"] = (x.copy(), y.copy())
+        return real_hgb(dataset, x, y, seed)
+
+    def alone(cfg, x, y, seed):
+        fitted.setdefault("pooled", (x.copy(), y.copy()))
+        return real_alone(cfg, x, y, seed)
+
+    monkeypatch.setattr(bench_module, "_scores", scores)
+    monkeypatch.setattr(bench_module, "best_pooled_model", hgb)
+    monkeypatch.setattr(bench_module, "train_alone", alone)
+    overrides = {"records": 3000, "rounds": 2, "lenders": 3}
+    for m in ("hgb", "pooled", "fedavg"):
+        method["now"] = m
+        cell = Cell("synthetic", "natural", 0.5, m, math.inf, 0)
+        rows = bench_module.run_cell(cell, config_for(cell, overrides=overrides))
+        assert [r["lender"] for r in rows] == ["pooled", 0, 1, 2]
+    for name in ("hgb", "fedavg"):
+        assert len(scored[name]) == len(scored["pooled"]) == 4  # the held-out test, then each lender's own test
+        for (x, y), (px, py) in zip(scored[name], scored["pooled"], strict=True):
+            assert np.array_equal(x, px) and np.array_equal(y, py)
+    assert np.array_equal(fitted["hgb"][0], fitted["pooled"][0]) and np.array_equal(
+        fitted["hgb"][1], fitted["pooled"][1]
+    )
+
+
+def test_a_quick_cell_with_adamw_and_the_limit_runs_end_to_end(tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", "--quick", "--methods", "hgb,pooled,fedavg", "--epsilons", "3", "--output-dir", str(out)]
+    for setting in ("model=mlp", "hidden=16", "optimizer=adamw", "lr-schedule=cosine", "learning-rate=0.01"):
+        args += ["--set", setting]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with (out / "results.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["lender"] == "pooled"]
+    auc = {r["method"]: float(r["auc"]) for r in rows}
+    assert set(auc) == {"hgb", "pooled", "fedavg"}
+    assert auc["hgb"] > 0.7 and auc["pooled"] > 0.7 and auc["fedavg"] > 0.6
+    assert 0 < float(next(r for r in rows if r["method"] == "fedavg")["epsilon_spent"]) <= 3.0
+    md = (out / "RESULTS.md").read_text()
+    assert "best pooled: HGB (the limit)" in md and "Flower 1." in md
+    # the headline row: the federated AUC, then its gaps to the limit and to the same-family pooled model
+    f, h, p = auc["fedavg"], auc["hgb"], auc["pooled"]
+    assert f"| synthetic | fedavg | - | {f:.4f} ({f - h:+.4f} / {f - p:+.4f}) |" in md
+
+
+def test_the_gbdt_cells_run_at_every_epsilon_and_a_build_without_gbdt_skips_them_with_its_reason(tmp_path, monkeypatch):
+    from benchmarks import constants
+    from federation import config
+    from federation.gbdt.boosting import GbdtParams
+
+    assert "gbdt" in config.MODELS and "gbdt" in constants.DEFAULT_METHODS
+    cells = grid(["synthetic"], [0], ["gbdt"], [1.0, 3.0])
+    assert {(c.method, c.epsilon) for c in cells} == {("gbdt", 1.0), ("gbdt", 3.0)}
+    assert {(config_for(c).model, config_for(c).rounds) for c in cells} == {("gbdt", GbdtParams().rounds)}
+    # A build without the model (federation.config.MODELS without gbdt) skips its cells and says why.
+    monkeypatch.setattr(config, "MODELS", tuple(m for m in config.MODELS if m != "gbdt"))
+    assert "not in this build" in constants.unavailable("gbdt") and constants.unavailable("fedavg") == ""
+    assert {c.method for c in grid(["synthetic"], [0], ["pooled", "gbdt"], [3.0])} == {"pooled"}
+    only = runner.invoke(app, ["bench", "--quick", "--methods", "gbdt", "--output-dir", str(tmp_path / "g")])
+    assert only.exit_code == 2 and "gbdt: --model gbdt is not in this build" in only.output, only.output
+
+
+def test_server_side_optimizers_are_flowers():
+    from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedYogi
+
+    from federation.config import RunConfig
+    from server.strategies import make_strategy
+
+    for name, kind in (("fedadam", FedAdam), ("fedyogi", FedYogi), ("fedadagrad", FedAdagrad)):
+        strategy = make_strategy(RunConfig(strategy=name, server_learning_rate=0.03, lenders=3).validated())
+        assert type(strategy) is kind and strategy.eta == 0.03
+
+
+def test_the_search_tools_train_on_validation_splits_and_reach_a_real_model():
+    """benchmarks/search.py: the validation split is disjoint from what is fitted and keeps the label rate; the
+    simulated DP FedAvg the federated search scores trains a model that ranks (and noise changes it)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from benchmarks.search import markdown, simulated_dp_fedavg, validation_split
+    from federation.config import RunConfig
+    from federation.model import predict_proba
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(900, 4)).astype(np.float32)
+    y = (x[:, 0] - x[:, 1] + rng.normal(size=900) > 0.8).astype(np.float32)
+    ids = np.arange(900, dtype=np.float32)
+    x_fit, x_val, _, y_val = validation_split(np.column_stack([x, ids]), y)
+    assert not set(x_fit[:, -1]) & set(x_val[:, -1]) and len(x_val) == 180
+    assert abs(y_val.mean() - y.mean()) < 0.01
+    cfg = RunConfig(model="logreg", rounds=3, batch_size=50, learning_rate=0.5, clip_norm=1.0).validated()
+    lenders = [(x[i::3], y[i::3]) for i in range(3)]
+    aucs = [roc_auc_score(y, predict_proba(simulated_dp_fedavg(cfg, lenders, 3.0, seed), x)) for seed in (0, 1)]
+    assert min(aucs) > 0.75 and aucs[0] != aucs[1]
+    rows = [{"dataset": "d", "search": "fed", "candidate": "model=logreg", "validation_auc": "0.7000", "seconds": "1"}]
+    assert "Command: `python -m benchmarks.search x`" in markdown(rows, "python -m benchmarks.search x")

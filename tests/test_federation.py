@@ -159,7 +159,7 @@ def test_inspector_rejects_row_shaped_or_unexpected_content():
         inspect_reply(_reply({**good, "arrays": nan}), shapes)
 
 
-@pytest.mark.parametrize("strategy", ["fedprox", "fedadam"])
+@pytest.mark.parametrize("strategy", ["fedprox", "fedadam", "fedyogi", "fedadagrad"])
 def test_other_strategies_run(strategy, tmp_path):
     path = run(
         SMALL.replace(rounds=2, strategy=strategy, dp=False, output_dir=str(tmp_path / strategy)),
