@@ -3,7 +3,6 @@
 import csv
 import math
 
-import pytest
 from typer.testing import CliRunner
 
 from benchmarks.bench import COLUMNS, Cell, config_for, grid
