@@ -548,12 +548,15 @@ def deploy(
             highlight=False,
         )
         deployment = Deployment(folder, cfg.lenders, data_dir=cfg.data_dir, data_dirs=data_dirs)
+        _stop_on_term()  # a SIGTERM (a job scheduler, a timeout) stops it like Ctrl-C: no key or process left
         cfg = deployment.prepare(cfg)
         with deployment:
             # the ServerApp's output as it comes: its rounds, then the table and paths `fedcredit run` prints
             path = deployment.run(cfg, on_line=LinePrinter())
     except FedCreditError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        _interrupted("deploy stopped every process it started and removed the keys and lender folders it made")
     rounds_seconds = [json.loads(line)["seconds"] for line in (path / "rounds.jsonl").read_text().splitlines()]
     console.print(f"seconds per round in deployment: {', '.join(f'{s:.1f}' for s in rounds_seconds)}", highlight=False)
 

@@ -320,7 +320,8 @@ def check_schema(frame: pd.DataFrame, card: DatasetCard) -> None:
 
 
 def consent_mask(frame: pd.DataFrame, card: DatasetCard) -> np.ndarray:
-    """True where the record may be used. No consent column: the card states the data are public."""
+    """True where the record may be used. No consent column: nothing to check, every record passes (the manifest
+    says `consent_checked` false and the report says consent was not checked)."""
     col = card.role("consent")
     if col is None:
         return np.ones(len(frame), dtype=bool)

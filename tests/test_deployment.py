@@ -6,6 +6,7 @@ lender reads its records from its own folder (its node config's lender-dir), nev
 import os
 import stat
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -311,3 +312,44 @@ def test_deploy_goes_on_when_nobody_reads_its_output_any_more():
     printer("round 1: ...")  # `fedcredit deploy | head -1` after head exited: no exception stops the run
     printer("round 2: ...")
     assert printer.closed and Closed.writes == 1
+
+
+def test_a_sigterm_to_deploy_stops_it_like_ctrl_c_and_its_cleanup_runs(tmp_path, monkeypatch):
+    """A job scheduler's SIGTERM used to kill deploy outright, leaving the coordinator's keys and the lender folders
+    it made; now it raises KeyboardInterrupt in deploy, so the deployment's __exit__ (which stops every process by id
+    and removes what it made) runs, and deploy exits 130 with one line."""
+    import signal
+
+    from typer.testing import CliRunner
+
+    import fedcredit.deploy as deploy
+    from fedcredit.cli import app
+
+    exited = []
+
+    class Terminated(Deployment):
+        def prepare(self, cfg):
+            return cfg
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            exited.append(exc[0])
+
+        def run(self, cfg, timeout=900.0, on_line=None):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the signal arrives before this ends
+            raise AssertionError("SIGTERM did not stop the run")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(deploy, "Deployment", Terminated)
+    try:
+        result = CliRunner().invoke(
+            app, ["deploy", "--deploy-dir", str(tmp_path / "d"), "--output-dir", str(tmp_path / "r")]
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 130, result.output
+    assert exited == [KeyboardInterrupt] and "interrupted: deploy stopped every process" in result.output
+    assert "Traceback" not in result.output

@@ -293,7 +293,8 @@ def summary_sentences(report: dict) -> list[str]:
     for category in refused.values():
         by_cat[category] = by_cat.get(category, 0) + 1
     detail = ", ".join(f"{v} {k.replace('_', '-')}" for k, v in sorted(by_cat.items()))
-    out.append(f"{len(refused)} prohibited or non-credit fields were refused" + (f" ({detail})." if detail else "."))
+    # the categories named, not assumed: a card may refuse identifiers and outcome leaks too, not only the prohibited
+    out.append(f"{len(refused)} fields were refused before training" + (f" ({detail})." if detail else "."))
     overrides = sorted({f["name"] for d in lenders for f in d["overrides"]})
     if overrides:
         out.append(
