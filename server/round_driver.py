@@ -64,8 +64,8 @@ class Federation:
         return self.lender_of_node[msg.metadata.dst_node_id]
 
     def masked_shape(self) -> dict[str, tuple[int, ...]]:
-        """What a secure-aggregation reply holds instead: one vector, the masked update then the record count."""
-        return {MASKED: (sum(math.prod(shape) for shape in self.shapes.values()) + 1,)}
+        """What a secure-aggregation reply holds instead: one masked vector (its length is the strategy's)."""
+        return {MASKED: (self.strategy.masked_length(self.shapes),)}
 
 
 def drive_rounds(
