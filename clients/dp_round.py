@@ -32,6 +32,7 @@ from federation.audit_trail import checkpoint
 from federation.audit_trail.attest import refusal_body, update_body
 from federation.audit_trail.canonical import arrays_hash
 from federation.errors import ConfigError
+from federation.gbdt.leaf_sums import secure_noise_share
 from federation.gbdt_release import (
     LEAF_SUMS,
     calibrated_noise,
@@ -40,7 +41,6 @@ from federation.gbdt_release import (
     released,
     round_event,
 )
-from federation.gbdt.leaf_sums import secure_noise_share
 from federation.lender_policy import effective_delta
 from federation.messages import ARRAYS, ATTESTATION, MASKED, METRICS, SECAGG, array_record, numpy_arrays
 from federation.model import build_model, model_for

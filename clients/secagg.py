@@ -37,8 +37,8 @@ from federation.secagg import (
     keys_body,
     pack_share,
     split_shares,
-    survivors_body,
     sum_quantizer,
+    survivors_body,
     weighted_quantizer,
 )
 

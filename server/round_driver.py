@@ -11,7 +11,6 @@ noise) is the strategy's (server/coordinator_strategy.py, server/lender_level_dp
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Callable

@@ -10,8 +10,8 @@ sign a report, or write a page, that says more or other than the ledger it is bo
 from __future__ import annotations
 
 import html
-import math
 import json
+import math
 from decimal import Decimal
 from pathlib import Path
 from typing import Any

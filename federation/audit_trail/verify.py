@@ -47,9 +47,9 @@ from federation.audit_trail.report import build_report, render_html, report_byte
 from federation.audit_trail.run_view import RunView, evaluators, global_scores, stop_reason
 from federation.config import RunConfig
 from federation.errors import FedCreditError
-from federation.gbdt_release import release_clip_norm
 from federation.gbdt.accounting import secure_sum_statement
 from federation.gbdt.leaf_sums import guaranteed_noise, secure_noise_share
+from federation.gbdt_release import release_clip_norm
 from federation.lender_policy import effective_delta
 from federation.policy import used_field_violation
 from federation.privacy import dpaccounting
