@@ -15,6 +15,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
@@ -167,7 +168,11 @@ class CoordinatorStrategy:
                 "clip_norm": release_clip_norm(cfg),
                 "noise": bodies[-1].get("noise") if bodies else None,
             }
-            statement = secure_sum_statement(bodies, lambda own, d=delta: epsilons(own, d)[cfg.accountant])
+            statement = secure_sum_statement(bodies, partial(_epsilon, delta=delta, accountant=cfg.accountant))
             if statement is not None:  # gbdt under secure aggregation: the assumption and the own-share epsilon
                 units[str(lender)]["secure_sum"] = statement
         return {"dp": True, "granularity": cfg.dp_level, "accountant": cfg.accountant, "units": units}
+
+
+def _epsilon(events: list, delta: float, accountant: str) -> float:
+    return epsilons(events, delta)[accountant]
