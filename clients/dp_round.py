@@ -285,10 +285,10 @@ def _secure_sum_terms(s: Session, planned: PrivacyEvent) -> tuple[dict | None, R
     from clients import secagg
 
     request = secagg.request_record(s.msg.content, SECAGG)
-    threshold = secagg.signed_threshold(s.context, s.round, s.run, s.lender, request)
-    colluders = s.policy.secure_sum_colluders
+    roster = secagg.signed_roster(s.context, s.round, s.run, s.lender, request)
+    threshold, colluders = roster.threshold, s.policy.secure_sum_colluders
     try:
-        share = secure_noise_share(planned.noise_multiplier, threshold, colluders)
+        share = secure_noise_share(planned.noise_multiplier, threshold, colluders, roster.size)
     except ValueError as exc:
         return None, Refusal("secure_sum_colluders", colluders, threshold - 1, f"secure sum: {exc}")
     problem = sum_noise_problem(share * planned.clip_norm)

@@ -303,12 +303,12 @@ def _mask(
     return masked
 
 
-def signed_threshold(context: Context, rnd: int, run_id: str, lender: int, request: ConfigRecord) -> int:
-    """The threshold t of the roster this lender checked in step 1 (signed by the coordinator, at most the
-    roster's size): no sum holding this lender's vector is unmasked with fewer than t survivors, because this
-    lender reveals only after t survivors signed one survivor set (`reveal`)."""
+def signed_roster(context: Context, rnd: int, run_id: str, lender: int, request: ConfigRecord) -> Roster:
+    """The roster this lender checked in step 1 (signed by the coordinator; threshold t at most its size k): no
+    sum holding this lender's vector is unmasked with fewer than t survivors, because this lender reveals only
+    after t survivors signed one survivor set (`reveal`)."""
     _, _, roster, _ = _train_state(context, rnd, run_id, lender, request)
-    return roster.threshold
+    return roster
 
 
 def masked_sum(

@@ -73,25 +73,26 @@ def _updates(folder) -> list[dict]:
 
 def test_the_share_formula_and_the_honest_survivors_argument():
     z = 2.0
-    assert secure_noise_share(z, 5, None) == z  # no opt-in: the full noise
-    assert secure_noise_share(z, 5, 2) == pytest.approx(z / math.sqrt(3))
-    assert secure_noise_share(z, 2, 1) == z  # t - c = 1: only itself is sure to be honest
+    assert secure_noise_share(z, 5, None, 6) == z  # no opt-in: the full noise
+    assert secure_noise_share(z, 5, 2, 6) == pytest.approx(z / math.sqrt(3))
+    assert secure_noise_share(z, 2, 1, 2) == z  # t - c = 1: only itself is sure to be honest
+    # c >= 2t - k: the masks may not hide one lender's vector from the coordinator and its c colluders: no split
+    assert secure_noise_share(z, 3, 1, 5) == z and secure_noise_share(z, 3, 0, 5) == pytest.approx(z / math.sqrt(3))
     for colluders in (2, 3, -1):
         with pytest.raises(ValueError):
-            secure_noise_share(z, 2, colluders)
+            secure_noise_share(z, 2, colluders, 3)
     # t - c honest survivors with equal shares leave exactly z, and that is the least any c colluders leave
-    share = secure_noise_share(z, 4, 1)
+    share = secure_noise_share(z, 4, 1, 5)
     assert guaranteed_noise(share, [share] * 3, 1) == pytest.approx(z)
     assert guaranteed_noise(share, [share] * 5, 1) > z  # more survivors than t: more noise
     # a survivor with a smaller share of its own (another budget or delta) leaves less: what the verifier catches
     assert guaranteed_noise(share, [share, share, share / 2], 1) < z
     # measured: k lenders add their shares, c colluders subtract theirs, and what is left has the full variance
     rng = np.random.default_rng(0)
-    k, t, c, draws = 5, 4, 2, 200_000
-    noise = rng.normal(0.0, secure_noise_share(z, t, c), size=(draws, t))  # t survivors
+    k, t, c, draws = 5, 4, 2, 200_000  # c = 2 < 2t - k = 3
+    noise = rng.normal(0.0, secure_noise_share(z, t, c, k), size=(draws, t))  # t survivors
     left = noise[:, c:].sum(axis=1)  # the coordinator removed the c colluders' noise
     assert left.std() == pytest.approx(z, rel=0.01)
-    assert k >= t
 
 
 def test_the_fixed_point_range_covers_noisy_sums_and_refuses_noise_that_would_not_fit():
@@ -275,8 +276,9 @@ def test_a_coordinator_cannot_make_a_lender_rely_on_more_survivors_than_the_rost
         )
 
     with pytest.raises(SecAggError, match="differs from the one this lender checked"):
-        lender_side.signed_threshold(coordinator.contexts[0], RND, RUN, 0, request(larger))
-    assert lender_side.signed_threshold(coordinator.contexts[0], RND, RUN, 0, request()) == 2
+        lender_side.signed_roster(coordinator.contexts[0], RND, RUN, 0, request(larger))
+    roster = lender_side.signed_roster(coordinator.contexts[0], RND, RUN, 0, request())
+    assert (roster.threshold, roster.size) == (2, 3)
     masked = lender_side.masked_sum(coordinator.contexts[0], RND, RUN, 0, request(), np.ones(8))
     assert masked.dtype == np.uint64 and masked.shape == (8,)
     for lender in (1, 2):

@@ -771,19 +771,22 @@ def _check_privacy(view: RunView, cfg: RunConfig) -> dict[str, float]:
     return out
 
 
-def _roster_threshold(attempt) -> int | None:
-    """The threshold of the round's signed roster (its signature is checked in _check_secure_aggregation)."""
+def _roster_threshold(attempt) -> tuple[int, int] | None:
+    """(threshold, size) of the round's signed roster (its signature is checked in _check_secure_aggregation)."""
     rosters = attempt.of_type(L.SECAGG_ROSTER)
     try:
         body = json.loads(str(rosters[0]["body"].get("body", ""))) if rosters else {}
     except json.JSONDecodeError:
         return None
     threshold = body.get("threshold") if isinstance(body, dict) else None
-    return threshold if isinstance(threshold, int) and not isinstance(threshold, bool) else None
+    participants = body.get("participants") if isinstance(body, dict) else None
+    if not isinstance(threshold, int) or isinstance(threshold, bool) or not isinstance(participants, list):
+        return None
+    return threshold, len(participants)
 
 
 def _check_secure_sum_terms(
-    where: str, body: dict, event: PrivacyEvent, cfg: RunConfig, policy: dict, threshold: int | None
+    where: str, body: dict, event: PrivacyEvent, cfg: RunConfig, policy: dict, roster: tuple[int, int] | None
 ) -> None:
     """A gbdt update under secure aggregation signs the noise it added itself: its policy's own colluders term,
     the threshold of the roster it was sent, and the share that formula gives (federation.gbdt.leaf_sums.
@@ -802,10 +805,11 @@ def _check_secure_sum_terms(
             "secure sum",
             f"relies on {colluders} colluders; lender's signed policy says {policy.get('secure_sum_colluders')}",
         )
+    threshold, size = roster or (None, 0)
     if terms["threshold"] != threshold:
         _fail(where, "secure sum", f"threshold {terms['threshold']} is not the signed roster's {threshold}")
     try:
-        expected = secure_noise_share(event.noise_multiplier, int(threshold or 0), colluders)
+        expected = secure_noise_share(event.noise_multiplier, int(threshold or 0), colluders, size)
     except (TypeError, ValueError) as exc:
         _fail(where, "secure sum", str(exc))
     if not _finite(share) or not math.isclose(share, expected, rel_tol=1e-12):

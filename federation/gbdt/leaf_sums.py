@@ -81,17 +81,19 @@ def noise_share(noise_multiplier: float, lenders: int) -> float:
     return float(noise_multiplier) / math.sqrt(lenders)
 
 
-def secure_noise_share(noise_multiplier: float, threshold: int, colluders: int | None) -> float:
+def secure_noise_share(noise_multiplier: float, threshold: int, colluders: int | None, roster_size: int) -> float:
     """The noise multiplier one lender adds to its leaf sums under secure aggregation: THE formula.
 
-    `colluders` None (the lender trusts only itself, the default): the full z. Opted in with c: z / sqrt(t - c),
-    t the signed roster's threshold. Why that is enough under its assumption: a lender reveals its mask shares
-    only once at least t survivors signed one survivor set (clients/secagg.py, `reveal`), so any sum the
-    coordinator can unmask holds at least t survivors' vectors; with at most c of the others colluding, at least
-    t - c of them are honest (this lender included), each adding independent N(0, (z S)^2 / (t - c)) (if every
-    honest survivor's share is at least this one, which the verifier checks from the signed updates), so the
-    noise left after the colluders subtract theirs has variance at least (z S)^2: the sum is the z-mechanism. Against
-    a coordinator colluding with more, only its own share protects it: z / sqrt(t - c) is what it also records."""
+    `colluders` None (the lender trusts only itself, the default): the full z. Opted in with c, with t the signed
+    roster's threshold and k its size: z / sqrt(t - c). Why that is enough under its assumption: a lender reveals
+    its mask shares only once at least t survivors signed one survivor set (clients/secagg.py, `reveal`), so any
+    sum the coordinator can unmask holds at least t survivors' vectors; with at most c of the others colluding, at
+    least t - c of them are honest (this lender included), each adding independent N(0, (z S)^2 / (t - c)) (if
+    every honest survivor's share is at least this one, which the verifier checks from the signed updates), so the
+    noise left after the colluders subtract theirs has variance at least (z S)^2: the sum is the z-mechanism.
+    The masking itself hides one lender's vector from a coordinator with c colluders only while c < 2t - k
+    (federation/secagg.py, "Collusion tolerated"); beyond that the coordinator may unmask this lender alone, so
+    the share is z again. Against more colluders than c, only its own share protects it: what it also records."""
     if colluders is None:
         return float(noise_multiplier)
     honest = threshold - colluders
@@ -100,6 +102,8 @@ def secure_noise_share(noise_multiplier: float, threshold: int, colluders: int |
             f"with threshold {threshold} and {colluders} colluders no honest survivor is guaranteed "
             f"(need threshold - colluders >= 1)"
         )
+    if colluders >= 2 * threshold - roster_size:  # the masks may not hide this lender's vector: no split
+        return float(noise_multiplier)
     return float(noise_multiplier) / math.sqrt(honest)
 
 
