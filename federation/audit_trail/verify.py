@@ -15,7 +15,9 @@ cannot re-derive or check against a lender's own signature:
 4. privacy: each lender's delta from its signed policy and record count, each claimed epsilon recomputed from the
    lender's signed events with Google's dp_accounting (not Opacus, which trained), within budget and within the
    lender's own limits; the data policy of every signed manifest;
-5. the model file, secure aggregation (signed rosters, masked updates, weights from signed counts);
+5. the model file, secure aggregation (signed rosters, masked updates, weights from signed counts; gbdt: each
+   lender's signed noise share against its signed policy and the round's roster, the survivors' shares against
+   each opted-in lender's assumption, and the report's statement of that assumption);
 6. every file of the folder: re-derived from the ledger and compared byte for byte, and hashed in the signed
    final entry; a file that belongs to no run folder fails;
 7. the report: rebuilt from the ledger, compared field by field, its signature checked, and report.html
