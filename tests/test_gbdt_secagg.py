@@ -286,3 +286,14 @@ def test_a_coordinator_cannot_make_a_lender_rely_on_more_survivors_than_the_rost
     alone = [coordinator.confirm(0, [0, 1, 2], []), b"", b""]  # only lender 0 signed the survivor set
     with pytest.raises(SecAggError, match="only 1 survivors signed this survivor set; 2 are needed"):
         coordinator.reveal(0, [0, 1, 2], [], alone)
+
+
+def test_a_lender_whose_assumption_leaves_no_honest_survivor_refuses_before_releasing(tmp_path):
+    """c = 2 colluders against t = 2 leaves t - c = 0 survivors sure to be honest: each lender declines with a
+    signed refusal naming its policy term, and releases nothing."""
+    cfg = GBDT.replace(rounds=1, secure_sum_colluders=2, output_dir=str(tmp_path / "run"))
+    folder = run(cfg, on_round=_quiet)
+    refusals = [e["body"] for e in entries_of(folder) if e["type"] == L.LENDER_REFUSAL]
+    assert sorted(r["lender"] for r in refusals) == [0, 1, 2]
+    assert all(r["limit"] == "secure_sum_colluders" and "no honest survivor" in r["reason"] for r in refusals)
+    assert not _updates(folder)
