@@ -32,6 +32,7 @@ from federation.audit_trail import checkpoint
 from federation.audit_trail.attest import refusal_body, update_body
 from federation.audit_trail.canonical import arrays_hash
 from federation.errors import ConfigError
+from federation.gbdt.leaf_sums import secure_noise_share
 from federation.gbdt_release import (
     LEAF_SUMS,
     calibrated_noise,
@@ -49,7 +50,7 @@ from federation.privacy.events import PrivacyEvent
 from federation.privacy.lender_level_mechanism import clip_update
 from federation.privacy.limits import MAX_DELTA, check_delta
 from federation.privacy.noise import SecureRandomness, SeededRandomness, noise_source
-from federation.secagg import SecAggError
+from federation.secagg import SecAggError, sum_noise_problem
 from federation.training import DPSettings, LocalOptimizer, train_local
 from federation.tree_model import ensemble_of, tree_count
 
@@ -237,6 +238,9 @@ def train(session: Session) -> Message:
             refusal = _budget_refusal(
                 s, spent, run_events, planned, required(budget, "budget"), required(delta, "delta"), cfg.accountant
             )
+        secure_sum = None
+        if refusal is None and planned is not None and cfg.model == "gbdt" and cfg.secure_aggregation:
+            secure_sum, refusal = _secure_sum_terms(s, planned)
         if refusal is not None:
             spent_now = epsilon(run_events, required(delta, "delta"), cfg.accountant) if record_level else None
             account.setdefault("refused", {})[digest] = refusal.limit
@@ -250,9 +254,10 @@ def train(session: Session) -> Message:
             account["events"].append(planned.to_dict())
             run_events.append(planned)
         release = account["releases"]
-        arrays = _train_once(s, planned)
+        # (two arguments where there is no share: tests wrap _train_once with that signature)
+        arrays = _train_once(s, planned) if secure_sum is None else _train_once(s, planned, secure_sum)
     eps = epsilon(run_events, required(delta, "delta"), cfg.accountant) if record_level else None
-    return _release_reply(s, arrays, digest, release, planned, eps, budget, delta)
+    return _release_reply(s, arrays, digest, release, planned, eps, budget, delta, secure_sum)
 
 
 def _injected_failure(s: Session) -> None:
@@ -282,6 +287,27 @@ def _planned_event(s: Session, account: dict, budget: float, delta: float) -> Pr
     return PrivacyEvent(s.lender, s.round, float(sigma), q, steps, cfg.clip_norm)
 
 
+def _secure_sum_terms(s: Session, planned: PrivacyEvent) -> tuple[dict | None, Refusal | None]:
+    """gbdt under secure aggregation: the noise this lender adds itself, from its own policy and the threshold of
+    the roster it checked (federation.gbdt.leaf_sums.secure_noise_share), signed into its update; or why not.
+
+    The event keeps the run's noise multiplier z (the epsilon under the lender's assumption); `share_noise_multiplier`
+    is what its own noise alone gives (the epsilon without it). No opt-in: the share is z itself."""
+    from clients import secagg
+
+    request = secagg.request_record(s.msg.content, SECAGG)
+    roster = secagg.signed_roster(s.context, s.round, s.run, s.lender, request)
+    threshold, colluders = roster.threshold, s.policy.secure_sum_colluders
+    try:
+        share = secure_noise_share(planned.noise_multiplier, threshold, colluders, roster.size)
+    except ValueError as exc:
+        return None, Refusal("secure_sum_colluders", colluders, threshold - 1, f"secure sum: {exc}")
+    problem = sum_noise_problem(share * planned.clip_norm)
+    if problem:
+        return None, Refusal("secure_sum", share, None, problem)
+    return {"colluders": colluders, "threshold": threshold, "share_noise_multiplier": share}, None
+
+
 def _mask_once_this_round(s: Session, account: dict) -> None:
     """Masks once a round, under the lock: two concurrent requests must not both mask (the same masks on two
     updates would reveal their difference)."""
@@ -303,6 +329,7 @@ def _release_reply(
     eps: float | None,
     budget: float | None,
     delta: float | None,
+    secure_sum: dict | None = None,
 ) -> Message:
     """The reply for one release: the arrays, scalar metrics, and the signed update (numbered: the lender's
     `release`-th); kept byte for byte so that the same request again gets the same reply."""
@@ -340,6 +367,7 @@ def _release_reply(
         accountant=cfg.accountant,
         granularity=cfg.dp_level if cfg.dp else None,
         noise=noise_source(cfg.reproducible_noise_not_private) if record_level else None,
+        secure_sum=secure_sum,
     )
     attestation = s.sign(body)
     if not cfg.secure_aggregation:
@@ -392,11 +420,11 @@ def _budget_refusal(
     return None
 
 
-def _train_once(s: Session, planned: PrivacyEvent | None) -> ArrayRecord:
+def _train_once(s: Session, planned: PrivacyEvent | None, secure_sum: dict | None = None) -> ArrayRecord:
     """One local training from the received model; returns what leaves the lender (model, or masked update)."""
     cfg, data = s.request, s.data
     if cfg.model == "gbdt":
-        return _leaf_sums_once(s, planned)
+        return _leaf_sums_once(s, planned, secure_sum)
     model = build_model(cfg.model, len(data.features), cfg.hidden)
     model.load_state_dict(array_record(s.msg.content, ARRAYS).to_torch_state_dict())
     received = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -441,20 +469,26 @@ def _train_once(s: Session, planned: PrivacyEvent | None) -> ArrayRecord:
     return ArrayRecord(model.state_dict())
 
 
-def _leaf_sums_once(s: Session, planned: PrivacyEvent | None) -> ArrayRecord:
-    """One gbdt release: the leaf sums of the round's trees over the lender's records, plus its own noise."""
+def _leaf_sums_once(s: Session, planned: PrivacyEvent | None, secure_sum: dict | None) -> ArrayRecord:
+    """One gbdt release: the leaf sums of the round's trees over the lender's records, plus its own noise (under
+    secure aggregation its share, `_secure_sum_terms`), masked as a plain sum under secure aggregation."""
     cfg, data = s.request, s.data
     incoming = numpy_arrays(array_record(s.msg.content, ARRAYS))
     sums = exact_leaf_sums(cfg, incoming, len(data.features), s.round, data.x_train, data.y_train)
-    if planned is None:
-        return ArrayRecord({LEAF_SUMS: Array(sums)})
-    randomness = _randomness(s)
-    if isinstance(randomness, SeededRandomness):
-        normal = lambda count: randomness.normal((count,)).numpy()  # noqa: E731
-    else:
-        normal = lambda count: randomness.stream.secure_normal(count).numpy()  # noqa: E731
-    noisy = released(cfg, sums, applied_noise_multiplier(planned.noise_multiplier), normal)
-    return ArrayRecord({LEAF_SUMS: Array(noisy)})
+    if planned is not None:
+        randomness = _randomness(s)
+        if isinstance(randomness, SeededRandomness):
+            normal = lambda count: randomness.normal((count,)).numpy()  # noqa: E731
+        else:
+            normal = lambda count: randomness.stream.secure_normal(count).numpy()  # noqa: E731
+        z = secure_sum["share_noise_multiplier"] if secure_sum else planned.noise_multiplier
+        sums = released(cfg, sums, applied_noise_multiplier(z), normal)
+    if cfg.secure_aggregation:
+        from clients import secagg
+
+        request = secagg.request_record(s.msg.content, SECAGG)
+        return ArrayRecord({MASKED: Array(secagg.masked_sum(s.context, s.round, s.run, s.lender, request, sums))})
+    return ArrayRecord({LEAF_SUMS: Array(sums)})
 
 
 def _randomness(s: Session) -> SeededRandomness | SecureRandomness:

@@ -37,6 +37,7 @@ from federation.secagg import (
     keys_body,
     pack_share,
     split_shares,
+    sum_quantizer,
     survivors_body,
     weighted_quantizer,
 )
@@ -244,6 +245,29 @@ def masked_update(
     weight could single one lender out). Once a round: the same masks over a second update would reveal the
     difference of the two.
     """
+    if isinstance(records, bool) or not isinstance(records, (int, np.integer)) or not 1 <= records <= MAX_WEIGHT:
+        raise SecAggError(
+            f"this lender's training-record count must be a whole number from 1 to MAX_WEIGHT "
+            f"({MAX_WEIGHT}), got {records}"
+        )
+    if not (np.isfinite(bound) and bound > 0):
+        raise SecAggError(f"secure aggregation needs a positive max-update-norm, got {bound}")
+    state, me, roster, active = _train_state(context, rnd, run_id, lender, request)
+    vector = flatten(update)
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm):
+        raise SecAggError("the update holds NaN or infinite values; nothing is sent")
+    if norm > bound:
+        vector = vector * (bound / norm)
+    weighted = np.append(int(records) * vector, float(records))
+    return _mask(context, state, me, active, request, weighted_quantizer(bound, roster.size).encode(weighted))
+
+
+def _train_state(
+    context: Context, rnd: int, run_id: str, lender: int, request: ConfigRecord
+) -> tuple[ConfigRecord, SecAggLender, Roster, list[int]]:
+    """Step 3's checks, common to both modes: this round's state, once masked at most, and the lenders that
+    shared (at least t, this lender among them, each with shares sealed for it)."""
     state = _state(context, rnd, run_id, lender, request, "train")
     me, roster = SecAggLender.from_state(state), _roster(state)
     if "masked" in state:
@@ -253,13 +277,6 @@ def masked_update(
         )
     if "advertised" not in state:
         raise SecAggError("the shares step did not happen on this lender this round")
-    if isinstance(records, bool) or not isinstance(records, (int, np.integer)) or not 1 <= records <= MAX_WEIGHT:
-        raise SecAggError(
-            f"this lender's training-record count must be a whole number from 1 to MAX_WEIGHT "
-            f"({MAX_WEIGHT}), got {records}"
-        )
-    if not (np.isfinite(bound) and bound > 0):
-        raise SecAggError(f"secure aggregation needs a positive max-update-norm, got {bound}")
     active, sealed = _ints(request, "active"), _bytes_list(request, "sealed")
     advertised = set(_ints(state, "advertised"))
     if len(set(active)) != len(active) or not set(active) <= advertised:
@@ -272,20 +289,40 @@ def masked_update(
         )
     if len(sealed) != roster.size or any(not sealed[p] for p in active if p != me.index):
         raise SecAggError("the train request lacks the shares some lender that shared sealed for this lender")
-    vector = flatten(update)
-    norm = float(np.linalg.norm(vector))
-    if not np.isfinite(norm):
-        raise SecAggError("the update holds NaN or infinite values; nothing is sent")
-    if norm > bound:
-        vector = vector * (bound / norm)
-    weighted = np.append(int(records) * vector, float(records))
+    return state, me, roster, active
+
+
+def _mask(
+    context: Context, state: ConfigRecord, me: SecAggLender, active: list[int], request: ConfigRecord, encoded
+) -> np.ndarray:
+    """Mask the encoded vector against the lenders that shared, and remember that this round is masked."""
     mask_keys = _bytes_list(state, "mask-keys")
-    masked = me.masked(
-        weighted_quantizer(bound, roster.size).encode(weighted), {p: bytes(mask_keys[p]) for p in active}
-    )
-    state["sealed-in"], state["active"], state["masked"] = sealed, active, True
+    masked = me.masked(encoded, {p: bytes(mask_keys[p]) for p in active})
+    state["sealed-in"], state["active"], state["masked"] = _bytes_list(request, "sealed"), active, True
     context.state[STATE] = state
     return masked
+
+
+def signed_roster(context: Context, rnd: int, run_id: str, lender: int, request: ConfigRecord) -> Roster:
+    """The roster this lender checked in step 1 (signed by the coordinator; threshold t at most its size k): no
+    sum holding this lender's vector is unmasked with fewer than t survivors, because this lender reveals only
+    after t survivors signed one survivor set (`reveal`)."""
+    _, _, roster, _ = _train_state(context, rnd, run_id, lender, request)
+    return roster
+
+
+def masked_sum(
+    context: Context, rnd: int, run_id: str, lender: int, request: ConfigRecord, values: np.ndarray
+) -> np.ndarray:
+    """Step 3, plain-sum mode (gbdt leaf sums): mask `values` as they are, no weight, no count coordinate; the
+    coordinator learns only the sum over the survivors. Each value is clipped to +-SUM_BOUND by the lender before
+    encoding (federation/secagg.py, sum_quantizer): `values` already carry the lender's noise, so the clipping is
+    post-processing of its DP release and costs no privacy."""
+    state, me, roster, active = _train_state(context, rnd, run_id, lender, request)
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if not np.isfinite(values).all():
+        raise SecAggError("the leaf sums hold NaN or infinite values; nothing is sent")
+    return _mask(context, state, me, active, request, sum_quantizer(roster.size).encode(values))
 
 
 def _unmasking(

@@ -767,6 +767,11 @@ def lender_init(
     ),
     no_dp_allowed: bool = typer.Option(False, "--allow-no-dp", help="Also take part in runs without DP."),
     registry: str = typer.Option("", help="The federation's key registry to pin (needed for secure aggregation)."),
+    secure_sum_colluders: int = typer.Option(
+        -1,
+        help="gbdt under secure aggregation: add only a share of the noise, assuming at most this many other lenders "
+        "collude with the coordinator (-1, the default: add the full noise, trusting nobody).",
+    ),
 ) -> None:
     """Make a lender's folder: its privacy policy and a new identity key; prints the public key to publish."""
     from clients.home import init_lender
@@ -793,6 +798,7 @@ def lender_init(
             max_clip_norm=max_clip_norm,
             require_dp=not no_dp_allowed,
             registry=registry,
+            secure_sum_colluders=None if secure_sum_colluders == -1 else secure_sum_colluders,
             data=data,
         )
         public = init_lender(lender_dir, policy)

@@ -139,6 +139,11 @@ class RunConfig:
         "Lenders send only pairwise-masked updates; the coordinator learns their sum (FedAvg, FedProx; "
         "record-level DP).",
     )
+    secure_sum_colluders: int = _option(
+        -1,
+        "Simulated lenders' policy, gbdt under --secure-aggregation: each lender adds only its share of the noise, "
+        "assuming at most this many other lenders collude with the coordinator (-1: absent, each adds it all).",
+    )
     seed: int = _option(0, "Seed: same inputs and seed give the same numbers.")
     output_dir: str = _option("", "Run folder (default: a new folder under runs/).")
     keys_dir: str = _option(
@@ -271,6 +276,7 @@ class RunConfig:
             _finite_positive(self.server_learning_rate),
             f"server-learning-rate must be positive, got {self.server_learning_rate}",
         )
+        need(self.secure_sum_colluders >= -1, f"secure-sum-colluders must be >= -1, got {self.secure_sum_colluders}")
         if self.model == "gbdt":
             self._check_gbdt(need)
         if self.secure_aggregation:
@@ -292,7 +298,7 @@ class RunConfig:
                 "other's update from the sum)",
             )
             need(
-                _finite_positive(self.max_update_norm),
+                self.model == "gbdt" or _finite_positive(self.max_update_norm),
                 "secure aggregation needs max-update-norm > 0: it bounds the "
                 "fixed-point encoding (each lender clips its update to it)",
             )
@@ -367,11 +373,6 @@ class RunConfig:
             self.strategy == "fedavg",
             f"model gbdt sums the lenders' noisy leaf sums; strategy '{self.strategy}' combines model updates "
             "(use fedavg, the default)",
-        )
-        need(
-            not self.secure_aggregation,
-            "model gbdt does not run under secure aggregation yet (each lender adds the full noise to its own "
-            "leaf sums); leave out --secure-aggregation",
         )
         need(
             not (self.dp and self.dp_level == "lender"),
@@ -452,7 +453,7 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "lender_sample_rate",
         "reproducible_noise_not_private",
     ),
-    "Secure aggregation": ("secure_aggregation",),
+    "Secure aggregation": ("secure_aggregation", "secure_sum_colluders"),
     "Faults": ("max_update_norm", "fail_rate"),
     "Output": ("output_dir", "keys_dir"),
 }

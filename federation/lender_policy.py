@@ -12,6 +12,8 @@ policy, and declines before any release otherwise, with a signed refusal naming 
     require_dp = true             # false: the lender also takes part in runs without DP
     allow_lender_level = false    # lender-level DP: the coordinator adds the noise (no protection against it)
     allow_reproducible_noise = false   # seeded noise, for tests and benchmarks only: NOT private
+    # secure_sum_colluders = 1    # gbdt under secure aggregation: rely on the others' noise, assuming at most
+                                  # this many other lenders collude with the coordinator (absent: add it all)
     [trust]
     registry = "/path/to/registry.json"   # the pinned keys of the coordinator and the other lenders
     [data]
@@ -63,6 +65,7 @@ PRIVACY_KEYS = (
     "require_dp",
     "allow_lender_level",
     "allow_reproducible_noise",
+    "secure_sum_colluders",
 )
 
 
@@ -80,6 +83,9 @@ class LenderPolicy:
     require_dp: bool = True
     allow_lender_level: bool = False
     allow_reproducible_noise: bool = False
+    # None: this lender trusts only itself and adds the full noise even under secure aggregation; c: it adds the
+    # share z / sqrt(t - c) (federation.gbdt.leaf_sums.secure_noise_share), assuming at most c others collude.
+    secure_sum_colluders: int | None = None
     registry: str = ""
     audit_canaries: str = (
         ""  # the audited lender only: the canaries its auditor gave it (federation.privacy.one_run_audit)
@@ -102,6 +108,15 @@ class LenderPolicy:
             f"min_noise_multiplier must be positive, got {self.min_noise_multiplier}",
         )
         need(_positive(self.max_clip_norm), f"max_clip_norm must be positive, got {self.max_clip_norm}")
+        need(
+            self.secure_sum_colluders is None
+            or (
+                isinstance(self.secure_sum_colluders, int)
+                and not isinstance(self.secure_sum_colluders, bool)
+                and self.secure_sum_colluders >= 0
+            ),
+            f"secure_sum_colluders must be a whole number >= 0 (or absent), got {self.secure_sum_colluders!r}",
+        )
         unknown = set(self.data) - set(DATA_KEYS)
         need(not unknown, f"unknown [data] keys {sorted(unknown)} (allowed: {', '.join(DATA_KEYS)})")
         need("dataset" in self.data, "[data] needs 'dataset'")
@@ -122,7 +137,8 @@ class LenderPolicy:
     # ---- file form ------------------------------------------------------------------------
     def to_toml(self) -> str:
         lines = [f"lender = {self.lender}", f"demo = {_toml(self.demo)}", "", "[privacy]"]
-        lines += [f"{key} = {_toml(getattr(self, key))}" for key in PRIVACY_KEYS]
+        # An absent term (None) is left out: TOML has no null.
+        lines += [f"{key} = {_toml(getattr(self, key))}" for key in PRIVACY_KEYS if getattr(self, key) is not None]
         lines += [
             "",
             "[trust]",
@@ -195,6 +211,7 @@ def for_simulated_lender(cfg: RunConfig, lender: int, registry: str = "", audit_
         require_dp=cfg.dp,
         allow_lender_level=cfg.dp and cfg.dp_level == "lender",
         allow_reproducible_noise=cfg.reproducible_noise_not_private,
+        secure_sum_colluders=None if cfg.secure_sum_colluders < 0 else cfg.secure_sum_colluders,
         registry=registry,
         audit_canaries=audit_canaries,
         data=data,
@@ -220,6 +237,10 @@ def _coerce(value: Any, kind: Any) -> Any:
     if "bool" in kind:
         if not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if "int" in kind:  # secure_sum_colluders: a whole number, never a float or a bool
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
         return value
     if "float" in kind:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -151,6 +151,33 @@ def weighted_quantizer(bound: float, lenders: int) -> Quantizer:
     return Quantizer(max(bound, 1.0) * MAX_WEIGHT, lenders)
 
 
+# The plain-sum mode (gbdt leaf sums, federation/gbdt_release.py): each coordinate of a lender's noisy [T, L, 2]
+# sums is |G| <= n_i, 0 <= H <= n_i / 4, n_i <= MAX_WEIGHT, plus its Gaussian noise of standard deviation sigma.
+# SUM_BOUND leaves SUM_BOUND - MAX_WEIGHT for the noise, and a lender refuses to release when that is under
+# SUM_TAIL sigma (`sum_noise_problem`): P(|N(0, 1)| > 40) < 1e-300, so clipping at SUM_BOUND (which the lender
+# does, on the noisy values: post-processing of its release, no privacy cost) practically never changes a value.
+# Public constants, so the coordinator and every lender use the same encoding without asking anyone's noise.
+SUM_BOUND = 2.0**30
+SUM_TAIL = 40.0
+
+
+def sum_quantizer(lenders: int) -> Quantizer:
+    """The one encoding both sides use for plain sums: values in [-SUM_BOUND, SUM_BOUND] (step about
+    lenders * 2^-33: 1e-9 for 10 lenders)."""
+    return Quantizer(SUM_BOUND, lenders)
+
+
+def sum_noise_problem(noise_std: float) -> str | None:
+    """Why noise of this standard deviation does not fit the plain-sum encoding, or None when it does."""
+    room = SUM_BOUND - MAX_WEIGHT
+    if not (math.isfinite(noise_std) and 0 <= noise_std * SUM_TAIL <= room):
+        return (
+            f"noise of standard deviation {noise_std:g} does not fit the secure sum's fixed-point range "
+            f"(+-{SUM_BOUND:g}, of which {room:g} for noise at {SUM_TAIL:g} standard deviations)"
+        )
+    return None
+
+
 def flatten(arrays: dict[str, np.ndarray]) -> np.ndarray:
     """An update as one float64 vector, parameters in name order (the coordinator unflattens the same way)."""
     return np.concatenate([np.asarray(arrays[name], dtype=np.float64).ravel() for name in sorted(arrays)])

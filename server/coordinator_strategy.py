@@ -12,8 +12,10 @@ run's privacy is stated at the end (`privacy_summary`).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
@@ -21,6 +23,7 @@ from flwr.serverapp.strategy import Strategy
 
 from federation.audit_trail.run_view import RunView
 from federation.config import RunConfig
+from federation.gbdt.accounting import secure_sum_statement
 from federation.gbdt_release import release_clip_norm
 from federation.privacy.accountant import epsilons
 from federation.secagg import SecAggError
@@ -57,6 +60,10 @@ class CoordinatorStrategy:
     def reply_shapes(self, model_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
         """The arrays a plain training reply must hold: the model's (a gbdt reply holds leaf sums instead)."""
         return dict(model_shapes)
+
+    def masked_length(self, model_shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """The length of a secure-aggregation reply's one vector: the update, then the record count."""
+        return sum(math.prod(shape) for shape in model_shapes.values()) + 1
 
     def stop_before(self, rnd: int) -> dict:
         """Why the run must stop before round `rnd` ({"kind", "round", "reason"}), or {} to go on."""
@@ -161,4 +168,11 @@ class CoordinatorStrategy:
                 "clip_norm": release_clip_norm(cfg),
                 "noise": bodies[-1].get("noise") if bodies else None,
             }
+            statement = secure_sum_statement(bodies, partial(_epsilon, delta=delta, accountant=cfg.accountant))
+            if statement is not None:  # gbdt under secure aggregation: the assumption and the own-share epsilon
+                units[str(lender)]["secure_sum"] = statement
         return {"dp": True, "granularity": cfg.dp_level, "accountant": cfg.accountant, "units": units}
+
+
+def _epsilon(events: list, delta: float, accountant: str) -> float:
+    return epsilons(events, delta)[accountant]

@@ -15,6 +15,7 @@ gbdt_ledger.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -28,6 +29,7 @@ from federation.gbdt.newton import leaf_values
 from federation.gbdt.structure import random_trees
 from federation.gbdt_release import LEAF_SUMS, leaf_sums_shape
 from federation.messages import ARRAYS, numpy_arrays
+from federation.secagg import SecAggError
 from federation.tree_model import round_trees
 from server.coordinator_strategy import CoordinatorStrategy, RoundAggregate
 from server.secure_rounds import SecureRound
@@ -54,6 +56,10 @@ class GbdtStrategy(CoordinatorStrategy):
     def reply_shapes(self, model_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
         return {LEAF_SUMS: leaf_sums_shape(self.cfg)}
 
+    def masked_length(self, model_shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """Under secure aggregation a lender masks its noisy leaf sums as they are (a plain sum, no weight)."""
+        return math.prod(leaf_sums_shape(self.cfg))
+
     def configure_train(self, rnd: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
         cfg = self.cfg
         trees = random_trees(self.rng, cfg.gbdt_trees_per_round, cfg.gbdt_depth, self.n_features, cfg.gbdt_bins)
@@ -70,13 +76,21 @@ class GbdtStrategy(CoordinatorStrategy):
         if not trained:
             return None, "no usable update (every lender failed, was rejected or declined)", None
         cfg = self.cfg
-        total = np.zeros(leaf_sums_shape(cfg), dtype=np.float64)
-        released: dict[int, np.ndarray] = {}
-        for msg in trained:  # in lender order: the same sums in any runtime
-            sums = numpy_arrays(msg.content.array_records[ARRAYS])[LEAF_SUMS]
-            released[self.lender_of_node[msg.metadata.src_node_id]] = sums
-            total = total + sums
-        self.recorded[rnd] = round_record(rnd, cfg, self.asked[rnd], released)
+        shape = leaf_sums_shape(cfg)
+        if secure is not None:  # only the survivors' sum: no lender's own sums are ever seen
+            try:
+                total = secure.aggregate_sum(trained, math.prod(shape)).reshape(shape)
+            except SecAggError as exc:
+                return None, str(exc), None
+            self.recorded[rnd] = round_record(rnd, cfg, self.asked[rnd], secure_sum=total)
+        else:
+            total = np.zeros(shape, dtype=np.float64)
+            released: dict[int, np.ndarray] = {}
+            for msg in trained:  # in lender order: the same sums in any runtime
+                sums = numpy_arrays(msg.content.array_records[ARRAYS])[LEAF_SUMS]
+                released[self.lender_of_node[msg.metadata.src_node_id]] = sums
+                total = total + sums
+            self.recorded[rnd] = round_record(rnd, cfg, self.asked[rnd], released)
         model = {k: v.copy() for k, v in self.asked[rnd].items()}
         rows = round_trees(cfg, rnd)
         model["values"][rows] = leaf_values(

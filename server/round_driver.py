@@ -11,7 +11,6 @@ noise) is the strategy's (server/coordinator_strategy.py, server/lender_level_dp
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Callable
@@ -64,8 +63,8 @@ class Federation:
         return self.lender_of_node[msg.metadata.dst_node_id]
 
     def masked_shape(self) -> dict[str, tuple[int, ...]]:
-        """What a secure-aggregation reply holds instead: one vector, the masked update then the record count."""
-        return {MASKED: (sum(math.prod(shape) for shape in self.shapes.values()) + 1,)}
+        """What a secure-aggregation reply holds instead: one masked vector (its length is the strategy's)."""
+        return {MASKED: (self.strategy.masked_length(self.shapes),)}
 
 
 def drive_rounds(

@@ -43,6 +43,7 @@ from federation.secagg import (
     confirmation_verifies,
     roster_body,
     signed,
+    sum_quantizer,
     unflatten,
     unmask_body,
     unmask_sum,
@@ -205,6 +206,24 @@ class SecureRound:
         dropped (its pairwise masks are removed, its update never is)."""
         current = numpy_arrays(global_arrays)
         length = sum(array.size for array in current.values()) + 1  # the update, then the record count
+        total, survivors = self._unmasked(accepted, length)
+        update, weight_sum = self._decode(total, current, survivors)
+        new = ArrayRecord(
+            {
+                name: Array((current[name].astype(np.float64) + update[name]).astype(current[name].dtype))
+                for name in global_arrays
+            }
+        )
+        return new, weight_sum
+
+    def aggregate_sum(self, accepted: list[Message], length: int) -> np.ndarray:
+        """Steps 4 and 5 in plain-sum mode (gbdt leaf sums): the survivors' `length` values summed, no weights
+        and no division (federation/secagg.py, sum_quantizer; the lenders encode with the same)."""
+        total, _ = self._unmasked(accepted, length)
+        return sum_quantizer(len(self.nodes)).decode_sum(total)
+
+    def _unmasked(self, accepted: list[Message], length: int) -> tuple[np.ndarray, int]:
+        """The unmasked (still encoded) sum of the survivors' vectors, and how many survivors it holds."""
         masked = self._masked_vectors(accepted, length)
         survivors = sorted(masked)
         dropped = sorted(set(self.active) - set(survivors))
@@ -216,15 +235,8 @@ class SecureRound:
         key_shares = {
             d: [unpack_share(bytes(a["key-shares"][i])) for a in answers.values()] for i, d in enumerate(dropped)
         }
-        total = unmask_sum(masked, {p: self.mask_keys[p] for p in self.active}, self.threshold, seed_shares, key_shares)
-        update, weight_sum = self._decode(total, current, len(survivors))
-        new = ArrayRecord(
-            {
-                name: Array((current[name].astype(np.float64) + update[name]).astype(current[name].dtype))
-                for name in global_arrays
-            }
-        )
-        return new, weight_sum
+        masks = {p: self.mask_keys[p] for p in self.active}
+        return unmask_sum(masked, masks, self.threshold, seed_shares, key_shares), len(survivors)
 
     def _masked_vectors(self, accepted: list[Message], length: int) -> dict[int, np.ndarray]:
         """The masked vector of each active lender whose reply holds one of the right kind, by position."""

@@ -269,7 +269,6 @@ def test_budgets_stop_the_boosting_before_an_overrun(tmp_path):
 @pytest.mark.parametrize(
     "change, words",
     [
-        ({"secure_aggregation": True}, "secure aggregation"),
         ({"strategy": "fedadam"}, "strategy 'fedadam'"),
         ({"dp_level": "lender", "delta": 1e-3}, "dp-level 'record'"),
         ({"gbdt_depth": 0}, "gbdt-depth"),

@@ -66,6 +66,7 @@ BODY_KEYS = {
         "bytes_sent",
         "shapes",
         "update_hash",
+        "secure_sum",
     },
     LENDER_REFUSAL: {
         "type",
@@ -166,8 +167,13 @@ def update_body(
     accountant: str,
     granularity: str | None,
     noise: str | None,
+    secure_sum: dict | None = None,
 ) -> dict:
+    """`secure_sum` (gbdt under secure aggregation with DP; None otherwise): the lender's signed policy term
+    `colluders`, the roster `threshold` t it relied on, and `share_noise_multiplier`, the noise it added itself
+    (clients/dp_round.py, _secure_sum_terms)."""
     return {
+        "secure_sum": secure_sum,
         "type": LENDER_UPDATE,
         "run": run,
         "lender": lender,

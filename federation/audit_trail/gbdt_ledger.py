@@ -30,15 +30,24 @@ class LedgerModelMismatch(ValueError):
     """The ledger's gbdt records do not give the model it names (the message says where and what)."""
 
 
-def round_record(rnd: int, cfg: RunConfig, model: dict[str, np.ndarray], released: dict[int, np.ndarray]) -> dict:
-    """What the aggregate of gbdt round `rnd` records: its trees' rows and structure, and each lender's sums."""
+def round_record(
+    rnd: int,
+    cfg: RunConfig,
+    model: dict[str, np.ndarray],
+    released: dict[int, np.ndarray] | None = None,
+    secure_sum: np.ndarray | None = None,
+) -> dict:
+    """What the aggregate of gbdt round `rnd` records: its trees' rows and structure, and each lender's sums (or,
+    under secure aggregation, the unmasked sum of the survivors' sums: nothing else was seen)."""
     rows = round_trees(cfg, rnd)
-    return {
+    record = {
         "trees": [rows.start, rows.stop],
         "features": model["features"][rows].tolist(),
         "thresholds": model["thresholds"][rows].tolist(),
-        "released": {str(lender): sums.tolist() for lender, sums in sorted(released.items())},
     }
+    if secure_sum is not None:
+        return {**record, "secure_sum": np.asarray(secure_sum, dtype=np.float64).tolist()}
+    return {**record, "released": {str(lender): sums.tolist() for lender, sums in sorted((released or {}).items())}}
 
 
 def rederived_arrays(view: RunView, cfg: RunConfig) -> dict[str, np.ndarray]:
@@ -108,6 +117,36 @@ def _grow(sent: dict[str, np.ndarray], rnd: int, agg: dict, cfg: RunConfig, sign
     """The round's model: the sent one with the Newton leaf values of the summed recorded leaf sums."""
     rows = round_trees(cfg, rnd)
     lenders = agg.get("lenders") or []
+    if cfg.secure_aggregation:
+        total = _secure_sum(rnd, agg, cfg)
+    else:
+        total = _signed_total(rnd, agg, cfg, lenders, signed)
+    grown = {k: v.copy() for k, v in sent.items()}
+    grown["values"][rows] = leaf_values(
+        total[..., 0], total[..., 1], cfg.gbdt_lambda, cfg.gbdt_learning_rate, cfg.gbdt_leaf_clip
+    )
+    grown["grown"] = np.array([rows.stop], dtype=np.int64)
+    return grown
+
+
+def _secure_sum(rnd: int, agg: dict, cfg: RunConfig) -> np.ndarray:
+    """The unmasked sum the aggregate records. The verifier cannot check it against any lender's sums (each
+    signed only its masked vector): that it is the survivors' true sum rests on the secure aggregation's own
+    checks (signed roster, keys, survivor set and confirmations, federation/audit_trail/verify.py); what the
+    verifier does check is that the model is the one this sum gives."""
+    record = agg["gbdt"]
+    if "released" in record:
+        raise LedgerModelMismatch(f"round {rnd}: a secure round's aggregate records lenders' own leaf sums")
+    try:
+        total = np.asarray(record.get("secure_sum"), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise LedgerModelMismatch(f"round {rnd}: the recorded secure sum is not numbers") from None
+    if total.shape != leaf_sums_shape(cfg) or not np.isfinite(total).all():
+        raise LedgerModelMismatch(f"round {rnd}: the recorded secure sum is not {leaf_sums_shape(cfg)} finite numbers")
+    return total
+
+
+def _signed_total(rnd: int, agg: dict, cfg: RunConfig, lenders: list, signed: dict) -> np.ndarray:
     released = agg["gbdt"].get("released")
     if not isinstance(released, dict) or sorted(released) != sorted(str(x) for x in lenders):
         raise LedgerModelMismatch(f"round {rnd}'s aggregate records leaf sums of other lenders than it aggregates")
@@ -121,9 +160,4 @@ def _grow(sent: dict[str, np.ndarray], rnd: int, agg: dict, cfg: RunConfig, sign
         if sums.shape != shape or arrays_hash({LEAF_SUMS: sums}) != signed.get(lender):
             raise LedgerModelMismatch(f"round {rnd}: lender {lender}'s recorded leaf sums are not the ones it signed")
         total = total + sums
-    grown = {k: v.copy() for k, v in sent.items()}
-    grown["values"][rows] = leaf_values(
-        total[..., 0], total[..., 1], cfg.gbdt_lambda, cfg.gbdt_learning_rate, cfg.gbdt_leaf_clip
-    )
-    grown["grown"] = np.array([rows.stop], dtype=np.int64)
-    return grown
+    return total

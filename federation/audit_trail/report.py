@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,9 @@ def _lender_details(view: RunView, lender: int, unit: dict) -> dict:
         "epsilon_prv": final.get("epsilon_prv", unit.get("epsilon_prv")),
         "delta": final.get("delta", unit.get("delta")),
         "noise_multiplier": event.get("noise_multiplier"),
+        # gbdt under secure aggregation: what its epsilon rests on, and its epsilon from its own noise alone
+        # (the verifier recomputes both from its signed updates and policy)
+        "secure_sum": unit.get("secure_sum"),
         "sample_rate": event.get("sample_rate"),
         "steps": sum(int(e.get("steps", 0)) for b in releases for e in b.get("events", [])) if unit else None,
         "clip_norm": event.get("clip_norm"),
@@ -332,7 +336,23 @@ def summary_sentences(report: dict) -> list[str]:
             f"0 raw records left any lender: lenders sent only model parameters ({sent:,} bytes in all) and summary "
             "scores."
         )
-    if p["secure_aggregation"]:
+    if p["secure_aggregation"] and report["model"] == "gbdt":
+        relying = [
+            d["lender"]
+            for d in report["lender_details"]
+            if (d.get("secure_sum") or {}).get("share_noise_multiplier", math.inf) < (d.get("noise_multiplier") or 0)
+        ]
+        out.append(
+            "Secure aggregation was on: each lender sent its noisy leaf sums masked, and the coordinator learned only "
+            "their sum. "
+            + (
+                f"Lenders {', '.join(map(str, relying))} added only a share of the noise, relying on the others' "
+                "(the assumption and the epsilon without it are in each lender's details); the others added it all."
+                if relying
+                else "Every lender still added the full noise itself, so its epsilon holds whoever colludes."
+            )
+        )
+    elif p["secure_aggregation"]:
         out.append(
             "Secure aggregation was on: each lender sent its update masked, and the coordinator learned only "
             "the sum of the lenders' updates, never one lender's."
@@ -771,7 +791,7 @@ def _lender_section(report: dict, d: dict) -> str:
 <tr><th>Epsilon spent / budget</th><td>{spent}</td></tr>
 <tr><th>Epsilon under the other accountant</th><td>{compare}</td></tr>
 <tr><th>Noise source</th><td>{e(str(d["noise"])) if d["noise"] else _na(no_dp)}</td></tr>
-<tr><th>Its own limits (policy)</th><td>max epsilon {_fmt(policy.get("max_epsilon"))}, delta {delta_rule}, min noise {_fmt(policy.get("min_noise_multiplier"))}, max clip {_fmt(policy.get("max_clip_norm"))}</td></tr>
+{_secure_sum_row(d.get("secure_sum"))}<tr><th>Its own limits (policy)</th><td>max epsilon {_fmt(policy.get("max_epsilon"))}, delta {delta_rule}, min noise {_fmt(policy.get("min_noise_multiplier"))}, max clip {_fmt(policy.get("max_clip_norm"))}</td></tr>
 <tr><th>Epsilon over every run with its folder</th><td>{lifetime}</td></tr>
 <tr><th>Releases / rounds declined</th><td>{_t(d["releases"])} / {_t(d["rounds_declined"])}</td></tr>
 <tr><th>Refusals (limit and reason)</th><td>{refusals}</td></tr>
@@ -782,6 +802,17 @@ def _lender_section(report: dict, d: dict) -> str:
 </table>
 </details>
 </section>"""
+
+
+def _secure_sum_row(statement: dict | None) -> str:
+    """gbdt under secure aggregation: the trust assumption the lender's epsilon rests on, and without it."""
+    if not statement:
+        return ""
+    return (
+        f"<tr><th>Its epsilon rests on</th><td>{html.escape(str(statement.get('assumption')))}; from its own noise "
+        f"alone (noise multiplier {_fmt(statement.get('share_noise_multiplier'))}): epsilon "
+        f"{_fmt(statement.get('epsilon_own_share'))}</td></tr>\n"
+    )
 
 
 def render_html(report: dict) -> str:

@@ -15,7 +15,9 @@ cannot re-derive or check against a lender's own signature:
 4. privacy: each lender's delta from its signed policy and record count, each claimed epsilon recomputed from the
    lender's signed events with Google's dp_accounting (not Opacus, which trained), within budget and within the
    lender's own limits; the data policy of every signed manifest;
-5. the model file, secure aggregation (signed rosters, masked updates, weights from signed counts);
+5. the model file, secure aggregation (signed rosters, masked updates, weights from signed counts; gbdt: each
+   lender's signed noise share against its signed policy and the round's roster, the survivors' shares against
+   each opted-in lender's assumption, and the report's statement of that assumption);
 6. every file of the folder: re-derived from the ledger and compared byte for byte, and hashed in the signed
    final entry; a file that belongs to no run folder fails;
 7. the report: rebuilt from the ledger, compared field by field, its signature checked, and report.html
@@ -48,6 +50,8 @@ from federation.audit_trail.report import build_report, render_html, report_byte
 from federation.audit_trail.run_view import RunView, evaluators, global_scores, stop_reason
 from federation.config import RunConfig
 from federation.errors import FedCreditError
+from federation.gbdt.accounting import secure_sum_statement
+from federation.gbdt.leaf_sums import guaranteed_noise, secure_noise_share
 from federation.gbdt_release import release_clip_norm
 from federation.lender_policy import effective_delta
 from federation.policy import used_field_violation
@@ -696,6 +700,7 @@ def _check_privacy(view: RunView, cfg: RunConfig) -> dict[str, float]:
                 f"guarantee: it must be below 1/n and at most {MAX_DELTA:g}",
             )
         events: list[PrivacyEvent] = []
+        bodies: list[dict] = []
         counted: set[bytes] = set()
         noise = SEEDED_SOURCE if cfg.reproducible_noise_not_private else SECURE_SOURCE
         for attempt in view.attempts:
@@ -723,9 +728,11 @@ def _check_privacy(view: RunView, cfg: RunConfig) -> dict[str, float]:
                     except (TypeError, KeyError) as exc:
                         _fail(where, "privacy events", str(exc))
                     _check_event(where, event, lender, attempt.round, cfg, policy)
+                    _check_secure_sum_terms(where, body, event, cfg, policy, _roster_threshold(attempt))
                     if canonical(body) not in counted:
                         counted.add(canonical(body))
                         events.append(event)
+                        bodies.append(body)
                     claimed = body.get("epsilon")
                 else:
                     claimed = body.get("epsilon_spent")
@@ -747,6 +754,7 @@ def _check_privacy(view: RunView, cfg: RunConfig) -> dict[str, float]:
             )
         unit = (summary.get("units") or {}).get(str(lender)) or {}
         _check_unit(f"privacy summary of lender {lender}", unit, events, delta, budget, cfg)
+        _check_secure_sum_statement(f"privacy summary of lender {lender}", unit, bodies, delta, accountant)
         # What the report shows must be what the lender signed, exactly (not within the 1% the accountants differ by),
         # and the mechanism of its last release.
         last = view.releases(lender)[-1:] or [{}]
@@ -785,6 +793,105 @@ def _check_privacy(view: RunView, cfg: RunConfig) -> dict[str, float]:
                 )
         out[str(lender)] = eps
     return out
+
+
+def _roster_threshold(attempt) -> tuple[int, int] | None:
+    """(threshold, size) of the round's signed roster (its signature is checked in _check_secure_aggregation)."""
+    rosters = attempt.of_type(L.SECAGG_ROSTER)
+    try:
+        body = json.loads(str(rosters[0]["body"].get("body", ""))) if rosters else {}
+    except json.JSONDecodeError:
+        return None
+    threshold = body.get("threshold") if isinstance(body, dict) else None
+    participants = body.get("participants") if isinstance(body, dict) else None
+    if not isinstance(threshold, int) or isinstance(threshold, bool) or not isinstance(participants, list):
+        return None
+    return threshold, len(participants)
+
+
+def _check_secure_sum_terms(
+    where: str, body: dict, event: PrivacyEvent, cfg: RunConfig, policy: dict, roster: tuple[int, int] | None
+) -> None:
+    """A gbdt update under secure aggregation signs the noise it added itself: its policy's own colluders term,
+    the threshold of the roster it was sent, and the share that formula gives (federation.gbdt.leaf_sums.
+    secure_noise_share). Every other update carries none."""
+    terms = body.get("secure_sum")
+    if not (cfg.model == "gbdt" and cfg.secure_aggregation):
+        if terms is not None:
+            _fail(where, "secure sum", "a noise share in a run that is not gbdt under secure aggregation")
+        return
+    if not isinstance(terms, dict) or set(terms) != {"colluders", "threshold", "share_noise_multiplier"}:
+        _fail(where, "secure sum", "a gbdt update under secure aggregation must sign the noise share it added")
+    colluders, share = terms["colluders"], terms["share_noise_multiplier"]
+    if colluders != policy.get("secure_sum_colluders"):
+        _fail(
+            where,
+            "secure sum",
+            f"relies on {colluders} colluders; lender's signed policy says {policy.get('secure_sum_colluders')}",
+        )
+    threshold, size = roster or (None, 0)
+    if terms["threshold"] != threshold:
+        _fail(where, "secure sum", f"threshold {terms['threshold']} is not the signed roster's {threshold}")
+    try:
+        expected = secure_noise_share(event.noise_multiplier, int(threshold or 0), colluders, size)
+    except (TypeError, ValueError) as exc:
+        _fail(where, "secure sum", str(exc))
+    if not _finite(share) or not math.isclose(share, expected, rel_tol=1e-12):
+        _fail(where, "secure sum", f"noise share {share} is not the {expected:.6g} its policy and roster give")
+
+
+def _check_secure_sum_statement(where: str, unit: dict, bodies: list[dict], delta: float, accountant: str) -> None:
+    """The report's statement of what a lender's epsilon rests on (its assumption, and its epsilon from its own
+    noise alone) must be what its signed updates give, recomputed here with dp_accounting."""
+    recomputed = secure_sum_statement(bodies, lambda own: dpaccounting.epsilon(own, delta, accountant))
+    claimed = unit.get("secure_sum")
+    if recomputed is None or not isinstance(claimed, dict):
+        if claimed is not None or recomputed is not None:
+            _fail(
+                where,
+                "secure sum",
+                f"states {claimed!r} of the trust it rests on; its signed updates give {recomputed!r}",
+            )
+        return
+    for name, value in recomputed.items():
+        close = (
+            name == "epsilon_own_share"
+            and _finite(claimed.get(name))
+            and math.isclose(claimed[name], value, rel_tol=TOLERANCE, abs_tol=1e-9)
+        )
+        if claimed.get(name) != value and not close:
+            _fail(where, "secure sum", f"'{name}' is {claimed.get(name)!r}; the lender's signed updates give {value!r}")
+
+
+def _check_secure_sum_noise(view: RunView, cfg: RunConfig) -> None:
+    """Each round of a gbdt run under secure aggregation: for every lender that relied on the others' noise, the
+    survivors' signed shares must leave at least its noise multiplier z on the unmasked sum against its c
+    colluders (federation.gbdt.leaf_sums.guaranteed_noise); otherwise its epsilon under the assumption is not
+    what it claims (a survivor with a smaller noise multiplier of its own added a smaller share)."""
+    if not (cfg.model == "gbdt" and cfg.secure_aggregation and cfg.dp):
+        return
+    for attempt in view.complete_rounds():
+        agg = attempt.aggregate
+        if agg is None or agg.get("skipped"):
+            continue
+        shares: dict[int, dict] = {}
+        for entry in attempt.of_type(L.LENDER_UPDATE):
+            if entry["body"].get("lender") in agg.get("lenders", []):
+                shares[entry["body"]["lender"]] = entry["body"]
+        for lender, body in sorted(shares.items()):
+            terms, z = body["secure_sum"], body["events"][0]["noise_multiplier"]
+            if terms["colluders"] is None:
+                continue
+            others = [b["secure_sum"]["share_noise_multiplier"] for other, b in shares.items() if other != lender]
+            left = guaranteed_noise(terms["share_noise_multiplier"], others, terms["colluders"])
+            if left < z * (1 - 1e-9):
+                _fail(
+                    _describe(attempt.started),
+                    "secure sum",
+                    f"lender {lender} relied on the others' noise, but round {attempt.round}'s survivors' signed "
+                    f"shares leave noise multiplier {left:.4g} against {terms['colluders']} colluders, below its "
+                    f"{z:.4g}: its epsilon under that assumption does not hold (give the lenders one delta and budget)",
+                )
 
 
 def _check_event(where: str, event: PrivacyEvent, lender: int, rnd: int, cfg: RunConfig, policy: dict) -> None:
@@ -1041,7 +1148,12 @@ def _check_secure_aggregation(view: RunView, cfg: RunConfig, coordinator) -> Non
                 f"{valid} valid survivor confirmations of "
                 f"{len(confirmations)} recorded; at least {threshold}, and only valid ones, are needed",
             )
-        weights = sum(int(view.manifests[lender]["train_records"]) for lender in agg.get("lenders", []))
+        # A gbdt round is a plain sum (no weights, federation/secagg.py sum_quantizer): it records none.
+        weights = (
+            None
+            if cfg.model == "gbdt"
+            else sum(int(view.manifests[lender]["train_records"]) for lender in agg.get("lenders", []))
+        )
         if agg.get("weight_sum") != weights:
             _fail(
                 _describe(attempt.started),
@@ -1189,6 +1301,7 @@ def verify_run(run_dir: str | Path, registry: str | Path | Registry | None = Non
     model = _check_model(run_dir, view)
     _check_gbdt(view, cfg)
     _check_secure_aggregation(view, cfg, coordinator)
+    _check_secure_sum_noise(view, cfg)
     unverified = _check_files(run_dir, view, model)
     _check_report(run_dir, entries, report)
     absent = sorted(set(registry.lenders) - set(range(cfg.lenders))) if registry is not None else []

@@ -13,6 +13,8 @@ post-processing of earlier releases, so adaptive composition of the rounds is al
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import replace
 
 from federation.gbdt.leaf_sums import l2_sensitivity
 from federation.gbdt.split_candidates import count_sensitivity
@@ -68,3 +70,41 @@ def split_budget(
         raise ValueError(f"the count release's share of the budget must be in (0, 1), got {share}")
     z1 = calibrate_noise(epsilon, delta, 1, accountant_name)
     return z1 / math.sqrt(share), z1 * math.sqrt(rounds / (1 - share))
+
+
+def secure_sum_statement(bodies: list[dict], epsilon_of: Callable[[list[PrivacyEvent]], float]) -> dict | None:
+    """What a lender's epsilon rests on in a gbdt run under secure aggregation, from its signed updates (each
+    carries `secure_sum`: its policy's colluders c, the roster threshold t, the noise share it added), or None in
+    any other run. `epsilon_own_share` is its epsilon from its own noise alone (every event at its share's noise
+    multiplier): what holds if more than c others collude or fewer than t survive. `epsilon_of` is the caller's
+    accountant (the coordinator's, or the verifier's own dp_accounting)."""
+    terms = [b["secure_sum"] for b in bodies if b.get("secure_sum") is not None]
+    if not terms:
+        return None
+    own = [
+        replace(
+            PrivacyEvent.from_dict(b["events"][0]), noise_multiplier=float(b["secure_sum"]["share_noise_multiplier"])
+        )
+        for b in bodies
+        if b.get("secure_sum") is not None
+    ]
+    colluders = terms[-1]["colluders"]
+    thresholds = sorted({int(t["threshold"]) for t in terms})
+    return {
+        "colluders": colluders,
+        "thresholds": thresholds,
+        "assumption": assumption_text(colluders, thresholds),
+        "share_noise_multiplier": float(terms[-1]["share_noise_multiplier"]),
+        "epsilon_own_share": float(epsilon_of(own)),
+    }
+
+
+def assumption_text(colluders: int | None, thresholds: list[int]) -> str:
+    """The trust assumption a lender's epsilon rests on, in words (report and verifier print the same)."""
+    if colluders is None:
+        return "none: it added the full noise itself"
+    least = min(thresholds) if thresholds else 0
+    return (
+        f"at most {colluders} other lenders collude with the coordinator and at least {least} survive each round, "
+        "each honest survivor adding at least its share of the noise"
+    )

@@ -81,6 +81,45 @@ def noise_share(noise_multiplier: float, lenders: int) -> float:
     return float(noise_multiplier) / math.sqrt(lenders)
 
 
+def secure_noise_share(noise_multiplier: float, threshold: int, colluders: int | None, roster_size: int) -> float:
+    """The noise multiplier one lender adds to its leaf sums under secure aggregation: THE formula.
+
+    `colluders` None (the lender trusts only itself, the default): the full z. Opted in with c, with t the signed
+    roster's threshold and k its size: z / sqrt(t - c). Why that is enough under its assumption: a lender reveals
+    its mask shares only once at least t survivors signed one survivor set (clients/secagg.py, `reveal`), so any
+    sum the coordinator can unmask holds at least t survivors' vectors; with at most c of the others colluding, at
+    least t - c of them are honest (this lender included), each adding independent N(0, (z S)^2 / (t - c)) (if
+    every honest survivor's share is at least this one, which the verifier checks from the signed updates), so the
+    noise left after the colluders subtract theirs has variance at least (z S)^2: the sum is the z-mechanism.
+    The masking itself hides one lender's vector from a coordinator with c colluders only while c < 2t - k
+    (federation/secagg.py, "Collusion tolerated"); beyond that the coordinator may unmask this lender alone, so
+    the share is z again. Against more colluders than c, only its own share protects it: what it also records."""
+    if colluders is None:
+        return float(noise_multiplier)
+    honest = threshold - colluders
+    if isinstance(colluders, bool) or colluders < 0 or honest < 1:
+        raise ValueError(
+            f"with threshold {threshold} and {colluders} colluders no honest survivor is guaranteed "
+            f"(need threshold - colluders >= 1)"
+        )
+    if colluders >= 2 * threshold - roster_size:  # the masks may not hide this lender's vector: no split
+        return float(noise_multiplier)
+    return float(noise_multiplier) / math.sqrt(honest)
+
+
+def guaranteed_noise(own_share: float, other_shares: list[float], colluders: int) -> float:
+    """The noise multiplier left on the unmasked sum, for a lender that added `own_share`, when the other survivors
+    of the round added `other_shares` (their signed shares) and `colluders` of them, the worst ones for it (the
+    largest shares), reveal theirs to the coordinator: sqrt(own^2 + the smallest len(others) - c squared shares).
+    What the verifier holds an opted-in lender's assumption to: it covers the lender's noise multiplier z only if
+    the honest survivors' noise adds up to it (equal shares z / sqrt(t - c) from at least t - c of them do; a
+    survivor with a smaller noise multiplier of its own, from another budget or delta, adds less)."""
+    if colluders < 0:
+        raise ValueError(f"colluders must be >= 0, got {colluders}")
+    honest = sorted(float(x) ** 2 for x in other_shares)[: max(len(other_shares) - colluders, 0)]
+    return math.sqrt(float(own_share) ** 2 + sum(honest))
+
+
 def noise_after_collusion(noise_multiplier: float, lenders: int, colluding: int) -> float:
     """The noise multiplier protecting an honest lender's sum when each of `lenders` adds noise_share(z, k) and
     `colluding` of the others reveal their shares to the coordinator: z * sqrt((k - c) / k). What an honest
