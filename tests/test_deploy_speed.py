@@ -170,3 +170,70 @@ def test_a_cache_made_under_another_key_or_unreadable_is_never_served(tmp_path):
     (home.folder / "cache" / "records.npz").write_bytes(b"not a zip file")
     assert home.cached_records(key) is None
     _same(_read(home), real)
+
+
+class _Replies:
+    """The deployed grid as the coordinator sees it: replies arrive over several pulls, some never."""
+
+    def __init__(self, arrive: dict[str, int]) -> None:
+        self.arrive, self.pulls = arrive, 0  # message id -> the pull at which its reply is there
+
+    def push_messages(self, messages):
+        return [m.metadata.message_id for m in messages]
+
+    def pull_messages(self, message_ids):
+        from flwr.app import Message, RecordDict
+        from flwr.supercore.task_identity import TaskIdentity
+
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+        self.pulls += 1
+        out = []
+        for mid in sorted(message_ids):
+            if self.arrive.get(mid, 10**9) <= self.pulls:
+                reply = Message(RecordDict(), dst_node_id=1, message_type="train")
+                reply.metadata.__dict__["_reply_to_message_id"] = mid
+                out.append(reply)
+        return out
+
+
+def _grid(arrive: dict[str, int], monkeypatch):
+    from flwr.superlink.grid.http_grid import HttpGrid
+
+    import server.messaging as messaging
+
+    monkeypatch.setattr(messaging, "POLL_S", 0.0)
+    grid = HttpGrid.__new__(HttpGrid)  # no SuperLink: pushing and pulling are the fake's
+    fake = _Replies(arrive)
+    monkeypatch.setattr(grid, "push_messages", fake.push_messages, raising=False)
+    monkeypatch.setattr(grid, "pull_messages", fake.pull_messages, raising=False)
+    return grid, fake
+
+
+def _messages(ids):
+    from flwr.app import Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    out = []
+    for mid in ids:
+        msg = Message(RecordDict(), dst_node_id=1, message_type="train")
+        msg.metadata.__dict__["_message_id"] = mid
+        out.append(msg)
+    return out
+
+
+def test_the_coordinator_collects_every_reply_each_once_however_late_it_arrives(monkeypatch):
+    from server.messaging import send_and_receive
+
+    grid, fake = _grid({"a": 1, "b": 3, "c": 2}, monkeypatch)
+    replies = send_and_receive(grid, _messages(["a", "b", "c"]), timeout=60)
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b", "c"]
+    assert fake.pulls == 3  # it stops pulling once every reply is in
+
+
+def test_a_lender_that_never_replies_is_given_up_at_the_timeout_with_the_others_kept(monkeypatch):
+    from server.messaging import send_and_receive
+
+    grid, _ = _grid({"a": 1}, monkeypatch)
+    replies = send_and_receive(grid, _messages(["a", "silent"]), timeout=0.05)
+    assert [r.metadata.reply_to_message_id for r in replies] == ["a"]
