@@ -4,6 +4,11 @@ Each handler sees only the lender's own folder (clients/home.py: its policy, ide
 its own records, loaded as its policy says (clients/session.py). It applies the data-minimization policy, trains
 with DP-SGD under its own limits and randomness (clients/dp_round.py), signs what it sends, and replies with model
 arrays and aggregate scalars only.
+
+In deployment Flower starts a new process for every message, and each imports this module: it imports only what
+every handler needs (Flower, signing, the lender's folder), and the handlers that train, score or account import
+torch, Opacus and the accountants themselves. The secure-aggregation steps and the manifest (from the lender's
+cached records, clients/record_cache.py) run without them (tests/test_deploy_speed.py).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import secrets
 from flwr.app import Context, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import dp_round, secagg
+from clients import secagg
 from clients.session import Session
 from federation.audit_trail.attest import MANIFEST_FIELDS, evaluation_body, final_body, manifest_body
 from federation.audit_trail.canonical import arrays_hash
@@ -30,14 +35,8 @@ from federation.messages import (
     manifest_to_record,
     numpy_arrays,
 )
-from federation.metrics import credit_metrics
-from federation.model import model_for, predict_proba
-from federation.privacy.accountant import epsilon, epsilons
-from federation.privacy.events import PrivacyEvent
 from federation.secagg import SecAggError
-from federation.training import set_torch_threads
 
-set_torch_threads()  # a lender's ClientApp process trains: one thread (why: federation/training.py)
 # Opacus installs a root log handler when imported, which would print each of Flower's log lines a second time in
 # the lender's process (the coordinator's CLI does the same for its own: fedcredit/cli.py, _quiet_libraries).
 logging.getLogger("flwr").propagate = False
@@ -64,8 +63,17 @@ def manifest(msg: Message, context: Context) -> Message:
     )
 
 
+def _torch_ready() -> None:
+    from federation.training import set_torch_threads
+
+    set_torch_threads()  # a lender's process that trains or scores: one thread (why: federation/training.py)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    from clients import dp_round
+
+    _torch_ready()
     return dp_round.train(Session(msg, context))
 
 
@@ -73,6 +81,10 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """The lender scores a model on its own test records, once per round of a run: its scores lie outside the
     epsilon, so a coordinator must not be able to ask for them on model after model it crafted."""
+    from federation.metrics import credit_metrics
+    from federation.model import model_for, predict_proba
+
+    _torch_ready()
     s = Session(msg, context)
     data, cfg = s.data, s.request
     arrays = array_record(msg.content, ARRAYS)
@@ -103,6 +115,10 @@ def evaluate(msg: Message, context: Context) -> Message:
 def final(msg: Message, context: Context) -> Message:
     """The end of the run: the lender signs its own count of its releases and its epsilon, and closes the run on
     its side (it trains no more in it), so a release left out of the ledger cannot go unnoticed."""
+    from clients.dp_round import required
+    from federation.privacy.accountant import epsilon, epsilons
+    from federation.privacy.events import PrivacyEvent
+
     s = Session(msg, context)
     cfg = s.request
     with s.home.spent() as spent:
@@ -121,7 +137,7 @@ def final(msg: Message, context: Context) -> Message:
     both: dict[str, float] = {}
     lifetime = None
     if record_level:
-        record_delta = dp_round.required(delta, "delta")
+        record_delta = required(delta, "delta")
         both = epsilons(events, record_delta) if events else {"rdp": 0.0, "prv": 0.0}
         lifetime = epsilon(every, record_delta, cfg.accountant)
     body = final_body(

@@ -8,6 +8,9 @@
       state/spent.json         every privacy release of every run made with this folder, 0600
       state/sent/RUN/...       the exact replies it sent, so that a repeated request gets the same bytes back
                                instead of a new release
+      cache/records.npz        a deployed lender's own records as encoded for its last data configuration, 0600,
+                               with the key they were made under (clients/record_cache.py): Flower starts a process
+                               per message, and each would otherwise read and encode the records again
 
 Only the lender's code opens these files (a test watches every file the coordinator's code opens). The
 coordinator learns the public key from the lender's signed manifest, nothing else. In deployment the folder
@@ -20,8 +23,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import hmac
+import io
 import json
 import os
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,15 +34,19 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.audit_trail.keys import load_or_create, public_hex, write_private
 from federation.errors import ConfigError
 from federation.lender_policy import LenderPolicy, load_policy
+from federation.lender_records import LenderData
 from federation.registry import Registry, fingerprint, load_registry
 
 IDENTITY = "identity"
 COMMITMENT_KEY = "commitment.key"
+RECORDS_CACHE = "records.npz"
+_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 def init_lender(folder: str | Path, policy: LenderPolicy) -> str:
@@ -134,6 +143,39 @@ class LenderHome:
 
     def _sent_path(self, run: str, rnd: int, digest: str) -> Path:
         return self.state / "sent" / run[:32] / f"round-{rnd}-{digest[:32]}.json"
+
+    # ---- the lender's encoded records, cached in its own folder -------------------------------
+    @property
+    def records_cache(self) -> Path:
+        folder = self.folder / "cache"
+        folder.mkdir(exist_ok=True, mode=0o700)
+        os.chmod(folder, 0o700)
+        return folder / RECORDS_CACHE
+
+    def cached_records(self, key: str) -> LenderData | None:
+        """The records saved under `key`, or None when there are none, they were saved under another key (the
+        lender's CSV, card, policy or data code changed since) or the file cannot be read (it is then rewritten)."""
+        path = self.records_cache
+        try:
+            with np.load(path, allow_pickle=False) as file:
+                meta = json.loads(file["meta"].tobytes())
+                if meta.get("key") != key:
+                    return None
+                arrays = {name: file[name] for name in _ARRAYS}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            return None
+        return LenderData(meta["lender"], **arrays, features=meta["features"], manifest=meta["manifest"])
+
+    def save_records(self, key: str, data: LenderData) -> None:
+        """One file, replaced whole (0600 from the first byte): the last data configuration's records only."""
+        meta = {"key": key, "lender": data.lender, "features": data.features, "manifest": data.manifest}
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8),
+            **{name: getattr(data, name) for name in _ARRAYS},
+        )
+        _write_secret(self.records_cache, buffer.getvalue())
 
 
 def _write_secret(path: Path, data: bytes) -> None:

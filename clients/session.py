@@ -18,13 +18,14 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 
 from clients.home import LenderHome, init_lender
+from clients.record_cache import records_key
 from federation.audit_trail.attest import signed_record
 from federation.audit_trail.canonical import canonical, config_hash
 from federation.audit_trail.keys import lender_name
 from federation.config import RunConfig
-from federation.data import LenderData, load_lender
 from federation.errors import ConfigError, DataError
 from federation.lender_policy import DATA_KEYS, FILE_NAME, LenderPolicy
+from federation.lender_records import LenderData
 from federation.messages import CONFIG, config_int, config_record, run_config_from
 
 LENDERS_DIR_ENV = "FEDCREDIT_LENDERS_DIR"
@@ -56,8 +57,22 @@ def lender_folder(context: Context, request: RunConfig) -> Path:
 
 
 @lru_cache(maxsize=1024)
-def _records(folder: str, data: RunConfig, lender: int, canaries: str) -> LenderData:
-    """Loaded once per process: later rounds reuse the encoded records (cached per lender folder)."""
+def _records(folder: str, data: RunConfig, lender: int, canaries: str, deployed: bool = False) -> LenderData:
+    """Loaded once per process: later rounds reuse the encoded records (cached per lender folder). A deployed
+    lender (a process per message) also keeps them in its own folder, under a key of everything they come from."""
+    if not deployed:
+        return _load(data, lender, canaries)
+    home, key = LenderHome(folder), records_key(data, lender, canaries)
+    cached = home.cached_records(key)
+    if cached is None:
+        cached = _load(data, lender, canaries)
+        home.save_records(key, cached)
+    return cached
+
+
+def _load(data: RunConfig, lender: int, canaries: str) -> LenderData:
+    from federation.data import load_lender  # pandas and the loaders: only when the records are read
+
     extra = None
     if canaries:
         try:
@@ -78,6 +93,7 @@ class Session:
         self.run = config_hash(self.request.to_record())
         self.round = config_int(self.config, "server-round") if "server-round" in self.config else 0
         self.home = LenderHome(lender_folder(context, self.request))
+        self.deployed = bool(context.node_config.get("lender-dir"))
         self.policy = self.home.policy
         self.lender = self.policy.lender
         claimed = node_lender_id(context)
@@ -94,7 +110,7 @@ class Session:
             source = LenderPolicy(
                 lender=self.lender, max_epsilon=1.0, data={k: record[k] for k in DATA_KEYS}
             ).data_config()
-        return _records(str(self.home.folder), source, self.lender, self.policy.audit_canaries)
+        return _records(str(self.home.folder), source, self.lender, self.policy.audit_canaries, self.deployed)
 
     @property
     def own_records(self) -> int:

@@ -50,6 +50,7 @@ from federation.secagg import (
     unpack_share,
     weighted_quantizer,
 )
+from server.messaging import send_and_receive
 
 TIMEOUT_S = 3600.0
 
@@ -103,7 +104,7 @@ class SecureRound:
         ]
         position = {node: p for p, node in enumerate(self.nodes)}
         out, why = {}, {}
-        for reply in self.grid.send_and_receive(messages, timeout=TIMEOUT_S):
+        for reply in send_and_receive(self.grid, messages, TIMEOUT_S):
             p = position[reply.metadata.src_node_id]
             try:
                 out[p] = inspect_reply(reply)["secagg"]

@@ -23,18 +23,8 @@ from federation.data import synthetic
 from federation.data.loaders import LOADERS
 from federation.encoding import Clipped, encode, encode_counting, encoding_text, feature_names
 from federation.errors import DataError
+from federation.lender_records import LenderData
 from federation.policy import apply_policy, check_card, check_labels, check_schema, label_problem, labels_of
-
-
-@dataclass(frozen=True)
-class LenderData:
-    lender: int
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    features: list[str]
-    manifest: dict
 
 
 @dataclass(frozen=True)
