@@ -69,6 +69,8 @@ def _fields(request: ConfigRecord, step: str) -> None:
 
 def request_record(content: RecordDict, key: str) -> ConfigRecord:
     """The ConfigRecord `key` of the coordinator's message: a request of any other record kind is a refusal."""
+    if key not in content:  # a train request under secure aggregation that skipped the protocol's steps
+        raise SecAggError(f"the request holds no secure-aggregation record '{key}'")
     record = content[key]
     if not isinstance(record, ConfigRecord):
         raise SecAggError(

@@ -196,15 +196,15 @@ def test_a_model_with_an_impossible_count_of_grown_trees_is_refused_before_any_r
     assert "grown" in body["reason"] and spent(home, GBDT)["releases"] == 0
 
 
-def test_a_gbdt_request_under_secure_aggregation_releases_nothing(tmp_path):
-    """gbdt does not run under secure aggregation (the noise-share split it would need protects no one against a
-    coordinator colluding with other lenders): a lender reads such a request as invalid, and nothing is computed,
-    charged or sent."""
-
-    from federation.errors import ConfigError
+def test_a_gbdt_request_under_secure_aggregation_without_the_protocol_releases_nothing(tmp_path):
+    """gbdt runs under secure aggregation only through the protocol (a roster the lender checked, masks): a train
+    request that says secure aggregation but skips the protocol's steps would have the lender send its sums with a
+    share of the noise and no mask. The lender refuses it with one line, and nothing is computed, charged or sent
+    (it used to fail on a KeyError)."""
+    from federation.secagg import SecAggError
 
     context, home = make_lender(tmp_path / "lender", GBDT, 0)
-    with pytest.raises(ConfigError, match="secure aggregation"):
+    with pytest.raises(SecAggError, match="no secure-aggregation record"):
         lender_train(message(GBDT, 1, model=_model(GBDT, 1), **{"secure-aggregation": True}), context)
     assert spent(home, GBDT)["releases"] == 0
 
