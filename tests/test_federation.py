@@ -35,7 +35,9 @@ def test_run_folder_contents(small_run):
     assert list(metrics.scope.unique()) == ["lender", "global"]
     assert sorted(metrics[metrics.scope == "lender"].lender.unique()) == [0, 1, 2]
     assert metrics[metrics.scope == "global"].lender.isna().all()
-    assert metrics[metrics.scope == "global"].auc.iloc[-1] > 0.6  # learned: chance is 0.5
+    # learned: chance is 0.5 (about +/- 0.03 on these 461 test records). Each lender's own CSPRNG noise at epsilon 2
+    # spreads the final AUC widely: 0.55-0.74 over 8 runs (2026-12-01), so 0.6 failed about 1 run in 8.
+    assert metrics[metrics.scope == "global"].auc.iloc[-1] > 0.53
     manifests = sorted((small_run / "manifests").glob("*.json"))
     assert len(manifests) == 3
     m = json.loads(manifests[0].read_text())
