@@ -151,6 +151,13 @@ def test_card_init_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loans.csv"]
 
 
+def _run_on(csv, card, out):
+    """`fedcredit run` of two iid lenders, one round, on the CSV and card."""
+    options = ["--dataset", "csv", "--csv-path", str(csv), "--card-path", str(card), "--partition", "iid"]
+    options += ["--lenders", "2", "--rounds", "1", "--epsilon", "4", "--engine", "inprocess", "--output-dir", str(out)]
+    return runner.invoke(app, ["run", *options])
+
+
 def test_card_init_then_run_round_trip(tmp_path):
     """card init -> review -> fedcredit run: the several default values label the records, the outcome-leaking
     column is refused with its reason, and the sentinel incomes clipped to the bounds are counted and warned of."""
@@ -160,30 +167,7 @@ def test_card_init_then_run_round_trip(tmp_path):
     card = tmp_path / "loans.toml"
     _reviewed(card)
     out = tmp_path / "run"
-    result = runner.invoke(
-        app,
-        [
-            "run",
-            "--dataset",
-            "csv",
-            "--csv-path",
-            str(csv),
-            "--card-path",
-            str(card),
-            "--partition",
-            "iid",
-            "--lenders",
-            "2",
-            "--rounds",
-            "1",
-            "--epsilon",
-            "4",
-            "--engine",
-            "inprocess",
-            "--output-dir",
-            str(out),
-        ],
-    )
+    result = _run_on(csv, card, out)
     assert result.exit_code == 0, result.output
     # the sentinel: 3 of the 400 incomes are 999999.375, and the bounds the skeleton read from the data include it, so
     # nothing is clipped; the warning appears once the user gives public bounds (below)
@@ -204,30 +188,7 @@ def test_card_init_then_run_round_trip(tmp_path):
     card = tmp_path / "loans-public-bounds.toml"
     card.write_text((tmp_path / "loans.toml").read_text().replace("[20000, 999999.375]", "[0, 500000]"))
     out2 = tmp_path / "run2"
-    result = runner.invoke(
-        app,
-        [
-            "run",
-            "--dataset",
-            "csv",
-            "--csv-path",
-            str(csv),
-            "--card-path",
-            str(card),
-            "--partition",
-            "iid",
-            "--lenders",
-            "2",
-            "--rounds",
-            "1",
-            "--epsilon",
-            "4",
-            "--engine",
-            "inprocess",
-            "--output-dir",
-            str(out2),
-        ],
-    )
+    result = _run_on(csv, card, out2)
     assert result.exit_code == 0, result.output
     consented_sentinels = sum(1 for i in range(400) if i % 150 == 7 and i % 10 != 3)
     assert consented_sentinels == 3
