@@ -35,22 +35,7 @@ from federation.privacy.events import PrivacyEvent
 from federation.tree_model import build_tree_model, round_trees
 from tests.forge import Forger, entries_of, restate_privacy
 from tests.lender_kit import make_lender, message, spent
-
-GBDT = RunConfig(
-    records=3000,
-    lenders=3,
-    rounds=3,
-    epsilon=3.0,
-    model="gbdt",
-    gbdt_trees_per_round=2,
-    gbdt_depth=3,
-    gbdt_bins=16,
-    engine="inprocess",
-)
-
-
-def _quiet(summary) -> None:
-    pass
+from tests.test_gbdt_federation import GBDT, _quiet  # the same small gbdt federation the gbdt tests attack
 
 
 def _body(reply) -> dict:
