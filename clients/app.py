@@ -5,10 +5,13 @@ its own records, loaded as its policy says (clients/session.py). It applies the 
 with DP-SGD under its own limits and randomness (clients/dp_round.py), signs what it sends, and replies with model
 arrays and aggregate scalars only.
 
-In deployment Flower starts a new process for every message, and each imports this module: it imports only what
-every handler needs (Flower, signing, the lender's folder), and the handlers that train, score or account import
-torch, Opacus and the accountants themselves. The secure-aggregation steps and the manifest (from the lender's
-cached records, clients/record_cache.py) run without them (tests/test_deploy_speed.py).
+In deployment a lender that joined with `fedcredit lender join` answers every message in its worker
+(clients/worker.py: its own long-lived process, which calls these handlers from HANDLERS, imported once). Where
+Flower starts a ClientApp process per message instead (a SuperNode in subprocess isolation), each imports this
+module, so it imports only what every handler needs (Flower, signing, the lender's folder): the handlers that
+train, score or account import torch, Opacus and the accountants themselves, and the secure-aggregation steps and
+the manifest (from the lender's cached records, clients/record_cache.py) run without them
+(tests/test_deploy_speed.py).
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from flwr.app import Context, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import secagg
-from clients.session import Session
+from clients.session import Session, preload_records
 from federation.audit_trail.attest import MANIFEST_FIELDS, evaluation_body, final_body, manifest_body
 from federation.audit_trail.canonical import arrays_hash
 from federation.lender_policy import effective_delta
@@ -41,6 +47,31 @@ from federation.secagg import SecAggError
 # the lender's process (the coordinator's CLI does the same for its own: fedcredit/cli.py, _quiet_libraries).
 logging.getLogger("flwr").propagate = False
 app = ClientApp()
+Handler = Callable[[Message, Context], Message]
+HANDLERS: dict[str, Handler] = {}  # what the lender's worker (clients/worker.py) answers, by message kind
+
+
+def answers(kind: str) -> Callable[[Handler], Handler]:
+    """Registers a handler for the lender's worker too (the same function Flower calls in a ClientApp process)."""
+
+    def register(handler: Handler) -> Handler:
+        HANDLERS[kind] = handler
+        return handler
+
+    return register
+
+
+def warm_up(folder: Path) -> None:
+    """What the worker does once, before its first message: import what training and scoring need and read the
+    lender's records (a problem with them is reported by the message that needs them, as without a worker)."""
+    from clients import dp_round  # noqa: F401  (torch, Opacus, the accountants)
+    from federation import metrics, model  # noqa: F401
+
+    _torch_ready()
+    try:
+        preload_records(Path(folder))
+    except Exception as exc:
+        print(f"fedcredit worker: the records are read with the first message ({exc})", file=sys.stderr)
 
 
 def signed_manifest(session: Session) -> dict:
@@ -53,6 +84,7 @@ def signed_manifest(session: Session) -> dict:
 
 
 @app.query("manifest")
+@answers("manifest")
 def manifest(msg: Message, context: Context) -> Message:
     s = Session(msg, context)
     fields = signed_manifest(s)
@@ -70,6 +102,7 @@ def _torch_ready() -> None:
 
 
 @app.train()
+@answers("train")
 def train(msg: Message, context: Context) -> Message:
     from clients import dp_round
 
@@ -78,6 +111,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@answers("evaluate")
 def evaluate(msg: Message, context: Context) -> Message:
     """The lender scores a model on its own test records, once per round of a run: its scores lie outside the
     epsilon, so a coordinator must not be able to ask for them on model after model it crafted."""
@@ -112,6 +146,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 @app.query("final")
+@answers("final")
 def final(msg: Message, context: Context) -> Message:
     """The end of the run: the lender signs its own count of its releases and its epsilon, and closes the run on
     its side (it trains no more in it), so a release left out of the ledger cannot go unnoticed."""
@@ -183,6 +218,7 @@ def _digest(text) -> str:
 
 
 @app.query("secagg_keys")
+@answers("secagg_keys")
 def secagg_keys(msg: Message, context: Context) -> Message:
     return _secagg_step(
         msg,
@@ -196,6 +232,7 @@ def secagg_keys(msg: Message, context: Context) -> Message:
 
 
 @app.query("secagg_shares")
+@answers("secagg_shares")
 def secagg_shares(msg: Message, context: Context) -> Message:
     return _secagg_step(
         msg,
@@ -207,6 +244,7 @@ def secagg_shares(msg: Message, context: Context) -> Message:
 
 
 @app.query("secagg_confirm")
+@answers("secagg_confirm")
 def secagg_confirm(msg: Message, context: Context) -> Message:
     return _secagg_step(
         msg,
@@ -220,6 +258,7 @@ def secagg_confirm(msg: Message, context: Context) -> Message:
 
 
 @app.query("secagg_unmask")
+@answers("secagg_unmask")
 def secagg_unmask(msg: Message, context: Context) -> Message:
     return _secagg_step(
         msg,

@@ -6,13 +6,16 @@ The lender's folder (clients/home.py) also holds its SuperNode authentication ke
 address parses, something answers there, and the TLS certificate it presents is signed by the coordinator's CA
 and carries the name dialled, so that a wrong address, an unreachable SuperLink or a certificate for another name
 is one clear line, not a SuperNode retrying forever. Then it runs `flower-supernode` with a node config that names
-only its lender id and its folder: its data, card, limits and keys stay here, and the coordinator reads none of it.
+only its lender id and its folder (its data, card, limits and keys stay here, and the coordinator reads none of
+it), in process isolation, and its worker (clients/worker.py: its own long-lived process, which runs every task the
+SuperNode receives with the lender's own installed code, instead of a ClientApp process per message).
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from federation.deploy_pki import make_node_key
 from federation.processes import DeploymentError, ProcessGroup, flower_env, free_port, parse_address, tool
 
 SUPERNODE_KEY = "supernode"
+POLL_S = 0.25  # the SuperNode's longest wait between two pulls from the SuperLink (Flower's: 3 s)
 REFUSED = "Failed to activate SuperNode"  # what Flower's SuperNode logs when the SuperLink does not know its key
 
 
@@ -65,9 +69,12 @@ def check_superlink(address: str, ca: Path, timeout: float = 10.0) -> None:
 class LenderNode:
     """A lender's SuperNode, started from its own folder against the coordinator's address."""
 
-    def __init__(self, lender_dir: Path, superlink: str, ca: Path, listen_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, lender_dir: Path, superlink: str, ca: Path, listen_host: str = "127.0.0.1", worker: bool = True
+    ) -> None:
         self.home = LenderHome(lender_dir)
         self.superlink, self.ca, self.listen_host = superlink, Path(ca).resolve(), listen_host
+        self.worker = worker
         self.group = ProcessGroup(
             self.home.folder / "logs", flower_env(self.home.folder / "flwr-home"), self.home.folder
         )
@@ -78,10 +85,17 @@ class LenderNode:
         private, _ = supernode_key(self.home)
         check_superlink(self.superlink, self.ca)
         node_config = f'lender-id={policy.lender} lender-dir="{self.home.folder}"'
+        runtime_port = free_port(self.listen_host)
+        # With its worker: Flower's SuperNode in process isolation, waiting less between pulls (clients/supernode.py);
+        # without (worker=False): Flower's own, starting a ClientApp process per message.
+        launcher = (
+            [sys.executable, "-m", "clients.supernode", str(POLL_S)] if self.worker else [tool("flower-supernode")]
+        )
+        isolation = ["--isolation", "process"] if self.worker else []
         self.group.spawn(
             "supernode",
             [
-                tool("flower-supernode"),
+                *launcher,
                 "--superlink",
                 self.superlink,
                 "--root-certificates",
@@ -93,15 +107,26 @@ class LenderNode:
                 "--host",
                 self.listen_host,
                 "--port",
-                str(free_port(self.listen_host)),
+                str(runtime_port),
+                *isolation,
             ],
         )
+        if self.worker:
+            runtime = f"{self.listen_host}:{runtime_port}"
+            self.group.spawn("worker", [sys.executable, "-m", "clients.worker", str(self.home.folder), runtime])
 
     def wait(self, poll: float = 0.5) -> int:
         """Until the SuperNode exits; a refusal of its key is said in one line (DeploymentError)."""
         process = self.group.processes["supernode"]
         while process.poll() is None:
             time.sleep(poll)
+            worker = self.group.processes.get("worker")
+            if worker is not None and worker.poll() is not None:  # the SuperNode alone would answer nothing
+                self.stop()
+                raise DeploymentError(
+                    f"the lender's worker exited with {worker.returncode}: "
+                    f"{' '.join(self.group.log_tail('worker').split()[-40:])}"
+                )
             if REFUSED in self.group.log_tail("supernode", 4000):
                 self.stop()
                 raise DeploymentError(

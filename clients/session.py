@@ -56,18 +56,42 @@ def lender_folder(context: Context, request: RunConfig) -> Path:
     return folder
 
 
-@lru_cache(maxsize=1024)
+_DEPLOYED: dict[str, LenderData] = {}  # a deployed lender's records in this process, under their content key
+
+
 def _records(folder: str, data: RunConfig, lender: int, canaries: str, deployed: bool = False) -> LenderData:
-    """Loaded once per process: later rounds reuse the encoded records (cached per lender folder). A deployed
-    lender (a process per message) also keeps them in its own folder, under a key of everything they come from."""
+    """Loaded once per process: later rounds reuse the encoded records. A deployed lender (a process per message,
+    or its long-lived worker) also keeps them in its own folder, and in both places under a key of the content of
+    everything they come from (clients/record_cache.py): an edited file is read again, never served stale."""
     if not deployed:
-        return _load(data, lender, canaries)
-    home, key = LenderHome(folder), records_key(data, lender, canaries)
-    cached = home.cached_records(key)
-    if cached is None:
-        cached = _load(data, lender, canaries)
-        home.save_records(key, cached)
-    return cached
+        return _simulated(folder, data, lender, canaries)
+    key = records_key(data, lender, canaries)
+    if key not in _DEPLOYED:
+        home = LenderHome(folder)
+        cached = home.cached_records(key)
+        if cached is None:
+            cached = _load(data, lender, canaries)
+            home.save_records(key, cached)
+        _DEPLOYED.clear()  # one lender's current records; an older version is no use any more
+        _DEPLOYED[key] = cached
+    return _DEPLOYED[key]
+
+
+@lru_cache(maxsize=1024)
+def _simulated(folder: str, data: RunConfig, lender: int, canaries: str) -> LenderData:
+    return _load(data, lender, canaries)
+
+
+def forget_records() -> None:
+    """Nothing in this process's memory (a new process per message starts so)."""
+    _DEPLOYED.clear()
+    _simulated.cache_clear()
+
+
+def preload_records(folder: Path) -> LenderData:
+    """A deployed lender's records as its policy names them, read ahead of its first message (its worker)."""
+    policy = LenderHome(folder).policy
+    return _records(str(Path(folder)), policy.data_config(), policy.lender, policy.audit_canaries, True)
 
 
 def _load(data: RunConfig, lender: int, canaries: str) -> LenderData:

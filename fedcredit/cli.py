@@ -91,6 +91,14 @@ SettingsOption = Annotated[
         "--set", help="Any other run option as KEY=VALUE (e.g. --set batch-size=128).", rich_help_panel="Other"
     ),
 ]
+FlowerClientAppOption = Annotated[
+    bool,
+    typer.Option(
+        "--flower-clientapp",
+        help="Answer each message in a ClientApp process Flower starts for it, running the app bundle the "
+        "coordinator ships, instead of the lender's own long-lived worker (slower: for comparison).",
+    ),
+]
 
 # The `run` options whose value is not the field's own: epsilon_overrides is parsed from its text ('0:1,3:8').
 # Every `run` option is named after the RunConfig field it sets (tests/test_options.py).
@@ -511,6 +519,7 @@ def deploy(
             help="LENDER=PATH: that lender's SuperNode reads its records from PATH (default: --data-dir).",
         ),
     ] = [],
+    flower_clientapp: FlowerClientAppOption = False,
 ) -> None:
     """Run on Flower's deployment runtime on this machine: a SuperLink with TLS (run-local CA) and SuperNode
     authentication, one registered SuperNode per lender, then `flwr run`. Stops every process it started."""
@@ -547,7 +556,9 @@ def deploy(
             f"on 127.0.0.1; processes and logs in {folder}",
             highlight=False,
         )
-        deployment = Deployment(folder, cfg.lenders, data_dir=cfg.data_dir, data_dirs=data_dirs)
+        deployment = Deployment(
+            folder, cfg.lenders, data_dir=cfg.data_dir, data_dirs=data_dirs, worker=not flower_clientapp
+        )
         _stop_on_term()  # a SIGTERM (a job scheduler, a timeout) stops it like Ctrl-C: no key or process left
         cfg = deployment.prepare(cfg)
         with deployment:
@@ -820,13 +831,14 @@ def lender_join(
     superlink: str = typer.Option(..., help="The coordinator's address HOST:PORT."),
     ca: Path = typer.Option(..., help="The coordinator's CA certificate (it sent it)."),
     listen_host: str = typer.Option(
-        "127.0.0.1", help="Where this SuperNode's own runtime API listens (its ClientApp processes connect there)."
+        "127.0.0.1", help="Where this SuperNode's own runtime API listens (its worker connects there)."
     ),
+    flower_clientapp: FlowerClientAppOption = False,
 ) -> None:
     """Start this lender's SuperNode against the coordinator: its data, limits and keys stay in its folder."""
     from clients.join import LenderNode
 
-    node = LenderNode(lender_dir, superlink, ca, listen_host)
+    node = LenderNode(lender_dir, superlink, ca, listen_host, worker=not flower_clientapp)
     _stop_on_term()
     try:
         node.start()

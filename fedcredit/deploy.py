@@ -37,6 +37,7 @@ class Deployment:
     lenders: int
     data_dir: str = ""  # every lender's data folder, unless data_dirs names one for it
     data_dirs: dict[int, str] = field(default_factory=dict)
+    worker: bool = True  # each lender answers in its own worker (clients/worker.py); False: Flower's ClientApp
     nodes: list[LenderNode] = field(default_factory=list)
     made: list[Path] = field(default_factory=list)  # what `prepare` created (removed again if the run fails)
     finished: bool = False
@@ -69,7 +70,7 @@ class Deployment:
             for lender in range(self.lenders):
                 _, public = supernode_key(_home(parties.lender(lender)))
                 self.host.add_lender(lender, public)
-                self.nodes.append(LenderNode(parties.lender(lender), self.address, ca))
+                self.nodes.append(LenderNode(parties.lender(lender), self.address, ca, worker=self.worker))
         except BaseException:
             self.__exit__()
             raise

@@ -99,7 +99,7 @@ def _deployed(tmp_path: Path, cfg) -> LenderHome:
 
 
 def _read(home: LenderHome) -> LenderData:
-    session._records.cache_clear()  # a new process per message: nothing in memory
+    session.forget_records()  # a new process per message: nothing in memory
     return session._records(str(home.folder), home.policy.data_config(), 0, home.policy.audit_canaries, True)
 
 
@@ -129,7 +129,7 @@ def test_a_deployed_lender_caches_its_records_0600_in_its_own_folder_and_serves_
 def test_a_simulated_lender_writes_no_cache(tmp_path):
     cfg = _own_data(tmp_path / "data", [i % 3 == 0 for i in range(120)])
     home = _deployed(tmp_path, cfg)
-    session._records.cache_clear()
+    session.forget_records()
     session._records(str(home.folder), home.policy.data_config(), 0, "", False)
     assert not (home.folder / "cache").exists()
 
