@@ -18,6 +18,7 @@ from opacus.accountants.analysis import rdp as rdp_analysis
 from scipy.optimize import brentq
 
 from federation.privacy.events import PrivacyEvent
+from federation.privacy.fast_rdp import rdp_subsampled_gaussian
 
 # Opacus warns when the best RDP order is the largest it tries: the bound is then valid but could be
 # tighter, so the reported epsilon errs on the safe side.
@@ -77,12 +78,10 @@ def epsilon(events: Iterable[PrivacyEvent], delta: float, accountant: str = "rdp
 @lru_cache(maxsize=4096)
 def _rdp_one_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     """RDP of one subsampled Gaussian step at Opacus' orders. RDP composes by adding, so a lender's
-    curve is sum(steps x this): each new round costs an addition, not a new series evaluation."""
-    return np.asarray(
-        rdp_analysis.compute_rdp(
-            q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS
-        )
-    )
+    curve is sum(steps x this): each new round costs an addition, not a new series evaluation. The series is
+    Opacus' (analysis/rdp.py), evaluated in numpy (federation/privacy/fast_rdp.py: about 10x faster, equal to
+    Opacus' values within 1e-7 relative or 1e-12 absolute, tests/test_accounting.py)."""
+    return rdp_subsampled_gaussian(sample_rate, noise_multiplier, RDPAccountant.DEFAULT_ALPHAS)
 
 
 @lru_cache(maxsize=4096)
