@@ -11,6 +11,7 @@ every cache emptied before each repeat. Medians of --repeats.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import numpy as np
 
@@ -53,7 +54,11 @@ def main() -> None:
 
     print(f"\none calibration: epsilon 3, q {q:.4f}, {steps} steps, delta {delta:.3g}")
     results = {}
-    for name, curve in (("Opacus' series", opacus_curve), ("numpy series", rdp_subsampled_gaussian)):
+    curves: list[tuple[str, Callable[..., np.ndarray]]] = [
+        ("Opacus' series", opacus_curve),
+        ("numpy series", rdp_subsampled_gaussian),
+    ]
+    for name, curve in curves:
         accountant.rdp_subsampled_gaussian = curve  # what accountant._rdp_one_step evaluates
         seconds, _ = timed(calibrate, args.repeats)
         results[name] = (seconds, calibrate())
