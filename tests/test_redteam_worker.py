@@ -268,6 +268,7 @@ def test_a_message_type_reaches_exactly_the_handler_flowers_own_clientapp_would_
     tasks.append(FakeTask(_message(cfg, "query.manifest"), _context(folder)))
     runtime = _serve(monkeypatch, tasks, handlers)
     assert [status for status, _, _ in runtime.outputs] == ["failed"] * len(malformed) + ["completed"]
+    assert {details for _, details, _ in runtime.outputs[:-1]} == {"the task's input could not be read"}
     assert log == [("manifest", "query.manifest")]  # no crafted type reached any handler
 
 
