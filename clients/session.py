@@ -57,6 +57,7 @@ def lender_folder(context: Context, request: RunConfig) -> Path:
 
 
 _DEPLOYED: dict[str, LenderData] = {}  # a deployed lender's records in this process, under their content key
+_READ: dict[tuple[RunConfig, int, str], str] = {}  # the content key each source was last read from files under
 
 
 def _records(folder: str, data: RunConfig, lender: int, canaries: str, deployed: bool = False) -> LenderData:
@@ -70,7 +71,16 @@ def _records(folder: str, data: RunConfig, lender: int, canaries: str, deployed:
         home = LenderHome(folder)
         cached = home.cached_records(key)
         if cached is None:
+            source = (data, lender, canaries)
+            if _READ.get(source, key) != key:
+                # This process read these files before and their content changed since: the data layer's caches
+                # (keyed by paths and file times) must not answer, or a long-lived worker would be handed the
+                # records it read before the lender edited them (tests/test_redteam_worker.py).
+                from federation.data import forget_loaded
+
+                forget_loaded()
             cached = _load(data, lender, canaries)
+            _READ[source] = key
             home.save_records(key, cached)
         _DEPLOYED.clear()  # one lender's current records; an older version is no use any more
         _DEPLOYED[key] = cached
@@ -85,6 +95,7 @@ def _simulated(folder: str, data: RunConfig, lender: int, canaries: str) -> Lend
 def forget_records() -> None:
     """Nothing in this process's memory (a new process per message starts so)."""
     _DEPLOYED.clear()
+    _READ.clear()
     _simulated.cache_clear()
 
 

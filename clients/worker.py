@@ -14,6 +14,8 @@ What it changes for trust:
   reads the task's message and context and never loads or runs the bundle's code.
 - Every check, limit and signature of clients/dp_round.py applies to each message exactly as in a ClientApp process.
 - Tasks run one at a time, in the order the SuperNode hands them out: two requests cannot interleave.
+- A message type reaches the handler Flower's ClientApp would call, or none (`kind_of`); a task it cannot read,
+  answer or push fails alone, and a task the SuperNode ends mid-way does not end the worker (`task_heartbeat`).
 - It does not change who can reach the SuperNode's Runtime API (127.0.0.1 and the port the lender chose, as with
   Flower's own SuperExec in subprocess isolation).
 What goes through Flower's Runtime API (pull the task's message and context, push the reply and the context back)
@@ -26,17 +28,26 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 from flwr.app import Context, Message
 from flwr.app.error import Error
+from flwr.app.metadata import validate_message_type
+from flwr.clientapp.client_app import DEFAULT_ACTION
 from flwr.common.constant import ErrorCode, SubStatus
 from flwr.common.serde import context_from_proto
 from flwr.proto.node_pb2 import Node
-from flwr.proto.runtime_pb2 import AcquireTaskRequest, PullAppMessagesRequest, PullTaskInputRequest
+from flwr.proto.runtime_pb2 import (
+    AcquireTaskRequest,
+    PullAppMessagesRequest,
+    PullTaskInputRequest,
+    SendTaskHeartbeatRequest,
+)
 from flwr.supercore.constant import TaskType
-from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.heartbeat import HeartbeatSender
 from flwr.supercore.inflatable.inflatable_protobuf_utils import (
     make_confirm_message_received_fn_protobuf,
     make_pull_object_fn_protobuf,
@@ -72,10 +83,24 @@ def _client(address: str, component: str, token: str | None = None) -> RuntimeHt
     )
 
 
+BY_CATEGORY = ("train", "evaluate")  # the handlers Flower's ClientApp registers as a category's default action
+
+
 def kind_of(message: Message) -> str:
-    """The handler a message asks for: `train`, `evaluate`, or a query's name (`query.manifest` -> `manifest`)."""
+    """The handler a message asks for, routed as Flower's ClientApp routes it (flwr/clientapp/client_app.py):
+    `train` or `train.default` -> `train` (`evaluate` alike), `query.NAME` -> the query NAME. Any other type names
+    no handler (it is returned whole, prefixed, so that it never matches one): `query.train`, a bare `manifest` or
+    `train.x` reach nothing a ClientApp process would not run."""
     kind = message.metadata.message_type
-    return kind.split(".", 1)[1] if kind.startswith("query.") else kind
+    if not validate_message_type(kind):
+        return f"invalid:{kind}"
+    category, _, action = kind.partition(".")
+    action = action or DEFAULT_ACTION
+    if category in BY_CATEGORY:
+        return category if action == DEFAULT_ACTION else f"{category}.{action}"
+    if category == "query" and action not in BY_CATEGORY:
+        return action
+    return f"{category}.{action}"
 
 
 def answer(message: Message, context: Context, handlers: dict[str, Handler]) -> tuple[Message, str, str]:
@@ -114,10 +139,27 @@ def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context]:
     return message, context
 
 
+def task_heartbeat(client: RuntimeHttpClient) -> Callable[[], bool]:
+    """The task's heartbeat, but one that never signals the process. Flower's (make_task_heartbeat_fn_http)
+    raises SIGINT in its process when the SuperNode no longer holds the task (a run the coordinator stopped, an
+    expired claim): that ends one ClientApp process, but here it would end the worker and every later task.
+    The worker finishes the task instead, and the SuperNode refuses or drops what it pushes."""
+    request = SendTaskHeartbeatRequest()
+
+    def beat() -> bool:
+        try:
+            client.SendTaskHeartbeat(request)
+        except httpx.HTTPError:
+            return False  # retried by HeartbeatSender, with its back-off
+        return True
+
+    return beat
+
+
 def run_task(address: str, token: str, handlers: dict[str, Handler]) -> str:
     """One task: pull its message and context, answer, push the reply and the context. Returns what was done."""
     client = _client(address, "flwr-clientapp", token)
-    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat = HeartbeatSender(task_heartbeat(client))
     heartbeat.start()
     context: Context | None = None
     status, details, kind = SubStatus.FAILED, "the task's input could not be read", "?"
@@ -125,7 +167,11 @@ def run_task(address: str, token: str, handlers: dict[str, Handler]) -> str:
         message, context = pull_task_input(client)
         kind = message.metadata.message_type
         reply, status, details = answer(message, context, handlers)
-        push_message(client, reply, context)
+        try:
+            push_message(client, reply, context)
+        except Exception as exc:
+            status, details = SubStatus.FAILED, f"the reply could not be pushed ({type(exc).__name__}: {exc})"
+            raise
     finally:
         push_task_output(client=client, context=context, sub_status=status, details=details)
         heartbeat.stop()
@@ -142,7 +188,10 @@ def serve(address: str, handlers: dict[str, Handler], poll: float = POLL_S) -> N
             res = client.AcquireTask(request)
             if res.HasField("task") and res.token:
                 started = time.perf_counter()
-                done = run_task(address, res.token, handlers)
+                try:
+                    done = run_task(address, res.token, handlers)
+                except Exception as exc:  # a task it could not read or push: its status is failed, the next comes
+                    done = f"task {res.task.task_id}: failed ({type(exc).__name__}: {exc})"
                 print(f"{done} in {time.perf_counter() - started:.2f} s", file=sys.stderr, flush=True)
             else:
                 time.sleep(poll)

@@ -9,6 +9,14 @@ Pipeline for every dataset: raw records -> pooled held-out test set aside -> len
 bounds -> the lender's own train/test split.
 """
 
-from federation.data.pipeline import DataSummary, LenderData, card_sha256, describe, load_holdout, load_lender
+from federation.data.pipeline import (
+    DataSummary,
+    LenderData,
+    card_sha256,
+    describe,
+    forget_loaded,
+    load_holdout,
+    load_lender,
+)
 
-__all__ = ["DataSummary", "LenderData", "card_sha256", "describe", "load_holdout", "load_lender"]
+__all__ = ["DataSummary", "LenderData", "card_sha256", "describe", "forget_loaded", "load_holdout", "load_lender"]

@@ -105,6 +105,17 @@ def _stat(path: str) -> tuple[int, int, int] | None:
     return info.st_mtime_ns, info.st_size, info.st_ino
 
 
+def forget_loaded() -> None:
+    """Nothing read before is reused: the next load reads every file again. For a caller that knows the files
+    changed though their times did not (a deployed lender's worker, whose records key hashes their content:
+    clients/session.py), where the caches below, keyed by paths and file times, would serve the old records."""
+    with _LOADED_LOCK:
+        _raw.cache_clear()
+        _assignment.cache_clear()
+        _LOADED.clear()
+        _STAMPS.clear()
+
+
 def _refresh(key: RunConfig) -> None:
     """Forget what was read from a user's files when either changed since (see _STAMPS)."""
     if key.dataset != "csv":
