@@ -56,35 +56,49 @@ def lender_folder(context: Context, request: RunConfig) -> Path:
     return folder
 
 
-_DEPLOYED: dict[str, LenderData] = {}  # a deployed lender's records in this process, under their content key
+# Set by the lender's worker (clients/worker.py), one process that answers every message of its lender for as long
+# as it runs: there the records are checked against their content at every message. A process per message, and the
+# in-process engine (every lender of one run in one process), read them once.
+LONG_LIVED = False
+_CURRENT: dict[str, tuple[str, LenderData]] = {}  # a long-lived lender's records: folder -> (content key, records)
 _READ: dict[tuple[RunConfig, int, str], str] = {}  # the content key each source was last read from files under
 
 
 def _records(folder: str, data: RunConfig, lender: int, canaries: str, deployed: bool = False) -> LenderData:
-    """Loaded once per process: later rounds reuse the encoded records. A deployed lender (a process per message,
-    or its long-lived worker) also keeps them in its own folder, and in both places under a key of the content of
-    everything they come from (clients/record_cache.py): an edited file is read again, never served stale."""
+    """A lender's encoded records. A deployed lender also keeps them in its own folder under a key of the content of
+    everything they come from (clients/record_cache.py): an edited file gives another key and is read again."""
     if not deployed:
         return _simulated(folder, data, lender, canaries)
+    if not LONG_LIVED:
+        return _deployed_once(folder, data, lender, canaries)
     key = records_key(data, lender, canaries)
-    if key not in _DEPLOYED:
-        home = LenderHome(folder)
-        cached = home.cached_records(key)
-        if cached is None:
-            source = (data, lender, canaries)
-            if _READ.get(source, key) != key:
-                # This process read these files before and their content changed since: the data layer's caches
-                # (keyed by paths and file times) must not answer, or a long-lived worker would be handed the
-                # records it read before the lender edited them (tests/test_redteam_worker.py).
-                from federation.data import forget_loaded
+    if _CURRENT.get(folder, ("",))[0] != key:
+        _CURRENT[folder] = (key, _from_folder(folder, data, lender, canaries, key))
+    return _CURRENT[folder][1]
 
-                forget_loaded()
-            cached = _load(data, lender, canaries)
-            _READ[source] = key
-            home.save_records(key, cached)
-        _DEPLOYED.clear()  # one lender's current records; an older version is no use any more
-        _DEPLOYED[key] = cached
-    return _DEPLOYED[key]
+
+@lru_cache(maxsize=1024)
+def _deployed_once(folder: str, data: RunConfig, lender: int, canaries: str) -> LenderData:
+    return _from_folder(folder, data, lender, canaries, records_key(data, lender, canaries))
+
+
+def _from_folder(folder: str, data: RunConfig, lender: int, canaries: str, key: str) -> LenderData:
+    """The records cached in the lender's folder under `key`, else read, encoded and cached there."""
+    home = LenderHome(folder)
+    cached = home.cached_records(key)
+    if cached is None:
+        source = (data, lender, canaries)
+        if _READ.get(source, key) != key:
+            # This process read these files before and their content changed since: the data layer's caches
+            # (keyed by paths and file times) must not answer, or a long-lived worker would be handed the
+            # records it read before the lender edited them (tests/test_redteam_worker.py).
+            from federation.data import forget_loaded
+
+            forget_loaded()
+        cached = _load(data, lender, canaries)
+        _READ[source] = key
+        home.save_records(key, cached)
+    return cached
 
 
 @lru_cache(maxsize=1024)
@@ -94,8 +108,9 @@ def _simulated(folder: str, data: RunConfig, lender: int, canaries: str) -> Lend
 
 def forget_records() -> None:
     """Nothing in this process's memory (a new process per message starts so)."""
-    _DEPLOYED.clear()
+    _CURRENT.clear()
     _READ.clear()
+    _deployed_once.cache_clear()
     _simulated.cache_clear()
 
 

@@ -60,6 +60,8 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
+from clients import session
+
 if TYPE_CHECKING:
     from clients.app import Handler
 
@@ -106,6 +108,7 @@ def kind_of(message: Message) -> str:
 def answer(message: Message, context: Context, handlers: dict[str, Handler]) -> tuple[Message, str, str]:
     """The reply, the task's status and its details, as `flwr-clientapp` reports them (an exception becomes an
     error reply naming it, as Flower's ClientApp process makes it)."""
+    session.LONG_LIVED = True  # this process answers every message of its lender: records checked at each one
     try:
         kind = kind_of(message)
         if kind not in handlers:
