@@ -47,3 +47,21 @@ def test_credit_metrics_match_definitions():
     assert m["ks"] == pytest.approx(2 / 3)
     assert m["brier"] == pytest.approx(np.mean((p - y) ** 2))
     assert math.isnan(credit_metrics(np.zeros(4), np.full(4, 0.3))["auc"])
+
+
+def test_credit_metrics_equal_scikit_learns_own_calls_with_ties_and_refuse_other_outcomes():
+    """credit_metrics skips scikit-learn's argument checks (it checks once itself) and takes the AUC from the one
+    ROC curve it also uses for KS: the same numbers as scikit-learn's roc_auc_score, brier_score_loss, log_loss."""
+    from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(500) < 0.25).astype(float)
+    p = np.round(rng.random(500), 2)  # ties
+    m = credit_metrics(y, p)
+    assert m["auc"] == roc_auc_score(y, p)
+    assert m["brier"] == brier_score_loss(y, np.clip(p, 1e-7, 1 - 1e-7))
+    assert m["loss"] == log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])
+    with pytest.raises(ValueError, match="outcomes 0 or 1"):
+        credit_metrics(np.array([0.0, 2.0, 1.0]), np.array([0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError):
+        credit_metrics(y, np.where(np.arange(500) == 7, np.nan, p))  # a NaN score is still refused by scikit-learn
