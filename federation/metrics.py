@@ -7,7 +7,7 @@ import math
 import numpy as np
 from sklearn import config_context
 from sklearn.metrics import auc as area_under_curve
-from sklearn.metrics import brier_score_loss, log_loss, roc_curve
+from sklearn.metrics import brier_score_loss, roc_curve
 
 METRICS = ("auc", "ks", "gini", "brier", "loss")
 
@@ -26,13 +26,19 @@ def credit_metrics(y_true: np.ndarray, p_default: np.ndarray) -> dict[str, float
     with config_context(skip_parameter_validation=True, assume_finite=bool(np.isfinite(p).all())):
         out = {
             "brier": float(brier_score_loss(y, p)) if len(y) else math.nan,
-            "loss": float(log_loss(y, p, labels=[0, 1])) if len(y) else math.nan,
+            "loss": _log_loss(y, p) if len(y) else math.nan,
         }
         if len(np.unique(y)) < 2:
             return {"auc": math.nan, "ks": math.nan, "gini": math.nan, **out}
         fpr, tpr, _ = roc_curve(y, p)
         auc = float(area_under_curve(fpr, tpr))  # what roc_auc_score computes for two classes, from the same curve
     return {"auc": auc, "ks": float(np.max(tpr - fpr)), "gini": 2 * auc - 1, **out}
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """scikit-learn's log_loss for outcomes 0/1 and clipped probabilities, without its label encoding (which took
+    most of an evaluation's metrics); tests/test_model.py compares it with log_loss."""
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
 def weighted_mean(values: list[float], weights: list[float]) -> float:

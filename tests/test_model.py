@@ -50,8 +50,9 @@ def test_credit_metrics_match_definitions():
 
 
 def test_credit_metrics_equal_scikit_learns_own_calls_with_ties_and_refuse_other_outcomes():
-    """credit_metrics skips scikit-learn's argument checks (it checks once itself) and takes the AUC from the one
-    ROC curve it also uses for KS: the same numbers as scikit-learn's roc_auc_score, brier_score_loss, log_loss."""
+    """credit_metrics skips scikit-learn's argument checks (it checks once itself), takes the AUC from the one
+    ROC curve it also uses for KS and computes the log loss of two outcomes itself: the same numbers as
+    scikit-learn's roc_auc_score, brier_score_loss and log_loss."""
     from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
     rng = np.random.default_rng(3)
@@ -60,7 +61,7 @@ def test_credit_metrics_equal_scikit_learns_own_calls_with_ties_and_refuse_other
     m = credit_metrics(y, p)
     assert m["auc"] == roc_auc_score(y, p)
     assert m["brier"] == brier_score_loss(y, np.clip(p, 1e-7, 1 - 1e-7))
-    assert m["loss"] == log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])
+    assert m["loss"] == pytest.approx(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]), rel=1e-12)
     with pytest.raises(ValueError, match="outcomes 0 or 1"):
         credit_metrics(np.array([0.0, 2.0, 1.0]), np.array([0.1, 0.2, 0.3]))
     with pytest.raises(ValueError):
