@@ -51,12 +51,14 @@ Handler = Callable[[Message, Context], Message]
 HANDLERS: dict[str, Handler] = {}  # what the lender's worker (clients/worker.py) answers, by message kind
 
 
-def answers(kind: str) -> Callable[[Handler], Handler]:
-    """Registers a handler for the lender's worker too (the same function Flower calls in a ClientApp process)."""
+def handles(kind: str) -> Callable[[Handler], Handler]:
+    """Registers a handler with Flower's ClientApp (`train`, `evaluate`, or the query `kind`) and, under the same
+    name, for the lender's worker (clients/worker.py): one registration, so the two answer the same messages."""
+    flower = app.train() if kind == "train" else app.evaluate() if kind == "evaluate" else app.query(kind)
 
     def register(handler: Handler) -> Handler:
         HANDLERS[kind] = handler
-        return handler
+        return flower(handler)  # Flower's decorator returns the function itself
 
     return register
 
@@ -83,8 +85,7 @@ def signed_manifest(session: Session) -> dict:
     return {k: manifest[k] for k in MANIFEST_FIELDS}
 
 
-@app.query("manifest")
-@answers("manifest")
+@handles("manifest")
 def manifest(msg: Message, context: Context) -> Message:
     s = Session(msg, context)
     fields = signed_manifest(s)
@@ -101,8 +102,7 @@ def _torch_ready() -> None:
     set_torch_threads()  # a lender's process that trains or scores: one thread (why: federation/training.py)
 
 
-@app.train()
-@answers("train")
+@handles("train")
 def train(msg: Message, context: Context) -> Message:
     from clients import dp_round
 
@@ -110,8 +110,7 @@ def train(msg: Message, context: Context) -> Message:
     return dp_round.train(Session(msg, context))
 
 
-@app.evaluate()
-@answers("evaluate")
+@handles("evaluate")
 def evaluate(msg: Message, context: Context) -> Message:
     """The lender scores a model on its own test records, once per round of a run: its scores lie outside the
     epsilon, so a coordinator must not be able to ask for them on model after model it crafted."""
@@ -145,8 +144,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({METRICS: MetricRecord(metrics), ATTESTATION: s.sign(body)}), reply_to=msg)
 
 
-@app.query("final")
-@answers("final")
+@handles("final")
 def final(msg: Message, context: Context) -> Message:
     """The end of the run: the lender signs its own count of its releases and its epsilon, and closes the run on
     its side (it trains no more in it), so a release left out of the ledger cannot go unnoticed."""
@@ -217,8 +215,7 @@ def _digest(text) -> str:
     return hashlib.sha256(str(text).encode()).hexdigest()
 
 
-@app.query("secagg_keys")
-@answers("secagg_keys")
+@handles("secagg_keys")
 def secagg_keys(msg: Message, context: Context) -> Message:
     return _secagg_step(
         msg,
@@ -231,8 +228,7 @@ def secagg_keys(msg: Message, context: Context) -> Message:
     )
 
 
-@app.query("secagg_shares")
-@answers("secagg_shares")
+@handles("secagg_shares")
 def secagg_shares(msg: Message, context: Context) -> Message:
     return _secagg_step(
         msg,
@@ -243,8 +239,7 @@ def secagg_shares(msg: Message, context: Context) -> Message:
     )
 
 
-@app.query("secagg_confirm")
-@answers("secagg_confirm")
+@handles("secagg_confirm")
 def secagg_confirm(msg: Message, context: Context) -> Message:
     return _secagg_step(
         msg,
@@ -257,8 +252,7 @@ def secagg_confirm(msg: Message, context: Context) -> Message:
     )
 
 
-@app.query("secagg_unmask")
-@answers("secagg_unmask")
+@handles("secagg_unmask")
 def secagg_unmask(msg: Message, context: Context) -> Message:
     return _secagg_step(
         msg,
