@@ -116,8 +116,10 @@ def forget_records() -> None:
 
 def preload_records(folder: Path) -> LenderData:
     """A deployed lender's records as its policy names them, read ahead of its first message (its worker)."""
-    policy = LenderHome(folder).policy
-    return _records(str(Path(folder)), policy.data_config(), policy.lender, policy.audit_canaries, True)
+    home = LenderHome(folder)
+    policy = home.policy
+    # keyed by the folder as a Session names it (resolved), so that the first message finds them
+    return _records(str(home.folder), policy.data_config(), policy.lender, policy.audit_canaries, True)
 
 
 def _load(data: RunConfig, lender: int, canaries: str) -> LenderData:

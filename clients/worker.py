@@ -108,7 +108,6 @@ def kind_of(message: Message) -> str:
 def answer(message: Message, context: Context, handlers: dict[str, Handler]) -> tuple[Message, str, str]:
     """The reply, the task's status and its details, as `flwr-clientapp` reports them (an exception becomes an
     error reply naming it, as Flower's ClientApp process makes it)."""
-    session.LONG_LIVED = True  # this process answers every message of its lender: records checked at each one
     try:
         kind = kind_of(message)
         if kind not in handlers:
@@ -210,7 +209,8 @@ def main(argv: list[str]) -> int:
     from clients.app import HANDLERS, warm_up
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the lender's process group stops it with TERM
-    warm_up(Path(argv[0]))
+    session.LONG_LIVED = True  # this process answers every message of its lender: records checked at each one
+    warm_up(Path(argv[0]))  # after the line above, so the records it reads are the ones the first message finds
     serve(argv[1], HANDLERS)
     return 0
 

@@ -28,6 +28,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -64,9 +65,11 @@ from tests.test_data import _own_data
 
 @pytest.fixture(autouse=True)
 def _fresh_process(monkeypatch):
-    """Each test starts as a new worker would: nothing in memory, a task identity set, and a SIGINT that is
-    recorded instead of ending pytest (Flower's task heartbeat raises one in the process it runs in)."""
+    """Each test starts as a new worker would: nothing in memory, records checked at every message (as
+    clients/worker.py main sets it), a task identity set, and a SIGINT that is recorded instead of ending pytest
+    (Flower's task heartbeat raises one in the process it runs in)."""
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 7
+    monkeypatch.setattr(session, "LONG_LIVED", True)
     session.forget_records()
     signals: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda number, frame: signals.append(number))
@@ -516,3 +519,16 @@ def test_the_supernode_launcher_shortens_only_the_supernodes_idle_sleeps(monkeyp
     monkeypatch.setattr(time, "sleep", slept.append)
     capped.sleep(3), capped.sleep(0.5), capped.sleep(0.1), capped.sleep(0)
     assert slept == [0.25, 0.25, 0.1, 0]  # longer waits capped, shorter ones kept
+
+
+def test_the_worker_process_checks_records_at_every_message_from_its_warm_up_on(monkeypatch, tmp_path):
+    """The edited-records attacks above hold only where the records are checked at each message: the worker's
+    main switches that on before it reads the records ahead of its first message, so both find the same ones."""
+    seen = []
+    monkeypatch.setattr(session, "LONG_LIVED", False)
+    monkeypatch.setattr(app, "warm_up", lambda folder: seen.append(("warm_up", session.LONG_LIVED)))
+    monkeypatch.setattr(worker, "serve", lambda address, handlers: seen.append(("serve", session.LONG_LIVED)))
+    # the worker's own handler for TERM is not installed in pytest's process
+    monkeypatch.setattr(worker, "signal", SimpleNamespace(signal=lambda *args: None, SIGTERM=signal.SIGTERM))
+    assert worker.main([str(tmp_path), "127.0.0.1:1"]) == 0
+    assert seen == [("warm_up", True), ("serve", True)]
