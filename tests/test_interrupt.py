@@ -25,15 +25,37 @@ ROOT = Path(__file__).resolve().parents[1]
 STOP_WITHIN_S = 60.0
 
 
+@contextlib.contextmanager
+def _sigint_not_ignored():
+    """The run started with SIGINT handled, as a terminal's foreground job is. A suite started in the background
+    without job control (`nohup ... &` from a script) has SIGINT ignored, which a child inherits (a handler it does
+    not), so the run would finish all its rounds; while it starts, this process handles SIGINT instead."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _interrupt(tmp_path: Path, engine: str, start_within_s: float, group: bool = True) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     command = [sys.executable, "-m", "fedcredit", "run", "--engine", engine]
     command += ["--records", "3000", "--lenders", "2", "--rounds", "200", "--output-dir", str(out)]
     # A session (and so a process group) of its own, as a shell gives a foreground job: Ctrl-C goes to the group.
-    proc = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
+    with _sigint_not_ignored():
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
     lines: queue.Queue[str | None] = queue.Queue()
 
     def read() -> None:
