@@ -68,6 +68,9 @@ class Column:
     bounds: tuple[float, float] | None = None
     transform: str = "identity"
     affine: tuple[float, float] | None = None  # raw = value * scale + offset, given as [offset, scale]
+    # decimal places kept after the affine: a published z-score printed to 6 decimals gives the raw value only to
+    # scale * 5e-7, so a count of 0 comes back as -0.0000013; rounding to what the file can carry gives it back exact
+    decimals: int | None = None
     bins: tuple[float, ...] = ()
     categories: tuple[str, ...] = ()
     missing: str = "error"  # error | indicator (numeric) | unknown (categorical)
@@ -207,6 +210,7 @@ _KNOWN_KEYS = {
     "bounds",
     "transform",
     "affine",
+    "decimals",
     "bins",
     "categories",
     "missing",
@@ -307,6 +311,13 @@ def _parse_column(where: str, name: str, spec: dict) -> Column:
     affine = spec.get("affine")
     if affine is not None and not (isinstance(affine, list) and len(affine) == 2):
         raise CardError(f"{where}: column '{name}': affine must be [offset, scale]")
+    decimals = spec.get("decimals")
+    if decimals is not None and not (
+        isinstance(decimals, int) and not isinstance(decimals, bool) and 0 <= decimals <= 12
+    ):
+        raise CardError(f"{where}: column '{name}': decimals must be a whole number from 0 to 12, got {decimals!r}")
+    if decimals is not None and affine is None:
+        raise CardError(f"{where}: column '{name}': decimals rounds the value after its affine; the column has none")
     bins = spec.get("bins", [])
     if bins and (not isinstance(bins, list) or sorted(bins) != bins):
         raise CardError(f"{where}: column '{name}': bins must be an increasing list of thresholds")
@@ -315,6 +326,7 @@ def _parse_column(where: str, name: str, spec: dict) -> Column:
         bounds=(lo, hi),
         transform=transform,
         affine=(float(affine[0]), float(affine[1])) if affine else None,  # [offset, scale], checked above
+        decimals=decimals,
         bins=tuple(float(b) for b in bins),
         missing=missing,
     )
@@ -341,6 +353,8 @@ def card_data(card: DatasetCard) -> dict:
                 spec["transform"] = col.transform
                 if col.affine is not None:
                     spec["affine"] = list(col.affine)
+                if col.decimals is not None:
+                    spec["decimals"] = col.decimals
                 if col.bins:
                     spec["bins"] = list(col.bins)
         if col.reason:

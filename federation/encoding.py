@@ -1,6 +1,6 @@
 """Encode credit columns with the card's public bounds and transforms: no pooled statistics.
 
-numeric: optional affine (undo a published standardization), a fixed monotone transform
+numeric: optional affine (undo a published standardization; optionally rounded to the decimals the file can carry), a fixed monotone transform
 (identity, log1p, asinh), then scaled to [-1, 1] by the public bounds and clipped; or one-hot by
 public bin thresholds. Categorical: one-hot over the card's categories. Missing values are an
 error unless the card asks for an indicator (numeric) or the all-zero "unknown" code (categorical).
@@ -102,9 +102,7 @@ def _encode_column(series: pd.Series, col: Column) -> tuple[np.ndarray, Clipped 
             f"column '{col.name}' has {int(missing.sum())} NaN/missing value(s) ({bad_rows(missing, series.index, count=False)}); "
             'clean the data or set missing = "indicator" in the card'
         )
-    if col.affine is not None:
-        offset, scale = col.affine
-        values = values * scale + offset
+    values = card_units(values, col)
     clipped = None
     if col.bins:
         codes = np.digitize(np.where(missing, col.bins[0] - 1, values), col.bins)
@@ -123,6 +121,16 @@ def _encode_column(series: pd.Series, col: Column) -> tuple[np.ndarray, Clipped 
     if col.missing == "indicator":
         out = np.concatenate([out, missing[:, None].astype(np.float32)], axis=1)
     return out, clipped
+
+
+def card_units(values: np.ndarray, col: Column) -> np.ndarray:
+    """A numeric column's values in the card's units: its affine applied (undoing a published standardization) and
+    rounded to its decimals; unchanged without an affine."""
+    if col.affine is None:
+        return values
+    offset, scale = col.affine
+    values = values * scale + offset
+    return values if col.decimals is None else np.round(values, col.decimals)
 
 
 def _encode_categorical(series: pd.Series, col: Column) -> np.ndarray:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from federation.card import CREDIT_CATEGORIES, PROHIBITED_CATEGORIES, Column, DatasetCard, card_from_data
 from federation.data.loaders import read_csv
-from federation.encoding import _TRANSFORMS, bad_rows, encode, feature_names
+from federation.encoding import _TRANSFORMS, bad_rows, card_units, encode, feature_names
 from federation.errors import CardError, ConfigError, DataError, PolicyViolation
 from federation.model import MODEL_FORMAT, Scorecard, build_model, predict_proba, set_arrays
 from federation.policy import check_card, consent_mask, used_field_violation
@@ -230,9 +230,7 @@ def _refuse_out_of_bounds(values: pd.DataFrame, card: DatasetCard) -> None:
         col = card.column(name)
         if col.type != "numeric" or col.bins or col.bounds is None:
             continue
-        raw = pd.to_numeric(values[name], errors="coerce").to_numpy(dtype=float)
-        if col.affine is not None:
-            raw = raw * col.affine[1] + col.affine[0]
+        raw = card_units(pd.to_numeric(values[name], errors="coerce").to_numpy(dtype=float), col)
         lo, hi = col.bounds
         outside = np.isfinite(raw) & ((raw < lo) | (raw > hi))
         if outside.any():

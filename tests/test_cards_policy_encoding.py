@@ -92,6 +92,10 @@ def test_card_must_describe_every_column():
         ({"x": {"category": "capacity"}}, "bounds"),
         ({"x": {"category": "capacity", "bounds": [5, 1]}}, "low < high"),
         ({"x": {"category": "capacity", "type": "categorical"}}, "categories"),
+        ({"x": {"category": "capacity", "bounds": [0, 1], "decimals": 2}}, "the column has none"),
+        ({"x": {"category": "capacity", "bounds": [0, 1], "affine": [0, 1], "decimals": "2"}}, "whole number"),
+        ({"x": {"category": "capacity", "bounds": [0, 1], "affine": [0, 1], "decimals": -1}}, "whole number"),
+        ({"x": {"category": "capacity", "bounds": [0, 1], "affine": [0, 1], "decimals": True}}, "whole number"),
     ],
 )
 def test_malformed_cards_are_rejected(bad, message):
@@ -344,3 +348,98 @@ def test_a_card_with_a_review_line_is_refused_in_every_format(tmp_path):
     for path in (tmp_path / "card.json", tmp_path / "card.toml"):
         with pytest.raises(CardError, match=r"1 column\(s\) still marked for review \(first: 'y': check it\)"):
             load_card(path)
+
+
+# ---- a published standardization undone: decimals, and Give Me Some Credit's FATE file -------------------------------
+
+
+def test_decimals_give_back_the_exact_value_a_rounded_z_score_stands_for():
+    """A count standardized with mean 0.421033 and sd 4.192781 and printed to 6 decimals: its 0 comes back from the
+    affine as -1.3e-6, below the bound 0, and would be counted as clipped in every record (and 1 as 0.9999998).
+    decimals = 0 gives back the whole counts, and nothing is counted as clipped."""
+    from federation.card import card_data, card_from_data
+    from federation.encoding import Clipped, encode_counting
+
+    mean, sd = 0.421033, 4.192781
+    z = np.round((np.array([0.0, 1.0, 2.0, 0.0]) - mean) / sd, 6)
+    spec = {"category": "credit_history", "bounds": [0, 20], "transform": "log1p", "affine": [mean, sd]}
+    loose = parse_card(_card({"n": spec}))
+    exact = parse_card(_card({"n": {**spec, "decimals": 0}}))
+    frame = pd.DataFrame({"n": z})
+    assert encode_counting(frame, loose)[1] == {"n": Clipped(below=2, above=0)}  # why decimals exist
+    x, clipped = encode_counting(frame, exact)
+    assert clipped == {"n": Clipped(below=0, above=0)}
+    counts = pd.DataFrame({"n": [0.0, 1.0, 2.0, 0.0]})
+    plain = parse_card(_card({"n": {k: v for k, v in spec.items() if k != "affine"}}))
+    np.testing.assert_array_equal(x, encode(counts, plain))  # the same encoding as the counts themselves
+    again = card_from_data(card_data(exact), "model.json")  # what model.json carries, for scoring
+    assert again.column("n").decimals == 0
+    np.testing.assert_array_equal(encode(frame, again), x)
+
+
+def _gmsc_fate_frame():
+    from tests.conftest import shared_or_skip
+
+    return pd.read_csv(shared_or_skip("give_me_some_credit") / "give_me_some_credit" / "give_credit_homo_test.csv")
+
+
+def test_gmsc_fate_names_and_affines_agree_with_the_file():
+    """Each FATE column's name (federation/data/loaders.py) and affine (the card: Kaggle's mean and standard
+    deviation) must fit the file: its code for 0 is -mean / sd, and a count column's codes are 1 / sd apart. The
+    past-due counts have standard deviations 0.6% apart, so a swapped name fails here (x1 and x7 once were)."""
+    from federation.data.loaders import GMSC_FATE_NAMES
+
+    frame = _gmsc_fate_frame()
+    card = builtin_card("give_me_some_credit_fate")
+    counts = {"NumberOfOpenCreditLinesAndLoans", "NumberRealEstateLoansOrLines", "NumberOfDependents"}
+    counts |= {n for n in GMSC_FATE_NAMES.values() if "Days" in n}
+    checked = 0
+    for code, name in GMSC_FATE_NAMES.items():
+        col = card.column(name)
+        if col.category not in ("credit_history", "capacity", "collateral"):
+            continue
+        offset, scale = col.affine
+        values = np.unique(frame[code].dropna().to_numpy())
+        # every column's minimum is a raw 0; FATE divided by the population standard deviation, 3e-6 smaller than
+        # the sample one the card carries, which the 6-decimal codes just show
+        assert values[0] == pytest.approx(-offset / scale, rel=1e-5, abs=2e-6), name
+        if name in counts:
+            assert 1 / np.diff(values).min() == pytest.approx(scale, rel=1e-4), name
+        checked += 1
+    assert checked == 9 and len(counts) == 6
+
+
+def test_gmsc_fate_card_encodes_as_the_kaggle_card_does_in_original_units():
+    """The two Give Me Some Credit cards agree once the FATE file's standardization is undone: the same bounds and
+    transforms per column, and a FATE record's encoding equals that of its value in original units under the
+    Kaggle card, with nothing clipped at 0."""
+    from federation.data.loaders import GMSC_FATE_NAMES
+    from federation.encoding import encode_counting
+
+    fate, kaggle = builtin_card("give_me_some_credit_fate"), builtin_card("give_me_some_credit")
+    credit = [n for n in GMSC_FATE_NAMES.values() if fate.column(n).category not in ("label", "sensitive")]
+    for name in credit:
+        assert (fate.column(name).bounds, fate.column(name).transform) == (
+            kaggle.column(name).bounds,
+            kaggle.column(name).transform,
+        ), name
+    frame = _gmsc_fate_frame().rename(columns=GMSC_FATE_NAMES)[credit]
+    x, clipped = encode_counting(frame, fate)
+    assert all(c.below == 0 for c in clipped.values())
+    raw = pd.DataFrame(
+        {
+            n: np.round(frame[n] * fate.column(n).affine[1] + fate.column(n).affine[0], fate.column(n).decimals)
+            for n in credit
+        }
+    )
+    plain = parse_card(
+        _card(
+            {
+                n: {"category": fate.column(n).category, "bounds": list(fate.column(n).bounds), "transform": "log1p"}
+                for n in credit
+            }
+        )
+    )
+    np.testing.assert_allclose(x, encode(raw, plain), atol=1e-6)
+    utilization = credit.index("RevolvingUtilizationOfUnsecuredLines")
+    assert x.shape == (len(frame), 9) and np.unique(x[:, utilization]).size > 1000  # it keeps its spread

@@ -17,16 +17,18 @@ from federation.errors import DataError
 TAIWAN_UCI_LABEL = "default payment next month"
 TAIWAN_FATE_HOST = ["LIMIT_BAL", "SEX", "EDUCATION", "MARRIAGE", "AGE", "PAY_0", "PAY_2", "PAY_3", "PAY_4", "PAY_5"]
 TAIWAN_FATE_GUEST = ["PAY_6"] + [f"BILL_AMT{k}" for k in range(1, 7)] + [f"PAY_AMT{k}" for k in range(1, 7)]
-# FATE's anonymized x0..x9 of Give Me Some Credit, as inferred in the card's description.
+# FATE's anonymized x0..x9 of Give Me Some Credit, as inferred in the card's description. x1 and x7 were once
+# swapped here: x1's code spacing is 1 / 4.1693 (times 90+ days late) and x7's 1 / 4.1928 (30-59 days), and each
+# column's code for 0 is minus that column's Kaggle mean over its standard deviation (tests/test_cards_policy_encoding.py).
 GMSC_FATE_NAMES = {
     "x0": "NumberOfOpenCreditLinesAndLoans",
-    "x1": "NumberOfTime30-59DaysPastDueNotWorse",
+    "x1": "NumberOfTimes90DaysLate",
     "x2": "NumberRealEstateLoansOrLines",
     "x3": "NumberOfTime60-89DaysPastDueNotWorse",
     "x4": "NumberOfDependents",
     "x5": "RevolvingUtilizationOfUnsecuredLines",
     "x6": "age",
-    "x7": "NumberOfTimes90DaysLate",
+    "x7": "NumberOfTime30-59DaysPastDueNotWorse",
     "x8": "DebtRatio",
     "x9": "MonthlyIncome",
     "y": "SeriousDlqin2yrs",
