@@ -127,6 +127,8 @@ def config_for(cell: Cell, data_dir: str = "", overrides: dict[str, Any] | None 
     if cell.method == "pooled":  # the best-trained pooled model of the federation's family (constants.py)
         pooled: dict[str, Any] = dict(c.pooled)
         cfg = dataclasses.replace(cfg, **pooled)
+    if cell.method == "gbdt":  # the dataset's own gbdt tuning, where it differs from the defaults (constants.py)
+        cfg = dataclasses.replace(cfg, **dict(c.gbdt))
     return dataclasses.replace(cfg, **(overrides or {})).validated()
 
 

@@ -227,3 +227,21 @@ def test_the_headline_splits_of_the_small_datasets_pass_the_delta_rule_at_every_
         cfg = config_for(Cell(dataset, "dirichlet", 0.5, "fedavg", 3.0, seed), data_dir)
         for lender in range(cfg.lenders):
             check_delta(len(load_lender(cfg, lender).y_train), cfg.delta, f"{dataset} seed {seed} lender {lender}")
+
+
+@pytest.mark.parametrize("dataset", sorted(CONSTANTS))
+def test_the_gbdt_cells_take_their_datasets_own_tuning_and_only_the_gbdt_cells_do(dataset):
+    """A dataset's gbdt settings (constants.py `gbdt`, from benchmarks/gbdt_tuning.py --dataset) reach its gbdt cells'
+    run configuration, every name a real RunConfig option, and leave the other methods' cells alone."""
+    from federation.config import RunConfig
+
+    c = CONSTANTS[dataset]
+    partition, alpha = ("natural", 0.5) if dataset == "synthetic" else ("dirichlet", 0.5)
+    gbdt = config_for(Cell(dataset, partition, alpha, "gbdt", 3.0, 0))
+    fedavg = config_for(Cell(dataset, partition, alpha, "fedavg", 3.0, 0))
+    defaults = RunConfig()
+    for name, value in c.gbdt:
+        assert getattr(gbdt, name) == value, name
+        if name.startswith("gbdt_"):
+            assert getattr(fedavg, name) == getattr(defaults, name), name  # unused by fedavg, and unchanged
+    assert fedavg.rounds == c.rounds and fedavg.model == c.model
