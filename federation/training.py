@@ -269,7 +269,9 @@ def _train_closed_form(
         for xb, yb in (batch for _ in range(epochs) for batch in _batches(xt, yt, batch_size, dp, torch.Generator())):
             sums = fast_dp_sgd.clipped_sum_of_layers(linears, xb, yb, dp.clip_norm)
             for p, grad in zip(params, dp.randomness.noised(std, sums), strict=True):
-                p.grad = grad.view_as(p)  # replaces the last step's gradient: no zero_grad needed
+                p.grad = (
+                    grad  # the shape of p (torch refuses any other); replaces the last step's gradient: no zero_grad
+                )
             optimizer.step()
             steps += 1
             if schedule is not None:
