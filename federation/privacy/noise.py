@@ -40,6 +40,14 @@ def noise_source(reproducible: bool) -> str:
     return SEEDED_SOURCE if reproducible else SECURE_SOURCE
 
 
+# A gap longer than this many trials is cut there, as that many failures, and drawn afresh (the process is
+# memoryless): P(G > cap) ~ 2^-10, so every gap value drawn lies where the uniforms' 2^-52 grid is fine.
+GAP_CAP_SURVIVAL = 2.0**-10
+# Absolute margin under q: the 2^-52 grid moves a hazard P(G = j) / P(G >= j) by ~2^-52 / P(G >= j) <= 2^-42
+# for j up to the cap.
+RATE_MARGIN = 2.0**-40
+
+
 class ChaChaStream:
     """Uniform and standard normal samples from a ChaCha20 keystream (256-bit key, fresh from os.urandom)."""
 
@@ -53,13 +61,6 @@ class ChaChaStream:
         self._stream = cipher.encryptor()
         self._secure_normals = torch.empty(0, dtype=torch.float64)
         self._secure_used = 0
-
-    # A gap longer than this many trials is cut there, as that many failures, and drawn afresh (the process is
-    # memoryless): P(G > cap) ~ 2^-10, so every gap value drawn lies where the uniforms' 2^-52 grid is fine.
-    GAP_CAP_SURVIVAL = 2.0**-10
-    # Absolute margin under q: the 2^-52 grid moves a hazard P(G = j) / P(G >= j) by ~2^-52 / P(G >= j) <= 2^-42
-    # for j up to the cap.
-    RATE_MARGIN = 2.0**-40
 
     def poisson_batches(self, n: int, q: float, steps: int) -> list[np.ndarray]:
         """`steps` Poisson batches over records 0..n-1: record i is in batch s with probability at most q whatever
@@ -82,13 +83,13 @@ class ChaChaStream:
         total = n * steps
         if q >= 1.0:
             return [np.arange(n) for _ in range(steps)]
-        rate = q * (1.0 - 1e-9) - self.RATE_MARGIN
+        rate = q * (1.0 - 1e-9) - RATE_MARGIN
         if not rate > 0.0 or total == 0:  # also a NaN q
             return [np.zeros(0, dtype=np.int64) for _ in range(steps)]
         if total >= 2**53:
             raise ValueError(f"{n} records x {steps} steps: positions past 2^53 are not exact in float64")
         log_keep = math.log1p(-rate)  # log(1 - q')
-        cap = float(math.ceil(math.log(self.GAP_CAP_SURVIVAL) / log_keep))
+        cap = float(math.ceil(math.log(GAP_CAP_SURVIVAL) / log_keep))
         positions: list[np.ndarray] = []
         last = -1  # the position of the last success drawn, or of the last failure a cut gap ended on
         while last < total:
