@@ -43,7 +43,7 @@ def test_the_largest_keystream_word_gives_a_uniform_below_1():
     # (2^53 - 1) + 0.5 is not a double: it rounded to 2^53 and uniform() returned exactly 1.0 (log 1 = 0: a gap of
     # 1 whatever q), with probability 2^-53 a draw
     u = _stream_of([TOP, 0], 0).uniform(2)
-    assert 0.0 < u.min() and u.max() < 1.0
+    assert u.min() > 0.0 and u.max() < 1.0
 
 
 def test_a_rate_below_2_to_the_53_draws_no_record_even_from_the_largest_uniform():
