@@ -268,10 +268,9 @@ def _train_closed_form(
     with torch.no_grad():  # no autograd at all: the gradients are the closed form's
         for xb, yb in (batch for _ in range(epochs) for batch in _batches(xt, yt, batch_size, dp, torch.Generator())):
             sums = fast_dp_sgd.clipped_sum_of_layers(linears, xb, yb, dp.clip_norm)
+            # each sum has its parameter's shape (torch refuses any other) and replaces the last step's gradient
             for p, grad in zip(params, dp.randomness.noised(std, sums), strict=True):
-                p.grad = (
-                    grad  # the shape of p (torch refuses any other); replaces the last step's gradient: no zero_grad
-                )
+                p.grad = grad
             optimizer.step()
             steps += 1
             if schedule is not None:
