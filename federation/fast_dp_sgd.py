@@ -34,7 +34,7 @@ functions of norm at most C, so the sensitivity and the accounting are the same.
 Cost (benchmarks/perf/dp_cost.py, 2 cores shared with other jobs, 20,000 records, batch 64, CSPRNG noise): the
 closed form ran at 0.73-0.98x plain training's throughput for the logistic regression and 0.66-0.76x for the
 MLP in three runs, Opacus at 0.20-0.26x in the same runs. Per step it is a few dozen small tensor operations, so
-the time goes to per-operation overhead; the Poisson mask (a 32-bit keystream word per record per step) and the
+the time goes to per-operation overhead; the Poisson batches (drawn as gaps, noise.py poisson_batches) and the
 secure-mode noise (4 normals per coordinate) are the other DP-only costs, made cheaper in
 federation/privacy/noise.py.
 
@@ -43,8 +43,6 @@ The noise is added by the caller from the same randomness object and in the same
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -140,7 +138,8 @@ def clipped_sum_of_layers(linears: list[nn.Linear], x: torch.Tensor, y: torch.Te
     assert norm_sq is not None
     # A NaN, an inf, or a norm too large for float32 somewhere (an entry of a per-example gradient may overflow
     # float32): the careful path.
-    if not math.isfinite(norm_sq.sum()) or bool((norm_sq >= _FLOAT32_MAX).any()):
+    # One reduction for both: max propagates NaN, and NaN < x is False.
+    if len(norm_sq) and not float(norm_sq.max()) < _FLOAT32_MAX:
         return _clipped_sum_float64(layers, clip_norm)
     # Every norm fits float32: no entry of any per-example gradient overflows, and float32 products are as exact
     # as Opacus' own.

@@ -109,16 +109,14 @@ class TrainResult:
 
 def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, dp: DPSettings | None, generator: torch.Generator):
     """One epoch of batches. Plain: a shuffled pass. DP: ceil(n/B) Poisson batches, each record in
-    each batch independently with q = 1/ceil(n/B) (what Opacus' DPDataLoader draws, but as one boolean
-    mask over the tensor instead of item-by-item through a Dataset, which dominated the cost)."""
+    each batch independently with q = 1/ceil(n/B) (what Opacus' DPDataLoader draws, but drawn for the whole epoch
+    at once as index arrays instead of item-by-item through a Dataset, which dominated the cost)."""
     n = len(x)
     steps = steps_per_epoch(n, batch_size)
     if dp is not None:
-        q = 1.0 / steps
-        for _ in range(steps):
-            mask = dp.randomness.poisson_mask(n, q)
-            # the same rows in the same order as x[mask], y[mask], at a third of the cost (one nonzero, not two)
-            idx = torch.from_numpy(np.flatnonzero(mask.numpy()))
+        # an epoch's batches drawn at once, as sorted record indices (the rows of x[mask], in the same order)
+        for batch in dp.randomness.poisson_batches(n, 1.0 / steps, steps):
+            idx = torch.from_numpy(batch)
             yield x[idx], y[idx]
     else:
         order = torch.randperm(n, generator=generator)
@@ -270,8 +268,9 @@ def _train_closed_form(
     with torch.no_grad():  # no autograd at all: the gradients are the closed form's
         for xb, yb in (batch for _ in range(epochs) for batch in _batches(xt, yt, batch_size, dp, torch.Generator())):
             sums = fast_dp_sgd.clipped_sum_of_layers(linears, xb, yb, dp.clip_norm)
+            # each sum has its parameter's shape (torch refuses any other) and replaces the last step's gradient
             for p, grad in zip(params, dp.randomness.noised(std, sums), strict=True):
-                p.grad = grad.view_as(p)  # replaces the last step's gradient: no zero_grad needed
+                p.grad = grad
             optimizer.step()
             steps += 1
             if schedule is not None:

@@ -290,19 +290,21 @@ def test_lender_level_states_the_epsilon_against_a_reader_of_the_ledger(tmp_path
 def test_the_batches_are_sampled_at_the_recorded_rate(tmp_path, monkeypatch):
     cfg = RunConfig(records=6000, lenders=2, rounds=1, epsilon=3.0, local_epochs=3, engine="inprocess")
     context, _ = make_lender(tmp_path / "lender", cfg, 0)
-    sizes = []
-    honest = SecureRandomness.poisson_mask
+    sizes, rates = [], []
+    honest = SecureRandomness.poisson_batches
 
-    def counting(self, n, q):
-        mask = honest(self, n, q)
-        sizes.append((n, int(mask.sum())))
-        return mask
+    def counting(self, n, q, steps):
+        batches = honest(self, n, q, steps)
+        sizes.extend((n, len(b)) for b in batches)
+        rates.append(q)
+        return batches
 
-    monkeypatch.setattr(SecureRandomness, "poisson_mask", counting)
+    monkeypatch.setattr(SecureRandomness, "poisson_batches", counting)
     body = json.loads(lender_train(message(cfg, 1, model=initial_model(cfg)), context).content["attestation"]["body"])
     event = body["events"][0]
     n = sizes[0][0]
     assert event["sample_rate"] == sample_rate(n, cfg.batch_size) == 1 / math.ceil(n / cfg.batch_size)
+    assert set(rates) == {event["sample_rate"]} and len(rates) == cfg.local_epochs  # the rate asked of the sampler
     assert event["steps"] == len(sizes) == cfg.local_epochs * steps_per_epoch(n, cfg.batch_size)
     drawn = sum(s for _, s in sizes)
     expected, sd = n * len(sizes) * event["sample_rate"], math.sqrt(n * len(sizes) * event["sample_rate"])

@@ -1,5 +1,8 @@
 """The closed-form DP-SGD path (federation/fast_dp_sgd.py) against Opacus: same clipped sums, same noise, same run."""
 
+import itertools
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -265,15 +268,12 @@ def test_secure_normals_drawn_ahead_are_never_handed_out_twice(monkeypatch):
     assert stats.kstest(values.numpy(), "norm").pvalue > 1e-3
 
 
-def test_the_poisson_rate_never_exceeds_q():
+def test_the_poisson_rate_is_q_over_millions_of_trials():
     from federation.privacy.noise import ChaChaStream
 
-    stream = ChaChaStream()
-    assert stream.bernoulli(10, 1.0).all() and not stream.bernoulli(1000, 0.0).any()
-    q, n = 1 / 313, 2_000_000
-    drawn = int(stream.bernoulli(n, q).sum())
-    assert abs(drawn - n * q) < 5 * np.sqrt(n * q * (1 - q))
-    assert int(q * 2.0**32) / 2.0**32 <= q  # the threshold's rate
+    q, n, steps = 1 / 313, 20_000, 100
+    drawn = sum(len(b) for b in ChaChaStream().poisson_batches(n, q, steps))
+    assert abs(drawn - n * steps * q) < 5 * np.sqrt(n * steps * q * (1 - q))  # q/2 or 2q: ~80 standard deviations
 
 
 @pytest.mark.parametrize("clip", [1e-6, 1e-5, 1e-4])
@@ -292,3 +292,59 @@ def test_a_tiny_delta_with_a_huge_input_is_still_clipped_as_opacus_clips_it(clip
     assert contribution <= clip * (1 + 1e-4)
     reference = _opacus_clipped_sum(model, x, y, clip)
     assert torch.sqrt(sum(t.double().square().sum() for t in reference)) <= clip * (1 + 1e-4)
+
+
+class _FewUniforms:
+    """A ChaChaStream whose uniform() returns at most 3 values a call: poisson_batches must draw on until done."""
+
+    def __init__(self):
+        from federation.privacy.noise import ChaChaStream
+
+        self.stream = ChaChaStream()
+
+    def uniform(self, count):
+        return self.stream.uniform(min(count, 3))
+
+    def poisson_batches(self, n, q, steps):
+        from federation.privacy.noise import ChaChaStream
+
+        return ChaChaStream.poisson_batches(self, n, q, steps)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("source", ["stream", "few-uniforms"])
+def test_an_epochs_poisson_batches_are_independent_bernoulli_trials_at_rate_q(source):
+    """ChaChaStream.poisson_batches draws the gaps between successes of the (step, record) trials: every record in
+    every batch with probability q, independently. Checked: sorted distinct indices in range, the number drawn,
+    the variance of batch sizes (Binomial(n, q)), records in two consecutive batches (q^2 n a pair: a gap that
+    carried over a batch boundary wrongly would show here), and each record's count over the epoch."""
+    from federation.privacy.noise import ChaChaStream
+
+    stream = ChaChaStream() if source == "stream" else _FewUniforms()
+    n, steps = (4000, 250) if source == "stream" else (300, 40)
+    q = 1 / 25
+    batches = stream.poisson_batches(n, q, steps)
+    assert len(batches) == steps
+    for b in batches:
+        assert b.dtype == np.int64 and np.all(np.diff(b) > 0) and (len(b) == 0 or (b[0] >= 0 and b[-1] < n))
+    sizes = np.array([len(b) for b in batches])
+    trials = n * steps
+    assert abs(sizes.sum() - trials * q) < 5 * math.sqrt(trials * q * (1 - q))
+    var = n * q * (1 - q)
+    assert 0.5 * var < sizes.var() < 1.6 * var  # a chi-square of `steps` degrees: far inside for 250, wide for 40
+    both = sum(len(np.intersect1d(a, b)) for a, b in itertools.pairwise(batches))
+    pairs = n * (steps - 1)
+    assert abs(both - pairs * q * q) < 5 * math.sqrt(pairs * q * q) + 1
+    per_record = np.bincount(np.concatenate(batches), minlength=n)
+    assert abs(per_record.var() - steps * q * (1 - q)) < 0.3 * steps * q * (1 - q)
+    assert ChaChaStream().poisson_batches(5, 1.0, 3)[2].tolist() == [0, 1, 2, 3, 4]
+    assert all(len(b) == 0 for b in ChaChaStream().poisson_batches(1000, 0.0, 4))
+    assert [len(b) for b in ChaChaStream().poisson_batches(0, 0.5, 3)] == [0, 0, 0]
+
+
+def test_the_seeded_sampler_still_draws_one_mask_a_step_as_opacus_would():
+    from federation.privacy.noise import SeededRandomness
+
+    a, b = SeededRandomness(3), SeededRandomness(3)
+    batches = a.poisson_batches(500, 0.1, 4)
+    masks = [b.poisson_mask(500, 0.1) for _ in range(4)]
+    assert [x.tolist() for x in batches] == [np.flatnonzero(m.numpy()).tolist() for m in masks]

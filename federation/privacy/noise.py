@@ -1,4 +1,4 @@
-"""The randomness that protects borrowers: Poisson batch masks and Gaussian noise, from a CSPRNG by default.
+"""The randomness that protects borrowers: Poisson batches and Gaussian noise, from a CSPRNG by default.
 
 Noise that anyone can regenerate is no noise: an earlier version seeded DP-SGD's noise and batch masks from the
 run seed, which the coordinator chooses and writes into config.json, and from one release at noise multiplier 5
@@ -40,6 +40,14 @@ def noise_source(reproducible: bool) -> str:
     return SEEDED_SOURCE if reproducible else SECURE_SOURCE
 
 
+# A gap longer than this many trials is cut there, as that many failures, and drawn afresh (the process is
+# memoryless): P(G > cap) ~ 2^-10, so every gap value drawn lies where the uniforms' 2^-52 grid is fine.
+GAP_CAP_SURVIVAL = 2.0**-10
+# Absolute margin under q: the 2^-52 grid moves a hazard P(G = j) / P(G >= j) by ~2^-52 / P(G >= j) <= 2^-42
+# for j up to the cap.
+RATE_MARGIN = 2.0**-40
+
+
 class ChaChaStream:
     """Uniform and standard normal samples from a ChaCha20 keystream (256-bit key, fresh from os.urandom)."""
 
@@ -53,26 +61,58 @@ class ChaChaStream:
         self._stream = cipher.encryptor()
         self._secure_normals = torch.empty(0, dtype=torch.float64)
         self._secure_used = 0
-        self._zeros = b""
 
-    def bernoulli(self, count: int, q: float) -> np.ndarray:
-        """`count` independent booleans, each True with probability floor(q 2^32) / 2^32: a 32-bit keystream word
-        below the threshold, no floating point. Never above q, below it by less than 2^-32 (the accountant's rate
-        is an upper bound); Opacus' own Poisson sampler compares a 24-bit float32 uniform with q."""
+    def poisson_batches(self, n: int, q: float, steps: int) -> list[np.ndarray]:
+        """`steps` Poisson batches over records 0..n-1: record i is in batch s with probability at most q whatever
+        the trials before it (just below q, see below); each batch the sorted indices of its records (what
+        np.flatnonzero of a Bernoulli mask gives).
+
+        Why not `steps` masks: a mask takes a keystream word per record and step (6 million words for an epoch of
+        20,000 records at batch 64), most of a closed-form DP-SGD step's sampling time. The (step, record) trials
+        laid end to end are one Bernoulli process, whose gaps between successes are independent geometric, so
+        drawing the gaps (one uniform per record drawn, about n an epoch) gives the same distribution (Devroye,
+        Non-Uniform Random Variate Generation, 1986, X.2: the inversion G = 1 + floor(log U / log(1 - q))).
+
+        Floating point: U lies on a grid of 2^-52, so the far tail of G is coarse: uncapped, the longest gap
+        (U smallest) was a certain success, and after a run of failures of probability 3e-5 at q = 1/313 the next
+        trial was drawn with probability above q (found by a red team, tests/test_redteam_sampler.py). So a gap
+        is cut at GAP_CAP_SURVIVAL (cut gaps are failures, the next gap drawn from there), and the rate is
+        q' = q (1 - 1e-9) - RATE_MARGIN: at or below q for every trial given every trial before it, which the
+        red-team test checks exactly over every keystream word (a lower rate only strengthens the guarantee;
+        below q = 2^-40 nothing is drawn). Opacus' own Poisson sampler compares a 24-bit float32 uniform with q."""
+        total = n * steps
         if q >= 1.0:
-            return np.ones(count, dtype=bool)
-        if len(self._zeros) < 4 * count:
-            self._zeros = bytes(4 * count)
-        raw = np.frombuffer(self._stream.update(memoryview(self._zeros)[: 4 * count]), dtype=np.uint32)
-        return raw < np.uint32(min(int(max(q, 0.0) * 2.0**32), 2**32 - 1))  # q * 2^32 is exact in floating point
+            return [np.arange(n) for _ in range(steps)]
+        rate = q * (1.0 - 1e-9) - RATE_MARGIN
+        if not rate > 0.0 or total == 0:  # also a NaN q
+            return [np.zeros(0, dtype=np.int64) for _ in range(steps)]
+        if total >= 2**53:
+            raise ValueError(f"{n} records x {steps} steps: positions past 2^53 are not exact in float64")
+        log_keep = math.log1p(-rate)  # log(1 - q')
+        cap = float(math.ceil(math.log(GAP_CAP_SURVIVAL) / log_keep))
+        positions: list[np.ndarray] = []
+        last = -1  # the position of the last success drawn, or of the last failure a cut gap ended on
+        while last < total:
+            expected = (total - last) * rate
+            count = int(expected + 6.0 * math.sqrt(expected) + 16)  # almost always enough in one draw
+            gaps = np.floor(np.log(self.uniform(count)) / log_keep) + 1.0  # >= 1 each, as float64: no overflow
+            ends = last + np.cumsum(np.minimum(gaps, cap))
+            positions.append(ends[(gaps <= cap) & (ends < total)].astype(np.int64))
+            last = int(min(ends[-1], total))  # past the end: done; else draw on from there (memoryless)
+        flat = np.concatenate(positions)
+        cuts = np.searchsorted(flat, np.arange(1, steps) * n)
+        return [batch - s * n for s, batch in enumerate(np.split(flat, cuts))]
 
     def uniform(self, count: int) -> np.ndarray:
-        """`count` doubles in (0, 1), never 0 or 1 (53 random bits each)."""
+        """`count` doubles (k + 1/2) / 2^52 for k uniform in 0..2^52-1: in (0, 1), never 0 or 1 (52 random bits
+        each). Not 53: (2^53 - 1) + 1/2 is not a double and rounded to 2^53, so the top keystream word gave exactly 1
+        (a gap of 1 in poisson_batches whatever q; found by a red team), and the upper half of the values were
+        rounded to every other double; with 52 bits every step is exact."""
         raw = self._stream.update(bytes(8 * count))  # keystream = ChaCha20 of zeros
-        # the same values as (bits + 0.5) / 2^53, at 2/3 of the cost: int64 -> float64 is vectorised, uint64 is not
-        u = (np.frombuffer(raw, dtype=np.uint64) >> np.uint64(11)).view(np.int64).astype(np.float64)
+        # int64 -> float64 is vectorised, uint64 is not (2/3 of the cost)
+        u = (np.frombuffer(raw, dtype=np.uint64) >> np.uint64(12)).view(np.int64).astype(np.float64)
         u += 0.5
-        u *= 2.0**-53
+        u *= 2.0**-52
         return u
 
     def normal(self, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
@@ -97,15 +137,16 @@ class ChaChaStream:
 
 
 class SecureRandomness:
-    """Poisson masks and Gaussian noise from one ChaCha20 stream: unpredictable to everyone but nobody."""
+    """Poisson batches and Gaussian noise from one ChaCha20 stream: unpredictable to everyone but nobody."""
 
     reproducible = False
 
     def __init__(self) -> None:
         self.stream = ChaChaStream()
 
-    def poisson_mask(self, n: int, q: float) -> torch.Tensor:
-        return torch.from_numpy(self.stream.bernoulli(n, q))
+    def poisson_batches(self, n: int, q: float, steps: int) -> list[np.ndarray]:
+        """An epoch's `steps` Poisson batches of record indices (ChaChaStream.poisson_batches)."""
+        return self.stream.poisson_batches(n, q, steps)
 
     def normal(self, shape) -> torch.Tensor:
         return self.stream.normal(shape)
@@ -131,6 +172,10 @@ class SeededRandomness:
     def poisson_mask(self, n: int, q: float) -> torch.Tensor:
         return torch.rand(n, generator=self.generator) < q
 
+    def poisson_batches(self, n: int, q: float, steps: int) -> list[np.ndarray]:
+        """One mask a step, as Opacus' DPDataLoader draws them from this generator (a seeded run's numbers stay)."""
+        return [np.flatnonzero(self.poisson_mask(n, q).numpy()) for _ in range(steps)]
+
     def normal(self, shape) -> torch.Tensor:
         return torch.randn(shape, generator=self.generator, dtype=torch.float64)
 
@@ -153,8 +198,15 @@ def secure_noised(gaussian: ChaChaStream, std: float, sums: list[torch.Tensor]) 
     sizes = [s.numel() for s in sums]
     noise = std * gaussian.secure_normal(sum(sizes))  # N(0, std^2) in float64, as Opacus' secure mode
     dtypes = {s.dtype for s in sums}
-    if len(dtypes) == 1:  # rounded to the gradients' dtype once, not tensor by tensor (the same numbers)
-        noise = noise.to(dtypes.pop())
+    if len(dtypes) == 1:
+        # Rounded to the gradients' dtype once, and added with one foreach call: the same numbers as tensor by tensor,
+        # in a third of the tensor operations (their dispatch, not the arithmetic, was the cost of a step's noise).
+        parts = noise.to(dtypes.pop()).split(sizes)
+        return list(
+            torch._foreach_add(
+                sums, [p if p.shape == s.shape else p.view(s.shape) for p, s in zip(parts, sums, strict=True)]
+            )
+        )
     noised, start = [], 0
     for s, size in zip(sums, sizes, strict=True):
         noised.append(s + noise[start : start + size].view(s.shape).to(s.dtype))
