@@ -128,7 +128,8 @@ def config_for(cell: Cell, data_dir: str = "", overrides: dict[str, Any] | None 
         pooled: dict[str, Any] = dict(c.pooled)
         cfg = dataclasses.replace(cfg, **pooled)
     if cell.method == "gbdt":  # the dataset's own gbdt tuning, where it differs from the defaults (constants.py)
-        cfg = dataclasses.replace(cfg, **dict(c.gbdt))
+        gbdt: dict[str, Any] = dict(c.gbdt)
+        cfg = dataclasses.replace(cfg, **gbdt)
     return dataclasses.replace(cfg, **(overrides or {})).validated()
 
 
