@@ -551,3 +551,28 @@ def test_a_card_edited_between_two_runs_of_one_process_is_read_again(tmp_path):
     again = describe(cfg)
     assert again.values_clipped["income"].above == 0 and again.card_sha256 != first.card_sha256
     assert load_lender(cfg, 0).manifest["card_sha256"] == again.card_sha256
+
+
+def test_a_second_describe_of_a_loaded_synthetic_federation_generates_no_lender_again(monkeypatch):
+    """describe counts each natural lender's held-out records; a second run in the same process (a sweep, a
+    benchmark) whose lenders are still loaded reuses the counts instead of generating every lender again, and gets
+    the same summary; after forget_loaded every lender is generated again."""
+    from federation.data import pipeline
+
+    cfg = RunConfig(records=3000, lenders=3, seed=11)
+    pipeline.forget_loaded()
+    generated = []
+    honest = pipeline._synthetic_natural
+
+    def counting(key, lender):
+        generated.append(lender)
+        return honest(key, lender)
+
+    monkeypatch.setattr(pipeline, "_synthetic_natural", counting)
+    first = describe(cfg)
+    assert sorted(generated) == [0, 1, 2]
+    assert describe(cfg) == first and sorted(generated) == [0, 1, 2]
+    assert first.holdout == len(load_holdout(cfg)[1])  # which generates the lenders' held-out records itself
+    pipeline.forget_loaded()
+    generated.clear()
+    assert describe(cfg) == first and sorted(generated) == [0, 1, 2]
