@@ -72,20 +72,9 @@ def _log_a_frac(q: float, sigma: float, alphas: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore"):
             log_coef = np.log(np.abs(coef))
         common = log_coef + math.log(0.5)
-        log_s0 = (
-            common
-            + i * math.log(q)
-            + j * math.log(1 - q)
-            + (i * i - i) / (2 * sigma**2)
-            + _log_erfc((i - z0) / (math.sqrt(2) * sigma))
-        )
-        log_s1 = (
-            common
-            + j * math.log(q)
-            + i * math.log(1 - q)
-            + (j * j - j) / (2 * sigma**2)
-            + _log_erfc((z0 - j) / (math.sqrt(2) * sigma))
-        )
+        # the two halves are mirror images: (i, j) and (j, i), the erfc's argument negated
+        log_s0 = _log_half_term(common, i, j, q, sigma, (i - z0) / (math.sqrt(2) * sigma))
+        log_s1 = _log_half_term(common, j, i, q, sigma, (z0 - j) / (math.sqrt(2) * sigma))
         below = np.maximum(log_s0, log_s1) < STOP_LOG_TERM
         done = below.any(axis=1)
         # the first term below the threshold is still added, as in Opacus
@@ -95,6 +84,14 @@ def _log_a_frac(q: float, sigma: float, alphas: np.ndarray) -> np.ndarray:
         out[todo[done]] = total[done]
         todo, count = todo[~done], count * 2
     return out
+
+
+def _log_half_term(
+    common: np.ndarray, k: np.ndarray, m: np.ndarray, q: float, sigma: float, erfc_arg: np.ndarray
+) -> np.ndarray:
+    """The log of one half's terms of Opacus' fractional series: common + k log q + m log(1 - q) +
+    (k^2 - k) / (2 sigma^2) + log erfc(erfc_arg), summed in Opacus' order."""
+    return common + k * math.log(q) + m * math.log(1 - q) + (k * k - k) / (2 * sigma**2) + _log_erfc(erfc_arg)
 
 
 def _signed_log_sum(log_terms: np.ndarray, sign: np.ndarray, keep: np.ndarray) -> np.ndarray:
