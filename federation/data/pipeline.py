@@ -319,7 +319,7 @@ def describe(cfg: RunConfig) -> DataSummary:
         frame = None
         if natural:  # each lender generated once: its held-out records counted, its own records loaded (cached)
             held = _NATURAL_HELD_OUT.get((key, lender))
-            if held is None or lender not in _LOADED.get(key, {}):
+            if held is None:  # else _own generates the lender itself if it is not loaded, once as here
                 raw, card, keep, out = _synthetic_natural(key, lender)
                 held = len(apply_policy(raw.iloc[out], card).labels)
                 frame = (raw.iloc[keep], card)
