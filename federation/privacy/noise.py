@@ -198,20 +198,15 @@ def secure_noised(gaussian: ChaChaStream, std: float, sums: list[torch.Tensor]) 
     sizes = [s.numel() for s in sums]
     noise = std * gaussian.secure_normal(sum(sizes))  # N(0, std^2) in float64, as Opacus' secure mode
     dtypes = {s.dtype for s in sums}
-    if len(dtypes) == 1:
-        # Rounded to the gradients' dtype once, and added with one foreach call: the same numbers as tensor by tensor,
-        # in a third of the tensor operations (their dispatch, not the arithmetic, was the cost of a step's noise).
-        parts = noise.to(dtypes.pop()).split(sizes)
-        return list(
-            torch._foreach_add(
-                sums, [p if p.shape == s.shape else p.view(s.shape) for p, s in zip(parts, sums, strict=True)]
-            )
-        )
-    noised, start = [], 0
-    for s, size in zip(sums, sizes, strict=True):
-        noised.append(s + noise[start : start + size].view(s.shape).to(s.dtype))
-        start += size
-    return noised
+    if len(dtypes) == 1:  # rounded to the gradients' dtype once, not tensor by tensor (the same numbers)
+        noise = noise.to(dtypes.pop())
+    # Added with one foreach call, each part only reshaped or converted where it must be: the same numbers as tensor
+    # by tensor, in a third of the tensor operations (their dispatch, not the arithmetic, was a step's noise cost).
+    parts = [
+        p if p.shape == s.shape and p.dtype == s.dtype else p.view(s.shape).to(s.dtype)
+        for p, s in zip(noise.split(sizes), sums, strict=True)
+    ]
+    return list(torch._foreach_add(sums, parts))
 
 
 class SecureDPOptimizer(DPOptimizer):
