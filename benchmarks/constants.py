@@ -143,6 +143,14 @@ PARTITIONS = {
     "synthetic": [("natural", 0.5)],
     "default": [("iid", 0.5), ("dirichlet", 0.5), ("dirichlet", 0.1), ("quantity", 0.5)],
 }
+HEADLINE_SPLIT = ("dirichlet", 0.5)  # the README's headline (`--partitions dirichlet:0.5`): label skew
+
+
+def headline_split(dataset: str) -> tuple[str, float]:
+    """The split a dataset's headline cells use: the synthetic market's own lenders, else HEADLINE_SPLIT."""
+    return PARTITIONS[dataset][0] if dataset in PARTITIONS else HEADLINE_SPLIT
+
+
 # pooled: the same model as the federation, trained on all lenders' records (the same-family limit); hgb: scikit-learn's
 # HistGradientBoostingClassifier on the same records (the best pooled model: the limit of the headline); local: each
 # lender alone; then the federated methods (gbdt: the DP federated gradient boosting, where this build has it).

@@ -4,10 +4,10 @@
 
 Taiwan by default (benchmarks/results/gbdt_tuning.md); another dataset writes gbdt_tuning_DATASET.md beside it, and
 its winner goes by hand into benchmarks/constants.py (`gbdt`). The same procedure, start and options for every
-dataset. The bench's split (its lenders, its first partition in constants.PARTITIONS; benchmarks/bench.py): every choice is made on a validation slice of
-the TRAINING data (20% of each lender's training records, pooled for scoring; the lenders train on the other 80%),
-partition seed 0; the pooled held-out test is scored only for the chosen setting, on partition
-seeds 0, 1, 2 (the seed also draws the structures and the noise). Epsilon is per lender, record level, at each
+dataset. The headline's split (its lenders, constants.headline_split; benchmarks/bench.py): every choice is made
+on a validation slice of the TRAINING data (20% of each lender's training records, pooled for scoring; the lenders
+train on the other 80%), partition seed 0; the pooled held-out test is scored only for the chosen setting, on
+partition seeds 0, 1, 2 (the seed also draws the structures and the noise). Epsilon is per lender, record level, at each
 lender's own delta (the bench's rule 1/N^1.1 on its training records); all lenders use the noise of the strictest
 (smallest) delta, since secure-split shares must be equal. Noise is seeded here (a benchmark must be
 reproducible), never in a run. Writes benchmarks/results/gbdt_tuning.md. One thread, numpy only.
@@ -27,7 +27,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.bench import Cell, config_for
-from benchmarks.constants import PARTITIONS
+from benchmarks.constants import headline_split
 from federation.data import load_holdout, load_lender
 from federation.gbdt.accounting import calibrate_noise, split_budget
 from federation.gbdt.binning import bin_features
@@ -49,9 +49,7 @@ Data = tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]  # len
 def load(data_dir: str, seed: int, validation: bool, dataset: str = "taiwan_default") -> tuple[Data, float]:
     """(lenders' training records, evaluation records) and the strictest lender delta. With `validation`, the
     evaluation records are 20% of each lender's training records and the lenders keep the rest."""
-    partition, alpha = PARTITIONS.get(dataset, PARTITIONS["default"])[0]
-    partition, alpha = ("dirichlet", 0.5) if partition == "iid" else (partition, alpha)  # the headline's split
-    cfg = config_for(Cell(dataset, partition, alpha, "fedavg", 1.0, seed), data_dir)
+    cfg = config_for(Cell(dataset, *headline_split(dataset), "fedavg", 1.0, seed), data_dir)
     lenders = [load_lender(cfg, i) for i in range(cfg.lenders)]
     if not validation:
         hx, hy = load_holdout(cfg)

@@ -1,8 +1,8 @@
 """Encode credit columns with the card's public bounds and transforms: no pooled statistics.
 
-numeric: optional affine (undo a published standardization; optionally rounded to the decimals the file can carry), a fixed monotone transform
-(identity, log1p, asinh), then scaled to [-1, 1] by the public bounds and clipped; or one-hot by
-public bin thresholds. Categorical: one-hot over the card's categories. Missing values are an
+numeric: optional affine (undo a published standardization; optionally rounded to the decimals the file can
+carry), a fixed monotone transform (identity, log1p, asinh), then scaled to [-1, 1] by the public bounds and
+clipped; or one-hot by public bin thresholds. Categorical: one-hot over the card's categories. Missing values are an
 error unless the card asks for an indicator (numeric) or the all-zero "unknown" code (categorical).
 
 Values outside a column's bounds are clipped, and counted (`encode_counting`): a sentinel such as 999999

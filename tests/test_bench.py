@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from benchmarks.bench import COLUMNS, Cell, config_for, grid
-from benchmarks.constants import CONSTANTS
+from benchmarks.constants import CONSTANTS, headline_split
 from fedcredit.cli import app
 from tests.conftest import shared_or_skip
 
@@ -236,9 +236,8 @@ def test_the_gbdt_cells_take_their_datasets_own_tuning_and_only_the_gbdt_cells_d
     from federation.config import RunConfig
 
     c = CONSTANTS[dataset]
-    partition, alpha = ("natural", 0.5) if dataset == "synthetic" else ("dirichlet", 0.5)
-    gbdt = config_for(Cell(dataset, partition, alpha, "gbdt", 3.0, 0))
-    fedavg = config_for(Cell(dataset, partition, alpha, "fedavg", 3.0, 0))
+    gbdt = config_for(Cell(dataset, *headline_split(dataset), "gbdt", 3.0, 0))
+    fedavg = config_for(Cell(dataset, *headline_split(dataset), "fedavg", 3.0, 0))
     defaults = RunConfig()
     for name, value in c.gbdt:
         assert getattr(gbdt, name) == value, name
