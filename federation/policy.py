@@ -448,7 +448,6 @@ def apply_policy(frame: pd.DataFrame, card: DatasetCard) -> PolicyResult:
     check_card(card)
     total = len(frame)
     keep = consent_mask(frame, card)
-    consented = frame.loc[keep]
     used, refused = [], []
     for col in card.columns:
         if col.category in CREDIT_CATEGORIES:
@@ -460,7 +459,13 @@ def apply_policy(frame: pd.DataFrame, card: DatasetCard) -> PolicyResult:
             refused.append(
                 {"name": col.name, "category": col.category, "reason": col.reason or REFUSAL_REASONS[col.category]}
             )
-    features = consented[[f["name"] for f in used]]
+    # The used columns and the label are taken first, then the consented rows: selecting the rows of every raw column
+    # (the refused ones too) took most of a small lender's policy time (a federation of 1,000 lenders' setup).
+    names = [f["name"] for f in used]
+    consented = frame[[*names, card.label.name]] if card.label.name not in names else frame[names]
+    if not keep.all():
+        consented = consented.iloc[np.flatnonzero(keep)]
+    features = consented[names]
     # Defense in depth: nothing outside the credit categories is in the training frame.
     for name in features.columns:
         if card.column(name).category not in CREDIT_CATEGORIES:
