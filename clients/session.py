@@ -29,6 +29,7 @@ from federation.lender_records import LenderData
 from federation.messages import CONFIG, config_int, config_record, run_config_from
 
 LENDERS_DIR_ENV = "FEDCREDIT_LENDERS_DIR"
+IN_MEMORY = "records-in-memory"  # node config: the lender's records stay in this process's memory, not in its folder
 DEMO_MAX_EPSILON = 10.0  # the default policy of a lender nobody configured (a plain `flwr run .`)
 
 
@@ -135,6 +136,13 @@ def _load(data: RunConfig, lender: int, canaries: str) -> LenderData:
     return load_lender(data, lender, extra)
 
 
+@lru_cache(maxsize=256)
+def _run_id(request: RunConfig) -> str:
+    """The run a request belongs to: the hash of its configuration (RunConfig is frozen; every message of a run
+    carries the same one)."""
+    return config_hash(request.to_record())
+
+
 class Session:
     """The lender's view of one message."""
 
@@ -142,10 +150,12 @@ class Session:
         self.msg, self.context = msg, context
         self.config: ConfigRecord = config_record(msg.content, CONFIG)
         self.request = run_config_from(self.config)
-        self.run = config_hash(self.request.to_record())
+        self.run = _run_id(self.request)
         self.round = config_int(self.config, "server-round") if "server-round" in self.config else 0
         self.home = LenderHome(lender_folder(context, self.request))
-        self.deployed = bool(context.node_config.get("lender-dir"))
+        # A lender of the in-process engine (fedcredit/runner.py) shares the process of the run that loaded its records
+        # and keeps them in memory: a copy in its folder would be written for nothing (1,000 files for 1,000 lenders).
+        self.deployed = bool(context.node_config.get("lender-dir")) and not context.node_config.get(IN_MEMORY)
         self.policy = self.home.policy
         self.lender = self.policy.lender
         claimed = node_lender_id(context)

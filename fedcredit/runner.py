@@ -188,7 +188,7 @@ def run(
 
 def _run_engine(cfg: RunConfig, parties: Parties, on_round: Callable | None, resume: bool) -> None:
     from clients.app import app as client_app
-    from clients.session import LENDERS_DIR_ENV
+    from clients.session import IN_MEMORY, LENDERS_DIR_ENV
     from server.app import _print_progress, make_server_app
 
     server_app = make_server_app(cfg, on_round=on_round or _print_progress, resume=resume)
@@ -200,7 +200,7 @@ def _run_engine(cfg: RunConfig, parties: Parties, on_round: Callable | None, res
         grid = InProcessGrid(
             client_app,
             cfg.lenders,
-            node_configs={i: {"lender-dir": str(parties.lender(i))} for i in range(cfg.lenders)},
+            node_configs={i: {"lender-dir": str(parties.lender(i)), IN_MEMORY: True} for i in range(cfg.lenders)},
         )
         server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
         return

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -161,10 +162,21 @@ class LenderPolicy:
 def load_policy(folder: str | Path) -> LenderPolicy:
     path = Path(folder) / FILE_NAME
     try:
-        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+        text = path.read_bytes()
     except FileNotFoundError:
         raise PolicyError(f"no privacy policy at {path} (a lender writes one with `fedcredit lender init`)") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
+        raise PolicyError(f"{path} is not a readable TOML policy ({exc.__class__.__name__}: {exc})") from None
+    return _parsed_policy(path, text)
+
+
+@lru_cache(maxsize=4096)
+def _parsed_policy(path: Path, text: bytes) -> LenderPolicy:
+    """The policy these bytes hold. The file is read at every message (a lender's edit takes effect at its next
+    one) but parsed once per content: parsing was a tenth of the time of a federation of 1,000 simulated lenders."""
+    try:
+        raw = tomllib.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise PolicyError(f"{path} is not a readable TOML policy ({exc.__class__.__name__}: {exc})") from None
     known = {"lender", "demo", "privacy", "trust", "data"}
     if not isinstance(raw, dict) or set(raw) - known or "lender" not in raw:

@@ -8,11 +8,15 @@ every reply before looking at it.
 
 from __future__ import annotations
 
+import io
 import json
+import math
 from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, ConfigRecordValues, Message, MetricRecord, RecordDict
 
 from federation.audit_trail.attest import BODY_KEYS, clip_count, encoding_of
 from federation.config import RunConfig
@@ -88,7 +92,40 @@ class ReplyRejected(Exception):
 
 def numpy_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
     """An ArrayRecord's arrays as numpy, by name."""
-    return {k: v.numpy() for k, v in record.items()}
+    return {k: array_numpy(v) for k, v in record.items()}
+
+
+_NPY_V1 = b"\x93NUMPY\x01\x00"
+
+
+def array_numpy(array: Array) -> np.ndarray:
+    """What Flower's `Array.numpy()` returns (np.load of the array's .npy bytes, never a pickle), with the .npy
+    header parsed once per distinct header: np.load parses it with ast.literal_eval at every call, a twentieth of a
+    federation round's time, and a model's arrays carry the same few headers round after round. Anything but a
+    plain version-1 header with as many bytes as it announces goes to Flower's own path (tests/test_model.py)."""
+    data = array.data
+    if array.stype == "numpy.ndarray" and data[:8] == _NPY_V1 and len(data) >= 10:
+        end = 10 + int.from_bytes(data[8:10], "little")
+        header = _npy_header(bytes(data[:end]))
+        if header is not None:
+            dtype, shape, fortran = header
+            count = math.prod(shape)
+            if len(data) - end == count * dtype.itemsize:
+                flat = np.frombuffer(data, dtype=dtype, count=count, offset=end)
+                return flat.reshape(shape, order="F" if fortran else "C").copy(order="K")
+    return array.numpy()
+
+
+@lru_cache(maxsize=1024)
+def _npy_header(head: bytes) -> tuple[np.dtype, tuple[int, ...], bool] | None:
+    """(dtype, shape, Fortran order) of a version-1 .npy header, or None where np.load should judge it."""
+    try:
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(io.BytesIO(head[8:]))
+    except (ValueError, OSError):
+        return None
+    if dtype.hasobject:  # np.load refuses these without pickles: let it say so
+        return None
+    return dtype, tuple(shape), bool(fortran)
 
 
 def array_record(content: RecordDict, key: str) -> ArrayRecord:
@@ -137,8 +174,26 @@ def run_config_record(cfg: RunConfig) -> ConfigRecord:
 
 def run_config_from(record: Mapping) -> RunConfig:
     """The RunConfig inside a message's ConfigRecord (strategy keys like 'server-round' are skipped)."""
-    known = set(RunConfig.keys())
-    return RunConfig.from_record({k: v for k, v in record.items() if k.replace("-", "_") in known})
+    known = _run_config_keys()
+    # Each value's type is part of the key: True and 1 are equal, and one must not answer for the other.
+    items = tuple((k, type(v), v) for k, v in record.items() if k.replace("-", "_") in known)
+    try:
+        hash(items)
+    except TypeError:  # a list where a setting belongs: from_record names the key and refuses it
+        return RunConfig.from_record({k: v for k, _, v in items})
+    return _run_config_of(items)
+
+
+@lru_cache(maxsize=1)
+def _run_config_keys() -> frozenset[str]:
+    return frozenset(RunConfig.keys())
+
+
+@lru_cache(maxsize=256)
+def _run_config_of(items: tuple[tuple[str, type, Any], ...]) -> RunConfig:
+    """Built and validated once per distinct request: every message of a run carries the same one, and a lender
+    of a federation of 1,000 answered a thousand of them (RunConfig is frozen: sharing it is safe)."""
+    return RunConfig.from_record({k: v for k, _, v in items})
 
 
 def manifest_to_record(lender: int, manifest: dict) -> ConfigRecord:

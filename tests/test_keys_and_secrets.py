@@ -212,3 +212,32 @@ def test_a_lender_makes_its_own_keys_and_the_regulator_builds_the_registry(tmp_p
         ],
     )
     assert twice.exit_code == 2 and "share one key" in twice.output and not (tmp_path / "r2.json").exists()
+
+
+def test_a_lenders_policy_and_key_are_parsed_once_but_an_edit_takes_effect_at_once(tmp_path):
+    """The lender's policy and identity key are parsed once per content (federation/lender_policy.py,
+    federation/audit_trail/keys.py), and read at every message: an edit that keeps the file's size and times (a
+    lender lowering its epsilon limit from 3 to 2) is what the next message sees, and so is a new key."""
+    from clients.home import LenderHome, init_lender
+    from federation.lender_policy import LenderPolicy
+
+    folder = tmp_path / "lender"
+    init_lender(folder, LenderPolicy(lender=0, max_epsilon=3.0, data={"dataset": "synthetic"}))
+    policy_file = folder / "policy.toml"
+    assert LenderHome(folder).policy.max_epsilon == 3.0
+    first = LenderHome(folder).policy
+    assert LenderHome(folder).policy is first  # the same content: not parsed again
+    times = policy_file.stat()
+    text = policy_file.read_text()
+    assert "max_epsilon = 3.0" in text
+    policy_file.write_text(text.replace("max_epsilon = 3.0", "max_epsilon = 2.0"))
+    os.utime(policy_file, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert policy_file.stat().st_size == times.st_size
+    assert LenderHome(folder).policy.max_epsilon == 2.0
+
+    key_before = LenderHome(folder).public_hex
+    key_file = folder / "identity.key"
+    key_file.unlink()
+    (folder / "identity.pub").unlink()
+    assert LenderHome(folder).public_hex != key_before  # a new key made and read, not the one parsed before
+    assert LenderHome(folder).public_hex == LenderHome(folder).public_hex

@@ -287,3 +287,22 @@ def test_shell_completion_is_offered_and_completes_choices():
     assert [c.value for c in strategy.shell_complete(ctx, "fed")] == list(RunConfig.choices_for("strategy"))
     accountants = next(p for p in command.commands["plan"].params if p.name == "accountants")
     assert [c.value for c in accountants.shell_complete(ctx, "rdp,")] == ["rdp,prv"]
+
+
+def test_a_messages_run_config_is_built_once_and_still_checked_every_time():
+    """federation.messages.run_config_from caches the RunConfig of each distinct request: the same value as
+    RunConfig.from_record, a refused request refused again on every message, and a list value refused by name."""
+    from flwr.app import ConfigRecord
+
+    from federation.messages import run_config_from
+
+    cfg = RunConfig(lenders=4, rounds=3, epsilon=2.0)
+    record = {**cfg.to_record(), "server-round": 2}
+    assert run_config_from(ConfigRecord(record)) == cfg
+    assert run_config_from(ConfigRecord(record)) is run_config_from(ConfigRecord(record))
+    bad = {**record, "epsilon": -1.0}
+    for _ in range(2):
+        with pytest.raises(ConfigError):
+            run_config_from(ConfigRecord(bad))
+    with pytest.raises(ConfigError, match="rounds"):
+        run_config_from({**record, "rounds": [1, 2]})

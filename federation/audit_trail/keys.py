@@ -9,6 +9,7 @@ the verifier.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -53,18 +54,25 @@ def load_or_create(folder: Path, name: str) -> Ed25519PrivateKey:
     """The private key `folder/name.key` (PEM, PKCS8), created with mode 0600 if absent."""
     path = folder / f"{name}.key"
     if path.exists():
-        try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"cannot read private key {path}: {exc}") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigError(f"{path} is not an Ed25519 private key")
-        return key
+        return _private_key(path, path.read_bytes())
     key = Ed25519PrivateKey.generate()
     write_private(
         path,
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
+    return key
+
+
+@lru_cache(maxsize=4096)
+def _private_key(path: Path, pem: bytes) -> Ed25519PrivateKey:
+    """The key these PEM bytes hold, parsed once per content (a lender reads its key file at every message it signs;
+    the keys are immutable objects)."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot read private key {path}: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path} is not an Ed25519 private key")
     return key
 
 
