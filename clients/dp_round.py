@@ -43,7 +43,7 @@ from federation.gbdt_release import (
 )
 from federation.lender_policy import effective_delta
 from federation.messages import ARRAYS, ATTESTATION, MASKED, METRICS, SECAGG, array_record, numpy_arrays
-from federation.model import build_model, model_for
+from federation.model import build_model, model_for, set_arrays
 from federation.policy import label_problem
 from federation.privacy.accountant import calibrate_noise, default_delta, epsilon, sample_rate, steps_per_epoch
 from federation.privacy.events import PrivacyEvent
@@ -426,7 +426,7 @@ def _train_once(s: Session, planned: PrivacyEvent | None, secure_sum: dict | Non
     if cfg.model == "gbdt":
         return _leaf_sums_once(s, planned, secure_sum)
     model = build_model(cfg.model, len(data.features), cfg.hidden)
-    model.load_state_dict(array_record(s.msg.content, ARRAYS).to_torch_state_dict())
+    set_arrays(model, numpy_arrays(array_record(s.msg.content, ARRAYS)))
     received = {k: v.detach().clone() for k, v in model.state_dict().items()}
     dp = None
     if planned is not None:
