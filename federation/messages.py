@@ -123,7 +123,7 @@ def _npy_header(head: bytes) -> tuple[np.dtype, tuple[int, ...], bool] | None:
         shape, fortran, dtype = np.lib.format.read_array_header_1_0(io.BytesIO(head[8:]))
     except (ValueError, OSError):
         return None
-    if dtype.hasobject:  # np.load refuses these without pickles: let it say so
+    if dtype.hasobject or any(d < 0 for d in shape):  # np.load refuses these (no pickles): let it say so
         return None
     return dtype, tuple(shape), bool(fortran)
 

@@ -115,3 +115,8 @@ def test_array_numpy_leaves_truncated_pickled_or_odd_bytes_to_numpys_refusal():
     pickled = Array(dtype="object", shape=(1,), stype=good.stype, data=buf.getvalue())
     with pytest.raises(ValueError, match="pickle"):
         array_numpy(pickled)
+    for shape in ((-2, -2), (-1, 4)):  # a forged header: as many bytes as 4 values, an impossible shape
+        text = good.data[10:].split(b"}", 1)[0].replace(b"(4,)", repr(shape).encode()) + b"}"
+        forged = good.data[:8] + len(text + b"\n").to_bytes(2, "little") + text + b"\n" + good.data[-32:]
+        with pytest.raises(ValueError):
+            array_numpy(Array(dtype=good.dtype, shape=(4,), stype=good.stype, data=forged))
