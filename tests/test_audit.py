@@ -129,13 +129,17 @@ CHEAT = RunConfig(
 
 def test_a_run_whose_noise_is_far_below_its_claim_is_caught(tmp_path, monkeypatch):
     """The audit can fail: the lender records its calibrated sigma but adds a thousandth of that noise (the test
-    seam clients.dp_round.applied_noise_multiplier), and the audit's lower bound exceeds the claim."""
+    seam clients.dp_round.applied_noise_multiplier), and the audit's lower bound exceeds the claim.
+
+    80 guesses among 400 canaries: the noiseless model guesses 63-68 right (measured over four runs; the bound is
+    0.59-0.89 against the claim of 0.25, which 56 right would still refute). With 40 guesses among 200, 30 of 40
+    gave 0.285 and 29 would have fallen below the claim: the test failed about one run in nine."""
     import clients.dp_round as dp_round
 
-    honest = audit(CHEAT.replace(output_dir=str(tmp_path / "honest")), canaries=200, guesses=40)
+    honest = audit(CHEAT.replace(output_dir=str(tmp_path / "honest")), canaries=400, guesses=80)
     assert honest["epsilon_lower_bound"] <= honest["epsilon_claimed"] <= 0.25
     monkeypatch.setattr(dp_round, "applied_noise_multiplier", lambda recorded: recorded / 1000)
-    cheat = audit(CHEAT.replace(output_dir=str(tmp_path / "cheat")), canaries=200, guesses=40)
+    cheat = audit(CHEAT.replace(output_dir=str(tmp_path / "cheat")), canaries=400, guesses=80)
     assert cheat["epsilon_claimed"] == pytest.approx(honest["epsilon_claimed"])  # the same recorded claim
     assert cheat["epsilon_lower_bound"] > cheat["epsilon_claimed"], cheat
 
