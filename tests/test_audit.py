@@ -132,7 +132,7 @@ def test_a_run_whose_noise_is_far_below_its_claim_is_caught(tmp_path, monkeypatc
     seam clients.dp_round.applied_noise_multiplier), and the audit's lower bound exceeds the claim.
 
     80 guesses among 400 canaries: the noiseless model guesses 63-68 right (measured over four runs; the bound is
-    0.59-0.89 against the claim of 0.25, which 56 right would still refute). With 40 guesses among 200, 30 of 40
+    0.59-0.89 against the claim of 0.25, and about 57 right refute it). With 40 guesses among 200, 30 of 40
     gave 0.285 and 29 would have fallen below the claim: the test failed about one run in nine."""
     import clients.dp_round as dp_round
 
