@@ -125,6 +125,11 @@ def _npy_header(head: bytes) -> tuple[np.dtype, tuple[int, ...], bool] | None:
         return None
     if dtype.hasobject or any(d < 0 for d in shape):  # np.load refuses these (no pickles): let it say so
         return None
+    # A subarray dtype ('(2,)<f8') makes np.load build a bigger array than the header's shape, and a zero-width one
+    # ('V0', 'S0', a structure of no fields) np.frombuffer cannot read: np.load alone says what either gives
+    # (tests/test_redteam_cache.py compares both on forged headers).
+    if dtype.subdtype is not None or dtype.itemsize == 0:
+        return None
     return dtype, tuple(shape), bool(fortran)
 
 
@@ -175,12 +180,17 @@ def run_config_record(cfg: RunConfig) -> ConfigRecord:
 def run_config_from(record: Mapping) -> RunConfig:
     """The RunConfig inside a message's ConfigRecord (strategy keys like 'server-round' are skipped)."""
     known = _run_config_keys()
-    # Each value's type is part of the key: True and 1 are equal, and one must not answer for the other.
-    items = tuple((k, type(v), v) for k, v in record.items() if k.replace("-", "_") in known)
+    # Each value's type is part of the key: True and 1 are equal, and one must not answer for the other; so is a
+    # float's repr: -0.0 == 0.0, and the run id (the hash of the request) tells them apart.
+    items = tuple(
+        (k, type(v), repr(v) if isinstance(v, float) else None, v)
+        for k, v in record.items()
+        if k.replace("-", "_") in known
+    )
     try:
         hash(items)
     except TypeError:  # a list where a setting belongs: from_record names the key and refuses it
-        return RunConfig.from_record({k: v for k, _, v in items})
+        return RunConfig.from_record({k: v for k, _, _, v in items})
     return _run_config_of(items)
 
 
@@ -190,10 +200,10 @@ def _run_config_keys() -> frozenset[str]:
 
 
 @lru_cache(maxsize=256)
-def _run_config_of(items: tuple[tuple[str, type, Any], ...]) -> RunConfig:
+def _run_config_of(items: tuple[tuple[str, type, str | None, Any], ...]) -> RunConfig:
     """Built and validated once per distinct request: every message of a run carries the same one, and a lender
     of a federation of 1,000 answered a thousand of them (RunConfig is frozen: sharing it is safe)."""
-    return RunConfig.from_record({k: v for k, _, v in items})
+    return RunConfig.from_record({k: v for k, _, _, v in items})
 
 
 def manifest_to_record(lender: int, manifest: dict) -> ConfigRecord:
