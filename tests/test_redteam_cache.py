@@ -395,6 +395,15 @@ def test_an_edited_replaced_or_swapped_key_is_the_one_used_and_a_bad_one_fails_e
             load_or_create(folder, "identity")
     (tmp_path / "third.key").write_bytes(pem(third))
     assert public_hex(load_or_create(folder, "identity")) == public_hex(third)
+    (tmp_path / "third.key").unlink()  # the link now points at nothing: refused, no new key made through it
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="link to a missing file"):
+            load_or_create(folder, "identity")
+    assert not (tmp_path / "third.key").exists()
+    path.unlink()
+    path.mkdir()  # a folder where the key belongs: one line, not an IsADirectoryError
+    with pytest.raises(ConfigError, match="cannot read private key"):
+        load_or_create(folder, "identity")
 
 
 # ---- 4. records in memory ---------------------------------------------------------------------------------------
