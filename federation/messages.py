@@ -96,6 +96,7 @@ def numpy_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 _NPY_V1 = b"\x93NUMPY\x01\x00"
+_NPY_MAX_HEADER = 10_000  # np.lib.format's _MAX_HEADER_SIZE, what np.load(allow_pickle=False) accepts
 
 
 def array_numpy(array: Array) -> np.ndarray:
@@ -106,7 +107,9 @@ def array_numpy(array: Array) -> np.ndarray:
     data = array.data
     if array.stype == "numpy.ndarray" and data[:8] == _NPY_V1 and len(data) >= 10:
         end = 10 + int.from_bytes(data[8:10], "little")
-        header = _npy_header(bytes(data[:end]))
+        # np.load refuses a header over its 10,000 characters: such a header goes there, never into the cache
+        # (1,024 crafted 64 KiB headers would otherwise hold 64 MiB of a lender's or the server's memory).
+        header = _npy_header(bytes(data[:end])) if end - 10 <= _NPY_MAX_HEADER else None
         if header is not None:
             dtype, shape, fortran = header
             count = math.prod(shape)

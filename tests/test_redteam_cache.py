@@ -177,6 +177,14 @@ def test_array_numpy_refuses_what_np_load_refuses():
     }
     for label, data in cases.items():
         _assert_same(data, label)
+    cached = messages._npy_header.cache_info().currsize
+    for n in range(5):  # headers np.load refuses for their length do not fill the header cache
+        _assert_same(_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }" + " " * (20_000 + n)), "long")
+    assert messages._npy_header.cache_info().currsize == cached
+    core = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"
+    for n in (9_999, 10_000, 10_001):  # np.load's limit on the header's characters, newline included
+        text = (core + " " * (n - len(core) - 1) + "\n").encode()
+        _assert_same(b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + plain[header_end:], f"{n}")
     _assert_same(plain, "np.save")
     assert np.array_equal(array_numpy(_array(plain)), good)
 
