@@ -376,7 +376,7 @@ def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] |
         array_content = content.get(ARRAYS)
         if not isinstance(array_content, ArrayRecord):
             raise ReplyRejected(f"{where}: a training reply must hold the model arrays")
-        arrays = numpy_arrays(array_content)
+        arrays = _reply_arrays(array_content, where)
         if expected_shapes is not None:
             if set(arrays) != set(expected_shapes):
                 raise ReplyRejected(
@@ -394,6 +394,19 @@ def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] |
     return out
 
 
+def _reply_arrays(record: ArrayRecord, where: str) -> dict[str, np.ndarray]:
+    """A reply's arrays as numpy; ReplyRejected for what np.load refuses (truncated, pickled, a zip, empty) and for
+    arrays of no numbers: an exception of another kind escaping the inspector stopped the coordinator's round."""
+    try:
+        arrays = numpy_arrays(record)
+    except Exception as exc:  # np.load raises ValueError, EOFError, BadZipFile, ...: each is a refusal here
+        raise ReplyRejected(f"{where}: its arrays are not plain .npy arrays ({type(exc).__name__}: {exc})") from None
+    for name, array in arrays.items():
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+            raise ReplyRejected(f"{where}: array '{name}' is not an array of numbers")
+    return arrays
+
+
 def salvage_train_reply(msg: Message) -> dict | None:
     """What can still be read from a training reply the inspector rejected (for its arrays): the
     metrics, arrays and attestation, so the lender's release is still accounted and recorded. None
@@ -406,7 +419,7 @@ def salvage_train_reply(msg: Message) -> dict | None:
         # Only an ArrayRecord is read as arrays: any other record under 'arrays' (which the inspector rejected)
         # salvages no arrays, where reading it as one raised an AttributeError out of the coordinator's screening.
         array_content = msg.content.get(ARRAYS)
-        arrays = numpy_arrays(array_content) if isinstance(array_content, ArrayRecord) else {}
+        arrays = _reply_arrays(array_content, "salvage") if isinstance(array_content, ArrayRecord) else {}
     except (ReplyRejected, TypeError, ValueError):
         return None
     return {"metrics": metrics, "arrays": arrays, "attestation": attestation}

@@ -32,7 +32,14 @@ from federation.audit_trail.canonical import config_hash
 from federation.config import RunConfig
 from federation.errors import ConfigError
 from federation.lender_policy import LenderPolicy, PolicyError, load_policy
-from federation.messages import ReplyRejected, array_numpy, inspect_reply, run_config_from, run_config_record
+from federation.messages import (
+    ReplyRejected,
+    array_numpy,
+    inspect_reply,
+    run_config_from,
+    run_config_record,
+    salvage_train_reply,
+)
 from federation.model import array_shapes, build_model
 
 
@@ -243,6 +250,9 @@ def test_the_server_judges_malformed_replies_as_with_flowers_decoder(monkeypatch
         "NaN": _npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 4), }")
         + np.full(4, np.nan, "<f4").tobytes(),
         "structured": _npy("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1, 4), }") + weight[end:],
+        "zip": b"PK\x03\x04" + weight,
+        "empty": b"",
+        "text": _npy("{'descr': '<U1', 'fortran_order': False, 'shape': (1, 4), }") + b"\0" * 16,
     }
     metrics = MetricRecord({"num-examples": 10, "declined": 0, "epsilon": 0.5})
     verdicts = {}
@@ -251,6 +261,24 @@ def test_the_server_judges_malformed_replies_as_with_flowers_decoder(monkeypatch
         arrays["linear.weight"] = _array(data)
         verdicts[label] = _judged(_reply({"arrays": arrays, "metrics": metrics}), shapes)
     assert verdicts["good"] == ("accepted", sorted(shapes)) and verdicts["NaN"][0] == "rejected"
+    # What np.load refuses, and arrays of no numbers, are rejected replies: a ValueError, TypeError or BadZipFile
+    # escaping the inspector stopped the coordinator's round (server/screening.py catches ReplyRejected).
+    rejected = (
+        "truncated",
+        "object dtype",
+        "zero-width",
+        "structured",
+        "zip",
+        "text",
+        "empty",
+        "wrong shape",
+        "negative",
+    )
+    for label in rejected:
+        assert verdicts[label][0] == "rejected", (label, verdicts[label])
+        arrays = ArrayRecord({k: Array(v) for k, v in good.items()})
+        arrays["linear.weight"] = _array(forged[label])
+        salvage_train_reply(_reply({"arrays": arrays, "metrics": metrics}))  # returns, whatever it salvages
     monkeypatch.setattr(messages, "array_numpy", Array.numpy)
     for label, data in forged.items():
         arrays = ArrayRecord({k: Array(v) for k, v in good.items()})
@@ -475,10 +503,10 @@ def test_the_warm_up_step_touches_nothing_of_the_lenders_and_never_stops_the_wor
     with home.spent() as spent:
         assert spent["runs"]["r"]["releases"] == 2
 
-    def broken(*args, **kwargs):
+    def broken() -> None:
         raise RuntimeError("no torch today")
 
-    monkeypatch.setattr("federation.training.train_local", broken)
+    monkeypatch.setattr(app, "_first_step", broken)
     app.warm_up(folder)  # returns: the first message meets the problem and reports it
     assert "no warm-up step (RuntimeError: no torch today)" in capsys.readouterr().err
     assert _tree(folder).keys() >= before.keys()
