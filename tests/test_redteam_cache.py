@@ -6,12 +6,15 @@ bytes), as a lender whose replies reach the server, and as a lender's own operat
    raises what it raises, on forged headers; its header cache never answers for another message's header or data;
    the server's inspector refuses malformed replies exactly as with Array.numpy().
    Found: subarray dtypes ('(0,)<f4') and zero-width dtypes ('V0', 'S0', a structure of no fields) were refused
-   where np.load accepts them; now they go to np.load.
+   where np.load accepts them; now they go to np.load. Headers over np.load's 10,000 characters no longer enter the
+   header cache. Found (older than the cache): arrays np.load refuses raised out of inspect_reply and stopped the
+   coordinator's round; now a rejected reply.
 2. run_config_from: refusals at every message, no sharing between requests that differ in value or type.
    Found: a request with -0.0 was answered by the RunConfig (and run id) of one with 0.0; fixed in
    run_config_from (a float's repr is part of the key) and clients/session.py _run_id (keyed by identity).
 3. load_policy and load_or_create: edits, replaced files and symlink swaps take effect at the next message; a file
-   gone bad fails at every message; a policy's `data` is read-only (no path mutated it; now none can).
+   gone bad fails at every message; a policy's `data` is read-only (no path mutated it; now none can). Found: a
+   key swapped for a dangling link, or a folder, raised FileExistsError / IsADirectoryError; now one ConfigError.
 4. records-in-memory: only the in-process engine's True, never in the long-lived worker, never from a message.
 5. clients/app.py _first_step: touches nothing of the lender's, and a failing warm-up does not stop the worker.
 """
