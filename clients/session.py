@@ -136,11 +136,21 @@ def _load(data: RunConfig, lender: int, canaries: str) -> LenderData:
     return load_lender(data, lender, extra)
 
 
-@lru_cache(maxsize=256)
+_RUN_IDS: dict[int, tuple[RunConfig, str]] = {}  # id(request) -> (request, its run id); the request is kept alive
+
+
 def _run_id(request: RunConfig) -> str:
-    """The run a request belongs to: the hash of its configuration (RunConfig is frozen; every message of a run
-    carries the same one)."""
-    return config_hash(request.to_record())
+    """The run a request belongs to: the hash of its configuration, computed once per RunConfig object
+    (run_config_from hands every message of a run the same one). Keyed by identity, not equality: RunConfigs
+    holding 0.0 and -0.0 are equal but hash to different runs (tests/test_redteam_cache.py)."""
+    hit = _RUN_IDS.get(id(request))
+    if hit is not None and hit[0] is request:
+        return hit[1]
+    run = config_hash(request.to_record())
+    if len(_RUN_IDS) >= 256:
+        _RUN_IDS.clear()
+    _RUN_IDS[id(request)] = (request, run)
+    return run
 
 
 class Session:
@@ -155,7 +165,10 @@ class Session:
         self.home = LenderHome(lender_folder(context, self.request))
         # A lender of the in-process engine (fedcredit/runner.py) shares the process of the run that loaded its records
         # and keeps them in memory: a copy in its folder would be written for nothing (1,000 files for 1,000 lenders).
-        self.deployed = bool(context.node_config.get("lender-dir")) and not context.node_config.get(IN_MEMORY)
+        # Only the engine's own True counts (an operator's "false" is a truthy string), and never in the long-lived
+        # worker: there the records must be checked against their content at every message.
+        in_memory = context.node_config.get(IN_MEMORY) is True and not LONG_LIVED
+        self.deployed = bool(context.node_config.get("lender-dir")) and not in_memory
         self.policy = self.home.policy
         self.lender = self.policy.lender
         claimed = node_lender_id(context)

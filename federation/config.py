@@ -465,6 +465,9 @@ def _finite_positive(value: float) -> bool:
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
     try:
+        # A ConfigRecord may carry lists and bytes; a setting is one number, flag or word, and bool([False]) is True.
+        if isinstance(value, (list, tuple, dict, bytes)):
+            raise TypeError
         if kind is bool:
             if isinstance(value, str):
                 if value.lower() in ("true", "1", "yes"):

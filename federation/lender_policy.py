@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from federation.config import RunConfig
@@ -91,12 +93,16 @@ class LenderPolicy:
     audit_canaries: str = (
         ""  # the audited lender only: the canaries its auditor gave it (federation.privacy.one_run_audit)
     )
-    data: dict[str, Any] = field(default_factory=dict)
+    # Read-only: load_policy hands the same parsed policy to every message of an unchanged file, so what one Session
+    # did to it must not be seen by the next (tests/test_redteam_cache.py).
+    data: Mapping[str, Any] = field(default_factory=dict)
     # A folder the lender made for itself because its operator gave it none (a plain `flwr run .`): default limits,
     # and data keys taken from the coordinator's request. Signed in the manifest and flagged in every report.
     demo: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "data", MappingProxyType(dict(self.data)))
+
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise PolicyError(f"lender {self.lender}'s policy: {message}")

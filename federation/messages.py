@@ -96,6 +96,7 @@ def numpy_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 _NPY_V1 = b"\x93NUMPY\x01\x00"
+_NPY_MAX_HEADER = 10_000  # np.lib.format's _MAX_HEADER_SIZE, what np.load(allow_pickle=False) accepts
 
 
 def array_numpy(array: Array) -> np.ndarray:
@@ -106,7 +107,9 @@ def array_numpy(array: Array) -> np.ndarray:
     data = array.data
     if array.stype == "numpy.ndarray" and data[:8] == _NPY_V1 and len(data) >= 10:
         end = 10 + int.from_bytes(data[8:10], "little")
-        header = _npy_header(bytes(data[:end]))
+        # np.load refuses a header over its 10,000 characters: such a header goes there, never into the cache
+        # (1,024 crafted 64 KiB headers would otherwise hold 64 MiB of a lender's or the server's memory).
+        header = _npy_header(bytes(data[:end])) if end - 10 <= _NPY_MAX_HEADER else None
         if header is not None:
             dtype, shape, fortran = header
             count = math.prod(shape)
@@ -124,6 +127,11 @@ def _npy_header(head: bytes) -> tuple[np.dtype, tuple[int, ...], bool] | None:
     except (ValueError, OSError):
         return None
     if dtype.hasobject or any(d < 0 for d in shape):  # np.load refuses these (no pickles): let it say so
+        return None
+    # A subarray dtype ('(2,)<f8') makes np.load build a bigger array than the header's shape, and a zero-width one
+    # ('V0', 'S0', a structure of no fields) np.frombuffer cannot read: np.load alone says what either gives
+    # (tests/test_redteam_cache.py compares both on forged headers).
+    if dtype.subdtype is not None or dtype.itemsize == 0:
         return None
     return dtype, tuple(shape), bool(fortran)
 
@@ -175,12 +183,17 @@ def run_config_record(cfg: RunConfig) -> ConfigRecord:
 def run_config_from(record: Mapping) -> RunConfig:
     """The RunConfig inside a message's ConfigRecord (strategy keys like 'server-round' are skipped)."""
     known = _run_config_keys()
-    # Each value's type is part of the key: True and 1 are equal, and one must not answer for the other.
-    items = tuple((k, type(v), v) for k, v in record.items() if k.replace("-", "_") in known)
+    # Each value's type is part of the key: True and 1 are equal, and one must not answer for the other; so is a
+    # float's repr: -0.0 == 0.0, and the run id (the hash of the request) tells them apart.
+    items = tuple(
+        (k, type(v), repr(v) if isinstance(v, float) else None, v)
+        for k, v in record.items()
+        if k.replace("-", "_") in known
+    )
     try:
         hash(items)
     except TypeError:  # a list where a setting belongs: from_record names the key and refuses it
-        return RunConfig.from_record({k: v for k, _, v in items})
+        return RunConfig.from_record({k: v for k, _, _, v in items})
     return _run_config_of(items)
 
 
@@ -190,10 +203,10 @@ def _run_config_keys() -> frozenset[str]:
 
 
 @lru_cache(maxsize=256)
-def _run_config_of(items: tuple[tuple[str, type, Any], ...]) -> RunConfig:
+def _run_config_of(items: tuple[tuple[str, type, str | None, Any], ...]) -> RunConfig:
     """Built and validated once per distinct request: every message of a run carries the same one, and a lender
     of a federation of 1,000 answered a thousand of them (RunConfig is frozen: sharing it is safe)."""
-    return RunConfig.from_record({k: v for k, _, v in items})
+    return RunConfig.from_record({k: v for k, _, _, v in items})
 
 
 def manifest_to_record(lender: int, manifest: dict) -> ConfigRecord:
@@ -363,7 +376,7 @@ def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] |
         array_content = content.get(ARRAYS)
         if not isinstance(array_content, ArrayRecord):
             raise ReplyRejected(f"{where}: a training reply must hold the model arrays")
-        arrays = numpy_arrays(array_content)
+        arrays = _reply_arrays(array_content, where)
         if expected_shapes is not None:
             if set(arrays) != set(expected_shapes):
                 raise ReplyRejected(
@@ -381,6 +394,19 @@ def inspect_reply(msg: Message, expected_shapes: Mapping[str, tuple[int, ...]] |
     return out
 
 
+def _reply_arrays(record: ArrayRecord, where: str) -> dict[str, np.ndarray]:
+    """A reply's arrays as numpy; ReplyRejected for what np.load refuses (truncated, pickled, a zip, empty) and for
+    arrays of no numbers: an exception of another kind escaping the inspector stopped the coordinator's round."""
+    try:
+        arrays = numpy_arrays(record)
+    except Exception as exc:  # np.load raises ValueError, EOFError, BadZipFile, ...: each is a refusal here
+        raise ReplyRejected(f"{where}: its arrays are not plain .npy arrays ({type(exc).__name__}: {exc})") from None
+    for name, array in arrays.items():
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+            raise ReplyRejected(f"{where}: array '{name}' is not an array of numbers")
+    return arrays
+
+
 def salvage_train_reply(msg: Message) -> dict | None:
     """What can still be read from a training reply the inspector rejected (for its arrays): the
     metrics, arrays and attestation, so the lender's release is still accounted and recorded. None
@@ -393,7 +419,7 @@ def salvage_train_reply(msg: Message) -> dict | None:
         # Only an ArrayRecord is read as arrays: any other record under 'arrays' (which the inspector rejected)
         # salvages no arrays, where reading it as one raised an AttributeError out of the coordinator's screening.
         array_content = msg.content.get(ARRAYS)
-        arrays = numpy_arrays(array_content) if isinstance(array_content, ArrayRecord) else {}
+        arrays = _reply_arrays(array_content, "salvage") if isinstance(array_content, ArrayRecord) else {}
     except (ReplyRejected, TypeError, ValueError):
         return None
     return {"metrics": metrics, "arrays": arrays, "attestation": attestation}

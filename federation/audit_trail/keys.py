@@ -54,7 +54,13 @@ def load_or_create(folder: Path, name: str) -> Ed25519PrivateKey:
     """The private key `folder/name.key` (PEM, PKCS8), created with mode 0600 if absent."""
     path = folder / f"{name}.key"
     if path.exists():
-        return _private_key(path, path.read_bytes())
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:  # a folder, an unreadable file: one line, never a traceback
+            raise ConfigError(f"cannot read private key {path} ({exc.__class__.__name__}: {exc})") from None
+        return _private_key(path, pem)
+    if path.is_symlink():  # swapped for a link to nothing: not a new identity made behind the lender's back
+        raise ConfigError(f"private key {path} is a link to a missing file ({os.readlink(path)})")
     key = Ed25519PrivateKey.generate()
     write_private(
         path,
