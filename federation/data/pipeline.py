@@ -331,7 +331,7 @@ def describe(cfg: RunConfig) -> DataSummary:
                 raw, card, keep, out = _synthetic_natural(key, lender)
                 # the policy's only row filter is consent (the lender's own rows go through the whole policy in _own;
                 # the held-out ones, generated with them, are only counted)
-                held = int(consent_mask(raw.iloc[out], card).sum())
+                held = int(consent_mask(raw, card)[out].sum())  # the mask of one column, not a copy of every one
                 frame = (raw.iloc[keep], card)
                 if len(_NATURAL_HELD_OUT) > 100_000:
                     _NATURAL_HELD_OUT.clear()
