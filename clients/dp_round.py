@@ -368,6 +368,7 @@ def _release_reply(
         granularity=cfg.dp_level if cfg.dp else None,
         noise=noise_source(cfg.reproducible_noise_not_private) if record_level else None,
         secure_sum=secure_sum,
+        input_model=arrays_hash(numpy_arrays(array_record(s.msg.content, ARRAYS))),
     )
     attestation = s.sign(body)
     if not cfg.secure_aggregation:

@@ -312,3 +312,38 @@ def test_an_override_travels_in_the_signed_manifest_verifies_and_is_flagged(tmp_
             on_round=lambda s: None,
         )
     assert not (tmp_path / "bare").exists() and not (tmp_path / "bare-lenders").exists()
+
+
+def test_a_coordinator_that_sends_a_lender_a_model_of_its_own_making_is_caught(tmp_path, monkeypatch):
+    """The coordinator sends lender 1, in round 2, another model than the ledger's round-1 aggregate (one crafted,
+    say, to make its update expose records) and records everything else honestly. The lender signs the hash of the
+    model it trained from (attest.update_body `input_model`), and the verifier chains it to the initial model and
+    each round's aggregate: the run fails on 'model'. The honest run above verifies."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord
+
+    import fedcredit.inprocess_grid as grid_module
+    from federation.messages import numpy_arrays
+
+    honest_send = grid_module.InProcessGrid.send_and_receive
+
+    def crafted(self, messages, *, timeout=None):
+        messages = list(messages)
+        for msg in messages:
+            config = msg.content.config_records.get("config", {})
+            if (
+                msg.metadata.message_type == "train"
+                and config.get("server-round") == 2
+                and msg.metadata.dst_node_id == 1001
+            ):  # lender 1
+                arrays = numpy_arrays(msg.content.array_records["arrays"])
+                first = next(iter(arrays))
+                arrays[first] = arrays[first] + np.float32(0.5)
+                msg.content.array_records["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+        return honest_send(self, messages, timeout=timeout)
+
+    monkeypatch.setattr(grid_module.InProcessGrid, "send_and_receive", crafted)
+    lying = run(CFG.replace(output_dir=str(tmp_path / "lying")), on_round=lambda s: None)
+    with pytest.raises(VerificationFailed) as info:
+        verify_run(lying, f"{lying}-registry.json")
+    assert info.value.check == "model" and "round 2" in str(info.value), str(info.value)

@@ -67,6 +67,7 @@ BODY_KEYS = {
         "shapes",
         "update_hash",
         "secure_sum",
+        "input_model",
     },
     LENDER_REFUSAL: {
         "type",
@@ -168,11 +169,15 @@ def update_body(
     granularity: str | None,
     noise: str | None,
     secure_sum: dict | None = None,
+    input_model: str = "",
 ) -> dict:
     """`secure_sum` (gbdt under secure aggregation with DP; None otherwise): the lender's signed policy term
     `colluders`, the roster `threshold` t it relied on, and `share_noise_multiplier`, the noise it added itself
-    (clients/dp_round.py, _secure_sum_terms)."""
+    (clients/dp_round.py, _secure_sum_terms). `input_model`: the hash of the model the lender was sent and trained
+    from, so that the verifier can check it is the ledger's global model (a coordinator that sent a model of its own
+    making, say one crafted to expose a lender's records through its update, is caught)."""
     return {
+        "input_model": input_model,
         "secure_sum": secure_sum,
         "type": LENDER_UPDATE,
         "run": run,

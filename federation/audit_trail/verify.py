@@ -419,13 +419,37 @@ def _check_structure(view: RunView, cfg: RunConfig) -> None:
     _check_stop(view, cfg)
 
 
+def _initial_model_hash(view: RunView, cfg: RunConfig) -> str:
+    """The hash of the model a run starts from: the configuration's model with its seed, on the lenders' features
+    (server/round_driver.py builds it the same way)."""
+    from federation.model import get_arrays, model_for
+
+    if cfg.model == "gbdt":
+        return ""
+    features = next(iter(view.manifests.values()), {}).get("features", [])
+    return arrays_hash(get_arrays(model_for(cfg, len(features), seed=cfg.seed)))
+
+
 def _check_attempts(view: RunView, cfg: RunConfig) -> None:
     """Rounds 1, 2, ... in order; each round's roster answered by exactly the rostered lenders; every lender body
     inside the round it names; an unfinished attempt only where the coordinator resumed after it (or the stop)."""
     expected, resumed_after = 1, _resumes(view)
     attempts = view.attempts
+    # The model every lender of an attempt must have trained from: the run's initial model (rebuilt here from the
+    # configuration and the features the lenders signed), then each completed round's aggregate.
+    # Not for gbdt: its request adds the round's new tree structures to the model, so a lender starts from the
+    # aggregate plus structures the ledger does not hold as a model (binding those is not done yet).
+    current, origin = _initial_model_hash(view, cfg), "the run's initial model"
     for index, attempt in enumerate(attempts):
         where = _describe(attempt.started)
+        for update in attempt.of_type(L.LENDER_UPDATE) if cfg.model != "gbdt" else []:
+            if update["body"].get("input_model") != current:
+                _fail(
+                    _describe(update),
+                    "model",
+                    f"lender {update['body'].get('lender')} trained in round {attempt.round} from another model than "
+                    f"{origin} (the coordinator sent a model the ledger does not hold)",
+                )
         if attempt.round != expected:
             _fail(where, "rounds", f"round {attempt.round} where round {expected} was due")
         roster = attempt.roster
@@ -482,6 +506,7 @@ def _check_attempts(view: RunView, cfg: RunConfig) -> None:
             if len(aggregates) != 1:
                 _fail(where, "aggregate", f"round {attempt.round} has {len(aggregates)} aggregates, not one")
             agg = aggregates[0]["body"]
+            current, origin = agg.get("model_hash"), f"round {attempt.round}'s aggregate"
             usable = {lender for lender, kinds in outcome.items() if kinds == [L.LENDER_UPDATE]}
             if not set(agg.get("lenders", [])) <= usable:
                 _fail(_describe(aggregates[0]), "aggregate", "it aggregates a lender without an accepted update")
