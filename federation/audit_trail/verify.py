@@ -442,14 +442,6 @@ def _check_attempts(view: RunView, cfg: RunConfig) -> None:
     current, origin = _initial_model_hash(view, cfg), "the run's initial model"
     for index, attempt in enumerate(attempts):
         where = _describe(attempt.started)
-        for update in attempt.of_type(L.LENDER_UPDATE) if cfg.model != "gbdt" else []:
-            if update["body"].get("input_model") != current:
-                _fail(
-                    _describe(update),
-                    "model",
-                    f"lender {update['body'].get('lender')} trained in round {attempt.round} from another model than "
-                    f"{origin} (the coordinator sent a model the ledger does not hold)",
-                )
         if attempt.round != expected:
             _fail(where, "rounds", f"round {attempt.round} where round {expected} was due")
         roster = attempt.roster
@@ -492,6 +484,15 @@ def _check_attempts(view: RunView, cfg: RunConfig) -> None:
             answers = [k for k in kinds if k != L.UPDATE_REJECTED]
             if len(answers) > 1 or kinds.count(L.UPDATE_REJECTED) > 1:
                 _fail(where, "roster", f"lender {lender} answers round {attempt.round} more than once")
+        # After the checks above, so that an update out of its round fails as such.
+        for update in attempt.of_type(L.LENDER_UPDATE) if cfg.model != "gbdt" else []:
+            if update["body"].get("input_model") != current:
+                _fail(
+                    _describe(update),
+                    "model",
+                    f"lender {update['body'].get('lender')} trained in round {attempt.round} from another model than "
+                    f"{origin} (the coordinator sent a model the ledger does not hold)",
+                )
         complete = attempt.finished is not None
         if complete:
             silent = sorted(set(roster) - set(outcome))
