@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -25,6 +25,7 @@ from federation.audit_trail.run_view import RunView
 from federation.config import RunConfig
 from federation.gbdt.accounting import secure_sum_statement
 from federation.gbdt_release import release_clip_norm
+from federation.messages import numpy_arrays
 from federation.privacy.accountant import epsilons
 from federation.secagg import SecAggError
 from server.errors import RunFailed
@@ -43,6 +44,16 @@ class RoundAggregate:
     lenders: list[int]  # the lenders whose update it holds
     how: dict  # how it was made
     late: dict[int, str] = field(default_factory=dict)  # lenders whose update the aggregation could not use, and why
+
+
+def in_dtypes_of(previous: ArrayRecord, new: ArrayRecord) -> ArrayRecord:
+    """`new` in the dtypes of the model `previous` holds. Flower's server optimizers (FedAdam, FedYogi, FedAdagrad)
+    return float64 arrays for a float32 model: the ledger hashed those, while model.pt and every lender hold them
+    rounded to float32, so such a run did not verify (tests/test_federation.py)."""
+    old, fresh = numpy_arrays(previous), numpy_arrays(new)
+    if all(k not in old or v.dtype == old[k].dtype for k, v in fresh.items()):
+        return new
+    return ArrayRecord({k: Array(v.astype(old[k].dtype) if k in old else v) for k, v in fresh.items()})
 
 
 class CoordinatorStrategy:
@@ -117,7 +128,7 @@ class CoordinatorStrategy:
             # The global model stays as it was; the round still counts, is evaluated and checkpointed.
             log.warning("round %d: the model is unchanged: %s", rnd, why_not)
             return RoundAggregate(arrays, [], {**how, "skipped": True, "reason": why_not}, late)
-        return RoundAggregate(new_arrays, aggregated, how, late)
+        return RoundAggregate(in_dtypes_of(arrays, new_arrays), aggregated, how, late)
 
     def _combine(
         self, rnd: int, arrays: ArrayRecord, trained: list[Message], secure: SecureRound | None

@@ -163,6 +163,10 @@ def test_inspector_rejects_row_shaped_or_unexpected_content():
 
 @pytest.mark.parametrize("strategy", ["fedprox", "fedadam", "fedyogi", "fedadagrad"])
 def test_other_strategies_run(strategy, tmp_path):
+    """Each strategy runs and its folder verifies: the server optimizers' float64 arrays are recorded in the model's
+    float32, as model.pt and every lender hold them (a FedAdam run did not verify before)."""
+    from federation.audit_trail.verify import verify_run
+
     path = run(
         SMALL.replace(rounds=2, strategy=strategy, dp=False, output_dir=str(tmp_path / strategy)),
         on_round=lambda s: None,
@@ -170,6 +174,7 @@ def test_other_strategies_run(strategy, tmp_path):
     metrics = pd.read_csv(path / "metrics.csv")
     assert metrics[metrics.scope == "global"].auc.iloc[-1] > 0.6
     assert pd.read_csv(path / "epsilon.csv").empty  # no DP, no privacy events
+    assert verify_run(path, f"{path}-registry.json").pinned
 
 
 def test_mlp_with_iid_partition(tmp_path):
