@@ -29,17 +29,13 @@ from flwr.clientapp import ClientApp
 from clients import secagg
 from clients.session import Session, preload_records
 from federation.audit_trail.attest import MANIFEST_FIELDS, evaluation_body, final_body, manifest_body
-from federation.audit_trail.canonical import arrays_hash
 from federation.lender_policy import effective_delta
 from federation.messages import (
-    ARRAYS,
     ATTESTATION,
     MANIFEST,
     METRICS,
     SECAGG,
-    array_record,
     manifest_to_record,
-    numpy_arrays,
 )
 from federation.secagg import SecAggError
 
@@ -143,10 +139,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     _torch_ready()
     s = Session(msg, context)
     data, cfg = s.data, s.request
-    arrays = array_record(msg.content, ARRAYS)
-    incoming = numpy_arrays(arrays)
-    model_hash = arrays_hash(incoming)
-    digest = s.digest(model_hash)
+    digest = s.digest(s.received_hash)
     with s.home.spent() as spent:
         account = spent["runs"].setdefault(s.run, {"releases": 0, "events": [], "sigma": None, "closed": False})
         asked = account.setdefault("evaluated", {})
@@ -157,7 +150,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             )
         asked[str(s.round)] = digest
     model = model_for(cfg, len(data.features))
-    set_arrays(model, incoming)
+    set_arrays(model, s.received)
     scores = credit_metrics(data.y_test, predict_proba(model, data.x_test))
     metrics: dict[str, MetricRecordValues] = {
         "lender-id": s.lender,
@@ -165,7 +158,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         "num-examples": len(data.y_test),
         **scores,
     }
-    body = evaluation_body(s.run, s.lender, s.round, model_hash, len(data.y_test), scores)
+    body = evaluation_body(s.run, s.lender, s.round, s.received_hash, len(data.y_test), scores)
     return Message(RecordDict({METRICS: MetricRecord(metrics), ATTESTATION: s.sign(body)}), reply_to=msg)
 
 

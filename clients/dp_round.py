@@ -30,7 +30,6 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, MetricRecordValu
 from clients.session import Session
 from federation.audit_trail import checkpoint
 from federation.audit_trail.attest import refusal_body, update_body
-from federation.audit_trail.canonical import arrays_hash
 from federation.errors import ConfigError
 from federation.gbdt.leaf_sums import secure_noise_share
 from federation.gbdt_release import (
@@ -42,7 +41,7 @@ from federation.gbdt_release import (
     round_event,
 )
 from federation.lender_policy import effective_delta
-from federation.messages import ARRAYS, ATTESTATION, MASKED, METRICS, SECAGG, array_record, numpy_arrays
+from federation.messages import ARRAYS, ATTESTATION, MASKED, METRICS, SECAGG, numpy_arrays
 from federation.model import build_model, model_for, set_arrays
 from federation.policy import label_problem
 from federation.privacy.accountant import calibrate_noise, default_delta, epsilon, sample_rate, steps_per_epoch
@@ -217,13 +216,12 @@ def train(session: Session) -> Message:
     """One training request: resend what was sent, or refuse with the limit, or pay for one release and train."""
     s, cfg = session, session.request
     _injected_failure(s)
-    incoming = numpy_arrays(array_record(s.msg.content, ARRAYS))
-    digest = s.digest(arrays_hash(incoming))
+    digest = s.digest(s.received_hash)
     if not cfg.secure_aggregation:  # a masked update is masked afresh each round: never resent
         sent = s.home.sent_reply(s.run, s.round, digest)
         if sent is not None:
             return _resend(sent, s.msg)
-    refusal = request_refusal(s) or model_refusal(s, incoming)
+    refusal = request_refusal(s) or model_refusal(s, s.received)
     record_level = cfg.dp and cfg.dp_level == "record"
     with s.home.spent() as spent:
         account = spent["runs"].setdefault(s.run, {"releases": 0, "events": [], "sigma": None, "closed": False})
@@ -368,7 +366,7 @@ def _release_reply(
         granularity=cfg.dp_level if cfg.dp else None,
         noise=noise_source(cfg.reproducible_noise_not_private) if record_level else None,
         secure_sum=secure_sum,
-        input_model=arrays_hash(numpy_arrays(array_record(s.msg.content, ARRAYS))),
+        input_model=s.received_hash,
     )
     attestation = s.sign(body)
     if not cfg.secure_aggregation:
@@ -427,7 +425,7 @@ def _train_once(s: Session, planned: PrivacyEvent | None, secure_sum: dict | Non
     if cfg.model == "gbdt":
         return _leaf_sums_once(s, planned, secure_sum)
     model = build_model(cfg.model, len(data.features), cfg.hidden)
-    set_arrays(model, numpy_arrays(array_record(s.msg.content, ARRAYS)))
+    set_arrays(model, s.received)
     received = {k: v.detach().clone() for k, v in model.state_dict().items()}
     dp = None
     if planned is not None:
@@ -474,8 +472,7 @@ def _leaf_sums_once(s: Session, planned: PrivacyEvent | None, secure_sum: dict |
     """One gbdt release: the leaf sums of the round's trees over the lender's records, plus its own noise (under
     secure aggregation its share, `_secure_sum_terms`), masked as a plain sum under secure aggregation."""
     cfg, data = s.request, s.data
-    incoming = numpy_arrays(array_record(s.msg.content, ARRAYS))
-    sums = exact_leaf_sums(cfg, incoming, len(data.features), s.round, data.x_train, data.y_train)
+    sums = exact_leaf_sums(cfg, s.received, len(data.features), s.round, data.x_train, data.y_train)
     if planned is not None:
         randomness = _randomness(s)
         if isinstance(randomness, SeededRandomness):

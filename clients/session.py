@@ -20,13 +20,13 @@ from flwr.app import ConfigRecord, Context, Message
 from clients.home import LenderHome, init_lender
 from clients.record_cache import records_key
 from federation.audit_trail.attest import signed_record
-from federation.audit_trail.canonical import canonical, config_hash
+from federation.audit_trail.canonical import arrays_hash, canonical, config_hash
 from federation.audit_trail.keys import lender_name
 from federation.config import RunConfig
 from federation.errors import ConfigError, DataError
 from federation.lender_policy import DATA_KEYS, FILE_NAME, LenderPolicy
 from federation.lender_records import LenderData
-from federation.messages import CONFIG, config_int, config_record, run_config_from
+from federation.messages import ARRAYS, CONFIG, array_record, config_int, config_record, numpy_arrays, run_config_from
 
 LENDERS_DIR_ENV = "FEDCREDIT_LENDERS_DIR"
 IN_MEMORY = "records-in-memory"  # node config: the lender's records stay in this process's memory, not in its folder
@@ -186,6 +186,16 @@ class Session:
                 lender=self.lender, max_epsilon=1.0, data={k: record[k] for k in DATA_KEYS}
             ).data_config()
         return _records(str(self.home.folder), source, self.lender, self.policy.audit_canaries, self.deployed)
+
+    @cached_property
+    def received(self) -> dict[str, np.ndarray]:
+        """The model the coordinator sent, decoded once per message (train, evaluate and the update's body use it)."""
+        return numpy_arrays(array_record(self.msg.content, ARRAYS))
+
+    @cached_property
+    def received_hash(self) -> str:
+        """The hash of the model it was sent: what its request digest, evaluation and update name."""
+        return arrays_hash(self.received)
 
     @property
     def own_records(self) -> int:
