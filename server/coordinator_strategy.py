@@ -50,10 +50,10 @@ def in_dtypes_of(previous: ArrayRecord, new: ArrayRecord) -> ArrayRecord:
     """`new` in the dtypes of the model `previous` holds. Flower's server optimizers (FedAdam, FedYogi, FedAdagrad)
     return float64 arrays for a float32 model: the ledger hashed those, while model.pt and every lender hold them
     rounded to float32, so such a run did not verify (tests/test_federation.py)."""
-    old, fresh = numpy_arrays(previous), numpy_arrays(new)
-    if all(k not in old or v.dtype == old[k].dtype for k, v in fresh.items()):
+    if all(k not in previous or a.dtype == previous[k].dtype for k, a in new.items()):  # no decoding needed
         return new
-    return ArrayRecord({k: Array(v.astype(old[k].dtype) if k in old else v) for k, v in fresh.items()})
+    dtypes = {k: a.dtype for k, a in previous.items()}
+    return ArrayRecord({k: Array(v.astype(dtypes[k]) if k in dtypes else v) for k, v in numpy_arrays(new).items()})
 
 
 class CoordinatorStrategy:

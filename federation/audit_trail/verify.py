@@ -424,8 +424,6 @@ def _initial_model_hash(view: RunView, cfg: RunConfig) -> str:
     (server/round_driver.py builds it the same way)."""
     from federation.model import get_arrays, model_for
 
-    if cfg.model == "gbdt":
-        return ""
     features = next(iter(view.manifests.values()), {}).get("features", [])
     return arrays_hash(get_arrays(model_for(cfg, len(features), seed=cfg.seed)))
 
