@@ -103,7 +103,7 @@ FlowerClientAppOption = Annotated[
 # The `run` options whose value is not the field's own: epsilon_overrides is parsed from its text ('0:1,3:8').
 # Every `run` option is named after the RunConfig field it sets (tests/test_options.py).
 RUN_CONVERTED: dict[str, Callable[[Any], Any]] = {"epsilon_overrides": parse_epsilon_overrides}
-RUN_NOT_FIELDS = ("resume", "settings", "json_out")  # `run` options that are no RunConfig field
+RUN_NOT_FIELDS = ("resume", "settings", "json_out", "lender_processes")  # `run` options that are no RunConfig field
 
 
 def renamed(aliases: dict[str, str]) -> type[TyperCommand]:
@@ -232,6 +232,12 @@ def run(
     output_dir: str = _option("output_dir"),
     keys_dir: str = _option("keys_dir"),
     engine: str = _option("engine"),
+    lender_processes: int = typer.Option(
+        1,
+        help="With the inprocess engine: the lenders work in this many processes in parallel (0: one per CPU). The "
+        "run's results do not depend on it.",
+        rich_help_panel="Run",
+    ),
     settings: Annotated[
         list[str],
         typer.Option(
@@ -285,7 +291,7 @@ def run(
                 highlight=False,
             )
         _quiet_libraries()
-        path = run_federation(cfg, on_round=on_round, resume=resume is not None)
+        path = run_federation(cfg, on_round=on_round, resume=resume is not None, lender_processes=lender_processes)
     except KeyboardInterrupt:  # fedcredit.runner.run has removed the staging folder, the keys and the lenders' folders
         _interrupted("the unfinished run is kept, to be resumed again" if resume else "nothing was written")
     except FedCreditError as exc:

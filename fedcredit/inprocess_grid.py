@@ -2,8 +2,11 @@
 
 Each message is serialized to Flower's protobuf wire format and back on the way to the lender and
 on the way back, as in a real deployment, so nothing that could not cross a network crosses here.
-Lenders run one after another in this process, each with its own persistent Context (node config
-with partition-id, and state), like Flower's simulation runtime gives them.
+Each lender has its own persistent Context (node config with partition-id, and state), like Flower's
+simulation runtime gives them. With `processes=1` the lenders run one after another in this process;
+with more, the lenders are dealt to that many forked lender processes (lender i to process i mod N),
+which work on a round's messages in parallel, each lender always in the same process
+(fedcredit/lender_processes.py).
 """
 
 from __future__ import annotations
@@ -21,14 +24,38 @@ from flwr.clientapp import ClientApp
 # simulation runtime uses to do the same.
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 
+def to_wire(msg: Message) -> bytes:
+    return message_to_proto(msg).SerializeToString()
+
+
+def from_wire(wire: bytes) -> Message:
+    return message_from_proto(ProtoMessage.FromString(wire))
+
+
+def deliver(client_app: ClientApp, context: Context, wire: bytes) -> bytes:
+    """One message to one lender and its reply, both in Flower's wire format."""
+    delivered = from_wire(wire)
+    try:
+        reply = client_app(delivered, context)
+    except Exception as exc:  # a lender's failure becomes an error reply, as in Flower
+        reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=delivered)
+    return to_wire(reply)
+
+
 class InProcessGrid(Grid):
     def __init__(
-        self, client_app: ClientApp, num_nodes: int, run_id: int = 1, node_configs: dict[int, dict] | None = None
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        run_id: int = 1,
+        node_configs: dict[int, dict] | None = None,
+        processes: int = 1,
     ) -> None:
         self._client_app = client_app
         self._run = Run.create_empty(run_id=run_id)
@@ -48,6 +75,22 @@ class InProcessGrid(Grid):
         }
         self.bytes_sent = 0  # server -> lenders
         self.bytes_received = 0  # lenders -> server
+        self._processes = None
+        if processes > 1 and num_nodes > 1:
+            from fedcredit.lender_processes import LenderProcesses
+
+            self._processes = LenderProcesses(client_app, self._contexts, processes)
+
+    def close(self, at_once: bool = False) -> None:
+        """Stop the lender processes (none with processes=1); `at_once`: without letting them finish."""
+        if self._processes is not None:
+            self._processes.close(at_once)
+
+    def __enter__(self) -> InProcessGrid:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.close(at_once=kind is not None)
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -71,21 +114,18 @@ class InProcessGrid(Grid):
         raise NotImplementedError("InProcessGrid delivers synchronously: use send_and_receive")
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        replies = []
+        sent: list[tuple[int, bytes]] = []
         for msg in messages:
             # Metadata a SuperLink assigns on receipt; Message has no public setter for them (flwr 1.42.0).
             msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
             msg.metadata.__dict__["_run_id"] = self._run.run_id
             msg.metadata.__dict__["_created_at"] = time.time()
-            wire = message_to_proto(msg).SerializeToString()
+            wire = to_wire(msg)
             self.bytes_sent += len(wire)
-            delivered = message_from_proto(type(message_to_proto(msg)).FromString(wire))
-            context = self._contexts[msg.metadata.dst_node_id]
-            try:
-                reply = self._client_app(delivered, context)
-            except Exception as exc:  # a lender's failure becomes an error reply, as in Flower
-                reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=delivered)
-            wire_back = message_to_proto(reply).SerializeToString()
-            self.bytes_received += len(wire_back)
-            replies.append(message_from_proto(type(message_to_proto(reply)).FromString(wire_back)))
-        return replies
+            sent.append((msg.metadata.dst_node_id, wire))
+        if self._processes is not None:
+            back = self._processes.deliver_all(sent)
+        else:
+            back = [deliver(self._client_app, self._contexts[node], wire) for node, wire in sent]
+        self.bytes_received += sum(len(wire) for wire in back)
+        return [from_wire(wire) for wire in back]

@@ -161,10 +161,15 @@ def run(
     on_round: Callable | None = None,
     resume: bool = False,
     canaries: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+    lender_processes: int = 1,
 ) -> Path:
     """Run `cfg` and return the finished run folder (with `resume`, finish a killed run of `cfg`).
 
-    `canaries`: an auditor's canaries for one lender ({lender: (x, y)}), handed to that lender's folder only."""
+    `canaries`: an auditor's canaries for one lender ({lender: (x, y)}), handed to that lender's folder only.
+    `lender_processes`: the in-process engine's lenders work in this many processes in parallel (0: one per CPU
+    this process may use); the run's results do not depend on it."""
+    if lender_processes < 0:
+        raise ConfigError(f"lender-processes must be 0 (one per CPU) or more, got {lender_processes}")
     flower_environment()
     cfg = cfg.replace(output_dir=str(Path(cfg.output_dir or default_run_dir()).resolve()))
     summary = validate(cfg)
@@ -175,7 +180,7 @@ def run(
     try:
         if not resume:
             set_up_parties(cfg, parties, canaries)
-        _run_engine(cfg, parties, on_round, resume)
+        _run_engine(cfg, parties, on_round, resume, lender_processes)
     except BaseException:
         for path in made:  # secrets made for a run that did not finish protect nothing: leave no trace of them
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
@@ -186,7 +191,14 @@ def run(
     return path
 
 
-def _run_engine(cfg: RunConfig, parties: Parties, on_round: Callable | None, resume: bool) -> None:
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _run_engine(
+    cfg: RunConfig, parties: Parties, on_round: Callable | None, resume: bool, lender_processes: int = 1
+) -> None:
     from clients.app import app as client_app
     from clients.session import IN_MEMORY, LENDERS_DIR_ENV
     from server.app import _print_progress, make_server_app
@@ -197,12 +209,13 @@ def _run_engine(cfg: RunConfig, parties: Parties, on_round: Callable | None, res
 
         from fedcredit.inprocess_grid import InProcessGrid
 
-        grid = InProcessGrid(
+        with InProcessGrid(
             client_app,
             cfg.lenders,
             node_configs={i: {"lender-dir": str(parties.lender(i)), IN_MEMORY: True} for i in range(cfg.lenders)},
-        )
-        server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+            processes=lender_processes or available_cpus(),
+        ) as grid:
+            server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
         return
     _run_simulation(cfg, parties, server_app, client_app, LENDERS_DIR_ENV)
 

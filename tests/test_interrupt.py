@@ -40,10 +40,12 @@ def _sigint_not_ignored():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _interrupt(tmp_path: Path, engine: str, start_within_s: float, group: bool = True) -> None:
+def _interrupt(
+    tmp_path: Path, engine: str, start_within_s: float, group: bool = True, extra: tuple[str, ...] = ()
+) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-    command = [sys.executable, "-m", "fedcredit", "run", "--engine", engine]
+    command = [sys.executable, "-m", "fedcredit", "run", "--engine", engine, *extra]
     command += ["--records", "3000", "--lenders", "2", "--rounds", "200", "--output-dir", str(out)]
     # A session (and so a process group) of its own, as a shell gives a foreground job: Ctrl-C goes to the group.
     with _sigint_not_ignored():
@@ -100,6 +102,12 @@ def _interrupt(tmp_path: Path, engine: str, start_within_s: float, group: bool =
 
 def test_ctrl_c_on_the_inprocess_engine_stops_and_leaves_nothing(tmp_path):
     _interrupt(tmp_path, "inprocess", start_within_s=120)
+
+
+@pytest.mark.parametrize("group", [True, False], ids=["ctrl-c", "kill-int"])
+def test_ctrl_c_with_lender_processes_stops_them_and_leaves_nothing(tmp_path, group):
+    # Ctrl-C reaches the lender processes too (they ignore it: the run stops them); `kill -INT PID` only the run.
+    _interrupt(tmp_path, "inprocess", start_within_s=120, group=group, extra=("--lender-processes", "2"))
 
 
 @pytest.mark.simulation

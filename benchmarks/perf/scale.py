@@ -22,7 +22,7 @@ from pathlib import Path
 from benchmarks.perf.common import machine, peak_rss_mb, quiet
 
 
-def one(lenders: int, per_round: int, rounds: int, records_per_lender: int) -> dict:
+def one(lenders: int, per_round: int, rounds: int, records_per_lender: int, processes: int = 1) -> dict:
     quiet()
     from fedcredit.runner import run
     from federation.config import RunConfig
@@ -40,7 +40,11 @@ def one(lenders: int, per_round: int, rounds: int, records_per_lender: int) -> d
     round_seconds: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        run(cfg.replace(output_dir=str(Path(tmp) / "run")), on_round=lambda s: round_seconds.append(s.seconds))
+        run(
+            cfg.replace(output_dir=str(Path(tmp) / "run")),
+            on_round=lambda s: round_seconds.append(s.seconds),
+            lender_processes=processes,
+        )
         total = time.perf_counter() - start
     rounds_sorted = sorted(round_seconds)
     return {

@@ -1,0 +1,127 @@
+"""The in-process engine's lenders dealt to N forked processes, which work on a round's messages in parallel.
+
+Each lender always goes to the same process (the k-th lender to process k mod N), which keeps its Context (the
+secure-aggregation state) and its in-memory records for the whole run, as a SuperNode does. Messages cross as
+Flower's wire-format bytes, both ways, as on one process.
+
+Why fork, not spawn: a lender process starts from the run's process as it is when the engine starts, with the
+ClientApp's modules imported and every lender's records already loaded and encoded by the run's validation
+(fedcredit/runner.py `validate`). It starts in milliseconds, and no lender's records are read or encoded a second
+time: the pages are shared copy-on-write. A spawned process would import torch again (seconds) and reload its
+lenders' records. Fork needs a POSIX system; elsewhere the engine says so and the run uses one process.
+
+Failures: a lender process that ends (killed, out of memory) leaves its lenders' messages without replies. They get
+error replies, as a lender that failed would, and the coordinator's rules decide what the round does without them.
+Ctrl-C is the run's process's to handle: the lender processes ignore SIGINT (a terminal sends it to the whole
+foreground group) and are stopped by that process at once; they also end when it ends, whatever way, as their pipe
+then closes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from multiprocessing.connection import Connection
+
+from flwr.app import Context, Error, Message
+from flwr.clientapp import ClientApp
+
+from fedcredit.inprocess_grid import deliver, from_wire, to_wire
+
+STOP_WAIT_S = 10.0  # a normal end: each process finishes what it holds and exits on its own
+
+
+def _serve(conn: Connection, client_app: ClientApp, contexts: dict[int, Context], theirs: list[Connection]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for end in theirs:  # the run's ends of every pipe made so far, copied by fork: held here, no pipe would close
+        end.close()
+    while True:
+        try:
+            batch = conn.recv()
+        except (EOFError, OSError):  # the run's process closed its end, or ended
+            return
+        replies = [deliver(client_app, contexts[node], wire) for node, wire in batch]
+        try:
+            conn.send(replies)
+        except (BrokenPipeError, OSError):  # the run stopped while this batch was being worked on
+            return
+
+
+def _failed(wire: bytes, reason: str) -> bytes:
+    return to_wire(Message(Error(code=0, reason=reason), reply_to=from_wire(wire)))
+
+
+class LenderProcesses:
+    def __init__(self, client_app: ClientApp, contexts: dict[int, Context], processes: int) -> None:
+        if "fork" not in multiprocessing.get_all_start_methods():
+            raise RuntimeError("lender processes need fork (a POSIX system): run with one lender process")
+        fork = multiprocessing.get_context("fork")
+        count = min(processes, len(contexts))
+        self._process_of = {node: k % count for k, node in enumerate(contexts)}
+        self._conns: list[Connection | None] = []
+        self._procs = []
+        try:
+            for index in range(count):
+                ours, theirs = fork.Pipe()
+                own = {node: contexts[node] for node, k in self._process_of.items() if k == index}
+                ends = [c for c in self._conns if c is not None] + [ours]
+                proc = fork.Process(
+                    target=_serve, args=(theirs, client_app, own, ends), daemon=True, name=f"lenders-{index}"
+                )
+                proc.start()
+                theirs.close()
+                self._conns.append(ours)
+                self._procs.append(proc)
+        except BaseException:
+            self.close(at_once=True)
+            raise
+
+    def deliver_all(self, sent: list[tuple[int, bytes]]) -> list[bytes]:
+        """Every (node, wire) message delivered, in parallel across the processes; the replies in the same order."""
+        batches: list[list[tuple[int, bytes]]] = [[] for _ in self._conns]
+        place = []
+        for node, wire in sent:
+            k = self._process_of[node]
+            place.append((k, len(batches[k])))
+            batches[k].append((node, wire))
+        replies: dict[int, list[bytes]] = {}
+        working = []
+        for k, batch in enumerate(batches):
+            conn = self._conns[k]
+            if batch and conn is not None:
+                try:
+                    conn.send(batch)
+                    working.append(k)
+                except (BrokenPipeError, OSError):
+                    self._lost(k)
+        for k in working:
+            conn = self._conns[k]
+            if conn is None:
+                continue
+            try:
+                replies[k] = conn.recv()
+            except (EOFError, OSError):
+                self._lost(k)
+        out = []
+        for (k, j), (_, wire) in zip(place, sent, strict=True):
+            got = replies.get(k)
+            out.append(got[j] if got is not None else _failed(wire, f"the lender's process (lenders-{k}) ended"))
+        return out
+
+    def _lost(self, k: int) -> None:
+        conn, self._conns[k] = self._conns[k], None
+        if conn is not None:
+            conn.close()
+
+    def close(self, at_once: bool = False) -> None:
+        """Close every pipe, so that each process exits; with `at_once` (an error, Ctrl-C) stop them now."""
+        for k in range(len(self._conns)):
+            self._lost(k)
+        for proc in self._procs:
+            if at_once:
+                proc.terminate()
+            proc.join(timeout=1.0 if at_once else STOP_WAIT_S)
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5.0)

@@ -1,0 +1,112 @@
+"""The in-process engine's lenders in several processes (fedcredit/lender_processes.py, `--lender-processes`).
+
+What must hold: a run's results do not depend on how many processes its lenders work in; each lender keeps its own
+state in one process for the whole run; a lender process that ends makes its lenders' replies errors (the round goes
+on without them), not a hang or a wrong reply; nothing is left running when the run ends. Ctrl-C with lender
+processes is tested in tests/test_interrupt.py."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedcredit.inprocess_grid import InProcessGrid
+from fedcredit.runner import run
+from federation.audit_trail.verify import verify_run
+from federation.config import RunConfig
+
+# Everything a run states that does not name its folder or the time: byte for byte.
+RESULT_FILES = ("metrics.csv", "epsilon.csv", "privacy.json", "model.json", "privacy_events.jsonl", "model.pt")
+
+
+def _results(path) -> dict[str, bytes]:
+    return {name: (path / name).read_bytes() for name in RESULT_FILES}
+
+
+def _ours() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE}
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secure-aggregation"])
+def test_a_run_gives_the_same_results_in_one_process_and_in_several_and_verifies(tmp_path, secure):
+    cfg = RunConfig(records=3000, lenders=3, rounds=2, reproducible_noise_not_private=True, secure_aggregation=secure)
+    before = _ours()
+    one = run(cfg.replace(output_dir=str(tmp_path / "one")), on_round=lambda s: None)
+    several = run(cfg.replace(output_dir=str(tmp_path / "several")), on_round=lambda s: None, lender_processes=2)
+    assert _results(one) == _results(several)
+    assert verify_run(several, f"{several}-registry.json").pinned
+    assert _ours() <= before, "a lender process was left running"
+
+
+def _counting_app() -> ClientApp:
+    """Each lender counts the messages it was sent in its own Context state, and says which process it is in."""
+    app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context) -> Message:
+        seen = context.state.config_records.get("seen", ConfigRecord({"n": 0}))
+        count = int(seen["n"]) + 1
+        context.state["seen"] = ConfigRecord({"n": count})
+        if msg.content.config_records["ask"]["fail"]:
+            raise ValueError("this lender fails")
+        answer = {"pid": os.getpid(), "n": count, "lender": context.node_config["partition-id"]}
+        return Message(RecordDict({"answer": ConfigRecord(answer)}), reply_to=msg)
+
+    return app
+
+
+def _ask(grid: InProcessGrid, nodes: list[int], fail: int | None = None) -> list[Message]:
+    messages = [
+        grid.create_message(RecordDict({"ask": ConfigRecord({"fail": n == fail})}), "query", n, "1") for n in nodes
+    ]
+    return list(grid.send_and_receive(messages))
+
+
+def test_each_lender_stays_in_one_process_with_its_state_and_replies_come_back_in_order():
+    with InProcessGrid(_counting_app(), 5, processes=2) as grid:
+        nodes = sorted(grid.get_node_ids())
+        where: dict[int, set[int]] = {}
+        for time in (1, 2, 3):
+            order = nodes[::-1] if time == 2 else nodes  # the replies follow the messages' order, not the processes'
+            replies = _ask(grid, order, fail=nodes[1] if time == 3 else None)
+            assert [r.metadata.src_node_id for r in replies] == order
+            for node, reply in zip(order, replies, strict=True):
+                if node == nodes[1] and time == 3:  # a lender's failure is its own error reply, in its place
+                    assert reply.has_error() and "this lender fails" in reply.error.reason
+                    continue
+                answer = reply.content.config_records["answer"]
+                assert answer["lender"] == node - 1000 and answer["n"] == time  # its own state, kept across rounds
+                where.setdefault(node, set()).add(int(answer["pid"]))
+        assert all(len(pids) == 1 for pids in where.values())
+        pids = set().union(*where.values())
+        assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_a_lender_process_that_ends_makes_its_lenders_fail_and_the_others_go_on():
+    before = _ours()
+    with InProcessGrid(_counting_app(), 4, processes=2) as grid:
+        nodes = sorted(grid.get_node_ids())
+        first = {n: r.content.config_records["answer"]["pid"] for n, r in zip(nodes, _ask(grid, nodes), strict=True)}
+        victim = first[nodes[0]]
+        psutil.Process(int(victim)).kill()
+        psutil.Process(int(victim)).wait(timeout=10)
+        for _ in range(2):  # and in every round after
+            replies = _ask(grid, nodes)
+            for node, reply in zip(nodes, replies, strict=True):
+                if first[node] == victim:
+                    assert reply.has_error() and "process" in reply.error.reason
+                else:
+                    assert reply.content.config_records["answer"]["pid"] == first[node]
+    assert _ours() <= before, "a lender process was left running"
+
+
+def test_lender_processes_must_not_be_negative(tmp_path):
+    from federation.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lender-processes"):
+        run(RunConfig(records=2000, lenders=2, rounds=1, output_dir=str(tmp_path / "r")), lender_processes=-1)
+    assert not list(tmp_path.iterdir())
