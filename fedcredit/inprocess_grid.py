@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -28,6 +29,9 @@ from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
+
+if TYPE_CHECKING:
+    from fedcredit.lender_processes import LenderProcesses
 
 
 def to_wire(msg: Message) -> bytes:
@@ -48,6 +52,20 @@ def deliver(client_app: ClientApp, context: Context, wire: bytes) -> bytes:
     return to_wire(reply)
 
 
+def lender_contexts(num_nodes: int, run_id: int = 1, node_configs: dict[int, dict] | None = None) -> dict[int, Context]:
+    """Each lender's persistent Context, by node id: node config with partition-id, and state."""
+    return {
+        1000 + i: Context(
+            run_id=run_id,
+            node_id=1000 + i,
+            node_config={"partition-id": i, "num-partitions": num_nodes, **(node_configs or {}).get(i, {})},
+            state=RecordDict(),
+            run_config={},
+        )
+        for i in range(num_nodes)
+    }
+
+
 class InProcessGrid(Grid):
     def __init__(
         self,
@@ -56,35 +74,41 @@ class InProcessGrid(Grid):
         run_id: int = 1,
         node_configs: dict[int, dict] | None = None,
         processes: int = 1,
+        lender_processes: LenderProcesses | None = None,
     ) -> None:
+        """`processes`: the lenders in that many processes of their own, stopped by close(); `lender_processes`:
+        lenders already started in processes by the caller (their Contexts made with the same run id), who stops
+        them."""
         self._client_app = client_app
         self._run = Run.create_empty(run_id=run_id)
         # Messages take their run and sender from the task identity, as under run_simulation.
         TaskIdentity.task_id = 1
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SUPERLINK_NODE_ID
-        self._contexts = {
-            1000 + i: Context(
-                run_id=run_id,
-                node_id=1000 + i,
-                node_config={"partition-id": i, "num-partitions": num_nodes, **(node_configs or {}).get(i, {})},
-                state=RecordDict(),
-                run_config={},
-            )
-            for i in range(num_nodes)
-        }
         self.bytes_sent = 0  # server -> lenders
         self.bytes_received = 0  # lenders -> server
-        self._processes = None
+        self._owned = None
+        self._processes = lender_processes
+        self._contexts: dict[int, Context] = {}
+        if self._processes is not None:
+            self._nodes = self._processes.node_ids()
+            return
+        self._contexts = lender_contexts(num_nodes, run_id, node_configs)
+        self._nodes = list(self._contexts)
         if processes > 1 and num_nodes > 1:
             from fedcredit.lender_processes import LenderProcesses
 
-            self._processes = LenderProcesses(client_app, self._contexts, processes)
+            self._processes = self._owned = LenderProcesses(client_app, self._contexts, processes)
+
+    @property
+    def runs_lenders_here(self) -> bool:
+        """The lenders run in this process (one after another), not in processes of their own."""
+        return self._processes is None
 
     def close(self, at_once: bool = False) -> None:
-        """Stop the lender processes (none with processes=1); `at_once`: without letting them finish."""
-        if self._processes is not None:
-            self._processes.close(at_once)
+        """Stop the lender processes this grid started; `at_once`: without letting them finish."""
+        if self._owned is not None:
+            self._owned.close(at_once)
 
     def __enter__(self) -> InProcessGrid:
         return self
@@ -105,7 +129,7 @@ class InProcessGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
-        return list(self._contexts)
+        return list(self._nodes)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         raise NotImplementedError("InProcessGrid delivers synchronously: use send_and_receive")

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import Any, TypeVar
 
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from fedcredit.inprocess_grid import deliver, from_wire, to_wire
 
+T = TypeVar("T")
 STOP_WAIT_S = 10.0  # a normal end: each process finishes what it holds and exits on its own
 
 
@@ -35,15 +38,23 @@ def _serve(conn: Connection, client_app: ClientApp, contexts: dict[int, Context]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for end in theirs:  # the run's ends of every pipe made so far, copied by fork: held here, no pipe would close
         end.close()
+    own = [int(context.node_config["partition-id"]) for context in contexts.values()]
     while True:
         try:
-            batch = conn.recv()
+            kind, payload = conn.recv()
         except (EOFError, OSError):  # the run's process closed its end, or ended
             return
-        replies = [deliver(client_app, contexts[node], wire) for node, wire in batch]
+        if kind == "deliver":
+            out: object = [deliver(client_app, contexts[node], wire) for node, wire in payload]
+        else:  # "call": a function of this process's lenders (their partition ids): its result or its error
+            fn, args = payload
+            try:
+                out = ("ok", fn(*args, own))
+            except Exception as exc:
+                out = ("error", exc)
         try:
-            conn.send(replies)
-        except (BrokenPipeError, OSError):  # the run stopped while this batch was being worked on
+            conn.send(out)
+        except (BrokenPipeError, OSError):  # the run stopped while this was being worked on
             return
 
 
@@ -90,7 +101,7 @@ class LenderProcesses:
             conn = self._conns[k]
             if batch and conn is not None:
                 try:
-                    conn.send(batch)
+                    conn.send(("deliver", batch))
                     working.append(k)
                 except (BrokenPipeError, OSError):
                     self._lost(k)
@@ -107,6 +118,31 @@ class LenderProcesses:
             got = replies.get(k)
             out.append(got[j] if got is not None else _failed(wire, f"the lender's process (lenders-{k}) ended"))
         return out
+
+    def node_ids(self) -> list[int]:
+        return list(self._process_of)
+
+    def call_each(self, fn: Callable[..., T], *args: object) -> list[T]:
+        """fn(*args, lenders) in every process, at the same time, with the partition ids of that process's lenders:
+        the results, one per process. An error raised there is raised here."""
+        for k, conn in enumerate(self._conns):
+            if conn is None:
+                raise RuntimeError(f"the lender process lenders-{k} has ended")
+            conn.send(("call", (fn, args)))
+        results: list[T] = []
+        for k, conn in enumerate(self._conns):
+            value: Any
+            try:
+                kind, value = conn.recv() if conn is not None else ("ended", None)
+            except (EOFError, OSError):
+                kind, value = "ended", None
+            if kind == "ended":
+                self._lost(k)
+                raise RuntimeError(f"the lender process lenders-{k} ended")
+            if kind == "error":
+                raise value if isinstance(value, BaseException) else RuntimeError(str(value))
+            results.append(value)
+        return results
 
     def _lost(self, k: int) -> None:
         conn, self._conns[k] = self._conns[k], None

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psutil
@@ -41,6 +42,9 @@ import psutil
 from federation.config import RunConfig
 from federation.errors import ConfigError
 from federation.runfolder import default_run_dir
+
+if TYPE_CHECKING:
+    from fedcredit.lender_processes import LenderProcesses
 
 
 def flower_environment(project_root: Path | None = None) -> None:
@@ -66,19 +70,68 @@ def quiet_flower(level: int = logging.WARNING) -> Callable[[], None]:
     return lambda: flwr_logger.setLevel(before)
 
 
-def validate(cfg: RunConfig):
+def validate(cfg: RunConfig, lender_processes: LenderProcesses | None = None):
     """Load every lender's data once, so bad input fails before anything is written or started; then check
-    that each privacy unit's delta gives a meaningful guarantee (it depends on the unit's count)."""
+    that each privacy unit's delta gives a meaningful guarantee (it depends on the unit's count). With
+    `lender_processes`, each lender is loaded in the process that keeps it for the run, all processes at once."""
     from federation.data import describe
     from federation.privacy.limits import check_delta
 
-    summary = describe(cfg)
+    summary = describe(cfg, _loaded_in(lender_processes) if lender_processes is not None else None)
     if cfg.dp and cfg.dp_level == "lender":  # the unit is a lender: n is the number of lenders
         check_delta(cfg.lenders, cfg.delta, "the federation (lender-level DP)", unit="lenders")
     elif cfg.dp:  # the unit is a training record: the delta a lender uses (cfg.delta or its default) for its n
         for lender, records in enumerate(summary.lender_records):
             check_delta(records, cfg.delta, f"lender {lender}")
     return summary
+
+
+def _loaded_in(lender_processes: LenderProcesses):
+    """describe's lenders loaded in the lender processes, each process its own lenders; the first refusal is the
+    lowest lender's, as loaded one after another."""
+    from federation.data.pipeline import describe_lenders
+
+    def each(cfg: RunConfig, lenders: list[int]):
+        parts, refused = [], None
+        results = lender_processes.call_each(describe_lenders, cfg)
+        for got, failed in results:
+            parts += got
+            if failed is not None and (refused is None or failed[0] < refused[0]):
+                refused = failed
+        if refused is None and sorted(p.lender for p in parts) != sorted(lenders):
+            raise RuntimeError("the lender processes do not hold every lender")
+        return parts, refused
+
+    return each
+
+
+@contextmanager
+def lenders_in_processes(cfg: RunConfig, parties: Parties, processes: int) -> Iterator[LenderProcesses | None]:
+    """The in-process engine's lenders in `processes` processes (0: one per CPU), started before any lender is
+    loaded and stopped at the end (at once on an error or Ctrl-C); None where they would be one process."""
+    processes = processes or available_cpus()
+    if cfg.engine != "inprocess" or processes < 2 or cfg.lenders < 2:
+        yield None
+        return
+    # Imported here, so that every process starts with them imported (the ClientApp and the data pipeline).
+    import federation.data.pipeline  # noqa: F401
+    from clients.app import app as client_app
+    from fedcredit.inprocess_grid import lender_contexts
+    from fedcredit.lender_processes import LenderProcesses
+
+    pool = LenderProcesses(client_app, lender_contexts(cfg.lenders, 1, _node_configs(cfg, parties)), processes)
+    try:
+        yield pool
+    except BaseException:
+        pool.close(at_once=True)
+        raise
+    pool.close()
+
+
+def _node_configs(cfg: RunConfig, parties: Parties) -> dict[int, dict]:
+    from clients.session import IN_MEMORY
+
+    return {i: {"lender-dir": str(parties.lender(i)), IN_MEMORY: True} for i in range(cfg.lenders)}
 
 
 @dataclass(frozen=True)
@@ -172,19 +225,20 @@ def run(
         raise ConfigError(f"lender-processes must be 0 (one per CPU) or more, got {lender_processes}")
     flower_environment()
     cfg = cfg.replace(output_dir=str(Path(cfg.output_dir or default_run_dir()).resolve()))
-    summary = validate(cfg)
-    if not resume and not cfg.card_sha256:
-        cfg = cfg.replace(card_sha256=summary.card_sha256)  # every lender must hold this card; none takes it from us
     parties = Parties(Path(cfg.output_dir))
-    made = [] if resume else [p for p in (parties.keys, parties.lenders, parties.registry) if not p.exists()]
-    try:
-        if not resume:
-            set_up_parties(cfg, parties, canaries)
-        _run_engine(cfg, parties, on_round, resume, lender_processes)
-    except BaseException:
-        for path in made:  # secrets made for a run that did not finish protect nothing: leave no trace of them
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-        raise
+    with lenders_in_processes(cfg, parties, lender_processes) as processes:
+        summary = validate(cfg, processes)
+        if not resume and not cfg.card_sha256:
+            cfg = cfg.replace(card_sha256=summary.card_sha256)  # every lender must hold this card; none takes ours
+        made = [] if resume else [p for p in (parties.keys, parties.lenders, parties.registry) if not p.exists()]
+        try:
+            if not resume:
+                set_up_parties(cfg, parties, canaries)
+            _run_engine(cfg, parties, on_round, resume, processes)
+        except BaseException:
+            for path in made:  # secrets made for a run that did not finish protect nothing: leave no trace of them
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            raise
     path = Path(cfg.output_dir)
     if not path.is_dir():
         raise RuntimeError(f"the run ended without writing {path}; see the messages above")
@@ -197,10 +251,14 @@ def available_cpus() -> int:
 
 
 def _run_engine(
-    cfg: RunConfig, parties: Parties, on_round: Callable | None, resume: bool, lender_processes: int = 1
+    cfg: RunConfig,
+    parties: Parties,
+    on_round: Callable | None,
+    resume: bool,
+    lender_processes: LenderProcesses | None = None,
 ) -> None:
     from clients.app import app as client_app
-    from clients.session import IN_MEMORY, LENDERS_DIR_ENV
+    from clients.session import LENDERS_DIR_ENV
     from server.app import _print_progress, make_server_app
 
     server_app = make_server_app(cfg, on_round=on_round or _print_progress, resume=resume)
@@ -209,13 +267,10 @@ def _run_engine(
 
         from fedcredit.inprocess_grid import InProcessGrid
 
-        with InProcessGrid(
-            client_app,
-            cfg.lenders,
-            node_configs={i: {"lender-dir": str(parties.lender(i)), IN_MEMORY: True} for i in range(cfg.lenders)},
-            processes=lender_processes or available_cpus(),
-        ) as grid:
-            server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+        grid = InProcessGrid(
+            client_app, cfg.lenders, node_configs=_node_configs(cfg, parties), lender_processes=lender_processes
+        )
+        server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
         return
     _run_simulation(cfg, parties, server_app, client_app, LENDERS_DIR_ENV)
 

@@ -138,6 +138,10 @@ class LenderLevelDPStrategy(CoordinatorStrategy):
     def epsilon_spent(self, record: RunRecord) -> float:
         return self.budget.spent()
 
+    def account_ahead(self, record: RunRecord) -> None:
+        """Nothing to start: the federation's one epsilon is cheap."""
+        return None
+
     def privacy_summary(self, record: RunRecord, view: RunView) -> dict:
         """For the federation: final epsilon under both of Opacus' accountants, and each lender's epsilon against
         a reader of the ledger, who knows the rounds it was sampled in."""

@@ -43,7 +43,13 @@ def run_federation(
         else:
             keeper = LedgerKeeper(folder, cfg)
         record, arrays, model, strategy = drive_rounds(grid, cfg, folder, on_round, keeper, checkpoint_key, state)
+        # The lenders' final statements take their time where the lenders run; the coordinator's own accounting for
+        # its report is done meanwhile. Where the lenders run in this very process (the in-process engine in one
+        # process), both would compute the same epsilons at once, and the lenders' leave the coordinator's cached.
+        ahead = strategy.account_ahead(record) if not getattr(grid, "runs_lenders_here", False) else None
         collect_finals(grid, cfg, keeper, record)
+        if ahead is not None:
+            ahead.join()
         write_outputs(folder, cfg, keeper, record, arrays, model, strategy)
         return folder.commit()
     except BaseException:

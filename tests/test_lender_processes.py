@@ -18,6 +18,7 @@ from fedcredit.inprocess_grid import InProcessGrid
 from fedcredit.runner import run
 from federation.audit_trail.verify import verify_run
 from federation.config import RunConfig
+from federation.privacy.noise import SecureRandomness
 
 # Everything a run states that does not name its folder or the time: byte for byte.
 RESULT_FILES = ("metrics.csv", "epsilon.csv", "privacy.json", "model.json", "privacy_events.jsonl", "model.pt")
@@ -53,7 +54,8 @@ def _counting_app() -> ClientApp:
         context.state["seen"] = ConfigRecord({"n": count})
         if msg.content.config_records["ask"]["fail"]:
             raise ValueError("this lender fails")
-        answer = {"pid": os.getpid(), "n": count, "lender": context.node_config["partition-id"]}
+        noise = SecureRandomness().normal((8,)).tolist()  # as a lender's DP round draws it
+        answer = {"pid": os.getpid(), "n": count, "lender": context.node_config["partition-id"], "noise": noise}
         return Message(RecordDict({"answer": ConfigRecord(answer)}), reply_to=msg)
 
     return app
@@ -86,6 +88,18 @@ def test_each_lender_stays_in_one_process_with_its_state_and_replies_come_back_i
         assert len(pids) == 2 and os.getpid() not in pids
 
 
+def test_lenders_in_forked_processes_never_draw_the_same_noise():
+    """Fork copies the run's process, random state included: a stream made before the fork and used after it would
+    give two lenders (or two processes) the same noise, which the coordinator cancels by subtracting their updates.
+    Every lender's draw differs, in every process and every round, and from what the run's process draws."""
+    SecureRandomness().normal((8,))  # the run's process has drawn before its lender processes start
+    with InProcessGrid(_counting_app(), 4, processes=2) as grid:
+        nodes = sorted(grid.get_node_ids())
+        draws = [tuple(r.content.config_records["answer"]["noise"]) for _ in range(2) for r in _ask(grid, nodes)]
+    draws.append(tuple(SecureRandomness().normal((8,)).tolist()))
+    assert len(set(draws)) == len(draws) == 9
+
+
 def test_a_lender_process_that_ends_makes_its_lenders_fail_and_the_others_go_on():
     before = _ours()
     with InProcessGrid(_counting_app(), 4, processes=2) as grid:
@@ -110,3 +124,50 @@ def test_lender_processes_must_not_be_negative(tmp_path):
     with pytest.raises(ConfigError, match="lender-processes"):
         run(RunConfig(records=2000, lenders=2, rounds=1, output_dir=str(tmp_path / "r")), lender_processes=-1)
     assert not list(tmp_path.iterdir())
+
+
+def test_each_lender_is_loaded_once_in_its_own_process_for_the_whole_run(tmp_path, monkeypatch):
+    """Validation loads each lender in the process that keeps it: no lender is read and encoded a second time for
+    its manifest or its rounds, and the run's own process loads none."""
+    from federation.data import pipeline
+
+    log = tmp_path / "loads.txt"
+    load = pipeline._load_own
+
+    def counted(key, lender, frame=None):
+        with open(log, "a") as out:  # one line per load, from whichever process
+            out.write(f"{os.getpid()} {lender}\n")
+        return load(key, lender, frame)
+
+    monkeypatch.setattr(pipeline, "_load_own", counted)  # before the fork: every lender process has it
+    pipeline.forget_loaded()
+    cfg = RunConfig(records=4000, lenders=4, rounds=2, output_dir=str(tmp_path / "run"))
+    run(cfg, on_round=lambda s: None, lender_processes=2)
+    loads = [line.split() for line in log.read_text().splitlines()]
+    assert sorted(int(lender) for _, lender in loads) == [0, 1, 2, 3]
+    pids = {int(pid) for pid, _ in loads}
+    assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_a_lender_refused_in_its_process_fails_the_run_as_in_one_process(tmp_path, monkeypatch):
+    """The refusal is the first lender's in order (lender 1, in the second process, before lender 2 in the first),
+    with the same one line, and nothing is written."""
+    from federation.data import pipeline
+    from federation.errors import DataError
+
+    describe_lender = pipeline._describe_lender
+
+    def refusing(key, lender, natural):
+        if lender in (1, 2):
+            raise DataError(f"lender {lender} cannot train: refused here")
+        return describe_lender(key, lender, natural)
+
+    monkeypatch.setattr(pipeline, "_describe_lender", refusing)
+    cfg = RunConfig(records=4000, lenders=4, rounds=1)
+    errors = []
+    for processes in (1, 2):
+        with pytest.raises(DataError) as caught:
+            run(cfg.replace(output_dir=str(tmp_path / f"run{processes}")), lender_processes=processes)
+        errors.append(str(caught.value))
+    assert errors == ["lender 1 cannot train: refused here"] * 2
+    assert list(tmp_path.iterdir()) == []

@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -297,12 +298,32 @@ def load_holdout(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
     return encode(result.features, card), result.labels
 
 
-def describe(cfg: RunConfig) -> DataSummary:
+@dataclass(frozen=True)
+class LenderPart:
+    """What describe needs of one lender: its training records, features, held-out count and clipped values."""
+
+    lender: int
+    train_records: int
+    features: tuple[str, ...]
+    held_out: int
+    records_used: int
+    values_clipped: tuple[tuple[str, int, int], ...]
+
+
+# Lenders that describe loads: each lender's part (or the first refusal) for the given lenders, in order. The
+# in-process engine's lender processes each take their own lenders (fedcredit/lender_processes.py), so that each
+# lender is loaded and encoded once, in the process that keeps it for the run.
+DescribeLenders = Callable[[RunConfig, list[int]], tuple[list[LenderPart], tuple[int, Exception] | None]]
+
+
+def describe(cfg: RunConfig, each: DescribeLenders | None = None) -> DataSummary:
     """Validate the input as a whole (schema, card, policy, values, partition) before a run starts.
 
     The values of a dataset read from a file are checked on the whole file first, so that an error names the first
     bad record of the file and how many there are (not the first of whichever lender's share is loaded first). Each
-    column's values clipped to the card's bounds are counted and logged, one warning line per column."""
+    column's values clipped to the card's bounds are counted and logged, one warning line per column. `each`: where
+    the lenders are loaded (describe_lenders, in this process, by default); a refusal is that of the first lender
+    refused, as if they were loaded one after another."""
     key = _data_key(cfg)
     _refresh(key)
     clipped: dict[str, Clipped] = {}
@@ -318,37 +339,21 @@ def describe(cfg: RunConfig) -> DataSummary:
         whole = apply_policy(frame, card)
         clipped = encode_counting(whole.features, card)[1]
         clip_records = whole.records_used
-    counts, features = [], None
     holdout = 0
-    natural = key.dataset == "synthetic" and key.partition == "natural"
-    if not natural:
+    if not (key.dataset == "synthetic" and key.partition == "natural"):
         holdout = len(load_holdout(cfg)[1])
-    for lender in range(cfg.lenders):
-        frame = None
-        if natural:  # each lender generated once: its held-out records counted, its own records loaded (cached)
-            held = _NATURAL_HELD_OUT.get((key, lender))
-            if held is None:  # else _own generates the lender itself if it is not loaded, once as here
-                raw, card, keep, out = _synthetic_natural(key, lender)
-                # the policy's only row filter is consent (the lender's own rows go through the whole policy in _own;
-                # the held-out ones, generated with them, are only counted)
-                held = int(consent_mask(raw, card)[out].sum())  # the mask of one column, not a copy of every one
-                frame = (raw.iloc[keep], card)
-                if len(_NATURAL_HELD_OUT) > 100_000:
-                    _NATURAL_HELD_OUT.clear()
-                _NATURAL_HELD_OUT[(key, lender)] = held
-            holdout += held
-        data = _own(key, lender, frame)
-        counts.append(len(data.y_train))
+    parts, refused = (each or describe_lenders)(cfg, list(range(cfg.lenders)))
+    if refused is not None:
+        raise refused[1]
+    features: tuple[str, ...] = ()
+    for data in sorted(parts, key=lambda p: p.lender):
+        holdout += data.held_out
         features = data.features
         if key.dataset == "synthetic":  # the lenders' records are all there is to count
-            clip_records += data.manifest["records_used"]
-            for entry in data.manifest["values_clipped"]:
-                was = clipped.get(entry["name"], Clipped(0, 0))
-                clipped[entry["name"]] = Clipped(was.below + entry["below"], was.above + entry["above"])
-        # A lender whose records hold one class declines its rounds instead (label-skewed partitions
-        # produce such lenders); a lender with no records at all is an error in the input.
-        if len(data.y_train) == 0:
-            raise DataError(f"lender {lender} cannot train: {label_problem(data.y_train)}")
+            clip_records += data.records_used
+            for name, below, above in data.values_clipped:
+                was = clipped.get(name, Clipped(0, 0))
+                clipped[name] = Clipped(was.below + below, was.above + above)
     warnings = clip_warnings(card, clipped, clip_records)
     for line in warnings:
         log.warning(line)
@@ -357,12 +362,57 @@ def describe(cfg: RunConfig) -> DataSummary:
         card.name,
         total,
         holdout,
-        counts,
-        list(features or []),
+        [p.train_records for p in sorted(parts, key=lambda p: p.lender)],
+        list(features),
         card_sha256(card),
         clipped,
         clip_records,
         warnings,
+    )
+
+
+def describe_lenders(cfg: RunConfig, lenders: list[int]) -> tuple[list[LenderPart], tuple[int, Exception] | None]:
+    """Each of `lenders` loaded (into this process's cache) and described, in order, up to the first one refused:
+    its index and the error are returned with the parts before it."""
+    key = _data_key(cfg)
+    _refresh(key)
+    natural = key.dataset == "synthetic" and key.partition == "natural"
+    parts = []
+    for lender in lenders:
+        try:
+            parts.append(_describe_lender(key, lender, natural))
+        except Exception as exc:
+            return parts, (lender, exc)
+    return parts, None
+
+
+def _describe_lender(key: RunConfig, lender: int, natural: bool) -> LenderPart:
+    frame = None
+    held = 0
+    if natural:  # each lender generated once: its held-out records counted, its own records loaded (cached)
+        cached = _NATURAL_HELD_OUT.get((key, lender))
+        if cached is None:  # else _own generates the lender itself if it is not loaded, once as here
+            raw, card, keep, out = _synthetic_natural(key, lender)
+            # the policy's only row filter is consent (the lender's own rows go through the whole policy in _own;
+            # the held-out ones, generated with them, are only counted)
+            cached = int(consent_mask(raw, card)[out].sum())  # the mask of one column, not a copy of every one
+            frame = (raw.iloc[keep], card)
+            if len(_NATURAL_HELD_OUT) > 100_000:
+                _NATURAL_HELD_OUT.clear()
+            _NATURAL_HELD_OUT[(key, lender)] = cached
+        held = cached
+    data = _own(key, lender, frame)
+    # A lender whose records hold one class declines its rounds instead (label-skewed partitions
+    # produce such lenders); a lender with no records at all is an error in the input.
+    if len(data.y_train) == 0:
+        raise DataError(f"lender {lender} cannot train: {label_problem(data.y_train)}")
+    return LenderPart(
+        lender,
+        len(data.y_train),
+        tuple(data.features),
+        held,
+        data.manifest["records_used"],
+        tuple((e["name"], e["below"], e["above"]) for e in data.manifest["values_clipped"]),
     )
 
 
