@@ -23,6 +23,11 @@ def test_scale_runs_one_size_with_sampling():
     assert result["seconds_per_round_median"] > 0 and result["peak_rss_mb"] > 0
 
 
+def test_scale_runs_with_lender_processes():
+    result = scale.one(lenders=6, per_round=3, rounds=2, records_per_lender=300, processes=2)
+    assert result["processes"] == 2 and result["lender_process_peak_rss_mb"] > 0
+
+
 def test_secagg_cost_runs(capsys):
     from benchmarks.perf import secagg_cost
 

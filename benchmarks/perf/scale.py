@@ -1,18 +1,20 @@
 """Scale: many lenders, few sampled per round. Seconds per round and peak resident memory.
 
     python -m benchmarks.perf.scale                      # 10, 100 and 1,000 lenders (1,000 borrowers each)
-    python -m benchmarks.perf.scale --one 1000 --per-round 100 --rounds 20
+    python -m benchmarks.perf.scale --one 1000 --per-round 100 --rounds 20 --lender-processes 2
 
 Synthetic market with 1,000 borrowers per lender (1,000 lenders = 1,000,000 borrowers), DP on,
 record level, up to 100 lenders drawn per round (`lenders-per-round`), the in-process engine. Each
 size runs in its own process so that its peak memory is its own. Per-round cost should follow the
-number of lenders sampled, not the number of lenders in the federation.
+number of lenders sampled, not the number of lenders in the federation. Each size runs with the lenders in the
+run's process and in lender processes of their own (`--lender-processes`, default 1 and 2), side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -52,10 +54,15 @@ def one(lenders: int, per_round: int, rounds: int, records_per_lender: int, proc
         "sampled": per_round,
         "borrowers": cfg.records,
         "rounds": rounds,
+        "processes": processes,
         "seconds_per_round_median": rounds_sorted[len(rounds_sorted) // 2],
         "total_seconds": total,
         "setup_seconds": total - sum(round_seconds),
         "peak_rss_mb": peak_rss_mb(),
+        # the lender processes' largest peak (they share the run's pages copy-on-write: not to be added up)
+        "lender_process_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        if processes > 1
+        else None,
     }
 
 
@@ -66,17 +73,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-round", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--records-per-lender", type=int, default=1000)
+    parser.add_argument("--lender-processes", default="1,2", help="with --one: one number; else a list")
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.one, args.per_round, args.rounds, args.records_per_lender)))
+        processes = int(args.lender_processes.split(",")[0])
+        print(json.dumps(one(args.one, args.per_round, args.rounds, args.records_per_lender, processes)))
         return
     print(
         f"machine: {machine()}; {args.records_per_lender} borrowers per lender, DP epsilon 3, {args.rounds} rounds",
         end="\n\n",
     )
-    print("| lenders | sampled per round | borrowers | seconds per round (median) | setup seconds | peak RSS (MB) |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for size in [int(s) for s in args.sizes.split(",")]:
+    print(
+        "| lenders | sampled per round | borrowers | lender processes | seconds per round (median) | setup seconds "
+        "| peak RSS (MB) | largest lender process peak RSS (MB) |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for size, processes in [(int(s), int(p)) for s in args.sizes.split(",") for p in args.lender_processes.split(",")]:
         out = subprocess.run(
             [
                 sys.executable,
@@ -90,15 +102,19 @@ def main(argv: list[str] | None = None) -> None:
                 str(args.rounds),
                 "--records-per-lender",
                 str(args.records_per_lender),
+                "--lender-processes",
+                str(processes),
             ],
             capture_output=True,
             text=True,
             check=True,
         )
         r = json.loads(out.stdout.strip().splitlines()[-1])
+        children = r["lender_process_peak_rss_mb"]
         print(
-            f"| {r['lenders']} | {r['sampled']} | {r['borrowers']:,} | {r['seconds_per_round_median']:.2f} | "
-            f"{r['setup_seconds']:.1f} | {r['peak_rss_mb']:.0f} |",
+            f"| {r['lenders']} | {r['sampled']} | {r['borrowers']:,} | {r['processes']} | "
+            f"{r['seconds_per_round_median']:.2f} | {r['setup_seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{'-' if children is None else f'{children:.0f}'} |",
             flush=True,
         )
 
