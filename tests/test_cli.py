@@ -143,3 +143,26 @@ def test_an_arguments_help_is_shown_in_help(command, text):
     """typer 0.20 (Flower's pin) with click >= 8.3 lost every argument's help (fedcredit/typer_compat.py)."""
     result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and text in result.output
+
+
+def test_negative_lender_processes_is_one_line(tmp_path):
+    out = tmp_path / "run"
+    result, output = _invoke(["--records", "2000", "--lenders", "2", "--lender-processes", "-1"], out)
+    _assert_clean_failure(result, output, out, "lender-processes must be 0 (one per CPU) or more, got -1")
+
+
+def test_bad_data_with_lender_processes_is_the_same_one_line(tmp_path):
+    """Bad data with lender processes started: the same one line as in one process, nothing written, the processes
+    stopped (a lender refused inside its own process: tests/test_lender_processes.py)."""
+    csv = tmp_path / "loans.csv"
+    csv.write_text("income,defaulted\n" + "".join(f"{i % 90},{i % 2}\n" for i in range(40)) + "nan,1\n")
+    card = tmp_path / "card.toml"
+    card.write_text(CARD)
+    lines = []
+    for processes in ("1", "2"):
+        out = tmp_path / f"run{processes}"
+        args = ["--dataset", "csv", "--csv-path", str(csv), "--card-path", str(card), "--lenders", "2"]
+        result, output = _invoke([*args, "--lender-processes", processes], out)
+        _assert_clean_failure(result, output, out, "error:")
+        lines.append([line for line in output.splitlines() if "error:" in line])
+    assert lines[0] == lines[1] and len(lines[0]) == 1
