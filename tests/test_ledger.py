@@ -401,3 +401,38 @@ def test_coordinator_refuses_an_update_that_differs_from_what_the_lender_signed(
         )
     # nothing half-written left behind: no run folder, no keys, no lender folders, no registry
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_the_views_lender_index_finds_what_a_scan_of_every_entry_finds():
+    """RunView indexes the entries by the lender their body names (report and verifier ask for every lender); a
+    ledger may name a lender oddly (1.0, true, "1", [1], no body at all): the index must find exactly what comparing
+    every entry's body["lender"] == lender finds, in ledger order."""
+    from federation.audit_trail import ledger as L
+    from federation.audit_trail.run_view import RunView
+
+    odd = [1, 1.0, True, "1", [1], {"a": 1}, None, float("nan"), 2]
+    entries = [{"type": L.RUN_STARTED, "body": {"config": {"lenders": 3}}}]
+    for rnd in (1, 2):
+        entries.append({"type": L.ROUND_STARTED, "body": {"round": rnd, "roster": [0, 1, 2]}})
+        for k, lender in enumerate(odd):
+            kind = (L.LENDER_UPDATE, L.LENDER_REFUSAL, L.LENDER_EVALUATION)[k % 3]
+            entries.append({"type": kind, "body": {"lender": lender, "round": rnd, "k": k}})
+        entries.append({"type": L.LENDER_UPDATE, "body": "not a dict"})
+        entries.append({"type": L.ROUND_FINISHED, "body": {"round": rnd}})
+    entries.append({"type": L.LENDER_REFUSAL, "body": {"lender": 1, "outside": True}})  # outside any attempt
+    view = RunView(entries)
+    for lender in (0, 1, 2):
+        scanned = [
+            e
+            for a in view.attempts
+            for e in a.entries
+            if isinstance(e["body"], dict) and e["body"].get("lender") == lender
+        ]
+        assert [e for _, e in view.of_lender(lender)] == scanned
+        assert [e for _, e in view.of_lender(lender, L.LENDER_UPDATE)] == [
+            e for e in scanned if e["type"] == L.LENDER_UPDATE
+        ]
+        everywhere = [e for e in view.entries if isinstance(e["body"], dict) and e["body"].get("lender") == lender]
+        assert view.entries_naming(lender, L.LENDER_REFUSAL) == [e for e in everywhere if e["type"] == L.LENDER_REFUSAL]
+    assert len(view.of_lender(1)) == 2 * 3  # 1, 1.0 and True, in both rounds
+    assert view.entries_naming(1, L.LENDER_REFUSAL)[-1]["body"].get("outside")

@@ -156,22 +156,14 @@ def _lender_details(view: RunView, lender: int, unit: dict) -> dict:
     event = ((releases[-1].get("events") or [{}])[0]) if releases else {}
     finished = view.complete_rounds()
     answers = [
-        (a.round, e)
-        for a in finished
-        for e in a.entries
-        if e["type"] in (L.LENDER_UPDATE, L.LENDER_REFUSAL) and e["body"].get("lender") == lender
+        (a.round, e) for a, e in view.of_lender(lender, L.LENDER_UPDATE, L.LENDER_REFUSAL) if a.finished is not None
     ]
     refusals = [
         {"round": rnd, "limit": e["body"]["limit"], "reason": e["body"]["reason"]}
         for rnd, e in answers
         if e["type"] == L.LENDER_REFUSAL
     ]
-    left_out = [
-        {"round": a.round, "reason": e["body"]["reason"]}
-        for a in view.attempts
-        for e in a.of_type(L.UPDATE_REJECTED)
-        if e["body"].get("lender") == lender
-    ]
+    left_out = [{"round": a.round, "reason": e["body"]["reason"]} for a, e in view.of_lender(lender, L.UPDATE_REJECTED)]
     by_round = [
         {
             "round": rnd,
@@ -181,12 +173,7 @@ def _lender_details(view: RunView, lender: int, unit: dict) -> dict:
         for rnd, e in answers
     ]
     last: dict = next(
-        (
-            e["body"]
-            for e in (finished[-1].of_type(L.LENDER_EVALUATION) if finished else [])
-            if e["body"]["lender"] == lender
-        ),
-        {},
+        (e["body"] for a, e in view.of_lender(lender, L.LENDER_EVALUATION) if finished and a is finished[-1]), {}
     )
     return {
         "lender": lender,

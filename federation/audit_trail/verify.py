@@ -602,9 +602,7 @@ def _check_releases(view: RunView, cfg: RunConfig) -> None:
                 f"the lender counts {final['releases']} releases in this run; the ledger holds {len(releases)}",
             )
         for kind, name in ((L.LENDER_REFUSAL, "refusals"), (L.LENDER_EVALUATION, "evaluations")):
-            held = {
-                canonical(e["body"]) for e in view.entries if e["type"] == kind and e["body"].get("lender") == lender
-            }
+            held = {canonical(e["body"]) for e in view.entries_naming(lender, kind)}
             if final[name] != len(held):
                 _fail(
                     f"lender {lender}'s final statement",
