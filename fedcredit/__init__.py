@@ -5,6 +5,7 @@ coordinator (`server/`).
     fedcredit/api.py            the Python API: api.run(RunConfig) -> RunResult (paths, summary, lenders DataFrame)
     fedcredit/runner.py         one machine: set up every party in its own folder, run on an engine
     fedcredit/inprocess_grid.py the in-process Grid engine (Flower's wire format, no engine start)
+    fedcredit/lender_processes.py its lenders in N forked processes, a round's messages in parallel
     fedcredit/deploy.py         Flower's deployment runtime on one machine, composed from the per-role hosts
     fedcredit/canary_audit.py   `fedcredit audit`: a run with canaries, then the one-run epsilon lower bound
 
