@@ -137,7 +137,7 @@ def _sigterm(tmp_path: Path, group: bool) -> tuple[int, str, list[str], list[psu
         (os.killpg if group else os.kill)(proc.pid, signal.SIGTERM)
         rest, _ = proc.communicate(timeout=120)
         time.sleep(0.5)  # the lender processes see their pipe close
-        return proc.returncode, "\n".join(seen) + rest, sorted(p.name for p in tmp_path.iterdir()), started
+        return proc.returncode, "\n".join(seen + rest.splitlines()), sorted(p.name for p in tmp_path.iterdir()), started
     finally:
         for p in [*started, psutil.Process(proc.pid) if proc.poll() is None else None]:
             if p is not None:
