@@ -14,6 +14,7 @@ Each test is an attack that succeeded, with its fix, or one that failed but woul
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import signal
@@ -177,8 +178,10 @@ def test_a_secure_round_whose_setup_fails_records_every_lender_asked_and_the_run
     cfg = RunConfig(records=4000, lenders=4, rounds=3, secure_aggregation=True, output_dir=str(tmp_path / "run"))
     folder = run(cfg, on_round=lambda s: None)
     assert verify_run(folder, f"{folder}-registry.json").pinned
-    rounds = [line for line in (folder / "ledger.jsonl").read_text().splitlines() if '"round": 2' in line]
-    assert any("update_rejected" in line and '"lender": 1' in line for line in rounds)
+    bodies = [json.loads(line)["body"] for line in (folder / "ledger.jsonl").read_text().splitlines()]
+    left_out = {b["lender"]: b["reason"] for b in bodies if b.get("round") == 2 and "reason" in b and "lender" in b}
+    assert sorted(left_out) == [0, 1, 2, 3]
+    assert "did not start" in left_out[1] and "did not start" in left_out[3]
 
 
 def test_a_lender_process_killed_in_a_secure_run_leaves_a_run_that_says_so(tmp_path):
