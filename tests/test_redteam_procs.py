@@ -231,3 +231,42 @@ def test_the_run_process_holds_no_lenders_context_state_after_a_run_with_lender_
         assert grid._contexts and all(not ctx.state.config_records for ctx in grid._contexts.values())
 
 
+
+
+def test_lenders_in_forked_processes_never_advertise_the_same_secure_aggregation_keys(tmp_path, monkeypatch):
+    """Fork copies OpenSSL's state with the rest: keys made from a generator state copied into two processes would
+    be the same, and the coordinator, holding one lender's shares of it, would strip another's masks. Every
+    lender's mask and channel keys differ, in every process and round (the run's process made keys before)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from server.secure_rounds import SecureRound
+
+    X25519PrivateKey.generate()  # the run's process has drawn from OpenSSL before its lender processes start
+    seen: list[bytes] = []
+    keys_verify = SecureRound._keys_verify
+
+    def collecting(self, p, reply):  # every key a lender advertises passes here
+        seen.extend((bytes(reply["mask-key"]), bytes(reply["channel-key"])))
+        return keys_verify(self, p, reply)
+
+    monkeypatch.setattr(SecureRound, "_keys_verify", collecting)
+    cfg = RunConfig(records=3000, lenders=4, rounds=2, secure_aggregation=True, output_dir=str(tmp_path / "run"))
+    run(cfg, on_round=lambda s: None, lender_processes=2)
+    assert len(seen) == 16 and len(set(seen)) == 16
+
+
+def test_an_error_in_the_server_app_with_lender_processes_leaves_nothing_running_and_nothing_written(
+    tmp_path, monkeypatch
+):
+    import server.loop
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("the report writer fails")
+
+    monkeypatch.setattr(server.loop, "write_outputs", failing)
+    before = _ours()
+    cfg = RunConfig(records=3000, lenders=3, rounds=1, output_dir=str(tmp_path / "run"))
+    with pytest.raises(RuntimeError, match="the report writer fails"):
+        run(cfg, on_round=lambda s: None, lender_processes=2)
+    assert list(tmp_path.iterdir()) == []
+    assert _ours() <= before, "a lender process was left running"
