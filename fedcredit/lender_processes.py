@@ -73,8 +73,7 @@ def _portable(out: tuple[str, object]) -> tuple[str, object]:
         pickle.loads(pickle.dumps(out))  # a call's answer is small (a describe's lender parts): cheap to check
         return out
     except Exception as exc:
-        kind, value = out
-        held = value if kind == "error" else _held_error(value)
+        held = _held_error(out[1])  # the call's own error, or the one its result holds
         return "error", _stand_in(held if held is not None else exc)
 
 

@@ -92,7 +92,9 @@ def test_an_error_that_cannot_cross_the_pipe_is_still_the_lenders_and_the_proces
     assert "Traceback" not in capfd.readouterr().err
 
 
-def test_a_lender_refused_with_an_error_pickle_cannot_name_fails_the_run_as_in_one_process(tmp_path, monkeypatch, capfd):
+def test_a_lender_refused_with_an_error_pickle_cannot_name_fails_the_run_as_in_one_process(
+    tmp_path, monkeypatch, capfd
+):
     from federation.data import pipeline
 
     describe_lender = pipeline._describe_lender
@@ -229,8 +231,6 @@ def test_the_run_process_holds_no_lenders_context_state_after_a_run_with_lender_
     with InProcessGrid(_counting_app(), 3, processes=2) as grid:
         _ask(grid, sorted(grid.get_node_ids()))
         assert grid._contexts and all(not ctx.state.config_records for ctx in grid._contexts.values())
-
-
 
 
 def test_lenders_in_forked_processes_never_advertise_the_same_secure_aggregation_keys(tmp_path, monkeypatch):
