@@ -270,3 +270,20 @@ def test_an_error_in_the_server_app_with_lender_processes_leaves_nothing_running
         run(cfg, on_round=lambda s: None, lender_processes=2)
     assert list(tmp_path.iterdir()) == []
     assert _ours() <= before, "a lender process was left running"
+
+
+@pytest.mark.parametrize("partition", ["iid", "natural"])
+def test_the_run_process_keeps_no_lenders_records_after_validating_with_lender_processes(tmp_path, partition):
+    """Validation reads the whole market in the run's process (the pooled holdout's count): with lender processes,
+    the lenders' records are theirs only, so none stays in the coordinator's caches for the run."""
+    from federation.data import pipeline
+
+    held: list[tuple[int, int]] = []
+    cfg = RunConfig(records=3000, lenders=3, rounds=1, partition=partition, output_dir=str(tmp_path / "run"))
+
+    def look(summary) -> None:  # during the run, in the run's process
+        held.append((pipeline._raw.cache_info().currsize, sum(len(v) for v in pipeline._LOADED.values())))
+
+    pipeline.forget_loaded()
+    run(cfg, on_round=look, lender_processes=2)
+    assert held == [(0, 0)]
