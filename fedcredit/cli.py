@@ -291,6 +291,9 @@ def run(
                 highlight=False,
             )
         _quiet_libraries()
+        # A SIGTERM (a job scheduler, `timeout`) stops a run like Ctrl-C: it killed the run outright, leaving its keys,
+        # its lenders' folders and registry behind (tests/test_redteam_procs.py).
+        _stop_on_term()
         path = run_federation(cfg, on_round=on_round, resume=resume is not None, lender_processes=lender_processes)
     except KeyboardInterrupt:  # fedcredit.runner.run has removed the staging folder, the keys and the lenders' folders
         _interrupted("the unfinished run is kept, to be resumed again" if resume else "nothing was written")

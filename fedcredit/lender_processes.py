@@ -20,6 +20,7 @@ then closes.
 from __future__ import annotations
 
 import multiprocessing
+import pickle
 import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -36,6 +37,10 @@ STOP_WAIT_S = 10.0  # a normal end: each process finishes what it holds and exit
 
 def _serve(conn: Connection, client_app: ClientApp, contexts: dict[int, Context], theirs: list[Connection]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The run's own SIGTERM handler (fedcredit/cli.py: SIGTERM stops a run like Ctrl-C) is copied by fork; here it
+    # would raise KeyboardInterrupt in the middle of a message, with a traceback. A TERM to the whole group, or the
+    # run's own `terminate`, just ends this process: its lenders' replies become errors and the run stops anyway.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for end in theirs:  # the run's ends of every pipe made so far, copied by fork: held here, no pipe would close
         end.close()
     own = [int(context.node_config["partition-id"]) for context in contexts.values()]
@@ -49,13 +54,50 @@ def _serve(conn: Connection, client_app: ClientApp, contexts: dict[int, Context]
         else:  # "call": a function of this process's lenders (their partition ids): its result or its error
             fn, args = payload
             try:
-                out = ("ok", fn(*args, own))
+                out = _portable(("ok", fn(*args, own)))
             except Exception as exc:
-                out = ("error", exc)
+                out = _portable(("error", exc))
         try:
             conn.send(out)
         except (BrokenPipeError, OSError):  # the run stopped while this was being worked on
             return
+
+
+def _portable(out: tuple[str, object]) -> tuple[str, object]:
+    """A call's answer as it will cross the pipe: itself where pickle can write and rebuild it, else the error it
+    holds (or the one pickle met) as the nearest class that crosses, with the same message. An exception class that
+    pickle cannot name (defined in a function) or rebuild (an __init__ of other arguments than its message) killed
+    this process with a traceback, or failed in the run's process with an UnpicklingError instead of the lender's;
+    a DataError subclass stays a DataError, which the CLI states in one line."""
+    try:
+        pickle.loads(pickle.dumps(out))  # a call's answer is small (a describe's lender parts): cheap to check
+        return out
+    except Exception as exc:
+        held = _held_error(out[1])  # the call's own error, or the one its result holds
+        return "error", _stand_in(held if held is not None else exc)
+
+
+def _held_error(value: object) -> BaseException | None:
+    """The first exception inside a call's result (describe_lenders returns the refused lender's with its parts)."""
+    if isinstance(value, BaseException):
+        return value
+    if isinstance(value, tuple | list):
+        for item in value:
+            if (found := _held_error(item)) is not None:
+                return found
+    return None
+
+
+def _stand_in(exc: BaseException) -> BaseException:
+    for base in type(exc).__mro__:
+        try:
+            stand_in = base(str(exc))
+            pickle.loads(pickle.dumps(stand_in))
+        except Exception:
+            continue
+        if isinstance(stand_in, BaseException):
+            return stand_in
+    return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
 def _failed(wire: bytes, reason: str) -> bytes:
@@ -125,19 +167,34 @@ class LenderProcesses:
     def call_each(self, fn: Callable[..., T], *args: object) -> list[T]:
         """fn(*args, lenders) in every process, at the same time, with the partition ids of that process's lenders:
         the results, one per process. An error raised there is raised here."""
-        for k, conn in enumerate(self._conns):
+        conns: list[Connection] = []
+        for k, conn in enumerate(self._conns):  # all checked before any is asked (see below)
             if conn is None:
                 raise RuntimeError(f"the lender process lenders-{k} has ended")
-            conn.send(("call", (fn, args)))
-        results: list[T] = []
-        for k, conn in enumerate(self._conns):
-            value: Any
+            conns.append(conn)
+        asked = []
+        for conn in conns:
             try:
-                kind, value = conn.recv() if conn is not None else ("ended", None)
+                conn.send(("call", (fn, args)))
+                asked.append(True)
+            except (BrokenPipeError, OSError):
+                asked.append(False)
+        # Every process's answer is read before any error is raised: one left in its pipe would be taken for the
+        # replies to the next round's messages (another question's answer as those lenders' replies).
+        answers: list[tuple[str, Any]] = []
+        for k, conn in enumerate(conns):
+            try:
+                answers.append(conn.recv() if asked[k] else ("ended", None))
             except (EOFError, OSError):
-                kind, value = "ended", None
+                answers.append(("ended", None))
+            except Exception as exc:  # an answer that could not be rebuilt here (_portable checks it there)
+                answers.append(("error", RuntimeError(f"lenders-{k}'s answer cannot be read: {exc}")))
+        for k, (kind, _) in enumerate(answers):
             if kind == "ended":
                 self._lost(k)
+        results: list[T] = []
+        for k, (kind, value) in enumerate(answers):
+            if kind == "ended":
                 raise RuntimeError(f"the lender process lenders-{k} ended")
             if kind == "error":
                 raise value if isinstance(value, BaseException) else RuntimeError(str(value))

@@ -78,6 +78,13 @@ def validate(cfg: RunConfig, lender_processes: LenderProcesses | None = None):
     from federation.privacy.limits import check_delta
 
     summary = describe(cfg, _loaded_in(lender_processes) if lender_processes is not None else None)
+    if lender_processes is not None:
+        # This process read the whole dataset to validate it (the pooled holdout's count, a file's values): with
+        # lender processes, each lender's records are kept by its own process, and the coordinator's keeps none
+        # (before, the whole synthetic market or CSV stayed in its caches for the run; tests/test_redteam_procs.py).
+        from federation.data import forget_loaded
+
+        forget_loaded()
     if cfg.dp and cfg.dp_level == "lender":  # the unit is a lender: n is the number of lenders
         check_delta(cfg.lenders, cfg.delta, "the federation (lender-level DP)", unit="lenders")
     elif cfg.dp:  # the unit is a training record: the delta a lender uses (cfg.delta or its default) for its n

@@ -182,6 +182,11 @@ def _open_secure_round(
         messages = secure.prepare(messages)
     except SecAggError as exc:  # too few lenders to mask: nobody trains this round
         setup_failure, messages = str(exc), []
+        # Every lender asked is left out, those still in the setup for its failure: the verifier needs an outcome
+        # for each lender of the round's roster (an honest run failed verification when lenders had failed to
+        # advertise keys: tests/test_redteam_procs.py).
+        for lender in secure.participants:
+            secure.dropped.setdefault(lender, f"secure aggregation did not start: {exc}")
     if secure.roster:
         fed.keeper.secagg_roster(rnd, secure.roster)
     left_out: list[Rejection] = [(lender, why, None) for lender, why in sorted(secure.dropped.items())]
