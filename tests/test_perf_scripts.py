@@ -25,7 +25,7 @@ def test_scale_runs_one_size_with_sampling():
 
 def test_scale_runs_with_lender_processes():
     result = scale.one(lenders=6, per_round=3, rounds=2, records_per_lender=300, processes=2)
-    assert result["processes"] == 2 and result["lender_process_peak_rss_mb"] > 0
+    assert result["processes"] == 2 and result["lender_process_peak_rss_mb"] > 0 and result["last_round_pss_mb"] > 0
 
 
 def test_secagg_cost_runs(capsys):

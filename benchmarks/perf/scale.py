@@ -40,13 +40,16 @@ def one(lenders: int, per_round: int, rounds: int, records_per_lender: int, proc
         delta=1e-5,
     )  # explicit: the market's smallest lenders are too small for the default rule
     round_seconds: list[float] = []
+    pss: list[float] = []
+
+    def on_round(summary) -> None:
+        round_seconds.append(summary.seconds)
+        if len(round_seconds) == rounds:  # every lender loaded, every process at its largest: measured once
+            pss.append(proportional_set_mb())
+
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        run(
-            cfg.replace(output_dir=str(Path(tmp) / "run")),
-            on_round=lambda s: round_seconds.append(s.seconds),
-            lender_processes=processes,
-        )
+        run(cfg.replace(output_dir=str(Path(tmp) / "run")), on_round=on_round, lender_processes=processes)
         total = time.perf_counter() - start
     rounds_sorted = sorted(round_seconds)
     return {
@@ -59,11 +62,21 @@ def one(lenders: int, per_round: int, rounds: int, records_per_lender: int, proc
         "total_seconds": total,
         "setup_seconds": total - sum(round_seconds),
         "peak_rss_mb": peak_rss_mb(),
+        "last_round_pss_mb": pss[0] if pss else None,
         # the lender processes' largest peak (they share the run's pages copy-on-write: not to be added up)
         "lender_process_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         if processes > 1
         else None,
     }
+
+
+def proportional_set_mb() -> float:
+    """This process's and its children's memory now, each shared page counted once in all (the sum of their PSS):
+    the lender processes share the run's pages copy-on-write, so their resident sizes are not to be added up."""
+    import psutil
+
+    me = psutil.Process()
+    return sum(p.memory_full_info().pss for p in [me, *me.children(recursive=True)]) / 2**20
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,9 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         "| lenders | sampled per round | borrowers | lender processes | seconds per round (median) | setup seconds "
-        "| peak RSS (MB) | largest lender process peak RSS (MB) |"
+        "| peak RSS (MB) | largest lender process peak RSS (MB) | all processes at the last round, PSS (MB) |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size, processes in [(int(s), int(p)) for s in args.sizes.split(",") for p in args.lender_processes.split(",")]:
         out = subprocess.run(
             [
@@ -114,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"| {r['lenders']} | {r['sampled']} | {r['borrowers']:,} | {r['processes']} | "
             f"{r['seconds_per_round_median']:.2f} | {r['setup_seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
-            f"{'-' if children is None else f'{children:.0f}'} |",
+            f"{'-' if children is None else f'{children:.0f}'} | {r['last_round_pss_mb']:.0f} |",
             flush=True,
         )
 
