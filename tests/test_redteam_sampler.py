@@ -253,3 +253,15 @@ def test_an_epoch_of_empty_poisson_batches_releases_noise_only(monkeypatch, per_
     assert result.steps == 3 and not calls
     moved = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert torch.isfinite(moved).all() and bool((moved != 0).all())  # noise, and nothing else, moved every weight
+
+
+def test_a_stream_whatever_its_random_bytes_never_runs_out(monkeypatch):
+    """The 16-byte ChaCha20 nonce of the cryptography library begins with the 32-bit block counter. Taken from
+    os.urandom it could start near 2^32, leaving a stream of a few blocks, and a lender's round failed with
+    "Exceeded the maximum number of bytes that can be encrypted with ChaCha20 for this nonce" (a 1,000-lender
+    benchmark run did). The worst random bytes must still give a full stream: draw well past 64 bytes."""
+    monkeypatch.setattr(noise_module.os, "urandom", lambda n: b"\xff" * n)
+    stream = ChaChaStream()
+    assert stream.normal((1 << 16,)).shape == (1 << 16,)  # 1 MiB of keystream and more
+    assert len(stream.secure_normal(1 << 16)) == 1 << 16
+    assert sum(len(b) for b in stream.poisson_batches(10_000, 0.01, 50)) > 0

@@ -120,8 +120,10 @@ def main(argv: list[str] | None = None) -> None:
             ],
             capture_output=True,
             text=True,
-            check=True,
+            check=False,
         )
+        if out.returncode != 0:  # what the size's process said, not only that it failed
+            sys.exit(f"size {size}, {processes} lender processes, failed:\n{out.stderr[-4000:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
         children = r["lender_process_peak_rss_mb"]
         print(

@@ -57,7 +57,14 @@ class ChaChaStream:
     SECURE_NORMAL_CHUNK = 1 << 15
 
     def __init__(self) -> None:
-        cipher = Cipher(algorithms.ChaCha20(os.urandom(32), os.urandom(16)), mode=None)
+        # cryptography's 16-byte ChaCha20 nonce is the 32-bit block counter (little endian) and then the 96-bit nonce.
+        # The counter starts at 0: a random one (os.urandom(16), as here before) left a stream of 2^32 - counter
+        # 64-byte blocks, and the cryptography library refuses to go past the end ("Exceeded the maximum number of
+        # bytes that can be encrypted with ChaCha20 for this nonce"). A stream that needs b blocks failed with
+        # probability b / 2^32: a lender's round draws about 1 MiB of normals ahead (16,384 blocks), so about one
+        # lender-round in 260,000 by that count, and a 1,000-lender benchmark run failed so on 2026-12-02. From 0, a
+        # stream holds 256 GiB, for one fresh 256-bit key.
+        cipher = Cipher(algorithms.ChaCha20(os.urandom(32), bytes(4) + os.urandom(12)), mode=None)
         self._stream = cipher.encryptor()
         self._secure_normals = torch.empty(0, dtype=torch.float64)
         self._secure_used = 0
