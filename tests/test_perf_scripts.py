@@ -38,3 +38,12 @@ def test_secagg_cost_runs(capsys):
     # the masked vector is uint64 (the update and the lender's record count): twice the bytes of the float32 update
     ratio = float(re.search(r"\| ratio \| [0-9.]+x \| ([0-9.]+)x \|", table).group(1))
     assert 2.0 < ratio < 2.2
+
+
+def test_scale_times_each_setup_phase(capsys):
+    import json
+
+    scale.main(["--one", "6", "--per-round", "3", "--rounds", "1", "--records-per-lender", "300", "--phases"])
+    phases = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["phase_seconds"]
+    assert {name.split(".")[-1] for name in phases} == {name for _, name in scale.PHASES}
+    assert all(seconds > 0 for seconds in phases.values())

@@ -1,7 +1,7 @@
 """Scale: many lenders, few sampled per round. Seconds per round and peak resident memory.
 
     python -m benchmarks.perf.scale                      # 10, 100 and 1,000 lenders (1,000 borrowers each)
-    python -m benchmarks.perf.scale --one 1000 --per-round 100 --rounds 20 --lender-processes 2
+    python -m benchmarks.perf.scale --one 1000 --per-round 100 --rounds 20 --lender-processes 2 --phases
 
 Synthetic market with 1,000 borrowers per lender (1,000 lenders = 1,000,000 borrowers), DP on,
 record level, up to 100 lenders drawn per round (`lenders-per-round`), the in-process engine. Each
@@ -19,7 +19,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 from benchmarks.perf.common import machine, peak_rss_mb, quiet
 
@@ -70,6 +73,50 @@ def one(lenders: int, per_round: int, rounds: int, records_per_lender: int, proc
     }
 
 
+# Where a run's time goes outside its rounds: each function's total seconds, timed by wrapping it (--phases).
+PHASES = (
+    ("fedcredit.runner", "validate"),
+    ("server.enrolment", "collect_manifests"),
+    ("server.run_outputs", "collect_finals"),
+    ("server.run_outputs", "write_outputs"),
+    ("server.evaluation", "evaluate_round"),
+)
+
+
+@contextmanager
+def time_phases() -> Iterator[dict[str, float]]:
+    """Each of PHASES wrapped where its caller looks it up, for the block; the dict fills in as the run goes."""
+    import functools
+    import importlib
+
+    spent: dict[str, float] = {}
+    undo: list[tuple[Any, str, object]] = []
+    callers = {"validate": ["fedcredit.runner"], "collect_manifests": ["server.round_driver"]}
+    callers |= {"collect_finals": ["server.loop"], "write_outputs": ["server.loop"]}
+    callers |= {"evaluate_round": ["server.round_driver"]}
+    for module, name in PHASES:
+        original = getattr(importlib.import_module(module), name)
+
+        def timed(*args, _f=original, _name=f"{module}.{name}", **kwargs):
+            start = time.perf_counter()
+            try:
+                return _f(*args, **kwargs)
+            finally:
+                spent[_name] = spent.get(_name, 0.0) + time.perf_counter() - start
+
+        functools.update_wrapper(timed, original)
+        for where in {module, *callers[name]}:
+            target = importlib.import_module(where)
+            if getattr(target, name, None) is original:
+                setattr(target, name, timed)
+                undo.append((target, name, original))
+    try:
+        yield spent
+    finally:
+        for target, name, original in undo:
+            setattr(target, name, original)
+
+
 def proportional_set_mb() -> float:
     """This process's and its children's memory now, each shared page counted once in all (the sum of their PSS):
     the lender processes share the run's pages copy-on-write, so their resident sizes are not to be added up."""
@@ -87,10 +134,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--records-per-lender", type=int, default=1000)
     parser.add_argument("--lender-processes", default="1,2", help="with --one: one number; else a list")
+    parser.add_argument("--phases", action="store_true", help="with --one: also each setup phase's seconds")
     args = parser.parse_args(argv)
     if args.one:
         processes = int(args.lender_processes.split(",")[0])
-        print(json.dumps(one(args.one, args.per_round, args.rounds, args.records_per_lender, processes)))
+        timing: AbstractContextManager[dict[str, float]] = time_phases() if args.phases else nullcontext({})
+        with timing as spent:
+            result = one(args.one, args.per_round, args.rounds, args.records_per_lender, processes)
+        if args.phases:
+            result["phase_seconds"] = {k: round(v, 2) for k, v in spent.items()}
+        print(json.dumps(result))
         return
     print(
         f"machine: {machine()}; {args.records_per_lender} borrowers per lender, DP epsilon 3, {args.rounds} rounds",
