@@ -233,19 +233,22 @@ def run(
     flower_environment()
     cfg = cfg.replace(output_dir=str(Path(cfg.output_dir or default_run_dir()).resolve()))
     parties = Parties(Path(cfg.output_dir))
-    with lenders_in_processes(cfg, parties, lender_processes) as processes:
-        summary = validate(cfg, processes)
-        if not resume and not cfg.card_sha256:
-            cfg = cfg.replace(card_sha256=summary.card_sha256)  # every lender must hold this card; none takes ours
-        made = [] if resume else [p for p in (parties.keys, parties.lenders, parties.registry) if not p.exists()]
-        try:
+    made: list[Path] = []
+    try:
+        # The lender processes are stopped (the with block's end) before their folders are removed below: a lender
+        # still working would write into a folder being removed, and leave it behind.
+        with lenders_in_processes(cfg, parties, lender_processes) as processes:
+            summary = validate(cfg, processes)
+            if not resume and not cfg.card_sha256:
+                cfg = cfg.replace(card_sha256=summary.card_sha256)  # every lender must hold this card; none takes ours
             if not resume:
+                made = [p for p in (parties.keys, parties.lenders, parties.registry) if not p.exists()]
                 set_up_parties(cfg, parties, canaries)
             _run_engine(cfg, parties, on_round, resume, processes)
-        except BaseException:
-            for path in made:  # secrets made for a run that did not finish protect nothing: leave no trace of them
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-            raise
+    except BaseException:
+        for path in made:  # secrets made for a run that did not finish protect nothing: leave no trace of them
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        raise
     path = Path(cfg.output_dir)
     if not path.is_dir():
         raise RuntimeError(f"the run ended without writing {path}; see the messages above")
