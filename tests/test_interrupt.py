@@ -93,11 +93,16 @@ def _interrupt(
         left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert not left, f"left running: {[(p.pid, p.name()) for p in left]}"
     finally:
-        for p in [*started, psutil.Process(proc.pid) if proc.poll() is None else None]:
-            if p is not None:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    p.kill()
-        proc.wait(timeout=30)
+        kill_all(proc, started)
+
+
+def kill_all(proc: subprocess.Popen, started: list[psutil.Process]) -> None:
+    """Whatever a test's run left running (the run and the processes it started) killed, and the run reaped."""
+    for p in [*started, psutil.Process(proc.pid) if proc.poll() is None else None]:
+        if p is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+    proc.wait(timeout=30)
 
 
 def test_ctrl_c_on_the_inprocess_engine_stops_and_leaves_nothing(tmp_path):

@@ -13,7 +13,6 @@ Each test is an attack that succeeded, with its fix, or one that failed but woul
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
@@ -33,6 +32,7 @@ from fedcredit.runner import run
 from federation.audit_trail.verify import verify_run
 from federation.config import RunConfig
 from federation.errors import DataError
+from tests.test_interrupt import kill_all
 from tests.test_lender_processes import _ask, _counting_app, _ours
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,11 +142,7 @@ def _sigterm(tmp_path: Path, group: bool) -> tuple[int, str, list[str], list[psu
         time.sleep(0.5)  # the lender processes see their pipe close
         return proc.returncode, "\n".join(seen + rest.splitlines()), sorted(p.name for p in tmp_path.iterdir()), started
     finally:
-        for p in [*started, psutil.Process(proc.pid) if proc.poll() is None else None]:
-            if p is not None:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    p.kill()
-        proc.wait(timeout=30)
+        kill_all(proc, started)
 
 
 @pytest.mark.parametrize("group", [True, False], ids=["group", "pid"])

@@ -91,9 +91,13 @@ def time_phases() -> Iterator[dict[str, float]]:
 
     spent: dict[str, float] = {}
     undo: list[tuple[Any, str, object]] = []
-    callers = {"validate": ["fedcredit.runner"], "collect_manifests": ["server.round_driver"]}
-    callers |= {"collect_finals": ["server.loop"], "write_outputs": ["server.loop"]}
-    callers |= {"evaluate_round": ["server.round_driver"]}
+    callers = {  # the modules that import each by name (`from server.loop import ...`)
+        "validate": "fedcredit.runner",
+        "collect_manifests": "server.round_driver",
+        "collect_finals": "server.loop",
+        "write_outputs": "server.loop",
+        "evaluate_round": "server.round_driver",
+    }
     for module, name in PHASES:
         original = getattr(importlib.import_module(module), name)
 
@@ -105,7 +109,7 @@ def time_phases() -> Iterator[dict[str, float]]:
                 spent[_name] = spent.get(_name, 0.0) + time.perf_counter() - start
 
         functools.update_wrapper(timed, original)
-        for where in {module, *callers[name]}:
+        for where in {module, callers[name]}:
             target = importlib.import_module(where)
             if getattr(target, name, None) is original:
                 setattr(target, name, timed)
