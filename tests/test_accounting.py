@@ -416,3 +416,47 @@ def test_the_numpy_rdp_series_equals_opacus_at_every_order_and_gives_the_same_ep
                     ours_eps, _ = rdp_analysis.get_privacy_spent(orders=orders, rdp=steps * ours, delta=delta)
                     theirs_eps, _ = rdp_analysis.get_privacy_spent(orders=orders, rdp=steps * theirs, delta=delta)
                     assert ours_eps == pytest.approx(theirs_eps, rel=1e-7, abs=1e-12), (q, sigma, steps, delta)
+
+
+@pytest.mark.filterwarnings("ignore:Optimal order")
+def test_the_fast_prv_epsilon_equals_opacus_prv_accountant():
+    """federation/privacy/fast_prv.py is Opacus' PRVAccountant.get_epsilon with a faster cdf under its quadrature
+    and cached RDP curves for its domain: the same epsilon (to float rounding) for small and large sampling rates
+    (q = 1 included, where exp(t) underflows on the domain), small and large noise, one and many steps,
+    heterogeneous histories and two deltas; and the same error where Opacus gives up."""
+    from opacus.accountants import PRVAccountant
+
+    import federation.privacy.accountant as accountant
+    from federation.privacy import fast_prv
+
+    def rdp(history, delta):
+        return accountant._epsilon(tuple(history), delta, "rdp")
+
+    histories = [[(sigma, q, steps)] for q in (1e-3, 0.05, 0.5, 1.0) for sigma in (0.6, 1.3, 8.0) for steps in (1, 13)]
+    histories += [[(0.9, 0.01, 20), (1.37, 0.05, 40)], [(1.1, 0.0625, 26), (1.2, 0.0667, 13), (0.95, 0.071, 39)]]
+    cases = [(history, delta, 0.01) for history in histories for delta in (1e-5, 1e-3)]
+    cases += [([(1.3, 0.05, 13)], 1e-5, 0.002), ([(0.9, 0.01, 20), (1.37, 0.05, 40)], 1e-5, 0.0005)]
+    for history, delta, eps_error in cases:
+        opacus = PRVAccountant()
+        opacus.history = list(history)
+        with np.errstate(divide="ignore"):
+            try:
+                theirs: float | str = float(opacus.get_epsilon(delta=delta, eps_error=eps_error))
+            except (RuntimeError, ValueError) as e:
+                theirs = f"{type(e).__name__}: {e}"
+            try:
+                ours: float | str = fast_prv.epsilon(history, delta, eps_error, rdp)
+            except (RuntimeError, ValueError) as e:
+                ours = f"{type(e).__name__}: {e}"
+        if isinstance(theirs, str):
+            assert ours == theirs, (history, delta)
+        else:
+            assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-12), (history, delta)
+    # and the accountant's PRV epsilon is this one (the default error, refined below epsilon 2)
+    events = [PrivacyEvent(0, 1, 1.37, 0.05, 40, 1.0), PrivacyEvent(0, 2, 0.9, 0.01, 20, 1.0)]
+    opacus = PRVAccountant()
+    opacus.history = [(0.9, 0.01, 20), (1.37, 0.05, 40)]
+    first = opacus.get_epsilon(1e-5, eps_error=0.01)
+    assert first < 2  # so the accountant asks again with a finer error
+    refined = opacus.get_epsilon(1e-5, eps_error=accountant.PRV_RELATIVE_ERROR * first)
+    assert epsilon(events, 1e-5, "prv") == pytest.approx(refined, rel=1e-9)

@@ -13,10 +13,11 @@ from collections.abc import Iterable
 from functools import cache, lru_cache
 
 import numpy as np
-from opacus.accountants import RDPAccountant, create_accountant
+from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 from scipy.optimize import brentq
 
+from federation.privacy import fast_prv
 from federation.privacy.events import PrivacyEvent
 from federation.privacy.fast_rdp import rdp_subsampled_gaussian
 
@@ -107,13 +108,19 @@ def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accoun
         rdp = sum(steps * _rdp_one_step(sigma, q) for sigma, q, steps in history)
         eps, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
         return float(eps)
-    acc = create_accountant(mechanism=accountant)
-    acc.history = list(history)
+    if accountant != "prv":
+        raise ValueError(f"unknown accountant {accountant!r} (rdp or prv)")
+
+    def prv(eps_error: float) -> float:
+        # Opacus' PRVAccountant.get_epsilon, computed by federation/privacy/fast_prv.py (the same steps, 5-10x
+        # faster, equal within 1e-9 relative: tests/test_accounting.py).
+        return fast_prv.epsilon(history, delta, eps_error, lambda h, d: _epsilon(tuple(h), d, "rdp"))
+
     # Opacus' PRV takes log(0) at the edge of its grid when q is large; the result is still finite.
     with np.errstate(divide="ignore"):
-        eps = float(acc.get_epsilon(delta=delta, eps_error=0.01))
+        eps = prv(0.01)
         if PRV_RELATIVE_ERROR * eps < 0.01:
-            eps = float(acc.get_epsilon(delta=delta, eps_error=max(PRV_RELATIVE_ERROR * eps, 1e-4)))
+            eps = prv(max(PRV_RELATIVE_ERROR * eps, 1e-4))
     return eps
 
 
