@@ -47,3 +47,13 @@ def test_scale_times_each_setup_phase(capsys):
     phases = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["phase_seconds"]
     assert {name.split(".")[-1] for name in phases} == {name for _, name in scale.PHASES}
     assert all(seconds > 0 for seconds in phases.values())
+
+
+def test_prv_cost_runs_and_finds_the_same_epsilons(capsys):
+    from benchmarks.perf import prv_cost
+
+    prv_cost.main()
+    out = capsys.readouterr().out
+    assert "| Opacus PRVAccountant |" in out and "| fast_prv |" in out
+    difference = float(out.rsplit("largest relative difference ", 1)[1].split()[0])
+    assert difference < 1e-9
