@@ -112,7 +112,7 @@ def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accoun
         raise ValueError(f"unknown accountant {accountant!r} (rdp or prv)")
 
     def prv(eps_error: float) -> float:
-        # Opacus' PRVAccountant.get_epsilon, computed by federation/privacy/fast_prv.py (the same steps, 5-10x
+        # Opacus' PRVAccountant.get_epsilon, computed by federation/privacy/fast_prv.py (the same steps, 3-5x
         # faster, equal within 1e-9 relative: tests/test_accounting.py).
         return fast_prv.epsilon(history, delta, eps_error, lambda h, d: _epsilon(tuple(h), d, "rdp"))
 

@@ -26,7 +26,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from opacus.accountants.analysis.prv import compose_heterogeneous
 from opacus.accountants.analysis.prv.domain import Domain
-from opacus.accountants.analysis.prv.prvs import DiscretePRV, PoissonSubsampledGaussianPRV
+from opacus.accountants.analysis.prv.prvs import (
+    PoissonSubsampledGaussianPRV,
+    TruncatedPrivacyRandomVariable,
+    discretize,
+)
 from scipy import integrate
 
 SQRT2 = math.sqrt(2)
@@ -46,7 +50,8 @@ def epsilon(
     delta_error = delta / 1000  # Opacus' default
     steps = [n for _, _, n in history]
     domain = _domain(history, steps, eps_error, delta_error, rdp_epsilon)
-    dprvs = [_discretize(q, sigma, domain) for sigma, q, _ in history]
+    prvs = [PoissonSubsampledGaussianPRV(q, sigma) for sigma, q, _ in history]
+    dprvs = [discretize(_TruncatedPRV(prv, domain.t_min, domain.t_max), domain) for prv in prvs]
     composed = compose_heterogeneous(dprvs=dprvs, num_self_compositions=steps)
     _, _, upper = composed.compute_epsilon(delta, delta_error, eps_error)
     return float(upper)
@@ -63,23 +68,14 @@ def _domain(history, steps, eps_error, delta_error, rdp_epsilon) -> Domain:
     return Domain.create_aligned(-size, size, mesh)
 
 
-def _discretize(q: float, sigma: float, domain: Domain) -> DiscretePRV:
-    """Opacus' `discretize` of its `TruncatedPrivacyRandomVariable` over the domain's bounds."""
-    prv = PoissonSubsampledGaussianPRV(q, sigma)  # its numpy cdf, for whole arrays
-    t_min, t_max = domain.t_min, domain.t_max
-    low, high = float(prv.cdf(t_min)), float(prv.cdf(t_max))
-    mass = high - low
-    ts = domain.ts
-    left, right = ts - domain.dt / 2, ts + domain.dt / 2
+class _TruncatedPRV(TruncatedPrivacyRandomVariable):
+    """Opacus' truncated PRV with its mean computed by `_truncated_mean` (Opacus' `discretize` calls it)."""
 
-    def truncated(t):  # TruncatedPrivacyRandomVariable.cdf on arrays
-        return np.where(t < t_min, 0.0, np.where(t < t_max, (prv.cdf(t) - low) / mass, 1.0))
-
-    pmf = truncated(right) - truncated(left)
-    mean_shift = _truncated_mean(q, sigma, t_min, t_max, low, mass) - np.dot(ts, pmf)
-    if np.abs(mean_shift) >= domain.dt / 2:
-        raise RuntimeError("Discrete mean differs significantly from continuous mean.")
-    return DiscretePRV(pmf=pmf, domain=domain.shift_right(mean_shift))
+    def mean(self) -> float:
+        low = float(self._prv.cdf(self.t_min))
+        return _truncated_mean(
+            self._prv.sample_rate, self._prv.noise_multiplier, self.t_min, self.t_max, low, float(self._remaining_mass)
+        )
 
 
 def _truncated_mean(q: float, sigma: float, t_min: float, t_max: float, low: float, mass: float) -> float:
