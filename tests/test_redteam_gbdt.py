@@ -366,6 +366,32 @@ def test_different_structures_sent_to_different_lenders_are_caught(tmp_path, mon
     _fails(folder, "model", "signed a request for another model")
 
 
+def test_earlier_trees_changed_in_one_lenders_request_are_caught(tmp_path, monkeypatch):
+    """Round 2's request to one lender carries the ledger's new structure, but round 1's leaf values of the
+    coordinator's choosing (residuals steered at that lender's records): the lender signed the digest of the model it
+    was sent, and the ledger's round 1 aggregate with round 2's recorded structure does not give it."""
+    from flwr.app import Array, ArrayRecord
+
+    import server.gbdt_strategy as strategy
+
+    honest = strategy.GbdtStrategy.configure_train
+
+    def configure(self, rnd, arrays, config, grid):
+        messages = honest(self, rnd, arrays, config, grid)
+        if rnd == 2:
+            target = messages[0]
+            model = {k: v.numpy().copy() for k, v in target.content[ARRAYS].items()}
+            model["values"][round_trees(self.cfg, 1)] += 0.25
+            target.content[ARRAYS] = ArrayRecord(
+                array_dict={k: Array(np.ascontiguousarray(v)) for k, v in model.items()}
+            )
+        return messages
+
+    monkeypatch.setattr(strategy.GbdtStrategy, "configure_train", configure)
+    folder = run(GBDT.replace(rounds=2, output_dir=str(tmp_path / "run")), on_round=_quiet)
+    _fails(folder, "model", "round 2: lender 0 signed a request for another model")
+
+
 def test_a_round_marked_skipped_whose_model_still_uses_its_sums_is_caught(copy_of):
     """The coordinator keeps round 3's trees (grown from the lenders' sums) but records the round as skipped,
     with no structures or sums, so that no one can check them: the lenders scored that model, so their signatures
