@@ -65,8 +65,21 @@ def encode(features: pd.DataFrame, card: DatasetCard) -> np.ndarray:
 def encode_counting(features: pd.DataFrame, card: DatasetCard) -> tuple[np.ndarray, dict[str, Clipped]]:
     """`encode`, and for each column scaled by its bounds (numeric, not binned) the values clipped to them."""
     blocks, clipped = [], {}
-    for name in features.columns:
-        block, clips = _encode_column(features[name], card.column(name))
+    # The numeric columns that hold numbers already are taken out of the frame together, as one float matrix: one
+    # pandas call instead of two per column (pandas' per-call cost was most of a 1,000-record lender's encoding).
+    columns = [card.column(name) for name in features.columns]
+    numbers = [
+        i
+        for i, (col, dtype) in enumerate(zip(columns, features.dtypes, strict=True))
+        if col.type != "categorical" and is_number_dtype(dtype)
+    ]
+    matrix = features.iloc[:, numbers].to_numpy(dtype=float, na_value=np.nan) if numbers else None
+    taken = {i: j for j, i in enumerate(numbers)}
+    for i, (name, col) in enumerate(zip(features.columns, columns, strict=True)):
+        if i in taken:
+            block, clips = _encode_numbers(matrix[:, taken[i]], col, features.index)  # type: ignore[index]
+        else:
+            block, clips = _encode_column(features.iloc[:, i], col)
         blocks.append(block)
         if clips is not None:
             clipped[name] = clips
@@ -91,7 +104,7 @@ def bad_rows(mask: np.ndarray, index: pd.Index, count: bool = True) -> str:
 def _encode_column(series: pd.Series, col: Column) -> tuple[np.ndarray, Clipped | None]:
     if col.type == "categorical":
         return _encode_categorical(series, col), None
-    if _is_number_dtype(series.dtype):  # nothing to parse (NaN marks a missing value); parsing took most of the time
+    if is_number_dtype(series.dtype):  # nothing to parse (NaN marks a missing value); parsing took most of the time
         values = series.to_numpy(dtype=float, na_value=np.nan)
     else:
         values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
@@ -101,10 +114,15 @@ def _encode_column(series: pd.Series, col: Column) -> tuple[np.ndarray, Clipped 
             raise DataError(
                 f"column '{col.name}' has non-numeric value {bad!r} ({bad_rows(not_numeric, series.index)})"
             )
+    return _encode_numbers(values, col, series.index)
+
+
+def _encode_numbers(values: np.ndarray, col: Column, index: pd.Index) -> tuple[np.ndarray, Clipped | None]:
+    """A numeric column's values (floats, NaN where missing), encoded; `index` names the records in errors."""
     missing = ~np.isfinite(values)
     if missing.any() and col.missing != "indicator":
         raise DataError(
-            f"column '{col.name}' has {int(missing.sum())} NaN/missing value(s) ({bad_rows(missing, series.index, count=False)}); "
+            f"column '{col.name}' has {int(missing.sum())} NaN/missing value(s) ({bad_rows(missing, index, count=False)}); "
             'clean the data or set missing = "indicator" in the card'
         )
     values = card_units(values, col)
@@ -128,7 +146,7 @@ def _encode_column(series: pd.Series, col: Column) -> tuple[np.ndarray, Clipped 
     return out, clipped
 
 
-def _is_number_dtype(dtype: object) -> bool:
+def is_number_dtype(dtype: object) -> bool:
     """Integers or floats (numpy's or pandas' nullable ones): their values need no parsing."""
     return pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_float_dtype(dtype)
 
@@ -150,11 +168,15 @@ def _encode_categorical(series: pd.Series, col: Column) -> np.ndarray:
             f"column '{col.name}' has {int(missing.sum())} missing value(s) ({bad_rows(missing, series.index, count=False)}); "
             'set missing = "unknown" in the card to encode them as unknown'
         )
-    as_text = series.astype(str).to_numpy()
-    codes = pd.Index(col.categories).get_indexer(as_text)  # -1 where not a card category
+    # Each distinct value is written as text and looked up once, then spread to its records (the lookup of every
+    # record's text was most of a small lender's encoding). A missing value is -1, the all-zero code.
+    values, uniques = pd.factorize(series)
+    as_text = [str(value) for value in uniques]  # pandas' own text of a value (astype(str)) is str of it
+    position = {category: i for i, category in enumerate(col.categories)}
+    codes = np.array([position.get(text, -1) for text in as_text] + [-1], dtype=np.int64)[values]  # -1: not a category
     unknown = (codes < 0) & ~missing
     if unknown.any():
-        bad = as_text[np.flatnonzero(unknown)[0]]
+        bad = as_text[values[np.flatnonzero(unknown)[0]]]
         raise DataError(
             f"column '{col.name}' has value {bad!r} not among the card's categories ({bad_rows(unknown, series.index)})"
         )

@@ -443,3 +443,108 @@ def test_gmsc_fate_card_encodes_as_the_kaggle_card_does_in_original_units():
     np.testing.assert_allclose(x, encode(raw, plain), atol=1e-6)
     utilization = credit.index("RevolvingUtilizationOfUnsecuredLines")
     assert x.shape == (len(frame), 9) and np.unique(x[:, utilization]).size > 1000  # it keeps its spread
+
+
+# ---- the distinct-value fast paths against the record-by-record pandas expressions -------------------------------
+# consent_mask, labels_of and the categorical encoding test each distinct value once and spread the answer to its
+# records (federation/policy.py, federation/encoding.py); these are the expressions they replace, over every dtype a
+# loader or a Python caller hands them.
+
+
+def _record_by_record_consent(values: pd.Series, consented) -> np.ndarray:
+    allowed = {str(v).lower() for v in consented}
+    return (values.astype(str).str.lower().isin(allowed) & values.notna()).to_numpy()
+
+
+def _record_by_record_categories(values: pd.Series, categories) -> np.ndarray:
+    codes = pd.Index(list(categories)).get_indexer(values.astype(str).to_numpy())
+    codes[values.isna().to_numpy()] = -1
+    return codes
+
+
+RNG = np.random.default_rng(7)
+CONSENT_COLUMNS = [
+    pd.Series(RNG.random(300) < 0.9),  # numpy bool
+    pd.Series(RNG.choice(["yes", "YES", "No", "no"], 300)),  # pandas' string dtype
+    pd.Series(RNG.choice(["Yes", "no", None], 300), dtype=object),  # object, with missing values
+    pd.Series(RNG.choice([1.0, 0.0, np.nan], 300)),  # floats, with NaN
+    pd.Series(RNG.choice([1, 0, 2], 300)),  # ints
+    pd.Series(pd.Categorical(RNG.choice(["True", "False"], 300))),
+    pd.Series([], dtype=bool),
+]
+
+
+@pytest.mark.parametrize("values", CONSENT_COLUMNS, ids=lambda v: str(v.dtype))
+@pytest.mark.parametrize("consented", [["yes"], ["true", "1"], ["1.0"], ["TRUE"]])
+def test_the_consent_mask_equals_the_record_by_record_test(values, consented):
+    from federation.policy import consent_mask
+
+    card = parse_card(_card({"ok": {"category": "consent", "consented": consented}}))
+    frame = pd.DataFrame({"ok": values, "y": np.zeros(len(values))})
+    np.testing.assert_array_equal(consent_mask(frame, card), _record_by_record_consent(values, consented))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pd.Series(RNG.choice(["own", "rent", "Own", "castle", None], 300), dtype=object),
+        pd.Series(RNG.choice(["own", "Own", None], 300), dtype=object),  # 'Own' is no card category
+        pd.Series(RNG.choice(["own", "rent"], 300)),
+        pd.Series(RNG.choice([1, 2, 3], 300)),
+        pd.Series(RNG.choice([1.0, 2.0, np.nan], 300)),
+        pd.Series(pd.Categorical(RNG.choice(["own", "rent", "1"], 300))),
+    ],
+    ids=lambda v: str(v.dtype),
+)
+def test_the_categorical_encoding_equals_the_record_by_record_lookup(values):
+    categories = ["own", "rent", "1", "2.0"]
+    card = parse_card(
+        _card(
+            {"home": {"category": "collateral", "type": "categorical", "categories": categories, "missing": "unknown"}}
+        )
+    )
+    expected = _record_by_record_categories(values, categories)
+    frame = pd.DataFrame({"home": values})
+    if (expected < 0).any() and not values[expected < 0].isna().all():
+        with pytest.raises(DataError, match="not among the card's categories"):
+            encode(frame, card)
+        return
+    out = encode(frame, card)
+    np.testing.assert_array_equal(out.argmax(axis=1)[expected >= 0], expected[expected >= 0])
+    assert not out[expected < 0].any() and (out.sum(axis=1)[expected >= 0] == 1).all()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pd.Series(RNG.choice([0, 1], 300).astype(np.int8)),
+        pd.Series(RNG.choice([0.0, 1.0], 300)),
+        pd.Series(RNG.choice(["0", "1.0", "1"], 300)),
+        pd.Series(RNG.choice(["0", "1", "x"], 300), dtype=object),
+        pd.Series(RNG.choice([0, 1, 2], 300)),
+        pd.Series(RNG.choice([True, False], 300)),
+    ],
+    ids=lambda v: str(v.dtype),
+)
+@pytest.mark.parametrize("negative", [None, [0]])
+def test_the_labels_equal_the_record_by_record_test(values, negative):
+    from federation.policy import labels_of
+
+    spec = {"category": "label", "positive": 1, **({"negative": negative} if negative else {})}
+    card = parse_card({"name": "t", "columns": {"y": spec}})
+    frame = pd.DataFrame({"y": values})
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.isna().any():  # a value that is no number: named by its first row, as before
+        first = int(np.flatnonzero(numeric.isna().to_numpy())[0])
+        with pytest.raises(
+            DataError, match=f"non-numeric value .*at data row {first + 1}|first at data row {first + 1}"
+        ):
+            labels_of(frame, card)
+        return
+    positive = numeric.isin([1.0]).to_numpy()
+    unlisted = ~(positive | numeric.isin([0.0]).to_numpy())
+    if (negative and unlisted.any()) or (not negative and values.nunique() > 2):
+        with pytest.raises(DataError, match=r"listed neither|distinct values"):
+            labels_of(frame, card)
+        return
+    np.testing.assert_array_equal(labels_of(frame, card), positive.astype(np.float32))
