@@ -8,6 +8,7 @@ last entry.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 
 import torch
@@ -72,7 +73,8 @@ def write_outputs(
     """The final model, the files derived from the ledger, the ledger's closing entry and the report."""
     model.load_state_dict(arrays.to_torch_state_dict())
     torch.save(model.state_dict(), folder.path("model.pt"))
-    view = RunView(keeper.entries())
+    entries = keeper.entries()
+    view = RunView(entries)
     finish = _summary(folder, record, view, strategy)
     files = run_files(view, finish, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
     for name, data in files.items():
@@ -80,7 +82,10 @@ def write_outputs(
     finish["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
     finish["files"]["model.pt"] = finish["model_file_sha256"]
     keeper.finished(finish)
-    write_report(folder.staging, keeper.key)
+    # The report is built from the ledger as written: the entries read above and the closing entry read back (not
+    # the whole ledger parsed again: a second of a 1,000-lender run's end).
+    closing = json.loads(folder.path("ledger.jsonl").read_text().rstrip("\n").rpartition("\n")[2])
+    write_report(folder.staging, keeper.key, [*entries, closing])
     (folder.staging / checkpoint.FILE_NAME).unlink(missing_ok=True)  # a finished run has nothing to resume
 
 

@@ -576,3 +576,27 @@ def test_a_second_describe_of_a_loaded_synthetic_federation_generates_no_lender_
     pipeline.forget_loaded()
     generated.clear()
     assert describe(cfg) == first and sorted(generated) == [0, 1, 2]
+
+
+def test_the_records_digest_changes_with_any_value_name_or_label():
+    """The digest a lender commits to in its manifest (records_digest, keyed in clients/home.py) is SHA-256 over the
+    values themselves: one changed number, text, missing value, column name or label gives another digest."""
+    import pandas as pd
+
+    from federation.data.pipeline import _data_hash
+
+    frame = pd.DataFrame({"income": [1.0, 2.5, 3.0], "home": ["own", "rent", "own"], "lines": [1, 2, 3]})
+    labels = np.array([0, 1, 0], dtype=np.float32)
+    base = _data_hash(frame, labels)
+    assert _data_hash(frame.copy(), labels.copy()) == base
+    edits = [
+        frame.assign(income=[1.0, 2.5, 3.0000001]),
+        frame.assign(home=["own", "rent", "rent"]),
+        frame.assign(home=["own", "rent", None]),
+        frame.assign(lines=[1, 2, 4]),
+        frame.rename(columns={"lines": "loans"}),
+        frame[["home", "income", "lines"]],
+        frame.iloc[[1, 0, 2]].reset_index(drop=True),
+    ]
+    digests = {_data_hash(edit, labels) for edit in edits} | {_data_hash(frame, labels[[1, 0, 2]])}
+    assert base not in digests and len(digests) == len(edits) + 1

@@ -372,8 +372,9 @@ def sign_report(report: dict, key: Ed25519PrivateKey) -> dict:
     return {**report, "signature": sign(key, signed_part(report))}
 
 
-def write_report(run_dir: Path, key: Ed25519PrivateKey) -> dict:
-    report = sign_report(build_report(read_ledger(run_dir)), key)
+def write_report(run_dir: Path, key: Ed25519PrivateKey, entries: list[dict] | None = None) -> dict:
+    """Sign and write the report of the ledger in `run_dir` (`entries`: that ledger, parsed already)."""
+    report = sign_report(build_report(read_ledger(run_dir) if entries is None else entries), key)
     write_atomically(run_dir / "report.json", report_bytes(report))
     write_atomically(run_dir / "report.html", render_html(report).encode())
     return report

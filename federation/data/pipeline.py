@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -22,7 +23,7 @@ from federation.config import RunConfig
 from federation.data import partition as part
 from federation.data import synthetic
 from federation.data.loaders import LOADERS
-from federation.encoding import Clipped, encode, encode_counting, encoding_text, feature_names
+from federation.encoding import Clipped, encode, encode_counting, encoding_text, feature_names, is_number_dtype
 from federation.errors import DataError
 from federation.lender_records import LenderData
 from federation.policy import (
@@ -417,8 +418,19 @@ def _describe_lender(key: RunConfig, lender: int, natural: bool) -> LenderPart:
 
 
 def _data_hash(features: pd.DataFrame, labels: np.ndarray) -> str:
-    """SHA-256 of the records a lender trained and tested on (row hashes, then labels)."""
-    digest = hashlib.sha256()
-    digest.update(pd.util.hash_pandas_object(features, index=False).to_numpy().tobytes())
+    """SHA-256 of the records a lender trained and tested on: the column names, the columns of numbers as one float64
+    matrix, each other column's values as JSON text (missing as null), then the labels.
+
+    SHA-256 over the values themselves: pandas' row hashes (hash_pandas_object, used before) are 64-bit and not
+    collision-resistant, and took a sixth of a 1,000-record lender's load in a run."""
+    numbers = [i for i, dtype in enumerate(features.dtypes) if is_number_dtype(dtype)]
+    digest = hashlib.sha256(json.dumps([str(c) for c in features.columns]).encode())
+    digest.update(json.dumps(numbers).encode())
+    if numbers:
+        digest.update(features.iloc[:, numbers].to_numpy(dtype=np.float64, na_value=np.nan).tobytes())
+    for i in sorted(set(range(features.shape[1])) - set(numbers)):
+        column = features.iloc[:, i]
+        texts = column.astype(str).where(column.notna(), None).tolist()
+        digest.update(json.dumps(texts).encode())
     digest.update(labels.tobytes())
     return digest.hexdigest()
