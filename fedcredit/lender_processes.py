@@ -19,6 +19,7 @@ then closes.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import pickle
 import signal
@@ -113,6 +114,11 @@ class LenderProcesses:
         self._process_of = {node: k % count for k, node in enumerate(contexts)}
         self._conns: list[Connection | None] = []
         self._procs = []
+        # Every object the run's process holds now (torch, Flower, Opacus and the rest, imported) is moved out of the
+        # garbage collector's reach before the forks, in this process and so in each child: a collection that walks
+        # them writes to their pages, and each page written is copied, in the child that wrote it or here. Python's
+        # documented way to keep forked processes sharing memory (gc.freeze). Undone at close().
+        gc.freeze()
         try:
             for index in range(count):
                 ours, theirs = fork.Pipe()
@@ -208,6 +214,7 @@ class LenderProcesses:
 
     def close(self, at_once: bool = False) -> None:
         """Close every pipe, so that each process exits; with `at_once` (an error, Ctrl-C) stop them now."""
+        gc.unfreeze()
         for k in range(len(self._conns)):
             self._lost(k)
         for proc in self._procs:

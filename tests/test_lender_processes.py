@@ -171,3 +171,16 @@ def test_a_lender_refused_in_its_process_fails_the_run_as_in_one_process(tmp_pat
         errors.append(str(caught.value))
     assert errors == ["lender 1 cannot train: refused here"] * 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_objects_frozen_for_the_forks_are_unfrozen_when_the_processes_close():
+    """The run's process freezes its objects out of the garbage collector's reach before forking the lender
+    processes (pages shared with them stay shared, fedcredit/lender_processes.py); after the processes close,
+    nothing stays frozen, so a caller's later garbage (a sweep's next run) is collected again."""
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    with InProcessGrid(_counting_app(), 3, processes=2) as grid:
+        assert gc.get_freeze_count() > 0  # frozen while the lender processes run
+        _ask(grid, sorted(grid.get_node_ids()))
+    assert gc.get_freeze_count() == 0
