@@ -404,7 +404,18 @@ def _reply_arrays(record: ArrayRecord, where: str) -> dict[str, np.ndarray]:
     for name, array in arrays.items():
         if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
             raise ReplyRejected(f"{where}: array '{name}' is not an array of numbers")
+        extra = _bytes_after_values(record[name].data, array)
+        if extra:  # np.load reads past none of them: bytes no signature or check covers, refused
+            raise ReplyRejected(f"{where}: array '{name}' carries {extra} bytes after its values")
     return arrays
+
+
+def _bytes_after_values(data: bytes, array: np.ndarray) -> int:
+    """How many bytes a decoded .npy holds after its header and its values (np.load ignores them)."""
+    if data[:6] != _NPY_V1[:6] or len(data) < 12:
+        return 0
+    header = 10 + int.from_bytes(data[8:10], "little") if data[6] == 1 else 12 + int.from_bytes(data[8:12], "little")
+    return len(data) - header - array.nbytes
 
 
 def salvage_train_reply(msg: Message) -> dict | None:
