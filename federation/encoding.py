@@ -168,15 +168,15 @@ def _encode_categorical(series: pd.Series, col: Column) -> np.ndarray:
             f"column '{col.name}' has {int(missing.sum())} missing value(s) ({bad_rows(missing, series.index, count=False)}); "
             'set missing = "unknown" in the card to encode them as unknown'
         )
-    # Each distinct value is written as text and looked up once, then spread to its records (the lookup of every
-    # record's text was most of a small lender's encoding). A missing value is -1, the all-zero code.
-    values, uniques = pd.factorize(series)
-    as_text = [str(value) for value in uniques]  # pandas' own text of a value (astype(str)) is str of it
+    # Each record's text (pandas' own), then each distinct text looked up once and spread to its records (the lookup
+    # of every record's text was most of a small lender's encoding). The texts are grouped, not the values: values
+    # equal as numbers may be written apart (1, 1.0, True) and are judged apart. A missing value is -1, all zeros.
+    texts, distinct = pd.factorize(series.astype(str))
     position = {category: i for i, category in enumerate(col.categories)}
-    codes = np.array([position.get(text, -1) for text in as_text] + [-1], dtype=np.int64)[values]  # -1: not a category
+    codes = np.array([position.get(text, -1) for text in distinct] + [-1], dtype=np.int64)[texts]  # -1: no category
     unknown = (codes < 0) & ~missing
     if unknown.any():
-        bad = as_text[values[np.flatnonzero(unknown)[0]]]
+        bad = distinct[texts[np.flatnonzero(unknown)[0]]]
         raise DataError(
             f"column '{col.name}' has value {bad!r} not among the card's categories ({bad_rows(unknown, series.index)})"
         )

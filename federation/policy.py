@@ -327,23 +327,19 @@ def consent_mask(frame: pd.DataFrame, card: DatasetCard) -> np.ndarray:
         return np.ones(len(frame), dtype=bool)
     values = frame[col.name]
     allowed = {str(v).lower() for v in col.consented}
-    # The test on each distinct value, then spread to the records: the same text and comparison as on every record
-    # (`astype(str).str.lower()`: str of a numpy bool or float is pandas' text of it), a missing value never consenting,
-    # in a tenth of the time (a lender's mask is computed twice in a 1,000-lender run's validation).
-    codes, uniques = pd.factorize(values)  # a missing value: code -1, and the appended False
-    consents = np.array([str(value).lower() in allowed for value in uniques] + [False], dtype=bool)
-    return consents[codes]
+    if values.dtype == np.bool_:  # numpy bools: pandas writes them 'True' and 'False', so two answers to spread
+        return np.where(values.to_numpy(), "true" in allowed, "false" in allowed)
+    # Every other dtype record by record, on the text pandas writes: values equal as numbers may be written apart
+    # (1, 1.0, True; 0.0 and -0.0) and must be judged apart (tests/test_cards_policy_encoding.py).
+    return values.astype(str).str.lower().isin(allowed).to_numpy()
 
 
 def _label_is(values: pd.Series, wanted: tuple, col_name: str) -> np.ndarray:
     """Where the label holds one of `wanted`: compared as numbers when every wanted value is a number (1 matches
     '1.0'), else as text, exactly ('Bad' is not 'bad')."""
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in wanted):
-        if is_number_dtype(values.dtype):  # numbers already: nothing to parse (pandas' parse is most of the time)
-            as_float = values.to_numpy(dtype=float, na_value=np.nan)
-            if not np.isnan(as_float).any():
-                return np.isin(as_float, [float(v) for v in wanted])
-        numeric = pd.to_numeric(values, errors="coerce")
+        # Numbers already: pd.to_numeric would return them as they are, so it is skipped (it was most of the time).
+        numeric = values if is_number_dtype(values.dtype) else pd.to_numeric(values, errors="coerce")
         if numeric.isna().any():
             bad = values[numeric.isna()].iloc[0]
             raise DataError(
@@ -364,37 +360,22 @@ def labels_of(frame: pd.DataFrame, card: DatasetCard) -> np.ndarray:
         raise DataError(
             f"label column '{col.name}' has {int(missing.sum())} missing value(s) ({bad_rows(missing, values.index, False)})"
         )
-    # Numbers are tested as arrays. Other values are tested once each and the answer spread to their records (the
-    # same tests as on every record); a value that fails a test is looked for again among the records, for the
-    # message to name its first row.
-    if is_number_dtype(values.dtype):
-        codes, distinct, count = None, values, len(np.unique(values.to_numpy()))
-    else:
-        codes, uniques = pd.factorize(values)
-        distinct, count = pd.Series(uniques, dtype=values.dtype), len(uniques)
-
-    def is_one_of(wanted: tuple) -> np.ndarray:
-        try:
-            found = _label_is(distinct, wanted, col.name)
-        except DataError:
-            _label_is(values, wanted, col.name)  # raises, naming the record
-            raise
-        return found if codes is None else found[codes]
-
-    y = is_one_of(col.positives)
+    y = _label_is(values, col.positives, col.name)
     if col.negative:
-        unlisted = ~(y | is_one_of(col.negative))
+        unlisted = ~(y | _label_is(values, col.negative, col.name))
         if unlisted.any():
             bad = values[unlisted].iloc[0]
             raise DataError(
                 f"label column '{col.name}' has value {bad!r}, listed neither as positive nor as negative in the "
                 f"card ({bad_rows(unlisted, values.index)}); list it, or leave out the records whose outcome is not known"
             )
-    elif count > 2:
-        raise DataError(
-            f"label column '{col.name}' has {count} distinct values ({_values_seen(values)}); a credit label "
-            "is binary: list the default values as positive = [...] and the others as negative = [...]"
-        )
+    else:
+        distinct = values.nunique()
+        if distinct > 2:
+            raise DataError(
+                f"label column '{col.name}' has {distinct} distinct values ({_values_seen(values)}); a credit label "
+                "is binary: list the default values as positive = [...] and the others as negative = [...]"
+            )
     return y.astype(np.float32)
 
 

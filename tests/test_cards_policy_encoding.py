@@ -471,11 +471,18 @@ CONSENT_COLUMNS = [
     pd.Series(RNG.choice([1, 0, 2], 300)),  # ints
     pd.Series(pd.Categorical(RNG.choice(["True", "False"], 300))),
     pd.Series([], dtype=bool),
+    # equal as numbers, written apart (a red team's finds: grouping the values, not their texts, consented all)
+    pd.Series([1, True, True, 1.0, np.True_], dtype=object),
+    pd.Series([True, 1], dtype=object),
+    pd.Series([0.0, -0.0, 1.0]),
+    pd.Series(pd.to_datetime(["2020-01-01", "2020-01-02"])),
 ]
 
 
 @pytest.mark.parametrize("values", CONSENT_COLUMNS, ids=lambda v: str(v.dtype))
-@pytest.mark.parametrize("consented", [["yes"], ["true", "1"], ["1.0"], ["TRUE"]])
+@pytest.mark.parametrize(
+    "consented", [["yes"], ["true", "1"], ["1.0"], ["TRUE"], ["1"], ["0.0"], ["2020-01-01 00:00:00"], ["2020-01-01"]]
+)
 def test_the_consent_mask_equals_the_record_by_record_test(values, consented):
     from federation.policy import consent_mask
 
@@ -493,6 +500,9 @@ def test_the_consent_mask_equals_the_record_by_record_test(values, consented):
         pd.Series(RNG.choice([1, 2, 3], 300)),
         pd.Series(RNG.choice([1.0, 2.0, np.nan], 300)),
         pd.Series(pd.Categorical(RNG.choice(["own", "rent", "1"], 300))),
+        pd.Series([1, 1.0, True], dtype=object),  # '1.0' and 'True' are no card category, though equal to 1
+        pd.Series([1, 1, 2.0], dtype=object),
+        pd.Series([-0.0, 0.0]),
     ],
     ids=lambda v: str(v.dtype),
 )
@@ -548,3 +558,21 @@ def test_the_labels_equal_the_record_by_record_test(values, negative):
             labels_of(frame, card)
         return
     np.testing.assert_array_equal(labels_of(frame, card), positive.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    "values, spec, expected",
+    [
+        # a red team's finds against grouping equal values: each record is judged on its own text, as before
+        (pd.Series([1, 1.0], dtype=object), {"positive": "1"}, [1, 0]),
+        (pd.Series([True, 1], dtype=object), {"positive": "True", "negative": ["1"]}, [1, 0]),
+        (pd.Series([1, 1.0, 1.0], dtype=object), {"positive": "1", "negative": ["1.0"]}, [1, 0, 0]),
+        # integers beyond float precision compared as pandas compares them, not rounded to floats first
+        (pd.Series([2**53 + 1, 0], dtype="int64"), {"positive": 2**53}, [0, 0]),
+    ],
+)
+def test_labels_equal_as_numbers_but_written_apart_are_read_apart(values, spec, expected):
+    from federation.policy import labels_of
+
+    card = parse_card({"name": "t", "columns": {"y": {"category": "label", **spec}}})
+    np.testing.assert_array_equal(labels_of(pd.DataFrame({"y": values}), card), expected)
