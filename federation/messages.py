@@ -404,18 +404,26 @@ def _reply_arrays(record: ArrayRecord, where: str) -> dict[str, np.ndarray]:
     for name, array in arrays.items():
         if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
             raise ReplyRejected(f"{where}: array '{name}' is not an array of numbers")
-        extra = _bytes_after_values(record[name].data, array)
-        if extra:  # np.load reads past none of them: bytes no signature or check covers, refused
-            raise ReplyRejected(f"{where}: array '{name}' carries {extra} bytes after its values")
+        if not _as_flower_writes(record[name], array):
+            raise ReplyRejected(
+                f"{where}: array '{name}' is not sent as Flower writes its values (np.save): it carries bytes or "
+                "fields beyond them"
+            )
     return arrays
 
 
-def _bytes_after_values(data: bytes, array: np.ndarray) -> int:
-    """How many bytes a decoded .npy holds after its header and its values (np.load ignores them)."""
-    if data[:6] != _NPY_V1[:6] or len(data) < 12:
-        return 0
-    header = 10 + int.from_bytes(data[8:10], "little") if data[6] == 1 else 12 + int.from_bytes(data[8:12], "little")
-    return len(data) - header - array.nbytes
+def _as_flower_writes(sent: Array, array: np.ndarray) -> bool:
+    """Whether `sent` is exactly what Flower's Array makes of the values it decodes to: the .npy bytes np.save writes
+    and the dtype, shape and stype fields. np.load ignores bytes after the values, comments and padding in the
+    header, and the Array's own dtype and shape fields; the lender's signature covers only the decoded values
+    (update_hash), so anything else would be a channel from a lender to the coordinator that nothing checks."""
+    written = Array(array)
+    return (sent.stype, sent.dtype, list(sent.shape), bytes(sent.data)) == (
+        written.stype,
+        written.dtype,
+        list(written.shape),
+        bytes(written.data),
+    )
 
 
 def salvage_train_reply(msg: Message) -> dict | None:

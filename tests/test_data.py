@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from federation.config import RunConfig
@@ -581,8 +582,6 @@ def test_a_second_describe_of_a_loaded_synthetic_federation_generates_no_lender_
 def test_the_records_digest_changes_with_any_value_name_or_label():
     """The digest a lender commits to in its manifest (records_digest, keyed in clients/home.py) is SHA-256 over the
     values themselves: one changed number, text, missing value, column name or label gives another digest."""
-    import pandas as pd
-
     from federation.data.pipeline import _data_hash
 
     frame = pd.DataFrame({"income": [1.0, 2.5, 3.0], "home": ["own", "rent", "own"], "lines": [1, 2, 3]})
@@ -600,3 +599,45 @@ def test_the_records_digest_changes_with_any_value_name_or_label():
     ]
     digests = {_data_hash(edit, labels) for edit in edits} | {_data_hash(frame, labels[[1, 0, 2]])}
     assert base not in digests and len(digests) == len(edits) + 1
+
+
+@pytest.mark.parametrize(
+    "one, other",
+    [
+        # a red team's collisions against the first SHA-256 digest, which wrote every number as a float64
+        ({"id": np.array([2**53, 5])}, {"id": np.array([2**53 + 1, 5])}),
+        ({"id": np.array([2**64 - 1, 5], dtype=np.uint64)}, {"id": np.array([2**64 - 2, 5], dtype=np.uint64)}),
+        ({"n": [1, 2]}, {"n": [1.0, 2.0]}),
+        ({"x": [0.0, 1.0]}, {"x": [-0.0, 1.0]}),
+        # and which wrote other values as text alone
+        ({"v": pd.Series([1, "a"], dtype=object)}, {"v": pd.Series(["1", "a"], dtype=object)}),
+        ({"v": pd.Series([True, "a"], dtype=object)}, {"v": pd.Series(["True", "a"], dtype=object)}),
+        ({"v": [True, False]}, {"v": ["True", "False"]}),
+        ({"v": pd.Categorical(["a", "b"])}, {"v": ["a", "b"]}),
+        ({"v": pd.array([1, None], dtype="Int64")}, {"v": [1.0, np.nan]}),
+        ({1: [1.0, 2.0]}, {"1": [1.0, 2.0]}),
+        ({"v": ["a", None]}, {"v": ["a", "None"]}),
+    ],
+    ids=str,
+)
+def test_records_that_differ_only_in_type_or_beyond_float_precision_have_other_digests(one, other):
+
+    from federation.data.pipeline import _data_hash
+
+    labels = np.array([0, 1], dtype=np.float32)
+    assert _data_hash(pd.DataFrame(one), labels) != _data_hash(pd.DataFrame(other), labels)
+
+
+def test_the_records_digest_covers_the_row_count_and_the_labels_type():
+    """Labels of another dtype or length, with features of the same bytes, are other records."""
+    from federation.data.pipeline import _data_hash
+
+    two = pd.DataFrame({"a": [1.0, 3.0], "b": [2.0, 4.0]})
+    one = pd.DataFrame({"a": [1.0], "b": [3.0]})
+    assert _data_hash(two, np.array([1, 0], dtype=np.int64)) != _data_hash(two, np.array([1, 0, 0, 0], dtype=np.int32))
+    assert _data_hash(two, np.array([1, 0], dtype=np.int8)) != _data_hash(two, np.array([1, 0], dtype=bool))
+    # a row moved from the features into the labels' bytes
+    moved = np.concatenate([np.array([2.0, 4.0]).view(np.float32), np.zeros(2, dtype=np.float32)])
+    assert _data_hash(two, np.zeros(2, dtype=np.float32)) != _data_hash(one, moved)
+    # a text value a str() of which cannot be encoded (a lone surrogate) is hashed, not a crash
+    assert _data_hash(pd.DataFrame({"t": pd.Series(["\ud83d", "x"], dtype=object)}), np.zeros(2, dtype=np.float32))

@@ -238,7 +238,12 @@ def test_the_server_judges_malformed_replies_as_with_flowers_decoder(monkeypatch
     model = build_model("logreg", 4)
     shapes = array_shapes(model)
     good = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    weight = Array(good["linear.weight"]).data
+    written = Array(good["linear.weight"])  # what Flower sends: the .npy bytes, and its dtype and shape fields
+    weight = written.data
+
+    def sent(data: bytes) -> Array:
+        return Array(dtype=written.dtype, shape=written.shape, stype=written.stype, data=data)
+
     end = 10 + int.from_bytes(weight[8:10], "little")
     forged = {
         "good": weight,
@@ -261,7 +266,7 @@ def test_the_server_judges_malformed_replies_as_with_flowers_decoder(monkeypatch
     verdicts = {}
     for label, data in forged.items():
         arrays = ArrayRecord({k: Array(v) for k, v in good.items()})
-        arrays["linear.weight"] = _array(data)
+        arrays["linear.weight"] = sent(data)
         verdicts[label] = _judged(_reply({"arrays": arrays, "metrics": metrics}), shapes)
     assert verdicts["good"] == ("accepted", sorted(shapes)) and verdicts["NaN"][0] == "rejected"
     # What np.load refuses, and arrays of no numbers, are rejected replies: a ValueError, TypeError or BadZipFile
@@ -269,6 +274,7 @@ def test_the_server_judges_malformed_replies_as_with_flowers_decoder(monkeypatch
     rejected = (
         "truncated",
         "over-long",  # bytes after the values, which np.load ignores: a channel no signature covers
+        "big-endian",  # values as np.save would write no float32 array of this model's
         "object dtype",
         "zero-width",
         "structured",
@@ -281,13 +287,50 @@ def test_the_server_judges_malformed_replies_as_with_flowers_decoder(monkeypatch
     for label in rejected:
         assert verdicts[label][0] == "rejected", (label, verdicts[label])
         arrays = ArrayRecord({k: Array(v) for k, v in good.items()})
-        arrays["linear.weight"] = _array(forged[label])
+        arrays["linear.weight"] = sent(forged[label])
         salvage_train_reply(_reply({"arrays": arrays, "metrics": metrics}))  # returns, whatever it salvages
     monkeypatch.setattr(messages, "array_numpy", Array.numpy)
     for label, data in forged.items():
         arrays = ArrayRecord({k: Array(v) for k, v in good.items()})
-        arrays["linear.weight"] = _array(data)
+        arrays["linear.weight"] = sent(data)
         assert _judged(_reply({"arrays": arrays, "metrics": metrics}), shapes) == verdicts[label], label
+
+
+def test_a_reply_carries_nothing_beyond_its_values_as_flower_writes_them():
+    """A red team's channels from a lender to the coordinator that the signature (over the decoded values) does not
+    cover and np.load ignores: a comment or padding in the .npy header, a dtype alias, a version 2 header, bytes after
+    the values, and the Array's own dtype and shape fields. Each is a rejected reply; the values as Flower writes them
+    are accepted."""
+    model = build_model("logreg", 4)
+    shapes = array_shapes(model)
+    good = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    written = Array(good["linear.weight"])
+    values = good["linear.weight"].tobytes()
+    metrics = MetricRecord({"num-examples": 10, "declined": 0, "epsilon": 0.5})
+    plain = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 4), }"
+    channels = {
+        "as written": written,
+        "a comment in the header": _npy(
+            "{'descr': '<f4', # applicant 123 income 55000\n 'fortran_order': False, 'shape': (1, 4), }"
+        )
+        + values,
+        "padding": _npy(plain + " " * 900) + values,
+        "a dtype alias": _npy("{'descr': 'float32', 'fortran_order': False, 'shape': (1, 4), }") + values,
+        "version 2": _npy(plain, b"\x02\x00") + values,
+        "bytes after": written.data + b"secret",
+        "the dtype field": Array(dtype="applicant 123", shape=written.shape, stype=written.stype, data=written.data),
+        "the shape field": Array(dtype=written.dtype, shape=(55000, 123), stype=written.stype, data=written.data),
+    }
+    for label, array in channels.items():
+        if isinstance(array, bytes):
+            array = Array(dtype=written.dtype, shape=written.shape, stype=written.stype, data=array)
+        arrays = ArrayRecord({k: Array(v) for k, v in good.items()})
+        arrays["linear.weight"] = array
+        verdict = _judged(_reply({"arrays": arrays, "metrics": metrics}), shapes)
+        if label == "as written":
+            assert verdict == ("accepted", sorted(shapes)), verdict
+        else:
+            assert verdict[0] == "rejected" and "as Flower writes" in verdict[1], (label, verdict)
 
 
 # ---- 2. the run configuration of a request --------------------------------------------------------------------------

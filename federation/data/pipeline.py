@@ -23,7 +23,7 @@ from federation.config import RunConfig
 from federation.data import partition as part
 from federation.data import synthetic
 from federation.data.loaders import LOADERS
-from federation.encoding import Clipped, encode, encode_counting, encoding_text, feature_names, is_number_dtype
+from federation.encoding import Clipped, encode, encode_counting, encoding_text, feature_names
 from federation.errors import DataError
 from federation.lender_records import LenderData
 from federation.policy import (
@@ -418,19 +418,36 @@ def _describe_lender(key: RunConfig, lender: int, natural: bool) -> LenderPart:
 
 
 def _data_hash(features: pd.DataFrame, labels: np.ndarray) -> str:
-    """SHA-256 of the records a lender trained and tested on: the column names, the columns of numbers as one float64
-    matrix, each other column's values as JSON text (missing as null), then the labels.
+    """SHA-256 of the records a lender trained and tested on: a header (the row count, each column's name and dtype,
+    the labels' dtype and shape), then the columns of each numpy number dtype as one matrix of that dtype's bytes, each
+    other column's values as JSON of their type and text (missing as null), then the labels' bytes.
 
-    SHA-256 over the values themselves: pandas' row hashes (hash_pandas_object, used before) are 64-bit and not
-    collision-resistant, and took a sixth of a 1,000-record lender's load in a run."""
-    numbers = [i for i, dtype in enumerate(features.dtypes) if is_number_dtype(dtype)]
-    digest = hashlib.sha256(json.dumps([str(c) for c in features.columns]).encode())
-    digest.update(json.dumps(numbers).encode())
-    if numbers:
-        digest.update(features.iloc[:, numbers].to_numpy(dtype=np.float64, na_value=np.nan).tobytes())
-    for i in sorted(set(range(features.shape[1])) - set(numbers)):
+    SHA-256 over the values themselves, each in its own type: pandas' row hashes (hash_pandas_object, used before)
+    are 64-bit and not collision-resistant. Nothing is converted on the way (int64 past 2**53 is not rounded to a
+    float; 1, '1' and True stay apart), so two record sets share a digest only by a SHA-256 collision
+    (tests/test_data.py)."""
+    dtypes = list(features.dtypes)
+    header = {
+        "rows": len(features),
+        "columns": [[repr(name), str(dtype)] for name, dtype in zip(features.columns, dtypes, strict=True)],
+        "labels": [labels.dtype.str, list(labels.shape)],
+    }
+    digest = hashlib.sha256(json.dumps(header).encode())
+    numbers: dict[np.dtype, list[int]] = {}
+    others = []
+    for i, dtype in enumerate(dtypes):
+        if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
+            numbers.setdefault(dtype, []).append(i)
+        else:
+            others.append(i)
+    for dtype, columns in numbers.items():  # in the order each dtype first occurs (the header says which is which)
+        digest.update(np.ascontiguousarray(features.iloc[:, columns].to_numpy(dtype=dtype)).tobytes())
+    for i in others:
         column = features.iloc[:, i]
-        texts = column.astype(str).where(column.notna(), None).tolist()
-        digest.update(json.dumps(texts).encode())
-    digest.update(labels.tobytes())
+        missing = column.isna().to_numpy()
+        values = [
+            None if gone else [type(v).__name__, str(v)] for v, gone in zip(column.tolist(), missing, strict=True)
+        ]
+        digest.update(json.dumps(values).encode())
+    digest.update(np.ascontiguousarray(labels).tobytes())
     return digest.hexdigest()
