@@ -444,10 +444,13 @@ def _data_hash(features: pd.DataFrame, labels: np.ndarray) -> str:
         digest.update(np.ascontiguousarray(features.iloc[:, columns].to_numpy(dtype=dtype)).tobytes())
     for i in others:
         column = features.iloc[:, i]
-        missing = column.isna().to_numpy()
-        values = [
-            None if gone else [type(v).__name__, str(v)] for v, gone in zip(column.tolist(), missing, strict=True)
-        ]
+        missing = np.flatnonzero(column.isna().to_numpy())
+        if isinstance(column.dtype, pd.StringDtype):  # strings only (the header says so): each as it is
+            values = column.tolist()
+        else:  # anything: its type beside its text
+            values = [[type(v).__name__, str(v)] for v in column.tolist()]
+        for j in missing:
+            values[j] = None
         digest.update(json.dumps(values).encode())
     digest.update(np.ascontiguousarray(labels).tobytes())
     return digest.hexdigest()
