@@ -469,7 +469,10 @@ def apply_policy(frame: pd.DataFrame, card: DatasetCard) -> PolicyResult:
     # By position (`take`): a selection by names builds an index of them, a third of a small lender's policy time.
     names = [f["name"] for f in used]
     taken = names if card.label.name in names else [*names, card.label.name]
-    consented = frame.take(frame.columns.get_indexer(taken), axis=1) if frame.columns.is_unique else frame[taken]
+    positions = frame.columns.get_indexer(taken) if frame.columns.is_unique else None
+    if positions is not None and (positions < 0).any():  # check_schema refuses this first; take(-1) is the last column
+        raise DataError(f"column '{taken[int(np.flatnonzero(positions < 0)[0])]}' is missing from the data")
+    consented = frame.take(positions, axis=1) if positions is not None else frame[taken]
     if not keep.all():
         consented = consented.take(np.flatnonzero(keep))
     features = consented.iloc[:, : len(names)]

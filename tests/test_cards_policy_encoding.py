@@ -576,3 +576,14 @@ def test_labels_equal_as_numbers_but_written_apart_are_read_apart(values, spec, 
 
     card = parse_card({"name": "t", "columns": {"y": {"category": "label", **spec}}})
     np.testing.assert_array_equal(labels_of(pd.DataFrame({"y": values}), card), expected)
+
+
+def test_the_policy_never_takes_another_column_for_a_missing_one(monkeypatch):
+    """The policy takes its columns by position; a card column absent from the data (check_schema refuses it first,
+    bypassed here) is an error, never the frame's last column taken in its place (take(-1))."""
+    import federation.policy as policy
+
+    card = parse_card(_card({"income": {"category": "capacity", "bounds": [0, 100]}}))
+    monkeypatch.setattr(policy, "check_schema", lambda frame, card: None)
+    with pytest.raises(DataError, match="column 'income' is missing"):
+        apply_policy(pd.DataFrame({"y": [0, 1], "other": [5.0, 6.0]}), card)
