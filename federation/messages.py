@@ -404,6 +404,8 @@ def _reply_arrays(record: ArrayRecord, where: str) -> dict[str, np.ndarray]:
     for name, array in arrays.items():
         if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
             raise ReplyRejected(f"{where}: array '{name}' is not an array of numbers")
+        if array.dtype.kind == "b" and (array.view(np.uint8) > 1).any():  # a bool's byte holds 7 more bits
+            raise ReplyRejected(f"{where}: array '{name}' holds booleans that are neither 0 nor 1")
         if not _as_flower_writes(record[name], array):
             raise ReplyRejected(
                 f"{where}: array '{name}' is not sent as Flower writes its values (np.save): it carries bytes or "

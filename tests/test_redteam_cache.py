@@ -321,6 +321,10 @@ def test_a_reply_carries_nothing_beyond_its_values_as_flower_writes_them():
         "the dtype field": Array(dtype="applicant 123", shape=written.shape, stype=written.stype, data=written.data),
         "the shape field": Array(dtype=written.dtype, shape=(55000, 123), stype=written.stype, data=written.data),
     }
+    flags = Array(np.array([True, False]))  # a bool's byte: 1 bit of value, 7 bits a lender could fill
+    channels["bool bytes"] = Array(
+        dtype=flags.dtype, shape=flags.shape, stype=flags.stype, data=flags.data[:-2] + b"\x07\x00"
+    )
     for label, array in channels.items():
         if isinstance(array, bytes):
             array = Array(dtype=written.dtype, shape=written.shape, stype=written.stype, data=array)
@@ -329,6 +333,8 @@ def test_a_reply_carries_nothing_beyond_its_values_as_flower_writes_them():
         verdict = _judged(_reply({"arrays": arrays, "metrics": metrics}), shapes)
         if label == "as written":
             assert verdict == ("accepted", sorted(shapes)), verdict
+        elif label == "bool bytes":
+            assert verdict[0] == "rejected" and "neither 0 nor 1" in verdict[1], verdict
         else:
             assert verdict[0] == "rejected" and "as Flower writes" in verdict[1], (label, verdict)
 
