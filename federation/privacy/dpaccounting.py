@@ -46,7 +46,13 @@ def epsilon(events: Iterable[PrivacyEvent], delta: float, accountant: str = "rdp
     composes by adding (steps x the one-step curve, what RdpAccountant does for a self-composed event), and a PLD
     composes by convolution (the single-step PLD self-composed `steps` times, what PLDAccountant does). Cross-checked
     against Opacus in tests/test_accounting.py."""
-    history = tuple(sorted(compose_history(events)))
+    return _epsilon(tuple(sorted(compose_history(events))), delta, accountant)
+
+
+@lru_cache(maxsize=4096)
+def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
+    """`epsilon` of a composed history, remembered: the verifier asks for the same lender's history more than once
+    (its final statement's epsilons and the report's per-lender ones), and a PLD epsilon is a second or more."""
     if not history:
         return 0.0
     if accountant == "rdp":
