@@ -62,18 +62,30 @@ def handles(kind: str) -> Callable[[Handler], Handler]:
 def warm_up(folder: Path) -> None:
     """What the worker does once, before its first message: import what training and scoring need and read the
     lender's records (a problem with them is reported by the message that needs them, as without a worker)."""
-    from clients import dp_round  # noqa: F401  (torch, Opacus, the accountants)
-    from federation import metrics, model  # noqa: F401
-
-    _torch_ready()
     try:
-        _first_step()
+        prepare_process()
     except Exception as exc:  # the first message meets the same problem and reports it
         print(f"fedcredit worker: no warm-up step ({type(exc).__name__}: {exc})", file=sys.stderr)
     try:
         preload_records(Path(folder))
     except Exception as exc:
         print(f"fedcredit worker: the records are read with the first message ({exc})", file=sys.stderr)
+
+
+def prepare_process() -> None:
+    """Import what the handlers import when first called (torch's optimizer machinery, scikit-learn's metrics, the
+    accountants: about 450 modules) and take one step of each built-in model on all-zero rows (`_first_step`).
+
+    The worker calls it before its first message. The in-process engine calls it in the run's process before it
+    forks the lender processes (fedcredit/runner.py): done in each lender process instead, every one held its own
+    copy of those modules, 60-70 MB each at 1,000 lenders (benchmarks/results/perf_scale.md). No randomness made
+    here outlives it: the step's SecureRandomness is its own, and each training makes a fresh one
+    (clients/dp_round.py), so no two forked lenders share a keystream."""
+    from clients import dp_round  # noqa: F401  (torch, Opacus, the accountants)
+    from federation import metrics, model  # noqa: F401
+
+    _torch_ready()
+    _first_step()
 
 
 def _first_step() -> None:

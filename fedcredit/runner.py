@@ -124,9 +124,11 @@ def lenders_in_processes(cfg: RunConfig, parties: Parties, processes: int) -> It
     # Imported here, so that every process starts with them imported (the ClientApp and the data pipeline).
     import federation.data.pipeline  # noqa: F401
     from clients.app import app as client_app
+    from clients.app import prepare_process
     from fedcredit.inprocess_grid import lender_contexts
     from fedcredit.lender_processes import LenderProcesses
 
+    prepare_process()  # what every lender process would import and warm up on its own, done once, shared by all
     pool = LenderProcesses(client_app, lender_contexts(cfg.lenders, 1, _node_configs(cfg, parties)), processes)
     try:
         yield pool

@@ -8,6 +8,7 @@ processes is tested in tests/test_interrupt.py."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import psutil
 import pytest
@@ -184,3 +185,52 @@ def test_the_objects_frozen_for_the_forks_are_unfrozen_when_the_processes_close(
         assert gc.get_freeze_count() > 0  # frozen while the lender processes run
         _ask(grid, sorted(grid.get_node_ids()))
     assert gc.get_freeze_count() == 0
+
+
+_IMPORTS_AFTER_FORK = """
+import sys
+import fedcredit.lender_processes as lp
+from fedcredit.runner import run
+from federation.config import RunConfig
+
+at_fork, pools = set(), []
+start = lp.LenderProcesses.__init__
+
+
+def recording(self, *args, **kwargs):
+    at_fork.update(sys.modules)
+    start(self, *args, **kwargs)
+    pools.append(self)
+
+
+def imported_since(lenders):  # in a lender process: at_fork is its copy of the run's set at the fork
+    return sorted(set(sys.modules) - at_fork)
+
+
+lp.LenderProcesses.__init__ = recording
+late = []
+cfg = RunConfig(records=3000, lenders=3, rounds=2, output_dir=sys.argv[1])
+run(cfg, on_round=lambda s: late.extend(pools[0].call_each(imported_since)), lender_processes=2)
+print(sorted(set().union(*map(set, late))))
+"""
+
+
+def test_lender_processes_import_nothing_of_their_own_after_the_fork(tmp_path):
+    """The run's process imports what the lenders' handlers import when first called (torch's optimizer machinery,
+    scikit-learn's metrics, the accountants) before it forks the lender processes, so that they share those pages
+    instead of each holding its own copy of about 450 modules (fedcredit/runner.py, clients/app.py
+    prepare_process). Run in a fresh interpreter: this test process has imported everything already."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_AFTER_FORK, str(tmp_path / "run")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = eval(out.stdout.strip().splitlines()[-1])  # a list of module names, printed by the script
+    assert set(imported) <= {"multiprocessing.popen_fork"}, imported
