@@ -20,6 +20,7 @@ reveals nothing new; any other request is a new release.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,8 @@ from federation.privacy.noise import SecureRandomness, SeededRandomness, noise_s
 from federation.secagg import SecAggError, sum_noise_problem
 from federation.training import DPSettings, LocalOptimizer, train_local
 from federation.tree_model import ensemble_of, tree_count
+
+log = logging.getLogger("fedcredit.lender")
 
 
 @dataclass(frozen=True)
@@ -252,10 +255,27 @@ def train(session: Session) -> Message:
             account["events"].append(planned.to_dict())
             run_events.append(planned)
         release = account["releases"]
-        # (two arguments where there is no share: tests wrap _train_once with that signature)
-        arrays = _train_once(s, planned) if secure_sum is None else _train_once(s, planned, secure_sum)
+        try:
+            # (two arguments where there is no share: tests wrap _train_once with that signature)
+            arrays = _train_once(s, planned) if secure_sum is None else _train_once(s, planned, secure_sum)
+        except Exception as exc:
+            arrays = _failed_release(s, release, exc)
     eps = epsilon(run_events, required(delta, "delta"), cfg.accountant) if record_level else None
     return _release_reply(s, arrays, digest, release, planned, eps, budget, delta, secure_sum)
+
+
+def _failed_release(s: Session, release: int, exc: Exception) -> ArrayRecord:
+    """What leaves the lender when its training fails after the release was counted: no arrays at all.
+
+    The release stays paid for (whether training fails can depend on the noisy result), so it is signed and sent
+    like any other, with nothing in it: the coordinator records it and its event, rejects the empty update, and the
+    lender's final count agrees with the ledger. An error reply instead left a release the coordinator never saw,
+    and the whole run failed at the lenders' final statements. The error's text stays here, in the lender's log: it
+    may say something about the lender's records."""
+    log.warning(
+        "lender %d, round %d: training failed after release %d was counted: %s", s.lender, s.round, release, exc
+    )
+    return ArrayRecord()
 
 
 def _injected_failure(s: Session) -> None:

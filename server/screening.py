@@ -1,9 +1,10 @@
 """Screening of training replies before anything is aggregated.
 
 A reply is left out, with the reason, when the lender reports an error, its arrays break the contract (shape, NaN,
-inf), its update is farther than max-update-norm from the global model (an absurd update is not a model), or it
-never came. What can still be read from a rejected reply is kept (`salvaged`): a lender whose update is rejected may
-still have spent privacy budget, and that release must be accounted.
+inf; or no arrays at all, where its training failed after it counted the release), its update is farther than
+max-update-norm from the global model (an absurd update is not a model), or it never came. What can still be read
+from a rejected reply is kept (`salvaged`): a lender whose update is rejected may still have spent privacy budget,
+and that release must be accounted.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Mapping
 
 from flwr.app import ArrayRecord, Message
 
+from federation.audit_trail import ledger as L
 from federation.config import RunConfig
 from federation.messages import ReplyRejected, inspect_reply, numpy_arrays, salvage_train_reply
 from federation.privacy.lender_level_mechanism import update_norm
@@ -38,7 +40,8 @@ def screen_train_replies(
         try:
             plain = inspect_reply(msg, shapes)
         except ReplyRejected as exc:
-            rejected.append((lender, str(exc), salvage_train_reply(msg)))
+            salvaged = salvage_train_reply(msg)
+            rejected.append((lender, _failed_release(salvaged) or str(exc), salvaged))
             continue
         # A masked update (secure aggregation) is screened by its lender: the coordinator cannot see it; a gbdt
         # reply holds leaf sums, not a model (its leaf values are clipped instead).
@@ -51,6 +54,15 @@ def screen_train_replies(
                 continue
         checked.append((msg, plain))
     return sorted(checked, key=lambda item: lender_of(item[0])), rejected
+
+
+def _failed_release(salvaged: dict | None) -> str:
+    """The reason for an update that holds nothing: the lender's training failed after it counted the release
+    (clients/dp_round.py `_failed_release`); "" for any other reply. The signed body is checked when it is recorded."""
+    body = ((salvaged or {}).get("attestation") or {}).get("body") or {}
+    if body.get("type") == L.LENDER_UPDATE and body.get("shapes") == {} and not (salvaged or {}).get("arrays"):
+        return f"the lender's training failed after it counted release {body.get('release')}: it sent no update"
+    return ""
 
 
 def unanswered(

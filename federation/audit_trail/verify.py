@@ -482,6 +482,12 @@ def _check_attempts(view: RunView, cfg: RunConfig) -> None:
             answers = [k for k in kinds if k != L.UPDATE_REJECTED]
             if len(answers) > 1 or kinds.count(L.UPDATE_REJECTED) > 1:
                 _fail(where, "roster", f"lender {lender} answers round {attempt.round} more than once")
+        for update in attempt.of_type(L.LENDER_UPDATE):
+            if sent_nothing(update["body"]) and outcome[update["body"]["lender"]] != [
+                L.LENDER_UPDATE,
+                L.UPDATE_REJECTED,
+            ]:
+                _fail(_describe(update), "roster", "an update that holds nothing is not recorded as rejected")
         # After the checks above, so that an update out of its round fails as such.
         for update in attempt.of_type(L.LENDER_UPDATE) if cfg.model != "gbdt" else []:
             if update["body"].get("input_model") != current:
@@ -1062,6 +1068,12 @@ def _check_gbdt(view: RunView, cfg: RunConfig) -> None:
         _fail("aggregate", "model", str(exc))
 
 
+def sent_nothing(body: dict) -> bool:
+    """An update that holds no arrays: the lender's training failed after it counted the release (clients/dp_round.py
+    `_failed_release`). Its release and event count; its update is never a usable one."""
+    return body.get("shapes") == {} and body.get("bytes_sent") == 0
+
+
 def _hex(text: object) -> bool:
     return isinstance(text, str) and bool(re.fullmatch(r"(?:[0-9a-f]{2})+", text))
 
@@ -1071,6 +1083,8 @@ def _check_secure_aggregation(view: RunView, cfg: RunConfig, coordinator) -> Non
     for the lenders, and the weights are the lenders' signed record counts. Off: nothing was masked."""
     for attempt in view.attempts:
         for entry in attempt.of_type(L.LENDER_UPDATE):
+            if sent_nothing(entry["body"]):  # neither masked nor in the clear (and never aggregated: _check_rounds)
+                continue
             masked = list(entry["body"].get("shapes", {})) == [MASKED]
             if masked is not cfg.secure_aggregation:
                 _fail(
