@@ -156,7 +156,7 @@ class CoordinatorStrategy:
             default=0.0,
         )
 
-    def account_ahead(self, record: RunRecord) -> threading.Thread | None:
+    def account_ahead(self, record: RunRecord) -> AheadAccounting | None:
         """Start computing each lender's final epsilons, which privacy_summary states, in a thread of this process,
         while the lenders compute their own final statements elsewhere (the accountant's cache keeps them). At 1,000
         lenders that is about 13 s of PRV accounting per party (benchmarks/results/perf_scale.md)."""
@@ -168,17 +168,7 @@ class CoordinatorStrategy:
             for lender in range(cfg.lenders)
             if lender in record.manifests and (events := record.events(lender))
         ]
-
-        def account() -> None:
-            for events, delta in jobs:
-                try:
-                    epsilons(events, delta)
-                except Exception:  # privacy_summary computes it again, and says what is wrong
-                    return
-
-        thread = threading.Thread(target=account, name="account-ahead", daemon=True)
-        thread.start()
-        return thread
+        return AheadAccounting(jobs)
 
     def privacy_summary(self, record: RunRecord, view: RunView) -> dict:
         """Per lender: final epsilon under both of Opacus' accountants."""
@@ -212,3 +202,33 @@ class CoordinatorStrategy:
 
 def _epsilon(events: list, delta: float, accountant: str) -> float:
     return epsilons(events, delta)[accountant]
+
+
+class AheadAccounting:
+    """The coordinator's per-lender epsilons computed in a thread (CoordinatorStrategy.account_ahead). `cancel` stops
+    it after the lender it is on: a run that failed at the final statements went on computing every lender's PRV
+    epsilon (seconds at 1,000 lenders) in a thread nobody would read, in the process of a sweep's next run too."""
+
+    def __init__(self, jobs: list[tuple[list, float]]) -> None:
+        self._cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._account, args=(jobs,), name="account-ahead", daemon=True)
+        self._thread.start()
+
+    def _account(self, jobs: list[tuple[list, float]]) -> None:
+        for events, delta in jobs:
+            if self._cancelled.is_set():
+                return
+            try:
+                epsilons(events, delta)
+            except Exception:  # privacy_summary computes it again, and says what is wrong
+                return
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._thread.join()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()

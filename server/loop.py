@@ -47,7 +47,12 @@ def run_federation(
         # its report is done meanwhile. Where the lenders run in this very process (the in-process engine in one
         # process), both would compute the same epsilons at once, and the lenders' leave the coordinator's cached.
         ahead = strategy.account_ahead(record) if not getattr(grid, "runs_lenders_here", False) else None
-        collect_finals(grid, cfg, keeper, record)
+        try:
+            collect_finals(grid, cfg, keeper, record)
+        except BaseException:
+            if ahead is not None:
+                ahead.cancel()
+            raise
         if ahead is not None:
             ahead.join()
         write_outputs(folder, cfg, keeper, record, arrays, model, strategy)

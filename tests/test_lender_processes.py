@@ -234,3 +234,34 @@ def test_lender_processes_import_nothing_of_their_own_after_the_fork(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     imported = eval(out.stdout.strip().splitlines()[-1])  # a list of module names, printed by the script
     assert set(imported) <= {"multiprocessing.popen_fork"}, imported
+
+
+def test_the_coordinators_accounting_ahead_stops_when_the_final_statements_fail(tmp_path, monkeypatch):
+    """With lender processes the coordinator computes every lender's epsilon in a thread while the lenders sign their
+    final statements (server/coordinator_strategy.py AheadAccounting). A run that fails there stops that thread
+    before the error goes on: it went on computing for a run nobody would finish."""
+    import threading
+
+    import server.coordinator_strategy as strategy
+    import server.loop as loop
+    from server.errors import RunFailed
+
+    computed, started = [], threading.Event()
+
+    def slow(events, delta):
+        computed.append(delta)
+        started.set()
+        threading.Event().wait(0.2)  # a lender's PRV epsilon at scale
+        return {"rdp": 1.0, "prv": 1.0}
+
+    def failing(*args, **kwargs):
+        assert started.wait(10)
+        raise RunFailed("a final statement does not add up")
+
+    monkeypatch.setattr(strategy, "epsilons", slow)
+    monkeypatch.setattr(loop, "collect_finals", failing)
+    cfg = RunConfig(records=4000, lenders=4, rounds=1, output_dir=str(tmp_path / "run"))
+    with pytest.raises(RunFailed):
+        run(cfg, on_round=lambda s: None, lender_processes=2)
+    assert not [t for t in threading.enumerate() if t.name == "account-ahead"]
+    assert len(computed) < 4  # stopped after the lender it was on, not after all of them
