@@ -182,3 +182,62 @@ def test_a_report_that_leaves_the_failed_release_out_of_the_epsilon_is_caught(fo
     Forger(folder).write(entries)
     with pytest.raises(VerificationFailed):
         verify_run(folder, f"{folder}-registry.json")
+
+
+_KILLED_BETWEEN_THE_TWO_WRITES = """
+import os, signal, sys
+import clients.dp_round as dp_round
+from federation.audit_trail import ledger as L
+from federation.config import RunConfig
+from fedcredit.runner import run
+
+honest = dp_round._train_once
+
+
+def train(session, planned, *rest):
+    if session.lender == 1 and session.round == 2:
+        raise RuntimeError("training broke here")
+    return honest(session, planned, *rest)
+
+
+dp_round._train_once = train
+append_lender = L.Ledger.append_lender
+
+
+def append_then_die(self, kind, lender, body, signature):
+    entry = append_lender(self, kind, lender, body, signature)
+    if kind == L.LENDER_UPDATE and body.get("shapes") == {}:
+        os.kill(os.getpid(), signal.SIGKILL)  # the coordinator dies between the empty update and its rejection
+    return entry
+
+
+L.Ledger.append_lender = append_then_die
+cfg = RunConfig(records=3000, lenders=3, rounds=3, delta=1e-4, engine="inprocess", output_dir=sys.argv[1])
+run(cfg, on_round=lambda s: None)
+"""
+
+
+def test_a_run_resumed_after_a_kill_between_the_empty_update_and_its_rejection_verifies(tmp_path):
+    """The red team's case: the coordinator killed right after it recorded the empty release, before its rejection,
+    then resumed. The unfinished attempt holds an empty update with no rejection; it aggregated nothing, so the
+    verifier's rule (an empty update is recorded as rejected) is for finished rounds only."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fedcredit.runner import resume_config
+
+    target = tmp_path / "killed"
+    root = str(Path(__file__).resolve().parents[1])
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_BETWEEN_THE_TWO_WRITES, str(target)],
+        timeout=300,
+        check=False,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    resumed = run(resume_config(target), on_round=lambda s: None, resume=True)
+    assert verify_run(resumed, f"{resumed}-registry.json").pinned

@@ -482,7 +482,9 @@ def _check_attempts(view: RunView, cfg: RunConfig) -> None:
             answers = [k for k in kinds if k != L.UPDATE_REJECTED]
             if len(answers) > 1 or kinds.count(L.UPDATE_REJECTED) > 1:
                 _fail(where, "roster", f"lender {lender} answers round {attempt.round} more than once")
-        for update in attempt.of_type(L.LENDER_UPDATE):
+        # In a finished round only: an attempt a killed coordinator left (resumed after it) aggregated nothing, and
+        # may end between the empty update and its rejection.
+        for update in attempt.of_type(L.LENDER_UPDATE) if attempt.finished is not None else []:
             if sent_nothing(update["body"]) and outcome[update["body"]["lender"]] != [
                 L.LENDER_UPDATE,
                 L.UPDATE_REJECTED,
