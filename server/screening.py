@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from flwr.app import ArrayRecord, Message
 
 from federation.audit_trail import ledger as L
+from federation.audit_trail.attest import sent_nothing
 from federation.config import RunConfig
 from federation.messages import ReplyRejected, inspect_reply, numpy_arrays, salvage_train_reply
 from federation.privacy.lender_level_mechanism import update_norm
@@ -60,7 +61,7 @@ def _failed_release(salvaged: dict | None) -> str:
     """The reason for an update that holds nothing: the lender's training failed after it counted the release
     (clients/dp_round.py `_failed_release`); "" for any other reply. The signed body is checked when it is recorded."""
     body = ((salvaged or {}).get("attestation") or {}).get("body") or {}
-    if body.get("type") == L.LENDER_UPDATE and body.get("shapes") == {} and not (salvaged or {}).get("arrays"):
+    if body.get("type") == L.LENDER_UPDATE and sent_nothing(body) and not (salvaged or {}).get("arrays"):
         return f"the lender's training failed after it counted release {body.get('release')}: it sent no update"
     return ""
 

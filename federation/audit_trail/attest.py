@@ -198,6 +198,12 @@ def update_body(
     }
 
 
+def sent_nothing(body: Mapping) -> bool:
+    """An update body that holds no arrays: the lender's training failed after it counted the release
+    (clients/dp_round.py `_failed_release`). Its release and event count; its update is never a usable one."""
+    return body.get("shapes") == {} and body.get("bytes_sent") == 0
+
+
 def refusal_body(
     run: str,
     lender: int,

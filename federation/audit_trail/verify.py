@@ -42,7 +42,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from federation.audit_trail import ledger as L
-from federation.audit_trail.attest import BODY_KEYS, clip_count, encoding_of
+from federation.audit_trail.attest import BODY_KEYS, clip_count, encoding_of, sent_nothing
 from federation.audit_trail.canonical import arrays_hash, canonical, config_hash
 from federation.audit_trail.derive import NOT_DERIVED, UNVERIFIED_FILES, run_files
 from federation.audit_trail.keys import COORDINATOR, public_from_hex, signer_label, verify_signature
@@ -1068,12 +1068,6 @@ def _check_gbdt(view: RunView, cfg: RunConfig) -> None:
         rederived_arrays(view, cfg)
     except LedgerModelMismatch as exc:
         _fail("aggregate", "model", str(exc))
-
-
-def sent_nothing(body: dict) -> bool:
-    """An update that holds no arrays: the lender's training failed after it counted the release (clients/dp_round.py
-    `_failed_release`). Its release and event count; its update is never a usable one."""
-    return body.get("shapes") == {} and body.get("bytes_sent") == 0
 
 
 def _hex(text: object) -> bool:
