@@ -229,6 +229,3 @@ class AheadAccounting:
     def cancel(self) -> None:
         self._cancelled.set()
         self._thread.join()
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
