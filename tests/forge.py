@@ -32,6 +32,16 @@ def lender_key(run_dir: Path, lender: int) -> Ed25519PrivateKey:
     return load_or_create(Path(f"{run_dir}-lenders") / f"lender_{lender:03d}", "identity")
 
 
+def copy_run(run_dir: Path, copy: Path) -> Path:
+    """A copy of a run folder at `copy`, with every party's folder beside it (keys, lenders) and its registry, as a
+    run leaves them: for a test to rewrite without touching the run its module shares."""
+    shutil.copytree(run_dir, copy)
+    for suffix in ("-keys", "-lenders"):
+        shutil.copytree(f"{run_dir}{suffix}", f"{copy}{suffix}")
+    shutil.copy(f"{run_dir}-registry.json", f"{copy}-registry.json")
+    return copy
+
+
 class Forger:
     def __init__(self, run_dir: Path, coordinator: Ed25519PrivateKey | None = None) -> None:
         self.run_dir = Path(run_dir)

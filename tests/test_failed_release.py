@@ -12,7 +12,6 @@ that records the empty release as aggregated, is caught by the verifier."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -23,7 +22,7 @@ from federation.audit_trail.verify import VerificationFailed, verify_run
 from federation.config import RunConfig
 from federation.privacy.accountant import epsilon, epsilons
 from federation.privacy.events import PrivacyEvent
-from tests.forge import Forger, entries_of, restate_privacy
+from tests.forge import Forger, copy_run, entries_of, restate_privacy
 
 BASE = RunConfig(records=3000, lenders=3, rounds=3, delta=1e-4, engine="inprocess")
 FAILING, IN_ROUND = 1, 2
@@ -112,12 +111,7 @@ def test_every_epsilon_counts_the_failed_release(failed_run):
 @pytest.fixture
 def folder(failed_run, tmp_path):
     """A copy of the run (its folder, keys, lenders' folders and registry) for a coordinator to rewrite."""
-    copy = tmp_path / "run"
-    shutil.copytree(failed_run, copy)
-    for suffix in ("-keys", "-lenders"):
-        shutil.copytree(f"{failed_run}{suffix}", f"{copy}{suffix}")
-    shutil.copy(f"{failed_run}-registry.json", f"{copy}-registry.json")
-    return copy
+    return copy_run(failed_run, tmp_path / "run")
 
 
 def _is_the_failed_release(entry) -> bool:

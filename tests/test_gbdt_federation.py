@@ -7,7 +7,6 @@ tests/test_gbdt_core.py.
 
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -32,7 +31,7 @@ from federation.privacy.accountant import epsilon
 from federation.privacy.events import PrivacyEvent
 from federation.privacy.noise import SeededRandomness
 from federation.tree_model import gbdt_params, round_trees
-from tests.forge import Forger, entries_of, restate_privacy
+from tests.forge import Forger, copy_run, entries_of, restate_privacy
 from tests.lender_kit import make_lender, message, spent
 
 GBDT = RunConfig(
@@ -69,12 +68,7 @@ def dp_run(tmp_path_factory):
 
 @pytest.fixture
 def copy_of(dp_run, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(dp_run, copy)
-    for suffix in ("-keys", "-lenders"):
-        shutil.copytree(f"{dp_run}{suffix}", f"{copy}{suffix}")
-    shutil.copy(f"{dp_run}-registry.json", f"{copy}-registry.json")
-    return copy
+    return copy_run(dp_run, tmp_path / "run")
 
 
 def _fails(folder, check, contains=""):

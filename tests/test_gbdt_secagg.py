@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ from federation.audit_trail.verify import VerificationFailed, verify_run
 from federation.config import RunConfig
 from federation.gbdt.leaf_sums import guaranteed_noise, l2_sensitivity, secure_noise_share
 from federation.secagg import SUM_BOUND, sum_noise_problem, sum_quantizer
-from tests.forge import Forger, entries_of
+from tests.forge import Forger, copy_run, entries_of
 
 GBDT = RunConfig(
     records=3000,
@@ -57,11 +56,7 @@ def _fails(folder, check, contains=""):
 def _copy(folder, tmp_path):
     copy = tmp_path / "copy" / "run"
     copy.parent.mkdir()
-    shutil.copytree(folder, copy)
-    for suffix in ("-keys", "-lenders"):
-        shutil.copytree(f"{folder}{suffix}", f"{copy}{suffix}")
-    shutil.copy(f"{folder}-registry.json", f"{copy}-registry.json")
-    return copy
+    return copy_run(folder, copy)
 
 
 def _updates(folder) -> list[dict]:

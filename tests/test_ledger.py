@@ -21,7 +21,7 @@ from federation.audit_trail.keys import keys_dir_for, sign
 from federation.audit_trail.verify import EXIT_NOT_PINNED, VerificationFailed, verify_run
 from federation.config import RunConfig
 from federation.registry import load_registry
-from tests.forge import Forger, entries_of, lender_key
+from tests.forge import Forger, copy_run, entries_of, lender_key
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +36,7 @@ def signed_run(tmp_path_factory):
 @pytest.fixture
 def run_copy(signed_run, tmp_path):
     """A private copy of the signed run, with every party's folder beside it, as in a real run."""
-    copy = tmp_path / "run"
-    shutil.copytree(signed_run, copy)
-    for suffix in ("-keys", "-lenders"):
-        shutil.copytree(f"{signed_run}{suffix}", f"{copy}{suffix}")
-    shutil.copy(f"{signed_run}-registry.json", f"{copy}-registry.json")
-    return copy
+    return copy_run(signed_run, tmp_path / "run")
 
 
 def registry_of(run_dir):

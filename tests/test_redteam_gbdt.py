@@ -10,7 +10,6 @@ leaf values, a forged leaf sum, one recorded threshold changed) are not repeated
 
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -33,7 +32,7 @@ from federation.model import model_for
 from federation.privacy.accountant import epsilon
 from federation.privacy.events import PrivacyEvent
 from federation.tree_model import build_tree_model, round_trees
-from tests.forge import Forger, entries_of, restate_privacy
+from tests.forge import Forger, copy_run, entries_of, restate_privacy
 from tests.lender_kit import make_lender, message, spent
 from tests.test_gbdt_federation import GBDT, _quiet  # the same small gbdt federation the gbdt tests attack
 
@@ -225,12 +224,7 @@ def dp_run(tmp_path_factory):
 
 @pytest.fixture
 def copy_of(dp_run, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(dp_run, copy)
-    for suffix in ("-keys", "-lenders"):
-        shutil.copytree(f"{dp_run}{suffix}", f"{copy}{suffix}")
-    shutil.copy(f"{dp_run}-registry.json", f"{copy}-registry.json")
-    return copy
+    return copy_run(dp_run, tmp_path / "run")
 
 
 def _fails(folder, check, contains=""):

@@ -28,7 +28,7 @@ from federation.audit_trail import ledger as L
 from federation.audit_trail.report import build_report
 from federation.audit_trail.verify import VerificationFailed, verify_run
 from federation.config import RunConfig
-from tests.forge import Forger, entries_of, restate_privacy
+from tests.forge import Forger, copy_run, entries_of, restate_privacy
 
 # One honest run serves most forgeries: lender 0 wrote a stricter clip limit than the coordinator asks, so it refuses
 # every round (signed refusals, a6); lenders 1 and 2 train until their budgets stop them and in round 4 every lender
@@ -54,12 +54,7 @@ def _run(out: Path, cfg: RunConfig, lender_policy: dict | None = None) -> Path:
 
 
 def _copy(run_dir: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    for suffix in ("-keys", "-lenders"):
-        shutil.copytree(f"{run_dir}{suffix}", f"{copy}{suffix}")
-    shutil.copy(f"{run_dir}-registry.json", f"{copy}-registry.json")
-    return copy
+    return copy_run(run_dir, tmp_path / "run")
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from federation.encoding import encode, encoding_text
 from federation.model import Scorecard, model_for, predict_proba
 from federation.policy import apply_policy
 from federation.scoring import CONTINUOUS_BINS, load_model, score_frame
-from tests.forge import Forger, entries_of
+from tests.forge import Forger, copy_run, entries_of
 
 runner = CliRunner()
 CFG = RunConfig(records=1200, lenders=3, rounds=1, epsilon=3.0, engine="inprocess")
@@ -333,12 +333,7 @@ def test_a_gbdt_model_without_a_readable_ensemble_is_one_line(gbdt, tmp_path, en
 @pytest.fixture
 def folder(logreg, tmp_path):
     source, _ = logreg
-    copy = tmp_path / "run"
-    shutil.copytree(source, copy)
-    for suffix in ("-keys", "-lenders"):
-        shutil.copytree(f"{source}{suffix}", f"{copy}{suffix}")
-    shutil.copy(f"{source}-registry.json", f"{copy}-registry.json")
-    return copy
+    return copy_run(source, tmp_path / "run")
 
 
 def test_model_json_weights_rewritten_and_re_hashed_by_the_coordinator_fail_verification(folder, logreg, tmp_path):

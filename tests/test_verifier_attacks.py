@@ -6,7 +6,6 @@ verification before; each must now fail, and fail on the check that names what w
 """
 
 import json
-import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -17,7 +16,7 @@ from federation.audit_trail import ledger as L
 from federation.audit_trail.report import build_report
 from federation.audit_trail.verify import VerificationFailed, verify_run
 from federation.config import RunConfig
-from tests.forge import Forger, entries_of, restate_privacy
+from tests.forge import Forger, copy_run, entries_of, restate_privacy
 
 CFG = RunConfig(records=3000, lenders=3, rounds=3, epsilon=3.0, engine="inprocess")
 
@@ -29,12 +28,7 @@ def honest(tmp_path_factory):
 
 @pytest.fixture
 def folder(honest, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(honest, copy)
-    for suffix in ("-keys", "-lenders"):
-        shutil.copytree(f"{honest}{suffix}", f"{copy}{suffix}")
-    shutil.copy(f"{honest}-registry.json", f"{copy}-registry.json")
-    return copy
+    return copy_run(honest, tmp_path / "run")
 
 
 def _fails(folder, check, registry=True, contains=""):
