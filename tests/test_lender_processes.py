@@ -265,3 +265,31 @@ def test_the_coordinators_accounting_ahead_stops_when_the_final_statements_fail(
         run(cfg, on_round=lambda s: None, lender_processes=2)
     assert not [t for t in threading.enumerate() if t.name == "account-ahead"]
     assert len(computed) < 4  # stopped after the lender it was on, not after all of them
+
+
+def test_a_run_with_lender_processes_never_draws_the_same_noise_twice(tmp_path, monkeypatch):
+    """The run's process takes a warm-up step (with secure noise) before it forks the lender processes
+    (clients/app.py prepare_process). Were any keystream made there used after the fork, two lenders would draw the
+    same noise, which the coordinator cancels by subtracting their updates. Every stream's first words, in every
+    process of a real run, differ."""
+    from federation.privacy import noise
+
+    log = tmp_path / "draws.txt"
+    uniform = noise.ChaChaStream.uniform
+
+    def recorded(self, count):
+        out = uniform(self, count)
+        if not getattr(self, "_recorded", False):  # the first draw of each stream
+            self._recorded = True
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()} {out[:4].tobytes().hex()}\n")
+        return out
+
+    monkeypatch.setattr(noise.ChaChaStream, "uniform", recorded)  # before the fork: every process has it
+    cfg = RunConfig(records=4000, lenders=4, rounds=2, output_dir=str(tmp_path / "run"))
+    run(cfg, on_round=lambda s: None, lender_processes=2)
+    draws = [line.split() for line in log.read_text().splitlines()]
+    firsts = [words for _, words in draws]
+    assert len(set(firsts)) == len(firsts), "two streams gave the same noise"
+    assert len({pid for pid, _ in draws} - {str(os.getpid())}) == 2  # both lender processes drew
+    assert len(firsts) >= 8  # a fresh stream for each of 4 lenders in each of 2 rounds, at least
