@@ -42,7 +42,7 @@ def screen_train_replies(
             plain = inspect_reply(msg, shapes)
         except ReplyRejected as exc:
             salvaged = salvage_train_reply(msg)
-            rejected.append((lender, _failed_release(salvaged) or str(exc), salvaged))
+            rejected.append((lender, _failed_release_reason(salvaged) or str(exc), salvaged))
             continue
         # A masked update (secure aggregation) is screened by its lender: the coordinator cannot see it; a gbdt
         # reply holds leaf sums, not a model (its leaf values are clipped instead).
@@ -57,7 +57,7 @@ def screen_train_replies(
     return sorted(checked, key=lambda item: lender_of(item[0])), rejected
 
 
-def _failed_release(salvaged: dict | None) -> str:
+def _failed_release_reason(salvaged: dict | None) -> str:
     """The reason for an update that holds nothing: the lender's training failed after it counted the release
     (clients/dp_round.py `_failed_release`); "" for any other reply. The signed body is checked when it is recorded."""
     body = ((salvaged or {}).get("attestation") or {}).get("body") or {}
