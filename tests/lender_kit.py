@@ -47,3 +47,11 @@ def spent(home: LenderHome, cfg: RunConfig) -> dict:
     path = home.folder / "state" / "spent.json"
     runs = json.loads(path.read_text())["runs"] if path.exists() else {}
     return runs.get(config_hash(cfg.to_record()), {"releases": 0, "events": []})
+
+
+def run_account(run_dir: Path, lender: int) -> dict:
+    """A lender's own record of the one run it took part in (releases, events, sigma), read from its folder beside
+    the run folder `run_dir`, not from anything the coordinator wrote."""
+    path = Path(f"{run_dir}-lenders") / f"lender_{lender:03d}" / "state" / "spent.json"
+    (account,) = json.loads(path.read_text())["runs"].values()
+    return account

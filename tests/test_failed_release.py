@@ -23,6 +23,7 @@ from federation.config import RunConfig
 from federation.privacy.accountant import epsilon, epsilons
 from federation.privacy.events import PrivacyEvent
 from tests.forge import Forger, copy_run, entries_of, restate_privacy
+from tests.lender_kit import run_account
 
 BASE = RunConfig(records=3000, lenders=3, rounds=3, delta=1e-4, engine="inprocess")
 FAILING, IN_ROUND = 1, 2
@@ -39,18 +40,6 @@ def _failing_once(monkeypatch) -> None:
         return honest(session, planned, *rest)
 
     monkeypatch.setattr(dp_round, "_train_once", train)
-
-
-def _entries(folder):
-    return [json.loads(line) for line in (folder / "ledger.jsonl").read_text().splitlines()]
-
-
-def _spent(folder, lender):
-    spent = json.loads(
-        (folder.parent / f"{folder.name}-lenders" / f"lender_{lender:03d}" / "state" / "spent.json").read_text()
-    )
-    (account,) = spent["runs"].values()
-    return account
 
 
 KINDS = {
@@ -74,7 +63,7 @@ def failed_run(request, tmp_path_factory):
 
 def test_the_run_finishes_and_verifies_with_the_failed_release_accounted(failed_run):
     assert verify_run(failed_run, f"{failed_run}-registry.json").pinned
-    entries = _entries(failed_run)
+    entries = entries_of(failed_run)
     mine = [e["body"] for e in entries if e["type"] == L.LENDER_UPDATE and e["body"]["lender"] == FAILING]
     assert [b["release"] for b in mine] == [1, 2, 3]
     failed = next(b for b in mine if b["round"] == IN_ROUND)
@@ -88,7 +77,7 @@ def test_the_run_finishes_and_verifies_with_the_failed_release_accounted(failed_
     assert "failed after" in rejection["reason"]
     aggregated = [e["body"] for e in entries if e["type"] == L.AGGREGATE and e["body"]["round"] == IN_ROUND]
     assert FAILING not in aggregated[0]["lenders"]
-    account = _spent(failed_run, FAILING)
+    account = run_account(failed_run, FAILING)
     assert account["releases"] == 3 and len(account["events"]) == 3
 
 
@@ -103,7 +92,7 @@ def test_every_epsilon_counts_the_failed_release(failed_run):
     assert unit["epsilon"] == pytest.approx(epsilon(mine, unit["delta"]), rel=1e-9)
     assert unit["epsilon"] > epsilon([e for e in mine if e.round != IN_ROUND], unit["delta"])
     (final,) = [
-        e["body"] for e in _entries(failed_run) if e["type"] == L.LENDER_FINAL and e["body"]["lender"] == FAILING
+        e["body"] for e in entries_of(failed_run) if e["type"] == L.LENDER_FINAL and e["body"]["lender"] == FAILING
     ]
     assert final["releases"] == 3
 

@@ -16,13 +16,11 @@ from fedcredit.runner import run
 from federation.audit_trail import ledger as L
 from federation.audit_trail.verify import verify_run
 from federation.config import RunConfig
+from tests.forge import entries_of
+from tests.lender_kit import run_account
 
 # An explicit delta: lender 4 of this market has 46 training records, too few for the default delta.
 BASE = RunConfig(records=4000, lenders=5, rounds=4, delta=1e-4, engine="inprocess")
-
-
-def _entries(folder):
-    return [json.loads(line) for line in (folder / "ledger.jsonl").read_text().splitlines()]
 
 
 def _verified(folder):
@@ -30,15 +28,6 @@ def _verified(folder):
     result = verify_run(folder, f"{folder}-registry.json")
     assert result.pinned
     return result
-
-
-def _spent(folder, lender):
-    """The lender's own record of its releases in its own folder (not the coordinator's)."""
-    spent = json.loads(
-        (folder.parent / f"{folder.name}-lenders" / f"lender_{lender:03d}" / "state" / "spent.json").read_text()
-    )
-    (account,) = spent["runs"].values()
-    return account
 
 
 def _corrupt(monkeypatch, lender: int, how):
@@ -66,7 +55,7 @@ def test_thirty_percent_dropouts_complete_and_count_only_rounds_trained(tmp_path
     folder = run(
         BASE.replace(lenders=6, rounds=5, fail_rate=0.3, output_dir=str(tmp_path / "drop")), on_round=lambda s: None
     )
-    entries = _entries(folder)
+    entries = entries_of(folder)
     failed = [(e["body"]["round"], e["body"]["lender"]) for e in entries if e["type"] == L.UPDATE_REJECTED]
     assert 3 <= len(failed) <= 18  # 30% of 30 lender-rounds, give or take
     assert all("injected failure" in e["body"]["reason"] for e in entries if e["type"] == L.UPDATE_REJECTED)
@@ -74,7 +63,7 @@ def test_thirty_percent_dropouts_complete_and_count_only_rounds_trained(tmp_path
     trained = Counter(e["lender"] for e in events)
     for lender in range(6):
         assert trained[lender] == 5 - sum(1 for _, who in failed if who == lender)
-        assert _spent(folder, lender)["releases"] == trained[lender]  # the lender's own count agrees
+        assert run_account(folder, lender)["releases"] == trained[lender]  # the lender's own count agrees
     for agg in (e for e in entries if e["type"] == L.AGGREGATE):
         assert not set(agg["body"]["lenders"]) & {who for rnd, who in failed if rnd == agg["body"]["round"]}
     _verified(folder)
@@ -84,16 +73,16 @@ def test_a_scaled_update_is_rejected_but_its_release_is_still_accounted(tmp_path
     calls = _corrupt(monkeypatch, 0, lambda p: p.mul_(1e6))
     folder = run(BASE.replace(output_dir=str(tmp_path / "scaled")), on_round=lambda s: None)
     assert calls == {1: 1, 2: 1, 3: 1, 4: 1}  # lender 0 trained once a round, then broke its model
-    rejected = [e["body"] for e in _entries(folder) if e["type"] == L.UPDATE_REJECTED]
+    rejected = [e["body"] for e in entries_of(folder) if e["type"] == L.UPDATE_REJECTED]
     assert {r["lender"] for r in rejected} == {0} and len(rejected) == 4
     assert all("exceeds max-update-norm" in r["reason"] for r in rejected)
     events = [json.loads(x) for x in (folder / "privacy_events.jsonl").read_text().splitlines()]
     assert sum(e["lender"] == 0 for e in events) == 4  # lender 0 trained (and spent budget) every round
     # its signed updates are in the ledger, numbered 1..4 by the lender itself
-    signed = [e["body"] for e in _entries(folder) if e["type"] == L.LENDER_UPDATE and e["body"]["lender"] == 0]
+    signed = [e["body"] for e in entries_of(folder) if e["type"] == L.LENDER_UPDATE and e["body"]["lender"] == 0]
     assert [b["release"] for b in signed] == [1, 2, 3, 4]
-    assert _spent(folder, 0)["releases"] == 4
-    assert all(0 not in e["body"]["lenders"] for e in _entries(folder) if e["type"] == L.AGGREGATE)
+    assert run_account(folder, 0)["releases"] == 4
+    assert all(0 not in e["body"]["lenders"] for e in entries_of(folder) if e["type"] == L.AGGREGATE)
     privacy = json.loads((folder / "privacy.json").read_text())["units"]
     assert privacy["0"]["rounds_released"] == 4 and privacy["0"]["epsilon"] > 0
     _verified(folder)
@@ -103,12 +92,12 @@ def test_a_nan_update_is_rejected_before_aggregation(tmp_path, monkeypatch):
     calls = _corrupt(monkeypatch, 2, lambda p: p.fill_(float("nan")))
     folder = run(BASE.replace(rounds=2, output_dir=str(tmp_path / "nan")), on_round=lambda s: None)
     assert calls == {1: 1, 2: 1}
-    rejected = [e["body"] for e in _entries(folder) if e["type"] == L.UPDATE_REJECTED]
+    rejected = [e["body"] for e in entries_of(folder) if e["type"] == L.UPDATE_REJECTED]
     assert {r["lender"] for r in rejected} == {2} and len(rejected) == 2 and all("NaN" in r["reason"] for r in rejected)
-    assert all(2 not in e["body"]["lenders"] for e in _entries(folder) if e["type"] == L.AGGREGATE)
+    assert all(2 not in e["body"]["lenders"] for e in entries_of(folder) if e["type"] == L.AGGREGATE)
     state = torch.load(folder / "model.pt")
     assert all(torch.isfinite(v).all() for v in state.values())
-    assert _spent(folder, 2)["releases"] == 2  # it released (and spent) although its update was unusable
+    assert run_account(folder, 2)["releases"] == 2  # it released (and spent) although its update was unusable
     _verified(folder)
 
 
@@ -124,7 +113,7 @@ def test_robust_aggregation_survives_a_lender_scaling_its_updates_by_1e6(tmp_pat
     calls = _corrupt(monkeypatch, 1, lambda p: p.mul_(1e6))
     attacked = run(robust.replace(output_dir=str(tmp_path / strategy)), on_round=lambda s: None)
     assert sum(calls.values()) == BASE.rounds
-    assert not [e for e in _entries(attacked) if e["type"] == L.UPDATE_REJECTED]  # no norm bound: robustness alone
+    assert not [e for e in entries_of(attacked) if e["type"] == L.UPDATE_REJECTED]  # no norm bound: robustness alone
     assert abs(_final_auc(attacked) - _final_auc(clean)) <= 0.01
     monkeypatch.undo()
     _corrupt(monkeypatch, 1, lambda p: p.mul_(1e6))
@@ -175,7 +164,7 @@ def test_kill_9_mid_round_then_resume_gives_the_uninterrupted_epsilons(tmp_path)
     cfg = resume_config(target)
     assert not cfg.reproducible_noise_not_private  # CSPRNG noise: a retrained round 3 could not repeat its hash
     resumed = run(cfg, on_round=lambda s: None, resume=True)
-    entries = _entries(resumed)
+    entries = entries_of(resumed)
     kinds = [e["type"] for e in entries]
     assert kinds.count(L.RUN_RESUMED) == 1
     at = kinds.index(L.RUN_RESUMED)
@@ -190,7 +179,7 @@ def test_kill_9_mid_round_then_resume_gives_the_uninterrupted_epsilons(tmp_path)
     for lender in range(4):
         mine = [b for b in (e["body"] for e in entries if e["type"] == L.LENDER_UPDATE) if b["lender"] == lender]
         assert sorted({b["release"] for b in mine}) == [1, 2, 3, 4, 5]  # a resend is the same release, not a new one
-        assert _spent(resumed, lender)["releases"] == 5  # and the lender itself counted five
+        assert run_account(resumed, lender)["releases"] == 5  # and the lender itself counted five
     _verified(resumed)
     whole = run(cfg.replace(output_dir=str(tmp_path / "whole")), on_round=lambda s: None)
     mine, theirs = (json.loads((f / "privacy.json").read_text())["units"] for f in (resumed, whole))
