@@ -1,6 +1,6 @@
 """DP federated GBDT on one dataset: the choices measured on validation data, then the chosen setting on the pooled test.
 
-    python -m benchmarks.gbdt_tuning --data-dir ../shared/datasets [--dataset give_me_some_credit]
+    python -m benchmarks.gbdt_tuning --data-dir ../shared/datasets [--dataset give_me_some_credit] [--full-noise]
 
 Taiwan by default (benchmarks/results/gbdt_tuning.md); another dataset writes gbdt_tuning_DATASET.md beside it, and
 its winner goes by hand into benchmarks/constants.py (`gbdt`). The same procedure, start and options for every
@@ -11,6 +11,13 @@ partition seeds 0, 1, 2 (the seed also draws the structures and the noise). Epsi
 lender's own delta (the bench's rule 1/N^1.1 on its training records); all lenders use the noise of the strictest
 (smallest) delta, since secure-split shares must be equal. Noise is seeded here (a benchmark must be
 reproducible), never in a run. Writes benchmarks/results/gbdt_tuning.md. One thread, numpy only.
+
+The choices are scored under secure-split noise (secure aggregation, no lender colluding with the coordinator) by
+default; `--full-noise` scores them with each lender adding the full noise, the trust assumption of the bench's
+headline (no secure aggregation), and writes gbdt_tuning[_DATASET]_full_noise.md: with sqrt(lenders) times the
+noise on every sum the best setting is not the same (shallower trees, a larger lambda, on Taiwan).
+`--random-splits-only` leaves out the noisy-quantile split candidates, which only the simulator here has (a run's
+lenders make no count release): the setting a `--model gbdt` run can use (file name + `_random_splits`).
 """
 
 from __future__ import annotations
@@ -106,16 +113,26 @@ def _feature_sums(xb: np.ndarray, values: np.ndarray, n_bins: int) -> np.ndarray
 
 
 def alternative_auc(
-    data: Data, delta: float, params: GbdtParams, epsilon: float, seed: int, kind: str, knob: float, share=0.1
+    data: Data,
+    delta: float,
+    params: GbdtParams,
+    epsilon: float,
+    seed: int,
+    kind: str,
+    knob: float,
+    share=0.1,
+    secure: bool = True,
 ) -> float:
     """Measured alternatives that lost, kept here (noisy-quantile thresholds, which can win, are in the core):
     - "topk": one noisy (G, H) histogram per feature and bin at the starting model, `share` of the budget; each node's
       split drawn uniformly among the `knob` best (feature, threshold) by noisy root gain (noisy-histogram split
       selection, done once);
     - "gradclip": no extra release; g clipped to [-knob, knob], which lowers the sensitivity to
-      sqrt(T max(min(|g|, c)^2 + h^2)) (maximum taken numerically over p)."""
+      sqrt(T max(min(|g|, c)^2 + h^2)) (maximum taken numerically over p).
+    `secure`: each lender adds its secure-split share of the noise; else the full noise."""
     lenders, ex, ey = data
     B, k = params.n_bins, len(lenders)
+    share_of = (lambda z: noise_share(z, k)) if secure else (lambda z: z)
     binned = [(bin_features(x, B), y) for x, y in lenders]
     F = binned[0][0].shape[1]
     normal = np.random.default_rng(seed + 1000).standard_normal
@@ -128,7 +145,7 @@ def alternative_auc(
         total = np.zeros((F, B, 2))
         for xb, y in binned:
             g, h = gradients(y, np.zeros(len(y)))
-            total += noised(_feature_sums(xb, np.stack([g, h], 1), B), noise_share(z_extra, k), math.sqrt(F), normal)
+            total += noised(_feature_sums(xb, np.stack([g, h], 1), B), share_of(z_extra), math.sqrt(F), normal)
         left = np.cumsum(total, axis=1)[:, :-1]
         right = total.sum(axis=1, keepdims=True) - left
         gain = left[..., 0] ** 2 / (np.maximum(left[..., 1], 0) + 100.0)
@@ -151,7 +168,7 @@ def alternative_auc(
             idx = np.stack([t.leaf_index(xb) for t in trees], axis=1)
             g, h = gradients(y, logit)
             sums = leaf_sums(idx, np.clip(g, -clip, clip), h, nodes + 1)
-            summed += noised(sums, noise_share(z_round, k), sensitivity, normal)
+            summed += noised(sums, share_of(z_round), sensitivity, normal)
             leaves.append(idx)
         trees = set_leaves(trees, summed, params)
         values = np.stack([t.values for t in trees])
@@ -187,7 +204,7 @@ def hgb_auc(data: Data, setting: dict, seed: int) -> float:
 
 
 # Coordinate search: from START, each field in turn takes the value of its options that scores best on validation
-# (mean over the two epsilons, secure split), then the next field starts from there.
+# (mean over the two epsilons, secure split or with --full-noise the full noise), then the next field starts from there.
 START = GbdtParams(n_bins=16, depth=5, trees_per_round=10, rounds=50, reg_lambda=10.0, learning_rate=0.1, leaf_clip=1.0)
 OPTIONS: dict[str, list] = {
     "depth": [2, 3, 4, 5, 6],
@@ -231,23 +248,33 @@ def main() -> None:
     parser.add_argument("--dataset", default="taiwan_default", choices=sorted(TITLES))
     parser.add_argument("--out", default="", help="default: results/gbdt_tuning.md (Taiwan), gbdt_tuning_DATASET.md")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--full-noise", action="store_true", help="score the choices with each lender adding the full noise"
+    )
+    parser.add_argument(
+        "--random-splits-only",
+        action="store_true",
+        help="search only totally random splits (a --model gbdt run has no noisy-quantile count release)",
+    )
     args = parser.parse_args()
     dataset = args.dataset
-    out = (
-        Path(args.out)
-        if args.out
-        else RESULTS.with_name("gbdt_tuning.md" if dataset == "taiwan_default" else f"gbdt_tuning_{dataset}.md")
-    )
+    secure = not args.full_noise
+    options = dict(OPTIONS)
+    if args.random_splits_only:
+        options["structure"] = [s for s in OPTIONS["structure"] if s[0] == "all"]
+    stem = "gbdt_tuning" if dataset == "taiwan_default" else f"gbdt_tuning_{dataset}"
+    stem += ("" if secure else "_full_noise") + ("_random_splits" if args.random_splits_only else "")
+    out = Path(args.out) if args.out else RESULTS.with_name(stem + ".md")
     started = time.time()
     val, val_delta = load(args.data_dir, 0, validation=True, dataset=dataset)
     log: list[str] = []
 
     def score(params: GbdtParams) -> float:
-        return statistics.mean(gbdt_auc(val, val_delta, params, eps, True, 0) for eps in (1.0, 3.0))
+        return statistics.mean(gbdt_auc(val, val_delta, params, eps, secure, 0) for eps in (1.0, 3.0))
 
     best, best_score = START, score(START)
     log.append(f"| start | {_label(best)} | {best_score:.4f} |")
-    for field, values in OPTIONS.items():
+    for field, values in options.items():
         tried = {}
         for value in values:
             candidate = _apply(best, field, value)
@@ -258,13 +285,15 @@ def main() -> None:
         best, best_score = _apply(best, field, choice), tried[choice]
     alt_seeds = (0, 1)
     prior = {
-        "the chosen setting": [gbdt_auc(val, val_delta, best, eps, True, s) for eps in (1.0, 3.0) for s in alt_seeds]
+        "the chosen setting": [gbdt_auc(val, val_delta, best, eps, secure, s) for eps in (1.0, 3.0) for s in alt_seeds]
     }
     for kind, knob, bins in ALTERNATIVES:
         params = dataclasses.replace(best, n_bins=bins or best.n_bins)
         label = f"{kind} {knob:g}, {params.n_bins} bins"
         prior[label] = [
-            alternative_auc(val, val_delta, params, eps, s, kind, knob) for eps in (1.0, 3.0) for s in alt_seeds
+            alternative_auc(val, val_delta, params, eps, s, kind, knob, secure=secure)
+            for eps in (1.0, 3.0)
+            for s in alt_seeds
         ]
         print(label, [round(v, 4) for v in prior[label]], flush=True)
     hgb_val = {i: hgb_auc(val, s, 0) for i, s in enumerate(HGB_GRID)}
@@ -278,15 +307,18 @@ def main() -> None:
             for secure in (True, False) if math.isfinite(eps) else (True,):
                 test.setdefault(f"{eps}-{secure}", []).append(gbdt_auc(data, delta, best, eps, secure, seed))
         print(f"seed {seed}: { ({k: round(v[-1], 4) for k, v in test.items()}) }", flush=True)
-    write(out, dataset, val, best, log, prior, hgb_best, hgb_val, test, time.time() - started, delta)
+    flags = ("" if secure else " --full-noise") + (" --random-splits-only" if args.random_splits_only else "")
+    write(out, dataset, val, best, log, prior, hgb_best, hgb_val, test, time.time() - started, delta, secure, flags)
 
 
-def write(out, dataset, val, best, log, prior, hgb_best, hgb_val, test, seconds, delta) -> None:
+def write(out, dataset, val, best, log, prior, hgb_best, hgb_val, test, seconds, delta, secure=True, flags="") -> None:
     z = {eps: calibrate_noise(eps, delta, best.rounds) for eps in (1.0, 3.0)}
     chosen = prior["the chosen setting"]  # [epsilon 1 seed 0, epsilon 1 seed 1, epsilon 3 seed 0, epsilon 3 seed 1]
     spread = max(abs(chosen[0] - chosen[1]), abs(chosen[2] - chosen[3]))
     lenders = len(val[0])
     command = COMMAND if dataset == "taiwan_default" else f"{COMMAND} --dataset {dataset}"
+    command += flags
+    noise = "secure split" if secure else "each lender adds the full noise"
     targets = (
         "Targets: epsilon 1 >= 0.770, epsilon 3 >= 0.775."
         if dataset == "taiwan_default"
@@ -302,7 +334,7 @@ def write(out, dataset, val, best, log, prior, hgb_best, hgb_val, test, seconds,
         "0-2 (mean ± standard deviation). Epsilon per lender, record level, delta each lender's as a run sets it (the",
         f"strictest used by all). RDP accountant. Totally random trees. {seconds / 60:.0f} minutes on one thread.",
         "",
-        f"Chosen on validation: {_label(best)}"
+        f"Chosen on validation ({noise}): {_label(best)}"
         + (
             " (the GbdtParams defaults)."
             if best == GbdtParams()
@@ -326,7 +358,7 @@ def write(out, dataset, val, best, log, prior, hgb_best, hgb_val, test, seconds,
         f"secure split each lender adds z / sqrt({lenders}) and the sum carries z.",
         f"HistGradientBoosting chosen on the same validation slice among {len(hgb_val)} settings: {hgb_best}.",
         "",
-        "## What was tried (validation AUC, mean of epsilon 1 and 3, secure split, seed 0)",
+        f"## What was tried (validation AUC, mean of epsilon 1 and 3, {noise}, seed 0)",
         "",
         "Coordinate search from the start setting: each choice in turn, the best kept. noisy_quantiles: thresholds",
         f"among those with >= 5% of the records on each side by a noisy count release ({COUNT_SHARE:.0%} of the budget).",
@@ -337,7 +369,7 @@ def write(out, dataset, val, best, log, prior, hgb_best, hgb_val, test, seconds,
         "",
         "## Alternatives to totally random trees (benchmarks/gbdt_tuning.py `alternative_auc`), at the chosen setting",
         "",
-        "Validation AUC, mean over seeds 0-1, secure split (topk: one noisy (G, H) histogram per feature and bin at",
+        f"Validation AUC, mean over seeds 0-1, {noise} (topk: one noisy (G, H) histogram per feature and bin at",
         "the start, 10% of the budget, each node's split drawn among the k best noisy root gains; gradclip: gradients",
         "clipped to [-c, c] for a smaller sensitivity, no extra release).",
         "",
