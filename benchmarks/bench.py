@@ -248,7 +248,7 @@ def bench(
     # The report reads the rows as the file holds them (strings), as a rerun does: the new rows' ints beside the
     # file's strings ("0" and 0) split a lender's own-test scores from its local model's, and RESULTS.md counted no
     # lender beating its local model for the cells a run had just added.
-    rows = read_results(path) if todo else rows
+    rows = read_results(path)
     plots(rows, output_dir)
     write_results_md(rows, command, results_md or output_dir / "RESULTS.md", skipped)
     return rows
