@@ -22,11 +22,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from federation.aggregation import publishes_updates
+from federation.audit_trail.checkpoint import encode_arrays
 from federation.audit_trail.run_view import RunView
 from federation.config import RunConfig
 from federation.gbdt.accounting import secure_sum_statement
 from federation.gbdt_release import release_clip_norm
-from federation.messages import numpy_arrays
+from federation.messages import ARRAYS, array_record, numpy_arrays
 from federation.privacy.accountant import epsilons
 from federation.secagg import SecAggError
 from server.errors import RunFailed
@@ -55,6 +57,16 @@ def in_dtypes_of(previous: ArrayRecord, new: ArrayRecord) -> ArrayRecord:
         return new
     dtypes = {k: a.dtype for k, a in previous.items()}
     return ArrayRecord({k: Array(v.astype(dtypes[k]) if k in dtypes else v) for k, v in numpy_arrays(new).items()})
+
+
+def published_updates(trained: list[Message], lender_of_node: Mapping[int, int]) -> dict[str, dict[str, str]]:
+    """Each aggregated update's arrays as the lender sent them (they hash to the update it signed), keyed by lender:
+    what the aggregate records so that the verifier can redo the aggregation (federation/aggregation.py says why
+    this publishes nothing the lenders' epsilons do not cover)."""
+    return {
+        str(lender_of_node[m.metadata.src_node_id]): encode_arrays(numpy_arrays(array_record(m.content, ARRAYS)))
+        for m in trained
+    }
 
 
 class CoordinatorStrategy:
@@ -110,6 +122,8 @@ class CoordinatorStrategy:
     ) -> RoundAggregate:
         """The round's new global model from the screened updates; the previous one (skipped, with the reason)
         when there is none to make."""
+        # Taken before the strategy runs: Flower's FedMedian and FedTrimmedAvg pop the arrays out of the replies.
+        published = published_updates(trained, self.lender_of_node) if publishes_updates(self.cfg) else None
         new_arrays, why_not, weights = (
             (None, setup_failure, None) if setup_failure else self._combine(rnd, arrays, trained, secure)
         )
@@ -125,6 +139,8 @@ class CoordinatorStrategy:
             aggregated = [lender for lender in aggregated if lender not in late]
         if weights is not None:
             how["weight_sum"] = weights
+        if new_arrays is not None and published is not None:
+            how["updates"] = published
         if new_arrays is None:
             # The global model stays as it was; the round still counts, is evaluated and checkpointed.
             log.warning("round %d: the model is unchanged: %s", rnd, why_not)

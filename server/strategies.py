@@ -23,17 +23,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TypedDict
 
-from flwr.serverapp.strategy import (
-    FedAdagrad,
-    FedAdam,
-    FedAvg,
-    FedMedian,
-    FedProx,
-    FedTrimmedAvg,
-    FedYogi,
-    Strategy,
-)
+from flwr.serverapp.strategy import Strategy
 
+from federation.aggregation import flower_strategy
 from federation.config import RunConfig
 from server.coordinator_strategy import CoordinatorStrategy
 from server.gbdt_strategy import GbdtStrategy
@@ -60,21 +52,7 @@ def make_strategy(cfg: RunConfig) -> Strategy:
         min_evaluate_nodes=k,
         min_available_nodes=cfg.lenders,
     )
-    if cfg.strategy == "fedavg":
-        return FedAvg(**common)
-    if cfg.strategy == "fedprox":
-        return FedProx(**common, proximal_mu=cfg.proximal_mu)
-    if cfg.strategy == "fedadam":
-        return FedAdam(**common, eta=cfg.server_learning_rate, eta_l=cfg.learning_rate)
-    if cfg.strategy == "fedyogi":
-        return FedYogi(**common, eta=cfg.server_learning_rate, eta_l=cfg.learning_rate)
-    if cfg.strategy == "fedadagrad":
-        return FedAdagrad(**common, eta=cfg.server_learning_rate, eta_l=cfg.learning_rate)
-    if cfg.strategy == "fedmedian":
-        return FedMedian(**common)
-    if cfg.strategy == "fedtrimmedavg":
-        return FedTrimmedAvg(**common, beta=cfg.trim_fraction)
-    raise ValueError(f"unknown strategy '{cfg.strategy}'")
+    return flower_strategy(cfg, **common)
 
 
 def coordinator_strategy(cfg: RunConfig, lender_of_node: Mapping[int, int], n_features: int = 0) -> CoordinatorStrategy:

@@ -98,6 +98,7 @@ class VerifiedRun:
     unverified: list[str] = field(default_factory=list)  # files present that no check covers (declared as such)
     absent: list[int] = field(default_factory=list)  # registered lenders that took no part in this run
     not_private: bool = False
+    aggregates: str = ""  # what ties each round's model to the lenders' updates
 
     @property
     def exit_code(self) -> int:
@@ -121,6 +122,8 @@ class VerifiedRun:
         ]
         if self.not_private:
             lines.insert(1, "NOT PRIVATE: this run used seeded, reproducible noise (a test or benchmark run)")
+        if self.aggregates:
+            lines.append("aggregation: " + self.aggregates)
         if self.unverified:
             lines.append("not covered by any check (written after the run): " + ", ".join(self.unverified))
         if self.absent:
@@ -419,13 +422,17 @@ def _check_structure(view: RunView, cfg: RunConfig) -> None:
     _check_stop(view, cfg)
 
 
-def _initial_model_hash(view: RunView, cfg: RunConfig) -> str:
-    """The hash of the model a run starts from: the configuration's model with its seed, on the lenders' features
+def _initial_arrays(view: RunView, cfg: RunConfig) -> dict[str, np.ndarray]:
+    """The model a run starts from: the configuration's model with its seed, on the lenders' features
     (server/round_driver.py builds it the same way)."""
     from federation.model import get_arrays, model_for
 
     features = next(iter(view.manifests.values()), {}).get("features", [])
-    return arrays_hash(get_arrays(model_for(cfg, len(features), seed=cfg.seed)))
+    return get_arrays(model_for(cfg, len(features), seed=cfg.seed))
+
+
+def _initial_model_hash(view: RunView, cfg: RunConfig) -> str:
+    return arrays_hash(_initial_arrays(view, cfg))
 
 
 def _check_attempts(view: RunView, cfg: RunConfig) -> None:
@@ -1070,6 +1077,17 @@ def _check_gbdt(view: RunView, cfg: RunConfig) -> None:
         _fail("aggregate", "model", str(exc))
 
 
+def _check_aggregates(view: RunView, cfg: RunConfig) -> int:
+    """A run that publishes its updates (record-level DP without secure aggregation): every round's aggregate redone
+    from them with Flower's strategy (federation/audit_trail/aggregate_replay.py). Returns the rounds redone."""
+    from federation.audit_trail.aggregate_replay import AggregateMismatch, check_aggregates
+
+    try:
+        return check_aggregates(view, cfg, _initial_arrays(view, cfg))
+    except AggregateMismatch as exc:
+        _fail("aggregate", "aggregate", str(exc))
+
+
 def _hex(text: object) -> bool:
     return isinstance(text, str) and bool(re.fullmatch(r"(?:[0-9a-f]{2})+", text))
 
@@ -1332,6 +1350,7 @@ def verify_run(run_dir: str | Path, registry: str | Path | Registry | None = Non
     epsilons = _check_privacy(view, cfg)
     model = _check_model(run_dir, view)
     _check_gbdt(view, cfg)
+    redone = _check_aggregates(view, cfg)
     _check_secure_aggregation(view, cfg, coordinator)
     _check_secure_sum_noise(view, cfg)
     unverified = _check_files(run_dir, view, model)
@@ -1348,4 +1367,23 @@ def verify_run(run_dir: str | Path, registry: str | Path | Registry | None = Non
         unverified=unverified,
         absent=absent,
         not_private=cfg.dp and cfg.reproducible_noise_not_private,
+        aggregates=_aggregates_line(cfg, redone),
+    )
+
+
+def _aggregates_line(cfg: RunConfig, redone: int) -> str:
+    """What ties each round's model to the lenders' updates, in one line of the summary."""
+    from federation.aggregation import publishes_updates
+
+    if cfg.model == "gbdt":
+        return "every round's trees rebuilt from the leaf sums the lenders signed" + (
+            " (their unmasked sum under secure aggregation)" if cfg.secure_aggregation else ""
+        )
+    if redone or publishes_updates(cfg):
+        return f"{redone} rounds' aggregates redone with Flower's {cfg.strategy} from the updates the lenders signed"
+    if cfg.secure_aggregation:
+        return "aggregates not redone (secure aggregation: no update is seen); the unmasked weight sums are checked"
+    why = "lender-level DP: the updates are un-noised" if cfg.dp else "no DP: an update carries no guarantee"
+    return (
+        f"NOT CHECKED: the aggregates (the updates are not published; {why}), so the coordinator's averaging is trusted"
     )

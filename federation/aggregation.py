@@ -1,0 +1,110 @@
+"""The aggregation a run's configuration names: Flower's own strategy, which the coordinator aggregates with and the
+verifier redoes each round with, from the updates the coordinator publishes.
+
+Why publish: without the updates, nothing ties a round's aggregate to what the lenders sent. A coordinator could
+weight the updates as it liked, leave one out and still name its lender, or average in an update nobody sent, and
+the run would verify. With record-level DP each lender's update is its own DP release (the epsilon it signs covers
+it against anyone), so writing it into the ledger reveals nothing the coordinator did not already see. Nothing else
+is published: without DP an update carries no guarantee at all, under lender-level DP the updates are un-noised
+(the coordinator adds the noise to their sum), and under secure aggregation the coordinator never sees one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Strategy,
+)
+
+from federation.config import RunConfig
+from federation.flower_logs import FLOWER_LOGGER
+
+# The reply metric Flower's strategies weight by; each lender sends its manifest's train_records there.
+WEIGHT_KEY = "num-examples"
+
+
+def flower_strategy(cfg: RunConfig, **sampling: Any) -> Strategy:
+    """The Flower strategy `cfg.strategy` names, with the run's parameters; `sampling`: how many lenders a round
+    asks (Flower's fraction_train, min_train_nodes, ...; the verifier, which only aggregates, passes none)."""
+    if cfg.strategy == "fedavg":
+        return FedAvg(**sampling)
+    if cfg.strategy == "fedprox":
+        return FedProx(**sampling, proximal_mu=cfg.proximal_mu)
+    if cfg.strategy == "fedadam":
+        return FedAdam(**sampling, eta=cfg.server_learning_rate, eta_l=cfg.learning_rate)
+    if cfg.strategy == "fedyogi":
+        return FedYogi(**sampling, eta=cfg.server_learning_rate, eta_l=cfg.learning_rate)
+    if cfg.strategy == "fedadagrad":
+        return FedAdagrad(**sampling, eta=cfg.server_learning_rate, eta_l=cfg.learning_rate)
+    if cfg.strategy == "fedmedian":
+        return FedMedian(**sampling)
+    if cfg.strategy == "fedtrimmedavg":
+        return FedTrimmedAvg(**sampling, beta=cfg.trim_fraction)
+    raise ValueError(f"unknown strategy '{cfg.strategy}'")
+
+
+def publishes_updates(cfg: RunConfig) -> bool:
+    """Whether the coordinator writes each aggregated update into the round's aggregate (see the module's
+    docstring for why exactly these runs)."""
+    return cfg.model != "gbdt" and cfg.dp and cfg.dp_level == "record" and not cfg.secure_aggregation
+
+
+class _Reply:
+    """The part of a Flower reply Message that a strategy's aggregate_train reads (its content, and that it carries
+    no error). Flower's Message cannot be made outside a running app (it takes the run id from the task's identity),
+    and the verifier runs outside any; tests/test_aggregate_replay.py checks this gives the coordinator's model."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], weight: int) -> None:
+        self.content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
+                "metrics": MetricRecord({WEIGHT_KEY: weight}),
+            }
+        )
+
+    def has_error(self) -> bool:
+        return False
+
+
+def aggregate_updates(
+    strategy: Strategy,
+    rnd: int,
+    previous: Mapping[str, np.ndarray],
+    updates: Sequence[tuple[Mapping[str, np.ndarray], int]],
+) -> dict[str, np.ndarray]:
+    """Round `rnd`'s aggregate of `updates` ((arrays, weight) in the order the coordinator aggregated them) by
+    Flower's `strategy` from the global model `previous`, in `previous`' dtypes as the coordinator keeps it (the
+    server optimizers compute in float64). A server optimizer's state (FedAdam's moments) carries over between
+    calls on one strategy, as in the coordinator: call it round after round."""
+    if hasattr(strategy, "current_arrays"):  # FedAdam, FedYogi, FedAdagrad: set by configure_train in a run
+        strategy.current_arrays = {k: np.asarray(v) for k, v in previous.items()}
+    replies = [_Reply(arrays, weight) for arrays, weight in updates]
+    with _quiet_flower():  # the strategy logs a line per aggregation: noise in a verifier's output
+        new, _ = strategy.aggregate_train(rnd, replies)  # type: ignore[arg-type]
+    if new is None:
+        raise ValueError(f"round {rnd}: the strategy aggregated nothing")
+    return {k: a.numpy().astype(previous[k].dtype, copy=False) if k in previous else a.numpy() for k, a in new.items()}
+
+
+@contextmanager
+def _quiet_flower() -> Iterator[None]:
+    logger = logging.getLogger(FLOWER_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

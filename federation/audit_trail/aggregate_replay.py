@@ -1,0 +1,113 @@
+"""Every round's aggregate of a logreg or mlp run, redone from the ledger alone.
+
+Where the coordinator publishes the updates (record-level DP without secure aggregation,
+federation/aggregation.py), each round's aggregate records every aggregated lender's update exactly as received.
+From them anyone can redo the round: each update must hash to the one its lender signed, the aggregate must hold
+every update the round accepted and no other, and Flower's own strategy (the one the configuration names), fed
+those updates in the aggregate's order, each weighted by the training records its lender signed in its manifest,
+from the previous round's model, must give the model the round records, bit for bit. So a coordinator cannot weight
+the updates as it likes, drop one, name a lender it left out, average in an update nobody signed, or step a server
+optimizer other than the configuration says, without the verifier seeing it. It still chooses which lenders a round
+asks, and may leave an update out with a recorded reason (the ledger shows both).
+"""
+
+from __future__ import annotations
+
+import binascii
+
+import numpy as np
+
+from federation.aggregation import aggregate_updates, flower_strategy, publishes_updates
+from federation.audit_trail import ledger as L
+from federation.audit_trail.attest import sent_nothing
+from federation.audit_trail.canonical import arrays_hash
+from federation.audit_trail.checkpoint import decode_arrays
+from federation.audit_trail.run_view import Attempt, RunView
+from federation.config import RunConfig
+
+
+class AggregateMismatch(ValueError):
+    """A round's aggregate is not what its published updates give (the message says which round and what)."""
+
+
+def check_aggregates(view: RunView, cfg: RunConfig, initial: dict[str, np.ndarray]) -> int:
+    """Redo every finished round of a run that publishes its updates, from the run's `initial` model; returns how
+    many rounds were redone (0 for a run that publishes none). Raises AggregateMismatch at the first round whose
+    aggregate is not what its updates give."""
+    if not publishes_updates(cfg):
+        return 0
+    strategy = flower_strategy(cfg)
+    weights = {lender: manifest.get("train_records") for lender, manifest in view.manifests.items()}
+    model, redone = initial, 0
+    for attempt in view.complete_rounds():
+        agg = attempt.aggregate or {}
+        rnd = attempt.round
+        if agg.get("skipped"):
+            if "updates" in agg:
+                raise AggregateMismatch(f"round {rnd}: a skipped round's aggregate publishes updates")
+            if agg.get("model_hash") != arrays_hash(model):
+                raise AggregateMismatch(f"round {rnd} was skipped, but its model is not the previous round's")
+            continue
+        updates = _published(attempt, agg, model)
+        try:
+            weighted = [(arrays, _weight(weights.get(lender), lender)) for lender, arrays in updates]
+            model = aggregate_updates(strategy, rnd, model, weighted)
+        except (ValueError, TypeError) as exc:
+            raise AggregateMismatch(f"round {rnd}: the published updates cannot be aggregated ({exc})") from None
+        if arrays_hash(model) != agg.get("model_hash"):
+            raise AggregateMismatch(
+                f"round {rnd}'s model is not the {cfg.strategy} of the updates its lenders signed, each weighted by "
+                "the training records of its manifest"
+            )
+        redone += 1
+    return redone
+
+
+def _accepted(attempt: Attempt) -> dict[int, str]:
+    """The round's accepted updates: lender -> the update hash it signed (an update later rejected, or one that
+    holds nothing, is not accepted)."""
+    rejected = {
+        e["body"].get("lender") for e in attempt.of_type(L.UPDATE_REJECTED) if e["body"].get("stage") != "evaluate"
+    }
+    return {
+        e["body"]["lender"]: e["body"].get("update_hash")
+        for e in attempt.of_type(L.LENDER_UPDATE)
+        if e["body"]["lender"] not in rejected and not sent_nothing(e["body"])
+    }
+
+
+def _published(attempt: Attempt, agg: dict, model: dict[str, np.ndarray]) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """The aggregate's updates in its lenders' order, each checked against the hash its lender signed and the
+    model's arrays."""
+    rnd = attempt.round
+    lenders = agg.get("lenders")
+    published = agg.get("updates")
+    if not isinstance(published, dict) or not isinstance(lenders, list):
+        raise AggregateMismatch(f"round {rnd}'s aggregate does not publish the updates it aggregated")
+    accepted = _accepted(attempt)
+    if sorted(accepted) != sorted(lenders) or len(set(lenders)) != len(lenders):
+        left_out = sorted(set(accepted) - set(lenders))
+        raise AggregateMismatch(
+            f"round {rnd}'s aggregate names lenders {sorted(lenders)}; the round accepted updates from "
+            f"{sorted(accepted)}" + (f" (lender {left_out[0]}'s accepted update is left out)" if left_out else "")
+        )
+    if set(published) != {str(lender) for lender in lenders}:
+        raise AggregateMismatch(f"round {rnd}'s aggregate publishes updates of other lenders than it names")
+    out = []
+    for lender in lenders:
+        try:
+            arrays = decode_arrays(published[str(lender)])
+        except (ValueError, TypeError, AttributeError, binascii.Error, OSError, EOFError):
+            raise AggregateMismatch(f"round {rnd}: lender {lender}'s published update cannot be read") from None
+        if arrays_hash(arrays) != accepted[lender]:
+            raise AggregateMismatch(f"round {rnd}: lender {lender}'s published update is not the one it signed")
+        if {k: a.shape for k, a in arrays.items()} != {k: a.shape for k, a in model.items()}:
+            raise AggregateMismatch(f"round {rnd}: lender {lender}'s update does not have the model's arrays")
+        out.append((lender, arrays))
+    return out
+
+
+def _weight(records: object, lender: int) -> int:
+    if not isinstance(records, int) or isinstance(records, bool) or records <= 0:
+        raise ValueError(f"lender {lender}'s manifest signs no positive number of training records")
+    return records

@@ -1,0 +1,208 @@
+"""The verifier redoes every round's aggregate from the updates the lenders signed (federation/audit_trail/
+aggregate_replay.py), against a coordinator that lies about how it combined them.
+
+Each lie is told during a real run, by a coordinator whose aggregation is patched: the lenders then sign their
+evaluations of the model it made, so the ledger is as consistent as a lying coordinator can make it. Before the
+updates were published each of these runs verified (README, the verifier's row of the guarantees). Edits made
+afterwards, by anyone holding the run folder and the coordinator's key, go through tests/forge.py.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from fedcredit.runner import run
+from federation.audit_trail import ledger as L
+from federation.audit_trail.checkpoint import decode_arrays, encode_arrays
+from federation.audit_trail.verify import VerificationFailed, verify_run
+from federation.config import RunConfig
+from federation.messages import METRICS
+from server.coordinator_strategy import CoordinatorStrategy
+from tests.forge import Forger, copy_run, entries_of
+
+CFG = RunConfig(records=2400, lenders=3, rounds=2, epsilon=3.0, engine="inprocess")
+
+
+def _run(tmp_path, name, cfg=CFG):
+    return run(cfg.replace(output_dir=str(tmp_path / name)), on_round=lambda s: None)
+
+
+def _verified(folder):
+    return verify_run(folder, f"{folder}-registry.json")
+
+
+def _fails(folder, contains):
+    with pytest.raises(VerificationFailed) as info:
+        _verified(folder)
+    assert info.value.check == "aggregate", str(info.value)
+    assert contains in str(info.value), str(info.value)
+
+
+def _aggregates(folder):
+    return [e for e in entries_of(folder) if e["type"] == L.AGGREGATE]
+
+
+@pytest.fixture(scope="module")
+def honest(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("replay"), "run")
+
+
+@pytest.mark.parametrize(
+    "strategy,model",
+    [
+        ("fedavg", "mlp"),
+        ("fedprox", "logreg"),
+        ("fedadam", "logreg"),
+        ("fedyogi", "mlp"),
+        ("fedadagrad", "logreg"),
+        ("fedmedian", "mlp"),
+        ("fedtrimmedavg", "logreg"),
+    ],
+)
+def test_every_strategys_honest_aggregates_are_redone_bit_for_bit(tmp_path, strategy, model):
+    """The verifier's Flower strategy, fed the published updates, gives each round's model hash exactly (the server
+    optimizers' state carried from round to round; FedMedian and FedTrimmedAvg pop the replies' arrays, so the
+    coordinator must take the updates before it aggregates)."""
+    folder = _run(tmp_path, "run", CFG.replace(strategy=strategy, model=model))
+    verified = _verified(folder)
+    assert verified.aggregates == (
+        f"2 rounds' aggregates redone with Flower's {strategy} from the updates the lenders signed"
+    )
+    for entry in _aggregates(folder):
+        assert sorted(entry["body"]["updates"]) == [str(x) for x in sorted(entry["body"]["lenders"])]
+
+
+def test_a_coordinator_that_weights_one_lender_double_is_caught(tmp_path, monkeypatch):
+    combine = CoordinatorStrategy._combine
+
+    def heavier(self, rnd, arrays, trained, secure):
+        metrics = trained[0].content.metric_records[METRICS]
+        metrics["num-examples"] = 2 * int(metrics["num-examples"])
+        return combine(self, rnd, arrays, trained, secure)
+
+    monkeypatch.setattr(CoordinatorStrategy, "_combine", heavier)
+    _fails(_run(tmp_path, "lying"), "round 1's model is not the fedavg of the updates its lenders signed")
+
+
+def test_a_coordinator_that_names_a_lender_it_left_out_of_the_average_is_caught(tmp_path, monkeypatch):
+    combine = CoordinatorStrategy._combine
+    monkeypatch.setattr(
+        CoordinatorStrategy,
+        "_combine",
+        lambda self, rnd, arrays, trained, secure: combine(self, rnd, arrays, trained[:-1], secure),
+    )
+    _fails(_run(tmp_path, "lying"), "round 1's model is not the fedavg")
+
+
+def test_a_coordinator_that_drops_an_accepted_update_from_the_aggregate_is_caught(tmp_path, monkeypatch):
+    """Left out of the average, of the aggregate's lenders and of its published updates, with nothing recorded: the
+    lender's signed update stands in the round, so the aggregate must hold it."""
+    aggregate = CoordinatorStrategy.aggregate_train
+
+    def without_last(self, rnd, arrays, trained, secure, setup_failure):
+        return aggregate(self, rnd, arrays, trained[:-1], secure, setup_failure)
+
+    monkeypatch.setattr(CoordinatorStrategy, "aggregate_train", without_last)
+    _fails(_run(tmp_path, "lying"), "accepted update is left out")
+
+
+def test_a_coordinator_that_steps_another_strategy_than_the_configured_one_is_caught(tmp_path, monkeypatch):
+    """The configuration (and the report) says FedAvg; the coordinator takes the coordinate-wise median."""
+    from flwr.serverapp.strategy import FedMedian
+
+    import server.strategies as strategies
+
+    monkeypatch.setattr(strategies, "make_strategy", lambda cfg: FedMedian(min_available_nodes=cfg.lenders))
+    _fails(_run(tmp_path, "lying"), "round 1's model is not the fedavg")
+
+
+def test_a_coordinator_that_averages_an_update_nobody_signed_is_caught(tmp_path, monkeypatch):
+    """It replaces lender 0's update by one of its own making, in the average and in what it publishes."""
+    from flwr.app import Array, ArrayRecord
+
+    from federation.messages import ARRAYS, numpy_arrays
+
+    aggregate = CoordinatorStrategy.aggregate_train
+
+    def replaced(self, rnd, arrays, trained, secure, setup_failure):
+        first = numpy_arrays(trained[0].content.array_records[ARRAYS])
+        trained[0].content.array_records[ARRAYS] = ArrayRecord(
+            {k: Array(v + np.float32(0.25)) for k, v in first.items()}
+        )
+        return aggregate(self, rnd, arrays, trained, secure, setup_failure)
+
+    monkeypatch.setattr(CoordinatorStrategy, "aggregate_train", replaced)
+    _fails(_run(tmp_path, "lying"), "published update is not the one it signed")
+
+
+def _rewrite_first_aggregate(folder, change):
+    entries = entries_of(folder)
+    first = next(e for e in entries if e["type"] == L.AGGREGATE)
+    change(first["body"])
+    Forger(folder).write(entries)
+
+
+def test_an_aggregate_whose_published_updates_are_removed_afterwards_fails(honest, tmp_path):
+    folder = copy_run(honest, tmp_path / "run")
+    _rewrite_first_aggregate(folder, lambda body: body.pop("updates"))
+    _fails(folder, "does not publish the updates it aggregated")
+
+
+def test_a_published_update_edited_afterwards_fails(honest, tmp_path):
+    folder = copy_run(honest, tmp_path / "run")
+
+    def nudge(body):
+        lender = str(body["lenders"][0])
+        arrays = decode_arrays(body["updates"][lender])
+        body["updates"][lender] = encode_arrays({k: v * np.float32(1.5) for k, v in arrays.items()})
+
+    _rewrite_first_aggregate(folder, nudge)
+    _fails(folder, "published update is not the one it signed")
+
+
+def test_a_published_update_that_is_not_an_array_fails_in_one_line(honest, tmp_path):
+    folder = copy_run(honest, tmp_path / "run")
+
+    def garble(body):
+        lender = str(body["lenders"][0])
+        body["updates"][lender] = {name: "not base64 !" for name in body["updates"][lender]}
+
+    _rewrite_first_aggregate(folder, garble)
+    _fails(folder, "published update cannot be read")
+
+
+def test_the_honest_run_verifies_and_publishes_each_update_exactly_as_signed(honest):
+    assert _verified(honest).aggregates.startswith("2 rounds' aggregates redone")
+    from federation.audit_trail.canonical import arrays_hash
+
+    entries = entries_of(honest)
+    signed = {
+        (e["body"]["round"], e["body"]["lender"]): e["body"]["update_hash"]
+        for e in entries
+        if e["type"] == L.LENDER_UPDATE
+    }
+    for entry in _aggregates(honest):
+        body = entry["body"]
+        for lender, encoded in body["updates"].items():
+            assert arrays_hash(decode_arrays(encoded)) == signed[(body["round"], int(lender))]
+
+
+@pytest.mark.parametrize(
+    "extra,why",
+    [
+        ({"dp": False}, "no DP"),
+        ({"dp_level": "lender", "delta": 0.001}, "lender-level DP: the updates are un-noised"),
+        ({"secure_aggregation": True}, "secure aggregation"),
+    ],
+)
+def test_updates_that_no_epsilon_of_the_lenders_covers_are_never_published(tmp_path, extra, why):
+    """Without DP an update carries no guarantee; under lender-level DP it is un-noised (the coordinator noises
+    the sum); under secure aggregation nobody sees one. None of them may reach the run folder, and the verifier
+    says what it could not check."""
+    folder = _run(tmp_path, "run", CFG.replace(**extra))
+    for entry in _aggregates(folder):
+        assert "updates" not in entry["body"]
+    raw = (folder / "ledger.jsonl").read_text()
+    assert all("updates" not in json.loads(line)["body"] for line in raw.splitlines())
+    assert why in _verified(folder).aggregates
