@@ -169,7 +169,7 @@ def test_a_published_update_that_is_not_an_array_fails_in_one_line(honest, tmp_p
         body["updates"][lender] = {name: "not base64 !" for name in body["updates"][lender]}
 
     _rewrite_first_aggregate(folder, garble)
-    _fails(folder, "published update cannot be read")
+    _fails(folder, "published update cannot be read as the model")
 
 
 def test_the_honest_run_verifies_and_publishes_each_update_exactly_as_signed(honest):
@@ -206,3 +206,87 @@ def test_updates_that_no_epsilon_of_the_lenders_covers_are_never_published(tmp_p
     raw = (folder / "ledger.jsonl").read_text()
     assert all("updates" not in json.loads(line)["body"] for line in raw.splitlines())
     assert why in _verified(folder).aggregates
+
+
+# ---- found by a red team (helper, 2026-12-03) ------------------------------------------------------------------
+
+
+def test_a_round_recorded_as_skipped_although_it_accepted_updates_fails(tmp_path, monkeypatch):
+    """Every update of round 2 accepted (nothing rejected), then the round recorded as skipped with a reason of the
+    coordinator's own making and round 1's model kept: the updates left out of the model without a trace."""
+    aggregate = CoordinatorStrategy.aggregate_train
+
+    def skip_round_2(self, rnd, arrays, trained, secure, setup_failure):
+        return aggregate(self, rnd, arrays, trained, secure, "maintenance window" if rnd == 2 else setup_failure)
+
+    monkeypatch.setattr(CoordinatorStrategy, "aggregate_train", skip_round_2)
+    folder = _run(tmp_path, "lying")
+    assert not [e for e in entries_of(folder) if e["type"] == L.UPDATE_REJECTED]
+    _fails(folder, "round 2 is recorded as skipped ('maintenance window'), but it accepted updates")
+
+
+def test_a_run_that_finished_no_round_may_publish_only_its_initial_model(tmp_path, monkeypatch):
+    """Every lender declines round 1 (its budget allows no round), so no aggregate ties the final model to anything;
+    the coordinator publishes a model of its own making as model.pt."""
+    from flwr.app import Array, ArrayRecord
+
+    import server.loop as loop
+    from federation.audit_trail.canonical import arrays_hash
+    from federation.messages import numpy_arrays
+
+    drive = loop.drive_rounds
+
+    def own_model(*args, **kwargs):
+        record, arrays, model, strategy = drive(*args, **kwargs)
+        mine = ArrayRecord({k: Array(v + np.float32(0.5)) for k, v in numpy_arrays(arrays).items()})
+        record.model_hash = arrays_hash(numpy_arrays(mine))
+        return record, mine, model, strategy
+
+    monkeypatch.setattr(loop, "drive_rounds", own_model)
+    folder = _run(
+        tmp_path, "lying", CFG.replace(noise_multiplier=1.0, epsilon_overrides=((0, 0.05), (1, 0.05), (2, 0.05)))
+    )
+    assert not [e for e in entries_of(folder) if e["type"] == L.ROUND_FINISHED]
+    with pytest.raises(VerificationFailed) as info:
+        _verified(folder)
+    assert info.value.check == "model" and "not the run's initial model" in str(info.value), str(info.value)
+
+
+def test_the_same_run_without_the_lie_verifies(tmp_path):
+    folder = _run(
+        tmp_path, "run", CFG.replace(noise_multiplier=1.0, epsilon_overrides=((0, 0.05), (1, 0.05), (2, 0.05)))
+    )
+    assert not [e for e in entries_of(folder) if e["type"] == L.ROUND_FINISHED]
+    assert (
+        _verified(folder).aggregates
+        == "0 rounds' aggregates redone with Flower's fedavg from the updates the lenders signed"
+    )
+
+
+def _npy_header(header: dict) -> bytes:
+    text = repr(header).encode()
+    text += b" " * (64 - (10 + len(text) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _npy_header({"descr": "<f4", "fortran_order": False, "shape": (2**40,)}),  # np.load: MemoryError
+        b"PK\x03\x04not a zip",  # np.load reads a zip as an .npz: BadZipFile
+        _npy_header({"descr": "<f8", "fortran_order": False, "shape": (3,)}) + bytes(24),  # another dtype
+        _npy_header({"descr": "|O", "fortran_order": False, "shape": (3,)}) + bytes(24),  # objects (pickles)
+    ],
+    ids=["huge-shape", "broken-zip", "float64", "object"],
+)
+def test_a_crafted_published_update_fails_in_one_line_and_allocates_nothing(honest, tmp_path, payload):
+    import base64
+
+    folder = copy_run(honest, tmp_path / "run")
+
+    def craft(body):
+        lender = str(body["lenders"][0])
+        body["updates"][lender] = {name: base64.b64encode(payload).decode() for name in body["updates"][lender]}
+
+    _rewrite_first_aggregate(folder, craft)
+    _fails(folder, "published update cannot be read as the model's arrays")

@@ -13,7 +13,9 @@ asks, and may leave an update out with a recorded reason (the ledger shows both)
 
 from __future__ import annotations
 
+import base64
 import binascii
+import io
 
 import numpy as np
 
@@ -21,9 +23,11 @@ from federation.aggregation import aggregate_updates, flower_strategy, publishes
 from federation.audit_trail import ledger as L
 from federation.audit_trail.attest import sent_nothing
 from federation.audit_trail.canonical import arrays_hash
-from federation.audit_trail.checkpoint import decode_arrays
 from federation.audit_trail.run_view import Attempt, RunView
 from federation.config import RunConfig
+
+# The .npy format versions np.save writes (1.0, and 2.0 for a header over 64 KiB).
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 class AggregateMismatch(ValueError):
@@ -43,6 +47,14 @@ def check_aggregates(view: RunView, cfg: RunConfig, initial: dict[str, np.ndarra
         agg = attempt.aggregate or {}
         rnd = attempt.round
         if agg.get("skipped"):
+            # Without secure aggregation a round is skipped only when no update is usable (server/
+            # coordinator_strategy.py `_combine`): a coordinator that accepted updates and kept the old model anyway,
+            # with a reason of its own, left them out of the model.
+            if _accepted(attempt):
+                raise AggregateMismatch(
+                    f"round {rnd} is recorded as skipped ({agg.get('reason')!r}), but it accepted updates from lenders "
+                    f"{sorted(_accepted(attempt))}"
+                )
             if "updates" in agg:
                 raise AggregateMismatch(f"round {rnd}: a skipped round's aggregate publishes updates")
             if agg.get("model_hash") != arrays_hash(model):
@@ -95,15 +107,44 @@ def _published(attempt: Attempt, agg: dict, model: dict[str, np.ndarray]) -> lis
         raise AggregateMismatch(f"round {rnd}'s aggregate publishes updates of other lenders than it names")
     out = []
     for lender in lenders:
-        try:
-            arrays = decode_arrays(published[str(lender)])
-        except (ValueError, TypeError, AttributeError, binascii.Error, OSError, EOFError):
-            raise AggregateMismatch(f"round {rnd}: lender {lender}'s published update cannot be read") from None
+        arrays = _decoded(published[str(lender)], model)
+        if arrays is None:
+            raise AggregateMismatch(
+                f"round {rnd}: lender {lender}'s published update cannot be read as the model's arrays"
+            )
         if arrays_hash(arrays) != accepted[lender]:
             raise AggregateMismatch(f"round {rnd}: lender {lender}'s published update is not the one it signed")
-        if {k: a.shape for k, a in arrays.items()} != {k: a.shape for k, a in model.items()}:
-            raise AggregateMismatch(f"round {rnd}: lender {lender}'s update does not have the model's arrays")
         out.append((lender, arrays))
+    return out
+
+
+def _decoded(encoded: object, model: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """A published update (federation/audit_trail/checkpoint.py `encode_arrays`: each array as base64 of its .npy
+    bytes) as the model's arrays, or None when it is anything else. Not np.load: it allocates whatever shape a
+    header claims before reading (a forged header of 4 TiB raised MemoryError) and reads a zip as an .npz; here each
+    header must give exactly the model's array, dtype and byte count before anything is allocated."""
+    if not isinstance(encoded, dict) or set(encoded) != set(model):
+        return None
+    out = {}
+    for name, like in model.items():
+        text = encoded[name]
+        if not isinstance(text, str):
+            return None
+        try:
+            raw = base64.b64decode(text, validate=True)
+            stream = io.BytesIO(raw)
+            read_header = _HEADER_READERS.get(np.lib.format.read_magic(stream))
+            if read_header is None:
+                return None
+            shape, fortran, dtype = read_header(stream)
+        except (ValueError, TypeError, binascii.Error, SyntaxError, EOFError):
+            return None
+        if fortran or tuple(shape) != like.shape or dtype != like.dtype:
+            return None
+        data = raw[stream.tell() :]
+        if len(data) != like.nbytes:
+            return None
+        out[name] = np.frombuffer(data, dtype=dtype).reshape(shape)
     return out
 
 

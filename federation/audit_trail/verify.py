@@ -1027,13 +1027,17 @@ def _check_lender_level(view: RunView, cfg: RunConfig, summary: dict, accountant
 # ---- 5. model and secure aggregation -------------------------------------------------------------
 
 
-def _check_model(run_dir: Path, view: RunView) -> dict[str, np.ndarray]:
+def _check_model(run_dir: Path, view: RunView, cfg: RunConfig) -> dict[str, np.ndarray]:
     finish = view.finished or {}
     model_hash = finish.get("model_hash")
     complete = view.complete_rounds()
     last = complete[-1].aggregate if complete else None
     if last is not None and last.get("model_hash") != model_hash:
         _fail("run_finished", "model", "the final model is not the last aggregate")
+    # With no round finished (every lender declined the first, say), the model is the one the run started from: else
+    # nothing tied the final model to anything (a coordinator published a model of its own making and the run verified).
+    if last is None and model_hash != _initial_model_hash(view, cfg):
+        _fail("run_finished", "model", "no round finished, but the final model is not the run's initial model")
     path = run_dir / "model.pt"
     if not path.exists():
         _fail("model.pt", "files", "the model file is missing")
@@ -1348,7 +1352,7 @@ def verify_run(run_dir: str | Path, registry: str | Path | Registry | None = Non
         _check_file_hashes(run_dir, view)
     _check_structure(view, cfg)
     epsilons = _check_privacy(view, cfg)
-    model = _check_model(run_dir, view)
+    model = _check_model(run_dir, view, cfg)
     _check_gbdt(view, cfg)
     redone = _check_aggregates(view, cfg)
     _check_secure_aggregation(view, cfg, coordinator)
