@@ -16,6 +16,7 @@ from flwr.serverapp import Grid
 
 from federation.audit_trail import checkpoint
 from federation.audit_trail.keys import keys_dir_for
+from federation.audit_trail.run_view import RunView
 from federation.config import RunConfig
 from federation.errors import ConfigError
 from federation.runfolder import RunFolder, default_run_dir
@@ -80,5 +81,17 @@ def _resume(folder: RunFolder, cfg: RunConfig, checkpoint_key: bytes) -> tuple[L
         )
     keeper = LedgerKeeper.resume(folder, cfg)
     state = checkpoint.load(folder.staging, checkpoint_key, keeper.run)
+    finish_checkpointed_round(keeper, state)
     keeper.resumed(state["round"] + 1)
     return keeper, state
+
+
+def finish_checkpointed_round(keeper: LedgerKeeper, state: dict) -> None:
+    """A run killed after its round's checkpoint but before the ledger's round_finished entry (server/round_driver.py
+    writes them in that order): the round did finish, with everything the ledger needs of it (its aggregate and
+    evaluations come before the checkpoint), so the entry is written now, with the seconds the checkpoint recorded."""
+    view = RunView(keeper.entries())
+    last = view.attempts[-1] if view.attempts else None
+    rnd = state["round"]
+    if last is not None and last.round == rnd and last.finished is None and last.aggregate is not None:
+        keeper.round_finished(rnd, state["rounds"][-1]["seconds"])

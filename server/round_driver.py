@@ -89,8 +89,13 @@ def drive_rounds(
             break
         arrays, summary = played
         record.rounds.append(summary)
+        # The checkpoint first, then the ledger's round_finished: a run killed between the two resumes from this
+        # round's checkpoint and writes the entry then (server/loop.py `_resume`). The other way round, a kill after
+        # the entry left a finished round with only the previous round's checkpoint: the resumed run played it again,
+        # and a ledger holding round 2 finished twice could not be finished at all (found by a red team).
         if fed.strategy.keeps_checkpoints:
             checkpoints.save_round(folder.staging, checkpoint_key, keeper.run, rnd, arrays, record.rounds)
+        keeper.round_finished(rnd, summary.seconds)
         if on_round:
             on_round(summary)
     record.model_hash = arrays_hash(numpy_arrays(arrays))
@@ -150,7 +155,6 @@ def _play_round(
     nodes = evaluating_nodes(fed.cfg, fed.lender_of_node, roster)
     scores = evaluate_round(fed.grid, rnd, result.arrays, fed.config, nodes, fed.lender_of_node, fed.keeper)
     seconds = time.time() - start
-    fed.keeper.round_finished(rnd, seconds)
     summary = RoundSummary(rnd, len(trained), declined, scores, fed.strategy.epsilon_spent(record), seconds)
     return result.arrays, summary
 

@@ -290,3 +290,60 @@ def test_a_crafted_published_update_fails_in_one_line_and_allocates_nothing(hone
 
     _rewrite_first_aggregate(folder, craft)
     _fails(folder, "published update cannot be read as the model's arrays")
+
+
+@pytest.mark.parametrize(
+    "lenders", [[[0], 1, 2], [0, True, 2], [0, 0, 1], "0,1,2"], ids=["list", "bool", "twice", "text"]
+)
+def test_an_aggregate_that_names_lenders_other_than_by_their_numbers_fails_in_one_line(honest, tmp_path, lenders):
+    """[[0], 1, 2] made the verifier's set() raise TypeError; [0, True, 2] passed (True == 1) with an update
+    published under "True"."""
+    folder = copy_run(honest, tmp_path / "run")
+    _rewrite_first_aggregate(folder, lambda body: body.__setitem__("lenders", lenders))
+    with pytest.raises(VerificationFailed) as info:
+        _verified(folder)
+    assert info.value.check == "aggregate", str(info.value)
+
+
+_KILL_BETWEEN = """
+import os, signal, sys
+import server.{module} as M
+from federation.config import RunConfig
+from fedcredit.runner import run
+original = M.{function}
+def then_die(*args, **kwargs):
+    original(*args, **kwargs)
+    if {round_of} == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+M.{function} = then_die
+run(RunConfig(records=2400, lenders=3, rounds=3, engine="inprocess", output_dir=sys.argv[1]), on_round=lambda s: None)
+"""
+
+
+@pytest.mark.parametrize(
+    "module,function,round_of",
+    [
+        ("round_driver", "checkpoints.save_round", "args[3]"),  # the checkpoint written, not yet round_finished
+        # (M.checkpoints.save_round is server.checkpoints' own: the round driver calls it through the module)
+        ("ledger_keeper", "LedgerKeeper.round_finished", "args[1]"),  # both written
+    ],
+    ids=["after-checkpoint", "after-round-finished"],
+)
+def test_a_run_killed_as_a_round_ends_resumes_and_verifies(tmp_path, module, function, round_of):
+    """kill -9 as round 2 ends. Before the fix the ledger's round_finished came before the checkpoint: killed between
+    the two, --resume played round 2 again from round 1's checkpoint and the run could never be finished (round 2
+    finished twice). Now the checkpoint comes first, and the resume writes the missing round_finished."""
+    import signal
+    import subprocess
+    import sys
+
+    from fedcredit.runner import resume_config
+
+    target = tmp_path / "killed"
+    script = _KILL_BETWEEN.format(module=module, function=function, round_of=round_of)
+    child = subprocess.run([sys.executable, "-c", script, str(target)], timeout=600, check=False)
+    assert child.returncode == -signal.SIGKILL
+    resumed = run(resume_config(target), on_round=lambda s: None, resume=True)
+    finished = [e["body"]["round"] for e in entries_of(resumed) if e["type"] == L.ROUND_FINISHED]
+    assert finished == [1, 2, 3]
+    assert _verified(resumed).aggregates.startswith("3 rounds' aggregates redone")

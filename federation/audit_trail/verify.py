@@ -520,6 +520,9 @@ def _check_attempts(view: RunView, cfg: RunConfig) -> None:
             if len(aggregates) != 1:
                 _fail(where, "aggregate", f"round {attempt.round} has {len(aggregates)} aggregates, not one")
             agg = aggregates[0]["body"]
+            named = agg.get("lenders", [])
+            if not isinstance(named, list) or not all(type(x) is int for x in named) or len(set(named)) != len(named):
+                _fail(_describe(aggregates[0]), "aggregate", "its lenders must be distinct lender numbers")
             current, origin = agg.get("model_hash"), f"round {attempt.round}'s aggregate"
             usable = {lender for lender, kinds in outcome.items() if kinds == [L.LENDER_UPDATE]}
             if not set(agg.get("lenders", [])) <= usable:
