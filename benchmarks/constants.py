@@ -93,8 +93,13 @@ CONSTANTS = {  # one entry per BENCH_DATASETS name (tests/test_options.py checks
         rounds=5,
         local_epochs=2,
         clip_norm=2.0,
-        optimizer="adamw",
-        learning_rate=0.01,
+        # benchmarks/results/search_fed_taiwan_seeds: the "fed" search again over 8 DP noise seeds, since over one it
+        # could not tell AdamW at 0.01 (0.7663) from SGD at 0.1 (0.7661), and AdamW had lost on the test (seed 0:
+        # 0.7408 / 0.7458 at epsilon 1 / 3 against 0.7524 / 0.7537). Over 8: SGD 0.7680, AdamW 0.7633 (the lowest
+        # but one); the two mlps above SGD (0.7685, 0.7687) are within 0.001 of it, a tie: the logistic regression,
+        # whose pooled constants are SGD at 0.1 too.
+        optimizer="sgd",
+        learning_rate=0.1,
         pooled=(("optimizer", "sgd"), ("learning_rate", 0.1)),
         hgb=_hgb(0.03, 15, 100, 1.0, 100),
         # benchmarks/results/gbdt_tuning_full_noise_random_splits.md: tuned with each lender adding the full noise,
