@@ -62,6 +62,23 @@ def publishes_updates(cfg: RunConfig) -> bool:
     return cfg.model != "gbdt" and cfg.dp and cfg.dp_level == "record" and not cfg.secure_aggregation
 
 
+def aggregation_check(cfg: RunConfig) -> str:
+    """What ties each round's model to the lenders' updates, in one sentence: the report states it, and the
+    verifier's summary (which also counts the rounds it redid)."""
+    if cfg.model == "gbdt":
+        return "every round's trees rebuilt from the leaf sums the lenders signed" + (
+            " (their unmasked sum under secure aggregation)" if cfg.secure_aggregation else ""
+        )
+    if publishes_updates(cfg):
+        return f"every round's aggregate redone with Flower's {cfg.strategy} from the updates the lenders signed"
+    if cfg.secure_aggregation:
+        return "aggregates not redone (secure aggregation: no update is seen); the unmasked weight sums are checked"
+    why = "lender-level DP: the updates are un-noised" if cfg.dp else "no DP: an update carries no guarantee"
+    return (
+        f"NOT CHECKED: the aggregates (the updates are not published; {why}), so the coordinator's averaging is trusted"
+    )
+
+
 class _Reply:
     """The part of a Flower reply Message that a strategy's aggregate_train reads (its content, and that it carries
     no error). Flower's Message cannot be made outside a running app (it takes the run id from the task's identity),

@@ -71,6 +71,10 @@ def test_every_strategys_honest_aggregates_are_redone_bit_for_bit(tmp_path, stra
     )
     for entry in _aggregates(folder):
         assert sorted(entry["body"]["updates"]) == [str(x) for x in sorted(entry["body"]["lenders"])]
+    report = json.loads((folder / "report.json").read_text())  # the reader of the report is told it, too
+    assert report["aggregation_check"] == (
+        f"every round's aggregate redone with Flower's {strategy} from the updates the lenders signed"
+    )
 
 
 def test_a_coordinator_that_weights_one_lender_double_is_caught(tmp_path, monkeypatch):
@@ -206,6 +210,9 @@ def test_updates_that_no_epsilon_of_the_lenders_covers_are_never_published(tmp_p
     raw = (folder / "ledger.jsonl").read_text()
     assert all("updates" not in json.loads(line)["body"] for line in raw.splitlines())
     assert why in _verified(folder).aggregates
+    report = json.loads((folder / "report.json").read_text())
+    assert why in report["aggregation_check"]
+    assert report["aggregation_check"] in (folder / "report.html").read_text().replace("&#x27;", "'")
 
 
 # ---- found by a red team (helper, 2026-12-03) ------------------------------------------------------------------

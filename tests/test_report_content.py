@@ -70,7 +70,7 @@ def lender(i: int, rounds: int = 5, accountant: str = "rdp") -> dict:
 
 def report_of(lenders: int, accountant: str = "rdp") -> dict:
     report = {
-        "format": "fedcredit-privacy-report/2",
+        "format": "fedcredit-privacy-report/3",
         "created": "2026-12-01T17:20:24Z",
         "run": "d5" * 32,
         "code_version": "fedcredit 0.1.0 (git " + "5e" * 20 + ")",
@@ -96,6 +96,7 @@ def report_of(lenders: int, accountant: str = "rdp") -> dict:
         "coverage": {"covers": ["each lender's training records"], "outside": ["its test scores"]},
         "lender_details": [lender(i, accountant=accountant) for i in range(lenders)],
         "utility": {"global_auc": 0.7496, "global_ks": 0.3918, "evaluated_on": "each lender's own test records"},
+        "aggregation_check": "every round's aggregate redone with Flower's fedavg from the updates the lenders signed",
         "final_model_hash": "9f" * 32,
         "model_file_sha256": "a8" * 32,
         "ledger_head": "5d" * 32,

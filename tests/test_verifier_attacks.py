@@ -198,8 +198,18 @@ def _lie(report, change):
         lambda r: r["privacy"].__setitem__("noise_sources", ["os.urandom"]),
         lambda r: r["privacy"].__setitem__("secure_aggregation", True),
         lambda r: r["coverage"].__setitem__("outside", []),
+        lambda r: r.__setitem__("aggregation_check", "every round's aggregate checked by an auditor"),
     ],
-    ids=["summary", "budgets", "refused field", "consent", "noise source", "secure aggregation", "coverage"],
+    ids=[
+        "summary",
+        "budgets",
+        "refused field",
+        "consent",
+        "noise source",
+        "secure aggregation",
+        "coverage",
+        "aggregation check",
+    ],
 )
 def test_a_re_signed_report_that_says_other_than_the_ledger_fails(folder, change):
     Forger(folder).sign_report(_lie(build_report(entries_of(folder)), change))

@@ -27,7 +27,7 @@ from federation.audit_trail.svg_chart import epsilon_chart, lender_names
 from federation.registry import fingerprint
 from federation.runfolder import write_atomically
 
-FORMAT = "fedcredit-privacy-report/2"
+FORMAT = "fedcredit-privacy-report/3"
 
 # What the epsilon covers, and what lies outside it: stated in every report, in plain words.
 COVERS = [
@@ -104,6 +104,9 @@ def build_report(entries: list[dict]) -> dict:
             "global_ks": scores.get("ks"),
             "evaluated_on": "each lender's own test records (global: test-size-weighted mean)",
         },
+        # What ties each round's model to the lenders' updates (federation/aggregation.py), so that a reader of the
+        # report knows what `fedcredit verify` can check of the averaging, and what it takes on trust.
+        "aggregation_check": _aggregation_check(cfg),
         "final_model_hash": finish.get("model_hash"),
         "model_file_sha256": finish.get("model_file_sha256"),
         "ledger_head": finished_entry["hash"],
@@ -114,6 +117,13 @@ def build_report(entries: list[dict]) -> dict:
     }
     report["summary"] = summary_sentences(report)
     return report
+
+
+def _aggregation_check(config: dict) -> str:
+    from federation.aggregation import aggregation_check
+    from federation.config import RunConfig
+
+    return aggregation_check(RunConfig.from_record(config))
 
 
 def _cards(view: RunView) -> list[dict]:
@@ -874,6 +884,7 @@ svg {{ max-width: 100%; height: auto; }}
 <table>
 <tr><th>Run id</th><td><code>{e(report["run"])}</code></td></tr>
 <tr><th>Final model hash</th><td><code>{e(str(report["final_model_hash"]))}</code></td></tr>
+<tr><th>Each round's model</th><td>{e(str(report["aggregation_check"]))}</td></tr>
 <tr><th>Ledger head ({_t(report["ledger_entries"])} entries)</th><td><code>{e(report["ledger_head"])}</code></td></tr>
 <tr><th>Coordinator key</th><td><code>{e(report["coordinator_fingerprint"])}</code></td></tr>
 <tr><th>Coordinator signature</th><td><code>{e(report["signature"])}</code></td></tr>

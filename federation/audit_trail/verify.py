@@ -1379,18 +1379,10 @@ def verify_run(run_dir: str | Path, registry: str | Path | Registry | None = Non
 
 
 def _aggregates_line(cfg: RunConfig, redone: int) -> str:
-    """What ties each round's model to the lenders' updates, in one line of the summary."""
-    from federation.aggregation import publishes_updates
+    """What ties each round's model to the lenders' updates, in one line of the summary (the report's sentence, with
+    the rounds this verification redid)."""
+    from federation.aggregation import aggregation_check, publishes_updates
 
-    if cfg.model == "gbdt":
-        return "every round's trees rebuilt from the leaf sums the lenders signed" + (
-            " (their unmasked sum under secure aggregation)" if cfg.secure_aggregation else ""
-        )
-    if redone or publishes_updates(cfg):
+    if publishes_updates(cfg):
         return f"{redone} rounds' aggregates redone with Flower's {cfg.strategy} from the updates the lenders signed"
-    if cfg.secure_aggregation:
-        return "aggregates not redone (secure aggregation: no update is seen); the unmasked weight sums are checked"
-    why = "lender-level DP: the updates are un-noised" if cfg.dp else "no DP: an update carries no guarantee"
-    return (
-        f"NOT CHECKED: the aggregates (the updates are not published; {why}), so the coordinator's averaging is trusted"
-    )
+    return aggregation_check(cfg)
