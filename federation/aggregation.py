@@ -6,7 +6,8 @@ weight the updates as it liked, leave one out and still name its lender, or aver
 the run would verify. With record-level DP each lender's update is its own DP release (the epsilon it signs covers
 it against anyone), so writing it into the ledger reveals nothing the coordinator did not already see. Nothing else
 is published: without DP an update carries no guarantee at all, under lender-level DP the updates are un-noised
-(the coordinator adds the noise to their sum), and under secure aggregation the coordinator never sees one.
+(the coordinator adds the noise to their sum), under secure aggregation the coordinator never sees one, and with
+seeded noise (`reproducible-noise-not-private`) the noise could be recomputed from the run's seed.
 """
 
 from __future__ import annotations
@@ -59,7 +60,15 @@ def flower_strategy(cfg: RunConfig, **sampling: Any) -> Strategy:
 def publishes_updates(cfg: RunConfig) -> bool:
     """Whether the coordinator writes each aggregated update into the round's aggregate (see the module's
     docstring for why exactly these runs)."""
-    return cfg.model != "gbdt" and cfg.dp and cfg.dp_level == "record" and not cfg.secure_aggregation
+    return (
+        cfg.model != "gbdt"
+        and cfg.dp
+        and cfg.dp_level == "record"
+        and not cfg.secure_aggregation
+        # Seeded noise (a test or benchmark run, flagged NOT PRIVATE) is recomputable from the seed the ledger holds:
+        # published, the updates could be denoised by anyone with the run folder (found by a red team).
+        and not cfg.reproducible_noise_not_private
+    )
 
 
 def aggregation_check(cfg: RunConfig) -> str:
@@ -73,7 +82,12 @@ def aggregation_check(cfg: RunConfig) -> str:
         return f"every round's aggregate redone with Flower's {cfg.strategy} from the updates the lenders signed"
     if cfg.secure_aggregation:
         return "aggregates not redone (secure aggregation: no update is seen); the unmasked weight sums are checked"
-    why = "lender-level DP: the updates are un-noised" if cfg.dp else "no DP: an update carries no guarantee"
+    if not cfg.dp:
+        why = "no DP: an update carries no guarantee"
+    elif cfg.dp_level == "lender":
+        why = "lender-level DP: the updates are un-noised"
+    else:
+        why = "seeded noise: anyone could take it out of them"
     return (
         f"NOT CHECKED: the aggregates (the updates are not published; {why}), so the coordinator's averaging is trusted"
     )

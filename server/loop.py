@@ -8,6 +8,7 @@ it again. A run that fails leaves nothing behind, except a killed run that is be
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,9 @@ from pathlib import Path
 from flwr.serverapp import Grid
 
 from federation.audit_trail import checkpoint
+from federation.audit_trail import ledger as L
 from federation.audit_trail.keys import keys_dir_for
+from federation.audit_trail.report import write_report
 from federation.audit_trail.run_view import RunView
 from federation.config import RunConfig
 from federation.errors import ConfigError
@@ -39,6 +42,8 @@ def run_federation(
     try:
         checkpoint_key = checkpoint.load_or_create_key(keys_dir)
         state = None
+        if resume and _ledger_closed(folder):
+            return _commit_closed_run(folder, cfg)
         if resume:
             keeper, state = _resume(folder, cfg, checkpoint_key)
         else:
@@ -84,6 +89,31 @@ def _resume(folder: RunFolder, cfg: RunConfig, checkpoint_key: bytes) -> tuple[L
     finish_checkpointed_round(keeper, state)
     keeper.resumed(state["round"] + 1)
     return keeper, state
+
+
+def _ledger_closed(folder: RunFolder) -> bool:
+    """Whether the killed run's ledger already ends with its closing entry (run_finished)."""
+    path = folder.path("ledger.jsonl")
+    if not path.is_file():
+        return False
+    lines = path.read_text().rstrip("\n").rpartition("\n")[2]
+    try:
+        return bool(lines) and json.loads(lines).get("type") == L.RUN_FINISHED
+    except json.JSONDecodeError:
+        return False
+
+
+def _commit_closed_run(folder: RunFolder, cfg: RunConfig) -> Path:
+    """A run killed after its ledger's closing entry (server/run_outputs.py `write_outputs`: model.pt and every
+    derived file are written before it, the report and the checkpoint's removal after it, then the commit): nothing is
+    asked again. The report is written again from the ledger (the same bytes: Ed25519 signs deterministically) and
+    the folder committed. Before, the resume collected the final statements again and appended a second run_finished,
+    or, killed after the checkpoint's removal, failed for want of one: the run could never be finished (found by a
+    red team)."""
+    keeper = LedgerKeeper.resume(folder, cfg)
+    write_report(folder.staging, keeper.key, keeper.entries())
+    (folder.staging / checkpoint.FILE_NAME).unlink(missing_ok=True)
+    return folder.commit()
 
 
 def finish_checkpointed_round(keeper: LedgerKeeper, state: dict) -> None:

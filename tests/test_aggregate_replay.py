@@ -198,11 +198,12 @@ def test_the_honest_run_verifies_and_publishes_each_update_exactly_as_signed(hon
         ({"dp": False}, "no DP"),
         ({"dp_level": "lender", "delta": 0.001}, "lender-level DP: the updates are un-noised"),
         ({"secure_aggregation": True}, "secure aggregation"),
+        ({"reproducible_noise_not_private": True}, "seeded noise"),  # found by the second red team
     ],
 )
 def test_updates_that_no_epsilon_of_the_lenders_covers_are_never_published(tmp_path, extra, why):
     """Without DP an update carries no guarantee; under lender-level DP it is un-noised (the coordinator noises
-    the sum); under secure aggregation nobody sees one. None of them may reach the run folder, and the verifier
+    the sum); under secure aggregation nobody sees one; seeded noise is recomputable from the ledger's seed. None of them may reach the run folder, and the verifier
     says what it could not check."""
     folder = _run(tmp_path, "run", CFG.replace(**extra))
     for entry in _aggregates(folder):

@@ -447,8 +447,10 @@ def _check_attempts(view: RunView, cfg: RunConfig) -> None:
     current, origin = _initial_model_hash(view, cfg), "the run's initial model"
     for index, attempt in enumerate(attempts):
         where = _describe(attempt.started)
-        if attempt.round != expected:
-            _fail(where, "rounds", f"round {attempt.round} where round {expected} was due")
+        if type(attempt.round) is not int or attempt.round != expected:  # True == 1: a bool is not a round number
+            _fail(where, "rounds", f"round {attempt.round!r} where round {expected} was due")
+        if not isinstance(attempt.started["body"].get("roster"), list):
+            _fail(where, "roster", "a roster is a list of lender numbers")
         roster = attempt.roster
         if len(set(roster)) != len(roster) or not all(isinstance(x, int) and 0 <= x < cfg.lenders for x in roster):
             _fail(where, "roster", "a roster names distinct lenders of the configuration")
@@ -459,24 +461,24 @@ def _check_attempts(view: RunView, cfg: RunConfig) -> None:
         outcome: dict[int, list[str]] = {}
         for entry in attempt.entries:
             body = entry["body"]
-            if (
-                entry["type"]
-                in (
-                    L.LENDER_UPDATE,
-                    L.LENDER_REFUSAL,
-                    L.LENDER_EVALUATION,
-                    L.UPDATE_REJECTED,
-                    L.AGGREGATE,
-                    L.SECAGG_ROSTER,
-                    L.ROUND_FINISHED,
-                )
-                and body.get("round") != attempt.round
-            ):
+            if entry["type"] in (
+                L.LENDER_UPDATE,
+                L.LENDER_REFUSAL,
+                L.LENDER_EVALUATION,
+                L.UPDATE_REJECTED,
+                L.AGGREGATE,
+                L.SECAGG_ROSTER,
+                L.ROUND_FINISHED,
+            ) and (type(body.get("round")) is not int or body.get("round") != attempt.round):
                 _fail(
                     _describe(entry),
                     "round",
                     f"it names round {body.get('round')} but stands in round {attempt.round} of the ledger",
                 )
+            if entry["type"] == L.UPDATE_REJECTED and not (
+                type(body.get("lender")) is int and 0 <= body["lender"] < cfg.lenders
+            ):  # the coordinator's own entry: a list or text here made the checks below raise TypeError
+                _fail(_describe(entry), "roster", "a recorded dropout names one lender of the configuration by number")
             if entry["type"] == L.UPDATE_REJECTED and body.get("stage") == "evaluate":
                 continue  # an evaluation that failed: counted with the evaluations below
             if entry["type"] in (L.LENDER_UPDATE, L.LENDER_REFUSAL, L.UPDATE_REJECTED):
