@@ -15,7 +15,9 @@ from flwr.app import ArrayRecord
 
 from federation.audit_trail import checkpoint
 from federation.audit_trail.run_view import RunView
+from federation.config import RunConfig
 from federation.messages import numpy_arrays
+from federation.model import get_arrays, model_for
 from server.run_record import RoundSummary, RunRecord
 
 
@@ -34,6 +36,22 @@ def save_round(
             "random": _jsonable(random.getstate()),
         },
     )
+
+
+def initial_state(cfg: RunConfig, view: RunView) -> dict:
+    """The state a run starts its first round from, as a checkpoint would hold it: the initial model (the
+    configuration's, with its seed, on the features the lenders signed), no round finished, and the random module as
+    `random.seed(cfg.seed)` leaves it. A run killed in its first round has no checkpoint yet, and needs none: this is
+    exactly where it stood (before, it could never be resumed, and its lenders had spent budget on a run that could
+    not finish; found by a red team)."""
+    features = next(iter(view.manifests.values()))["features"]
+    arrays = get_arrays(model_for(cfg, len(features), seed=cfg.seed))
+    return {
+        "round": 0,
+        "arrays": checkpoint.encode_arrays(arrays),
+        "rounds": [],
+        "random": _jsonable(random.Random(cfg.seed).getstate()),
+    }
 
 
 def restore(state: dict, model: torch.nn.Module, record: RunRecord, view: RunView) -> int:

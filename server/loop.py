@@ -23,6 +23,7 @@ from federation.audit_trail.run_view import RunView
 from federation.config import RunConfig
 from federation.errors import ConfigError
 from federation.runfolder import RunFolder, default_run_dir
+from server import checkpoints
 from server.ledger_keeper import LedgerKeeper
 from server.round_driver import drive_rounds
 from server.run_outputs import collect_finals, write_outputs
@@ -85,7 +86,16 @@ def _resume(folder: RunFolder, cfg: RunConfig, checkpoint_key: bytes) -> tuple[L
             "are not checkpointed)"
         )
     keeper = LedgerKeeper.resume(folder, cfg)
-    state = checkpoint.load(folder.staging, checkpoint_key, keeper.run)
+    if (folder.staging / checkpoint.FILE_NAME).exists():
+        state = checkpoint.load(folder.staging, checkpoint_key, keeper.run)
+    else:  # killed in its first round: it starts from where every run starts
+        view = RunView(keeper.entries())
+        if len(view.manifests) != cfg.lenders:
+            raise checkpoint.CheckpointError(
+                f"the run was stopped before every lender's manifest was in its ledger ({len(view.manifests)} of "
+                f"{cfg.lenders}), when nobody had trained yet: remove {folder.staging} and start the run again"
+            )
+        state = checkpoints.initial_state(cfg, view)
     finish_checkpointed_round(keeper, state)
     keeper.resumed(state["round"] + 1)
     return keeper, state
