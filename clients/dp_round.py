@@ -231,14 +231,21 @@ def train(session: Session) -> Message:
         delta = effective_delta(cfg.delta, s.policy.delta, s.own_records) if cfg.dp else None
         budget = cfg.budget_for(s.lender) if cfg.dp else None
         run_events = [PrivacyEvent.from_dict(e) for e in account["events"]]
-        if refusal is None and account["closed"]:
-            refusal = Refusal("closed", None, None, "this lender already signed its final statement for this run")
+        closed = Refusal("closed", None, None, "this lender already signed its final statement for this run")
+        # A request this lender refused for another limit before it signed its final statement (a resumed run asking
+        # its last round again) is refused again exactly as it was: refused for being closed, it put a second refusal
+        # of one request in the ledger, and the lender's count was one short (found by a red team).
+        refused_before = account.get("refused", {}).get(digest) not in (None, "closed")
+        if refusal is None and account["closed"] and not refused_before:
+            refusal = closed
         planned = None
         if refusal is None and record_level:
             planned = _planned_event(s, account, required(budget, "budget"), required(delta, "delta"))
             refusal = _budget_refusal(
                 s, spent, run_events, planned, required(budget, "budget"), required(delta, "delta"), cfg.accountant
             )
+        if refusal is None and account["closed"]:  # whatever the budget says, no release after the final statement
+            refusal = closed
         secure_sum = None
         if refusal is None and planned is not None and cfg.model == "gbdt" and cfg.secure_aggregation:
             secure_sum, refusal = _secure_sum_terms(s, planned)

@@ -2,9 +2,7 @@
 entries that made the verifier raise instead of failing a check. Each test failed on the code it was written against
 (9d96274).
 
-Not fixed, and so not here (the closing note of that session says what stands): a run that stopped early and was
-killed while collecting the final statements plays its last round again on resume, and the lenders, closed by their
-finals, decline it with another refusal body."""
+"""
 
 import copy
 import json
@@ -81,6 +79,23 @@ def test_a_run_killed_while_writing_its_run_folder_resumes_and_verifies(tmp_path
     assert [e["body"]["round"] for e in entries_of(resumed) if e["type"] == L.ROUND_FINISHED] == [1, 2, 3]
     assert sum(e["type"] == L.RUN_FINISHED for e in entries_of(resumed)) == 1
     assert verified.aggregates.startswith("3 rounds' aggregates redone")
+
+
+# ---- a run that stopped early, killed while collecting the finals -----------------------------------------------
+
+# Round 1 fits every lender's budget at noise 1.0 (epsilon 1.89 / 2.68 / 2.84); round 2 fits none: all decline.
+_STOPS_AT_2 = {"noise_multiplier": 1.0, "epsilon_overrides": [[0, 2.0], [1, 2.7], [2, 2.9]]}
+
+
+def test_a_run_that_stopped_early_and_was_killed_collecting_the_finals_resumes_and_verifies(tmp_path):
+    """Every lender declines round 2 (budget): the run stops, asks the finals and is killed after the first. The stop
+    is not checkpointed, so the resume asks round 2 again. Before: the lenders, closed by their finals, declined it
+    for being closed, a second refusal body of one request, and the run failed "lender 0's final statement: the
+    lender counts 1 refusals in this run; the ledger holds 2". Now each refuses it again exactly as before."""
+    target = _killed(tmp_path / "killed", "server.ledger_keeper", "LedgerKeeper.final", 1, **_STOPS_AT_2)
+    resumed, _ = _resumed_and_verified(target)
+    finish = entries_of(resumed)[-1]["body"]
+    assert finish["rounds_completed"] == 1 and finish["stop"] == {"kind": "refused", "round": 2}
 
 
 # ---- a kill in round 1 -----------------------------------------------------------------------------------------
