@@ -8,7 +8,6 @@ it again. A run that fails leaves nothing behind, except a killed run that is be
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -104,12 +103,9 @@ def _resume(folder: RunFolder, cfg: RunConfig, checkpoint_key: bytes) -> tuple[L
 def _ledger_closed(folder: RunFolder) -> bool:
     """Whether the killed run's ledger already ends with its closing entry (run_finished)."""
     path = folder.path("ledger.jsonl")
-    if not path.is_file():
-        return False
-    lines = path.read_text().rstrip("\n").rpartition("\n")[2]
     try:
-        return bool(lines) and json.loads(lines).get("type") == L.RUN_FINISHED
-    except json.JSONDecodeError:
+        return path.is_file() and L.last_entry(path).get("type") == L.RUN_FINISHED
+    except ValueError:  # empty, or cut off in its last line: not closed
         return False
 
 

@@ -8,7 +8,6 @@ last entry.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 
 import torch
@@ -16,6 +15,7 @@ from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from federation.audit_trail import checkpoint
+from federation.audit_trail import ledger as L
 from federation.audit_trail.derive import run_files
 from federation.audit_trail.report import write_report
 from federation.audit_trail.run_view import RunView, global_scores
@@ -84,7 +84,7 @@ def write_outputs(
     keeper.finished(finish)
     # The report is built from the ledger as written: the entries read above and the closing entry read back (not
     # the whole ledger parsed again: a second of a 1,000-lender run's end).
-    closing = json.loads(folder.path("ledger.jsonl").read_text().rstrip("\n").rpartition("\n")[2])
+    closing = L.last_entry(folder.path("ledger.jsonl"))
     write_report(folder.staging, keeper.key, [*entries, closing])
     (folder.staging / checkpoint.FILE_NAME).unlink(missing_ok=True)  # a finished run has nothing to resume
 

@@ -50,10 +50,10 @@ def check_aggregates(view: RunView, cfg: RunConfig, initial: dict[str, np.ndarra
             # Without secure aggregation a round is skipped only when no update is usable (server/
             # coordinator_strategy.py `_combine`): a coordinator that accepted updates and kept the old model anyway,
             # with a reason of its own, left them out of the model.
-            if _accepted(attempt):
+            if accepted := _accepted(attempt):
                 raise AggregateMismatch(
                     f"round {rnd} is recorded as skipped ({agg.get('reason')!r}), but it accepted updates from lenders "
-                    f"{sorted(_accepted(attempt))}"
+                    f"{sorted(accepted)}"
                 )
             if "updates" in agg:
                 raise AggregateMismatch(f"round {rnd}: a skipped round's aggregate publishes updates")
@@ -90,14 +90,14 @@ def _accepted(attempt: Attempt) -> dict[int, str]:
 
 def _published(attempt: Attempt, agg: dict, model: dict[str, np.ndarray]) -> list[tuple[int, dict[str, np.ndarray]]]:
     """The aggregate's updates in its lenders' order, each checked against the hash its lender signed and the
-    model's arrays."""
+    model's arrays. The aggregate's `lenders` are distinct lender numbers by now (verify.py `_check_attempts`)."""
     rnd = attempt.round
-    lenders = agg.get("lenders")
+    lenders = agg.get("lenders", [])
     published = agg.get("updates")
-    if not isinstance(published, dict) or not isinstance(lenders, list):
+    if not isinstance(published, dict):
         raise AggregateMismatch(f"round {rnd}'s aggregate does not publish the updates it aggregated")
     accepted = _accepted(attempt)
-    if sorted(accepted) != sorted(lenders) or len(set(lenders)) != len(lenders):
+    if sorted(accepted) != sorted(lenders):
         left_out = sorted(set(accepted) - set(lenders))
         raise AggregateMismatch(
             f"round {rnd}'s aggregate names lenders {sorted(lenders)}; the round accepted updates from "

@@ -527,7 +527,7 @@ def _check_attempts(view: RunView, cfg: RunConfig) -> None:
                 _fail(_describe(aggregates[0]), "aggregate", "its lenders must be distinct lender numbers")
             current, origin = agg.get("model_hash"), f"round {attempt.round}'s aggregate"
             usable = {lender for lender, kinds in outcome.items() if kinds == [L.LENDER_UPDATE]}
-            if not set(agg.get("lenders", [])) <= usable:
+            if not set(named) <= usable:
                 _fail(_describe(aggregates[0]), "aggregate", "it aggregates a lender without an accepted update")
             for evaluation in attempt.of_type(L.LENDER_EVALUATION):
                 if evaluation["body"]["model_hash"] != agg.get("model_hash"):
