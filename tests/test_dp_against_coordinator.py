@@ -426,6 +426,27 @@ def test_the_final_statement_states_the_lifetime_spend_across_runs(tmp_path):
     assert json.loads(again.content["attestation"]["body"])["limit"] == "closed"  # no release after its final count
 
 
+def test_a_closed_lender_refuses_a_request_again_exactly_as_before_and_never_trains(tmp_path):
+    """A request this lender refused for its budget, asked again after its final statement (a resumed run that had
+    stopped early asks its last round again): the same refusal, byte for byte, not a second one "closed" (the
+    lender's refusal count and the ledger then disagreed and the run never verified); a request it never saw is
+    refused as closed; neither releases anything."""
+    from clients.app import final as lender_final
+
+    cfg = RunConfig(records=3000, lenders=2, rounds=1, epsilon=1.0, noise_multiplier=0.3, engine="inprocess")
+    context, home = make_lender(tmp_path / "lender", cfg, 0, max_epsilon=3.0)
+    request = message(cfg, 1, model=initial_model(cfg))
+    first = json.loads(lender_train(request, context).content["attestation"]["body"])
+    assert first["type"] == L.LENDER_REFUSAL and first["limit"] == "budget"
+    lender_final(message(cfg, 0, kind="query.final"), context)
+    again = json.loads(lender_train(message(cfg, 1, model=initial_model(cfg)), context).content["attestation"]["body"])
+    assert again == first
+    other = lender_train(message(cfg, 1, model=initial_model(cfg.replace(seed=5))), context)
+    assert json.loads(other.content["attestation"]["body"])["limit"] == "closed"
+    with home.spent() as spent:
+        assert all(account["releases"] == 0 for account in spent["runs"].values())
+
+
 def test_a_lender_scores_one_model_per_round(tmp_path):
     from clients.app import evaluate as lender_evaluate
 
