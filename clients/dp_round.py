@@ -12,7 +12,9 @@ refusal naming the limit when it falls outside:
   every release ever made with this folder (all runs) within `max_epsilon`.
 A gbdt round (`--model gbdt`) is the same release path: instead of DP-SGD the lender sums the gradients and hessians
 of its records per leaf of the round's new trees and adds Gaussian noise of its own (federation/gbdt_release.py);
-the same checks, with the leaf sums' sensitivity in place of the clip norm, come first.
+the same checks, with the leaf sums' sensitivity in place of the clip norm, come first. With noisy-quantile split
+candidates, round 1 releases the lender's scaled record counts per feature and bin instead, at the noise multiplier
+of its share of the budget (the same sensitivity).
 Every release is counted: each time the lender trains and sends, one event and one release number. A request
 repeated exactly (a coordinator that crashed and resumed) gets the reply already sent, byte for byte, which
 reveals nothing new; any other request is a new release.
@@ -34,11 +36,13 @@ from federation.audit_trail.attest import refusal_body, update_body
 from federation.errors import ConfigError
 from federation.gbdt.leaf_sums import secure_noise_share
 from federation.gbdt_release import (
-    LEAF_SUMS,
-    calibrated_noise,
+    COUNTS,
+    calibrated_noises,
+    exact_counts,
     exact_leaf_sums,
     release_clip_norm,
     released,
+    reply_name_and_shape,
     round_event,
 )
 from federation.lender_policy import effective_delta
@@ -52,7 +56,7 @@ from federation.privacy.limits import MAX_DELTA, check_delta
 from federation.privacy.noise import SecureRandomness, SeededRandomness, noise_source
 from federation.secagg import SecAggError, sum_noise_problem
 from federation.training import DPSettings, LocalOptimizer, train_local
-from federation.tree_model import ensemble_of, tree_count
+from federation.tree_model import ensemble_of, is_count_round, tree_count
 
 log = logging.getLogger("fedcredit.lender")
 
@@ -298,9 +302,12 @@ def _planned_event(s: Session, account: dict, budget: float, delta: float) -> Pr
     never per round, or fixed by the request; it is kept in the lender's account for the rounds that follow."""
     cfg = s.request
     if cfg.model == "gbdt":  # one unsampled Gaussian release a round (federation/gbdt_release.py)
-        sigma = account["sigma"] or cfg.noise_multiplier or calibrated_noise(cfg, budget, delta)
-        account["sigma"] = float(sigma)
-        return round_event(cfg, s.lender, s.round, sigma)
+        if not account["sigma"]:  # both calibrated once: the count release's (if any) and every leaf-sum round's
+            count_sigma, sigma = calibrated_noises(cfg, budget, delta)
+            account["sigma"], account["count_sigma"] = float(sigma), count_sigma
+        if is_count_round(cfg, s.round):
+            return round_event(cfg, s.lender, s.round, float(account["count_sigma"]))
+        return round_event(cfg, s.lender, s.round, account["sigma"])
     n = len(s.data.y_train)
     q, steps = sample_rate(n, cfg.batch_size), cfg.local_epochs * steps_per_epoch(n, cfg.batch_size)
     sigma = (
@@ -499,7 +506,11 @@ def _leaf_sums_once(s: Session, planned: PrivacyEvent | None, secure_sum: dict |
     """One gbdt release: the leaf sums of the round's trees over the lender's records, plus its own noise (under
     secure aggregation its share, `_secure_sum_terms`), masked as a plain sum under secure aggregation."""
     cfg, data = s.request, s.data
-    sums = exact_leaf_sums(cfg, s.received, len(data.features), s.round, data.x_train, data.y_train)
+    name, _ = reply_name_and_shape(cfg, s.round, len(data.features))
+    if name == COUNTS:  # the count round: the scaled counts per feature and bin, whatever the model sent
+        sums = exact_counts(cfg, data.x_train)
+    else:
+        sums = exact_leaf_sums(cfg, s.received, len(data.features), s.round, data.x_train, data.y_train)
     if planned is not None:
         randomness = _randomness(s)
         if isinstance(randomness, SeededRandomness):
@@ -513,7 +524,7 @@ def _leaf_sums_once(s: Session, planned: PrivacyEvent | None, secure_sum: dict |
 
         request = secagg.request_record(s.msg.content, SECAGG)
         return ArrayRecord({MASKED: Array(secagg.masked_sum(s.context, s.round, s.run, s.lender, request, sums))})
-    return ArrayRecord({LEAF_SUMS: Array(sums)})
+    return ArrayRecord({name: Array(sums)})
 
 
 def _randomness(s: Session) -> SeededRandomness | SecureRandomness:

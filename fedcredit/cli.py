@@ -212,6 +212,9 @@ def run(
     gbdt_learning_rate: float = _option("gbdt_learning_rate"),
     gbdt_lambda: float = _option("gbdt_lambda"),
     gbdt_leaf_clip: float = _option("gbdt_leaf_clip"),
+    gbdt_split_candidates: str = _option("gbdt_split_candidates"),
+    gbdt_count_share: float = _option("gbdt_count_share"),
+    gbdt_min_fraction: float = _option("gbdt_min_fraction"),
     strategy: str = _option("strategy"),
     proximal_mu: float = _option("proximal_mu"),
     trim_fraction: float = _option("trim_fraction"),
@@ -346,6 +349,11 @@ def plan(
         help="The model: logreg and mlp train with DP-SGD (records, batch size, epochs); gbdt releases its leaf "
         "sums once a round over every record (rate 1, one step a round; batch size and epochs do not apply).",
     ),
+    gbdt_count_share: float = typer.Option(
+        0.0,
+        help="gbdt with --gbdt-split-candidates noisy_quantiles: the share of the budget round 1's count release "
+        "takes (0: no count release). Prints both noise multipliers.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
 ) -> None:
     """Plan a privacy budget: noise multiplier for each target epsilon, and epsilon for each sigma."""
@@ -389,8 +397,17 @@ def plan(
         mech = planner.record_level(records_per_lender, batch_size, local_epochs, rounds, delta)
     else:
         mech = planner.lender_level(lenders, lender_sample_rate, rounds, delta)
+    if gbdt_count_share and not (model == "gbdt" and 0 < gbdt_count_share < 1):
+        _fail(
+            f"gbdt-count-share plans a gbdt count release: give --model gbdt and a share in (0, 1), got {gbdt_count_share}"
+        )
     try:
-        rows = planner.plan(mech, targets, sigma_list, accountant_list, calibrate_with)
+        if gbdt_count_share:
+            rows = planner.boosting_with_counts(
+                mech, gbdt_count_share, targets, sigma_list, accountant_list, calibrate_with
+            )
+        else:
+            rows = planner.plan(mech, targets, sigma_list, accountant_list, calibrate_with)
     except ValueError as exc:
         _fail(str(exc))
     if json_out:
@@ -402,11 +419,16 @@ def plan(
     )
     table.add_column("target epsilon", justify="right")
     table.add_column("noise multiplier", justify="right")
+    if gbdt_count_share:
+        table.add_column("round 1 (counts) noise multiplier", justify="right")
     for name in accountant_list:
         table.add_column(f"epsilon ({name})", justify="right")
     for row in rows:
         shown = f"{row['target_epsilon']:g}" if row["target_epsilon"] is not None else "-"
-        table.add_row(shown, f"{row['noise_multiplier']:.4f}", *[f"{row[f'epsilon_{n}']:.4f}" for n in accountant_list])
+        counts = [f"{row['count_noise_multiplier']:.4f}"] if gbdt_count_share else []
+        table.add_row(
+            shown, f"{row['noise_multiplier']:.4f}", *counts, *[f"{row[f'epsilon_{n}']:.4f}" for n in accountant_list]
+        )
     console.print(table)
 
 

@@ -75,8 +75,11 @@ def aggregation_check(cfg: RunConfig) -> str:
     """What ties each round's model to the lenders' updates, in one sentence: the report states it, and the
     verifier's summary (which also counts the rounds it redid)."""
     if cfg.model == "gbdt":
-        return "every round's trees rebuilt from the leaf sums the lenders signed" + (
-            " (their unmasked sum under secure aggregation)" if cfg.secure_aggregation else ""
+        counts = cfg.gbdt_split_candidates == "noisy_quantiles"
+        return (
+            "every round's trees rebuilt from the leaf sums the lenders signed"
+            + (", each split among the candidates their round-1 counts leave" if counts else "")
+            + (" (their unmasked sums under secure aggregation)" if cfg.secure_aggregation else "")
         )
     if publishes_updates(cfg):
         return f"every round's aggregate redone with Flower's {cfg.strategy} from the updates the lenders signed"

@@ -28,6 +28,9 @@ MODELS = ("logreg", "mlp", "gbdt")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedmedian", "fedtrimmedavg")
 # The lender's local step (federation/training.py LocalOptimizer; the same names there).
 OPTIMIZERS = ("sgd", "adam", "adamw")
+# gbdt's split candidates (federation/gbdt/split_candidates.py): every public threshold, or those a noisy count
+# release of round 1 finds with records on both sides.
+SPLIT_CANDIDATES = ("all", "noisy_quantiles")
 LR_SCHEDULES = ("constant", "cosine")
 ACCOUNTANTS = ("rdp", "prv")
 DP_LEVELS = ("record", "lender")
@@ -93,6 +96,19 @@ class RunConfig:
     )
     gbdt_leaf_clip: float = _option(
         _GBDT.leaf_clip, "gbdt: leaf values clipped to [-leaf-clip, leaf-clip] before shrinkage."
+    )
+    gbdt_split_candidates: str = _option(
+        "all",
+        "gbdt: 'all' draws every split among every public bin threshold; 'noisy_quantiles' spends round 1 on one "
+        "noisy release of each lender's record counts per feature and bin, and draws the trees of rounds 2.. among "
+        "the thresholds with at least gbdt-min-fraction of the records on each side.",
+        SPLIT_CANDIDATES,
+    )
+    gbdt_count_share: float = _option(
+        0.1, "gbdt with noisy_quantiles: the share of each lender's budget its round-1 count release spends."
+    )
+    gbdt_min_fraction: float = _option(
+        0.05, "gbdt with noisy_quantiles: a threshold is a candidate when each side holds this share of the records."
     )
     # ---- the lender's local optimizer (post-processing of the DP gradient: no effect on the accounting) ----
     optimizer: str = _option("sgd", "Local optimizer (sgd: momentum 0.9; adamw: decoupled weight decay).", OPTIMIZERS)
@@ -369,6 +385,15 @@ class RunConfig:
         for name in ("gbdt_learning_rate", "gbdt_lambda", "gbdt_leaf_clip"):
             value = getattr(self, name)
             need(_finite_positive(value), f"{name.replace('_', '-')} must be a positive number, got {value}")
+        need(0 < self.gbdt_count_share < 1, f"gbdt-count-share must be between 0 and 1, got {self.gbdt_count_share}")
+        need(
+            0 <= self.gbdt_min_fraction < 0.5,
+            f"gbdt-min-fraction must be at least 0 and below 0.5, got {self.gbdt_min_fraction}",
+        )
+        need(
+            self.gbdt_split_candidates != "noisy_quantiles" or self.rounds >= 2,
+            "gbdt-split-candidates noisy_quantiles spends round 1 on the count release: it needs --rounds 2 or more",
+        )
         need(
             self.strategy == "fedavg",
             f"model gbdt sums the lenders' noisy leaf sums; strategy '{self.strategy}' combines model updates "
@@ -440,6 +465,9 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "gbdt_learning_rate",
         "gbdt_lambda",
         "gbdt_leaf_clip",
+        "gbdt_split_candidates",
+        "gbdt_count_share",
+        "gbdt_min_fraction",
     ),
     "Privacy": (
         "dp",

@@ -1,7 +1,8 @@
 """The gbdt ensemble as a run's model: fixed-shape arrays in a torch module, so it travels, is hashed, saved
 (model.pt), checkpointed, scored by the lenders and by the scorecard exactly as the other models are.
 
-A run of R rounds of k trees of depth d holds R k trees from the start: each tree's split features and bin
+A run of R rounds of k trees of depth d holds R k trees from the start (R - 1 rounds of them when round 1 is the
+count release of noisy-quantile split candidates, `count_round`): each tree's split features and bin
 thresholds ([R k, 2**d - 1], whole numbers) and leaf values ([R k, 2**d]), plus the base score and how many trees
 are grown so far. A tree not yet grown has leaf values 0 and adds nothing to the logit; the coordinator fills in the
 structure of a round's trees when it asks for their leaf sums (server/gbdt_strategy.py) and their leaf values when
@@ -29,23 +30,42 @@ def gbdt_params(cfg: RunConfig, noise_multiplier: float = 0.0) -> GbdtParams:
         n_bins=cfg.gbdt_bins,
         depth=cfg.gbdt_depth,
         trees_per_round=cfg.gbdt_trees_per_round,
-        rounds=cfg.rounds,
+        rounds=tree_rounds(cfg),
         reg_lambda=cfg.gbdt_lambda,
         learning_rate=cfg.gbdt_learning_rate,
         leaf_clip=cfg.gbdt_leaf_clip,
         noise_multiplier=noise_multiplier,
+        split_candidates=cfg.gbdt_split_candidates,
+        min_fraction=cfg.gbdt_min_fraction,
     )
 
 
+def count_rounds(cfg: RunConfig) -> int:
+    """The rounds before the first tree: 1 (the count release) with noisy-quantile split candidates, else 0."""
+    return 1 if cfg.model == "gbdt" and cfg.gbdt_split_candidates == "noisy_quantiles" else 0
+
+
+def is_count_round(cfg: RunConfig, rnd: int) -> bool:
+    """Whether round `rnd` releases the record counts (federation/gbdt/split_candidates.py) instead of leaf sums."""
+    return rnd <= count_rounds(cfg)
+
+
+def tree_rounds(cfg: RunConfig) -> int:
+    """The rounds that grow trees."""
+    return cfg.rounds - count_rounds(cfg)
+
+
 def tree_count(cfg: RunConfig) -> int:
-    """Every tree a run can grow: rounds x trees per round."""
-    return cfg.rounds * cfg.gbdt_trees_per_round
+    """Every tree a run can grow: tree rounds x trees per round."""
+    return tree_rounds(cfg) * cfg.gbdt_trees_per_round
 
 
 def round_trees(cfg: RunConfig, rnd: int) -> slice:
-    """The rows of the trees round `rnd` grows (rounds count from 1)."""
-    k = cfg.gbdt_trees_per_round
-    return slice((rnd - 1) * k, rnd * k)
+    """The rows of the trees round `rnd` grows (rounds count from 1; a count round grows none: ValueError)."""
+    if is_count_round(cfg, rnd):
+        raise ValueError(f"round {rnd} is the count release: it grows no trees")
+    k, first = cfg.gbdt_trees_per_round, rnd - 1 - count_rounds(cfg)
+    return slice(first * k, (first + 1) * k)
 
 
 class TreeEnsembleModel(nn.Module):

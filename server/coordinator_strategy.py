@@ -81,11 +81,12 @@ class CoordinatorStrategy:
         self.strategy = strategy
         self.lender_of_node = lender_of_node
 
-    def reply_shapes(self, model_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-        """The arrays a plain training reply must hold: the model's (a gbdt reply holds leaf sums instead)."""
+    def reply_shapes(self, model_shapes: Mapping[str, tuple[int, ...]], rnd: int) -> dict[str, tuple[int, ...]]:
+        """The arrays a plain training reply of round `rnd` must hold: the model's (a gbdt reply holds leaf sums,
+        or counts, instead)."""
         return dict(model_shapes)
 
-    def masked_length(self, model_shapes: Mapping[str, tuple[int, ...]]) -> int:
+    def masked_length(self, model_shapes: Mapping[str, tuple[int, ...]], rnd: int) -> int:
         """The length of a secure-aggregation reply's one vector: the update, then the record count."""
         return sum(math.prod(shape) for shape in model_shapes.values()) + 1
 

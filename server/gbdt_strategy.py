@@ -5,7 +5,8 @@ and batched boosting (several trees a round against the same residuals).
 
 Each round the coordinator draws the structure of the round's trees from public information only (the number of
 features, the public bins and its own generator: federation.gbdt.structure, no record involved, so it costs no
-privacy), sends the ensemble with those structures to the lenders, and receives from each its noisy leaf sums
+privacy; with noisy-quantile split candidates, among the thresholds that round 1's noisy count release leaves, which
+is post-processing of an accounted release, federation/gbdt/split_candidates.py), sends the ensemble with those structures to the lenders, and receives from each its noisy leaf sums
 (each lender adds Gaussian noise of its own to its own sums, clients/dp_round.py). It sums them in lender order
 and sets each leaf to the clipped, shrunk Newton step -G / (H + lambda): post-processing of the noisy sums. The
 coordinator never sees a record, an exact sum, or a lender's noise. Each aggregate records the round's structures and
@@ -27,10 +28,10 @@ from federation.audit_trail.gbdt_ledger import round_record
 from federation.config import RunConfig
 from federation.gbdt.newton import leaf_values
 from federation.gbdt.structure import random_trees
-from federation.gbdt_release import LEAF_SUMS, leaf_sums_shape
+from federation.gbdt_release import COUNTS, reply_name_and_shape, split_candidates
 from federation.messages import ARRAYS, numpy_arrays
 from federation.secagg import SecAggError
-from federation.tree_model import round_trees
+from federation.tree_model import is_count_round, round_trees
 from server.coordinator_strategy import CoordinatorStrategy, RoundAggregate
 from server.secure_rounds import SecureRound
 
@@ -52,21 +53,27 @@ class GbdtStrategy(CoordinatorStrategy):
         self.rng = np.random.default_rng(cfg.seed)
         self.asked: dict[int, dict[str, np.ndarray]] = {}  # each round's model with its new trees' structure
         self.recorded: dict[int, dict] = {}  # what each round's aggregate records of its trees
+        # The (feature, threshold) pairs the trees draw from: every pair (None) unless a count round found fewer.
+        self.candidates: np.ndarray | None = None
 
-    def reply_shapes(self, model_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-        return {LEAF_SUMS: leaf_sums_shape(self.cfg)}
+    def reply_shapes(self, model_shapes: Mapping[str, tuple[int, ...]], rnd: int) -> dict[str, tuple[int, ...]]:
+        name, shape = reply_name_and_shape(self.cfg, rnd, self.n_features)
+        return {name: shape}
 
-    def masked_length(self, model_shapes: Mapping[str, tuple[int, ...]]) -> int:
-        """Under secure aggregation a lender masks its noisy leaf sums as they are (a plain sum, no weight)."""
-        return math.prod(leaf_sums_shape(self.cfg))
+    def masked_length(self, model_shapes: Mapping[str, tuple[int, ...]], rnd: int) -> int:
+        """Under secure aggregation a lender masks its noisy leaf sums (or counts) as they are (a plain sum)."""
+        return math.prod(reply_name_and_shape(self.cfg, rnd, self.n_features)[1])
 
     def configure_train(self, rnd: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
         cfg = self.cfg
-        trees = random_trees(self.rng, cfg.gbdt_trees_per_round, cfg.gbdt_depth, self.n_features, cfg.gbdt_bins)
         model = {k: v.copy() for k, v in numpy_arrays(arrays).items()}
-        rows = round_trees(cfg, rnd)
-        model["features"][rows] = np.stack([t.features for t in trees])
-        model["thresholds"][rows] = np.stack([t.thresholds for t in trees])
+        if not is_count_round(cfg, rnd):  # a count round sends the model as it is: its release ignores it
+            trees = random_trees(
+                self.rng, cfg.gbdt_trees_per_round, cfg.gbdt_depth, self.n_features, cfg.gbdt_bins, self.candidates
+            )
+            rows = round_trees(cfg, rnd)
+            model["features"][rows] = np.stack([t.features for t in trees])
+            model["thresholds"][rows] = np.stack([t.thresholds for t in trees])
         self.asked[rnd] = model
         return super().configure_train(rnd, _record(model), config, grid)
 
@@ -76,7 +83,7 @@ class GbdtStrategy(CoordinatorStrategy):
         if not trained:
             return None, "no usable update (every lender failed, was rejected or declined)", None
         cfg = self.cfg
-        shape = leaf_sums_shape(cfg)
+        name, shape = reply_name_and_shape(cfg, rnd, self.n_features)
         if secure is not None:  # only the survivors' sum: no lender's own sums are ever seen
             try:
                 total = secure.aggregate_sum(trained, math.prod(shape)).reshape(shape)
@@ -87,10 +94,14 @@ class GbdtStrategy(CoordinatorStrategy):
             total = np.zeros(shape, dtype=np.float64)
             released: dict[int, np.ndarray] = {}
             for msg in trained:  # in lender order: the same sums in any runtime
-                sums = numpy_arrays(msg.content.array_records[ARRAYS])[LEAF_SUMS]
+                sums = numpy_arrays(msg.content.array_records[ARRAYS])[name]
                 released[self.lender_of_node[msg.metadata.src_node_id]] = sums
                 total = total + sums
             self.recorded[rnd] = round_record(rnd, cfg, self.asked[rnd], released)
+        if name == COUNTS:  # the trees of the rounds after it draw among the thresholds the noisy counts leave
+            self.candidates = split_candidates(cfg, total, self.n_features)
+            self.recorded[rnd]["candidates"] = len(self.candidates) if self.candidates is not None else None
+            return _record(self.asked[rnd]), "", None
         model = {k: v.copy() for k, v in self.asked[rnd].items()}
         rows = round_trees(cfg, rnd)
         model["values"][rows] = leaf_values(

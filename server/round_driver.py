@@ -62,9 +62,9 @@ class Federation:
         """The lender a request goes to."""
         return self.lender_of_node[msg.metadata.dst_node_id]
 
-    def masked_shape(self) -> dict[str, tuple[int, ...]]:
+    def masked_shape(self, rnd: int) -> dict[str, tuple[int, ...]]:
         """What a secure-aggregation reply holds instead: one masked vector (its length is the strategy's)."""
-        return {MASKED: (self.strategy.masked_length(self.shapes),)}
+        return {MASKED: (self.strategy.masked_length(self.shapes, rnd),)}
 
 
 def drive_rounds(
@@ -133,7 +133,7 @@ def _play_round(
     fed.keeper.round_started(rnd, roster, fed.strategy.mechanism())
     secure, messages, setup_failure, left_out = _open_secure_round(fed, rnd, messages)
     replies = ask(fed.grid, messages) if messages else []
-    shapes = fed.masked_shape() if secure else fed.strategy.reply_shapes(fed.shapes)
+    shapes = fed.masked_shape(rnd) if secure else fed.strategy.reply_shapes(fed.shapes, rnd)
     checked, rejected = screen_train_replies(replies, shapes, arrays, fed.cfg, fed.sender)
     rejected += unanswered({fed.addressee(m) for m in messages}, checked, rejected, fed.sender)
     rejected += left_out

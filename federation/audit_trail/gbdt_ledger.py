@@ -7,7 +7,9 @@ model: each lender's sums must hash to the update it signed, their sum in lender
 (federation.gbdt.newton), and the result must hash to the round's recorded model. So a coordinator cannot set a
 leaf value, add a tree, or leave a lender's sums out of (or add unsigned sums to) the model without the verifier
 seeing it. Each lender also signs the digest of the request it answered (the model it computed its sums on), so
-the structure recorded must be the one the lenders were sent. model.json (the ensemble, federation/audit_trail/derive.py) comes from here.
+the structure recorded must be the one the lenders were sent. With noisy-quantile split candidates, round 1's
+aggregate records the lenders' released counts instead (or their secure sum); the candidates follow from them as the
+coordinator's do, and every later split must be one of them. model.json (the ensemble, federation/audit_trail/derive.py) comes from here.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from federation.audit_trail.run_view import RunView
 from federation.config import RunConfig
 from federation.gbdt.newton import leaf_values
 from federation.gbdt.trees import Ensemble
-from federation.gbdt_release import LEAF_SUMS, leaf_sums_shape
-from federation.tree_model import build_tree_model, ensemble_of, round_trees
+from federation.gbdt_release import COUNTS, LEAF_SUMS, leaf_sums_shape, reply_name_and_shape, split_candidates
+from federation.tree_model import build_tree_model, ensemble_of, is_count_round, round_trees
 
 
 class LedgerModelMismatch(ValueError):
@@ -39,12 +41,15 @@ def round_record(
 ) -> dict:
     """What the aggregate of gbdt round `rnd` records: its trees' rows and structure, and each lender's sums (or,
     under secure aggregation, the unmasked sum of the survivors' sums: nothing else was seen)."""
-    rows = round_trees(cfg, rnd)
-    record = {
-        "trees": [rows.start, rows.stop],
-        "features": model["features"][rows].tolist(),
-        "thresholds": model["thresholds"][rows].tolist(),
-    }
+    if is_count_round(cfg, rnd):  # no trees: the count release, from which the split candidates follow
+        record: dict = {"count_release": True}
+    else:
+        rows = round_trees(cfg, rnd)
+        record = {
+            "trees": [rows.start, rows.stop],
+            "features": model["features"][rows].tolist(),
+            "thresholds": model["thresholds"][rows].tolist(),
+        }
     if secure_sum is not None:
         return {**record, "secure_sum": np.asarray(secure_sum, dtype=np.float64).tolist()}
     return {**record, "released": {str(lender): sums.tolist() for lender, sums in sorted((released or {}).items())}}
@@ -55,13 +60,15 @@ def rederived_arrays(view: RunView, cfg: RunConfig) -> dict[str, np.ndarray]:
     model. Raises LedgerModelMismatch naming the first round that does not."""
     n_features = len(view.manifests[0]["features"]) if 0 in view.manifests else 0
     model = {k: v.numpy().copy() for k, v in build_tree_model(cfg, n_features).state_dict().items()}
+    candidates = None  # every (feature, threshold) pair, unless a count round's noisy counts leave fewer
     for attempt in view.complete_rounds():
         agg = attempt.aggregate
         if agg is None:
             continue
         rnd = attempt.round
         if not agg.get("skipped"):
-            sent = _asked(model, rnd, agg, cfg)
+            counting = is_count_round(cfg, rnd)
+            sent = model if counting else _asked(model, rnd, agg, cfg, candidates, n_features)
             digest = _request_digest(view, rnd, sent)
             for entry in attempt.of_type(L.LENDER_UPDATE) + attempt.of_type(L.LENDER_REFUSAL):
                 if entry["body"].get("request") != digest:
@@ -69,7 +76,15 @@ def rederived_arrays(view: RunView, cfg: RunConfig) -> dict[str, np.ndarray]:
                         f"round {rnd}: lender {entry['body'].get('lender')} signed a request for another model "
                         "than the round's recorded structure gives"
                     )
-            model = _grow(sent, rnd, agg, cfg, _signed_hashes(attempt.of_type(L.LENDER_UPDATE)))
+            signed = _signed_hashes(attempt.of_type(L.LENDER_UPDATE))
+            if counting:
+                candidates = split_candidates(cfg, _counted(rnd, agg, cfg, signed, n_features), n_features)
+                if agg["gbdt"].get("candidates") != (None if candidates is None else len(candidates)):
+                    raise LedgerModelMismatch(
+                        f"round {rnd}: the recorded number of split candidates is not the counts'"
+                    )
+            else:
+                model = _grow(sent, rnd, agg, cfg, signed)
         if arrays_hash(model) != agg.get("model_hash"):
             raise LedgerModelMismatch(f"round {rnd}'s model is not the one its recorded structure and leaf sums give")
     try:
@@ -96,8 +111,16 @@ def _signed_hashes(updates: list[dict]) -> dict[int, str]:
     return {e["body"].get("lender"): e["body"].get("update_hash") for e in updates}
 
 
-def _asked(model: dict[str, np.ndarray], rnd: int, agg: dict, cfg: RunConfig) -> dict[str, np.ndarray]:
-    """The model round `rnd` sent: the previous one with the round's recorded tree structures."""
+def _asked(
+    model: dict[str, np.ndarray],
+    rnd: int,
+    agg: dict,
+    cfg: RunConfig,
+    candidates: np.ndarray | None = None,
+    n_features: int = 0,
+) -> dict[str, np.ndarray]:
+    """The model round `rnd` sent: the previous one with the round's recorded tree structures, each split among the
+    `candidates` (None: any)."""
     record = agg.get("gbdt")
     rows = round_trees(cfg, rnd)
     if not isinstance(record, dict) or record.get("trees") != [rows.start, rows.stop]:
@@ -108,9 +131,31 @@ def _asked(model: dict[str, np.ndarray], rnd: int, agg: dict, cfg: RunConfig) ->
         sent = {k: v.copy() for k, v in model.items()}
         sent["features"][rows] = features.reshape(sent["features"][rows].shape)
         sent["thresholds"][rows] = thresholds.reshape(sent["thresholds"][rows].shape)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise LedgerModelMismatch(f"round {rnd}'s recorded tree structure is malformed") from None
+    if candidates is not None:  # a split outside them was not drawn from what the noisy counts leave
+        pairs = sent["features"][rows] * (cfg.gbdt_bins - 1) + sent["thresholds"][rows]
+        inside = (sent["thresholds"][rows] >= 0) & (sent["thresholds"][rows] < cfg.gbdt_bins - 1)
+        if (
+            not (inside & np.isin(pairs, candidates)).all()
+            or not ((sent["features"][rows] >= 0) & (sent["features"][rows] < n_features)).all()
+        ):
+            raise LedgerModelMismatch(
+                f"round {rnd}'s trees split where the count release's noisy counts leave no candidate"
+            )
     return sent
+
+
+def _counted(rnd: int, agg: dict, cfg: RunConfig, signed: dict, n_features: int) -> np.ndarray:
+    """A count round's summed (noisy, scaled) counts: the unmasked sum under secure aggregation, else the sum of the
+    counts each lender signed, in the order the coordinator summed them."""
+    record = agg.get("gbdt")
+    if not isinstance(record, dict) or record.get("count_release") is not True or "trees" in record:
+        raise LedgerModelMismatch(f"round {rnd} is the count release; its aggregate does not record one")
+    _, shape = reply_name_and_shape(cfg, rnd, n_features)
+    if cfg.secure_aggregation:
+        return _secure_sum(rnd, agg, cfg, shape)
+    return _signed_total(rnd, agg, cfg, agg.get("lenders") or [], signed, COUNTS, shape)
 
 
 def _grow(sent: dict[str, np.ndarray], rnd: int, agg: dict, cfg: RunConfig, signed: dict) -> dict[str, np.ndarray]:
@@ -129,7 +174,7 @@ def _grow(sent: dict[str, np.ndarray], rnd: int, agg: dict, cfg: RunConfig, sign
     return grown
 
 
-def _secure_sum(rnd: int, agg: dict, cfg: RunConfig) -> np.ndarray:
+def _secure_sum(rnd: int, agg: dict, cfg: RunConfig, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """The unmasked sum the aggregate records. The verifier cannot check it against any lender's sums (each
     signed only its masked vector): that it is the survivors' true sum rests on the secure aggregation's own
     checks (signed roster, keys, survivor set and confirmations, federation/audit_trail/verify.py); what the
@@ -141,23 +186,32 @@ def _secure_sum(rnd: int, agg: dict, cfg: RunConfig) -> np.ndarray:
         total = np.asarray(record.get("secure_sum"), dtype=np.float64)
     except (TypeError, ValueError):
         raise LedgerModelMismatch(f"round {rnd}: the recorded secure sum is not numbers") from None
-    if total.shape != leaf_sums_shape(cfg) or not np.isfinite(total).all():
-        raise LedgerModelMismatch(f"round {rnd}: the recorded secure sum is not {leaf_sums_shape(cfg)} finite numbers")
+    shape = shape or leaf_sums_shape(cfg)
+    if total.shape != shape or not np.isfinite(total).all():
+        raise LedgerModelMismatch(f"round {rnd}: the recorded secure sum is not {shape} finite numbers")
     return total
 
 
-def _signed_total(rnd: int, agg: dict, cfg: RunConfig, lenders: list, signed: dict) -> np.ndarray:
+def _signed_total(
+    rnd: int,
+    agg: dict,
+    cfg: RunConfig,
+    lenders: list,
+    signed: dict,
+    name: str = LEAF_SUMS,
+    shape: tuple[int, ...] | None = None,
+) -> np.ndarray:
     released = agg["gbdt"].get("released")
     if not isinstance(released, dict) or sorted(released) != sorted(str(x) for x in lenders):
         raise LedgerModelMismatch(f"round {rnd}'s aggregate records leaf sums of other lenders than it aggregates")
-    shape = leaf_sums_shape(cfg)
+    shape = shape or leaf_sums_shape(cfg)
     total = np.zeros(shape, dtype=np.float64)
     for lender in lenders:  # in the order the coordinator summed them
         try:
             sums = np.asarray(released[str(lender)], dtype=np.float64)
         except (TypeError, ValueError):
             raise LedgerModelMismatch(f"round {rnd}: lender {lender}'s recorded leaf sums are not numbers") from None
-        if sums.shape != shape or arrays_hash({LEAF_SUMS: sums}) != signed.get(lender):
+        if sums.shape != shape or arrays_hash({name: sums}) != signed.get(lender):
             raise LedgerModelMismatch(f"round {rnd}: lender {lender}'s recorded leaf sums are not the ones it signed")
         total = total + sums
     return total

@@ -115,6 +115,8 @@ def build_report(entries: list[dict]) -> dict:
         "coordinator_fingerprint": fingerprint(view.started["coordinator_public_key"]),
         "unverified_files": list(UNVERIFIED_FILES),
     }
+    if cfg["model"] == "gbdt" and cfg.get("gbdt-split-candidates", "all") != "all":  # absent otherwise: as before
+        report["gbdt_split_candidates"] = cfg["gbdt-split-candidates"]
     report["summary"] = summary_sentences(report)
     return report
 
@@ -321,7 +323,16 @@ def summary_sentences(report: dict) -> list[str]:
             "training."
         )
     sent = sum(d["bytes_sent"] for d in lenders)
-    if report["model"] == "gbdt":
+    if report["model"] == "gbdt" and report.get("gbdt_split_candidates") == "noisy_quantiles":
+        out.append(
+            f"0 raw records left any lender: the model is gradient-boosted trees. In round 1 every lender sent only "
+            f"its count of records per feature and public bin, and in each later round only the gradient and "
+            f"hessian sums of its records per leaf of the round's trees, "
+            f"{'each with noise of its own' if p['dp'] else 'without noise'} ({sent:,} bytes in all), and summary "
+            "scores. The coordinator drew the tree structures among the thresholds the summed counts leave with "
+            "records on both sides: post-processing of the counts, whose release is accounted like any other."
+        )
+    elif report["model"] == "gbdt":
         out.append(
             f"0 raw records left any lender: the model is gradient-boosted trees, and each round every lender sent "
             f"only the gradient and hessian sums of its records per leaf of the round's trees, "

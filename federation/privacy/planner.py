@@ -51,6 +51,37 @@ def boosting(records: int, rounds: int, delta: float = 0.0) -> Mechanism:
     return Mechanism(1.0, 1, rounds, delta or default_delta(records))
 
 
+def boosting_with_counts(
+    mech: Mechanism,
+    share: float,
+    targets: list[float],
+    sigmas: list[float],
+    accountants: list[str],
+    calibrate_with: str,
+) -> list[dict]:
+    """`--gbdt-split-candidates noisy_quantiles`: round 1 of `mech` is the count release, taking `share` of each
+    target's budget (federation/gbdt/accounting.py split_budget, as the lenders calibrate it), the other rounds the
+    rest; a given sigma is used for every round, as a run with a fixed --noise-multiplier does. Rows as `plan`'s,
+    with `count_noise_multiplier`."""
+    from federation.gbdt.accounting import split_budget
+
+    if mech.rounds < 2:
+        raise ValueError("the count release takes round 1: plan 2 rounds or more")
+    rows = []
+    for given, target, sigma in [("target", t, None) for t in targets] + [("sigma", None, s) for s in sigmas]:
+        if target is not None:
+            z_counts, z = split_budget(target, mech.delta, mech.rounds - 1, share, calibrate_with)
+        elif not (sigma is not None and math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"noise multiplier must be positive, got {sigma}")
+        else:
+            z_counts = z = sigma
+        events = [PrivacyEvent(0, 1, z_counts, 1.0, 1, 1.0), *mech.events(z)[1:]]
+        row = {"given": given, "target_epsilon": target, "noise_multiplier": z, "count_noise_multiplier": z_counts}
+        row |= {"sample_rate": 1.0, "steps": mech.total_steps, "delta": mech.delta}
+        rows.append(row | {f"epsilon_{name}": epsilon(events, mech.delta, name) for name in accountants})
+    return rows
+
+
 def lender_level(lenders: int, lender_sample_rate: float, rounds: int, delta: float = 0.0) -> Mechanism:
     return Mechanism(lender_sample_rate, 1, rounds, delta or default_delta(lenders), "lender")
 
