@@ -130,6 +130,8 @@ def config_for(cell: Cell, data_dir: str = "", overrides: dict[str, Any] | None 
     if cell.method == "gbdt":  # the dataset's own gbdt tuning, where it differs from the defaults (constants.py)
         gbdt: dict[str, Any] = dict(c.gbdt)
         cfg = dataclasses.replace(cfg, **gbdt)
+        if cfg.gbdt_split_candidates == "noisy_quantiles":  # round 1 is the count release: the tuned tree rounds follow
+            cfg = dataclasses.replace(cfg, rounds=GBDT_ROUNDS + 1)
     return dataclasses.replace(cfg, **(overrides or {})).validated()
 
 
