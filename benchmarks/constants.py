@@ -41,7 +41,7 @@ class DatasetConstants:
     hgb: tuple[tuple[str, float], ...] = (("learning_rate", 0.1), ("max_iter", 100))
     # The gbdt cells' RunConfig settings where this dataset's tuning (benchmarks/gbdt_tuning.py --dataset) chose other
     # than the GbdtParams defaults (Taiwan's): ("rounds", 25), ("gbdt_depth", 3), ...
-    gbdt: tuple[tuple[str, float], ...] = ()
+    gbdt: tuple[tuple[str, float | str], ...] = ()
 
     def hgb_params(self) -> dict[str, float | int]:
         return {k: int(v) if k in ("max_iter", "max_leaf_nodes", "min_samples_leaf") else v for k, v in self.hgb}
