@@ -25,13 +25,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from federation.audit_trail.gbdt_ledger import round_record
+from federation.audit_trail.run_view import stop_reason
 from federation.config import RunConfig
 from federation.gbdt.newton import leaf_values
 from federation.gbdt.structure import random_trees
 from federation.gbdt_release import COUNTS, reply_name_and_shape, split_candidates
 from federation.messages import ARRAYS, numpy_arrays
 from federation.secagg import SecAggError
-from federation.tree_model import is_count_round, round_trees
+from federation.tree_model import count_rounds, is_count_round, round_trees
 from server.coordinator_strategy import CoordinatorStrategy, RoundAggregate
 from server.secure_rounds import SecureRound
 
@@ -55,6 +56,14 @@ class GbdtStrategy(CoordinatorStrategy):
         self.recorded: dict[int, dict] = {}  # what each round's aggregate records of its trees
         # The (feature, threshold) pairs the trees draw from: every pair (None) unless a count round found fewer.
         self.candidates: np.ndarray | None = None
+
+    def stop_before(self, rnd: int) -> dict:
+        """A run whose count release aggregated no lender's counts (every lender asked declined, failed or was left
+        out, or secure aggregation could not unmask) stops before its first tree: drawing among every pair instead
+        would let a coordinator drop the counts it was paid for and split anywhere (found by a red team)."""
+        if count_rounds(self.cfg) and rnd == count_rounds(self.cfg) + 1 and self.candidates is None:
+            return {"kind": "no_counts", "round": rnd, "reason": stop_reason({"kind": "no_counts", "round": rnd})}
+        return {}
 
     def reply_shapes(self, model_shapes: Mapping[str, tuple[int, ...]], rnd: int) -> dict[str, tuple[int, ...]]:
         name, shape = reply_name_and_shape(self.cfg, rnd, self.n_features)

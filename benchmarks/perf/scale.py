@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         with timing as spent:
             result = one(args.one, args.per_round, args.rounds, args.records_per_lender, processes)
         if args.phases:
-            result["phase_seconds"] = {k: round(v, 2) for k, v in spent.items()}
+            result["phase_seconds"] = {k: round(v, 4) for k, v in spent.items()}
         print(json.dumps(result))
         return
     print(

@@ -50,7 +50,7 @@ def check_aggregates(view: RunView, cfg: RunConfig, initial: dict[str, np.ndarra
             # Without secure aggregation a round is skipped only when no update is usable (server/
             # coordinator_strategy.py `_combine`): a coordinator that accepted updates and kept the old model anyway,
             # with a reason of its own, left them out of the model.
-            if accepted := _accepted(attempt):
+            if accepted := accepted_updates(attempt):
                 raise AggregateMismatch(
                     f"round {rnd} is recorded as skipped ({agg.get('reason')!r}), but it accepted updates from lenders "
                     f"{sorted(accepted)}"
@@ -75,7 +75,7 @@ def check_aggregates(view: RunView, cfg: RunConfig, initial: dict[str, np.ndarra
     return redone
 
 
-def _accepted(attempt: Attempt) -> dict[int, str]:
+def accepted_updates(attempt: Attempt) -> dict[int, str]:
     """The round's accepted updates: lender -> the update hash it signed (an update later rejected, or one that
     holds nothing, is not accepted)."""
     rejected = {
@@ -96,7 +96,7 @@ def _published(attempt: Attempt, agg: dict, model: dict[str, np.ndarray]) -> lis
     published = agg.get("updates")
     if not isinstance(published, dict):
         raise AggregateMismatch(f"round {rnd}'s aggregate does not publish the updates it aggregated")
-    accepted = _accepted(attempt)
+    accepted = accepted_updates(attempt)
     if sorted(accepted) != sorted(lenders):
         left_out = sorted(set(accepted) - set(lenders))
         raise AggregateMismatch(

@@ -25,7 +25,7 @@ from federation.config import RunConfig
 from federation.gbdt.newton import leaf_values
 from federation.gbdt.trees import Ensemble
 from federation.gbdt_release import COUNTS, LEAF_SUMS, leaf_sums_shape, reply_name_and_shape, split_candidates
-from federation.tree_model import build_tree_model, ensemble_of, is_count_round, round_trees
+from federation.tree_model import build_tree_model, count_rounds, ensemble_of, is_count_round, round_trees
 
 
 class LedgerModelMismatch(ValueError):
@@ -61,13 +61,20 @@ def rederived_arrays(view: RunView, cfg: RunConfig) -> dict[str, np.ndarray]:
     n_features = len(view.manifests[0]["features"]) if 0 in view.manifests else 0
     model = {k: v.numpy().copy() for k, v in build_tree_model(cfg, n_features).state_dict().items()}
     candidates = None  # every (feature, threshold) pair, unless a count round's noisy counts leave fewer
+    counted = False  # whether the count release (if the run has one) aggregated any lender's counts
     for attempt in view.complete_rounds():
         agg = attempt.aggregate
         if agg is None:
             continue
         rnd = attempt.round
-        if not agg.get("skipped"):
+        _aggregates_what_it_accepted(attempt, agg, cfg)
+        if agg.get("skipped") is not True:
             counting = is_count_round(cfg, rnd)
+            if count_rounds(cfg) and not counting and not counted:
+                raise LedgerModelMismatch(
+                    f"round {rnd} grows trees, but the count release of round 1 aggregated no lender's counts"
+                )
+            counted = counted or counting
             sent = model if counting else _asked(model, rnd, agg, cfg, candidates, n_features)
             digest = _request_digest(view, rnd, sent)
             for entry in attempt.of_type(L.LENDER_UPDATE) + attempt.of_type(L.LENDER_REFUSAL):
@@ -92,6 +99,33 @@ def rederived_arrays(view: RunView, cfg: RunConfig) -> dict[str, np.ndarray]:
     except ValueError as exc:
         raise LedgerModelMismatch(f"the recorded trees are not a valid ensemble: {exc}") from None
     return model
+
+
+def _aggregates_what_it_accepted(attempt, agg: dict, cfg: RunConfig) -> None:
+    """A round's aggregate names exactly the lenders whose updates the round accepted (each lender's reply not
+    rejected, with something in it); a round is skipped only when it accepted nothing, or under secure aggregation
+    when the masked sum could not be opened. Without this a coordinator could leave a lender's released sums or
+    counts out of the model, or skip the count release it was paid for, and the model still rebuilt (found by a red
+    team: the count round leaves the model unchanged, so its hash could not show it)."""
+    from federation.audit_trail.aggregate_replay import accepted_updates
+
+    rnd, skipped = attempt.round, agg.get("skipped")
+    if "skipped" in agg and skipped is not True:
+        raise LedgerModelMismatch(f"round {rnd}'s aggregate says skipped {skipped!r}; a skipped round says true")
+    accepted = sorted(accepted_updates(attempt))
+    if skipped is True:
+        if accepted and not cfg.secure_aggregation:
+            raise LedgerModelMismatch(
+                f"round {rnd} is recorded as skipped, but it accepted updates from lenders {accepted}"
+            )
+        return
+    lenders = agg.get("lenders")
+    if not isinstance(lenders, list) or sorted(map(str, lenders)) != sorted(map(str, accepted)) or not lenders:
+        left_out = sorted(set(accepted) - set(lenders if isinstance(lenders, list) else []), key=str)
+        raise LedgerModelMismatch(
+            f"round {rnd}'s aggregate names lenders {lenders!r}; the round accepted updates from {accepted}"
+            + (f" (lender {left_out[0]}'s accepted update is left out)" if left_out else "")
+        )
 
 
 def rederived_ensemble(view: RunView, cfg: RunConfig) -> Ensemble:
@@ -125,6 +159,7 @@ def _asked(
     rows = round_trees(cfg, rnd)
     if not isinstance(record, dict) or record.get("trees") != [rows.start, rows.stop]:
         raise LedgerModelMismatch(f"round {rnd}'s aggregate does not record its trees {rows.start}..{rows.stop - 1}")
+    _exact_keys(rnd, record, cfg, {"trees", "features", "thresholds"})
     try:
         features = np.asarray(record.get("features"), dtype=np.int64)
         thresholds = np.asarray(record.get("thresholds"), dtype=np.int64)
@@ -152,6 +187,7 @@ def _counted(rnd: int, agg: dict, cfg: RunConfig, signed: dict, n_features: int)
     record = agg.get("gbdt")
     if not isinstance(record, dict) or record.get("count_release") is not True or "trees" in record:
         raise LedgerModelMismatch(f"round {rnd} is the count release; its aggregate does not record one")
+    _exact_keys(rnd, record, cfg, {"count_release", "candidates"})
     _, shape = reply_name_and_shape(cfg, rnd, n_features)
     if cfg.secure_aggregation:
         return _secure_sum(rnd, agg, cfg, shape)
@@ -172,6 +208,16 @@ def _grow(sent: dict[str, np.ndarray], rnd: int, agg: dict, cfg: RunConfig, sign
     )
     grown["grown"] = np.array([rows.stop], dtype=np.int64)
     return grown
+
+
+def _exact_keys(rnd: int, record: dict, cfg: RunConfig, kind: set[str]) -> None:
+    """A round's gbdt record holds exactly what its kind records, and the sums as the run's aggregation makes them
+    (the unmasked sum under secure aggregation, each lender's own otherwise): nothing the verifier would ignore."""
+    expected = kind | {"secure_sum" if cfg.secure_aggregation else "released"}
+    if set(record) != expected:
+        raise LedgerModelMismatch(
+            f"round {rnd}'s gbdt record holds {sorted(record)}; a round of its kind records {sorted(expected)}"
+        )
 
 
 def _secure_sum(rnd: int, agg: dict, cfg: RunConfig, shape: tuple[int, ...] | None = None) -> np.ndarray:

@@ -148,6 +148,11 @@ def stop_reason(stop: dict, epsilon: float | None = None) -> str:
         return ""
     if stop.get("kind") == "refused":
         return f"no lender trained in round {stop['round']}: every lender asked declined"
+    if stop.get("kind") == "no_counts":
+        return (
+            f"round {stop['round']} cannot grow trees: the count release of round 1 aggregated no lender's counts, so "
+            "there are no split candidates"
+        )
     if stop.get("kind") == "lender_level_budget":
         return f"round {stop['round']} would take the federation past epsilon {epsilon} (lender-level)"
     raise ValueError(f"unknown stop {stop!r}")

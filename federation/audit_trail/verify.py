@@ -670,6 +670,15 @@ def _check_stop(view: RunView, cfg: RunConfig) -> None:
                 "stop",
                 f"the run says every lender declined round {done + 1}; not every lender asked signed a refusal",
             )
+    elif stop.get("kind") == "no_counts" and cfg.model == "gbdt" and cfg.gbdt_split_candidates == "noisy_quantiles":
+        rounds = view.complete_rounds()
+        counts = (rounds[0].aggregate or {}) if done == 1 else {}
+        if done != 1 or not (counts.get("skipped") is True or not counts.get("lenders")):
+            _fail(
+                "run_finished",
+                "stop",
+                "the run says the count release aggregated no counts, but the ledger's round 1 aggregated some",
+            )
     elif stop.get("kind") == "lender_level_budget" and cfg.dp and cfg.dp_level == "lender":
         events = _lender_level_events(view)
         delta = cfg.delta or default_delta(cfg.lenders)
