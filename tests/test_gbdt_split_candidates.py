@@ -40,19 +40,12 @@ from federation.tree_model import gbdt_params, tree_count
 from server import gbdt_strategy
 from tests.forge import Forger, copy_run, entries_of
 from tests.lender_kit import make_lender, message, spent
+from tests.test_gbdt_federation import GBDT  # the small gbdt federation of the gbdt tests
 
-COUNTED = RunConfig(
-    records=3000,
-    lenders=3,
+COUNTED = GBDT.replace(
     rounds=4,  # the count release, then 3 rounds of trees
-    epsilon=3.0,
-    model="gbdt",
-    gbdt_trees_per_round=2,
-    gbdt_depth=3,
-    gbdt_bins=16,
     gbdt_split_candidates="noisy_quantiles",
     gbdt_min_fraction=0.1,
-    engine="inprocess",
 )
 
 

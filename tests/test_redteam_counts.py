@@ -19,6 +19,7 @@ from federation.audit_trail.canonical import arrays_hash
 from federation.audit_trail.verify import VerificationFailed, verify_run
 from federation.data import load_lender
 from federation.gbdt_release import COUNTS, split_candidates
+from federation.messages import TRAIN_METRICS
 from federation.model import model_for
 from federation.privacy import dpaccounting
 from federation.privacy.events import PrivacyEvent
@@ -63,16 +64,19 @@ def dp_run(tmp_path_factory):
     return run(COUNTED.replace(output_dir=str(folder)), on_round=_quiet)
 
 
-@pytest.fixture(scope="module")
-def anywhere_run(tmp_path_factory):
-    """A live attack: the coordinator ignores the count release and draws its trees among every pair."""
+def _run_splitting_anywhere(folder, **options):
+    """A live attack: a run whose coordinator ignores the count release and draws its trees among every pair."""
     real = gbdt_strategy.random_trees
-    gbdt_strategy.random_trees = lambda rng, *args, **kwargs: real(rng, *args[:4])
+    gbdt_strategy.random_trees = lambda rng, *args, **kwargs: real(rng, *args[:4])  # drops the candidates
     try:
-        folder = tmp_path_factory.mktemp("rt-anywhere") / "run"
-        return run(COUNTED.replace(output_dir=str(folder)), on_round=_quiet)
+        return run(COUNTED.replace(output_dir=str(folder), **options), on_round=_quiet)
     finally:
         gbdt_strategy.random_trees = real
+
+
+@pytest.fixture(scope="module")
+def anywhere_run(tmp_path_factory):
+    return _run_splitting_anywhere(tmp_path_factory.mktemp("rt-anywhere") / "run")
 
 
 @pytest.fixture
@@ -305,20 +309,7 @@ def test_the_count_reply_holds_only_the_noisy_counts_and_data_free_metrics(tmp_p
     arrays = reply.content.array_records["arrays"]
     assert list(arrays.keys()) == [COUNTS]
     metrics = dict(reply.content.metric_records["metrics"])
-    data_free = {
-        "lender-id",
-        "server-round",
-        "declined",
-        "epsilon",
-        "delta",
-        "noise-multiplier",
-        "sample-rate",
-        "steps",
-        "clip-norm",
-        "epsilon-budget",
-        "num-examples",
-    }
-    assert set(metrics) <= data_free, set(metrics) - data_free
+    assert set(metrics) <= TRAIN_METRICS, set(metrics) - TRAIN_METRICS  # the data-free training metrics
     body = json.loads(reply.content["attestation"]["body"])
     assert body["update_hash"] == arrays_hash({COUNTS: arrays[COUNTS].numpy()})
     z = body["events"][0]["noise_multiplier"]
@@ -384,13 +375,8 @@ def test_live_count_round_under_secure_aggregation_dropping_everyone_cannot_then
 @pytest.fixture(scope="module")
 def secure_anywhere_run(tmp_path_factory):
     """Under secure aggregation, a coordinator that draws its trees among every pair."""
-    real = gbdt_strategy.random_trees
-    gbdt_strategy.random_trees = lambda rng, *args, **kwargs: real(rng, *args[:4])
-    try:
-        folder = tmp_path_factory.mktemp("rt-secure-anywhere") / "run"
-        return run(COUNTED.replace(secure_aggregation=True, delta=1e-4, output_dir=str(folder)), on_round=_quiet)
-    finally:
-        gbdt_strategy.random_trees = real
+    folder = tmp_path_factory.mktemp("rt-secure-anywhere") / "run"
+    return _run_splitting_anywhere(folder, secure_aggregation=True, delta=1e-4)
 
 
 def test_a_tree_round_after_a_count_round_that_aggregated_nothing_is_caught(secure_anywhere_run, tmp_path):

@@ -397,4 +397,4 @@ def test_a_round_marked_skipped_whose_model_still_uses_its_sums_is_caught(copy_o
     Forger(copy_of).write(restate_privacy(entries))
     # caught first for skipping a round that accepted updates (since the red team of the count release), and, were
     # that allowed, by the rebuild: a skipped round leaves the model as it was
-    _fails(copy_of, "model", "round 3 is recorded as skipped, but it accepted updates")
+    _fails(copy_of, "model", "round 3 is recorded as skipped ('no usable update'), but it accepted updates")

@@ -50,11 +50,8 @@ def check_aggregates(view: RunView, cfg: RunConfig, initial: dict[str, np.ndarra
             # Without secure aggregation a round is skipped only when no update is usable (server/
             # coordinator_strategy.py `_combine`): a coordinator that accepted updates and kept the old model anyway,
             # with a reason of its own, left them out of the model.
-            if accepted := accepted_updates(attempt):
-                raise AggregateMismatch(
-                    f"round {rnd} is recorded as skipped ({agg.get('reason')!r}), but it accepted updates from lenders "
-                    f"{sorted(accepted)}"
-                )
+            if problem := unaccounted_updates(attempt, agg, secure=False):
+                raise AggregateMismatch(problem)
             if "updates" in agg:
                 raise AggregateMismatch(f"round {rnd}: a skipped round's aggregate publishes updates")
             if agg.get("model_hash") != arrays_hash(model):
@@ -88,6 +85,30 @@ def accepted_updates(attempt: Attempt) -> dict[int, str]:
     }
 
 
+def unaccounted_updates(attempt: Attempt, agg: dict, secure: bool) -> str:
+    """Why a round's aggregate does not stand for exactly the updates the round accepted, or "": a round that was
+    aggregated names each accepted update's lender (verify.py `_check_attempts` has made them distinct lender
+    numbers), and a skipped round accepted nothing, unless under secure aggregation (`secure`), where a skip can
+    follow accepted masked updates whose sum could not be opened. Shared by the replay here and the gbdt rebuild
+    (audit_trail/gbdt_ledger.py)."""
+    rnd, accepted = attempt.round, accepted_updates(attempt)
+    if agg.get("skipped"):
+        if accepted and not secure:
+            return (
+                f"round {rnd} is recorded as skipped ({agg.get('reason')!r}), but it accepted updates from lenders "
+                f"{sorted(accepted)}"
+            )
+        return ""
+    lenders = agg.get("lenders", [])
+    if sorted(accepted) != sorted(lenders):
+        left_out = sorted(set(accepted) - set(lenders))
+        return (
+            f"round {rnd}'s aggregate names lenders {sorted(lenders)}; the round accepted updates from "
+            f"{sorted(accepted)}" + (f" (lender {left_out[0]}'s accepted update is left out)" if left_out else "")
+        )
+    return ""
+
+
 def _published(attempt: Attempt, agg: dict, model: dict[str, np.ndarray]) -> list[tuple[int, dict[str, np.ndarray]]]:
     """The aggregate's updates in its lenders' order, each checked against the hash its lender signed and the
     model's arrays. The aggregate's `lenders` are distinct lender numbers by now (verify.py `_check_attempts`)."""
@@ -96,13 +117,9 @@ def _published(attempt: Attempt, agg: dict, model: dict[str, np.ndarray]) -> lis
     published = agg.get("updates")
     if not isinstance(published, dict):
         raise AggregateMismatch(f"round {rnd}'s aggregate does not publish the updates it aggregated")
+    if problem := unaccounted_updates(attempt, agg, secure=False):
+        raise AggregateMismatch(problem)
     accepted = accepted_updates(attempt)
-    if sorted(accepted) != sorted(lenders):
-        left_out = sorted(set(accepted) - set(lenders))
-        raise AggregateMismatch(
-            f"round {rnd}'s aggregate names lenders {sorted(lenders)}; the round accepted updates from "
-            f"{sorted(accepted)}" + (f" (lender {left_out[0]}'s accepted update is left out)" if left_out else "")
-        )
     if set(published) != {str(lender) for lender in lenders}:
         raise AggregateMismatch(f"round {rnd}'s aggregate publishes updates of other lenders than it names")
     out = []

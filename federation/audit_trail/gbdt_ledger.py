@@ -102,30 +102,21 @@ def rederived_arrays(view: RunView, cfg: RunConfig) -> dict[str, np.ndarray]:
 
 
 def _aggregates_what_it_accepted(attempt, agg: dict, cfg: RunConfig) -> None:
-    """A round's aggregate names exactly the lenders whose updates the round accepted (each lender's reply not
-    rejected, with something in it); a round is skipped only when it accepted nothing, or under secure aggregation
-    when the masked sum could not be opened. Without this a coordinator could leave a lender's released sums or
-    counts out of the model, or skip the count release it was paid for, and the model still rebuilt (found by a red
-    team: the count round leaves the model unchanged, so its hash could not show it)."""
-    from federation.audit_trail.aggregate_replay import accepted_updates
+    """The rule the replay of published updates applies (aggregate_replay.py `unaccounted_updates`), here for gbdt:
+    a round's aggregate names exactly the lenders whose updates it accepted, and a round is skipped only when it
+    accepted nothing (under secure aggregation also when the masked sum could not be opened); and a round that was
+    not skipped aggregated someone. Without it a coordinator could leave a lender's released sums or counts out, or
+    skip the count release it was paid for, and the model still rebuilt (found by a red team: a count round leaves
+    the model unchanged, so its hash could not show it)."""
+    from federation.audit_trail.aggregate_replay import unaccounted_updates
 
     rnd, skipped = attempt.round, agg.get("skipped")
     if "skipped" in agg and skipped is not True:
         raise LedgerModelMismatch(f"round {rnd}'s aggregate says skipped {skipped!r}; a skipped round says true")
-    accepted = sorted(accepted_updates(attempt))
-    if skipped is True:
-        if accepted and not cfg.secure_aggregation:
-            raise LedgerModelMismatch(
-                f"round {rnd} is recorded as skipped, but it accepted updates from lenders {accepted}"
-            )
-        return
-    lenders = agg.get("lenders")
-    if not isinstance(lenders, list) or sorted(map(str, lenders)) != sorted(map(str, accepted)) or not lenders:
-        left_out = sorted(set(accepted) - set(lenders if isinstance(lenders, list) else []), key=str)
-        raise LedgerModelMismatch(
-            f"round {rnd}'s aggregate names lenders {lenders!r}; the round accepted updates from {accepted}"
-            + (f" (lender {left_out[0]}'s accepted update is left out)" if left_out else "")
-        )
+    if problem := unaccounted_updates(attempt, agg, cfg.secure_aggregation):
+        raise LedgerModelMismatch(problem)
+    if skipped is not True and not agg.get("lenders"):
+        raise LedgerModelMismatch(f"round {rnd}'s aggregate aggregates no lender; a round without updates is skipped")
 
 
 def rederived_ensemble(view: RunView, cfg: RunConfig) -> Ensemble:
@@ -185,7 +176,7 @@ def _counted(rnd: int, agg: dict, cfg: RunConfig, signed: dict, n_features: int)
     """A count round's summed (noisy, scaled) counts: the unmasked sum under secure aggregation, else the sum of the
     counts each lender signed, in the order the coordinator summed them."""
     record = agg.get("gbdt")
-    if not isinstance(record, dict) or record.get("count_release") is not True or "trees" in record:
+    if not isinstance(record, dict) or record.get("count_release") is not True:
         raise LedgerModelMismatch(f"round {rnd} is the count release; its aggregate does not record one")
     _exact_keys(rnd, record, cfg, {"count_release", "candidates"})
     _, shape = reply_name_and_shape(cfg, rnd, n_features)
@@ -225,9 +216,7 @@ def _secure_sum(rnd: int, agg: dict, cfg: RunConfig, shape: tuple[int, ...] | No
     signed only its masked vector): that it is the survivors' true sum rests on the secure aggregation's own
     checks (signed roster, keys, survivor set and confirmations, federation/audit_trail/verify.py); what the
     verifier does check is that the model is the one this sum gives."""
-    record = agg["gbdt"]
-    if "released" in record:
-        raise LedgerModelMismatch(f"round {rnd}: a secure round's aggregate records lenders' own leaf sums")
+    record = agg["gbdt"]  # its keys checked by `_exact_keys`: no lender's own sums beside the unmasked one
     try:
         total = np.asarray(record.get("secure_sum"), dtype=np.float64)
     except (TypeError, ValueError):
