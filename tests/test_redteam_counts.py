@@ -433,3 +433,24 @@ def test_a_crafted_secure_count_round_fails_one_named_check(secure_anywhere_run,
     SECURE_CRAFTED[name](_aggregates(entries)[0])
     _write(folder, entries)
     _must_fail(folder)
+
+
+def test_a_no_counts_stop_claimed_after_a_count_round_that_aggregated_counts_is_caught(tmp_path, monkeypatch):
+    """The stop `no_counts` ends a run early; a coordinator that claims it where round 1 did aggregate counts (here:
+    an honest no_counts run whose round 1 aggregate is rewritten as aggregating every lender's masked counts) fails
+    on the stop, whatever else it restates."""
+    folder = _live_run(tmp_path, monkeypatch, 1, {0, 1, 2}, secure_aggregation=True, delta=1e-4)
+    verify_run(folder, f"{folder}-registry.json")  # the premise: the honest stop verifies
+    entries = entries_of(folder)
+    first = _aggregates(entries)[0]
+    assert first.get("skipped") is True
+    del first["skipped"], first["reason"]
+    first["lenders"] = [0, 1, 2]
+    first["gbdt"] = {
+        "count_release": True,
+        "secure_sum": [[0.0] * COUNTED.gbdt_bins] * _n_features(),
+        "candidates": (COUNTED.gbdt_bins - 1) * _n_features(),
+    }
+    Forger(folder).write(restate_privacy(entries))
+    failure = _must_fail(folder, "stop")
+    assert "the count release aggregated no counts" in str(failure), str(failure)
