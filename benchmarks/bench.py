@@ -131,7 +131,7 @@ def config_for(cell: Cell, data_dir: str = "", overrides: dict[str, Any] | None 
         gbdt: dict[str, Any] = dict(c.gbdt)
         cfg = dataclasses.replace(cfg, **gbdt)
         if cfg.gbdt_split_candidates == "noisy_quantiles":  # round 1 is the count release: the tuned tree rounds follow
-            cfg = dataclasses.replace(cfg, rounds=GBDT_ROUNDS + 1)
+            cfg = dataclasses.replace(cfg, rounds=cfg.rounds + 1)
     return dataclasses.replace(cfg, **(overrides or {})).validated()
 
 

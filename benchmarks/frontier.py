@@ -4,7 +4,8 @@ For each seed: the best pooled model (scikit-learn histogram gradient boosting w
 parameters, benchmarks/compare.py best_pooled: the limit), pooled non-private training of the federation's own
 model (the same-family limit), each lender alone (non-private), and the
 federation at every epsilon (inf = no DP), all scored on the pooled held-out test no method trains
-on. Writes frontier.csv (one row per method, epsilon, seed) and frontier.png. Run it with
+on; optionally a second federated line, DP federated gradient boosting (`gbdt`, its own rounds and settings), on
+the same seeds and epsilons. Writes frontier.csv (one row per method, epsilon, seed) and frontier.png. Run it with
 `fedcredit sweep` (see the README for the benchmark command).
 """
 
@@ -45,7 +46,12 @@ def sweep(
     output_dir: Path,
     log: Callable[[str], None] = print,
     command: str = "",
+    gbdt: RunConfig | None = None,
 ) -> list[dict]:
+    """`base` is the federated line's run (any model); `gbdt`, if given, a second federated line's (model gbdt),
+    run at the same epsilons and seeds. Rows are labelled by method: the strategy, or "gbdt"."""
+    if gbdt is not None and (gbdt.model != "gbdt" or base.model == "gbdt"):
+        raise ValueError("the second federated line must be a gbdt run, beside a first that is not")
     output_dir.mkdir(parents=True, exist_ok=True)
     partition = base.partition + (f"({base.alpha:g})" if base.partition in ("dirichlet", "quantity") else "")
     rows: list[dict] = []
@@ -85,16 +91,26 @@ def sweep(
             time.time() - t,
         )
         add("local_worst", math.inf, seed, min(locals_, key=lambda m: m["auc"]), 0.0)
-        for eps in epsilons:
-            private = math.isfinite(eps)
-            run_cfg = cfg.replace(dp=private, epsilon=eps if private else cfg.epsilon)
-            t = time.time()
-            metrics, privacy = federated_run(run_cfg)
-            spent = max(u["epsilon"] for u in privacy["units"].values()) if private else ""
-            add(base.strategy, eps, seed, metrics, time.time() - t, spent)
+        lines = [cfg] + ([gbdt.replace(seed=seed)] if gbdt is not None else [])
+        for line in lines:
+            for eps in epsilons:
+                private = math.isfinite(eps)
+                run_cfg = line.replace(dp=private, epsilon=eps if private else line.epsilon)
+                t = time.time()
+                metrics, privacy = federated_run(run_cfg)
+                spent = max(u["epsilon"] for u in privacy["units"].values()) if private else ""
+                add(method_name(line), eps, seed, metrics, time.time() - t, spent)
     plot(rows, output_dir / "frontier.png", title=f"{base.dataset}, {base.lenders} lenders, {partition}")
     (output_dir / "frontier.md").write_text(markdown(rows, command))
     return rows
+
+
+BASELINES = ("hgb", "pooled", "local_mean", "local_worst")
+
+
+def method_name(cfg: RunConfig) -> str:
+    """A federated line's label: "gbdt" for the boosted trees, else the aggregation strategy (fedavg, ...)."""
+    return "gbdt" if cfg.model == "gbdt" else cfg.strategy
 
 
 def markdown(rows: list[dict], command: str) -> str:
@@ -104,26 +120,28 @@ def markdown(rows: list[dict], command: str) -> str:
     stats = summarize(rows)
     pooled_auc = stats.get(("pooled", math.inf), (math.nan,))[0]
     limit = stats.get(("hgb", math.inf), (math.nan,))[0]
-    spent: dict[float, list[float]] = {}
+    spent: dict[tuple[str, float], list[float]] = {}
     for r in rows:
         if r["epsilon_spent_max"] not in ("", None):
-            spent.setdefault(float(r["epsilon"]), []).append(float(r["epsilon_spent_max"]))
+            spent.setdefault((r["method"], float(r["epsilon"])), []).append(float(r["epsilon_spent_max"]))
     lines = [
         f"Command: `{command}`" if command else "",
         "",
         f"Flower {flwr.__version__}, one torch thread. hgb: the best pooled model (the limit); pooled: the same model "
-        "as the federation, trained centrally.",
+        "as the federation, trained centrally (for gbdt the same family is hgb: its gap to it is in both columns).",
         "",
         "| method | epsilon | AUC mean | AUC sd | vs best pooled (hgb) | vs pooled, same model | max epsilon spent | seeds |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    order = {"hgb": 0, "pooled": 1, "local_mean": 2, "local_worst": 3}
-    for (method, eps), (mean, sd, n) in sorted(stats.items(), key=lambda kv: (order.get(kv[0][0], 4), kv[0][1])):
-        used = f"{max(spent[eps]):.3f}" if method not in order and eps in spent else "-"
+    order = {name: i for i, name in enumerate(BASELINES)}
+    for (method, eps), (mean, sd, n) in sorted(stats.items(), key=lambda kv: (order.get(kv[0][0], 4), kv[0])):
+        used = f"{max(spent[(method, eps)]):.3f}" if (method, eps) in spent else "-"
         gap = "-" if math.isnan(limit) else f"{mean - limit:+.4f}"
+        family = limit if method == "gbdt" else pooled_auc
+        same = "-" if math.isnan(family) else f"{mean - family:+.4f}"
         lines.append(
             f"| {method} | {'none' if math.isinf(eps) else f'{eps:g}'} | {mean:.4f} | {sd:.4f} | {gap} | "
-            f"{mean - pooled_auc:+.4f} | {used} | {n} |"
+            f"{same} | {used} | {n} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -147,18 +165,23 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     stats = summarize(rows)
-    fed = sorted((eps, v) for (m, eps), v in stats.items() if m not in ("hgb", "pooled", "local_mean", "local_worst"))
-    finite = [(eps, v) for eps, v in fed if math.isfinite(eps)]
+    methods = sorted({m for m, _ in stats if m not in BASELINES}, key=lambda m: (m == "gbdt", m))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    if finite:
-        xs = [e for e, _ in finite]
-        means = np.array([v[0] for _, v in finite])
-        sds = np.array([v[1] for _, v in finite])
-        ax.plot(xs, means, "o-", color="C0", label="federated, DP (mean over seeds)")
-        ax.fill_between(xs, means - sds, means + sds, color="C0", alpha=0.2, label="+/- 1 sd across seeds")
-    nodp = [v for eps, v in fed if math.isinf(eps)]
-    if nodp:
-        ax.axhline(nodp[0][0], color="C0", ls=":", label="federated, no DP")
+    epsilon_ticks: set[float] = set()
+    for i, method in enumerate(methods):
+        color = f"C{[0, 2, 4, 5][i % 4]}"
+        fed = sorted((eps, v) for (m, eps), v in stats.items() if m == method)
+        finite = [(eps, v) for eps, v in fed if math.isfinite(eps)]
+        if finite:
+            xs = [e for e, _ in finite]
+            epsilon_ticks.update(xs)
+            means = np.array([v[0] for _, v in finite])
+            sds = np.array([v[1] for _, v in finite])
+            ax.plot(xs, means, "o-", color=color, label=f"federated {method}, DP (mean over seeds)")
+            ax.fill_between(xs, means - sds, means + sds, color=color, alpha=0.2, label=f"{method}: +/- 1 sd")
+        nodp = [v for eps, v in fed if math.isinf(eps)]
+        if nodp:
+            ax.axhline(nodp[0][0], color=color, ls=":", label=f"federated {method}, no DP")
     if ("hgb", math.inf) in stats:
         ax.axhline(stats[("hgb", math.inf)][0], color="k", ls="-", label="best pooled model (HGB), no DP")
     if ("pooled", math.inf) in stats:
@@ -166,8 +189,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     if ("local_mean", math.inf) in stats:
         ax.axhline(stats[("local_mean", math.inf)][0], color="C3", ls="-.", label="local only, mean of lenders")
     ax.set_xscale("log")
-    if finite:
-        ax.set_xticks([e for e, _ in finite], [f"{e:g}" for e, _ in finite])
+    if epsilon_ticks:
+        ax.set_xticks(sorted(epsilon_ticks), [f"{e:g}" for e in sorted(epsilon_ticks)])
         ax.minorticks_off()
     ax.set_xlabel("epsilon per lender (log scale)")
     ax.set_ylabel("AUC on the pooled held-out test")

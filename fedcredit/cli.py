@@ -439,9 +439,9 @@ def _command(name: str, **options) -> str:
     parts = ["fedcredit", name]
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
-        if key == "settings":
+        if key in ("settings", "gbdt_settings"):
             for item in value:
-                parts += ["--set", shlex.quote(item)]
+                parts += ["--set" if key == "settings" else "--gbdt-set", shlex.quote(item)]
         elif value is True:
             parts.append(flag)
         elif value not in (False, "", None):
@@ -476,9 +476,23 @@ def sweep(
     epsilons: str = typer.Option("0.5,1,2,4,8,inf", help="Epsilons per lender, comma-separated; inf = no DP."),
     seeds: str = typer.Option("0,1,2", help="Seeds, comma-separated."),
     settings: SettingsOption = [],
+    gbdt: bool = typer.Option(
+        False,
+        "--gbdt",
+        help="Add a line of DP federated gradient boosting (model gbdt) at the same epsilons and seeds.",
+    ),
+    gbdt_settings: Annotated[
+        list[str],
+        typer.Option(
+            "--gbdt-set",
+            help="KEY=VALUE for the gbdt line only, over --set (e.g. --gbdt-set rounds=51 --gbdt-set gbdt-depth=2); "
+            "its rounds default to the gbdt defaults' (50).",
+        ),
+    ] = [],
     output_dir: str = typer.Option(..., help="Folder for frontier.csv and frontier.png."),
 ) -> None:
     """Privacy-utility frontier: AUC vs epsilon across seeds, with pooled and local-only lines."""
+    gbdt_cfg = None
     try:
         base = _config_with(
             RunConfig(
@@ -486,6 +500,14 @@ def sweep(
             ),
             settings,
         )
+        if gbdt_settings and not gbdt:
+            _fail("--gbdt-set needs --gbdt")
+        if gbdt:
+            from federation.gbdt.boosting import GbdtParams
+
+            gbdt_cfg = _config_with(
+                base.replace(model="gbdt", rounds=GbdtParams().rounds), ["model=gbdt", *gbdt_settings]
+            )
         eps = _floats(epsilons, "--epsilons")
         if not eps or any(not (e > 0) for e in eps):
             _fail("--epsilons must be positive numbers or inf")
@@ -511,8 +533,12 @@ def sweep(
             epsilons=epsilons,
             seeds=seeds,
             settings=settings,
+            gbdt=gbdt,
+            gbdt_settings=gbdt_settings,
             output_dir=output_dir,
         )
+        if gbdt_cfg is not None:
+            validate(gbdt_cfg)
         run_sweep(
             base,
             eps,
@@ -520,6 +546,7 @@ def sweep(
             Path(output_dir),
             log=lambda line: console.print(line, highlight=False),
             command=command,
+            gbdt=gbdt_cfg,
         )
     except FedCreditError as exc:
         _fail(str(exc))

@@ -1,0 +1,97 @@
+"""The privacy-utility frontier (benchmarks/frontier.py, `fedcredit sweep`): every line it promises is run and
+labelled by what it is, gbdt beside the federation's own model, and bad options fail in one line."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from benchmarks.frontier import markdown, method_name, summarize, sweep
+from fedcredit.cli import app
+from federation.config import RunConfig
+
+BASE = RunConfig(records=1500, lenders=3, rounds=2, epsilon=3.0)
+GBDT = BASE.replace(model="gbdt", rounds=3, gbdt_trees_per_round=2, gbdt_depth=2, gbdt_bins=8)
+
+
+@pytest.fixture(scope="module")
+def frontier(tmp_path_factory):
+    out = tmp_path_factory.mktemp("frontier")
+    rows = sweep(BASE, [3.0, math.inf], [0], out, log=lambda line: None, command="fedcredit sweep ...", gbdt=GBDT)
+    return out, rows
+
+
+def test_every_line_is_run_and_labelled_by_its_method(frontier):
+    out, rows = frontier
+    cells = {(r["method"], r["epsilon"]) for r in rows}
+    assert cells == {
+        ("hgb", math.inf),
+        ("pooled", math.inf),
+        ("local_mean", math.inf),
+        ("local_worst", math.inf),
+        ("fedavg", 3.0),
+        ("fedavg", math.inf),
+        ("gbdt", 3.0),
+        ("gbdt", math.inf),
+    }
+    with open(out / "frontier.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)  # written as it went, every row
+    assert (out / "frontier.png").stat().st_size > 0
+
+
+def test_each_private_line_reports_its_own_spent_epsilon(frontier):
+    _, rows = frontier
+    for method in ("fedavg", "gbdt"):
+        (row,) = [r for r in rows if r["method"] == method and r["epsilon"] == 3.0]
+        assert 0 < row["epsilon_spent_max"] <= 3.0 + 1e-9
+        (nodp,) = [r for r in rows if r["method"] == method and math.isinf(r["epsilon"])]
+        assert nodp["epsilon_spent_max"] == ""
+
+
+def test_gbdt_is_measured_against_hgb_as_its_own_family(frontier):
+    _, rows = frontier
+    stats = summarize(rows)
+    limit, pooled = stats[("hgb", math.inf)][0], stats[("pooled", math.inf)][0]
+    table = {
+        tuple(line.split(" | ")[:2]): line.split(" | ") for line in markdown(rows, "").splitlines() if " | " in line
+    }
+    gbdt, fedavg = table[("| gbdt", "3")], table[("| fedavg", "3")]
+    gbdt_auc, fedavg_auc = stats[("gbdt", 3.0)][0], stats[("fedavg", 3.0)][0]
+    assert gbdt[4] == gbdt[5] == f"{gbdt_auc - limit:+.4f}"  # vs the limit, and vs its own family: both hgb
+    assert fedavg[4] == f"{fedavg_auc - limit:+.4f}" and fedavg[5] == f"{fedavg_auc - pooled:+.4f}"
+
+
+def test_a_line_is_named_by_its_model_or_strategy():
+    assert method_name(GBDT) == "gbdt"
+    assert method_name(BASE.replace(strategy="fedprox")) == "fedprox"
+
+
+def test_the_second_line_must_be_gbdt(tmp_path):
+    with pytest.raises(ValueError, match="gbdt"):
+        sweep(BASE, [3.0], [0], tmp_path, gbdt=BASE)
+    with pytest.raises(ValueError, match="gbdt"):  # two lines both labelled gbdt
+        sweep(GBDT, [3.0], [0], tmp_path, gbdt=GBDT)
+
+
+def test_gbdt_settings_without_the_gbdt_line_fail_in_one_line(tmp_path):
+    result = CliRunner().invoke(
+        app, ["sweep", "--gbdt-set", "gbdt-depth=2", "--output-dir", str(tmp_path / "out")], catch_exceptions=False
+    )
+    assert result.exit_code == 2
+    assert "--gbdt-set needs --gbdt" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_gbdt_setting_fails_in_one_line(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        ["sweep", "--gbdt", "--gbdt-set", "gbdt-depth=0", "--output-dir", str(tmp_path / "out")],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 2
+    assert "gbdt" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
