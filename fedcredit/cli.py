@@ -449,20 +449,20 @@ def _command(name: str, **options) -> str:
     return " ".join(parts)
 
 
-def _settings(settings: list[str]) -> dict[str, str]:
+def _settings(settings: list[str], option: str = "--set") -> dict[str, str]:
     """--set KEY=VALUE pairs, keys as written (run configuration keys, hyphenated)."""
     out = {}
     for item in settings:
         if "=" not in item:
-            _fail(f"--set expects KEY=VALUE, got '{item}'")
+            _fail(f"{option} expects KEY=VALUE, got '{item}'")
         key, value = item.split("=", 1)
         out[key.strip()] = value.strip()
     return out
 
 
-def _config_with(base: RunConfig, settings: list[str]) -> RunConfig:
+def _config_with(base: RunConfig, settings: list[str], option: str = "--set") -> RunConfig:
     """Apply --set KEY=VALUE pairs (any run configuration key) to `base`."""
-    return RunConfig.from_record({**base.to_record(), **_settings(settings)})
+    return RunConfig.from_record({**base.to_record(), **_settings(settings, option)})
 
 
 @app.command()
@@ -505,9 +505,14 @@ def sweep(
         if gbdt:
             from federation.gbdt.boosting import GbdtParams
 
+            if base.model == "gbdt":
+                _fail("--gbdt adds a gbdt line beside the federation's own model, and --set model=gbdt is that model")
+            # its own rounds, and fedavg: the only strategy gbdt takes (it sums leaf sums, not model updates)
             gbdt_cfg = _config_with(
-                base.replace(model="gbdt", rounds=GbdtParams().rounds), ["model=gbdt", *gbdt_settings]
+                base.replace(model="gbdt", rounds=GbdtParams().rounds, strategy="fedavg"), gbdt_settings, "--gbdt-set"
             )
+            if gbdt_cfg.model != "gbdt":
+                _fail(f"--gbdt-set cannot change the gbdt line's model (got model={gbdt_cfg.model})")
         eps = _floats(epsilons, "--epsilons")
         if not eps or any(not (e > 0) for e in eps):
             _fail("--epsilons must be positive numbers or inf")

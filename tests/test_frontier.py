@@ -95,3 +95,35 @@ def test_a_bad_gbdt_setting_fails_in_one_line(tmp_path):
     assert result.exit_code == 2
     assert "gbdt" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--gbdt-set", "gbdt-depth"], "--gbdt-set expects KEY=VALUE"),
+        (["--gbdt-set", "model=logreg"], "cannot change the gbdt line's model"),
+        (["--set", "model=gbdt"], "--gbdt adds a gbdt line beside"),
+        (["--gbdt-set", "rounds=abc"], "'rounds' expects int"),
+    ],
+)
+def test_a_gbdt_line_that_is_not_one_fails_in_one_line(tmp_path, options, message):
+    result = CliRunner().invoke(
+        app, ["sweep", "--gbdt", *options, "--output-dir", str(tmp_path / "out")], catch_exceptions=False
+    )
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_gbdt_line_takes_fedavg_whatever_the_first_lines_strategy(tmp_path, monkeypatch):
+    import benchmarks.frontier as frontier_module
+
+    seen = {}
+    monkeypatch.setattr(frontier_module, "sweep", lambda base, *a, gbdt=None, **k: seen.update(base=base, gbdt=gbdt))
+    result = CliRunner().invoke(
+        app,
+        ["sweep", "--set", "strategy=fedprox", "--gbdt", "--gbdt-set", "gbdt-bins=16", "--output-dir", str(tmp_path)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["base"].strategy == "fedprox" and seen["base"].model != "gbdt"
+    assert seen["gbdt"].model == "gbdt" and seen["gbdt"].strategy == "fedavg" and seen["gbdt"].gbdt_bins == 16
