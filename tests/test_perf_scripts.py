@@ -21,6 +21,11 @@ def test_scale_runs_one_size_with_sampling():
     result = scale.one(lenders=12, per_round=4, rounds=2, records_per_lender=200)
     assert result["lenders"] == 12 and result["sampled"] == 4 and result["borrowers"] == 2400
     assert result["seconds_per_round_median"] > 0 and result["peak_rss_mb"] > 0
+    # the setup is what lies outside the rounds: the start-up before round 1, the closing after the last, and the
+    # gaps between rounds; each part is there and they add up to it
+    parts = ("startup_seconds", "closing_seconds", "between_rounds_seconds")
+    assert result["startup_seconds"] > 0 and result["closing_seconds"] > 0 and result["between_rounds_seconds"] > -0.01
+    assert abs(sum(result[p] for p in parts) - result["setup_seconds"]) < 1e-9
 
 
 def test_scale_runs_with_lender_processes():

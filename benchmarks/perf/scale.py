@@ -46,8 +46,10 @@ def one(lenders: int, per_round: int, rounds: int, records_per_lender: int, proc
     pss: list[float] = []
 
     measuring = [0.0]  # the seconds the memory measurement itself took (reading every process's page map)
+    round_ends: list[float] = []  # perf_counter at each round's end, before the memory measurement
 
     def on_round(summary) -> None:
+        round_ends.append(time.perf_counter())
         round_seconds.append(summary.seconds)
         if len(round_seconds) == rounds:  # every lender loaded, every process at its largest: measured once
             start = time.perf_counter()
@@ -59,6 +61,10 @@ def one(lenders: int, per_round: int, rounds: int, records_per_lender: int, proc
         run(cfg.replace(output_dir=str(Path(tmp) / "run")), on_round=on_round, lender_processes=processes)
         total = time.perf_counter() - start
     rounds_sorted = sorted(round_seconds)
+    # Setup splits into the start-up (validation, the lenders' folders and keys, manifests: everything before round
+    # 1 begins) and the closing (the lenders' final statements, the closing entry, model and report).
+    startup = round_ends[0] - round_seconds[0] - start if round_ends else total
+    closing = total - (round_ends[-1] - start) - measuring[0] if round_ends else 0.0
     return {
         "lenders": lenders,
         "sampled": per_round,
@@ -69,6 +75,10 @@ def one(lenders: int, per_round: int, rounds: int, records_per_lender: int, proc
         "total_seconds": total,
         # outside the rounds, less the memory measurement (not the run's work)
         "setup_seconds": total - sum(round_seconds) - measuring[0],
+        "startup_seconds": startup,
+        "closing_seconds": closing,
+        # the rest of the setup: between one round's end and the next one's start (the rounds' own bookkeeping)
+        "between_rounds_seconds": total - sum(round_seconds) - measuring[0] - startup - closing,
         "memory_measurement_seconds": measuring[0],
         "peak_rss_mb": peak_rss_mb(),
         "last_round_pss_mb": pss[0] if pss else None,
@@ -163,9 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         "| lenders | sampled per round | borrowers | lender processes | seconds per round (median) | setup seconds "
+        "| of which before round 1 | of which after the last round "
         "| peak RSS (MB) | largest lender process peak RSS (MB) | all processes at the last round, PSS (MB) |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size, processes in [(int(s), int(p)) for s in args.sizes.split(",") for p in args.lender_processes.split(",")]:
         out = subprocess.run(
             [
@@ -193,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         children = r["lender_process_peak_rss_mb"]
         print(
             f"| {r['lenders']} | {r['sampled']} | {r['borrowers']:,} | {r['processes']} | "
-            f"{r['seconds_per_round_median']:.2f} | {r['setup_seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['seconds_per_round_median']:.2f} | {r['setup_seconds']:.1f} | {r['startup_seconds']:.1f} | "
+            f"{r['closing_seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
             f"{'-' if children is None else f'{children:.0f}'} | {r['last_round_pss_mb']:.0f} |",
             flush=True,
         )
