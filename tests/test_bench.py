@@ -258,3 +258,20 @@ def test_the_gbdt_cells_take_their_datasets_own_tuning_and_only_the_gbdt_cells_d
         if name.startswith("gbdt_"):
             assert getattr(fedavg, name) == getattr(defaults, name), name  # unused by fedavg, and unchanged
     assert fedavg.rounds == c.rounds and fedavg.model == c.model
+
+
+def test_a_tuned_number_of_gbdt_rounds_survives_the_count_round(monkeypatch):
+    """A dataset's gbdt constants may set the rounds; with noisy-quantile candidates round 1 is the count release, so
+    the run has one round more than the tuned trees' rounds (it had the default 50 + 1 whatever the tuning said)."""
+    import dataclasses
+
+    import benchmarks.bench as bench_module
+
+    tuned = dataclasses.replace(
+        CONSTANTS["synthetic"], gbdt=(("rounds", 100), ("gbdt_split_candidates", "noisy_quantiles"))
+    )
+    monkeypatch.setitem(bench_module.CONSTANTS, "synthetic", tuned)
+    assert config_for(Cell("synthetic", "natural", 0.5, "gbdt", 3.0, 0)).rounds == 101
+    untuned = dataclasses.replace(tuned, gbdt=(("gbdt_split_candidates", "noisy_quantiles"),))
+    monkeypatch.setitem(bench_module.CONSTANTS, "synthetic", untuned)
+    assert config_for(Cell("synthetic", "natural", 0.5, "gbdt", 3.0, 0)).rounds == bench_module.GBDT_ROUNDS + 1
