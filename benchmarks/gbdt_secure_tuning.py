@@ -28,13 +28,8 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
-from sklearn.metrics import roc_auc_score
-
-from benchmarks.gbdt_tuning import COUNT_SHARE, Data, load
-from federation.gbdt.accounting import split_budget
-from federation.gbdt.binning import bin_features
-from federation.gbdt.boosting import GbdtParams, simulate
+from benchmarks.gbdt_tuning import Data, gbdt_auc, load
+from federation.gbdt.boosting import GbdtParams
 
 OUT = Path(__file__).parent / "results" / "gbdt_tuning_secure_bench.md"
 COMMAND = "python -m benchmarks.gbdt_secure_tuning --data-dir ../shared/datasets"
@@ -63,20 +58,7 @@ def secure_sum_factor(lenders: int) -> float:
 
 def secure_auc(data: Data, delta: float, params: GbdtParams, epsilon: float, seed: int) -> float:
     """Validation AUC of the boosting with the bench's secure-cell noise at `epsilon` per lender."""
-    lenders, ex, ey = data
-    zc, z = split_budget(epsilon, delta, params.rounds, COUNT_SHARE)
-    factor = secure_sum_factor(len(lenders))
-    # simulate's secure_split has each lender add z / sqrt(k) (the sum then carries z): scale z by the factor
-    noisy = dataclasses.replace(params, noise_multiplier=z * factor, count_noise_multiplier=zc * factor)
-    model = simulate(
-        [(bin_features(x, params.n_bins), y) for x, y in lenders],
-        noisy,
-        np.random.default_rng(seed),
-        noise=True,
-        secure_split=True,
-        normal=np.random.default_rng(seed + 1000).standard_normal,
-    )
-    return float(roc_auc_score(ey, model.predict_logit(bin_features(ex, params.n_bins))))
+    return gbdt_auc(data, delta, params, epsilon, True, seed, noise_factor=secure_sum_factor(len(data[0])))
 
 
 def main() -> None:

@@ -75,9 +75,12 @@ def load(data_dir: str, seed: int, validation: bool, dataset: str = "taiwan_defa
     return (train, hx, hy), delta
 
 
-def gbdt_auc(data: Data, delta: float, params: GbdtParams, epsilon: float, secure: bool, seed: int) -> float:
+def gbdt_auc(
+    data: Data, delta: float, params: GbdtParams, epsilon: float, secure: bool, seed: int, noise_factor: float = 1.0
+) -> float:
     """Pooled AUC of the federated boosting at `epsilon` per lender (inf: no noise); with noisy-quantile split
-    candidates the count release takes COUNT_SHARE of the budget."""
+    candidates the count release takes COUNT_SHARE of the budget. The sums carry z (each lender z / sqrt(k) when
+    `secure`, else z each) times `noise_factor` (benchmarks/gbdt_secure_tuning.py: a roster threshold below k)."""
     lenders, ex, ey = data
     binned = [(bin_features(x, params.n_bins), y) for x, y in lenders]
     noise = math.isfinite(epsilon)
@@ -86,7 +89,7 @@ def gbdt_auc(data: Data, delta: float, params: GbdtParams, epsilon: float, secur
         zc, z = split_budget(epsilon, delta, params.rounds, COUNT_SHARE)
     model = simulate(
         binned,
-        dataclasses.replace(params, noise_multiplier=z, count_noise_multiplier=zc),
+        dataclasses.replace(params, noise_multiplier=z * noise_factor, count_noise_multiplier=zc * noise_factor),
         np.random.default_rng(seed),
         noise=noise,
         secure_split=secure,
