@@ -187,15 +187,32 @@ def results_markdown(rows: list[dict], command: str, skipped: dict[str, str] | N
 
 
 def write_results_md(rows: list[dict], command: str, path: Path, skipped: dict[str, str] | None = None) -> None:
-    """RESULTS.md from the bench rows, followed by the performance results the perf scripts left in
-    `results/perf_*.md` beside it (each with its own command and machine)."""
+    """RESULTS.md from the bench rows; then the cells measured under a trust assumption, each folder
+    `results/gbdt_secure_*` (its README's first section: its own command, setting and table); then the performance
+    results the perf scripts left in `results/perf_*.md` beside it (each with its own command and machine)."""
     text = results_markdown(rows, command, skipped)
+    secure = sorted((path.parent / "results").glob("gbdt_secure_*/README.md"))
+    if secure:
+        text += (
+            "\n## Under secure aggregation: a trust assumption (benchmarks/results/gbdt_secure_*)\n\n"
+            "The cells above trust no one: each lender adds its full noise. These trust the secure aggregation and that "
+            "no lender colludes with the coordinator; each folder's README says what else it holds.\n\n"
+            + "\n".join(f"### {p.parent.name}\n\n{_first_section(p.read_text())}\n" for p in secure)
+        )
     perf = sorted((path.parent / "results").glob("perf_*.md"))
     if perf:
         text += "\n## Performance (benchmarks/perf)\n\n" + "\n".join(
             f"### {p.stem}\n\n{p.read_text().strip()}\n" for p in perf
         )
     path.write_text(text)
+
+
+def _first_section(markdown: str) -> str:
+    """A README's text from after its title to its first second-level heading."""
+    lines = markdown.strip().splitlines()
+    body = lines[1:] if lines and lines[0].startswith("# ") else lines
+    end = next((i for i, line in enumerate(body) if line.startswith("## ")), len(body))
+    return "\n".join(body[:end]).strip()
 
 
 def plots(rows: list[dict], output_dir: Path) -> list[Path]:

@@ -275,3 +275,24 @@ def test_a_tuned_number_of_gbdt_rounds_survives_the_count_round(monkeypatch):
     untuned = dataclasses.replace(tuned, gbdt=(("gbdt_split_candidates", "noisy_quantiles"),))
     monkeypatch.setitem(bench_module.CONSTANTS, "synthetic", untuned)
     assert config_for(Cell("synthetic", "natural", 0.5, "gbdt", 3.0, 0)).rounds == bench_module.GBDT_ROUNDS + 1
+
+
+def test_results_md_carries_the_secure_cells_first_section_before_the_performance(tmp_path, monkeypatch):
+    """RESULTS.md states the cells measured under a trust assumption (results/gbdt_secure_*), each folder's own
+    command, setting and table, apart from the headline's trust-no-one cells and before the performance results."""
+    import benchmarks.report as report
+
+    monkeypatch.setattr(report, "results_markdown", lambda rows, command, skipped=None: "# headline\n")
+    (tmp_path / "results" / "gbdt_secure_x").mkdir(parents=True)
+    (tmp_path / "results" / "gbdt_secure_x" / "README.md").write_text(
+        "# X under secure aggregation\n\n```bash\nfedcredit bench --set secure-aggregation=true\n```\n\n| a | 0.7760 |\n"
+        "\n## Before: an older setting\n\n| a | 0.7714 |\n"
+    )
+    (tmp_path / "results" / "perf_cost.md").write_text("speed table\n")
+    report.write_results_md([], "cmd", tmp_path / "RESULTS.md")
+    text = (tmp_path / "RESULTS.md").read_text()
+    secure = text.index("## Under secure aggregation")
+    assert text.index("# headline") < secure < text.index("### gbdt_secure_x") < text.index("## Performance")
+    assert "fedcredit bench --set secure-aggregation=true" in text and "| a | 0.7760 |" in text
+    assert "0.7714" not in text and "X under secure aggregation" not in text  # the first section only, untitled
+    assert "speed table" in text
