@@ -100,7 +100,7 @@ def sweep(
                 metrics, privacy = federated_run(run_cfg)
                 spent = max(u["epsilon"] for u in privacy["units"].values()) if private else ""
                 add(method_name(line), eps, seed, metrics, time.time() - t, spent)
-    plot(rows, output_dir / "frontier.png", title=f"{base.dataset}, {base.lenders} lenders, {partition}")
+    plot(rows, output_dir / "frontier.png", f"{base.dataset}, {base.lenders} lenders, {partition}", base.model)
     (output_dir / "frontier.md").write_text(markdown(rows, command))
     return rows
 
@@ -158,7 +158,8 @@ def summarize(rows: list[dict]) -> dict[tuple[str, float], tuple[float, float, i
     return {k: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()}
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def plot(rows: list[dict], path: Path, title: str, pooled_model: str = "the federation's model") -> None:
+    """`pooled_model`: the model of the "pooled" line (the first federated line's: a gbdt line's own family is hgb)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,7 +186,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     if ("hgb", math.inf) in stats:
         ax.axhline(stats[("hgb", math.inf)][0], color="k", ls="-", label="best pooled model (HGB), no DP")
     if ("pooled", math.inf) in stats:
-        ax.axhline(stats[("pooled", math.inf)][0], color="k", ls="--", label="pooled, same model, no DP")
+        ax.axhline(stats[("pooled", math.inf)][0], color="k", ls="--", label=f"pooled {pooled_model}, no DP")
     if ("local_mean", math.inf) in stats:
         ax.axhline(stats[("local_mean", math.inf)][0], color="C3", ls="-.", label="local only, mean of lenders")
     ax.set_xscale("log")

@@ -5,14 +5,16 @@ secure cells carry.
 
 The headline's gbdt constants (benchmarks/constants.py) were chosen with each lender adding the full noise
 (gbdt_tuning_full_noise.md). Under secure aggregation with no colluder the coordinator sees only the sum, whose
-noise is about sqrt(10) times smaller, so a larger model pays off: more rounds and deeper trees cost noise per
+noise is sqrt(t) times smaller (each lender z / sqrt(t) instead of z: 1.29 z on the sum of 10 against 3.16 z),
+so a larger model pays off: more rounds and deeper trees cost noise per
 release but raise what the model can reach. This search keeps the headline's other choices (lambda 200, leaf clip
 0.5, 32 bins, noisy-quantile split candidates; the earlier searches found lambda and clip ties within 0.001) and
 tries depth x (trees per round, rounds).
 
 The noise is the bench's secure cells' (benchmarks/results/gbdt_secure_taiwan: `--set secure-aggregation=true
 --set secure-sum-colluders=0`): each of the k lenders adds z / sqrt(t) with t = k // 2 + 1 the roster's threshold
-(server/secure_rounds.py, federation/gbdt/leaf_sums.py `secure_noise_share`), so the sum carries z sqrt(k / t).
+(federation/secagg.py `default_threshold`, federation/gbdt/leaf_sums.py `secure_noise_share`), so the sum carries
+z sqrt(k / t).
 Scored on validation slices of the training data only (benchmarks/gbdt_tuning.py `load`), and, since one
 validation score moves by up to 0.007 from seed to seed, as the mean over partition seeds 0-2 and two structure and
 noise seeds each, at epsilon 1 and 3. The pooled test is not scored here: the chosen setting's test figures come from
@@ -28,22 +30,19 @@ import statistics
 import time
 from pathlib import Path
 
+from benchmarks.bench import Cell, config_for
+from benchmarks.constants import headline_split
 from benchmarks.gbdt_tuning import Data, gbdt_auc, load
 from federation.gbdt.boosting import GbdtParams
+from federation.secagg import default_threshold
+from federation.tree_model import gbdt_params
 
 OUT = Path(__file__).parent / "results" / "gbdt_tuning_secure_bench.md"
 COMMAND = "python -m benchmarks.gbdt_secure_tuning --data-dir ../shared/datasets"
-# The headline's Taiwan gbdt constants (benchmarks/constants.py) with the bench's 50 tree rounds.
-HEADLINE = GbdtParams(
-    n_bins=32,
-    depth=2,
-    trees_per_round=10,
-    rounds=50,
-    reg_lambda=200.0,
-    learning_rate=0.1,
-    leaf_clip=0.5,
-    split_candidates="noisy_quantiles",
-)
+# The headline's Taiwan gbdt cell (benchmarks/constants.py through the bench's own config_for): its boosting and lenders.
+HEADLINE_CELL = config_for(Cell("taiwan_default", *headline_split("taiwan_default"), "gbdt", 3.0, 0))
+HEADLINE = gbdt_params(HEADLINE_CELL)
+LENDERS = HEADLINE_CELL.lenders
 DEPTHS = (2, 3, 4)
 BATCHES = ((10, 50), (10, 100), (20, 100), (10, 200))  # (trees per round, tree rounds)
 PARTITION_SEEDS = (0, 1, 2)
@@ -52,8 +51,8 @@ EPSILONS = (1.0, 3.0)
 
 
 def secure_sum_factor(lenders: int) -> float:
-    """The sum's noise over z when each of `lenders` adds z / sqrt(t), t = lenders // 2 + 1: sqrt(lenders / t)."""
-    return math.sqrt(lenders / (lenders // 2 + 1))
+    """The sum's noise over z when each of `lenders` adds z / sqrt(t), t the roster's threshold: sqrt(lenders / t)."""
+    return math.sqrt(lenders / default_threshold(lenders))
 
 
 def secure_auc(data: Data, delta: float, params: GbdtParams, epsilon: float, seed: int) -> float:
@@ -90,9 +89,11 @@ def write(out: Path, rows: list[tuple[GbdtParams, dict[float, float]]], seconds:
         "",
         "Validation AUC (20% of each lender's training records, pooled), mean over partition seeds "
         f"{', '.join(map(str, PARTITION_SEEDS))} and structure and noise seeds {', '.join(map(str, NOISE_SEEDS))} "
-        f"each, with the bench's secure-cell noise (each of the 10 lenders adds z / sqrt(6): the sum carries "
-        f"{secure_sum_factor(10):.2f} z). Lambda 200, leaf clip 0.5, 32 bins, noisy-quantile split candidates (the "
-        f"headline's), learning rate 0.1. {seconds / 60:.0f} minutes on one thread. The pooled test is not scored "
+        f"each, with the bench's secure-cell noise (each of the {LENDERS} lenders adds z / "
+        f"sqrt({default_threshold(LENDERS)}): the sum carries {secure_sum_factor(LENDERS):.2f} z). "
+        f"Lambda {HEADLINE.reg_lambda:g}, leaf clip {HEADLINE.leaf_clip:g}, {HEADLINE.n_bins} bins, "
+        f"{HEADLINE.split_candidates} split candidates (the headline's), learning rate {HEADLINE.learning_rate:g}. "
+        f"{seconds / 60:.0f} minutes on one thread. The pooled test is not scored "
         "here (benchmarks/results/gbdt_secure_taiwan).",
         "",
         "| depth | trees per round | tree rounds | epsilon 1 | epsilon 3 | mean |",

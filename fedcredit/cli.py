@@ -465,6 +465,29 @@ def _config_with(base: RunConfig, settings: list[str], option: str = "--set") ->
     return RunConfig.from_record({**base.to_record(), **_settings(settings, option)})
 
 
+# What both lines of a frontier must share: the lenders, their data and the seed (the sweep sets it).
+FRONTIER_SHARED = ("dataset", "data_dir", "lenders", "partition", "alpha", "records", "seed")
+
+
+def _gbdt_line(base: RunConfig, gbdt_settings: list[str]) -> RunConfig:
+    """The frontier's gbdt line: `base` as a gbdt run with its own rounds (the gbdt defaults') and fedavg (the only
+    strategy gbdt takes: it sums leaf sums, not model updates), then --gbdt-set, validated once with all of it."""
+    from federation.gbdt.boosting import GbdtParams
+
+    if base.model == "gbdt":
+        _fail("--gbdt adds a gbdt line beside the federation's own model, and --set model=gbdt is that model")
+    own = _settings(gbdt_settings, "--gbdt-set")
+    for key in own:
+        if key.replace("-", "_") in FRONTIER_SHARED:
+            _fail(f"--gbdt-set cannot change '{key}': both lines of a frontier run on the same lenders and data")
+    gbdt_cfg = RunConfig.from_record(
+        {**base.to_record(), "model": "gbdt", "rounds": GbdtParams().rounds, "strategy": "fedavg", **own}
+    )
+    if gbdt_cfg.model != "gbdt":
+        _fail(f"--gbdt-set cannot change the gbdt line's model (got model={gbdt_cfg.model})")
+    return gbdt_cfg
+
+
 @app.command()
 def sweep(
     dataset: DatasetOption = DEFAULTS.dataset,
@@ -503,24 +526,16 @@ def sweep(
         if gbdt_settings and not gbdt:
             _fail("--gbdt-set needs --gbdt")
         if gbdt:
-            from federation.gbdt.boosting import GbdtParams
-
-            if base.model == "gbdt":
-                _fail("--gbdt adds a gbdt line beside the federation's own model, and --set model=gbdt is that model")
-            # its own rounds, and fedavg: the only strategy gbdt takes (it sums leaf sums, not model updates)
-            gbdt_cfg = _config_with(
-                base.replace(model="gbdt", rounds=GbdtParams().rounds, strategy="fedavg"), gbdt_settings, "--gbdt-set"
-            )
-            if gbdt_cfg.model != "gbdt":
-                _fail(f"--gbdt-set cannot change the gbdt line's model (got model={gbdt_cfg.model})")
+            gbdt_cfg = _gbdt_line(base, gbdt_settings)
         eps = _floats(epsilons, "--epsilons")
         if not eps or any(not (e > 0) for e in eps):
             _fail("--epsilons must be positive numbers or inf")
+    except (FedCreditError, ValueError) as exc:
+        _fail(str(exc))
+    try:
         seed_list = [int(x) for x in seeds.split(",") if x.strip()]
     except ValueError:
         _fail(f"--seeds expects comma-separated integers, got '{seeds}'")
-    except FedCreditError as exc:
-        _fail(str(exc))
     from benchmarks.frontier import sweep as run_sweep
     from fedcredit.runner import validate
 

@@ -88,6 +88,12 @@ class SecAggError(FedCreditError):
     """The aggregate cannot be (or must not be) computed: too few shares, bad parameters, a request refused."""
 
 
+def default_threshold(lenders: int) -> int:
+    """The roster's threshold the coordinator signs: a majority of the round's lenders, k // 2 + 1 (the least
+    check_threshold allows)."""
+    return lenders // 2 + 1
+
+
 def check_threshold(lenders: int, threshold: int) -> None:
     if not lenders // 2 < threshold <= lenders:
         raise SecAggError(

@@ -41,6 +41,7 @@ from federation.secagg import (
     SecAggError,
     check_keys,
     confirmation_verifies,
+    default_threshold,
     roster_body,
     signed,
     sum_quantizer,
@@ -126,7 +127,7 @@ class SecureRound:
         k = len(self.nodes)
         if k < MIN_ROSTER:
             raise SecAggError(f"round {self.rnd}: secure aggregation needs at least {MIN_ROSTER} lenders, {k} sampled")
-        self.threshold = k // 2 + 1
+        self.threshold = default_threshold(k)
         self.roster = signed(self.key, roster_body(self.run_id, self.rnd, self.participants, self.threshold))
         keys = self._ask(QUERY_SECAGG_KEYS, {p: {**self._roster_fields(), "position": p} for p in range(k)})
         for p in sorted(keys):

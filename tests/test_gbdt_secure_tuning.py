@@ -9,15 +9,38 @@ import math
 import numpy as np
 
 from benchmarks import gbdt_secure_tuning as tuning
+from benchmarks.bench import Cell, config_for
+from benchmarks.constants import headline_split
 from federation.gbdt.leaf_sums import secure_noise_share
+from federation.secagg import default_threshold
+from federation.tree_model import gbdt_params
 
 
 def test_the_sum_carries_the_noise_of_the_rosters_threshold():
-    # each of k lenders adds z / sqrt(t) with no colluder (the formula the lenders use), t = k // 2 + 1
+    # each of k lenders adds z / sqrt(t) with no colluder (the formula the lenders use), t the roster's threshold the
+    # coordinator signs (federation/secagg.py default_threshold; tests/test_secagg_trust.py ties the two)
     for k in (3, 5, 10):
-        share = secure_noise_share(1.0, k // 2 + 1, 0, k)
+        share = secure_noise_share(1.0, default_threshold(k), 0, k)
         assert math.isclose(tuning.secure_sum_factor(k), math.sqrt(k) * share)
     assert math.isclose(tuning.secure_sum_factor(10), math.sqrt(10 / 6))
+
+
+def test_the_setting_and_lenders_are_the_benchs_taiwan_gbdt_cell():
+    cell = config_for(Cell("taiwan_default", *headline_split("taiwan_default"), "gbdt", 3.0, 0))
+    assert gbdt_params(cell) == tuning.HEADLINE and cell.lenders == tuning.LENDERS
+    assert tuning.HEADLINE.split_candidates == "noisy_quantiles" and tuning.HEADLINE.rounds == cell.rounds - 1
+
+
+def test_scoring_passes_the_secure_cells_noise_factor(monkeypatch):
+    seen = {}
+
+    def fake(data, delta, params, epsilon, secure, seed, noise_factor=1.0):
+        seen.update(secure=secure, noise_factor=noise_factor)
+        return 0.5
+
+    monkeypatch.setattr(tuning, "gbdt_auc", fake)
+    tuning.secure_auc(_data(0), 1e-5, tuning.HEADLINE, 3.0, 0)  # 3 lenders: t = 2
+    assert seen == {"secure": True, "noise_factor": math.sqrt(3 / 2)}
 
 
 def _data(seed: int):

@@ -62,23 +62,25 @@ def one(lenders: int, per_round: int, rounds: int, records_per_lender: int, proc
         total = time.perf_counter() - start
     rounds_sorted = sorted(round_seconds)
     # Setup splits into the start-up (validation, the lenders' folders and keys, manifests: everything before round
-    # 1 begins) and the closing (the lenders' final statements, the closing entry, model and report).
-    startup = round_ends[0] - round_seconds[0] - start if round_ends else total
-    closing = total - (round_ends[-1] - start) - measuring[0] if round_ends else 0.0
+    # 1 begins; it also holds round 1's few milliseconds of bookkeeping after its summary) and the closing (the
+    # lenders' final statements, the closing entry, model and report). Without a round there is no split.
+    startup = round_ends[0] - round_seconds[0] - start if round_ends else None
+    closing = total - (round_ends[-1] - start) - measuring[0] if round_ends else None
+    setup = total - sum(round_seconds) - measuring[0]
     return {
         "lenders": lenders,
         "sampled": per_round,
         "borrowers": cfg.records,
         "rounds": rounds,
         "processes": processes,
-        "seconds_per_round_median": rounds_sorted[len(rounds_sorted) // 2],
+        "seconds_per_round_median": rounds_sorted[len(rounds_sorted) // 2] if rounds_sorted else None,
         "total_seconds": total,
         # outside the rounds, less the memory measurement (not the run's work)
-        "setup_seconds": total - sum(round_seconds) - measuring[0],
+        "setup_seconds": setup,
         "startup_seconds": startup,
         "closing_seconds": closing,
         # the rest of the setup: between one round's end and the next one's start (the rounds' own bookkeeping)
-        "between_rounds_seconds": total - sum(round_seconds) - measuring[0] - startup - closing,
+        "between_rounds_seconds": None if startup is None or closing is None else setup - startup - closing,
         "memory_measurement_seconds": measuring[0],
         "peak_rss_mb": peak_rss_mb(),
         "last_round_pss_mb": pss[0] if pss else None,
@@ -173,10 +175,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         "| lenders | sampled per round | borrowers | lender processes | seconds per round (median) | setup seconds "
-        "| of which before round 1 | of which after the last round "
+        "| of which before round 1 | of which after the last round | of which between rounds "
         "| peak RSS (MB) | largest lender process peak RSS (MB) | all processes at the last round, PSS (MB) |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size, processes in [(int(s), int(p)) for s in args.sizes.split(",") for p in args.lender_processes.split(",")]:
         out = subprocess.run(
             [
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"| {r['lenders']} | {r['sampled']} | {r['borrowers']:,} | {r['processes']} | "
             f"{r['seconds_per_round_median']:.2f} | {r['setup_seconds']:.1f} | {r['startup_seconds']:.1f} | "
-            f"{r['closing_seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['closing_seconds']:.1f} | {r['between_rounds_seconds']:.2f} | {r['peak_rss_mb']:.0f} | "
             f"{'-' if children is None else f'{children:.0f}'} | {r['last_round_pss_mb']:.0f} |",
             flush=True,
         )
