@@ -77,7 +77,9 @@ def test_secagg_cost_runs(capsys):
 def test_scale_times_each_setup_phase(capsys):
     import json
 
-    scale.main(["--one", "6", "--per-round", "3", "--rounds", "1", "--records-per-lender", "300", "--phases"])
+    # two lender processes: the warm-up before they fork is a phase too
+    options = ["--per-round", "3", "--rounds", "1", "--records-per-lender", "300", "--lender-processes", "2"]
+    scale.main(["--one", "6", *options, "--phases"])
     phases = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["phase_seconds"]
     assert {name.split(".")[-1] for name in phases} == {name for _, name in scale.PHASES}
     assert all(seconds > 0 for seconds in phases.values())

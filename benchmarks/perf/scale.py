@@ -93,6 +93,7 @@ def one(lenders: int, per_round: int, rounds: int, records_per_lender: int, proc
 
 # Where a run's time goes outside its rounds: each function's total seconds, timed by wrapping it (--phases).
 PHASES = (
+    ("clients.app", "prepare_process"),  # the warm-up before the lender processes fork (imported where it is used)
     ("fedcredit.runner", "validate"),
     ("fedcredit.runner", "set_up_parties"),
     ("server.enrolment", "collect_manifests"),
@@ -111,6 +112,7 @@ def time_phases() -> Iterator[dict[str, float]]:
     spent: dict[str, float] = {}
     undo: list[tuple[Any, str, object]] = []
     callers = {  # the modules that import each by name (`from server.loop import ...`)
+        "prepare_process": "clients.app",
         "validate": "fedcredit.runner",
         "set_up_parties": "fedcredit.runner",
         "collect_manifests": "server.round_driver",
