@@ -95,10 +95,10 @@ def default_threshold(lenders: int) -> int:
 
 
 def check_threshold(lenders: int, threshold: int) -> None:
-    if not lenders // 2 < threshold <= lenders:
+    if not default_threshold(lenders) <= threshold <= lenders:
         raise SecAggError(
             f"threshold must be more than half the lenders and at most all of them "
-            f"({lenders // 2 + 1}..{lenders}), got {threshold}"
+            f"({default_threshold(lenders)}..{lenders}), got {threshold}"
         )
 
 

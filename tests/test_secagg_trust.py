@@ -255,7 +255,7 @@ class Coordinator:
         self.contexts = {
             i: Context(run_id=1, node_id=i, node_config={}, state=RecordDict(), run_config={}) for i in fed.identities
         }
-        threshold = len(participants) // 2 + 1 if threshold is None else threshold
+        threshold = default_threshold(len(participants)) if threshold is None else threshold
         self.roster = signed(key or fed.coordinator, roster_body(run, rnd, participants, threshold))
         self.keys: dict[int, ConfigRecord] = {}
         self.sealed: dict[int, list[bytes]] = {}
