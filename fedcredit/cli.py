@@ -156,6 +156,9 @@ def _fail(message: str) -> NoReturn:
 def _interrupted(what: str) -> NoReturn:
     """Ctrl-C: one line, exit code 130 (128 + SIGINT), as a shell reports it."""
     err.print(f"interrupted: {what}", highlight=False, soft_wrap=True)
+    runner = sys.modules.get("fedcredit.runner")  # not loaded: no run was interrupted
+    if runner is not None:
+        runner.finish_interrupt()  # an interrupted simulation run ends here, past the threads Flower may leave waiting
     raise typer.Exit(code=130)
 
 
@@ -299,7 +302,9 @@ def run(
         _stop_on_term()
         path = run_federation(cfg, on_round=on_round, resume=resume is not None, lender_processes=lender_processes)
     except KeyboardInterrupt:  # fedcredit.runner.run has removed the staging folder, the keys and the lenders' folders
-        _interrupted("the unfinished run is kept, to be resumed again" if resume else "nothing was written")
+        from fedcredit.runner import STOPPED_NEW_RUN, STOPPED_RESUMED_RUN
+
+        _interrupted(STOPPED_RESUMED_RUN if resume else STOPPED_NEW_RUN)
     except FedCreditError as exc:
         _fail(str(exc))
     except RuntimeError as exc:  # Flower wraps errors raised in the ServerApp thread

@@ -19,7 +19,10 @@ Engines:
 Ctrl-C: the KeyboardInterrupt reaches run_federation's cleanup (the staging folder, new keys) and run()'s (the
 lenders' folders, the registry, the keys) on either engine; on the simulation engine, where the ServerApp runs in a
 thread of Flower's and the interrupt reaches only the main thread, a stop event ends that thread (its Grid raises
-at its next wait: fedcredit/stoppable_grid.py) and the processes Ray started are stopped by id.
+at its next wait: fedcredit/stoppable_grid.py) and the processes Ray started are stopped by id. Flower's runtime can
+hang on its way out of an interrupt (its worker threads wait on Ray actors that are being torn down), so an
+interrupted simulation run also arms a last resort (`_HardStop`): HARD_STOP_S after the Ctrl-C it stops Ray's
+processes, removes what the run made and ends the process with exit code 130, whatever Flower is still waiting on.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -225,6 +230,88 @@ def resume_config(run_dir: str | Path) -> RunConfig:
     return cfg
 
 
+# What `fedcredit run` says when Ctrl-C stopped it (cli.py, and the last resort below, which must say the same).
+STOPPED_NEW_RUN = "nothing was written"
+STOPPED_RESUMED_RUN = "the unfinished run is kept, to be resumed again"
+HARD_STOP_S = 7.0  # after Ctrl-C, the longest a simulation run waits for Flower and Ray before it ends itself
+
+
+class _HardStop:
+    """The last resort of an interrupted simulation run. Flower's runtime, interrupted, tears down Ray's actors while
+    its worker threads (not daemons) may still wait on them; on a loaded machine that once held the run for more than
+    80 s, and would hold the interpreter's exit just the same. Armed by the Ctrl-C, it waits HARD_STOP_S; if the
+    interrupt's own cleanup has not ended the process by then, it stops Ray's processes by id, removes what the run
+    made (`leave_nothing`), says what the CLI says and ends the process (os._exit: nothing else may run after it).
+    Once the CLI has said it, `finish_interrupt` ends the process at once for the same reason."""
+
+    def __init__(self, leave_nothing: Callable[[], None], message: str) -> None:
+        self._leave_nothing = leave_nothing
+        self._message = message
+        self._lock = threading.Lock()  # the watchdog and finish_interrupt: only one of them says it and exits
+        self._processes: list[psutil.Process] = []
+        self.armed = False
+
+    def arm(self, processes: list[psutil.Process]) -> None:
+        global _ARMED
+        if self.armed:
+            return
+        self.armed, self._processes, _ARMED = True, processes, self
+        threading.Thread(target=self._watch, name="fedcredit-hard-stop", daemon=True).start()
+
+    def _watch(self) -> None:
+        time.sleep(HARD_STOP_S)
+        with self._lock:
+            _kill(self._processes, wait_s=1.0)
+            self._leave_nothing()
+            _exit_now(130, f"interrupted: {self._message}\n")
+
+    def finish(self) -> None:
+        """The CLI has said it: end now, past any thread Flower or Ray left waiting."""
+        with self._lock:
+            _kill(self._processes, wait_s=1.0)
+            _exit_now(130)
+
+
+_ARMED: _HardStop | None = None  # the hard stop an interrupt of this process armed (at most one a process)
+
+
+def finish_interrupt() -> None:
+    """Called once the interruption has been reported: if it stopped a simulation run, end the process now (exit code
+    130); else return, and the caller exits as it would."""
+    if _ARMED is not None:
+        _ARMED.finish()
+
+
+def _exit_now(code: int, message: str = "") -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):  # a closed or broken stream must not keep the process alive
+            stream.flush()
+    if message:
+        with suppress(OSError):
+            os.write(2, message.encode())
+    os._exit(code)
+
+
+def _leave_nothing(cfg: RunConfig, made: list[Path], resume: bool) -> Callable[[], None]:
+    """What an interrupted run's cleanup removes, for the hard stop to remove if that cleanup never ran: the paths
+    run() made, and (not on resume: a resumed run's folder is kept) the coordinator's staging folder and new keys."""
+    from federation.audit_trail.keys import keys_dir_for
+    from federation.runfolder import RunFolder
+
+    keys_dir = keys_dir_for(cfg.output_dir, cfg.keys_dir)
+    own = [] if resume else [RunFolder.staging_for(cfg.output_dir), *([] if keys_dir.exists() else [keys_dir])]
+
+    def remove() -> None:
+        for path in [*own, *made]:
+            _remove(path)
+
+    return remove
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def run(
     cfg: RunConfig,
     on_round: Callable | None = None,
@@ -243,6 +330,7 @@ def run(
     cfg = cfg.replace(output_dir=str(Path(cfg.output_dir or default_run_dir()).resolve()))
     parties = Parties(Path(cfg.output_dir))
     made: list[Path] = []
+    hard_stop = _HardStop(_leave_nothing(cfg, made, resume), STOPPED_RESUMED_RUN if resume else STOPPED_NEW_RUN)
     try:
         # The lender processes are stopped (the with block's end) before their folders are removed below: a lender
         # still working would write into a folder being removed, and leave it behind.
@@ -251,12 +339,12 @@ def run(
             if not resume and not cfg.card_sha256:
                 cfg = cfg.replace(card_sha256=summary.card_sha256)  # every lender must hold this card; none takes ours
             if not resume:
-                made = [p for p in (parties.keys, parties.lenders, parties.registry) if not p.exists()]
+                made += [p for p in (parties.keys, parties.lenders, parties.registry) if not p.exists()]
                 set_up_parties(cfg, parties, canaries)
-            _run_engine(cfg, parties, on_round, resume, processes)
+            _run_engine(cfg, parties, on_round, resume, processes, hard_stop)
     except BaseException:
         for path in made:  # secrets made for a run that did not finish protect nothing: leave no trace of them
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            _remove(path)
         raise
     path = Path(cfg.output_dir)
     if not path.is_dir():
@@ -275,6 +363,7 @@ def _run_engine(
     on_round: Callable | None,
     resume: bool,
     lender_processes: LenderProcesses | None = None,
+    hard_stop: _HardStop | None = None,
 ) -> None:
     from clients.app import app as client_app
     from clients.session import LENDERS_DIR_ENV
@@ -291,10 +380,12 @@ def _run_engine(
         )
         server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
         return
-    _run_simulation(cfg, parties, server_app, client_app, LENDERS_DIR_ENV)
+    _run_simulation(cfg, parties, server_app, client_app, LENDERS_DIR_ENV, hard_stop)
 
 
-def _run_simulation(cfg: RunConfig, parties: Parties, server_app, client_app, lenders_dir_env: str) -> None:
+def _run_simulation(
+    cfg: RunConfig, parties: Parties, server_app, client_app, lenders_dir_env: str, hard_stop: _HardStop | None = None
+) -> None:
     """The apps on Flower's Ray simulation runtime. Ctrl-C (SIGINT) stops the ServerApp's thread, so that its
     cleanup runs, and every process Ray started, before the KeyboardInterrupt goes on."""
     from flwr.serverapp import Grid, ServerApp
@@ -312,30 +403,30 @@ def _run_simulation(cfg: RunConfig, parties: Parties, server_app, client_app, le
         with suppress(Stopped):  # the main thread was interrupted and raises KeyboardInterrupt: nothing to add here
             server_app(StoppableGrid(grid, stop), context)
 
-    os.environ[lenders_dir_env] = str(parties.lenders)  # Ray's workers inherit it: each lender finds its own folder
-    # Flower's log in the lenders' Ray workers, also inherited: errors only. Its warnings there are about its own
-    # machinery (each actor says "Manually terminating ClientAppActor" as Flower ends it), nothing a user can act on.
-    own_log_level = "FLWR_LOG_LEVEL" not in os.environ
-    if own_log_level:
-        os.environ["FLWR_LOG_LEVEL"] = "ERROR"
     ray_processes: list[psutil.Process] = []
     ours_before = {p.pid for p in psutil.Process().children(recursive=True)}  # not Ray's: never stopped here
 
     def interrupt(signum: int, frame: object) -> None:
-        # Ctrl-C: the ServerApp's thread stops at its next wait; Flower's runtime, interrupted, terminates its actors
-        # and shuts Ray down, which leaves the actors that were training running, no longer our children: the
+        # Ctrl-C or SIGTERM: the ServerApp's thread stops at its next wait; Flower's runtime, interrupted, terminates its
+        # actors and shuts Ray down, which leaves the actors that were training running, no longer our children: the
         # processes Ray started are listed now, and those still running afterwards are stopped below, by id.
         if stop.is_set():  # a second Ctrl-C while the first one's cleanup runs: let it finish (seconds)
             return
         stop.set()
         ray_processes[:] = [p for p in psutil.Process().children(recursive=True) if p.pid not in ours_before]
+        if hard_stop is not None:
+            hard_stop.arm(ray_processes)
         raise KeyboardInterrupt
 
+    # SIGTERM (a job scheduler, `timeout`; cli.py makes it a KeyboardInterrupt) the same way: raised as it was, it
+    # stopped neither the ServerApp's thread nor the processes Ray started (tests/test_interrupt.py).
     previous = (
-        signal.signal(signal.SIGINT, interrupt) if threading.current_thread() is threading.main_thread() else None
+        {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if threading.current_thread() is threading.main_thread()
+        else {}
     )
     try:
-        with _quiet_simulation():
+        with _simulation_environment(lenders_dir_env, parties.lenders), _quiet_simulation(), _keep_our_sigterm():
             run_simulation(
                 server_app=outer,
                 client_app=client_app,
@@ -352,11 +443,48 @@ def _run_simulation(cfg: RunConfig, parties: Parties, server_app, client_app, le
         _kill(ray_processes, wait_s=STOP_WAIT_S)  # none unless interrupted: else Flower has shut Ray down
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-        os.environ.pop(lenders_dir_env, None)
-        if own_log_level:
-            os.environ.pop("FLWR_LOG_LEVEL", None)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def _simulation_environment(lenders_dir_env: str, lenders: Path) -> Iterator[None]:
+    """The environment Ray's workers inherit, while the simulation runs:
+    - where the lenders' folders are: each lender finds its own;
+    - Flower's log, errors only (unless the user set FLWR_LOG_LEVEL): its warnings there are about its own machinery
+      (each actor says "Manually terminating ClientAppActor" as Flower ends it), nothing a user can act on;
+    - no failure signal handler of Ray's (unless the user set RAY_DISABLE_FAILURE_SIGNAL_HANDLER): it printed a stack
+      dump ("*** SIGTERM received at time=...") for a SIGTERM, which stops a run like Ctrl-C."""
+    values = {lenders_dir_env: str(lenders)}
+    for name, value in (("FLWR_LOG_LEVEL", "ERROR"), ("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")):
+        if name not in os.environ:
+            values[name] = value
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name in values:
+            os.environ.pop(name, None)
+
+
+@contextmanager
+def _keep_our_sigterm() -> Iterator[None]:
+    """ray.init replaces the process's SIGTERM handler with one of its own (sys.exit(15)): SIGTERM then ended a run with
+    exit code 15 and no line, the processes Ray started unlisted and no hard stop armed. While the simulation runs
+    Ray's one way to register it, ray._private.utils.set_sigterm_handler, registers nothing. Where a Ray lacks it,
+    Ray's handler applies (tests/test_interrupt.py's SIGTERM test on Ray then fails)."""
+    try:
+        from ray._private import utils as ray_utils
+
+        register = ray_utils.set_sigterm_handler
+    except (ImportError, AttributeError):
+        yield
+        return
+    ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = register
 
 
 STOP_WAIT_S = 5.0  # how long an interrupted run waits for the ServerApp's thread to finish its step and clean up

@@ -68,10 +68,16 @@ class RunFolder:
             from federation.errors import ConfigError
 
             raise ConfigError(f"output folder {self.target} already exists and is not empty")
-        self.staging = self.target.parent / f".{self.target.name}.partial-{os.getpid()}"
+        self.staging = self.staging_for(self.target)
         if self.staging.exists():
             shutil.rmtree(self.staging)
         self.staging.mkdir(parents=True)
+
+    @staticmethod
+    def staging_for(target: str | Path) -> Path:
+        """The staging folder this process writes `target` into."""
+        target = Path(target).resolve()
+        return target.parent / f".{target.name}.partial-{os.getpid()}"
 
     @classmethod
     def adopt(cls, target: str | Path) -> RunFolder:
@@ -86,7 +92,7 @@ class RunFolder:
             raise ConfigError(f"no unfinished run for {target} (no {target.parent}/.{target.name}.partial-* folder)")
         folder = cls.__new__(cls)
         folder.target = target
-        folder.staging = target.parent / f".{target.name}.partial-{os.getpid()}"
+        folder.staging = cls.staging_for(target)
         if left[-1] != folder.staging:
             left[-1].rename(folder.staging)
         return folder
