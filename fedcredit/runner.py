@@ -266,9 +266,12 @@ class _HardStop:
             _exit_now(130, f"interrupted: {self._message}\n")
 
     def finish(self) -> None:
-        """The CLI has said it: end now, past any thread Flower or Ray left waiting."""
+        """The CLI has said it: end now, past any thread Flower or Ray left waiting. The ServerApp's thread removes its
+        staging folder and new keys as it stops, unless it was still busy when the interrupt's wait for it ended: this
+        exit would then cut its cleanup short, so what it would have removed is removed here first."""
         with self._lock:
             _kill(self._processes, wait_s=1.0)
+            self._leave_nothing()
             _exit_now(130)
 
 

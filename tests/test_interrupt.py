@@ -137,9 +137,12 @@ def test_ctrl_c_on_the_simulation_engine_stops_and_leaves_nothing(tmp_path):
 
 
 # `fedcredit run --engine simulation` with Flower's runtime replaced by one that misbehaves after Ctrl-C, as Flower's
-# once did on a loaded machine: it starts a process of its own (as Ray does) and, in "runtime", stages the run folder
-# (as the ServerApp's thread does) and then swallows every KeyboardInterrupt and never returns; in "exit", it leaves a
-# thread that never ends (not a daemon: the interpreter's exit would wait for it) and lets the interrupt through.
+# once did on a loaded machine. It starts a process of its own (as Ray does), then:
+# - "runtime": stages the run folder (as the ServerApp's thread does), swallows every KeyboardInterrupt, never returns;
+# - "busy": stages the run folder and lets the interrupt through, its staging folder left as by a ServerApp thread
+#   still busy when the interrupt's wait for it ends;
+# - "exit": leaves a thread that never ends (not a daemon: the interpreter's exit would wait for it) and lets the
+#   interrupt through.
 HANGING_FLOWER = """
 import subprocess, sys, threading, time
 import flwr.simulation
@@ -149,15 +152,15 @@ mode = sys.argv.pop(1)
 
 def run_simulation(**kwargs):
     subprocess.Popen(["sleep", "600"])  # not a Python: Ctrl-C in its start-up would print a fatal error
-    if mode == "runtime":
+    if mode in ("runtime", "busy"):
         from federation.runfolder import RunFolder
 
         RunFolder(sys.argv[sys.argv.index("--output-dir") + 1])
-    else:
+    if mode == "exit":
         threading.Thread(target=threading.Event().wait, name="left-by-flower").start()
-    print("round 1: (a stand-in for Flower's runtime)", flush=True)
     while True:
-        try:
+        try:  # the line inside: an interrupt that comes as it is printed is swallowed too
+            print("round 1: (a stand-in for Flower's runtime)", flush=True)
             time.sleep(3600)
         except KeyboardInterrupt:
             if mode != "runtime":
@@ -172,9 +175,10 @@ main()
 """
 
 
-@pytest.mark.parametrize("mode", ["runtime", "exit"])
+@pytest.mark.parametrize("mode", ["runtime", "busy", "exit"])
 def test_ctrl_c_stops_a_simulation_run_that_flower_holds_and_leaves_nothing(tmp_path, mode):
-    # The attack on the guarantee: Flower's runtime does not come back from Ctrl-C ("runtime"), or leaves a thread the
+    # The attack on the guarantee: Flower's runtime does not come back from Ctrl-C ("runtime"), the ServerApp's thread
+    # has not cleaned up when the run ends ("busy": a CI run left its staging folder), or Flower leaves a thread the
     # interpreter's exit waits on ("exit"). The run still ends with exit code 130 and its one line, its keys, lenders'
     # folders, registry and staging folder removed and the runtime's process stopped (fedcredit/runner.py _HardStop).
     _interrupt(tmp_path, "simulation", start_within_s=120, launcher=("-c", HANGING_FLOWER, mode))
