@@ -158,7 +158,7 @@ def _interrupted(what: str) -> NoReturn:
     err.print(f"interrupted: {what}", highlight=False, soft_wrap=True)
     runner = sys.modules.get("fedcredit.runner")  # not loaded: no run was interrupted
     if runner is not None:
-        runner.finish_interrupt()  # an interrupted simulation run ends here, past the threads Flower may leave waiting
+        runner.finish_interrupt()  # an interrupted simulation run ends here, past any thread Flower left waiting
     raise typer.Exit(code=130)
 
 
@@ -301,10 +301,8 @@ def run(
         # its lenders' folders and registry behind (tests/test_redteam_procs.py).
         _stop_on_term()
         path = run_federation(cfg, on_round=on_round, resume=resume is not None, lender_processes=lender_processes)
-    except KeyboardInterrupt:  # fedcredit.runner.run has removed the staging folder, the keys and the lenders' folders
-        from fedcredit.runner import STOPPED_NEW_RUN, STOPPED_RESUMED_RUN
-
-        _interrupted(STOPPED_RESUMED_RUN if resume else STOPPED_NEW_RUN)
+    except KeyboardInterrupt as exc:  # fedcredit.runner.run has cleaned up, and says what it left (RunInterrupted)
+        _interrupted(getattr(exc, "what", "nothing was written"))  # before run() began: nothing was
     except FedCreditError as exc:
         _fail(str(exc))
     except RuntimeError as exc:  # Flower wraps errors raised in the ServerApp thread

@@ -33,7 +33,6 @@ import shutil
 import signal
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -151,13 +150,9 @@ def _node_configs(cfg: RunConfig, parties: Parties) -> dict[int, dict]:
 
 @dataclass(frozen=True)
 class Parties:
-    """Where each party of a one-machine run keeps its own things."""
+    """Where each party of a one-machine run keeps its own things (the coordinator's keys: keys_dir_for)."""
 
     run_dir: Path
-
-    @property
-    def keys(self) -> Path:
-        return Path(f"{self.run_dir}-keys")
 
     @property
     def lenders(self) -> Path:
@@ -230,59 +225,71 @@ def resume_config(run_dir: str | Path) -> RunConfig:
     return cfg
 
 
-# What `fedcredit run` says when Ctrl-C stopped it (cli.py, and the last resort below, which must say the same).
+# What `fedcredit run` says when Ctrl-C stopped it (`RunInterrupted`; the last resort below says the same).
 STOPPED_NEW_RUN = "nothing was written"
 STOPPED_RESUMED_RUN = "the unfinished run is kept, to be resumed again"
+STOPPED_FINISHED_RUN = "the run had finished: {path} is complete, its keys, lenders' folders and registry kept"
 HARD_STOP_S = 7.0  # after Ctrl-C, the longest a simulation run waits for Flower and Ray before it ends itself
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A KeyboardInterrupt (Ctrl-C, or SIGTERM in the CLI) that stopped `run`, after its cleanup; `what` says what it
+    left: nothing, the unfinished run to resume, or (the interrupt came as the engine shut down) the finished run."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
 
 
 class _HardStop:
     """The last resort of an interrupted simulation run. Flower's runtime, interrupted, tears down Ray's actors while
     its worker threads (not daemons) may still wait on them; on a loaded machine that once held the run for more than
-    80 s, and would hold the interpreter's exit just the same. Armed by the Ctrl-C, it waits HARD_STOP_S; if the
-    interrupt's own cleanup has not ended the process by then, it stops Ray's processes by id, removes what the run
-    made (`leave_nothing`), says what the CLI says and ends the process (os._exit: nothing else may run after it).
-    Once the CLI has said it, `finish_interrupt` ends the process at once for the same reason."""
+    80 s. Armed by the signal, it waits HARD_STOP_S; unless run()'s own cleanup has ended by then (`disarm`), it stops
+    Ray's processes by id, removes what the run made (`leave_nothing`), says what the CLI would say and ends the
+    process (os._exit: nothing else may run after it). A caller that catches the interrupt in time keeps its process
+    (a notebook, a sweep); the CLI then ends its own past Flower's threads (`finish_interrupt`)."""
 
-    def __init__(self, leave_nothing: Callable[[], None], message: str) -> None:
-        self._leave_nothing = leave_nothing
-        self._message = message
-        self._lock = threading.Lock()  # the watchdog and finish_interrupt: only one of them says it and exits
+    def __init__(self, leave_nothing: Callable[[], None], what: Callable[[], str]) -> None:
+        self.leave_nothing = leave_nothing
+        self._what = what
+        self._lock = threading.Lock()  # the watchdog against disarm: the process ends, or the watchdog stands down
+        self._ended = threading.Event()
         self._processes: list[psutil.Process] = []
         self.armed = False
 
     def arm(self, processes: list[psutil.Process]) -> None:
-        global _ARMED
+        global _SIMULATION_INTERRUPTED
         if self.armed:
             return
-        self.armed, self._processes, _ARMED = True, processes, self
+        self.armed, self._processes, _SIMULATION_INTERRUPTED = True, processes, True
         threading.Thread(target=self._watch, name="fedcredit-hard-stop", daemon=True).start()
 
+    def disarm(self) -> None:
+        """run()'s cleanup is done: the watchdog stands down (or, already at work, ends the process first)."""
+        with self._lock:
+            self._ended.set()
+
     def _watch(self) -> None:
-        time.sleep(HARD_STOP_S)
+        if self._ended.wait(HARD_STOP_S):
+            return
         with self._lock:
+            if self._ended.is_set():
+                return
             _kill(self._processes, wait_s=1.0)
-            self._leave_nothing()
-            _exit_now(130, f"interrupted: {self._message}\n")
-
-    def finish(self) -> None:
-        """The CLI has said it: end now, past any thread Flower or Ray left waiting. The ServerApp's thread removes its
-        staging folder and new keys as it stops, unless it was still busy when the interrupt's wait for it ended: this
-        exit would then cut its cleanup short, so what it would have removed is removed here first."""
-        with self._lock:
-            _kill(self._processes, wait_s=1.0)
-            self._leave_nothing()
-            _exit_now(130)
+            self.leave_nothing()
+            _exit_now(130, f"interrupted: {self._what()}\n")
 
 
-_ARMED: _HardStop | None = None  # the hard stop an interrupt of this process armed (at most one a process)
+_SIMULATION_INTERRUPTED = False  # a simulation run of this process was interrupted: Flower may have left threads
 
 
 def finish_interrupt() -> None:
-    """Called once the interruption has been reported: if it stopped a simulation run, end the process now (exit code
-    130); else return, and the caller exits as it would."""
-    if _ARMED is not None:
-        _ARMED.finish()
+    """The CLI has reported an interrupt. If it stopped a simulation run and a thread that is not a daemon still runs
+    (Flower's workers, waiting on Ray), the interpreter's exit would wait for it: end the process now, exit code 130.
+    Else return, and the caller exits as it would."""
+    main = threading.main_thread()
+    if _SIMULATION_INTERRUPTED and any(t.is_alive() and not t.daemon and t is not main for t in threading.enumerate()):
+        _exit_now(130)
 
 
 def _exit_now(code: int, message: str = "") -> None:
@@ -295,20 +302,9 @@ def _exit_now(code: int, message: str = "") -> None:
     os._exit(code)
 
 
-def _leave_nothing(cfg: RunConfig, made: list[Path], resume: bool) -> Callable[[], None]:
-    """What an interrupted run's cleanup removes, for the hard stop to remove if that cleanup never ran: the paths
-    run() made, and (not on resume: a resumed run's folder is kept) the coordinator's staging folder and new keys."""
-    from federation.audit_trail.keys import keys_dir_for
-    from federation.runfolder import RunFolder
-
-    keys_dir = keys_dir_for(cfg.output_dir, cfg.keys_dir)
-    own = [] if resume else [RunFolder.staging_for(cfg.output_dir), *([] if keys_dir.exists() else [keys_dir])]
-
-    def remove() -> None:
-        for path in [*own, *made]:
-            _remove(path)
-
-    return remove
+def _finished(target: Path) -> bool:
+    """Whether the run folder has been committed (a RunFolder's target is absent or empty until then)."""
+    return target.is_dir() and any(target.iterdir())
 
 
 def _remove(path: Path) -> None:
@@ -326,14 +322,39 @@ def run(
 
     `canaries`: an auditor's canaries for one lender ({lender: (x, y)}), handed to that lender's folder only.
     `lender_processes`: the in-process engine's lenders work in this many processes in parallel (0: one per CPU
-    this process may use); the run's results do not depend on it."""
+    this process may use); the run's results do not depend on it.
+
+    Interrupted (KeyboardInterrupt), it removes what it made, unless the run folder was committed before the interrupt
+    took effect (its keys, lenders' folders and registry are what verifying it needs), and raises RunInterrupted."""
+    from federation.audit_trail.keys import keys_dir_for
+    from federation.runfolder import RunFolder
+
     if lender_processes < 0:
         raise ConfigError(f"lender-processes must be 0 (one per CPU) or more, got {lender_processes}")
     flower_environment()
     cfg = cfg.replace(output_dir=str(Path(cfg.output_dir or default_run_dir()).resolve()))
     parties = Parties(Path(cfg.output_dir))
+    target, keys_dir = Path(cfg.output_dir), keys_dir_for(cfg.output_dir, cfg.keys_dir)
+    there_before = _finished(target)  # a folder of another run: the engine refuses it; it never counts as this run's
+    # What the coordinator's side removes as it stops (server/loop.py), unless a resumed run's: its staging folder and
+    # keys it made. run() removes them too, for a ServerApp thread still busy when the interrupt's wait for it ended.
+    own = [] if resume else [RunFolder.staging_for(target), *([] if keys_dir.exists() else [keys_dir])]
     made: list[Path] = []
-    hard_stop = _HardStop(_leave_nothing(cfg, made, resume), STOPPED_RESUMED_RUN if resume else STOPPED_NEW_RUN)
+
+    def committed() -> bool:
+        return not there_before and _finished(target)
+
+    def leave_nothing() -> None:
+        if not committed():
+            for path in [*own, *made]:
+                _remove(path)
+
+    def what() -> str:
+        if committed():
+            return STOPPED_FINISHED_RUN.format(path=target)
+        return STOPPED_RESUMED_RUN if resume else STOPPED_NEW_RUN
+
+    hard_stop = _HardStop(leave_nothing, what)
     try:
         # The lender processes are stopped (the with block's end) before their folders are removed below: a lender
         # still working would write into a folder being removed, and leave it behind.
@@ -342,17 +363,20 @@ def run(
             if not resume and not cfg.card_sha256:
                 cfg = cfg.replace(card_sha256=summary.card_sha256)  # every lender must hold this card; none takes ours
             if not resume:
-                made += [p for p in (parties.keys, parties.lenders, parties.registry) if not p.exists()]
+                # the coordinator's keys folder (RUN-keys, or --keys-dir) is made first: set_up_parties makes its key
+                made += [p for p in (keys_dir, parties.lenders, parties.registry) if not p.exists()]
                 set_up_parties(cfg, parties, canaries)
             _run_engine(cfg, parties, on_round, resume, processes, hard_stop)
-    except BaseException:
-        for path in made:  # secrets made for a run that did not finish protect nothing: leave no trace of them
-            _remove(path)
+    except BaseException as exc:
+        # secrets made for a run that did not finish protect nothing: leave no trace of them
+        leave_nothing()
+        hard_stop.disarm()
+        if isinstance(exc, KeyboardInterrupt):
+            raise RunInterrupted(what()) from None
         raise
-    path = Path(cfg.output_dir)
-    if not path.is_dir():
-        raise RuntimeError(f"the run ended without writing {path}; see the messages above")
-    return path
+    if not target.is_dir():
+        raise RuntimeError(f"the run ended without writing {target}; see the messages above")
+    return target
 
 
 def available_cpus() -> int:
@@ -408,6 +432,8 @@ def _run_simulation(
 
     ray_processes: list[psutil.Process] = []
     ours_before = {p.pid for p in psutil.Process().children(recursive=True)}  # not Ray's: never stopped here
+    flwr_log = logging.getLogger("flwr")
+    flwr_log_was_disabled = flwr_log.disabled
 
     def interrupt(signum: int, frame: object) -> None:
         # Ctrl-C or SIGTERM: the ServerApp's thread stops at its next wait; Flower's runtime, interrupted, terminates its
@@ -416,6 +442,9 @@ def _run_simulation(
         if stop.is_set():  # a second Ctrl-C while the first one's cleanup runs: let it finish (seconds)
             return
         stop.set()
+        # What Flower logs from here on is its own teardown: a task whose actor died under it, logged at ERROR with
+        # a traceback, forty lines before the run's one line (a red team's find). The interrupt is the user's.
+        flwr_log.disabled = True
         ray_processes[:] = [p for p in psutil.Process().children(recursive=True) if p.pid not in ours_before]
         if hard_stop is not None:
             hard_stop.arm(ray_processes)
@@ -448,6 +477,7 @@ def _run_simulation(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        flwr_log.disabled = flwr_log_was_disabled
 
 
 @contextmanager

@@ -142,7 +142,8 @@ def test_ctrl_c_on_the_simulation_engine_stops_and_leaves_nothing(tmp_path):
 # - "busy": stages the run folder and lets the interrupt through, its staging folder left as by a ServerApp thread
 #   still busy when the interrupt's wait for it ends;
 # - "exit": leaves a thread that never ends (not a daemon: the interpreter's exit would wait for it) and lets the
-#   interrupt through.
+#   interrupt through;
+# - "noisy": logs at ERROR what Flower logs when a task's actor dies under it, and lets the interrupt through.
 HANGING_FLOWER = """
 import subprocess, sys, threading, time
 import flwr.simulation
@@ -158,11 +159,16 @@ def run_simulation(**kwargs):
         RunFolder(sys.argv[sys.argv.index("--output-dir") + 1])
     if mode == "exit":
         threading.Thread(target=threading.Event().wait, name="left-by-flower").start()
+    if mode == "noisy":
+        import logging
+        from flwr.common.logger import log
     while True:
         try:  # the line inside: an interrupt that comes as it is printed is swallowed too
             print("round 1: (a stand-in for Flower's runtime)", flush=True)
             time.sleep(3600)
         except KeyboardInterrupt:
+            if mode == "noisy":
+                log(logging.ERROR, "An exception was raised when processing a message by RayBackend")
             if mode != "runtime":
                 raise
 
@@ -175,11 +181,11 @@ main()
 """
 
 
-@pytest.mark.parametrize("mode", ["runtime", "busy", "exit"])
+@pytest.mark.parametrize("mode", ["runtime", "busy", "exit", "noisy"])
 def test_ctrl_c_stops_a_simulation_run_that_flower_holds_and_leaves_nothing(tmp_path, mode):
     # The attack on the guarantee: Flower's runtime does not come back from Ctrl-C ("runtime"), the ServerApp's thread
-    # has not cleaned up when the run ends ("busy": a CI run left its staging folder), or Flower leaves a thread the
-    # interpreter's exit waits on ("exit"). The run still ends with exit code 130 and its one line, its keys, lenders'
+    # has not cleaned up when the run ends ("busy": a CI run left its staging folder), Flower leaves a thread the
+    # interpreter's exit waits on ("exit"), or logs its teardown's errors ("noisy": forty lines before the run's one). The run still ends with exit code 130 and its one line, its keys, lenders'
     # folders, registry and staging folder removed and the runtime's process stopped (fedcredit/runner.py _HardStop).
     _interrupt(tmp_path, "simulation", start_within_s=120, launcher=("-c", HANGING_FLOWER, mode))
 
@@ -190,30 +196,111 @@ def test_sigterm_stops_a_simulation_run_like_ctrl_c(tmp_path):
     _interrupt(tmp_path, "simulation", 120, group=False, launcher=("-c", HANGING_FLOWER, "exit"), sig=signal.SIGTERM)
 
 
-def test_the_hard_stop_removes_what_the_run_made_and_keeps_a_resumed_runs_folder(tmp_path):
-    from fedcredit.runner import _leave_nothing
-    from federation.config import RunConfig
-    from federation.runfolder import RunFolder
+def test_ctrl_c_with_a_keys_dir_of_its_own_leaves_no_key(tmp_path):
+    # --keys-dir: the run made the folder with the coordinator's private key, and an interrupt left it behind (run()
+    # knew only RUN-keys; the coordinator's side found the folder there already and kept it as not new).
+    _interrupt(tmp_path, "inprocess", start_within_s=120, extra=("--keys-dir", str(tmp_path / "own-keys")))
 
+
+def test_ctrl_c_as_the_run_ends_keeps_the_finished_run_and_what_verifies_it(tmp_path, monkeypatch):
+    # The interrupt comes after the run folder is committed, as the engine shuts down (Ray's shutdown, the lender
+    # processes' close): it said "nothing was written" and removed the keys, the lenders' folders and the registry
+    # that `fedcredit verify --registry` needs, leaving a finished run nobody could check against its trust anchor.
+    import server.loop
+    from fedcredit.runner import RunInterrupted, run
+    from federation.audit_trail.verify import verify_run
+    from federation.config import RunConfig
+
+    finished = server.loop.run_federation
+
+    def then_interrupted(*args, **kwargs):
+        finished(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(server.loop, "run_federation", then_interrupted)
     out = tmp_path / "run"
-    earlier = tmp_path / "keys-of-an-earlier-run"
-    earlier.mkdir()
-    staging = f".run.partial-{os.getpid()}"
-    for resume, keys_dir, expected in [
-        (False, "", [earlier.name]),  # a new run: its staging folder, new keys and what run() made all go
-        (False, str(earlier), [earlier.name]),  # keys the coordinator held before the run stay
-        (False, str(tmp_path / "new-keys"), [earlier.name]),  # a keys folder of its own made by this run goes
-        (True, "", [staging, earlier.name]),  # a resumed run keeps its staging folder, to be resumed again
-    ]:
-        cfg = RunConfig(output_dir=str(out), keys_dir=keys_dir)
-        made: list[Path] = []
-        remove = _leave_nothing(cfg, made, resume)  # made before the run made anything, as run() makes it
-        RunFolder(out)  # the coordinator's staging folder, then its keys, then what run() makes
-        Path(keys_dir or tmp_path / "run-keys").mkdir(exist_ok=True)
-        made += [tmp_path / "run-keys", tmp_path / "run-lenders"]
-        (tmp_path / "run-lenders").mkdir()
-        (tmp_path / "run-registry.json").write_text("{}")
-        made.append(tmp_path / "run-registry.json")
-        remove()
-        assert sorted(p.name for p in tmp_path.iterdir()) == expected, (resume, keys_dir)
-        (tmp_path / staging).exists() and (tmp_path / staging).rmdir()
+    with pytest.raises(RunInterrupted) as caught:
+        run(RunConfig(records=600, lenders=2, rounds=1, output_dir=str(out)), on_round=lambda s: None)
+    assert caught.value.what == f"the run had finished: {out} is complete, its keys, lenders' folders and registry kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run-keys", "run-lenders", "run-registry.json"]
+    assert verify_run(out, f"{out}-registry.json").pinned
+
+
+LIBRARY_CALLER = """
+import sys, time
+import flwr.simulation
+import fedcredit.runner as runner
+from federation.config import RunConfig
+
+runner.HARD_STOP_S = 1.0
+
+
+def run_simulation(**kwargs):
+    print("round 1: (a stand-in for Flower's runtime)", flush=True)
+    time.sleep(3600)  # the interrupt goes through at once
+
+
+flwr.simulation.run_simulation = run_simulation
+try:
+    runner.run(RunConfig(engine="simulation", records=600, lenders=2, output_dir=sys.argv[1]), on_round=print)
+except KeyboardInterrupt as exc:
+    print(f"caught: {exc.what}", flush=True)
+time.sleep(3 * runner.HARD_STOP_S)
+print("still working", flush=True)
+"""
+
+
+def test_a_library_caller_that_catches_the_interrupt_keeps_its_process(tmp_path):
+    # The hard stop stayed armed after the interrupt's cleanup: HARD_STOP_S later it ended any process that had caught
+    # the KeyboardInterrupt and gone on (a notebook's kernel, a sweep), and could remove a next run's folders.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LIBRARY_CALLER, str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("round 1:")
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        kill_all(proc, [])
+    assert proc.returncode == 0, rest
+    assert rest.splitlines() == ["caught: nothing was written", "still working"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_the_hard_stop_and_the_runs_own_cleanup_end_the_process_once(monkeypatch):
+    # Racing the watchdog, run()'s cleanup stands it down before the CLI prints its line: either the watchdog has not
+    # fired (it never will), or it has, and the process ends before the CLI can print a second line.
+    import fedcredit.runner as runner
+
+    exits: list[str] = []
+    monkeypatch.setattr(runner, "_exit_now", lambda code, message="": exits.append(message))
+    monkeypatch.setattr(runner, "HARD_STOP_S", 0.0)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_removal() -> None:
+        inside.set()
+        release.wait(30)
+
+    stop = runner._HardStop(slow_removal, lambda: "nothing was written")
+    stop.arm([])
+    assert inside.wait(30)  # the watchdog fired and holds its lock
+    disarmed = threading.Thread(target=stop.disarm)
+    disarmed.start()
+    disarmed.join(0.5)
+    assert disarmed.is_alive()  # the cleanup waits for the watchdog, whose exit would end the process here
+    release.set()
+    disarmed.join(30)
+    assert exits == ["interrupted: nothing was written\n"]
+
+    monkeypatch.setattr(runner, "HARD_STOP_S", 30.0)
+    calm = runner._HardStop(lambda: exits.append("removed"), lambda: "nothing was written")
+    calm.arm([])
+    calm.disarm()
+    watchdogs = [t for t in threading.enumerate() if t.name == "fedcredit-hard-stop"]
+    for t in watchdogs:
+        t.join(30)
+    assert not any(t.is_alive() for t in watchdogs)
+    assert exits == ["interrupted: nothing was written\n"]  # stood down: no removal, no exit
