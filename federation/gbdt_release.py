@@ -87,7 +87,9 @@ def split_candidates(cfg: RunConfig, summed: np.ndarray | None, n_features: int)
     a count round, or when its count round aggregated nothing."""
     if not count_rounds(cfg) or summed is None:
         return None
-    return usable_splits(np.asarray(summed, dtype=np.float64) / count_scale(cfg, n_features), cfg.gbdt_min_fraction)
+    with np.errstate(over="ignore"):  # a crafted sum near the float64 limit: inf, read as usable_splits reads it
+        counts = np.asarray(summed, dtype=np.float64) / count_scale(cfg, n_features)
+    return usable_splits(counts, cfg.gbdt_min_fraction)
 
 
 def round_event(cfg: RunConfig, lender: int, rnd: int, sigma: float) -> PrivacyEvent:

@@ -41,6 +41,7 @@ def usable_splits(noisy_counts: np.ndarray, min_fraction: float) -> np.ndarray:
     counts = np.maximum(np.asarray(noisy_counts, dtype=np.float64), 0.0)
     left = np.cumsum(counts, axis=1)[:, :-1]
     total = np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
-    fraction = left / total
+    with np.errstate(invalid="ignore"):  # inf / inf (a crafted sum): NaN, which no comparison below keeps
+        fraction = left / total
     keep = np.flatnonzero(((fraction >= min_fraction) & (fraction <= 1 - min_fraction)).ravel())
     return keep if len(keep) else np.arange(counts.shape[0] * (counts.shape[1] - 1))
