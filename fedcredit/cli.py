@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperCommand
 
@@ -149,13 +150,13 @@ def _commands(
 
 
 def _fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # a path may hold "[/]"
     raise typer.Exit(code=2)
 
 
 def _interrupted(what: str) -> NoReturn:
     """Ctrl-C: one line, exit code 130 (128 + SIGINT), as a shell reports it."""
-    err.print(f"interrupted: {what}", highlight=False, soft_wrap=True)
+    err.print(f"interrupted: {what}", highlight=False, soft_wrap=True, markup=False)  # it may name a path
     runner = sys.modules.get("fedcredit.runner")  # not loaded: no run was interrupted
     if runner is not None:
         runner.finish_interrupt()  # an interrupted simulation run ends here, past any thread Flower left waiting
@@ -573,6 +574,8 @@ def sweep(
         )
     except FedCreditError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:  # the interrupted run has cleaned up after itself (fedcredit.runner.run)
+        _interrupted(f"the runs that finished, if any, are in {Path(output_dir) / 'frontier.csv'}")
     _paths("wrote:", Path(output_dir) / "frontier.csv", Path(output_dir) / "frontier.png")
 
 
@@ -706,6 +709,8 @@ def audit(
         result = run_audit(cfg, lender, canaries or None, guesses or None, confidence)
     except FedCreditError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt as exc:  # the audited run has cleaned up after itself, canaries included
+        _interrupted(getattr(exc, "what", "nothing was written"))
     claimed = result["epsilon_claimed"]
     table = Table(
         title=f"Privacy audit of lender {result['lender']} ({result['canaries_inserted']} of "
@@ -1206,6 +1211,10 @@ def bench(
         )
     except (FedCreditError, ValueError) as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:  # results.csv gains a cell's rows when the cell ends: none of the interrupted one
+        _interrupted(
+            f"the cells that finished, if any, are in {Path(output_dir) / 'results.csv'}; the same command skips them"
+        )
     _paths("wrote:", Path(output_dir) / "results.csv")
 
 
@@ -1342,9 +1351,14 @@ def main() -> None:
     from federation.training import set_torch_threads
 
     set_torch_threads()
+    # Every command: SIGTERM (a job scheduler, `timeout`) stops it like Ctrl-C, so that what it made is cleaned up (the
+    # default SIGTERM killed sweep, bench and audit outright, leaving a run's keys and canaries in their temporary
+    # folders: tests/test_interrupt.py).
+    _stop_on_term()
     try:
         app()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a command with no interrupt line of its own
+        err.print("interrupted", highlight=False)
         sys.exit(130)
 
 

@@ -303,8 +303,9 @@ def _exit_now(code: int, message: str = "") -> None:
 
 
 def _finished(target: Path) -> bool:
-    """Whether the run folder has been committed (a RunFolder's target is absent or empty until then)."""
-    return target.is_dir() and any(target.iterdir())
+    """Whether `target` holds a committed run: a RunFolder's target is absent or empty until the commit moves the whole
+    staging folder, ledger included, into place (a keys folder inside it would make it non-empty, not a run)."""
+    return (target / "ledger.jsonl").is_file()
 
 
 def _remove(path: Path) -> None:
@@ -334,20 +335,30 @@ def run(
     flower_environment()
     cfg = cfg.replace(output_dir=str(Path(cfg.output_dir or default_run_dir()).resolve()))
     parties = Parties(Path(cfg.output_dir))
-    target, keys_dir = Path(cfg.output_dir), keys_dir_for(cfg.output_dir, cfg.keys_dir)
+    target, keys_dir = Path(cfg.output_dir), keys_dir_for(cfg.output_dir, cfg.keys_dir).resolve()
+    if keys_dir == target or target in keys_dir.parents:
+        # the run folder must be empty until its commit, and is public: the coordinator's private key is not in it
+        raise ConfigError(f"keys-dir {keys_dir} is inside the output folder {target}: give it a folder of its own")
     there_before = _finished(target)  # a folder of another run: the engine refuses it; it never counts as this run's
     # What the coordinator's side removes as it stops (server/loop.py), unless a resumed run's: its staging folder and
     # keys it made. run() removes them too, for a ServerApp thread still busy when the interrupt's wait for it ended.
     own = [] if resume else [RunFolder.staging_for(target), *([] if keys_dir.exists() else [keys_dir])]
+    # A keys folder that was there before stays, with what was in it; the keys this run made in it go.
+    keys_before = {p.name for p in keys_dir.iterdir()} if not resume and keys_dir.is_dir() else None
     made: list[Path] = []
 
     def committed() -> bool:
         return not there_before and _finished(target)
 
     def leave_nothing() -> None:
-        if not committed():
-            for path in [*own, *made]:
-                _remove(path)
+        if committed():
+            return
+        for path in [*own, *made]:
+            _remove(path)
+        if keys_before is not None and keys_dir.is_dir():
+            for path in keys_dir.iterdir():
+                if path.name not in keys_before:
+                    _remove(path)
 
     def what() -> str:
         if committed():

@@ -48,7 +48,10 @@ def _interrupt(
     extra: tuple[str, ...] = (),
     launcher: tuple[str, ...] = ("-m", "fedcredit"),
     sig: int = signal.SIGINT,
+    expect: list[str] | None = None,
 ) -> None:
+    """Interrupt a run after its first round: one line, exit code 130, nothing left in tmp_path but `expect`, no
+    process left running."""
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     command = [sys.executable, *launcher, "run", "--engine", engine, *extra]
@@ -95,7 +98,7 @@ def _interrupt(
         assert took < STOP_WITHIN_S, f"stopped only after {took:.1f} s"
         assert proc.returncode == 130, "\n".join(seen + after)
         assert after == ["interrupted: nothing was written"], "\n".join(after)
-        assert sorted(p.name for p in tmp_path.iterdir()) == [], "left behind"
+        assert sorted(p.name for p in tmp_path.iterdir()) == (expect or []), "left behind"
         left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert not left, f"left running: {[(p.pid, p.name()) for p in left]}"
     finally:
@@ -304,3 +307,93 @@ def test_the_hard_stop_and_the_runs_own_cleanup_end_the_process_once(monkeypatch
         t.join(30)
     assert not any(t.is_alive() for t in watchdogs)
     assert exits == ["interrupted: nothing was written\n"]  # stood down: no removal, no exit
+
+
+def test_a_keys_dir_inside_the_output_folder_is_refused_before_anything_is_made(tmp_path):
+    # The run folder is public and empty until its commit: a keys folder inside it made the run fail only after every
+    # lender's keys were made, and then counted as "committed", so the secrets stayed (a red team's find).
+    from fedcredit.runner import run
+    from federation.config import RunConfig
+    from federation.errors import ConfigError
+
+    out = tmp_path / "run"
+    for keys in (out / "keys", out):
+        with pytest.raises(ConfigError, match="inside the output folder"):
+            run(RunConfig(records=600, lenders=2, rounds=1, output_dir=str(out), keys_dir=str(keys)))
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_keeps_a_keys_folder_that_was_there_and_removes_the_keys_the_run_made_in_it(tmp_path):
+    # A keys folder made beforehand (empty, or holding the coordinator's long-lived key) stays as it was: the keys the
+    # interrupted run made in it went with it, or rather stayed behind, before.
+    keys = tmp_path / "own-keys"
+    keys.mkdir()
+    (keys / "kept.txt").write_text("the coordinator's own")
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    keys.rename(keep / "own-keys")
+    _interrupt(tmp_path, "inprocess", start_within_s=120, extra=("--keys-dir", str(keep / "own-keys")), expect=["keep"])
+    assert sorted(p.name for p in (keep / "own-keys").iterdir()) == ["kept.txt"]
+
+
+def test_the_line_of_an_interrupted_run_is_printed_as_it_is(tmp_path, monkeypatch):
+    # The finished run's line names its path, and "[/]" in it was read as console markup: a traceback, exit code 1.
+    from typer.testing import CliRunner
+
+    import server.loop
+    from fedcredit.cli import app
+
+    finished = server.loop.run_federation
+
+    def then_interrupted(*args, **kwargs):
+        finished(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(server.loop, "run_federation", then_interrupted)
+    out = tmp_path / "my run [/]"
+    command = ["run", "--records", "600", "--lenders", "2", "--rounds", "1", "--output-dir", str(out)]
+    result = CliRunner().invoke(app, command, env={"COLUMNS": "400"})
+    assert result.exit_code == 130, result.output
+    assert f"interrupted: the run had finished: {out} is complete" in result.output
+    assert (out / "ledger.jsonl").is_file()
+
+
+@pytest.mark.parametrize("command", ["sweep", "audit"])
+def test_sigterm_stops_a_sweep_or_an_audit_and_leaves_no_key(tmp_path, command):
+    # The default SIGTERM killed them outright: an audit left its run's staging folder, keys, lenders' folders with
+    # the canaries and registry; a sweep left the same in its temporary folder. The temporary folders are looked for
+    # under a TMPDIR of the test's own.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "COLUMNS": "400", "TMPDIR": str(tmp)}
+    args = {
+        "sweep": ["sweep", "--rounds", "200", "--epsilons", "3", "--seeds", "1", "--set", "records=3000"],
+        "audit": ["audit", "--rounds", "200", "--set", "records=3000"],
+    }[command]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedcredit", *args, "--lenders", "2", "--output-dir", str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.rglob("lender_000")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list(tmp_path.rglob("lender_000")), "the run never made its lenders' folders"
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        kill_all(proc, [])
+    assert proc.returncode == 130, output
+    assert output.splitlines()[-1].startswith("interrupted: "), output
+    # what the runs that finished wrote stays (a sweep's frontier.csv), and torch's compile cache; nothing else
+    left = [p.relative_to(tmp_path) for p in tmp_path.rglob("*")]
+    assert {p.parts[0] for p in left} <= {"tmp", "out"}, left
+    assert not [p for p in left if p.parts[0] == "tmp" and p.parts[1:2] not in ((), ("torchinductor_root",))], left
+    assert {str(p) for p in left if p.parts[0] == "out"} <= {"out", "out/frontier.csv"}, left
