@@ -250,18 +250,18 @@ class _HardStop:
     (a notebook, a sweep); the CLI then ends its own past Flower's threads (`finish_interrupt`)."""
 
     def __init__(self, leave_nothing: Callable[[], None], what: Callable[[], str]) -> None:
-        self.leave_nothing = leave_nothing
+        self._leave_nothing = leave_nothing
         self._what = what
         self._lock = threading.Lock()  # the watchdog against disarm: the process ends, or the watchdog stands down
         self._ended = threading.Event()
         self._processes: list[psutil.Process] = []
-        self.armed = False
+        self._armed = False
 
     def arm(self, processes: list[psutil.Process]) -> None:
         global _SIMULATION_INTERRUPTED
-        if self.armed:
+        if self._armed:
             return
-        self.armed, self._processes, _SIMULATION_INTERRUPTED = True, processes, True
+        self._armed, self._processes, _SIMULATION_INTERRUPTED = True, processes, True
         threading.Thread(target=self._watch, name="fedcredit-hard-stop", daemon=True).start()
 
     def disarm(self) -> None:
@@ -276,7 +276,7 @@ class _HardStop:
             if self._ended.is_set():
                 return
             _kill(self._processes, wait_s=1.0)
-            self.leave_nothing()
+            self._leave_nothing()
             _exit_now(130, f"interrupted: {self._what()}\n")
 
 
@@ -340,9 +340,9 @@ def run(
         # the run folder must be empty until its commit, and is public: the coordinator's private key is not in it
         raise ConfigError(f"keys-dir {keys_dir} is inside the output folder {target}: give it a folder of its own")
     there_before = _finished(target)  # a folder of another run: the engine refuses it; it never counts as this run's
-    # What the coordinator's side removes as it stops (server/loop.py), unless a resumed run's: its staging folder and
-    # keys it made. run() removes them too, for a ServerApp thread still busy when the interrupt's wait for it ended.
-    own = [] if resume else [RunFolder.staging_for(target), *([] if keys_dir.exists() else [keys_dir])]
+    # The coordinator's side removes its staging folder as it stops (server/loop.py), unless a resumed run's; run()
+    # removes it too, for a ServerApp thread still busy when the interrupt's wait for it ended.
+    staging = [] if resume else [RunFolder.staging_for(target)]
     # A keys folder that was there before stays, with what was in it; the keys this run made in it go.
     keys_before = {p.name for p in keys_dir.iterdir()} if not resume and keys_dir.is_dir() else None
     made: list[Path] = []
@@ -353,7 +353,7 @@ def run(
     def leave_nothing() -> None:
         if committed():
             return
-        for path in [*own, *made]:
+        for path in [*staging, *made]:
             _remove(path)
         if keys_before is not None and keys_dir.is_dir():
             for path in keys_dir.iterdir():

@@ -205,14 +205,11 @@ def test_ctrl_c_with_a_keys_dir_of_its_own_leaves_no_key(tmp_path):
     _interrupt(tmp_path, "inprocess", start_within_s=120, extra=("--keys-dir", str(tmp_path / "own-keys")))
 
 
-def test_ctrl_c_as_the_run_ends_keeps_the_finished_run_and_what_verifies_it(tmp_path, monkeypatch):
-    # The interrupt comes after the run folder is committed, as the engine shuts down (Ray's shutdown, the lender
-    # processes' close): it said "nothing was written" and removed the keys, the lenders' folders and the registry
-    # that `fedcredit verify --registry` needs, leaving a finished run nobody could check against its trust anchor.
+@pytest.fixture
+def interrupted_after_commit(monkeypatch):
+    """Ctrl-C as the engine shuts down: the coordinator's run (server.loop.run_federation) has committed the run
+    folder and returned, then the KeyboardInterrupt comes."""
     import server.loop
-    from fedcredit.runner import RunInterrupted, run
-    from federation.audit_trail.verify import verify_run
-    from federation.config import RunConfig
 
     finished = server.loop.run_federation
 
@@ -221,6 +218,17 @@ def test_ctrl_c_as_the_run_ends_keeps_the_finished_run_and_what_verifies_it(tmp_
         raise KeyboardInterrupt
 
     monkeypatch.setattr(server.loop, "run_federation", then_interrupted)
+
+
+@pytest.mark.usefixtures("interrupted_after_commit")
+def test_ctrl_c_as_the_run_ends_keeps_the_finished_run_and_what_verifies_it(tmp_path):
+    # The interrupt comes after the run folder is committed, as the engine shuts down (Ray's shutdown, the lender
+    # processes' close): it said "nothing was written" and removed the keys, the lenders' folders and the registry
+    # that `fedcredit verify --registry` needs, leaving a finished run nobody could check against its trust anchor.
+    from fedcredit.runner import RunInterrupted, run
+    from federation.audit_trail.verify import verify_run
+    from federation.config import RunConfig
+
     out = tmp_path / "run"
     with pytest.raises(RunInterrupted) as caught:
         run(RunConfig(records=600, lenders=2, rounds=1, output_dir=str(out)), on_round=lambda s: None)
@@ -324,32 +332,22 @@ def test_a_keys_dir_inside_the_output_folder_is_refused_before_anything_is_made(
 
 
 def test_ctrl_c_keeps_a_keys_folder_that_was_there_and_removes_the_keys_the_run_made_in_it(tmp_path):
-    # A keys folder made beforehand (empty, or holding the coordinator's long-lived key) stays as it was: the keys the
-    # interrupted run made in it went with it, or rather stayed behind, before.
-    keys = tmp_path / "own-keys"
-    keys.mkdir()
+    # A keys folder made beforehand (empty, or holding the coordinator's long-lived key) stays as it was; the keys the
+    # interrupted run made in it stayed behind too, before.
+    keys = tmp_path / "keep" / "own-keys"
+    keys.mkdir(parents=True)
     (keys / "kept.txt").write_text("the coordinator's own")
-    keep = tmp_path / "keep"
-    keep.mkdir()
-    keys.rename(keep / "own-keys")
-    _interrupt(tmp_path, "inprocess", start_within_s=120, extra=("--keys-dir", str(keep / "own-keys")), expect=["keep"])
-    assert sorted(p.name for p in (keep / "own-keys").iterdir()) == ["kept.txt"]
+    _interrupt(tmp_path, "inprocess", start_within_s=120, extra=("--keys-dir", str(keys)), expect=["keep"])
+    assert sorted(p.name for p in keys.iterdir()) == ["kept.txt"]
 
 
-def test_the_line_of_an_interrupted_run_is_printed_as_it_is(tmp_path, monkeypatch):
+@pytest.mark.usefixtures("interrupted_after_commit")
+def test_the_line_of_an_interrupted_run_is_printed_as_it_is(tmp_path):
     # The finished run's line names its path, and "[/]" in it was read as console markup: a traceback, exit code 1.
     from typer.testing import CliRunner
 
-    import server.loop
     from fedcredit.cli import app
 
-    finished = server.loop.run_federation
-
-    def then_interrupted(*args, **kwargs):
-        finished(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(server.loop, "run_federation", then_interrupted)
     out = tmp_path / "my run [/]"
     command = ["run", "--records", "600", "--lenders", "2", "--rounds", "1", "--output-dir", str(out)]
     result = CliRunner().invoke(app, command, env={"COLUMNS": "400"})
