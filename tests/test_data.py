@@ -641,3 +641,41 @@ def test_the_records_digest_covers_the_row_count_and_the_labels_type():
     assert _data_hash(two, np.zeros(2, dtype=np.float32)) != _data_hash(one, moved)
     # a text value a str() of which cannot be encoded (a lone surrogate) is hashed, not a crash
     assert _data_hash(pd.DataFrame({"t": pd.Series(["\ud83d", "x"], dtype=object)}), np.zeros(2, dtype=np.float32))
+
+
+# A fresh process, as a lender process or the CLI is: it loads a lender of the synthetic market, then one of a
+# Dirichlet split, and says whether the partition libraries were loaded after each.
+_PARTITION_IMPORTS = """
+import json, sys
+from federation.config import RunConfig
+from federation.data import load_lender
+cfg = RunConfig(lenders=5, records=2000)
+heavy = lambda: sorted(m for m in ("datasets", "flwr_datasets") if m in sys.modules)
+natural = len(load_lender(cfg, 0).y_train), heavy()
+dirichlet = len(load_lender(cfg.replace(partition="dirichlet"), 0).y_train), heavy()
+print(json.dumps([natural, dirichlet]))
+"""
+
+
+def test_only_a_partition_imports_datasets_and_flwr_datasets():
+    """They take 1-1.5 s to import (flwr-datasets brings seaborn, scipy.stats and matplotlib): a synthetic market's
+    lender, made lender by lender, must not pay for them; a Dirichlet split still uses flwr-datasets' partitioner."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", _PARTITION_IMPORTS],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
+        cwd=root,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    (natural_records, natural_heavy), (dirichlet_records, dirichlet_heavy) = json.loads(out.stdout.splitlines()[-1])
+    assert natural_records > 0 and natural_heavy == []
+    assert dirichlet_records > 0 and dirichlet_heavy == ["datasets", "flwr_datasets"]

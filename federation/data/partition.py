@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import math
 
-import datasets
 import numpy as np
-from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner, SizePartitioner
 
 from federation.errors import DataError
 
 MIN_LENDER_RECORDS = 10
-datasets.disable_progress_bars()  # partitioning is bookkeeping, not a task worth a progress bar
 
 
 def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,6 +98,14 @@ def partition(
     labels: np.ndarray, lenders: int, method: str, alpha: float, seed: int, lender_ids: np.ndarray | None = None
 ) -> list[np.ndarray]:
     """Row indices of each lender's records (indices into `labels`)."""
+    # Imported here: `datasets` and flwr-datasets (which imports seaborn, scipy.stats and matplotlib for its plots)
+    # take 1-1.5 s to import, and only a partition needs them; a synthetic market made lender by lender, a lender's
+    # own file and every process that only reads encoded records never do (tests/test_data.py checks the import).
+    import datasets
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner, SizePartitioner
+
+    datasets.disable_progress_bars()  # partitioning is bookkeeping, not a task worth a progress bar
     n = len(labels)
     if lenders * MIN_LENDER_RECORDS > n:
         raise DataError(
