@@ -81,8 +81,14 @@ def prepare_process() -> None:
     copy of those modules, 60-70 MB each at 1,000 lenders (benchmarks/results/perf_scale.md). No randomness made
     here outlives it: the step's SecureRandomness is its own, and each training makes a fresh one
     (clients/dp_round.py), so no two forked lenders share a keystream."""
+    import pandas as pd
+
     from clients import dp_round  # noqa: F401  (torch, Opacus, the accountants)
     from federation import metrics, model  # noqa: F401
+
+    # pandas' first column of strings loads pyarrow's pandas bridge (pandas 3 stores strings in pyarrow) when a
+    # lender's records are read; `datasets` used to import it for the run, and no longer does (federation/data/partition.py)
+    pd.Series(["a"])
 
     _torch_ready()
     _first_step()
