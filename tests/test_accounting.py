@@ -415,15 +415,16 @@ def test_the_numpy_rdp_series_equals_opacus_at_every_order_and_gives_the_same_ep
                 for steps, delta in ((1, 1e-5), (100, 1e-5), (10_000, 1e-8)):
                     ours_eps, _ = rdp_analysis.get_privacy_spent(orders=orders, rdp=steps * ours, delta=delta)
                     theirs_eps, _ = rdp_analysis.get_privacy_spent(orders=orders, rdp=steps * theirs, delta=delta)
-                    assert ours_eps == pytest.approx(theirs_eps, rel=1e-7, abs=1e-12), (q, sigma, steps, delta)
+                    assert ours_eps == pytest.approx(theirs_eps, rel=1e-6, abs=1e-12), (q, sigma, steps, delta)
 
 
 @pytest.mark.filterwarnings("ignore:Optimal order")
 def test_the_fast_prv_epsilon_equals_opacus_prv_accountant():
-    """federation/privacy/fast_prv.py is Opacus' PRVAccountant.get_epsilon with a faster cdf under its quadrature
-    and cached RDP curves for its domain: the same epsilon (to float rounding) for small and large sampling rates
-    (q = 1 included, where exp(t) underflows on the domain), small and large noise, one and many steps,
-    heterogeneous histories and two deltas; and the same error where Opacus gives up."""
+    """federation/privacy/fast_prv.py is Opacus' PRVAccountant.get_epsilon with a faster cdf under its quadrature,
+    cached RDP curves for its domain and the domain widened to a fast FFT length: the same epsilon within 1e-6
+    relative (the wider domain moves the last digits) for small and large sampling rates (q = 1 included, where
+    exp(t) underflows on the domain), small and large noise, one and many steps, heterogeneous histories and two
+    deltas; and the same error where Opacus gives up."""
     from opacus.accountants import PRVAccountant
 
     import federation.privacy.accountant as accountant
@@ -451,7 +452,7 @@ def test_the_fast_prv_epsilon_equals_opacus_prv_accountant():
         if isinstance(theirs, str):
             assert ours == theirs, (history, delta)
         else:
-            assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-12), (history, delta)
+            assert ours == pytest.approx(theirs, rel=1e-6, abs=1e-12), (history, delta)
     # and the accountant's PRV epsilon is this one (the default error, refined below epsilon 2)
     events = [PrivacyEvent(0, 1, 1.37, 0.05, 40, 1.0), PrivacyEvent(0, 2, 0.9, 0.01, 20, 1.0)]
     opacus = PRVAccountant()
@@ -459,4 +460,4 @@ def test_the_fast_prv_epsilon_equals_opacus_prv_accountant():
     first = opacus.get_epsilon(1e-5, eps_error=0.01)
     assert first < 2  # so the accountant asks again with a finer error
     refined = opacus.get_epsilon(1e-5, eps_error=accountant.PRV_RELATIVE_ERROR * first)
-    assert epsilon(events, 1e-5, "prv") == pytest.approx(refined, rel=1e-9)
+    assert epsilon(events, 1e-5, "prv") == pytest.approx(refined, rel=1e-6)

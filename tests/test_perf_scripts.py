@@ -92,4 +92,4 @@ def test_prv_cost_runs_and_finds_the_same_epsilons(capsys):
     out = capsys.readouterr().out
     assert "| Opacus PRVAccountant |" in out and "| fast_prv |" in out
     difference = float(out.rsplit("largest relative difference ", 1)[1].split()[0])
-    assert difference < 1e-9
+    assert difference < 1e-6  # the widened FFT domain moves the last digits (fast_prv.py)

@@ -1,4 +1,4 @@
-"""Opacus' PRV epsilon against federation/privacy/fast_prv.py (the same computation, two steps made fast), side by
+"""Opacus' PRV epsilon against federation/privacy/fast_prv.py (the same computation, three steps made fast), side by
 side in one process, on the histories a run's lenders sign in their final statements.
 
     python -m benchmarks.perf.prv_cost

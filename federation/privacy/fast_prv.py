@@ -1,5 +1,5 @@
 """Opacus' PRV accountant (Gopi, Lee and Wutschitz, "Numerical Composition of Differential Privacy", NeurIPS 2021),
-the same computation with two of its steps made fast.
+the same computation with three of its steps made fast.
 
 Opacus' `PRVAccountant.get_epsilon` took about 20-50 ms a call on this machine, and a run asks it once per lender
 for the lender's final statement and once more for the coordinator's report: at 1,000 lenders that was most of
@@ -10,11 +10,21 @@ a run's setup. Two steps took most of the time:
   quadrature here integrates the same formula (Opacus' `PoissonSubsampledGaussianPRV.cdf`, propositions B1 and B4
   of the paper) written with the `math` module, over the same points;
 - the domain's size (remark 5.6 of the paper), which asks Opacus' RDP accountant for epsilons order by order:
-  here from the one-step RDP curves `federation.privacy.accountant` caches.
+  here from the one-step RDP curves `federation.privacy.accountant` caches;
+- the FFT composition, whose length is the domain's number of points. Opacus does not choose it for speed, and
+  most lengths it gives have a large prime factor (the 358 distinct histories of a 1,000-lender run: 46,000-81,000
+  points, e.g. 2 x 37,507), where scipy's FFT takes 2-6x a nearby length with only small factors. Here the domain
+  is widened by the same number of points at each end, the mesh unchanged, up to the next such length
+  (`_fast_domain`).
 
-Everything else is Opacus' own: the domain, the discretisation, the FFT composition and the epsilon's upper bound.
-tests/test_accounting.py checks the epsilons against `opacus.accountants.PRVAccountant` over a grid of sampling
-rates, noise multipliers, step counts, heterogeneous histories and deltas.
+The widened domain changes the result only in the last digits: the PRV accountant's error bounds hold for any
+domain at least the safe size (a wider one truncates less of each PRV's tails), and the extra points at the ends
+hold only the tail mass the safe size already bounds. Everything else is Opacus' own: the discretisation, the FFT
+composition and the epsilon's upper bound. tests/test_accounting.py checks the epsilons against
+`opacus.accountants.PRVAccountant` (within 1e-6 relative) over a grid of sampling rates, noise multipliers, step
+counts, heterogeneous histories and deltas. Over that grid and 40 random histories (92 cases) the largest
+difference was 1.2e-7 relative (2.4e-6 at epsilon 20), and the most the fast epsilon fell below Opacus' was 3e-10
+relative: both far inside the error eps_error (0.01 or finer, absolute) that the upper bound already carries.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from opacus.accountants.analysis.prv.prvs import (
     TruncatedPrivacyRandomVariable,
     discretize,
 )
-from scipy import integrate
+from scipy import fft, integrate
 
 SQRT2 = math.sqrt(2)
 
@@ -65,7 +75,18 @@ def _domain(history, steps, eps_error, delta_error, rdp_epsilon) -> Domain:
         largest = max(largest, rdp_epsilon([(sigma, q, 1)], delta_error / (8 * total)))
     size = max(largest, eps_error) + 3
     mesh = eps_error / np.sqrt(total * np.log(12 / delta_error) / 2)
-    return Domain.create_aligned(-size, size, mesh)
+    return _fast_domain(Domain.create_aligned(-size, size, mesh))
+
+
+def _fast_domain(domain: Domain) -> Domain:
+    """`domain` widened by the same number of points at each end (its mesh and its centre unchanged: Opacus'
+    composition rolls the composed pmf by a count of points that assumes a domain centred where the given one is)
+    to the next even length with no prime factor above 5, where scipy's FFT is fast."""
+    size = fft.next_fast_len(domain.size, real=True)
+    while size % 2:  # Domain needs an even size
+        size = fft.next_fast_len(size + 1, real=True)
+    half = (size - domain.size) // 2  # both sizes even: the same count at each end
+    return Domain(domain.t_min - half * domain.dt, domain.t_max + half * domain.dt, size)
 
 
 class _TruncatedPRV(TruncatedPrivacyRandomVariable):
