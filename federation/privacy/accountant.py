@@ -112,8 +112,8 @@ def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accoun
         raise ValueError(f"unknown accountant {accountant!r} (rdp or prv)")
 
     def prv(eps_error: float) -> float:
-        # Opacus' PRVAccountant.get_epsilon, computed by federation/privacy/fast_prv.py (the same steps, 3-5x
-        # faster, equal within 1e-9 relative: tests/test_accounting.py).
+        # Opacus' PRVAccountant.get_epsilon, computed by federation/privacy/fast_prv.py (the same steps on a domain
+        # widened to a fast FFT length, 3-6x faster, equal within 1e-6 relative: tests/test_accounting.py).
         return fast_prv.epsilon(history, delta, eps_error, lambda h, d: _epsilon(tuple(h), d, "rdp"))
 
     # Opacus' PRV takes log(0) at the edge of its grid when q is large; the result is still finite.
