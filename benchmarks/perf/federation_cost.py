@@ -7,12 +7,14 @@ one process without Flower, side by side in one process.
 through Flower's protobuf wire format; no engine start). "Sequential": the same lenders, data, DP-SGD
 steps and FedAvg average in a plain loop: no messages, no manifests, no ledger, no report. With
 --ray, one run on Flower's Ray simulation runtime is timed too (engine start included). Medians of
---repeats runs; data caches are warmed first so both sides measure training, not CSV parsing.
+--repeats runs, the two paths alternated; data caches are warmed first so both sides measure training, not CSV
+parsing.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -85,8 +87,15 @@ def main(argv: list[str] | None = None) -> None:
     cfg = RunConfig(records=args.records, lenders=args.lenders, rounds=args.rounds)
     sequential(cfg)  # warm caches and imports
     flower(cfg, "inprocess")
-    t_seq, _ = timed(lambda: sequential(cfg), args.repeats)
-    t_fl, _ = timed(lambda: flower(cfg, "inprocess"), args.repeats)
+    # Alternated, one pair at a time: the machine's speed drifts by more than the difference measured (the
+    # sequential loop's median moved 0.28-0.60 s between runs of this script), and a pair sees the same drift.
+    pairs = [
+        (timed(lambda: sequential(cfg), 1)[0], timed(lambda: flower(cfg, "inprocess"), 1)[0])
+        for _ in range(args.repeats)
+    ]
+    t_seq = statistics.median(s for s, _ in pairs)
+    t_fl = statistics.median(f for _, f in pairs)
+    ratios = sorted(f / s for s, f in pairs)
     print(
         f"machine: {machine()}; {cfg.lenders} lenders, {cfg.records} records, {cfg.rounds} rounds, DP epsilon {cfg.epsilon:g}",
         end="\n\n",
@@ -95,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---:|---:|")
     print(f"| sequential, no Flower | {t_seq:.2f} | 1.00x |")
     print(f"| Flower ServerApp + ClientApp, in-process Grid | {t_fl:.2f} | {t_fl / t_seq:.2f}x |")
+    print(
+        f"\nper pair (sequential then in-process, {len(pairs)} pairs): ratio median "
+        f"{statistics.median(ratios):.2f}x, {ratios[0]:.2f}-{ratios[-1]:.2f}x"
+    )
     if args.ray:
         start = time.perf_counter()
         flower(cfg, "simulation")
