@@ -453,6 +453,8 @@ def test_the_fast_prv_epsilon_equals_opacus_prv_accountant():
             assert ours == theirs, (history, delta)
         else:
             assert ours == pytest.approx(theirs, rel=1e-6, abs=1e-12), (history, delta)
+            # the wider domain must not undercut Opacus' bound: below it only by float rounding
+            assert ours >= theirs * (1 - 1e-9), (history, delta)
     # and the accountant's PRV epsilon is this one (the default error, refined below epsilon 2)
     events = [PrivacyEvent(0, 1, 1.37, 0.05, 40, 1.0), PrivacyEvent(0, 2, 0.9, 0.01, 20, 1.0)]
     opacus = PRVAccountant()
@@ -461,3 +463,28 @@ def test_the_fast_prv_epsilon_equals_opacus_prv_accountant():
     assert first < 2  # so the accountant asks again with a finer error
     refined = opacus.get_epsilon(1e-5, eps_error=accountant.PRV_RELATIVE_ERROR * first)
     assert epsilon(events, 1e-5, "prv") == pytest.approx(refined, rel=1e-6)
+
+
+def test_the_fast_prv_domain_only_widens_opacus_domain_to_a_fast_length():
+    """fast_prv's FFT length: Opacus' domain with the same mesh and centre, widened by equal counts at both ends (the
+    composition's roll assumes the centre), to an even length of small prime factors, never narrowed."""
+    from opacus.accountants.analysis.prv.domain import Domain
+
+    from federation.privacy.fast_prv import _fast_domain
+
+    for size, mesh in ((13.4, 1e-4), (7.0, 3e-4), (31.0, 0.0011), (3.5, 2.5e-5)):
+        given = Domain.create_aligned(-size, size, mesh)
+        fast = _fast_domain(given)
+        assert fast.dt == pytest.approx(given.dt, rel=1e-12)
+        assert fast.size >= given.size and fast.size % 2 == 0
+        factors, n = set(), fast.size
+        for p in (2, 3, 5):
+            while n % p == 0:
+                n //= p
+                factors.add(p)
+        assert n == 1, fast.size
+        extra = (fast.size - given.size) // 2
+        assert fast.t_min == pytest.approx(given.t_min - extra * given.dt, abs=1e-12)
+        assert fast.t_max == pytest.approx(given.t_max + extra * given.dt, abs=1e-12)
+        # the same points as Opacus' where the two overlap
+        assert np.allclose(fast.ts[extra : extra + given.size], given.ts, atol=1e-9)
