@@ -71,6 +71,8 @@ def _spend_until_refused(budget, sigma, q, steps, rounds, n, accountant):
         )
 
 
+# Opacus warns when the best RDP order is its smallest, as it is for some large-epsilon draws: a note, not a failure
+@pytest.mark.filterwarnings("ignore:Optimal order")
 @settings(max_examples=30, deadline=None)
 @given(
     budget=st.floats(0.2, 10.0),
